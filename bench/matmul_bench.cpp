@@ -1,0 +1,173 @@
+// Throughput of kernels::matmul on SmolLM2-135M's weight shapes.
+//
+//   matmul_bench [--types T1,T2,...] [--min-seconds S]
+//
+// For each shape: prefill (m = 512) in GFLOP/s next to plain OpenBLAS sgemm on
+// an f32 copy of the same weights (the ceiling the panel path aims at), and
+// decode (m = 1) as time per call and weight GB/s, both with the weights hot in
+// cache (one matrix) and cold (rotating over copies larger than the L3), with
+// 1 and 2 threads. Weights are random: speed does not depend on the values.
+#include <cblas.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "kernels/dequant.h"
+#include "kernels/f16.h"
+#include "kernels/matmul.h"
+#include "skim/gguf.h"
+
+namespace {
+
+using skim::GgmlType;
+
+struct Shape {
+  const char* role;
+  int64_t k, n;
+  GgmlType type;
+};
+
+// The model's matrices: attention q/o (576x576), k/v (576->192), MLP up/gate
+// (576->1536), down (1536->576) in Q4_1; the tied embedding/output in Q8_0.
+const Shape kModelShapes[] = {
+    {"attn_q/o", 576, 576, GgmlType::Q4_1},    {"attn_k/v", 576, 192, GgmlType::Q4_1},
+    {"ffn_up/gate", 576, 1536, GgmlType::Q4_1}, {"ffn_down", 1536, 576, GgmlType::Q4_1},
+    {"output", 576, 49152, GgmlType::Q8_0},
+};
+
+GgmlType type_from_name(const std::string& name) {
+  for (uint32_t id = 0; id < 64; ++id)
+    if (auto t = skim::type_traits(id); t && name == t->name) return static_cast<GgmlType>(id);
+  throw std::invalid_argument("unknown type name: " + name);
+}
+
+// Random block bytes with small finite f16 scales (or random floats).
+std::vector<uint8_t> random_weights(GgmlType type, int64_t n, int64_t k, std::mt19937_64& rng) {
+  std::vector<uint8_t> w(skim::row_bytes(type, k) * n);
+  for (auto& b : w) b = static_cast<uint8_t>(rng());
+  if (type == GgmlType::F32) {
+    std::uniform_real_distribution<float> u(-1, 1);
+    for (size_t i = 0; i < w.size() / 4; ++i) {
+      const float v = u(rng);
+      std::memcpy(w.data() + 4 * i, &v, 4);
+    }
+    return w;
+  }
+  // Every block size is even, so each f16 field's high byte sits at an odd
+  // offset; clearing its top exponent bit keeps every scale finite and below 2.
+  for (size_t i = 1; i < w.size(); i += 2) w[i] &= 0xBF;
+  return w;
+}
+
+template <class F>
+double seconds_per_call(F&& f, double min_seconds) {
+  f();  // warm up (allocations, page faults, OpenMP team)
+  double best = 1e30;
+  for (int rep = 0; rep < 3; ++rep) {
+    int64_t calls = 0;
+    const auto t0 = std::chrono::steady_clock::now();
+    double elapsed;
+    do {
+      f();
+      ++calls;
+      elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    } while (elapsed < min_seconds / 3);
+    best = std::min(best, elapsed / calls);
+  }
+  return best;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<Shape> shapes(std::begin(kModelShapes), std::end(kModelShapes));
+  double min_seconds = 0.6;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg == "--types" && i + 1 < argc) {
+      std::vector<GgmlType> types;
+      std::string list = argv[++i];
+      for (size_t pos = 0; pos <= list.size();) {
+        const size_t comma = std::min(list.find(',', pos), list.size());
+        types.push_back(type_from_name(list.substr(pos, comma - pos)));
+        pos = comma + 1;
+      }
+      std::vector<Shape> expanded;
+      for (const Shape& s : kModelShapes)
+        for (GgmlType t : types)
+          if (s.k % skim::traits(t).block_size == 0) expanded.push_back({s.role, s.k, s.n, t});
+      shapes = expanded;
+    } else if (arg == "--min-seconds" && i + 1 < argc) {
+      min_seconds = std::atof(argv[++i]);
+    } else {
+      std::fprintf(stderr, "usage: %s [--types T1,T2,...] [--min-seconds S]\n", argv[0]);
+      return 2;
+    }
+  }
+
+  std::mt19937_64 rng(42);
+  const int64_t m_prefill = 512;
+  std::printf("%-12s %-5s %6s %6s %3s | %8s %8s %5s | %9s %8s | %9s %8s\n", "matrix", "type", "k", "n", "thr",
+              "GFLOP/s", "sgemm", "ratio", "gemv us", "GB/s", "cold us", "GB/s");
+  for (const Shape& s : shapes) {
+    const std::vector<uint8_t> w = random_weights(s.type, s.n, s.k, rng);
+    skim::TensorInfo t;
+    t.name = s.role;
+    t.type = s.type;
+    t.dims = {s.k, s.n};
+    t.data = w.data();
+    t.nbytes = w.size();
+
+    // Copies of the matrix totalling > 64 MiB, so the cold GEMV streams from DRAM.
+    const size_t copies = std::max<size_t>(2, (64u << 20) / w.size() + 1);
+    std::vector<uint8_t> cold_pool(w.size() * copies);
+    for (size_t c = 0; c < copies; ++c) std::memcpy(cold_pool.data() + c * w.size(), w.data(), w.size());
+
+    std::vector<float> wf(s.n * s.k);
+    for (int64_t r = 0; r < s.n; ++r) skim::kernels::dequantize_row(s.type, t.row(r), wf.data() + r * s.k, s.k);
+
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    std::vector<float> x(m_prefill * s.k), y(m_prefill * s.n);
+    for (auto& v : x) v = normal(rng);
+
+    for (int threads : {1, 2}) {
+      omp_set_num_threads(threads);
+      const double flops = 2.0 * m_prefill * s.n * s.k;
+      const double prefill = seconds_per_call([&] { skim::kernels::matmul(t, x.data(), m_prefill, y.data()); },
+                                              min_seconds);
+      // Plain sgemm on the f32 weights with OpenBLAS's own threads (matmul has
+      // already set OpenBLAS to one thread; give it `threads` for this).
+      openblas_set_num_threads(threads);
+      const double sgemm = seconds_per_call(
+          [&] {
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m_prefill, s.n, s.k, 1.0f, x.data(), s.k, wf.data(),
+                        s.k, 0.0f, y.data(), s.n);
+          },
+          min_seconds);
+      openblas_set_num_threads(1);
+      const double gemv = seconds_per_call([&] { skim::kernels::matmul(t, x.data(), 1, y.data()); }, min_seconds);
+      size_t next = 0;
+      skim::TensorInfo tc = t;
+      const double cold = seconds_per_call(
+          [&] {
+            tc.data = cold_pool.data() + (next++ % copies) * w.size();
+            skim::kernels::matmul(tc, x.data(), 1, y.data());
+          },
+          min_seconds);
+      std::printf("%-12s %-5s %6lld %6lld %3d | %8.1f %8.1f %5.2f | %9.1f %8.1f | %9.1f %8.1f\n", s.role,
+                  skim::traits(s.type).name, static_cast<long long>(s.k), static_cast<long long>(s.n), threads,
+                  flops / prefill / 1e9, flops / sgemm / 1e9, sgemm / prefill, gemv * 1e6, w.size() / gemv / 1e9,
+                  cold * 1e6, w.size() / cold / 1e9);
+      std::fflush(stdout);
+    }
+  }
+  return 0;
+}

@@ -1,0 +1,113 @@
+// Attention core: one tiled online-softmax (FlashAttention-2 style) kernel for
+// dense and block-sparse attention on the CPU, exact up to fp32 rounding.
+//
+//   O[h][i] = sum_j softmax_j(scale * q[h][i] . k[h/g][j]) v[h/g][j]
+//   LSE[h][i] = log sum_j exp(scale * q[h][i] . k[h/g][j])      (natural log)
+//
+// over the keys j the plan lists for row i (and, when causal, j <= position of
+// row i). Rows with no key get O = 0 and LSE = -inf. A dense plan and any
+// sparse plan run through the same code path (see attention/plan.h).
+//
+// Inside: K and V tiles (f16/bf16/f32 rows of the KV cache, contiguous ranges
+// or gathered columns) are widened to f32 once per tile in per-thread scratch;
+// Q.K^T and P.V are register-blocked FMA micro-kernels; accumulation is fp32.
+// SIMD code is compiled for AVX2 and AVX-512 (Highway) and chosen at run time.
+// Threads: OpenMP inside the call over work items (plan head, query tile),
+// largest first, dynamic schedule; when there are too few items for the
+// threads (decode, short chunks over long contexts) an item's key stream is
+// split across threads and the parts are LSE-merged.
+#pragma once
+
+#include <cstdint>
+
+#include "attention/plan.h"
+
+namespace skim::kernels {
+
+enum class KvDType : uint8_t { F32, F16, BF16 };
+
+// K and V of one layer: per KV head, one row of head_dim elements per key
+// position (row index == position). The engine's cache [kv_head][capacity][d]
+// is head_stride = capacity * d, row_stride = d.
+struct KvView {
+  const void* k = nullptr;  // element (kv head 0, position 0, dim 0)
+  const void* v = nullptr;
+  KvDType type = KvDType::F16;
+  int64_t head_stride = 0;  // elements between consecutive KV heads
+  int64_t row_stride = 0;   // elements between consecutive positions (>= head_dim)
+  int64_t n_keys = 0;       // positions [0, n_keys) hold valid keys
+};
+
+// Counters of one call (optional output).
+struct AttnStats {
+  int64_t key_tiles = 0;          // key tiles in the streams of all work items
+  int64_t key_tiles_computed = 0; // tiles that went through the softmax and P.V
+  int64_t key_tiles_skipped = 0;  // skipped by the lambda (BLASST) test
+  int64_t key_tiles_stopped = 0;  // never visited because of the early stop
+  int64_t split_items = 0;        // work items whose key stream was split across threads
+};
+
+struct AttnParams {
+  int32_t n_q_heads = 0;   // Hq
+  int32_t n_kv_heads = 0;  // Hkv; Hq must be a multiple of it (GQA group size g = Hq / Hkv)
+  int32_t head_dim = 0;    // d: a multiple of 16, at most 512 (64, 128, 256 are the tuned ones)
+  int64_t n_rows = 0;      // Nq: query rows per head
+  int64_t q_pos0 = 0;      // absolute position of query row 0
+
+  // Q: row i of head h at q + h*q_head_stride + i*q_row_stride (f32, d values).
+  // Strides of 0 mean the contiguous [Hq][Nq][d] layout. RoPE already applied.
+  const float* q = nullptr;
+  int64_t q_head_stride = 0;
+  int64_t q_row_stride = 0;
+
+  KvView kv;
+
+  // O: same addressing as Q (strides 0 = contiguous [Hq][Nq][d]). Every row is written.
+  float* out = nullptr;
+  int64_t out_head_stride = 0;
+  int64_t out_row_stride = 0;
+  // Optional LSE [Hq][Nq] at lse + h*lse_head_stride + i (stride 0 = Nq).
+  float* lse = nullptr;
+  int64_t lse_head_stride = 0;
+
+  float scale = 0.0f;   // 0 = 1/sqrt(head_dim)
+  bool causal = true;   // mask keys after the query's position
+
+  AttnStats* stats = nullptr;  // optional counters (overwritten)
+
+  // Plan validation (attention/plan.h validate_plan) before running: on by
+  // default in debug builds. Key bounds are always checked, so a bad plan
+  // gives an exception, never an out-of-bounds read.
+#ifdef NDEBUG
+  bool validate_plan = false;
+#else
+  bool validate_plan = true;
+#endif
+  // Splitting of key streams across threads: 0 = automatic; n > 0 = split
+  // every work item into parts of at most n key tiles (for tests and tuning).
+  int32_t split_key_tiles = 0;
+};
+
+// Prefill (or any chunk of query rows). plan == nullptr: the dense plan
+// (causal: each row sees [0, position]; non-causal: all n_keys keys), run in
+// GQA group mode. The plan's shape must match the call: plan->n_rows ==
+// n_rows, plan->q_pos0 == q_pos0, and either group_size == 1 with n_heads ==
+// Hq, or group_size == Hq/Hkv with n_heads == Hkv. Throws std::invalid_argument
+// (attention::PlanError for plan problems) naming the problem.
+void attention_prefill(const AttnParams& params, const attention::Plan* plan = nullptr);
+
+// Decode: a few query rows (n_rows <= 16, usually 1) per head. plan ==
+// nullptr: dense, one work item per KV group (the g query heads stacked as
+// rows, one pass over K/V), keys split across threads and LSE-merged. A plan
+// (e.g. Quest-style page selection) works as for prefill.
+void attention_decode(const AttnParams& params, const attention::Plan* plan = nullptr);
+
+// Merges two partial results over disjoint key sets of the same query rows
+// (split key streams, chunked prefill, two-pass methods), in place into (o, lse):
+//   lse' = logaddexp(lse, lse2);  o' = exp(lse - lse')*o + exp(lse2 - lse')*o2.
+// n_rows rows of head_dim values; row r of o at o + r*o_row_stride (same for o2);
+// lse/lse2 have one value per row. Rows with both LSEs -inf stay O = 0, LSE = -inf.
+void merge_partial(int64_t n_rows, int32_t head_dim, float* o, int64_t o_row_stride, float* lse,
+                   const float* o2, int64_t o2_row_stride, const float* lse2);
+
+}  // namespace skim::kernels

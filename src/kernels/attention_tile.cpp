@@ -1,0 +1,437 @@
+// SIMD part of the attention kernel: one work unit (query columns x a stream
+// of key tiles) with online softmax. Compiled once per x86 target (AVX2,
+// AVX-512) through Highway's foreach_target and chosen at run time.
+//
+// Layout (per thread scratch, f32):
+//   Wide units (more than kNarrowCols columns):
+//     qt [d][ldq]        Q transposed and pre-scaled by scale*log2(e)
+//     s  [kKeyTile][ldq] S^T = K.Q^T for one key tile, then P in place
+//   so the score tile is built by broadcasting K values against vectors of
+//   queries, and the row max / row sum of the softmax are plain vector max /
+//   add over key rows: no horizontal reductions anywhere.
+//   Narrow units (decode: one row per head, or the g rows of a KV group):
+//     qt [n_cols][d]     Q rows; S via dot products along d, 8 keys reduced at once.
+//   Both: o [ldq][d] accumulator, kf/vf [kKeyTile][d] widened K/V tiles.
+// Scores are in base 2 (exp2), so LSE = ln 2 * (m + log2 l).
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#undef HWY_TARGET_INCLUDE
+#define HWY_TARGET_INCLUDE "kernels/attention_tile.cpp"
+#include "hwy/foreach_target.h"  // IWYU pragma: keep
+#include "hwy/highway.h"
+
+#include "kernels/attention_tile.h"
+
+HWY_BEFORE_NAMESPACE();
+namespace skim::kernels::attn_detail {
+namespace HWY_NAMESPACE {
+namespace hn = hwy::HWY_NAMESPACE;
+
+using DF = hn::ScalableTag<float>;
+using DI = hn::RebindToSigned<DF>;
+using VF = hn::Vec<DF>;
+
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+// 2^x for x <= 0 (the only inputs: score - running max, old max - new max).
+// x = n + f with n = round(x), |f| <= 1/2; 2^f by a degree-5 minimax
+// polynomial (relative error 1.1e-7). Exactly 0 below -126, so masked (-inf)
+// scores contribute nothing.
+HWY_INLINE VF Exp2(DF df, VF x) {
+  const DI di;
+  const VF lowest = hn::Set(df, -126.0f);
+  const VF xc = hn::Max(x, lowest);
+  const VF magic = hn::Set(df, 12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer
+  const VF t = hn::Add(xc, magic);
+  const VF n = hn::Sub(t, magic);
+  const VF f = hn::Sub(xc, n);
+  VF p = hn::Set(df, 0.0013264719163998961f);
+  p = hn::MulAdd(p, f, hn::Set(df, 0.009671513922512531f));
+  p = hn::MulAdd(p, f, hn::Set(df, 0.05550733953714371f));
+  p = hn::MulAdd(p, f, hn::Set(df, 0.24022242426872253f));
+  p = hn::MulAdd(p, f, hn::Set(df, 0.6931470036506653f));
+  p = hn::MulAdd(p, f, hn::Set(df, 1.0f));
+  // The low bits of t hold n; shifting them into the exponent field and
+  // adding the bias gives 2^n.
+  const auto bits = hn::Add(hn::ShiftLeft<23>(hn::BitCast(di, t)), hn::Set(di, 127 << 23));
+  const VF scale = hn::BitCast(df, bits);
+  return hn::IfThenZeroElse(hn::Lt(x, lowest), hn::Mul(p, scale));
+}
+
+// Sums of 8 vectors, lane-reduced: out[k] = sum of a[k]'s lanes.
+HWY_INLINE void Sum8(DF df, const VF* a, float* out) {
+#if HWY_TARGET == HWY_AVX2
+  (void)df;
+  const __m256 h01 = _mm256_hadd_ps(a[0].raw, a[1].raw);
+  const __m256 h23 = _mm256_hadd_ps(a[2].raw, a[3].raw);
+  const __m256 h45 = _mm256_hadd_ps(a[4].raw, a[5].raw);
+  const __m256 h67 = _mm256_hadd_ps(a[6].raw, a[7].raw);
+  const __m256 h0123 = _mm256_hadd_ps(h01, h23);  // lanes: a0..a3 low halves | a0..a3 high halves
+  const __m256 h4567 = _mm256_hadd_ps(h45, h67);
+  const __m256 lo = _mm256_permute2f128_ps(h0123, h4567, 0x20);
+  const __m256 hi = _mm256_permute2f128_ps(h0123, h4567, 0x31);
+  _mm256_storeu_ps(out, _mm256_add_ps(lo, hi));
+#elif HWY_TARGET == HWY_AVX3 || HWY_TARGET == HWY_AVX3_DL
+  (void)df;
+  __m256 half[8];
+  HWY_UNROLL(16)
+  for (int k = 0; k < 8; ++k)
+    half[k] = _mm256_add_ps(_mm512_castps512_ps256(a[k].raw), _mm512_extractf32x8_ps(a[k].raw, 1));
+  const __m256 h01 = _mm256_hadd_ps(half[0], half[1]);
+  const __m256 h23 = _mm256_hadd_ps(half[2], half[3]);
+  const __m256 h45 = _mm256_hadd_ps(half[4], half[5]);
+  const __m256 h67 = _mm256_hadd_ps(half[6], half[7]);
+  const __m256 h0123 = _mm256_hadd_ps(h01, h23);
+  const __m256 h4567 = _mm256_hadd_ps(h45, h67);
+  const __m256 lo = _mm256_permute2f128_ps(h0123, h4567, 0x20);
+  const __m256 hi = _mm256_permute2f128_ps(h0123, h4567, 0x31);
+  _mm256_storeu_ps(out, _mm256_add_ps(lo, hi));
+#else
+  HWY_UNROLL(16)
+  for (int k = 0; k < 8; ++k) out[k] = hn::GetLane(hn::SumOfLanes(df, a[k]));
+#endif
+}
+
+// Widens `count` K or V rows of a span to f32 rows of d values in dst.
+HWY_INLINE void WidenRows(DF df, const void* base, KvDType type, int64_t row_stride, const KeySpan& span,
+                          int32_t d, float* HWY_RESTRICT dst) {
+  const size_t N = hn::Lanes(df);
+  for (int32_t j = 0; j < span.count; ++j) {
+    const int64_t pos = span.keys ? span.keys[j] : span.begin + j;
+    float* out = dst + static_cast<int64_t>(j) * d;
+    if (type == KvDType::F16) {
+      const hn::Rebind<hwy::float16_t, DF> dh;
+      const auto* src = static_cast<const hwy::float16_t*>(base) + pos * row_stride;
+      for (int32_t c = 0; c < d; c += static_cast<int32_t>(N)) hn::Store(hn::PromoteTo(df, hn::LoadU(dh, src + c)), df, out + c);
+    } else if (type == KvDType::BF16) {
+      const hn::Rebind<hwy::bfloat16_t, DF> db;
+      const auto* src = static_cast<const hwy::bfloat16_t*>(base) + pos * row_stride;
+      for (int32_t c = 0; c < d; c += static_cast<int32_t>(N)) hn::Store(hn::PromoteTo(df, hn::LoadU(db, src + c)), df, out + c);
+    } else {
+      const float* src = static_cast<const float*>(base) + pos * row_stride;
+      for (int32_t c = 0; c < d; c += static_cast<int32_t>(N)) hn::Store(hn::LoadU(df, src + c), df, out + c);
+    }
+  }
+}
+
+// f32 rows of a span as (pointer, stride): the cache itself for a contiguous
+// f32 span, else the widened copy in `scratch`.
+HWY_INLINE const float* SpanRows(DF df, const void* base, KvDType type, int64_t row_stride, const KeySpan& span,
+                                 int32_t d, float* scratch, int64_t& ld) {
+  if (type == KvDType::F32 && span.keys == nullptr) {
+    ld = row_stride;
+    return static_cast<const float*>(base) + static_cast<int64_t>(span.begin) * row_stride;
+  }
+  WidenRows(df, base, type, row_stride, span, d, scratch);
+  ld = d;
+  return scratch;
+}
+
+// s[r][i0 .. i0+2N) = sum_p k[r][p] * qt[p][i0 ..]  for MR key rows.
+template <int MR>
+HWY_INLINE void QKBlock(DF df, const float* HWY_RESTRICT k, int64_t ldk, const float* HWY_RESTRICT qt, int32_t ldq,
+                        int32_t d, float* HWY_RESTRICT s, int32_t i0) {
+  const size_t N = hn::Lanes(df);
+  VF a0[MR], a1[MR];
+  HWY_UNROLL(16)
+  for (int r = 0; r < MR; ++r) a0[r] = a1[r] = hn::Zero(df);
+  const float* qp = qt + i0;
+  for (int32_t p = 0; p < d; ++p, qp += ldq) {
+    const VF q0 = hn::Load(df, qp);
+    const VF q1 = hn::Load(df, qp + N);
+    HWY_UNROLL(16)
+    for (int r = 0; r < MR; ++r) {
+      const VF kk = hn::Set(df, k[r * ldk + p]);
+      a0[r] = hn::MulAdd(kk, q0, a0[r]);
+      a1[r] = hn::MulAdd(kk, q1, a1[r]);
+    }
+  }
+  HWY_UNROLL(16)
+  for (int r = 0; r < MR; ++r) {
+    hn::Store(a0[r], df, s + r * ldq + i0);
+    hn::Store(a1[r], df, s + r * ldq + i0 + N);
+  }
+}
+
+// Wide score tile: s[j][i] for j < count, i < ldq (ldq a multiple of 2N).
+HWY_INLINE void QKWide(DF df, const float* k, int64_t ldk, const float* qt, int32_t ldq, int32_t d, int32_t count,
+                       float* s) {
+  const int32_t step = static_cast<int32_t>(2 * hn::Lanes(df));
+  for (int32_t i0 = 0; i0 < ldq; i0 += step) {
+    int32_t j = 0;
+    for (; j + 4 <= count; j += 4) QKBlock<4>(df, k + j * ldk, ldk, qt, ldq, d, s + j * ldq, i0);
+    switch (count - j) {
+      case 3: QKBlock<3>(df, k + j * ldk, ldk, qt, ldq, d, s + j * ldq, i0); break;
+      case 2: QKBlock<2>(df, k + j * ldk, ldk, qt, ldq, d, s + j * ldq, i0); break;
+      case 1: QKBlock<1>(df, k + j * ldk, ldk, qt, ldq, d, s + j * ldq, i0); break;
+      default: break;
+    }
+  }
+}
+
+// Narrow score tile: s[j][i] = q_i . k_j for i < n_cols (q rows in qs).
+HWY_INLINE void QKNarrow(DF df, const float* HWY_RESTRICT k, int64_t ldk, const float* HWY_RESTRICT qs,
+                         int32_t n_cols, int32_t d, int32_t count, float* HWY_RESTRICT s, int32_t ldq) {
+  const size_t N = hn::Lanes(df);
+  for (int32_t i = 0; i < n_cols; ++i) {
+    const float* q = qs + static_cast<int64_t>(i) * d;
+    int32_t j = 0;
+    for (; j + 8 <= count; j += 8) {
+      VF a[8];
+      HWY_UNROLL(16)
+      for (int r = 0; r < 8; ++r) a[r] = hn::Zero(df);
+      const float* kj = k + j * ldk;
+      for (int32_t c = 0; c < d; c += static_cast<int32_t>(N)) {
+        const VF qv = hn::Load(df, q + c);
+        HWY_UNROLL(16)
+        for (int r = 0; r < 8; ++r) a[r] = hn::MulAdd(hn::LoadU(df, kj + r * ldk + c), qv, a[r]);
+      }
+      HWY_ALIGN float sums[8];
+      Sum8(df, a, sums);
+      HWY_UNROLL(16)
+      for (int r = 0; r < 8; ++r) s[(j + r) * ldq + i] = sums[r];
+    }
+    for (; j < count; ++j) {
+      VF a = hn::Zero(df);
+      for (int32_t c = 0; c < d; c += static_cast<int32_t>(N))
+        a = hn::MulAdd(hn::LoadU(df, k + j * ldk + c), hn::Load(df, q + c), a);
+      s[j * ldq + i] = hn::GetLane(hn::SumOfLanes(df, a));
+    }
+  }
+}
+
+// o[i0+r][c0 ..] = alpha[i0+r] * o[..] + sum_j p[j][i0+r] * v[j][c0 ..]  for MR rows, NV vectors.
+template <int MR, int NV>
+HWY_INLINE void PVBlock(DF df, const float* HWY_RESTRICT p, int32_t ldq, const float* HWY_RESTRICT v, int64_t ldv,
+                        int32_t count, const float* HWY_RESTRICT alpha, float* HWY_RESTRICT o, int32_t d, int32_t i0,
+                        int32_t c0) {
+  const size_t N = hn::Lanes(df);
+  VF acc[MR][NV];
+  HWY_UNROLL(16)
+  for (int r = 0; r < MR; ++r) {
+    const VF a = hn::Set(df, alpha[i0 + r]);
+    HWY_UNROLL(16)
+    for (int t = 0; t < NV; ++t) acc[r][t] = hn::Mul(hn::Load(df, o + (i0 + r) * d + c0 + t * N), a);
+  }
+  for (int32_t j = 0; j < count; ++j) {
+    VF vv[NV];
+    HWY_UNROLL(16)
+    for (int t = 0; t < NV; ++t) vv[t] = hn::LoadU(df, v + j * ldv + c0 + t * N);
+    const float* pj = p + j * ldq + i0;
+    HWY_UNROLL(16)
+    for (int r = 0; r < MR; ++r) {
+      const VF pp = hn::Set(df, pj[r]);
+      HWY_UNROLL(16)
+      for (int t = 0; t < NV; ++t) acc[r][t] = hn::MulAdd(pp, vv[t], acc[r][t]);
+    }
+  }
+  HWY_UNROLL(16)
+  for (int r = 0; r < MR; ++r)
+    HWY_UNROLL(16)
+    for (int t = 0; t < NV; ++t) hn::Store(acc[r][t], df, o + (i0 + r) * d + c0 + t * N);
+}
+
+template <int MR>
+HWY_INLINE void PVRows(DF df, const float* p, int32_t ldq, const float* v, int64_t ldv, int32_t count,
+                       const float* alpha, float* o, int32_t d, int32_t i0) {
+  const int32_t N = static_cast<int32_t>(hn::Lanes(df));
+  int32_t c0 = 0;
+  if constexpr (MR == 1) {
+    // One row (decode): 8 accumulators along d keep the FMA pipes busy.
+    for (; c0 + 8 * N <= d; c0 += 8 * N) PVBlock<1, 8>(df, p, ldq, v, ldv, count, alpha, o, d, i0, c0);
+    for (; c0 + 4 * N <= d; c0 += 4 * N) PVBlock<1, 4>(df, p, ldq, v, ldv, count, alpha, o, d, i0, c0);
+  } else if constexpr (MR <= 3) {
+    for (; c0 + 4 * N <= d; c0 += 4 * N) PVBlock<MR, 4>(df, p, ldq, v, ldv, count, alpha, o, d, i0, c0);
+  }
+  for (; c0 + 2 * N <= d; c0 += 2 * N) PVBlock<MR, 2>(df, p, ldq, v, ldv, count, alpha, o, d, i0, c0);
+  for (; c0 < d; c0 += N) PVBlock<MR, 1>(df, p, ldq, v, ldv, count, alpha, o, d, i0, c0);
+}
+
+// O = alpha*O + P.V for rows i < n_cols.
+HWY_INLINE void PV(DF df, const float* p, int32_t ldq, const float* v, int64_t ldv, int32_t count,
+                   const float* alpha, float* o, int32_t d, int32_t n_cols) {
+  int32_t i = 0;
+  for (; i + 4 <= n_cols; i += 4) PVRows<4>(df, p, ldq, v, ldv, count, alpha, o, d, i);
+  switch (n_cols - i) {
+    case 3: PVRows<3>(df, p, ldq, v, ldv, count, alpha, o, d, i); break;
+    case 2: PVRows<2>(df, p, ldq, v, ldv, count, alpha, o, d, i); break;
+    case 1: PVRows<1>(df, p, ldq, v, ldv, count, alpha, o, d, i); break;
+    default: break;
+  }
+}
+
+void RunTileJob(const TileJob& job, float* HWY_RESTRICT scratch, TileCounters& counters) {
+  const DF df;
+  const DI di;
+  const int32_t N = static_cast<int32_t>(hn::Lanes(df));
+  const int32_t d = job.head_dim;
+  const int32_t n_cols = job.n_cols;
+  const bool narrow = n_cols <= kNarrowCols;
+  // Columns padded to whole column blocks: 2N for the wide micro-kernel, N for narrow.
+  const int32_t ldq = narrow ? N : (n_cols + 2 * N - 1) / (2 * N) * (2 * N);
+  const int32_t n_blocks = (n_cols + N - 1) / N;  // column vectors holding real columns
+
+  float* qt = scratch;                                   // d * kMaxTileCols
+  float* s = qt + static_cast<size_t>(d) * kMaxTileCols;  // kKeyTile * kMaxTileCols
+  float* o = s + static_cast<size_t>(kKeyTile) * kMaxTileCols;  // kMaxTileCols * d
+  float* kf = o + static_cast<size_t>(kMaxTileCols) * d;  // kKeyTile * d
+  float* vf = kf + static_cast<size_t>(kKeyTile) * d;     // kKeyTile * d
+  float* m = vf + static_cast<size_t>(kKeyTile) * d;      // running max (base 2), per column
+  float* l = m + kMaxTileCols;                            // running sum
+  float* alpha = l + kMaxTileCols;                        // rescale factor of the current tile
+  float* tmax = alpha + kMaxTileCols;                     // tile max
+
+  HWY_ALIGN int32_t qpos[kMaxTileCols];
+  int32_t min_qpos = std::numeric_limits<int32_t>::max();
+  for (int32_t i = 0; i < ldq; ++i) {
+    qpos[i] = i < n_cols ? job.cols[i].pos : std::numeric_limits<int32_t>::max();
+    if (i < n_cols) min_qpos = std::min(min_qpos, qpos[i]);
+  }
+
+  // Q, scaled into base-2 logits.
+  if (narrow) {
+    for (int32_t i = 0; i < n_cols; ++i)
+      for (int32_t c = 0; c < d; ++c) qt[i * d + c] = job.cols[i].q[c] * job.q_scale;
+    // Lanes past n_cols of the score rows must hold finite values.
+    for (int32_t j = 0; j < kKeyTile; ++j)
+      for (int32_t i = n_cols; i < ldq; ++i) s[j * ldq + i] = 0.0f;
+  } else {
+    for (int32_t c = 0; c < d; ++c) {
+      float* row = qt + c * ldq;
+      for (int32_t i = 0; i < n_cols; ++i) row[i] = job.cols[i].q[c] * job.q_scale;
+      for (int32_t i = n_cols; i < ldq; ++i) row[i] = 0.0f;
+    }
+  }
+  for (int32_t i = 0; i < ldq; ++i) {
+    m[i] = kNegInf;
+    l[i] = 0.0f;
+  }
+  std::memset(o, 0, sizeof(float) * static_cast<size_t>(n_cols) * d);
+
+  const VF neg_inf = hn::Set(df, kNegInf);
+  for (int64_t si = 0; si < job.n_spans; ++si) {
+    const KeySpan& span = job.spans[si];
+    if (job.early_stop && span.score < job.stop_theta) {
+      counters.stopped += job.n_spans - si;
+      break;
+    }
+    const int32_t count = span.count;
+    int64_t ldk = 0;
+    const float* kt = SpanRows(df, job.k, job.type, job.row_stride, span, d, kf, ldk);
+
+    if (narrow) {
+      QKNarrow(df, kt, ldk, qt, n_cols, d, count, s, ldq);
+    } else {
+      QKWide(df, kt, ldk, qt, ldq, d, count, s);
+    }
+
+    // Causal mask: keys after a column's position get -inf.
+    if (job.causal && span.max_pos > min_qpos) {
+      for (int32_t j = 0; j < count; ++j) {
+        const int32_t kp = span.keys ? span.keys[j] : span.begin + j;
+        if (kp <= min_qpos) continue;
+        const auto kpv = hn::Set(di, kp);
+        float* sj = s + j * ldq;
+        for (int32_t b = 0; b < n_blocks; ++b) {
+          const auto masked = hn::RebindMask(df, hn::Gt(kpv, hn::Load(di, qpos + b * N)));
+          hn::Store(hn::IfThenElse(masked, neg_inf, hn::Load(df, sj + b * N)), df, sj + b * N);
+        }
+      }
+    }
+
+    // Tile max per column.
+    for (int32_t b = 0; b < n_blocks; ++b) {
+      VF t = neg_inf;
+      for (int32_t j = 0; j < count; ++j) t = hn::Max(t, hn::Load(df, s + j * ldq + b * N));
+      hn::Store(t, df, tmax + b * N);
+    }
+
+    // BLASST: skip when every row's tile max is far below its running max
+    // (and no row would see its first finite score in this tile).
+    if (job.log2_lambda > kNegInf) {
+      bool skip = true;
+      for (int32_t i = 0; i < n_cols && skip; ++i) {
+        if (m[i] == kNegInf) {
+          skip = tmax[i] == kNegInf;
+        } else {
+          skip = tmax[i] - m[i] < job.log2_lambda;
+        }
+      }
+      if (skip) {
+        ++counters.skipped;
+        continue;
+      }
+    }
+
+    // Online softmax: m' = max(m, t); alpha = 2^(m - m'); P = 2^(S - m'); l = alpha*l + sum P.
+    for (int32_t b = 0; b < n_blocks; ++b) {
+      const VF m_old = hn::Load(df, m + b * N);
+      const VF m_new = hn::Max(m_old, hn::Load(df, tmax + b * N));
+      // A column with no finite score yet subtracts 0 so -inf - -inf never happens.
+      const VF m_use = hn::IfThenZeroElse(hn::Eq(m_new, neg_inf), m_new);
+      const VF a = Exp2(df, hn::Sub(m_old, m_use));
+      VF sum0 = hn::Zero(df), sum1 = hn::Zero(df);
+      float* sb = s + b * N;
+      int32_t j = 0;
+      for (; j + 2 <= count; j += 2) {
+        const VF p0 = Exp2(df, hn::Sub(hn::Load(df, sb + j * ldq), m_use));
+        const VF p1 = Exp2(df, hn::Sub(hn::Load(df, sb + (j + 1) * ldq), m_use));
+        hn::Store(p0, df, sb + j * ldq);
+        hn::Store(p1, df, sb + (j + 1) * ldq);
+        sum0 = hn::Add(sum0, p0);
+        sum1 = hn::Add(sum1, p1);
+      }
+      if (j < count) {
+        const VF p0 = Exp2(df, hn::Sub(hn::Load(df, sb + j * ldq), m_use));
+        hn::Store(p0, df, sb + j * ldq);
+        sum0 = hn::Add(sum0, p0);
+      }
+      hn::Store(hn::MulAdd(hn::Load(df, l + b * N), a, hn::Add(sum0, sum1)), df, l + b * N);
+      hn::Store(m_new, df, m + b * N);
+      hn::Store(a, df, alpha + b * N);
+    }
+
+    int64_t ldv = 0;
+    const float* vt = SpanRows(df, job.v, job.type, job.row_stride, span, d, vf, ldv);
+    PV(df, s, ldq, vt, ldv, count, alpha, o, d, n_cols);
+    ++counters.computed;
+  }
+
+  // Finalise: O / l and LSE = ln2 * (m + log2 l); rows without keys: 0 and -inf.
+  constexpr float kLn2 = 0.693147180559945309f;
+  for (int32_t i = 0; i < n_cols; ++i) {
+    float* out = job.cols[i].out;
+    if (l[i] > 0.0f) {
+      const VF inv = hn::Set(df, 1.0f / l[i]);
+      for (int32_t c = 0; c < d; c += N) hn::StoreU(hn::Mul(hn::Load(df, o + i * d + c), inv), df, out + c);
+      *job.cols[i].lse = kLn2 * (m[i] + std::log2(l[i]));
+    } else {
+      for (int32_t c = 0; c < d; ++c) out[c] = 0.0f;
+      *job.cols[i].lse = kNegInf;
+    }
+  }
+}
+
+}  // namespace HWY_NAMESPACE
+}  // namespace skim::kernels::attn_detail
+HWY_AFTER_NAMESPACE();
+
+#if HWY_ONCE
+namespace skim::kernels::attn_detail {
+
+HWY_EXPORT(RunTileJob);
+
+size_t tile_scratch_floats(int32_t head_dim) {
+  const size_t d = static_cast<size_t>(head_dim);
+  return d * kMaxTileCols + static_cast<size_t>(kKeyTile) * kMaxTileCols + kMaxTileCols * d +
+         2 * static_cast<size_t>(kKeyTile) * d + 4 * static_cast<size_t>(kMaxTileCols);
+}
+
+void run_tile_job(const TileJob& job, float* scratch, TileCounters& counters) {
+  HWY_DYNAMIC_DISPATCH(RunTileJob)(job, scratch, counters);
+}
+
+}  // namespace skim::kernels::attn_detail
+#endif  // HWY_ONCE

@@ -1,0 +1,68 @@
+// Internal interface between the attention driver (attention.cpp: plans,
+// work items, threads, merging) and its SIMD part (attention_tile.cpp: one
+// work unit = a set of query columns against a stream of key tiles).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "kernels/attention.h"
+
+namespace skim::kernels::attn_detail {
+
+// Keys per key tile: one K and one V tile of 64 rows, widened to f32, stay in
+// L1/L2 next to the query tile (research §19.5).
+inline constexpr int32_t kKeyTile = 64;
+// Most query columns (rows of Q across the heads of a group) per work unit.
+inline constexpr int32_t kMaxTileCols = 128;
+// Units with at most this many columns take the decode-shaped path.
+inline constexpr int32_t kNarrowCols = 8;
+
+// One query row of the unit.
+struct QueryColumn {
+  const float* q;  // head_dim values
+  float* out;      // head_dim values: O (normalised)
+  float* lse;      // natural-log LSE
+  int32_t pos;     // absolute position
+};
+
+// One key tile: count (1..kKeyTile) keys, contiguous from `begin` or gathered.
+struct KeySpan {
+  int32_t begin = 0;              // first position when keys == nullptr
+  int32_t count = 0;
+  int32_t max_pos = 0;            // largest position in the tile (causal test)
+  const int32_t* keys = nullptr;  // gathered positions, or nullptr
+  float score = 0.0f;             // visit score (ordered plans)
+};
+
+struct TileJob {
+  int32_t head_dim = 0;
+  float q_scale = 0.0f;       // softmax scale * log2(e): the kernel works in base 2
+  bool causal = true;
+  float log2_lambda = 0.0f;   // BLASST threshold in base 2; -inf = never skip
+  bool early_stop = false;    // stop at the first span with score < stop_theta
+  float stop_theta = 0.0f;
+  // K/V rows of this unit's KV head.
+  const void* k = nullptr;
+  const void* v = nullptr;
+  KvDType type = KvDType::F16;
+  int64_t row_stride = 0;
+  const QueryColumn* cols = nullptr;
+  int32_t n_cols = 0;  // 1..kMaxTileCols
+  const KeySpan* spans = nullptr;
+  int64_t n_spans = 0;
+};
+
+struct TileCounters {
+  int64_t computed = 0;
+  int64_t skipped = 0;
+  int64_t stopped = 0;
+};
+
+// Floats of per-thread scratch run_tile_job needs for head_dim (64-byte aligned).
+size_t tile_scratch_floats(int32_t head_dim);
+
+// Runs one unit (all SIMD work), writing every column's O and LSE.
+void run_tile_job(const TileJob& job, float* scratch, TileCounters& counters);
+
+}  // namespace skim::kernels::attn_detail

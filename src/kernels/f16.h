@@ -1,0 +1,17 @@
+// IEEE half-precision conversion (F16C; the baseline target has it).
+#pragma once
+
+#include <immintrin.h>
+
+#include <cstdint>
+
+namespace skim::kernels {
+
+inline float f16_to_f32(uint16_t h) { return _cvtsh_ss(h); }
+inline uint16_t f32_to_f16(float f) { return _cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT); }
+
+// n values, any n.
+void f16_to_f32_row(const uint16_t* src, float* dst, int64_t n);
+void f32_to_f16_row(const float* src, uint16_t* dst, int64_t n);
+
+}  // namespace skim::kernels

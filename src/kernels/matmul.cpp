@@ -1,0 +1,198 @@
+#include "kernels/matmul.h"
+
+#include <cblas.h>
+#include <immintrin.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <mutex>
+#include <stdexcept>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "kernels/dequant.h"
+#include "kernels/quant_dot.h"
+
+namespace skim::kernels {
+namespace {
+
+// Up to this many activation rows, matmul streams the weights once per call
+// (GEMV); above it, it dequantizes panels and runs sgemm.
+constexpr int64_t kMaxGemvRows = kMaxIntegerDotRows;
+// Bytes of dequantized f32 weights per sgemm panel: the panel and OpenBLAS's
+// packed copy of it stay within the per-core L2 (512 KiB on the target).
+constexpr int64_t kPanelBytes = 160 * 1024;
+// Below this many weight bytes a GEMV runs on one thread: the fork/join would
+// cost more than the work.
+constexpr size_t kMinParallelGemvBytes = 24 * 1024;
+
+std::vector<float>& thread_scratch() {
+  thread_local std::vector<float> scratch;
+  return scratch;
+}
+
+void use_single_threaded_blas() {
+  // Parallelism comes from our OpenMP panels; OpenBLAS's own threads would
+  // oversubscribe the cores.
+  static std::once_flag once;
+  std::call_once(once, [] { openblas_set_num_threads(1); });
+}
+
+int max_threads() { return omp_in_parallel() ? 1 : omp_get_max_threads(); }
+
+__attribute__((target("avx2,fma"))) float dot_f32_avx2(const float* a, const float* b, int64_t k) {
+  __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+  int64_t i = 0;
+  for (; i + 32 <= k; i += 32)
+    for (int u = 0; u < 4; ++u)
+      acc[u] = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8 * u), _mm256_loadu_ps(b + i + 8 * u), acc[u]);
+  for (; i + 8 <= k; i += 8) acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc[0]);
+  const __m256 s8 = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  float sum = _mm_cvtss_f32(s);
+  for (; i < k; ++i) sum += a[i] * b[i];
+  return sum;
+}
+
+float dot_f32_scalar(const float* a, const float* b, int64_t k) {
+  float sum = 0.0f;
+  for (int64_t i = 0; i < k; ++i) sum += a[i] * b[i];
+  return sum;
+}
+
+void validate(const TensorInfo& w, const float* x, int64_t m, const float* y, int64_t ldy, int64_t n_begin,
+              int64_t n_end) {
+  if (!can_dequantize(w.type))
+    throw std::invalid_argument(
+        fmt::format("matmul: weight '{}' has unsupported type id {}", w.name, static_cast<uint32_t>(w.type)));
+  if (w.dims.empty() || w.row_length() <= 0)
+    throw std::invalid_argument(fmt::format("matmul: weight '{}' has no rows of positive length", w.name));
+  const int64_t k = w.row_length(), n = w.rows();
+  if (k % traits(w.type).block_size != 0)
+    throw std::invalid_argument(fmt::format("matmul: weight '{}' row length {} is not a multiple of {}'s block size",
+                                            w.name, k, traits(w.type).name));
+  if (w.data == nullptr || w.nbytes < static_cast<size_t>(n) * w.row_size())
+    throw std::invalid_argument(fmt::format("matmul: weight '{}' data is missing or shorter than its {} x {} shape",
+                                            w.name, n, k));
+  if (m < 0) throw std::invalid_argument(fmt::format("matmul: negative activation row count {}", m));
+  if (n_begin < 0 || n_begin > n_end || n_end > n)
+    throw std::invalid_argument(
+        fmt::format("matmul: output rows [{}, {}) out of range for weight '{}' with {} rows", n_begin, n_end, w.name, n));
+  if (ldy < n_end - n_begin)
+    throw std::invalid_argument(fmt::format("matmul: output stride {} is less than the {} output columns", ldy,
+                                            n_end - n_begin));
+  if (m > 0 && n_end > n_begin && (x == nullptr || y == nullptr))
+    throw std::invalid_argument("matmul: null activation or output pointer");
+}
+
+// Decode with an integer kernel: quantize x to 8 bits, then stream W once.
+void gemv_integer(const TensorInfo& w, const float* x, int64_t m, float* y, int64_t ldy, int64_t n_begin,
+                  int64_t n_end, ActivationFormat format, KernelIsa isa) {
+  thread_local QuantizedActivations act;
+  quantize_activations(x, m, w.row_length(), format, isa, act);
+  const RowDotFn dot = select_row_dot(w.type, isa);
+  const bool parallel = static_cast<size_t>(n_end - n_begin) * w.row_size() >= kMinParallelGemvBytes;
+  const QuantizedActivations& a = act;
+#pragma omp parallel for schedule(static) if (parallel) num_threads(max_threads())
+  for (int64_t n = n_begin; n < n_end; ++n) dot(w.row(n), a, y + (n - n_begin), ldy);
+}
+
+// Decode for types without an integer kernel: dequantize each row, f32 dots.
+void gemv_float(const TensorInfo& w, const float* x, int64_t m, float* y, int64_t ldy, int64_t n_begin,
+                int64_t n_end, KernelIsa isa) {
+  const int64_t k = w.row_length();
+  const bool parallel = static_cast<size_t>(n_end - n_begin) * w.row_size() >= kMinParallelGemvBytes;
+  const auto dot = isa == KernelIsa::kAvx2 ? dot_f32_avx2 : dot_f32_scalar;
+#pragma omp parallel if (parallel) num_threads(max_threads())
+  {
+    std::vector<float>& row = thread_scratch();
+    if (w.type != GgmlType::F32 && row.size() < static_cast<size_t>(k)) row.resize(k);
+#pragma omp for schedule(static)
+    for (int64_t n = n_begin; n < n_end; ++n) {
+      const float* wr;
+      if (w.type == GgmlType::F32) {
+        wr = reinterpret_cast<const float*>(w.row(n));
+      } else {
+        dequantize_row(w.type, w.row(n), row.data(), k);
+        wr = row.data();
+      }
+      for (int64_t r = 0; r < m; ++r) y[r * ldy + (n - n_begin)] = dot(wr, x + r * k, k);
+    }
+  }
+}
+
+// Prefill: panels of W rows dequantized into per-thread scratch, sgemm on each.
+void gemm_panels(const TensorInfo& w, const float* x, int64_t m, float* y, int64_t ldy, int64_t n_begin,
+                 int64_t n_end) {
+  use_single_threaded_blas();
+  const int64_t k = w.row_length(), rows = n_end - n_begin;
+  const int threads = max_threads();
+  // Panel count: enough to fit the cache budget, and a multiple of the thread
+  // count while there are few panels so no thread idles at the end.
+  const int64_t max_panel_rows = std::max<int64_t>(16, kPanelBytes / (k * static_cast<int64_t>(sizeof(float))));
+  int64_t panels = (rows + max_panel_rows - 1) / max_panel_rows;
+  if (panels < 4 * threads) panels = (panels + threads - 1) / threads * threads;
+  int64_t panel_rows = (rows + panels - 1) / panels;
+  panel_rows = std::max<int64_t>(8, (panel_rows + 7) / 8 * 8);
+  panels = (rows + panel_rows - 1) / panel_rows;
+  // Too few panels to go around: split the activation rows too.
+  const int64_t m_chunks = panels < threads ? std::min<int64_t>(threads, std::max<int64_t>(1, m / 16)) : 1;
+  const int64_t m_chunk_rows = (m + m_chunks - 1) / m_chunks;
+  const int64_t tasks = panels * m_chunks;
+
+#pragma omp parallel num_threads(static_cast<int>(std::min<int64_t>(threads, tasks)))
+  {
+    std::vector<float>& scratch = thread_scratch();
+    if (w.type != GgmlType::F32 && scratch.size() < static_cast<size_t>(panel_rows * k))
+      scratch.resize(panel_rows * k);
+    int64_t panel_in_scratch = -1;
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t t = 0; t < tasks; ++t) {
+      const int64_t p = t / m_chunks, chunk = t % m_chunks;
+      const int64_t n0 = n_begin + p * panel_rows, np = std::min(panel_rows, n_end - n0);
+      const int64_t m0 = chunk * m_chunk_rows, mm = std::min(m_chunk_rows, m - m0);
+      if (mm <= 0) continue;
+      const float* panel;
+      if (w.type == GgmlType::F32) {
+        panel = reinterpret_cast<const float*>(w.row(n0));
+      } else {
+        if (panel_in_scratch != p) {
+          for (int64_t i = 0; i < np; ++i) dequantize_row(w.type, w.row(n0 + i), scratch.data() + i * k, k);
+          panel_in_scratch = p;
+        }
+        panel = scratch.data();
+      }
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(mm), static_cast<int>(np),
+                  static_cast<int>(k), 1.0f, x + m0 * k, static_cast<int>(k), panel, static_cast<int>(k), 0.0f,
+                  y + m0 * ldy + (n0 - n_begin), static_cast<int>(ldy));
+    }
+  }
+}
+
+}  // namespace
+
+void matmul_rows(const TensorInfo& w, const float* x, int64_t m, float* y, int64_t ldy, int64_t n_begin,
+                 int64_t n_end) {
+  validate(w, x, m, y, ldy, n_begin, n_end);
+  if (m == 0 || n_begin == n_end) return;
+  const KernelIsa isa = kernel_isa();
+  if (m <= kMaxGemvRows) {
+    const ActivationFormat format = integer_activation_format(w.type);
+    if (format != ActivationFormat::kNone)
+      gemv_integer(w, x, m, y, ldy, n_begin, n_end, format, isa);
+    else
+      gemv_float(w, x, m, y, ldy, n_begin, n_end, isa);
+    return;
+  }
+  gemm_panels(w, x, m, y, ldy, n_begin, n_end);
+}
+
+void matmul(const TensorInfo& w, const float* x, int64_t m, float* y) {
+  const int64_t n = w.dims.empty() ? 0 : w.rows();
+  matmul_rows(w, x, m, y, n, 0, n);
+}
+
+}  // namespace skim::kernels

@@ -1,0 +1,34 @@
+// Products of activations with GGUF weight matrices, read in place from the mmap.
+//
+//   y[m][n] = sum_k x[m][k] * W[n][k]      (W: GGUF tensor with dims {k, n})
+//
+// x is m rows of k floats (row stride k). W may be any type dequantize_row
+// supports.
+//
+// m <= 4 (decode) reads the quantized blocks directly (memory-bound GEMV): for
+// Q4_0/Q4_1/Q5_0/Q5_1/Q8_0/Q4_K/Q6_K it quantizes x to 8 bits per block (like
+// ggml's q8_1 / q8_K) and uses integer dot products, so results carry that
+// quantization error (at most half an activation step per element); other types
+// dequantize row by row and use f32 dots.
+// m > 4 (prefill) dequantizes panels of W into per-thread scratch and runs
+// OpenBLAS sgemm on them (f32 accuracy), so no full dequantized copy of the
+// weights ever exists. This sets OpenBLAS to one thread (once, process-wide).
+// Threads: OpenMP, inside the call (one thread when called inside a parallel region).
+// Bad arguments (shape, range, unsupported type) throw std::invalid_argument.
+#pragma once
+
+#include <cstdint>
+
+#include "skim/gguf.h"
+
+namespace skim::kernels {
+
+void matmul(const TensorInfo& w, const float* x, int64_t m, float* y);
+
+// Same, restricted to output rows [n_begin, n_end) of W:
+//   y[r * ldy + (n - n_begin)] = sum_k x[r][k] * W[n][k]   for n in [n_begin, n_end)
+// (pass y + n_begin with ldy = n to fill those columns of a full m x n output).
+void matmul_rows(const TensorInfo& w, const float* x, int64_t m, float* y, int64_t ldy,
+                 int64_t n_begin, int64_t n_end);
+
+}  // namespace skim::kernels

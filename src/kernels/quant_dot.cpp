@@ -1,0 +1,538 @@
+#include "kernels/quant_dot.h"
+
+#include <immintrin.h>
+
+#include <cmath>
+#include <cstring>
+#include <stdexcept>
+#include <type_traits>
+
+#include <fmt/format.h>
+
+#include "kernels/f16.h"
+#include "kernels/quant_blocks.h"
+
+namespace skim::kernels {
+
+// ---------------------------------------------------------------------------
+// ISA selection
+
+KernelIsa detected_isa() {
+  static const KernelIsa isa = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c")
+               ? KernelIsa::kAvx2
+               : KernelIsa::kScalar;
+  }();
+  return isa;
+}
+
+namespace {
+KernelIsa g_isa_override = KernelIsa::kScalar;
+bool g_isa_overridden = false;
+}  // namespace
+
+KernelIsa kernel_isa() { return g_isa_overridden ? g_isa_override : detected_isa(); }
+
+void set_kernel_isa(KernelIsa isa) {
+  if (isa == KernelIsa::kAvx2 && detected_isa() != KernelIsa::kAvx2)
+    throw std::invalid_argument("set_kernel_isa: this CPU lacks AVX2/FMA/F16C");
+  g_isa_override = isa;
+  g_isa_overridden = true;
+}
+
+ActivationFormat integer_activation_format(GgmlType type) {
+  switch (type) {
+    case GgmlType::Q4_0:
+    case GgmlType::Q4_1:
+    case GgmlType::Q5_0:
+    case GgmlType::Q5_1:
+    case GgmlType::Q8_0: return ActivationFormat::kQ8Block32;
+    case GgmlType::Q4_K:
+    case GgmlType::Q6_K: return ActivationFormat::kQ8Block256;
+    default: return ActivationFormat::kNone;
+  }
+}
+
+int64_t activation_block_size(ActivationFormat format) {
+  switch (format) {
+    case ActivationFormat::kQ8Block32: return kQK;
+    case ActivationFormat::kQ8Block256: return kQKK;
+    case ActivationFormat::kNone: break;
+  }
+  return 0;
+}
+
+namespace {
+
+// ---------------------------------------------------------------------------
+// Activation quantization
+
+// q = x * id rounded to nearest even (as the AVX2 conversion does).
+void quantize_span_scalar(const float* x, int n, float id, int8_t* q) {
+  for (int i = 0; i < n; ++i) q[i] = static_cast<int8_t>(std::nearbyint(x[i] * id));
+}
+
+float amax_scalar(const float* x, int n) {
+  float m = 0.0f;
+  for (int i = 0; i < n; ++i) m = std::fmax(m, std::fabs(x[i]));
+  return m;
+}
+
+__attribute__((target("avx2,fma"))) float amax_avx2(const float* x, int n) {
+  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
+  __m256 m = _mm256_setzero_ps();
+  for (int i = 0; i < n; i += 8) m = _mm256_max_ps(m, _mm256_and_ps(_mm256_loadu_ps(x + i), abs_mask));
+  __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+  h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+  h = _mm_max_ss(h, _mm_movehdup_ps(h));
+  return _mm_cvtss_f32(h);
+}
+
+// 32 floats times id, rounded to nearest even, to int8 in element order; returns
+// the sums of elements 0..15 and 16..31.
+__attribute__((target("avx2,fma"))) void quantize32_avx2(const float* x, float id, int8_t* q, int* sum_lo,
+                                                          int* sum_hi) {
+  const __m256 vid = _mm256_set1_ps(id);
+  __m256i i32[4];
+  for (int p = 0; p < 4; ++p) i32[p] = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + 8 * p), vid));
+  // packs interleave 128-bit lanes; the permute restores element order.
+  const __m256i i16 = _mm256_packs_epi32(i32[0], i32[1]);
+  const __m256i i16b = _mm256_packs_epi32(i32[2], i32[3]);
+  __m256i i8 = _mm256_packs_epi16(i16, i16b);
+  i8 = _mm256_permutevar8x32_epi32(i8, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(q), i8);
+  auto hsum = [](__m256i v) {
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
+    return _mm_cvtsi128_si32(s);
+  };
+  *sum_lo = hsum(_mm256_add_epi32(i32[0], i32[1]));
+  *sum_hi = hsum(_mm256_add_epi32(i32[2], i32[3]));
+}
+
+void quantize_row(const float* x, int64_t k, ActivationFormat format, KernelIsa isa, int8_t* q, float* d,
+                  float* dsum, int16_t* bsum16) {
+  const int block = static_cast<int>(activation_block_size(format));
+  for (int64_t b = 0; b < k / block; ++b) {
+    const float* xb = x + b * block;
+    int8_t* qb = q + b * block;
+    const float amax = isa == KernelIsa::kAvx2 ? amax_avx2(xb, block) : amax_scalar(xb, block);
+    const float scale = amax / 127.0f;
+    const float id = scale != 0.0f ? 1.0f / scale : 0.0f;
+    d[b] = scale;
+    int block_sum = 0;
+    for (int c = 0; c < block; c += 32) {
+      int lo, hi;
+      if (isa == KernelIsa::kAvx2) {
+        quantize32_avx2(xb + c, id, qb + c, &lo, &hi);
+      } else {
+        quantize_span_scalar(xb + c, 32, id, qb + c);
+        lo = hi = 0;
+        for (int i = 0; i < 16; ++i) lo += qb[c + i], hi += qb[c + 16 + i];
+      }
+      block_sum += lo + hi;
+      if (bsum16) {
+        bsum16[(b * block + c) / 16] = static_cast<int16_t>(lo);
+        bsum16[(b * block + c) / 16 + 1] = static_cast<int16_t>(hi);
+      }
+    }
+    if (dsum) dsum[b] = scale * static_cast<float>(block_sum);
+  }
+}
+
+}  // namespace
+
+void quantize_activations(const float* x, int64_t rows, int64_t k, ActivationFormat format, KernelIsa isa,
+                          QuantizedActivations& out) {
+  const int64_t block = activation_block_size(format);
+  if (block == 0) throw std::invalid_argument("quantize_activations: no activation format");
+  if (k <= 0 || k % block != 0)
+    throw std::invalid_argument(fmt::format("quantize_activations: row length {} is not a positive multiple of {}", k, block));
+  out.format = format;
+  out.rows = rows;
+  out.k = k;
+  const int64_t nb = k / block;
+  out.q.resize(static_cast<size_t>(rows * k));
+  out.d.resize(static_cast<size_t>(rows * nb));
+  if (format == ActivationFormat::kQ8Block32) {
+    out.dsum.resize(static_cast<size_t>(rows * nb));
+    out.bsum16.clear();
+  } else {
+    out.bsum16.resize(static_cast<size_t>(rows * k / 16));
+    out.dsum.clear();
+  }
+  for (int64_t r = 0; r < rows; ++r)
+    quantize_row(x + r * k, k, format, isa, out.q.data() + r * k, out.d.data() + r * nb,
+                 format == ActivationFormat::kQ8Block32 ? out.dsum.data() + r * nb : nullptr,
+                 format == ActivationFormat::kQ8Block256 ? out.bsum16.data() + r * k / 16 : nullptr);
+}
+
+namespace {
+
+// ---------------------------------------------------------------------------
+// Legacy types (32-element blocks). Each weight element is d * q + offset with
+// an integer q; the dot with activations (da * p) is
+//   d * da * sum(q * p) + offset * (da * sum(p)),
+// where offset is the block min (Q4_1, Q5_1) or -d times the zero point.
+
+uint32_t load_u32(const uint8_t* p) {
+  uint32_t v;
+  std::memcpy(&v, p, 4);
+  return v;
+}
+
+struct Q4_0Kernel {
+  using Block = BlockQ4_0;
+  static constexpr bool kSigned = false;
+  static int quant(const Block& b, int j) { return j < 16 ? b.qs[j] & 0xF : b.qs[j - 16] >> 4; }
+  static float scale(const Block& b) { return f16_to_f32(b.d); }
+  static float offset(const Block& b) { return -8.0f * f16_to_f32(b.d); }
+};
+struct Q4_1Kernel {
+  using Block = BlockQ4_1;
+  static constexpr bool kSigned = false;
+  static int quant(const Block& b, int j) { return j < 16 ? b.qs[j] & 0xF : b.qs[j - 16] >> 4; }
+  static float scale(const Block& b) { return f16_to_f32(b.d); }
+  static float offset(const Block& b) { return f16_to_f32(b.m); }
+};
+struct Q5_0Kernel {
+  using Block = BlockQ5_0;
+  static constexpr bool kSigned = false;
+  static int quant(const Block& b, int j) {
+    const int low = j < 16 ? b.qs[j] & 0xF : b.qs[j - 16] >> 4;
+    return low | (((load_u32(b.qh) >> j) & 1) << 4);
+  }
+  static float scale(const Block& b) { return f16_to_f32(b.d); }
+  static float offset(const Block& b) { return -16.0f * f16_to_f32(b.d); }
+};
+struct Q5_1Kernel {
+  using Block = BlockQ5_1;
+  static constexpr bool kSigned = false;
+  static int quant(const Block& b, int j) {
+    const int low = j < 16 ? b.qs[j] & 0xF : b.qs[j - 16] >> 4;
+    return low | (((load_u32(b.qh) >> j) & 1) << 4);
+  }
+  static float scale(const Block& b) { return f16_to_f32(b.d); }
+  static float offset(const Block& b) { return f16_to_f32(b.m); }
+};
+struct Q8_0Kernel {
+  using Block = BlockQ8_0;
+  static constexpr bool kSigned = true;
+  static int quant(const Block& b, int j) { return b.qs[j]; }
+  static float scale(const Block& b) { return f16_to_f32(b.d); }
+  static float offset(const Block&) { return 0.0f; }
+};
+
+template <class K>
+void legacy_dot_scalar(const uint8_t* w_row, const QuantizedActivations& a, float* out, int64_t out_stride) {
+  const auto* w = reinterpret_cast<const typename K::Block*>(w_row);
+  const int64_t nb = a.blocks_per_row();
+  for (int64_t r = 0; r < a.rows; ++r) {
+    const int8_t* p = a.q.data() + r * a.k;
+    const float* da = a.d.data() + r * nb;
+    const float* dsum = a.dsum.data() + r * nb;
+    float acc = 0.0f, offsets = 0.0f;
+    for (int64_t b = 0; b < nb; ++b) {
+      int sumi = 0;
+      for (int j = 0; j < kQK; ++j) sumi += K::quant(w[b], j) * p[b * kQK + j];
+      acc += K::scale(w[b]) * da[b] * static_cast<float>(sumi);
+      offsets += K::offset(w[b]) * dsum[b];
+    }
+    out[r * out_stride] = acc + offsets;
+  }
+}
+
+__attribute__((target("avx2,fma"))) inline float hsum_f32(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+__attribute__((target("avx2,fma"))) inline __m256i unpack_nibbles32(const uint8_t* qs) {
+  const __m128i packed = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qs));
+  return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(packed, 4), packed), _mm256_set1_epi8(0x0F));
+}
+
+// Byte j = 0x10 when bit j of `bits` is set, else 0.
+__attribute__((target("avx2,fma"))) inline __m256i fifth_bits(uint32_t bits) {
+  const __m256i spread = _mm256_shuffle_epi8(
+      _mm256_set1_epi32(static_cast<int>(bits)),
+      _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0x0000000000000000));
+  const __m256i bit_of_byte = _mm256_set1_epi64x(static_cast<int64_t>(0x8040201008040201ull));
+  const __m256i set = _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit_of_byte), bit_of_byte);
+  return _mm256_and_si256(set, _mm256_set1_epi8(0x10));
+}
+
+template <class K>
+__attribute__((target("avx2,fma"))) inline __m256i legacy_quants_avx2(const typename K::Block& b) {
+  if constexpr (std::is_same_v<K, Q8_0Kernel>) {
+    return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.qs));
+  } else if constexpr (std::is_same_v<K, Q5_0Kernel> || std::is_same_v<K, Q5_1Kernel>) {
+    return _mm256_or_si256(unpack_nibbles32(b.qs), fifth_bits(load_u32(b.qh)));
+  } else {
+    return unpack_nibbles32(b.qs);
+  }
+}
+
+// Eight int32 partial sums of q * p over 32 elements.
+template <bool kSigned>
+__attribute__((target("avx2,fma"))) inline __m256i dot32_avx2(__m256i q, __m256i p) {
+  __m256i pairs;
+  if constexpr (kSigned) {
+    // maddubs multiplies unsigned by signed: move q's sign onto p.
+    pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(q, q), _mm256_sign_epi8(p, q));
+  } else {
+    pairs = _mm256_maddubs_epi16(q, p);
+  }
+  return _mm256_madd_epi16(pairs, _mm256_set1_epi16(1));
+}
+
+template <class K, int M>
+__attribute__((target("avx2,fma"))) void legacy_dot_avx2(const uint8_t* w_row, const QuantizedActivations& a,
+                                                          float* out, int64_t out_stride) {
+  const auto* w = reinterpret_cast<const typename K::Block*>(w_row);
+  const int64_t nb = a.blocks_per_row();
+  // Independent accumulator chains (per row and per slot) hide the FMA latency;
+  // with several rows the rows themselves provide them.
+  constexpr int kSlots = M == 1 ? 4 : (M == 2 ? 2 : 1);
+  const int8_t* p[M];
+  const float* da[M];
+  const float* dsum[M];
+  __m256 acc[kSlots][M];
+  float offsets[kSlots][M];
+  for (int r = 0; r < M; ++r) {
+    p[r] = a.q.data() + r * a.k;
+    da[r] = a.d.data() + r * nb;
+    dsum[r] = a.dsum.data() + r * nb;
+    for (int s = 0; s < kSlots; ++s) acc[s][r] = _mm256_setzero_ps(), offsets[s][r] = 0.0f;
+  }
+  auto block = [&](int64_t b, int slot) __attribute__((always_inline)) {
+    const __m256i q = legacy_quants_avx2<K>(w[b]);
+    const float dw = K::scale(w[b]);
+    const float off = K::offset(w[b]);
+    for (int r = 0; r < M; ++r) {
+      const __m256i pv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p[r] + b * kQK));
+      const __m256 s = _mm256_cvtepi32_ps(dot32_avx2<K::kSigned>(q, pv));
+      acc[slot][r] = _mm256_fmadd_ps(_mm256_set1_ps(dw * da[r][b]), s, acc[slot][r]);
+      if constexpr (!std::is_same_v<K, Q8_0Kernel>) offsets[slot][r] += off * dsum[r][b];
+    }
+  };
+  int64_t b = 0;
+  for (; b + kSlots <= nb; b += kSlots)
+    for (int s = 0; s < kSlots; ++s) block(b + s, s);
+  for (int s = 0; b < nb; ++b, ++s) block(b, s);
+  for (int r = 0; r < M; ++r) {
+    __m256 total = acc[0][r];
+    float offset_total = offsets[0][r];
+    for (int s = 1; s < kSlots; ++s) total = _mm256_add_ps(total, acc[s][r]), offset_total += offsets[s][r];
+    out[r * out_stride] = hsum_f32(total) + offset_total;
+  }
+}
+
+// ---------------------------------------------------------------------------
+// K types (256-element super-blocks), against q8 activations with one scale per
+// 256 elements and quant sums per 16.
+
+void q4_k_scales_mins(const BlockQ4_K& b, uint8_t* sc, uint8_t* mn) {
+  for (int j = 0; j < 8; ++j) k4_scale_min(j, b.scales, &sc[j], &mn[j]);
+}
+
+void q4_k_dot_scalar(const uint8_t* w_row, const QuantizedActivations& a, float* out, int64_t out_stride) {
+  const auto* w = reinterpret_cast<const BlockQ4_K*>(w_row);
+  const int64_t nb = a.blocks_per_row();
+  for (int64_t r = 0; r < a.rows; ++r) {
+    float acc = 0.0f;
+    for (int64_t b = 0; b < nb; ++b) {
+      const int8_t* p = a.q.data() + r * a.k + b * kQKK;
+      const int16_t* bs = a.bsum16.data() + (r * a.k + b * kQKK) / 16;
+      uint8_t sc[8], mn[8];
+      q4_k_scales_mins(w[b], sc, mn);
+      int sumi = 0, summ = 0;
+      for (int j = 0; j < 8; ++j) {
+        const uint8_t* q = w[b].qs + 32 * (j / 2);
+        const int shift = 4 * (j % 2);
+        int s = 0;
+        for (int l = 0; l < 32; ++l) s += ((q[l] >> shift) & 0xF) * p[32 * j + l];
+        sumi += sc[j] * s;
+        summ += mn[j] * (bs[2 * j] + bs[2 * j + 1]);
+      }
+      const float da = a.d[r * nb + b];
+      acc += f16_to_f32(w[b].d) * da * static_cast<float>(sumi) -
+             f16_to_f32(w[b].dmin) * da * static_cast<float>(summ);
+    }
+    out[r * out_stride] = acc;
+  }
+}
+
+template <int M>
+__attribute__((target("avx2,fma"))) void q4_k_dot_avx2(const uint8_t* w_row, const QuantizedActivations& a,
+                                                        float* out, int64_t out_stride) {
+  const auto* w = reinterpret_cast<const BlockQ4_K*>(w_row);
+  const int64_t nb = a.blocks_per_row();
+  __m256 acc[M];
+  float mins_acc[M];
+  for (int r = 0; r < M; ++r) acc[r] = _mm256_setzero_ps(), mins_acc[r] = 0.0f;
+  const __m256i low_nibble = _mm256_set1_epi8(0x0F);
+  for (int64_t b = 0; b < nb; ++b) {
+    uint8_t sc[8], mn[8];
+    q4_k_scales_mins(w[b], sc, mn);
+    // Each min applies to 32 elements = two 16-element activation sums.
+    alignas(32) int16_t mins16[16];
+    for (int j = 0; j < 8; ++j) mins16[2 * j] = mins16[2 * j + 1] = mn[j];
+    const __m256i mins_v = _mm256_load_si256(reinterpret_cast<const __m256i*>(mins16));
+    __m256i sumi[M];
+    for (int r = 0; r < M; ++r) sumi[r] = _mm256_setzero_si256();
+    for (int chunk = 0; chunk < 4; ++chunk) {
+      const __m256i bytes = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[b].qs + 32 * chunk));
+      const __m256i lo = _mm256_and_si256(bytes, low_nibble);
+      const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(bytes, 4), low_nibble);
+      const __m256i sc_lo = _mm256_set1_epi16(sc[2 * chunk]), sc_hi = _mm256_set1_epi16(sc[2 * chunk + 1]);
+      for (int r = 0; r < M; ++r) {
+        const int8_t* p = a.q.data() + r * a.k + b * kQKK + 64 * chunk;
+        const __m256i p_lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+        const __m256i p_hi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 32));
+        sumi[r] = _mm256_add_epi32(sumi[r], _mm256_madd_epi16(_mm256_maddubs_epi16(lo, p_lo), sc_lo));
+        sumi[r] = _mm256_add_epi32(sumi[r], _mm256_madd_epi16(_mm256_maddubs_epi16(hi, p_hi), sc_hi));
+      }
+    }
+    const float dw = f16_to_f32(w[b].d), dmin = f16_to_f32(w[b].dmin);
+    for (int r = 0; r < M; ++r) {
+      const float da = a.d[r * nb + b];
+      acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(dw * da), _mm256_cvtepi32_ps(sumi[r]), acc[r]);
+      const __m256i bs = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.bsum16.data() + (r * a.k + b * kQKK) / 16));
+      const __m256i m32 = _mm256_madd_epi16(bs, mins_v);
+      __m128i s = _mm_add_epi32(_mm256_castsi256_si128(m32), _mm256_extracti128_si256(m32, 1));
+      s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
+      s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
+      mins_acc[r] += dmin * da * static_cast<float>(_mm_cvtsi128_si32(s));
+    }
+  }
+  for (int r = 0; r < M; ++r) out[r * out_stride] = hsum_f32(acc[r]) - mins_acc[r];
+}
+
+// Q6_K quant e (0..255) as an unsigned 6-bit value (the stored zero point is 32).
+int q6_k_quant(const BlockQ6_K& b, int e) {
+  const int half = e / 128, quarter = (e % 128) / 32, l = e % 32;
+  const int low = (b.ql[64 * half + l + 32 * (quarter & 1)] >> (4 * (quarter >> 1))) & 0xF;
+  const int high = (b.qh[32 * half + l] >> (2 * quarter)) & 3;
+  return low | (high << 4);
+}
+
+void q6_k_dot_scalar(const uint8_t* w_row, const QuantizedActivations& a, float* out, int64_t out_stride) {
+  const auto* w = reinterpret_cast<const BlockQ6_K*>(w_row);
+  const int64_t nb = a.blocks_per_row();
+  for (int64_t r = 0; r < a.rows; ++r) {
+    float acc = 0.0f;
+    for (int64_t b = 0; b < nb; ++b) {
+      const int8_t* p = a.q.data() + r * a.k + b * kQKK;
+      const int16_t* bs = a.bsum16.data() + (r * a.k + b * kQKK) / 16;
+      int sumi = 0;
+      for (int g = 0; g < 16; ++g) {
+        int s = 0;
+        for (int l = 0; l < 16; ++l) s += q6_k_quant(w[b], 16 * g + l) * p[16 * g + l];
+        sumi += w[b].scales[g] * (s - 32 * bs[g]);
+      }
+      acc += f16_to_f32(w[b].d) * a.d[r * nb + b] * static_cast<float>(sumi);
+    }
+    out[r * out_stride] = acc;
+  }
+}
+
+template <int M>
+__attribute__((target("avx2,fma"))) void q6_k_dot_avx2(const uint8_t* w_row, const QuantizedActivations& a,
+                                                        float* out, int64_t out_stride) {
+  const auto* w = reinterpret_cast<const BlockQ6_K*>(w_row);
+  const int64_t nb = a.blocks_per_row();
+  __m256 acc[M];
+  for (int r = 0; r < M; ++r) acc[r] = _mm256_setzero_ps();
+  const __m256i low_nibble = _mm256_set1_epi8(0x0F), bits45 = _mm256_set1_epi8(0x30);
+  for (int64_t b = 0; b < nb; ++b) {
+    const __m256i scales16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w[b].scales)));
+    __m256i sumi[M];
+    for (int r = 0; r < M; ++r) sumi[r] = _mm256_setzero_si256();
+    for (int half = 0; half < 2; ++half) {
+      const uint8_t* ql = w[b].ql + 64 * half;
+      const __m256i ql0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ql));
+      const __m256i ql1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ql + 32));
+      const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[b].qh + 32 * half));
+      const __m256i q6[4] = {
+          _mm256_or_si256(_mm256_and_si256(ql0, low_nibble), _mm256_and_si256(_mm256_slli_epi16(qh, 4), bits45)),
+          _mm256_or_si256(_mm256_and_si256(ql1, low_nibble), _mm256_and_si256(_mm256_slli_epi16(qh, 2), bits45)),
+          _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), low_nibble), _mm256_and_si256(qh, bits45)),
+          _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), low_nibble),
+                          _mm256_and_si256(_mm256_srli_epi16(qh, 2), bits45)),
+      };
+      for (int quarter = 0; quarter < 4; ++quarter) {
+        const int g = 8 * half + 2 * quarter;
+        // int16 lanes 0..7 cover elements 0..15 (scale g), lanes 8..15 elements 16..31 (scale g+1).
+        const __m256i sc = _mm256_set_m128i(_mm_set1_epi16(w[b].scales[g + 1]), _mm_set1_epi16(w[b].scales[g]));
+        for (int r = 0; r < M; ++r) {
+          const __m256i pv = _mm256_loadu_si256(
+              reinterpret_cast<const __m256i*>(a.q.data() + r * a.k + b * kQKK + 128 * half + 32 * quarter));
+          sumi[r] = _mm256_add_epi32(sumi[r], _mm256_madd_epi16(_mm256_maddubs_epi16(q6[quarter], pv), sc));
+        }
+      }
+    }
+    const float dw = f16_to_f32(w[b].d);
+    for (int r = 0; r < M; ++r) {
+      // Zero point: subtract 32 * sum over groups of scale * (sum of the group's activations).
+      const __m256i bs = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.bsum16.data() + (r * a.k + b * kQKK) / 16));
+      const __m256i zero_point = _mm256_slli_epi32(_mm256_madd_epi16(bs, scales16), 5);
+      const __m256 s = _mm256_cvtepi32_ps(_mm256_sub_epi32(sumi[r], zero_point));
+      acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(dw * a.d[r * nb + b]), s, acc[r]);
+    }
+  }
+  for (int r = 0; r < M; ++r) out[r * out_stride] = hsum_f32(acc[r]);
+}
+
+// Dispatch on the number of activation rows, so the AVX2 loops keep their
+// per-row state in registers.
+template <template <int> class Fn>
+void by_rows(const uint8_t* w_row, const QuantizedActivations& a, float* out, int64_t out_stride) {
+  switch (a.rows) {
+    case 1: Fn<1>::run(w_row, a, out, out_stride); return;
+    case 2: Fn<2>::run(w_row, a, out, out_stride); return;
+    case 3: Fn<3>::run(w_row, a, out, out_stride); return;
+    case 4: Fn<4>::run(w_row, a, out, out_stride); return;
+    default: throw std::invalid_argument(fmt::format("integer dot: {} activation rows (at most 4)", a.rows));
+  }
+}
+
+template <class K>
+struct LegacyAvx2 {
+  template <int M>
+  struct Fn {
+    static void run(const uint8_t* w, const QuantizedActivations& a, float* o, int64_t s) {
+      legacy_dot_avx2<K, M>(w, a, o, s);
+    }
+  };
+};
+template <int M>
+struct Q4KAvx2 {
+  static void run(const uint8_t* w, const QuantizedActivations& a, float* o, int64_t s) { q4_k_dot_avx2<M>(w, a, o, s); }
+};
+template <int M>
+struct Q6KAvx2 {
+  static void run(const uint8_t* w, const QuantizedActivations& a, float* o, int64_t s) { q6_k_dot_avx2<M>(w, a, o, s); }
+};
+
+}  // namespace
+
+RowDotFn select_row_dot(GgmlType type, KernelIsa isa) {
+  const bool avx2 = isa == KernelIsa::kAvx2;
+  switch (type) {
+    case GgmlType::Q4_0: return avx2 ? by_rows<LegacyAvx2<Q4_0Kernel>::Fn> : legacy_dot_scalar<Q4_0Kernel>;
+    case GgmlType::Q4_1: return avx2 ? by_rows<LegacyAvx2<Q4_1Kernel>::Fn> : legacy_dot_scalar<Q4_1Kernel>;
+    case GgmlType::Q5_0: return avx2 ? by_rows<LegacyAvx2<Q5_0Kernel>::Fn> : legacy_dot_scalar<Q5_0Kernel>;
+    case GgmlType::Q5_1: return avx2 ? by_rows<LegacyAvx2<Q5_1Kernel>::Fn> : legacy_dot_scalar<Q5_1Kernel>;
+    case GgmlType::Q8_0: return avx2 ? by_rows<LegacyAvx2<Q8_0Kernel>::Fn> : legacy_dot_scalar<Q8_0Kernel>;
+    case GgmlType::Q4_K: return avx2 ? by_rows<Q4KAvx2> : q4_k_dot_scalar;
+    case GgmlType::Q6_K: return avx2 ? by_rows<Q6KAvx2> : q6_k_dot_scalar;
+    default: return nullptr;
+  }
+}
+
+}  // namespace skim::kernels

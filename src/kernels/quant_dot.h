@@ -1,0 +1,64 @@
+// Integer dot products of quantized weight rows with 8-bit quantized
+// activations (the decode GEMV path of matmul). Internal to the kernels.
+//
+// The activations are quantized per block like ggml's q8_1 (legacy weight types,
+// 32 elements) or q8_K (K-quant weight types, 256 elements): q = round(x / d)
+// with d = max|x| / 127, so each activation is off by at most d / 2.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "skim/gguf.h"
+
+namespace skim::kernels {
+
+enum class KernelIsa { kScalar, kAvx2 };
+
+// The best instruction set this CPU runs (checked at run time).
+KernelIsa detected_isa();
+// The instruction set the matmul kernels use now: detected_isa() unless overridden.
+KernelIsa kernel_isa();
+// Overrides kernel_isa() (tests run every path); throws std::invalid_argument for
+// an ISA this CPU lacks. Not thread-safe: call it between matmuls only.
+void set_kernel_isa(KernelIsa isa);
+
+enum class ActivationFormat {
+  kNone,      // the weight type has no integer kernel: dequantize and use f32
+  kQ8Block32,  // per 32 elements: f32 scale, and scale * sum of the quants
+  kQ8Block256  // per 256 elements: f32 scale; per 16 elements: sum of the quants
+};
+
+// The activation format the integer kernel of `type` consumes.
+ActivationFormat integer_activation_format(GgmlType type);
+// Elements per activation scale for `format` (0 for kNone).
+int64_t activation_block_size(ActivationFormat format);
+
+// `rows` activation rows of `k` elements, quantized to 8 bits.
+struct QuantizedActivations {
+  ActivationFormat format = ActivationFormat::kNone;
+  int64_t rows = 0;
+  int64_t k = 0;
+  std::vector<int8_t> q;         // rows * k
+  std::vector<float> d;          // rows * (k / block)
+  std::vector<float> dsum;       // kQ8Block32: d * sum(q) per block
+  std::vector<int16_t> bsum16;   // kQ8Block256: sum(q) per 16 elements
+
+  int64_t blocks_per_row() const { return k / activation_block_size(format); }
+};
+
+// Quantizes `rows` rows of `k` floats (row stride k); k must be a multiple of the
+// format's block size.
+void quantize_activations(const float* x, int64_t rows, int64_t k, ActivationFormat format, KernelIsa isa,
+                          QuantizedActivations& out);
+
+// Dot products of one weight row (`k / block` blocks of `type`) with every row of
+// `a`: out[r * out_stride] = sum_k W[k] * x_r[k] for r < a.rows (a.rows <= 4).
+using RowDotFn = void (*)(const uint8_t* w_row, const QuantizedActivations& a, float* out, int64_t out_stride);
+
+constexpr int kMaxIntegerDotRows = 4;
+
+// The kernel for `type` on `isa` (nullptr when the type has no integer kernel).
+RowDotFn select_row_dot(GgmlType type, KernelIsa isa);
+
+}  // namespace skim::kernels

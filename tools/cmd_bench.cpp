@@ -1,0 +1,193 @@
+// skim bench: llama-bench-style throughput (pp = prompt processing, tg = token
+// generation) for skim and, in the same run with the same threads, llama.cpp.
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <memory>
+#include <random>
+#include <sstream>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "common.h"
+#include "skim/context.h"
+#include "skim/model.h"
+
+namespace skim::cli {
+namespace {
+
+struct BenchOptions {
+  ModelOptions model;
+  std::string prompts = "512";
+  std::string gens = "128";
+  int repetitions = 3;
+  int n_ubatch = 512;
+  std::string attn = "dense";
+  std::string peer = "llama.cpp";
+  bool json = false;
+};
+
+struct BenchRow {
+  std::string engine, test, attn;
+  int threads = 0;
+  double tokens_per_s = 0, stddev = 0;
+  double peak_rss_mib = 0;
+};
+
+std::vector<int> parse_list(const std::string& s, const char* what) {
+  std::vector<int> out;
+  std::stringstream ss(s);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    if (item.empty()) continue;
+    char* end = nullptr;
+    long v = std::strtol(item.c_str(), &end, 10);
+    if (*end != '\0' || v < 0) throw std::runtime_error(fmt::format("{}: '{}' is not a token count", what, item));
+    if (v > 0) out.push_back(static_cast<int>(v));
+  }
+  return out;
+}
+
+// Mean and sample standard deviation of tokens/s over repetitions.
+std::pair<double, double> mean_std(const std::vector<double>& xs) {
+  double m = 0;
+  for (double x : xs) m += x;
+  m /= xs.size();
+  double v = 0;
+  for (double x : xs) v += (x - m) * (x - m);
+  return {m, xs.size() > 1 ? std::sqrt(v / (xs.size() - 1)) : 0.0};
+}
+
+// Random ids like llama-bench's (the content does not change the work done).
+std::vector<int32_t> random_tokens(int n, int n_vocab, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::uniform_int_distribution<int32_t> pick(0, n_vocab - 1);
+  std::vector<int32_t> t(n);
+  for (int32_t& x : t) x = pick(rng);
+  return t;
+}
+
+std::vector<BenchRow> bench_skim(const BenchOptions& o, const Model& model, int threads, const std::vector<int>& pp,
+                                 const std::vector<int>& tg) {
+  std::vector<BenchRow> rows;
+  const int n_vocab = model.config().n_vocab;
+  auto measure = [&](const std::string& test, int n, const auto& body) {
+    std::vector<double> rates;
+    for (int r = -1; r < o.repetitions; ++r) {  // r == -1: warm-up, not counted
+      Stopwatch clock;
+      body();
+      if (r >= 0) rates.push_back(n / (clock.ms() / 1000.0));
+    }
+    auto [m, sd] = mean_std(rates);
+    rows.push_back({"skim", test, o.attn, threads, m, sd, peak_rss_mib()});
+    fmt::print(stderr, "skim {:>8}: {:9.2f} ± {:.2f} tokens/s\n", test, m, sd);
+  };
+  for (int n : pp) {
+    Context ctx(model, {n, o.n_ubatch});
+    const std::vector<int32_t> tokens = random_tokens(n, n_vocab, 1234);
+    measure(fmt::format("pp{}", n), n, [&] {
+      ctx.clear();
+      ctx.decode(tokens);
+    });
+  }
+  for (int n : tg) {
+    Context ctx(model, {n + 1, o.n_ubatch});
+    const std::vector<int32_t> tokens = random_tokens(n, n_vocab, 4321);
+    measure(fmt::format("tg{}", n), n, [&] {
+      ctx.clear();
+      for (int32_t t : tokens) ctx.decode(std::span<const int32_t>(&t, 1));
+    });
+  }
+  return rows;
+}
+
+std::string llama_bench_path() {
+  if (const char* p = std::getenv("SKIM_LLAMA_BENCH")) return p;
+  const char* cache = std::getenv("SKIM_CACHE");
+  const char* home = std::getenv("HOME");
+  std::filesystem::path root = cache ? std::filesystem::path(cache) : std::filesystem::path(home ? home : ".") / ".cache/skim";
+  return (root / "llama.cpp-0.3.36/bin/llama-bench").string();
+}
+
+std::vector<BenchRow> bench_llama_cpp(const BenchOptions& o, const std::string& model_path, int threads) {
+  const std::string bin = llama_bench_path();
+  if (!std::filesystem::exists(bin))
+    throw std::runtime_error(fmt::format("llama-bench not found at {}: run scripts/build-llama-cpp, or pass --peer none", bin));
+  const std::string cmd = fmt::format("'{}' -m '{}' -p '{}' -n '{}' -t {} -r {} -ub {} -o json 2>/dev/null", bin, model_path,
+                                      o.prompts, o.gens, threads, o.repetitions, o.n_ubatch);
+  fmt::print(stderr, "peer: {}\n", cmd);
+  FILE* pipe = popen(cmd.c_str(), "r");
+  if (!pipe) throw std::runtime_error("cannot start llama-bench");
+  std::string out;
+  char buf[4096];
+  for (size_t n; (n = fread(buf, 1, sizeof buf, pipe)) > 0;) out.append(buf, n);
+  if (pclose(pipe) != 0) throw std::runtime_error(fmt::format("llama-bench failed: {}", cmd));
+  std::vector<BenchRow> rows;
+  for (const auto& r : nlohmann::json::parse(out)) {
+    const int n_prompt = r.at("n_prompt").get<int>(), n_gen = r.at("n_gen").get<int>();
+    const std::string test = n_prompt > 0 ? fmt::format("pp{}", n_prompt) : fmt::format("tg{}", n_gen);
+    rows.push_back({"llama.cpp", test, "dense", threads, r.at("avg_ts").get<double>(), r.at("stddev_ts").get<double>(), 0});
+    fmt::print(stderr, "llama.cpp {:>8}: {:9.2f} ± {:.2f} tokens/s\n", test, rows.back().tokens_per_s, rows.back().stddev);
+  }
+  return rows;
+}
+
+void bench(const BenchOptions& o) {
+  const std::string path = resolve_model(o.model);
+  const int threads = apply_threads(o.model.threads);
+  if (o.attn != "dense") throw std::runtime_error(fmt::format("--attn '{}': unknown method (available: dense)", o.attn));
+  if (o.peer != "llama.cpp" && o.peer != "none") throw std::runtime_error("--peer must be llama.cpp or none");
+  const std::vector<int> pp = parse_list(o.prompts, "-p"), tg = parse_list(o.gens, "-n");
+  std::unique_ptr<Model> model = Model::load(path);
+  std::vector<BenchRow> rows = bench_skim(o, *model, threads, pp, tg);
+  if (o.peer == "llama.cpp") {
+    std::vector<BenchRow> peer = bench_llama_cpp(o, path, threads);
+    rows.insert(rows.end(), peer.begin(), peer.end());
+  }
+
+  if (o.json) {
+    nlohmann::json out = nlohmann::json::array();
+    for (const BenchRow& r : rows) {
+      nlohmann::json j = {{"engine", r.engine}, {"test", r.test},   {"attn", r.attn},        {"threads", r.threads},
+                          {"model", model->config().name}, {"tokens_per_s", r.tokens_per_s}, {"stddev", r.stddev}};
+      if (r.engine == "skim") j["peak_rss_mib"] = r.peak_rss_mib;
+      out.push_back(j);
+    }
+    fmt::print("{}\n", out.dump(2));
+    return;
+  }
+  auto peer_rate = [&](const std::string& test) {
+    for (const BenchRow& r : rows)
+      if (r.engine == "llama.cpp" && r.test == test) return r.tokens_per_s;
+    return 0.0;
+  };
+  fmt::print("| model | engine | attn | threads | test | t/s | vs llama.cpp | peak RSS MiB |\n");
+  fmt::print("|---|---|---|---:|---|---:|---:|---:|\n");
+  for (const BenchRow& r : rows) {
+    const double peer = peer_rate(r.test);
+    const std::string ratio = r.engine == "skim" && peer > 0 ? fmt::format("{:.2f}x", r.tokens_per_s / peer) : "";
+    const std::string rss = r.engine == "skim" ? fmt::format("{:.0f}", r.peak_rss_mib) : "";
+    fmt::print("| {} | {} | {} | {} | {} | {:.2f} ± {:.2f} | {} | {} |\n", model->config().name, r.engine, r.attn, r.threads,
+               r.test, r.tokens_per_s, r.stddev, ratio, rss);
+  }
+}
+
+}  // namespace
+
+void register_bench(CLI::App& app) {
+  auto o = std::make_shared<BenchOptions>();
+  CLI::App* cmd = app.add_subcommand("bench", "prompt (pp) and generation (tg) throughput, skim vs llama.cpp in one run");
+  add_model_options(*cmd, o->model);
+  cmd->add_option("-p,--n-prompt", o->prompts, "prompt lengths, comma-separated (e.g. 512,2048,8192)");
+  cmd->add_option("-n,--n-gen", o->gens, "generation lengths, comma-separated (0: none)");
+  cmd->add_option("-r,--repetitions", o->repetitions, "measured repetitions per test")->check(CLI::PositiveNumber);
+  cmd->add_option("--ubatch-size", o->n_ubatch, "prefill micro-batch size")->check(CLI::PositiveNumber);
+  cmd->add_option("--attn", o->attn, "attention method (dense)");
+  cmd->add_option("--peer", o->peer, "llama.cpp (run llama-bench on the same model) or none");
+  cmd->add_flag("--json", o->json, "print one JSON array instead of the table");
+  cmd->callback([o] { bench(*o); });
+}
+
+}  // namespace skim::cli

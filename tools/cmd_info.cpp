@@ -1,0 +1,68 @@
+// skim info: what a GGUF model is (architecture, sizes, tensor types, context).
+#include <cstdio>
+#include <map>
+#include <memory>
+
+#include <fmt/format.h>
+
+#include "common.h"
+#include "skim/model.h"
+
+namespace skim::cli {
+namespace {
+
+struct InfoOptions {
+  ModelOptions model;
+  bool metadata = false;
+};
+
+void info(const InfoOptions& o) {
+  const std::string path = resolve_model(o.model);
+  std::unique_ptr<Model> model = Model::load(path);
+  const GgufFile& f = model->file();
+  const ModelConfig& c = model->config();
+
+  std::map<std::string, std::pair<int, int64_t>> histogram;  // type -> (tensors, elements)
+  int64_t n_params = 0;
+  for (const TensorInfo& t : f.tensors()) {
+    auto& h = histogram[type_name(static_cast<uint32_t>(t.type))];
+    ++h.first;
+    h.second += t.nelements();
+    n_params += t.nelements();
+  }
+  fmt::print("file:            {}\n", path);
+  fmt::print("size:            {:.1f} MiB, GGUF v{}, {} tensors, {} metadata keys\n", f.file_size() / 1048576.0,
+             f.version(), f.tensors().size(), f.metadata().size());
+  fmt::print("name:            {}\n", c.name);
+  fmt::print("architecture:    {}\n", c.arch);
+  fmt::print("parameters:      {:.1f} M\n", n_params / 1e6);
+  fmt::print("layers:          {}\n", c.n_layer);
+  fmt::print("embedding:       {}\n", c.n_embd);
+  fmt::print("heads:           {} query, {} KV (GQA {}), head dim {}\n", c.n_head, c.n_head_kv, c.n_head / c.n_head_kv,
+             c.head_dim);
+  fmt::print("feed-forward:    {}\n", c.n_ff);
+  fmt::print("vocabulary:      {} ({} pre-tokenizer)\n", c.n_vocab, model->tokenizer().pre_tokenizer());
+  fmt::print("context length:  {}\n", c.n_ctx_train);
+  fmt::print("rope:            base {}, {}, linear scale {}\n", c.rope_base,
+             c.rope_style == RopeStyle::Interleaved ? "interleaved pairs" : "half-split pairs", c.rope_linear_scale);
+  fmt::print("output:          {}\n", c.tied_output ? "tied to token embedding" : "separate");
+  fmt::print("tensor types:\n");
+  for (const auto& [name, h] : histogram)
+    fmt::print("  {:<6} {:4} tensors  {:8.2f} M elements\n", name, h.first, h.second / 1e6);
+  if (o.metadata) {
+    fmt::print("metadata:\n");
+    for (const auto& [key, value] : f.metadata()) fmt::print("  {} = {}\n", key, value.to_display());
+  }
+}
+
+}  // namespace
+
+void register_info(CLI::App& app) {
+  auto o = std::make_shared<InfoOptions>();
+  CLI::App* cmd = app.add_subcommand("info", "describe a model: architecture, sizes, tensor types, context");
+  add_model_options(*cmd, o->model);
+  cmd->add_flag("--metadata", o->metadata, "also print every metadata key");
+  cmd->callback([o] { info(*o); });
+}
+
+}  // namespace skim::cli

@@ -1,0 +1,57 @@
+// skim perplexity: llama-perplexity's measurement (windows of -c tokens, second half scored).
+#include <cstdio>
+#include <memory>
+
+#include <fmt/format.h>
+
+#include "common.h"
+#include "skim/model.h"
+#include "skim/perplexity.h"
+
+namespace skim::cli {
+namespace {
+
+struct PerplexityOptions {
+  ModelOptions model;
+  std::string file;
+  int n_ctx = 512;
+  int n_ubatch = 512;
+  int max_windows = 0;
+};
+
+void run_perplexity(const PerplexityOptions& o) {
+  std::unique_ptr<Model> model = Model::load(resolve_model(o.model));
+  const Tokenizer& tok = model->tokenizer();
+  std::vector<int32_t> tokens = tok.encode(read_file(o.file), true, false);
+  if (o.max_windows > 0 && tokens.size() > static_cast<size_t>(o.max_windows) * o.n_ctx)
+    tokens.resize(static_cast<size_t>(o.max_windows) * o.n_ctx);
+  Context ctx(*model, {o.n_ctx, o.n_ubatch});
+  // Like llama.cpp: the window's first token becomes BOS only when the vocabulary adds BOS.
+  const std::vector<int32_t> probe = tok.encode("a", true, false);
+  const bool adds_bos = !probe.empty() && probe[0] == tok.bos() && tok.bos() >= 0;
+  const int64_t n_windows = static_cast<int64_t>(tokens.size()) / o.n_ctx;
+  fmt::print(stderr, "perplexity: {} tokens, {} windows of {} tokens, scoring the second half of each\n", tokens.size(),
+             n_windows, o.n_ctx);
+  Stopwatch clock;
+  PerplexityResult r = perplexity(ctx, tokens, adds_bos ? tok.bos() : -1, [&](int w, double ppl) {
+    fmt::print(stderr, "[{}/{}] ppl {:.4f} ({:.1f} s)\n", w + 1, n_windows, ppl, clock.ms() / 1000.0);
+  });
+  fmt::print("Final estimate: PPL = {:.4f} +/- {:.5f}\n", r.ppl, r.ppl_error);
+  fmt::print(stderr, "scored {} tokens in {:.2f} s ({:.1f} tokens/s evaluated), peak RSS {:.1f} MiB\n", r.n_scored,
+             clock.ms() / 1000.0, r.n_windows * static_cast<double>(o.n_ctx) / (clock.ms() / 1000.0), peak_rss_mib());
+}
+
+}  // namespace
+
+void register_perplexity(CLI::App& app) {
+  auto o = std::make_shared<PerplexityOptions>();
+  CLI::App* cmd = app.add_subcommand("perplexity", "perplexity of a text file (llama-perplexity's method)");
+  add_model_options(*cmd, o->model);
+  cmd->add_option("-f,--file", o->file, "text file")->required()->check(CLI::ExistingFile);
+  cmd->add_option("-c,--ctx-size", o->n_ctx, "window size in tokens")->check(CLI::PositiveNumber);
+  cmd->add_option("--ubatch-size", o->n_ubatch, "micro-batch size")->check(CLI::PositiveNumber);
+  cmd->add_option("--chunks", o->max_windows, "score at most this many windows (0: all)")->check(CLI::NonNegativeNumber);
+  cmd->callback([o] { run_perplexity(*o); });
+}
+
+}  // namespace skim::cli

@@ -1,0 +1,120 @@
+// skim run: generate text from a prompt or a file, streaming, with llama.cpp-style timings.
+#include <cstdio>
+#include <memory>
+
+#include <fmt/format.h>
+
+#include "common.h"
+#include "skim/context.h"
+#include "skim/generate.h"
+#include "skim/model.h"
+
+namespace skim::cli {
+namespace {
+
+struct RunOptions {
+  ModelOptions model;
+  std::string prompt, file, system;
+  bool chat = false;
+  int n_predict = 128;
+  int n_ctx = 0;
+  int n_ubatch = 512;
+  std::string attn = "dense";
+  bool ignore_eos = false;
+  bool show_prompt = false;
+  bool progress = true;
+  SamplingParams sampling;
+};
+
+void run(const RunOptions& o) {
+  Stopwatch load_clock;
+  const std::string path = resolve_model(o.model);
+  if (o.attn != "dense") throw std::runtime_error(fmt::format("--attn '{}': unknown method (available: dense)", o.attn));
+  if (o.prompt.empty() == o.file.empty()) throw std::runtime_error("give exactly one of -p TEXT or -f FILE");
+  std::unique_ptr<Model> model = Model::load(path);
+  const Tokenizer& tok = model->tokenizer();
+  Context ctx(*model, {o.n_ctx, o.n_ubatch});
+  const double load_ms = load_clock.ms();
+
+  std::string text = o.file.empty() ? o.prompt : read_file(o.file);
+  std::vector<int32_t> prompt;
+  if (o.chat) {
+    std::vector<ChatMessage> msgs;
+    if (!o.system.empty()) msgs.push_back({"system", o.system});
+    msgs.push_back({"user", text});
+    prompt = tok.encode(tok.apply_chat_template(msgs, true), true, true);
+  } else {
+    prompt = tok.encode(text, true, false);
+  }
+  if (prompt.empty()) throw std::runtime_error("the prompt is empty");
+  if (static_cast<int>(prompt.size()) >= ctx.n_ctx())
+    throw std::runtime_error(fmt::format("prompt has {} tokens, the context holds {} (raise -c up to the model's {}, or shorten it)",
+                                         prompt.size(), ctx.n_ctx(), model->config().n_ctx_train));
+
+  std::fprintf(stderr, "skim: model %s (%s), %zu prompt tokens, context %d, attention %s\n", model->config().name.c_str(),
+               model->config().arch.c_str(), prompt.size(), ctx.n_ctx(), o.attn.c_str());
+  if (o.show_prompt) std::fputs(text.c_str(), stdout);
+
+  Sampler sampler(o.sampling);
+  GenerationOptions g;
+  g.n_predict = o.n_predict;
+  g.ignore_eog = o.ignore_eos;
+  g.on_text = [](const std::string& s) {
+    std::fputs(s.c_str(), stdout);
+    std::fflush(stdout);
+  };
+  Stopwatch prefill_clock;
+  if (o.progress && prompt.size() > static_cast<size_t>(o.n_ubatch)) {
+    g.on_prefill = [&](int64_t done, int64_t total) {
+      std::fprintf(stderr, "\rprefill %lld/%lld tokens (%.0f tok/s)", static_cast<long long>(done),
+                   static_cast<long long>(total), done / (prefill_clock.ms() / 1000.0));
+      if (done == total) std::fputs("\n", stderr);
+    };
+  }
+  GenerationResult r = generate(ctx, prompt, sampler, g);
+  std::fputs("\n", stdout);
+
+  const GenerationTimings& t = r.timings;
+  auto per = [](double ms, int n) { return n ? ms / n : 0.0; };
+  auto rate = [](double ms, int n) { return ms > 0 ? 1000.0 * n / ms : 0.0; };
+  std::fprintf(stderr, "\n");
+  std::fprintf(stderr, "skim_perf:        load time = %10.2f ms\n", load_ms);
+  std::fprintf(stderr, "skim_perf: prompt eval time = %10.2f ms / %5d tokens (%8.2f ms per token, %8.2f tokens per second)\n",
+               t.prompt_ms, t.n_prompt, per(t.prompt_ms, t.n_prompt), rate(t.prompt_ms, t.n_prompt));
+  std::fprintf(stderr, "skim_perf:        eval time = %10.2f ms / %5d runs   (%8.2f ms per token, %8.2f tokens per second)\n",
+               t.gen_ms, t.n_decoded, per(t.gen_ms, t.n_decoded), rate(t.gen_ms, t.n_decoded));
+  std::fprintf(stderr, "skim_perf: time to first token = %7.2f ms\n", t.ttft_ms);
+  std::fprintf(stderr, "skim_perf:       total time = %10.2f ms / %5d tokens\n", load_ms + t.prompt_ms + t.gen_ms,
+               t.n_prompt + t.n_gen);
+  std::fprintf(stderr, "skim_perf: peak RSS = %.1f MiB (KV cache %.1f MiB), seed %llu, stop: %s\n", peak_rss_mib(),
+               ctx.kv_bytes() / 1048576.0, static_cast<unsigned long long>(sampler.seed()), r.stop_reason.c_str());
+}
+
+}  // namespace
+
+void register_run(CLI::App& app) {
+  auto o = std::make_shared<RunOptions>();
+  CLI::App* cmd = app.add_subcommand("run", "generate text from a prompt (-p) or a file (-f)");
+  add_model_options(*cmd, o->model);
+  cmd->add_option("-p,--prompt", o->prompt, "prompt text");
+  cmd->add_option("-f,--file", o->file, "read the prompt from a file")->check(CLI::ExistingFile);
+  cmd->add_flag("--chat", o->chat, "wrap the prompt in the model's chat template (ChatML) as a user message");
+  cmd->add_option("--system-prompt", o->system, "system message for --chat");
+  cmd->add_option("-n,--n-predict", o->n_predict, "tokens to generate (-1: until end of generation)");
+  cmd->add_option("-c,--ctx-size", o->n_ctx, "context size in tokens (0: the model's)")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--ubatch-size", o->n_ubatch, "prefill micro-batch size")->check(CLI::PositiveNumber);
+  cmd->add_option("--attn", o->attn, "attention method (dense)");
+  cmd->add_option("--temp", o->sampling.temp, "temperature (0: greedy)");
+  cmd->add_option("--top-k", o->sampling.top_k, "top-k sampling (0: off)");
+  cmd->add_option("--top-p", o->sampling.top_p, "top-p sampling (1: off)");
+  cmd->add_option("--min-p", o->sampling.min_p, "min-p sampling (0: off)");
+  cmd->add_option("--repeat-penalty", o->sampling.repeat_penalty, "repetition penalty (1: off)");
+  cmd->add_option("--repeat-last-n", o->sampling.repeat_last_n, "tokens the repetition penalty looks back (-1: all)");
+  cmd->add_option("-s,--seed", o->sampling.seed, "sampling seed (default: random)");
+  cmd->add_flag("--ignore-eos", o->ignore_eos, "keep generating past end-of-generation tokens");
+  cmd->add_flag("--show-prompt", o->show_prompt, "echo the prompt text before the generated text");
+  cmd->add_flag("!--no-progress", o->progress, "no prefill progress line");
+  cmd->callback([o] { run(*o); });
+}
+
+}  // namespace skim::cli

@@ -1,0 +1,59 @@
+#include "common.h"
+
+#include <omp.h>
+#include <sys/resource.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <stdexcept>
+#include <thread>
+
+#include <fmt/format.h>
+
+namespace skim::cli {
+
+void add_model_options(CLI::App& cmd, ModelOptions& o) {
+  cmd.add_option("-m,--model", o.model, "GGUF model file (default: the cached default model, smollm2-135m)");
+  cmd.add_option("-t,--threads", o.threads, "threads (default: all cores)")->check(CLI::NonNegativeNumber);
+}
+
+std::string resolve_model(const ModelOptions& o) {
+  apply_threads(o.threads);
+  if (!o.model.empty()) {
+    if (!std::filesystem::exists(o.model)) throw std::runtime_error(fmt::format("model file '{}' does not exist", o.model));
+    return o.model;
+  }
+  const char* cache = std::getenv("SKIM_CACHE");
+  const char* home = std::getenv("HOME");
+  std::filesystem::path dir = cache ? std::filesystem::path(cache) : std::filesystem::path(home ? home : ".") / ".cache/skim";
+  dir /= "models/smollm2-135m";
+  if (std::filesystem::is_directory(dir))
+    for (const auto& e : std::filesystem::directory_iterator(dir))
+      if (e.path().extension() == ".gguf") return e.path().string();
+  throw std::runtime_error(fmt::format("no -m given and the default model is not in {}: run scripts/fetch-model smollm2-135m",
+                                       dir.string()));
+}
+
+int apply_threads(int threads) {
+  if (threads <= 0) threads = static_cast<int>(std::thread::hardware_concurrency());
+  omp_set_num_threads(threads);
+  return threads;
+}
+
+std::string read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw std::runtime_error(fmt::format("cannot read '{}'", path));
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+double peak_rss_mib() {
+  struct rusage ru {};
+  getrusage(RUSAGE_SELF, &ru);
+  return ru.ru_maxrss / 1024.0;
+}
+
+}  // namespace skim::cli
