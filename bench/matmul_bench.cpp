@@ -7,7 +7,9 @@
 // decode (m = 1) as time per call and weight GB/s, both with the weights hot in
 // cache (one matrix) and cold (rotating over copies larger than the L3), with
 // 1 and 2 threads. Weights are random: speed does not depend on the values.
+// It first prints the f32 FMA peak of the machine, the ceiling for prefill.
 #include <cblas.h>
+#include <immintrin.h>
 #include <omp.h>
 
 #include <algorithm>
@@ -85,6 +87,43 @@ double seconds_per_call(F&& f, double min_seconds) {
   return best;
 }
 
+// The machine's f32 FMA ceiling with `threads` threads: independent FMA chains
+// in registers, no memory traffic. Prefill GFLOP/s are best read against it.
+// Twelve independent FMA chains (more than latency x throughput), in registers.
+__attribute__((target("avx2,fma"))) float fma_chains(int64_t iterations) {
+  __m256 a0 = _mm256_set1_ps(0.0f), a1 = _mm256_set1_ps(0.1f), a2 = _mm256_set1_ps(0.2f), a3 = _mm256_set1_ps(0.3f),
+         a4 = _mm256_set1_ps(0.4f), a5 = _mm256_set1_ps(0.5f), a6 = _mm256_set1_ps(0.6f), a7 = _mm256_set1_ps(0.7f),
+         a8 = _mm256_set1_ps(0.8f), a9 = _mm256_set1_ps(0.9f), a10 = _mm256_set1_ps(1.0f), a11 = _mm256_set1_ps(1.1f);
+  const __m256 mul = _mm256_set1_ps(0.9999f), add = _mm256_set1_ps(1e-4f);
+  for (int64_t i = 0; i < iterations; ++i) {
+    a0 = _mm256_fmadd_ps(a0, mul, add), a1 = _mm256_fmadd_ps(a1, mul, add), a2 = _mm256_fmadd_ps(a2, mul, add);
+    a3 = _mm256_fmadd_ps(a3, mul, add), a4 = _mm256_fmadd_ps(a4, mul, add), a5 = _mm256_fmadd_ps(a5, mul, add);
+    a6 = _mm256_fmadd_ps(a6, mul, add), a7 = _mm256_fmadd_ps(a7, mul, add), a8 = _mm256_fmadd_ps(a8, mul, add);
+    a9 = _mm256_fmadd_ps(a9, mul, add), a10 = _mm256_fmadd_ps(a10, mul, add), a11 = _mm256_fmadd_ps(a11, mul, add);
+  }
+  const __m256 s = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)),
+                                 _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(a4, a5), _mm256_add_ps(a6, a7)),
+                                               _mm256_add_ps(_mm256_add_ps(a8, a9), _mm256_add_ps(a10, a11))));
+  return _mm256_cvtss_f32(s);
+}
+
+// The machine's f32 FMA ceiling with `threads` threads (no memory traffic);
+// prefill GFLOP/s are best read against it.
+double fma_peak_gflops(int threads) {
+  constexpr int64_t kIterations = 20'000'000;
+  double best = 0;
+  for (int rep = 0; rep < 3; ++rep) {
+    const auto t0 = std::chrono::steady_clock::now();
+    float sink = 0;
+#pragma omp parallel num_threads(threads) reduction(+ : sink)
+    sink += fma_chains(kIterations);
+    const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (sink == 12345.0f) std::printf(" ");  // keeps the chains alive
+    best = std::max(best, threads * kIterations * 12 * 16.0 / elapsed / 1e9);
+  }
+  return best;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -113,6 +152,8 @@ int main(int argc, char** argv) {
     }
   }
 
+  std::printf("f32 FMA peak: %.1f GFLOP/s (1 thread), %.1f GFLOP/s (2 threads)\n", fma_peak_gflops(1),
+              fma_peak_gflops(2));
   std::mt19937_64 rng(42);
   const int64_t m_prefill = 512;
   std::printf("%-12s %-5s %6s %6s %3s | %8s %8s %5s | %9s %8s | %9s %8s\n", "matrix", "type", "k", "n", "thr",

@@ -14,6 +14,9 @@
 #include <map>
 #include <sstream>
 
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <nlohmann/json.hpp>
 
 #include "gguf_writer.h"
@@ -477,7 +480,7 @@ TEST(GgufParse, OpenReportsUnusablePaths) {
 // Header + metadata + tensor directory, hand-encoded, for byte-level corruption.
 struct Crafted {
   Bytes b;
-  Crafted(uint64_t n_tensors, uint64_t n_kv, uint32_t version = 3) { b.u32(0x46554747).u32(version).u64(n_tensors).u64(n_kv); }
+  Crafted(uint64_t n_tensors, uint64_t n_kv) { b.u32(0x46554747).u32(3).u64(n_tensors).u64(n_kv); }
   std::vector<uint8_t> image() const { return b.buf; }
 };
 
@@ -723,6 +726,20 @@ TEST(GgufMalformed, BadAlignmentValue) {
   }
 }
 
+TEST(GgufMalformed, NamesInErrorsAreEscapedAndCut) {
+  GgufWriter control;
+  control.kv(std::string("bad\nkey\x01", 8), WValue::raw(vt::BOOL, {7}));
+  expect_error(control.build(), "metadata 'bad\\x0akey\\x01': bool value 7");
+  const std::string long_key(5000, 'k');
+  GgufWriter dup;
+  dup.kv(long_key, WValue::u8(1)).kv(long_key, WValue::u8(2));
+  std::string msg = expect_error(dup.build(), "duplicate metadata key '" + std::string(120, 'k') + "...(5000 bytes)'");
+  EXPECT_LT(msg.size(), 300u);
+  GgufWriter tensor_name;
+  tensor_name.tensor(WTensor{std::string("w\0\x7f", 3), 1000, {32}, std::vector<uint8_t>(128), std::nullopt});
+  expect_error(tensor_name.build(), "tensor 'w\\x00\\x7f': unknown tensor type 1000");
+}
+
 TEST(GgufMalformed, BoolNotZeroOrOne) {
   for (uint8_t b : {2, 255}) {
     GgufWriter w;
@@ -852,11 +869,14 @@ std::optional<nlohmann::json> python_dump(const fs::path& gguf_path) {
   std::string cmd = "'" + python + "' '" + script.string() + "' '" + gguf_path.string() + "' '" + out.string() +
                     "' 2> '" + err.string() + "'";
   int rc = std::system(cmd.c_str());
+  std::string json_text = read_text(out), err_text = read_text(err);
+  fs::remove(script), fs::remove(out), fs::remove(err);
   if (rc != 0) {
-    ADD_FAILURE() << "python gguf dump failed (exit " << rc << "): " << cmd << "\n" << read_text(err);
+    std::string status = WIFEXITED(rc) ? "exit " + std::to_string(WEXITSTATUS(rc)) : "killed";
+    ADD_FAILURE() << "python gguf dump failed (" << status << "): " << cmd << "\n" << err_text;
     return std::nullopt;
   }
-  return nlohmann::json::parse(read_text(out));
+  return nlohmann::json::parse(json_text);
 }
 
 void flatten_leaves(const GgufValue& v, std::vector<const GgufValue*>& out) {
@@ -883,7 +903,9 @@ void expect_leaf_equal(const GgufValue& ours, const nlohmann::json& theirs, cons
     case GgufValueType::STRING: EXPECT_EQ(hex(ours.as_string()), theirs.get<std::string>()) << where; break;
     case GgufValueType::BOOL: EXPECT_EQ(ours.as_bool(), theirs.get<bool>()) << where; break;
     case GgufValueType::F32:
-    case GgufValueType::F64: EXPECT_EQ(std::bit_cast<uint64_t>(ours.as_float()), theirs.get<uint64_t>()) << where; break;
+    case GgufValueType::F64:
+      EXPECT_EQ(std::bit_cast<uint64_t>(ours.as_float()), theirs.get<uint64_t>()) << where;
+      break;
     default:
       if (auto* u = std::get_if<uint64_t>(&ours.v)) EXPECT_EQ(*u, theirs.get<uint64_t>()) << where;
       else EXPECT_EQ(std::get<int64_t>(ours.v), theirs.get<int64_t>()) << where;
@@ -917,7 +939,8 @@ void cross_check_with_python(const fs::path& path) {
     if (ours->type == GgufValueType::ARRAY) flatten_leaves(*ours, leaves);
     else leaves.push_back(ours);
     ASSERT_EQ(leaves.size(), entry["leaves"].size()) << key;
-    for (size_t i = 0; i < leaves.size(); ++i) expect_leaf_equal(*leaves[i], entry["leaves"][i], key + "[" + std::to_string(i) + "]");
+    for (size_t i = 0; i < leaves.size(); ++i)
+      expect_leaf_equal(*leaves[i], entry["leaves"][i], key + "[" + std::to_string(i) + "]");
   }
 
   ASSERT_EQ(f->tensors().size(), py["tensors"].size());

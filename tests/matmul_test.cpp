@@ -153,7 +153,9 @@ TEST_P(MatmulVsReference, AllShapes) {
       kernels::quantize_activations(x.data(), s.m, s.k, format, KernelIsa::kScalar, a);
       std::vector<float> xq(s.m * s.k);
       const int64_t block = kernels::activation_block_size(format);
-      for (int64_t i = 0; i < s.m * s.k; ++i) xq[i] = a.q[i] * a.d[i / block];
+      for (int64_t r = 0; r < s.m; ++r)
+        for (int64_t i = 0; i < s.k; ++i)
+          xq[r * s.k + i] = a.q[r * s.k + kernels::activation_position(a, i)] * a.d[(r * s.k + i) / block];
       std::vector<double> unused;
       reference(wf, xq, s.m, s.n, s.k, ref_quantized, unused);
       bound = activation_rounding_bound(wf, a, s.n);

@@ -55,7 +55,9 @@ std::string qwen_path() {
   return fs::exists(p) ? p : std::string();
 }
 
+// The llama.cpp reference tool; SKIM_PEER overrides where it is looked for.
 std::string peer_path() {
+  if (const char* e = std::getenv("SKIM_PEER"); e && *e) return access(e, X_OK) == 0 ? e : std::string();
   const std::string p = cache_root() + "/llama.cpp-0.3.36/bin/skim-peer";
   return access(p.c_str(), X_OK) == 0 ? p : std::string();
 }
@@ -78,9 +80,11 @@ const LoadedVocab* load_once(const std::string& path) {
   return slot.get();
 }
 
-#define REQUIRE_VOCAB(var, path_fn)                                                  \
-  const LoadedVocab* var = load_once(path_fn());                                     \
-  if (!var) GTEST_SKIP() << #path_fn << ": model file not found (see scripts/fetch-model)"
+#define REQUIRE_VOCAB(var, path_fn)                                      \
+  const LoadedVocab* var = load_once(path_fn());                         \
+  if (!var) {                                                            \
+    GTEST_SKIP() << #path_fn ": model file not found (see scripts/fetch-model)"; \
+  }
 
 std::vector<std::string> split_words(std::string_view pre, std::string_view text) {
   std::vector<std::string> words;
@@ -391,9 +395,9 @@ TEST(TokenizerBpe, ChatTemplateNeedsChatMlTokens) {
 // Real vocabularies against llama.cpp
 
 struct KnownAnswer {
-  std::string text;
-  bool add_special, parse_special;
-  Ids ids;  // from `skim-peer tokenize` (llama.cpp 0.3.36)
+  size_t text;         // index into kProbeTexts
+  bool parse_special;  // false: the ids hold for both settings unless a `true` entry follows
+  Ids ids;
 };
 
 // Texts that exercise digits, contractions, whitespace runs, CRLF, scripts,
@@ -446,22 +450,55 @@ std::optional<Ids> peer_tokenize(const std::string& peer, const std::string& mod
   return parse_ids(output);
 }
 
+// Compares with the llama.cpp peer on all probe texts joined into one
+// document (one peer run per setting keeps this quick).
 void expect_matches_peer(const std::string& model_path, const Tokenizer& tok) {
   const std::string peer = peer_path();
   if (peer.empty()) GTEST_SKIP() << "llama.cpp peer not built (scripts/build-llama-cpp)";
-  for (const std::string& text : kProbeTexts) {
-    for (bool add_special : {false, true}) {
-      for (bool parse_special : {false, true}) {
-        const auto ref = peer_tokenize(peer, model_path, text, add_special, parse_special);
-        ASSERT_TRUE(ref.has_value()) << "skim-peer failed";
-        EXPECT_EQ(tok.encode(text, add_special, parse_special), *ref)
-            << "text '" << text << "' add_special=" << add_special << " parse_special=" << parse_special;
-      }
+  std::string text;
+  for (const std::string& t : kProbeTexts) text += t + "\n";
+  for (bool add_special : {false, true}) {
+    for (bool parse_special : {false, true}) {
+      const auto ref = peer_tokenize(peer, model_path, text, add_special, parse_special);
+      ASSERT_TRUE(ref.has_value()) << "skim-peer failed";
+      EXPECT_EQ(tok.encode(text, add_special, parse_special), *ref)
+          << "add_special=" << add_special << " parse_special=" << parse_special;
     }
   }
 }
 
-// KNOWN_ANSWERS_SMOLLM
+const std::vector<KnownAnswer> kSmolLmAnswers = {
+    {0, false, {19556, 905, 17, 657, 506, 216, 34, 32, 34, 36, 28, 392, 2316, 3728, 216, 33, 34, 35, 36, 37, 17837, 30}},
+    {1, false, {2901, 23, 67, 26587, 23, 3256, 339, 23, 61, 346, 23, 16421, 502, 23, 25917}},
+    {2, false, {216, 2899, 5600, 1116, 197, 100, 7366, 201, 198, 397, 340, 9483, 54, 333}},
+    {3, false, {83, 1939, 2756, 15486, 46494, 17097, 247, 126, 16736, 122, 40303, 218, 10813, 235, 231, 10813, 233, 138, 36395, 20602, 44626, 31462, 10805}},
+    {4, false, {44, 108, 306, 79, 3738, 108, 46, 4093, 198, 26843, 665, 44, 108, 306, 79, 486, 108, 46, 198, 44, 108, 306, 79, 3738, 108, 46, 520, 9531, 198}},
+    {4, true, {1, 4093, 198, 26843, 665, 2, 198, 1, 520, 9531, 198}},
+    {5, false, {104, 446, 29856, 24, 81, 28, 278, 4258, 216, 13241, 216, 32, 104, 33, 54, 198, 197, 342, 365, 94, 10888, 216, 33, 32, 25, 1662, 1003, 731, 33, 43, 4029, 198}},
+    {6, false, {24211, 24211, 369, 24211}},
+    {7, false, {15442, 321, 229, 12109, 218, 216, 186, 136, 140}},
+};
+
+void expect_known_answers(const Tokenizer& tok, const std::vector<KnownAnswer>& answers) {
+  for (const KnownAnswer& a : answers) {
+    const std::string& text = kProbeTexts.at(a.text);
+    EXPECT_EQ(tok.encode(text, false, a.parse_special), a.ids)
+        << "probe text " << a.text << " parse_special=" << a.parse_special;
+    const bool has_parse_special_entry = std::any_of(answers.begin(), answers.end(), [&](const KnownAnswer& b) {
+      return b.text == a.text && b.parse_special;
+    });
+    if (!a.parse_special && !has_parse_special_entry) {
+      EXPECT_EQ(tok.encode(text, false, true), a.ids) << "probe text " << a.text << " parse_special=1";
+    }
+  }
+}
+
+TEST(TokenizerSmolLm, MatchesRecordedLlamaCppIds) {
+  REQUIRE_VOCAB(v, smollm_path);
+  expect_known_answers(*v->tok, kSmolLmAnswers);
+  // SmolLM2 adds neither BOS nor EOS, so add_special changes nothing.
+  EXPECT_EQ(v->tok->encode(kProbeTexts[0], true, false), kSmolLmAnswers[0].ids);
+}
 
 TEST(TokenizerSmolLm, MetadataIsRead) {
   REQUIRE_VOCAB(v, smollm_path);
@@ -562,7 +599,23 @@ TEST(TokenizerSmolLm, OneMegabyteTokenizesQuickly) {
   EXPECT_EQ(tok->decode(ids, true), text);
 }
 
-// KNOWN_ANSWERS_QWEN
+// Recorded with `skim-peer tokenize MODEL FILE [--parse-special]` (llama.cpp 0.3.36) on kProbeTexts.
+const std::vector<KnownAnswer> kQwenAnswers = {
+    {0, false, {9707, 1879, 0, 1084, 594, 220, 17, 15, 17, 19, 11, 582, 2299, 7497, 220, 16, 17, 18, 19, 20, 11211, 13}},
+    {1, false, {952, 13272, 19677, 94153, 358, 27603, 498, 6, 4086, 807, 6, 42612}},
+    {2, false, {220, 6388, 12621, 271, 3244, 3435, 319, 437, 356, 80658, 262}},
+    {3, false, {924, 58858, 94880, 586, 60596, 109, 46553, 90316, 144349, 145375, 23364, 126860, 124671}},
+    {4, false, {27, 91, 318, 4906, 91, 29, 872, 198, 13048, 1052, 27, 91, 318, 6213, 91, 397, 27, 91, 318, 4906, 91, 29, 77091, 198}},
+    {4, true, {151644, 872, 198, 13048, 1052, 151645, 198, 151644, 77091, 198}},
+    {5, false, {87, 284, 15229, 2877, 11, 293, 1215, 220, 442, 220, 15, 87, 16, 37, 198, 743, 320, 77, 2604, 220, 16, 15, 8, 314, 470, 481, 16, 26, 456}},
+    {6, false, {9973, 370, 5691}},
+    {7, false, {4102, 15692, 22441, 75780}},
+};
+
+TEST(TokenizerQwen, MatchesRecordedLlamaCppIds) {
+  REQUIRE_VOCAB(v, qwen_path);
+  expect_known_answers(*v->tok, kQwenAnswers);
+}
 
 TEST(TokenizerQwen, MetadataIsRead) {
   REQUIRE_VOCAB(v, qwen_path);

@@ -8,8 +8,11 @@ into ${SKIM_CACHE:-$HOME/.cache/skim}/tokenizer-corpus) is tokenized by skim
 and by `skim-peer tokenize` (llama.cpp) with parse_special off and on, and the
 id sequences are compared. Prints, per model and mode, the share of identical
 documents (overall and per category) and the first differences; with
---add-special also checks BOS/EOS handling. Exit status 1 if any document
-differs.
+--add-special also checks BOS/EOS handling; --pre-variants also compares
+vocabulary-only copies of the SmolLM2 vocabulary relabelled with other
+pre-tokenizers (llama-bpe, default, gpt-2, qwen2, starcoder, dbrx), which
+exercises every splitting pass skim implements. Exit status 1 if any
+document differs.
 
 Models default to SmolLM2-135M-Instruct and Qwen2.5-Coder-0.5B (located with
 scripts/fetch-model). `--skim` is the command that tokenizes for skim; it gets
@@ -57,7 +60,45 @@ def default_skim():
     return None
 
 
+VARIANT_PRES = ["llama-bpe", "default", "gpt-2", "qwen2", "starcoder", "dbrx"]
+
+
+def make_pre_variants(source):
+    """Vocabulary-only GGUFs: `source`'s metadata with tokenizer.ggml.pre replaced.
+    For llama-bpe, add_bos_token is dropped so that the pre-tokenizer's default applies."""
+    from gguf import GGUFReader, GGUFValueType, GGUFWriter  # the venv's gguf package
+
+    out_dir = os.path.join(cache_root(), "tokenizer-variants")
+    os.makedirs(out_dir, exist_ok=True)
+    reader = GGUFReader(source)
+    arch = reader.fields["general.architecture"].contents()
+    stem = os.path.splitext(os.path.basename(source))[0]
+    paths = []
+    for pre in VARIANT_PRES:
+        path = os.path.join(out_dir, f"{stem}-vocab-{pre}.gguf")
+        paths.append(path)
+        if os.path.exists(path) and os.path.getmtime(path) >= os.path.getmtime(source):
+            continue
+        writer = GGUFWriter(path + ".tmp", arch)
+        for key, field in reader.fields.items():
+            if key.startswith("GGUF.") or key == "general.architecture":
+                continue
+            if pre == "llama-bpe" and key == "tokenizer.ggml.add_bos_token":
+                continue
+            value = pre if key == "tokenizer.ggml.pre" else field.contents()
+            vtype = field.types[0]
+            sub_type = field.types[1] if vtype == GGUFValueType.ARRAY and len(field.types) > 1 else None
+            writer.add_key_value(key, value, vtype, sub_type)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        os.replace(path + ".tmp", path)
+    return paths
+
+
 def skim_tokenize(cmd, model, files, add_special, parse_special):
+    """Runs CMD MODEL [flags] --each FILE... in batches; {path: ids}."""
     flags = (["--add-special"] if add_special else []) + (["--parse-special"] if parse_special else [])
     result = {}
     batch = 200  # keep command lines short
@@ -91,7 +132,11 @@ def main():
     ap.add_argument("--corpus", help="corpus directory (default: build one)")
     ap.add_argument("--skim", default=default_skim(), help="skim tokenize command")
     ap.add_argument("--peer", default=os.path.join(cache_root(), "llama.cpp-0.3.36/bin/skim-peer"))
+    ap.add_argument("--peer-each", action="store_true",
+                    help="the peer accepts `tokenize MODEL [flags] --each FILE...` (one load for all documents)")
     ap.add_argument("--add-special", action="store_true", help="also compare with add_special on")
+    ap.add_argument("--pre-variants", action="store_true",
+                    help="also compare SmolLM2's vocabulary under other pre-tokenizers")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--show", type=int, default=5, help="differences to print per model and mode")
     args = ap.parse_args()
@@ -112,6 +157,11 @@ def main():
     models = args.model or default_models()
     if not models:
         sys.exit("error: no models (pass --model)")
+    if args.pre_variants:
+        smol = [m for m in models if "SmolLM2" in os.path.basename(m)]
+        if not smol:
+            sys.exit("error: --pre-variants needs the SmolLM2 model among the models")
+        models = models + make_pre_variants(smol[0])
     print(f"corpus: {corpus}: {len(files)} documents, {total_bytes} bytes")
 
     modes = [(False, False), (False, True)] + ([(True, False), (True, True)] if args.add_special else [])
@@ -123,9 +173,15 @@ def main():
             ours = skim_tokenize(args.skim, model, files, add_special, parse_special)
             t_skim = time.time() - t0
             t0 = time.time()
-            with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
-                theirs = dict(zip(files, pool.map(
-                    lambda f: peer_tokenize(args.peer, model, f, add_special, parse_special), files)))
+            if args.peer_each:
+                theirs = {f: (ids, None) for f, ids in skim_tokenize(
+                    shlex.quote(args.peer) + " tokenize", model, files, add_special, parse_special).items()}
+                for f in files:
+                    theirs.setdefault(f, (None, "no output for this document"))
+            else:
+                with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
+                    theirs = dict(zip(files, pool.map(
+                        lambda f: peer_tokenize(args.peer, model, f, add_special, parse_special), files)))
             t_peer = time.time() - t0
             per_cat = defaultdict(lambda: [0, 0])
             diffs, errors, same = [], [], 0

@@ -14,6 +14,7 @@
 #include "common.h"
 #include "skim/context.h"
 #include "skim/model.h"
+#include "skim/paths.h"
 
 namespace skim::cli {
 namespace {
@@ -103,13 +104,7 @@ std::vector<BenchRow> bench_skim(const BenchOptions& o, const Model& model, int 
   return rows;
 }
 
-std::string llama_bench_path() {
-  if (const char* p = std::getenv("SKIM_LLAMA_BENCH")) return p;
-  const char* cache = std::getenv("SKIM_CACHE");
-  const char* home = std::getenv("HOME");
-  std::filesystem::path root = cache ? std::filesystem::path(cache) : std::filesystem::path(home ? home : ".") / ".cache/skim";
-  return (root / "llama.cpp-0.3.36/bin/llama-bench").string();
-}
+std::string llama_bench_path() { return (paths::peer_prefix() / "bin" / "llama-bench").string(); }
 
 std::vector<BenchRow> bench_llama_cpp(const BenchOptions& o, const std::string& model_path, int threads) {
   const std::string bin = llama_bench_path();

@@ -26,14 +26,11 @@ void run_perplexity(const PerplexityOptions& o) {
   if (o.max_windows > 0 && tokens.size() > static_cast<size_t>(o.max_windows) * o.n_ctx)
     tokens.resize(static_cast<size_t>(o.max_windows) * o.n_ctx);
   Context ctx(*model, {o.n_ctx, o.n_ubatch});
-  // Like llama.cpp: the window's first token becomes BOS only when the vocabulary adds BOS.
-  const std::vector<int32_t> probe = tok.encode("a", true, false);
-  const bool adds_bos = !probe.empty() && probe[0] == tok.bos() && tok.bos() >= 0;
   const int64_t n_windows = static_cast<int64_t>(tokens.size()) / o.n_ctx;
   fmt::print(stderr, "perplexity: {} tokens, {} windows of {} tokens, scoring the second half of each\n", tokens.size(),
              n_windows, o.n_ctx);
   Stopwatch clock;
-  PerplexityResult r = perplexity(ctx, tokens, adds_bos ? tok.bos() : -1, [&](int w, double ppl) {
+  PerplexityResult r = perplexity(ctx, tokens, tok.add_bos() ? tok.bos() : -1, [&](int w, double ppl) {
     fmt::print(stderr, "[{}/{}] ppl {:.4f} ({:.1f} s)\n", w + 1, n_windows, ppl, clock.ms() / 1000.0);
   });
   fmt::print("Final estimate: PPL = {:.4f} +/- {:.5f}\n", r.ppl, r.ppl_error);

@@ -3,7 +3,6 @@
 #include <omp.h>
 #include <sys/resource.h>
 
-#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -11,6 +10,8 @@
 #include <thread>
 
 #include <fmt/format.h>
+
+#include "skim/paths.h"
 
 namespace skim::cli {
 
@@ -21,19 +22,9 @@ void add_model_options(CLI::App& cmd, ModelOptions& o) {
 
 std::string resolve_model(const ModelOptions& o) {
   apply_threads(o.threads);
-  if (!o.model.empty()) {
-    if (!std::filesystem::exists(o.model)) throw std::runtime_error(fmt::format("model file '{}' does not exist", o.model));
-    return o.model;
-  }
-  const char* cache = std::getenv("SKIM_CACHE");
-  const char* home = std::getenv("HOME");
-  std::filesystem::path dir = cache ? std::filesystem::path(cache) : std::filesystem::path(home ? home : ".") / ".cache/skim";
-  dir /= "models/smollm2-135m";
-  if (std::filesystem::is_directory(dir))
-    for (const auto& e : std::filesystem::directory_iterator(dir))
-      if (e.path().extension() == ".gguf") return e.path().string();
-  throw std::runtime_error(fmt::format("no -m given and the default model is not in {}: run scripts/fetch-model smollm2-135m",
-                                       dir.string()));
+  if (o.model.empty()) return paths::default_model().string();
+  if (!std::filesystem::exists(o.model)) throw std::runtime_error(fmt::format("model file '{}' does not exist", o.model));
+  return o.model;
 }
 
 int apply_threads(int threads) {

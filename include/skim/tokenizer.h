@@ -37,6 +37,7 @@ class Tokenizer {
   virtual int32_t n_vocab() const = 0;
   virtual int32_t bos() const = 0;  // -1 if none
   virtual int32_t eos() const = 0;  // -1 if none
+  virtual bool add_bos() const = 0;  // encode(add_special) starts with BOS
   // End of generation: EOS, EOT, <|im_end|> and the like.
   virtual bool is_eog(int32_t id) const = 0;
   virtual bool is_control(int32_t id) const = 0;

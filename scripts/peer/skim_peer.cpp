@@ -141,19 +141,22 @@ std::vector<llama_token> read_token_ids(const std::string & path, int32_t n_voca
         if (!line.empty() && line.back() == '\r') line.pop_back();
         if (line.empty()) continue;
         const std::string where = path + ":" + std::to_string(line_number);
-        ids.push_back(static_cast<llama_token>(parse_integer(line, where + ": token id", 0, n_vocab - 1)));
+        try {
+            ids.push_back(static_cast<llama_token>(parse_integer(line, where + ": token id", 0, n_vocab - 1)));
+        } catch (const UsageError & e) {
+            throw std::runtime_error(e.what());  // bad data, not bad usage
+        }
     }
     if (ids.empty()) throw std::runtime_error("no token ids in '" + path + "'");
     return ids;
 }
 
-void write_logits(const std::string & path, uint32_t n_tokens, uint32_t n_vocab, llama_context * ctx) {
+void write_logits(std::ofstream & out, const std::string & path, uint32_t n_tokens, uint32_t n_vocab,
+                  llama_context * ctx) {
     static_assert(sizeof(float) == 4, "float must be IEEE binary32");
     const uint16_t probe = 1;
     if (*reinterpret_cast<const uint8_t *>(&probe) != 1)
         throw std::runtime_error("skim-peer writes little-endian output and only runs on little-endian hosts");
-    std::ofstream out(path, std::ios::binary | std::ios::trunc);
-    if (!out) throw std::runtime_error("cannot create '" + path + "': " + std::strerror(errno));
     out.write("SKLG", 4);
     out.write(reinterpret_cast<const char *>(&n_tokens), sizeof n_tokens);
     out.write(reinterpret_cast<const char *>(&n_vocab), sizeof n_vocab);
@@ -166,34 +169,27 @@ void write_logits(const std::string & path, uint32_t n_tokens, uint32_t n_vocab,
     if (!out) throw std::runtime_error("error writing '" + path + "'");
 }
 
-int run_logits(const std::vector<std::string> & args) {
-    std::vector<std::string> positional;
+struct LogitsOptions {
     int threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
     long max_ubatch = kDefaultMaxUbatch;
     ggml_type kv_type = GGML_TYPE_F16;
     bool flash_attn = false;
-    for (size_t i = 0; i < args.size(); ++i) {
-        const std::string & arg = args[i];
-        auto value = [&](const char * option) -> const std::string & {
-            if (i + 1 >= args.size()) throw UsageError(std::string("logits: ") + option + " needs a value");
-            return args[++i];
-        };
-        if (arg == "--threads") threads = static_cast<int>(parse_integer(value("--threads"), "--threads", 1, 1024));
-        else if (arg == "--ubatch") max_ubatch = parse_integer(value("--ubatch"), "--ubatch", 1, 1 << 20);
-        else if (arg == "--kv-type") {
-            const std::string & type = value("--kv-type");
-            if (type == "f16") kv_type = GGML_TYPE_F16;
-            else if (type == "f32") kv_type = GGML_TYPE_F32;
-            else throw UsageError("--kv-type must be f16 or f32, got '" + type + "'");
-        } else if (arg == "--flash-attn") flash_attn = true;
-        else if (arg.rfind("--", 0) == 0) throw UsageError("logits: unknown option '" + arg + "'");
-        else positional.push_back(arg);
-    }
-    if (positional.size() != 3) throw UsageError("logits needs MODEL, TOKENS and OUT");
+};
 
-    const Model model(positional[0], /*vocab_only=*/false);
+// Owns a llama_context so every exit path frees it.
+struct Context {
+    llama_context * ctx = nullptr;
+    explicit Context(llama_context * created) : ctx(created) {}
+    ~Context() { llama_free(ctx); }
+    Context(const Context &) = delete;
+    Context & operator=(const Context &) = delete;
+};
+
+void evaluate_and_write(const std::string & model_path, const std::string & tokens_path, const LogitsOptions & options,
+                        std::ofstream & out, const std::string & out_path) {
+    const Model model(model_path, /*vocab_only=*/false);
     const int32_t n_vocab = llama_vocab_n_tokens(model.vocab());
-    const std::vector<llama_token> ids = read_token_ids(positional[1], n_vocab);
+    const std::vector<llama_token> ids = read_token_ids(tokens_path, n_vocab);
     const uint32_t n_tokens = static_cast<uint32_t>(ids.size());
     const int32_t n_ctx_train = llama_model_n_ctx_train(model.model);
     if (n_ctx_train > 0 && n_tokens > static_cast<uint32_t>(n_ctx_train))
@@ -206,18 +202,19 @@ int run_logits(const std::vector<std::string> & args) {
     llama_context_params params = llama_context_default_params();
     params.n_ctx = n_ctx;
     params.n_batch = n_ctx;  // the whole sequence is one logical batch
-    params.n_ubatch = std::min<uint32_t>(n_ctx, static_cast<uint32_t>(max_ubatch));
+    params.n_ubatch = std::min<uint32_t>(n_ctx, static_cast<uint32_t>(options.max_ubatch));
     params.n_seq_max = 1;
-    params.n_threads = threads;
-    params.n_threads_batch = threads;
-    params.flash_attn_type = flash_attn ? LLAMA_FLASH_ATTN_TYPE_ENABLED : LLAMA_FLASH_ATTN_TYPE_DISABLED;
-    params.type_k = kv_type;
-    params.type_v = kv_type;
+    params.n_threads = options.threads;
+    params.n_threads_batch = options.threads;
+    params.flash_attn_type = options.flash_attn ? LLAMA_FLASH_ATTN_TYPE_ENABLED : LLAMA_FLASH_ATTN_TYPE_DISABLED;
+    params.type_k = options.kv_type;
+    params.type_v = options.kv_type;
     params.offload_kqv = false;
     params.op_offload = false;
     params.no_perf = true;
-    llama_context * ctx = llama_init_from_model(model.model, params);
-    if (!ctx) throw std::runtime_error("llama.cpp could not create a context for " + std::to_string(n_tokens) + " tokens");
+    const Context context(llama_init_from_model(model.model, params));
+    if (!context.ctx)
+        throw std::runtime_error("llama.cpp could not create a context for " + std::to_string(n_tokens) + " tokens");
 
     llama_batch batch = llama_batch_init(static_cast<int32_t>(n_tokens), 0, 1);
     batch.n_tokens = static_cast<int32_t>(n_tokens);
@@ -228,16 +225,50 @@ int run_logits(const std::vector<std::string> & args) {
         batch.seq_id[i][0] = 0;
         batch.logits[i] = 1;  // every position's logits are wanted
     }
-    const int32_t status = llama_decode(ctx, batch);
+    const int32_t status = llama_decode(context.ctx, batch);
     llama_batch_free(batch);
+    if (status != 0) throw std::runtime_error("llama_decode failed with status " + std::to_string(status));
+    write_logits(out, out_path, n_tokens, static_cast<uint32_t>(n_vocab), context.ctx);
+}
+
+int run_logits(const std::vector<std::string> & args) {
+    std::vector<std::string> positional;
+    LogitsOptions options;
+    for (size_t i = 0; i < args.size(); ++i) {
+        const std::string & arg = args[i];
+        auto value = [&](const char * option) -> const std::string & {
+            if (i + 1 >= args.size()) throw UsageError(std::string("logits: ") + option + " needs a value");
+            return args[++i];
+        };
+        if (arg == "--threads") {
+            options.threads = static_cast<int>(parse_integer(value("--threads"), "--threads", 1, 1024));
+        } else if (arg == "--ubatch") {
+            options.max_ubatch = parse_integer(value("--ubatch"), "--ubatch", 1, 1 << 20);
+        } else if (arg == "--kv-type") {
+            const std::string & type = value("--kv-type");
+            if (type == "f16") options.kv_type = GGML_TYPE_F16;
+            else if (type == "f32") options.kv_type = GGML_TYPE_F32;
+            else throw UsageError("--kv-type must be f16 or f32, got '" + type + "'");
+        } else if (arg == "--flash-attn") {
+            options.flash_attn = true;
+        } else if (arg.rfind("--", 0) == 0) {
+            throw UsageError("logits: unknown option '" + arg + "'");
+        } else {
+            positional.push_back(arg);
+        }
+    }
+    if (positional.size() != 3) throw UsageError("logits needs MODEL, TOKENS and OUT");
+    const std::string & out_path = positional[2];
+    // Opened before the (slow) evaluation so a bad OUT fails fast.
+    std::ofstream out(out_path, std::ios::binary | std::ios::trunc);
+    if (!out) throw std::runtime_error("cannot create '" + out_path + "': " + std::strerror(errno));
     try {
-        if (status != 0) throw std::runtime_error("llama_decode failed with status " + std::to_string(status));
-        write_logits(positional[2], n_tokens, static_cast<uint32_t>(n_vocab), ctx);
+        evaluate_and_write(positional[0], positional[1], options, out, out_path);
     } catch (...) {
-        llama_free(ctx);
+        out.close();
+        std::remove(out_path.c_str());  // never leave a truncated logits file behind
         throw;
     }
-    llama_free(ctx);
     return 0;
 }
 

@@ -18,10 +18,15 @@
 //
 // Optional parts (an empty vector means "not used"):
 //   range_scores / col_scores  aligned with ranges / cols. When present the
-//       kernel visits key tiles in descending score order and stops at the
-//       first tile whose score is below stop_theta[h] (S2O-style early stop).
-//   skip_lambda[h]   BLASST: skip a key tile when exp(tile_max - running_max) < lambda
-//                    for every row of the query tile (0 = never skip).
+//       kernel visits key tiles in descending score order (a range's tiles
+//       carry its score; columns are packed by descending score, a pack never
+//       mixing scores on both sides of stop_theta) and stops at the first tile
+//       whose score is below stop_theta[h] (S2O-style early stop): exactly the
+//       keys scored >= stop_theta are used. Without scores the order is: the
+//       columns (packed 64 at a time), then the ranges by position.
+//   skip_lambda[h]   BLASST: skip a key tile (its exp, V read and P.V) when
+//                    exp(tile_max - running_max) < lambda for every row of the
+//                    query tile, running_max taken before the tile (0 = never skip).
 //   stop_theta[h]    see scores; -inf = never stop.
 //   row_map          per head (CSR by row_map_ptr): strictly increasing query rows
 //                    to process; rows not listed get output 0 and LSE -inf.

@@ -55,6 +55,19 @@ const char* value_type_name(GgufValueType t) {
   return i < std::size(names) ? names[i] : "unknown";
 }
 
+// A key or tensor name as it appears in error messages: control bytes escaped and
+// long names cut, since a corrupt file can hold any bytes, up to a gigabyte of them.
+std::string printable(std::string_view name) {
+  constexpr size_t kMaxShown = 120;
+  std::string out;
+  for (unsigned char c : name.substr(0, kMaxShown)) {
+    if (c < 0x20 || c == 0x7F) out += fmt::format("\\x{:02x}", c);
+    else out += static_cast<char>(c);
+  }
+  if (name.size() > kMaxShown) out += fmt::format("...({} bytes)", name.size());
+  return out;
+}
+
 // Bounds-checked little-endian cursor over the file image.
 class Cursor {
  public:
@@ -108,16 +121,19 @@ uint64_t min_value_bytes(GgufValueType type) {
 }
 
 GgufValue read_array(Cursor& c, int depth, const std::string& key) {
-  if (depth >= kMaxArrayDepth) throw GgufError(fmt::format("metadata '{}': arrays nested deeper than {}", key, kMaxArrayDepth));
+  if (depth >= kMaxArrayDepth)
+    throw GgufError(fmt::format("metadata '{}': arrays nested deeper than {}", printable(key), kMaxArrayDepth));
   auto elem_type = static_cast<GgufValueType>(c.read<uint32_t>("array element type"));
   if (static_cast<uint32_t>(elem_type) > static_cast<uint32_t>(GgufValueType::F64))
-    throw GgufError(fmt::format("metadata '{}': unknown array element type {}", key, static_cast<uint32_t>(elem_type)));
+    throw GgufError(fmt::format("metadata '{}': unknown array element type {}", printable(key),
+                                static_cast<uint32_t>(elem_type)));
   uint64_t count = c.read<uint64_t>("array length");
   // Checked before allocating: a corrupt length must not become a giant reservation.
   uint64_t elem_min = min_value_bytes(elem_type);
   if (count > c.remaining() / elem_min)
-    throw GgufError(fmt::format("metadata '{}': array of {} {} values cannot fit in the {} bytes left (truncated or corrupt file)",
-                                key, count, value_type_name(elem_type), c.remaining()));
+    throw GgufError(fmt::format("metadata '{}': array of {} {} values cannot fit in the {} bytes left "
+                                "(truncated or corrupt file)",
+                                printable(key), count, value_type_name(elem_type), c.remaining()));
   auto arr = std::make_shared<GgufArray>();
   arr->elem_type = elem_type;
   arr->items.reserve(count);
@@ -144,14 +160,14 @@ GgufValue read_value(Cursor& c, GgufValueType type, int depth, const std::string
     case GgufValueType::F64: v.v = c.read<double>("f64 value"); break;
     case GgufValueType::BOOL: {
       uint8_t b = c.read<uint8_t>("bool value");
-      if (b > 1) throw GgufError(fmt::format("metadata '{}': bool value {} is neither 0 nor 1", key, b));
+      if (b > 1) throw GgufError(fmt::format("metadata '{}': bool value {} is neither 0 nor 1", printable(key), b));
       v.v = b == 1;
       break;
     }
     case GgufValueType::STRING: v.v = c.read_string("string value"); break;
     case GgufValueType::ARRAY: return read_array(c, depth, key);
     default:
-      throw GgufError(fmt::format("metadata '{}': unknown value type {}", key, static_cast<uint32_t>(type)));
+      throw GgufError(fmt::format("metadata '{}': unknown value type {}", printable(key), static_cast<uint32_t>(type)));
   }
   return v;
 }
@@ -301,22 +317,27 @@ void GgufFile::parse() {
   if (version_ != 2 && version_ != 3) {
     // A big-endian file stores its small version number in the high bytes.
     if ((version_ & 0xFFFF) == 0 && version_ != 0)
-      throw GgufError(fmt::format("unsupported GGUF version {} (looks like a big-endian file; skim reads little-endian versions 2 and 3)", version_));
+      throw GgufError(fmt::format(
+          "unsupported GGUF version {} (looks like a big-endian file; skim reads little-endian versions 2 and 3)",
+          version_));
     throw GgufError(fmt::format("unsupported GGUF version {} (skim reads versions 2 and 3)", version_));
   }
   uint64_t n_tensors = c.read<uint64_t>("tensor count");
   uint64_t n_kv = c.read<uint64_t>("metadata count");
   // A metadata entry needs >= 13 bytes and a tensor entry >= 28: bound counts by the file size.
   if (n_kv > size_ / 13)
-    throw GgufError(fmt::format("metadata count {} is absurd for a {}-byte file (truncated or corrupt file)", n_kv, size_));
+    throw GgufError(
+        fmt::format("metadata count {} is absurd for a {}-byte file (truncated or corrupt file)", n_kv, size_));
   if (n_tensors > size_ / 28)
-    throw GgufError(fmt::format("tensor count {} is absurd for a {}-byte file (truncated or corrupt file)", n_tensors, size_));
+    throw GgufError(
+        fmt::format("tensor count {} is absurd for a {}-byte file (truncated or corrupt file)", n_tensors, size_));
 
   for (uint64_t i = 0; i < n_kv; ++i) {
     std::string key = c.read_string("metadata key");
     auto type = static_cast<GgufValueType>(c.read<uint32_t>("metadata value type"));
     GgufValue value = read_value(c, type, 0, key);
-    if (!kv_.emplace(key, std::move(value)).second) throw GgufError(fmt::format("duplicate metadata key '{}'", key));
+    if (!kv_.emplace(key, std::move(value)).second)
+      throw GgufError(fmt::format("duplicate metadata key '{}'", printable(key)));
   }
   if (const GgufValue* a = find("general.alignment")) {
     if (!a->is_integer())
@@ -337,28 +358,29 @@ void GgufFile::parse() {
     t.name = c.read_string("tensor name");
     uint32_t n_dims = c.read<uint32_t>("tensor dimension count");
     if (n_dims == 0 || n_dims > kMaxDims)
-      throw GgufError(fmt::format("tensor '{}': {} dimensions (1 to {} allowed)", t.name, n_dims, kMaxDims));
+      throw GgufError(fmt::format("tensor '{}': {} dimensions (1 to {} allowed)", printable(t.name), n_dims, kMaxDims));
     int64_t nel = 1;
     for (uint32_t d = 0; d < n_dims; ++d) {
       uint64_t ne = c.read<uint64_t>("tensor dimension");
       if (ne == 0 || ne > (1ull << 40) || static_cast<uint64_t>(nel) > (1ull << 50) / ne)
-        throw GgufError(fmt::format("tensor '{}': dimension {} = {} is absurd", t.name, d, ne));
+        throw GgufError(fmt::format("tensor '{}': dimension {} = {} is absurd", printable(t.name), d, ne));
       nel *= static_cast<int64_t>(ne);
       t.dims.push_back(static_cast<int64_t>(ne));
     }
     uint32_t type_id = c.read<uint32_t>("tensor type");
     const TypeTraits* tt = find_traits(type_id);
-    if (!tt) throw GgufError(fmt::format("tensor '{}': unknown tensor type {}", t.name, type_id));
+    if (!tt) throw GgufError(fmt::format("tensor '{}': unknown tensor type {}", printable(t.name), type_id));
     t.type = static_cast<GgmlType>(type_id);
     if (t.dims[0] % tt->block_size != 0)
-      throw GgufError(fmt::format("tensor '{}': row length {} is not a multiple of {}'s block size {}", t.name,
-                                  t.dims[0], tt->name, tt->block_size));
+      throw GgufError(fmt::format("tensor '{}': row length {} is not a multiple of {}'s block size {}",
+                                  printable(t.name), t.dims[0], tt->name, tt->block_size));
     t.nbytes = static_cast<size_t>(nel / tt->block_size * tt->type_size);
     t.offset = c.read<uint64_t>("tensor data offset");
     if (t.offset % alignment_ != 0)
-      throw GgufError(fmt::format("tensor '{}': data offset {} is not aligned to {}", t.name, t.offset, alignment_));
+      throw GgufError(
+          fmt::format("tensor '{}': data offset {} is not aligned to {}", printable(t.name), t.offset, alignment_));
     if (!tensor_index_.emplace(t.name, tensors_.size()).second)
-      throw GgufError(fmt::format("duplicate tensor name '{}'", t.name));
+      throw GgufError(fmt::format("duplicate tensor name '{}'", printable(t.name)));
     tensors_.push_back(std::move(t));
   }
 
@@ -370,8 +392,9 @@ void GgufFile::parse() {
   uint64_t data_size = size_ - data_start;
   for (TensorInfo& t : tensors_) {
     if (t.offset > data_size || t.nbytes > data_size - t.offset)
-      throw GgufError(fmt::format("tensor '{}': {} data bytes at offset {} lie outside the file's {}-byte data section (truncated file?)",
-                                  t.name, t.nbytes, t.offset, data_size));
+      throw GgufError(fmt::format(
+          "tensor '{}': {} data bytes at offset {} lie outside the file's {}-byte data section (truncated file?)",
+          printable(t.name), t.nbytes, t.offset, data_size));
     t.data = base_ + data_start + t.offset;
   }
   // Overlapping tensors mean a corrupt directory (writers lay tensors out back to back).
@@ -385,7 +408,7 @@ void GgufFile::parse() {
     const TensorInfo& next = *by_offset[i];
     if (prev.offset + prev.nbytes > next.offset)
       throw GgufError(fmt::format("tensor '{}' (data at offset {}, {} bytes) overlaps tensor '{}' (data at offset {})",
-                                  prev.name, prev.offset, prev.nbytes, next.name, next.offset));
+                                  printable(prev.name), prev.offset, prev.nbytes, printable(next.name), next.offset));
   }
 }
 

@@ -34,8 +34,9 @@ using attn_detail::TileJob;
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 constexpr float kLog2e = 1.44269504088896340736f;
-// Query columns of a default (dense, group-mode) prefill tile.
-constexpr int32_t kDefaultTileCols = 128;
+// Query columns of a default (dense, group-mode) prefill tile: 48..128 measured
+// within noise of each other on AVX2; 96 keeps the tile's working set in L2.
+constexpr int32_t kDefaultTileCols = 96;
 // Column chunks are cut at multiples of this (whole vectors of the widest target).
 constexpr int32_t kColumnQuantum = 32;
 // Automatic key splitting never makes a part shorter than this many key tiles.
@@ -156,6 +157,10 @@ std::string build_spans(const Plan& plan, int64_t item, float theta, int64_t n_k
       spans.push_back(s);
     }
   } else {
+    for (int64_t c = c0; c < c1; ++c)
+      if (std::isnan(plan.col_scores[c])) return "a column score is NaN";
+    for (int64_t r = plan.range_ptr[item]; r < plan.range_ptr[item + 1]; ++r)
+      if (std::isnan(plan.range_scores[r])) return "a range score is NaN";
     order.resize(static_cast<size_t>(c1 - c0));
     std::iota(order.begin(), order.end(), c0);
     std::stable_sort(order.begin(), order.end(),
@@ -216,16 +221,24 @@ struct SplitGroup {
   int32_t parts = 0;
 };
 
-struct AlignedFloats {
-  struct Free {
-    void operator()(float* p) const { ::operator delete[](p, std::align_val_t(64)); }
+// Per-thread scratch, kept across calls (OpenMP threads persist), 64-byte aligned.
+float* thread_scratch(size_t floats) {
+  struct Buffer {
+    float* ptr = nullptr;
+    size_t size = 0;
+    ~Buffer() { ::operator delete[](ptr, std::align_val_t(64)); }
   };
-  std::unique_ptr<float[], Free> ptr;
-  explicit AlignedFloats(size_t n)
-      : ptr(static_cast<float*>(::operator new[](n * sizeof(float), std::align_val_t(64)))) {
-    std::fill(ptr.get(), ptr.get() + n, 0.0f);
+  thread_local Buffer buf;
+  if (buf.size < floats) {
+    ::operator delete[](buf.ptr, std::align_val_t(64));
+    buf.ptr = nullptr;
+    buf.size = 0;
+    buf.ptr = static_cast<float*>(::operator new[](floats * sizeof(float), std::align_val_t(64)));
+    std::fill(buf.ptr, buf.ptr + floats, 0.0f);
+    buf.size = floats;
   }
-};
+  return buf.ptr;
+}
 
 // Column `c` of item (h, t): query head and chunk row. Columns are ordered by
 // query head of the group, then by row of the tile.
@@ -347,7 +360,7 @@ void run(const Call& call, const Plan& plan) {
 
 #pragma omp parallel num_threads(n_threads)
   {
-    AlignedFloats scratch(scratch_floats);
+    float* scratch = thread_scratch(scratch_floats);
     std::vector<KeySpan> spans;
     std::vector<int32_t> sorted_keys;
     std::vector<int64_t> order;
@@ -370,6 +383,11 @@ void run(const Call& call, const Plan& plan) {
           continue;
         }
         spans_item = u.item;
+      }
+      if (u.span_end > static_cast<int64_t>(spans.size())) {  // count_spans and build_spans disagree
+        std::lock_guard<std::mutex> lock(failure_mutex);
+        if (!failed.exchange(true)) failure = "attention: internal error: key-tile stream shorter than planned";
+        continue;
       }
       cols.clear();
       for (int32_t c = u.col_begin; c < u.col_end; ++c) {
@@ -406,13 +424,13 @@ void run(const Call& call, const Plan& plan) {
       job.n_cols = static_cast<int32_t>(cols.size());
       job.spans = spans.data() + u.span_begin;
       job.n_spans = u.span_end - u.span_begin;
-      attn_detail::run_tile_job(job, scratch.ptr.get(), count);
+      attn_detail::run_tile_job(job, scratch, count);
     }
   }
   if (failed) throw PlanError(failure);
 
   // Merge the parts of split key streams, in order, then scatter.
-#pragma omp parallel for schedule(dynamic, 1) num_threads(n_threads)
+#pragma omp parallel for schedule(dynamic, 1) num_threads(n_threads) if (groups.size() > 1)
   for (int64_t gi = 0; gi < static_cast<int64_t>(groups.size()); ++gi) {
     const SplitGroup& grp = groups[gi];
     const Unit& first = units[grp.first_unit];

@@ -15,7 +15,20 @@
 // Threads: OpenMP inside the call over work items (plan head, query tile),
 // largest first, dynamic schedule; when there are too few items for the
 // threads (decode, short chunks over long contexts) an item's key stream is
-// split across threads and the parts are LSE-merged.
+// split across threads and the parts are LSE-merged. A query tile with more
+// than 128 query rows (group mode: g * tile_rows) is cut into column chunks
+// that each stream the item's keys. With a lambda (BLASST) each split part
+// keeps its own running max, so splitting can change which tiles are skipped.
+//
+// Typical use (engine, one layer, cache [kv_head][capacity][d] f16):
+//   AttnParams p;
+//   p.n_q_heads = 9; p.n_kv_heads = 3; p.head_dim = 64;
+//   p.n_rows = n; p.q_pos0 = pos;                      // this chunk's rows
+//   p.q = q; p.q_head_stride = 64; p.q_row_stride = 9 * 64;      // [n][Hq*d]
+//   p.kv = {k_layer, v_layer, KvDType::F16, capacity * 64, 64, pos + n};
+//   p.out = o; p.out_head_stride = 64; p.out_row_stride = 9 * 64;
+//   attention_prefill(p);           // or attention_prefill(p, &plan)
+//   attention_decode(p);            // n == 1
 #pragma once
 
 #include <cstdint>
@@ -38,7 +51,8 @@ struct KvView {
   int64_t n_keys = 0;       // positions [0, n_keys) hold valid keys
 };
 
-// Counters of one call (optional output).
+// Counters of one call (optional output). Key tiles are counted per work unit:
+// an item cut into column chunks counts its stream once per chunk.
 struct AttnStats {
   int64_t key_tiles = 0;          // key tiles in the streams of all work items
   int64_t key_tiles_computed = 0; // tiles that went through the softmax and P.V

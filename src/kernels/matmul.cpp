@@ -20,12 +20,19 @@ namespace {
 // Up to this many activation rows, matmul streams the weights once per call
 // (GEMV); above it, it dequantizes panels and runs sgemm.
 constexpr int64_t kMaxGemvRows = kMaxIntegerDotRows;
-// Bytes of dequantized f32 weights per sgemm panel: the panel and OpenBLAS's
-// packed copy of it stay within the per-core L2 (512 KiB on the target).
-constexpr int64_t kPanelBytes = 160 * 1024;
+// Rows of W per sgemm panel. OpenBLAS repacks the activations on every call,
+// a cost that falls as 1 / panel rows (about 5% at 128 on the target); the
+// f32 panel itself is read once, when OpenBLAS packs it, so it may exceed L2.
+// Very long rows get fewer rows so that a panel stays under kMaxPanelBytes.
+constexpr int64_t kPanelRows = 128;
+constexpr int64_t kMinPanelRows = 16;
+constexpr int64_t kMaxPanelBytes = 1 << 20;
 // Below this many weight bytes a GEMV runs on one thread: the fork/join would
 // cost more than the work.
 constexpr size_t kMinParallelGemvBytes = 24 * 1024;
+// GEMV rows are handed out in chunks of this many, so a thread that was
+// descheduled or is slower does not hold up the others for long.
+constexpr int kGemvChunkRows = 32;
 
 std::vector<float>& thread_scratch() {
   thread_local std::vector<float> scratch;
@@ -54,6 +61,36 @@ __attribute__((target("avx2,fma"))) float dot_f32_avx2(const float* a, const flo
   s = _mm_add_ss(s, _mm_movehdup_ps(s));
   float sum = _mm_cvtss_f32(s);
   for (; i < k; ++i) sum += a[i] * b[i];
+  return sum;
+}
+
+// Dot of a half-precision (F16 or BF16) weight row with f32 activations,
+// converting in registers.
+template <bool kBf16>
+__attribute__((target("avx2,fma,f16c"))) inline __m256 load_half8(const uint16_t* w) {
+  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w));
+  if constexpr (kBf16) return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+  else return _mm256_cvtph_ps(h);
+}
+
+template <bool kBf16>
+__attribute__((target("avx2,fma,f16c"))) float dot_half_avx2(const uint16_t* w, const float* x, int64_t k) {
+  __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+  int64_t i = 0;
+  for (; i + 32 <= k; i += 32)
+    for (int u = 0; u < 4; ++u)
+      acc[u] = _mm256_fmadd_ps(load_half8<kBf16>(w + i + 8 * u), _mm256_loadu_ps(x + i + 8 * u), acc[u]);
+  for (; i + 8 <= k; i += 8) acc[0] = _mm256_fmadd_ps(load_half8<kBf16>(w + i), _mm256_loadu_ps(x + i), acc[0]);
+  const __m256 s8 = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  float sum = _mm_cvtss_f32(s);
+  for (; i < k; ++i) {
+    float wi;
+    dequantize_row(kBf16 ? GgmlType::BF16 : GgmlType::F16, w + i, &wi, 1);
+    sum += wi * x[i];
+  }
   return sum;
 }
 
@@ -96,7 +133,7 @@ void gemv_integer(const TensorInfo& w, const float* x, int64_t m, float* y, int6
   const RowDotFn dot = select_row_dot(w.type, isa);
   const bool parallel = static_cast<size_t>(n_end - n_begin) * w.row_size() >= kMinParallelGemvBytes;
   const QuantizedActivations& a = act;
-#pragma omp parallel for schedule(static) if (parallel) num_threads(max_threads())
+#pragma omp parallel for schedule(dynamic, kGemvChunkRows) if (parallel) num_threads(max_threads())
   for (int64_t n = n_begin; n < n_end; ++n) dot(w.row(n), a, y + (n - n_begin), ldy);
 }
 
@@ -110,8 +147,15 @@ void gemv_float(const TensorInfo& w, const float* x, int64_t m, float* y, int64_
   {
     std::vector<float>& row = thread_scratch();
     if (w.type != GgmlType::F32 && row.size() < static_cast<size_t>(k)) row.resize(k);
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, kGemvChunkRows)
     for (int64_t n = n_begin; n < n_end; ++n) {
+      if (isa == KernelIsa::kAvx2 && (w.type == GgmlType::F16 || w.type == GgmlType::BF16)) {
+        const auto* wr = reinterpret_cast<const uint16_t*>(w.row(n));
+        for (int64_t r = 0; r < m; ++r)
+          y[r * ldy + (n - n_begin)] = w.type == GgmlType::F16 ? dot_half_avx2<false>(wr, x + r * k, k)
+                                                               : dot_half_avx2<true>(wr, x + r * k, k);
+        continue;
+      }
       const float* wr;
       if (w.type == GgmlType::F32) {
         wr = reinterpret_cast<const float*>(w.row(n));
@@ -130,9 +174,10 @@ void gemm_panels(const TensorInfo& w, const float* x, int64_t m, float* y, int64
   use_single_threaded_blas();
   const int64_t k = w.row_length(), rows = n_end - n_begin;
   const int threads = max_threads();
-  // Panel count: enough to fit the cache budget, and a multiple of the thread
-  // count while there are few panels so no thread idles at the end.
-  const int64_t max_panel_rows = std::max<int64_t>(16, kPanelBytes / (k * static_cast<int64_t>(sizeof(float))));
+  // Panels of at most max_panel_rows rows; while there are few, a multiple of
+  // the thread count so that no thread idles at the end.
+  const int64_t max_panel_rows = std::clamp<int64_t>(kMaxPanelBytes / (k * static_cast<int64_t>(sizeof(float))),
+                                                     kMinPanelRows, kPanelRows);
   int64_t panels = (rows + max_panel_rows - 1) / max_panel_rows;
   if (panels < 4 * threads) panels = (panels + threads - 1) / threads * threads;
   int64_t panel_rows = (rows + panels - 1) / panels;

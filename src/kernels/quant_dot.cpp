@@ -144,6 +144,14 @@ void quantize_row(const float* x, int64_t k, ActivationFormat format, KernelIsa 
 
 }  // namespace
 
+int64_t activation_position(const QuantizedActivations& a, int64_t i) {
+  if (a.format != ActivationFormat::kQ8Block32) return i;
+  const int64_t b = i / kQK, nb = a.k / kQK;
+  const int64_t j = i % kQK;
+  if ((b | 1) >= nb) return i;  // the unpaired last block keeps natural order
+  return (b & ~int64_t{1}) * kQK + (j / 16) * 32 + (b & 1) * 16 + j % 16;
+}
+
 void quantize_activations(const float* x, int64_t rows, int64_t k, ActivationFormat format, KernelIsa isa,
                           QuantizedActivations& out) {
   const int64_t block = activation_block_size(format);
@@ -163,10 +171,21 @@ void quantize_activations(const float* x, int64_t rows, int64_t k, ActivationFor
     out.bsum16.resize(static_cast<size_t>(rows * k / 16));
     out.dsum.clear();
   }
-  for (int64_t r = 0; r < rows; ++r)
-    quantize_row(x + r * k, k, format, isa, out.q.data() + r * k, out.d.data() + r * nb,
+  for (int64_t r = 0; r < rows; ++r) {
+    int8_t* q = out.q.data() + r * k;
+    quantize_row(x + r * k, k, format, isa, q, out.d.data() + r * nb,
                  format == ActivationFormat::kQ8Block32 ? out.dsum.data() + r * nb : nullptr,
                  format == ActivationFormat::kQ8Block256 ? out.bsum16.data() + r * k / 16 : nullptr);
+    if (format == ActivationFormat::kQ8Block32) {
+      // Pair layout (see activation_position): swap the middle 16-byte quarters.
+      for (int64_t b = 0; b + 1 < nb; b += 2) {
+        int8_t tmp[16];
+        std::memcpy(tmp, q + b * kQK + 16, 16);
+        std::memcpy(q + b * kQK + 16, q + b * kQK + 32, 16);
+        std::memcpy(q + b * kQK + 32, tmp, 16);
+      }
+    }
+  }
 }
 
 namespace {
@@ -177,7 +196,7 @@ namespace {
 //   d * da * sum(q * p) + offset * (da * sum(p)),
 // where offset is the block min (Q4_1, Q5_1) or -d times the zero point.
 
-uint32_t load_u32(const uint8_t* p) {
+uint32_t load_u32(const void* p) {
   uint32_t v;
   std::memcpy(&v, p, 4);
   return v;
@@ -185,45 +204,51 @@ uint32_t load_u32(const uint8_t* p) {
 
 struct Q4_0Kernel {
   using Block = BlockQ4_0;
-  static constexpr bool kSigned = false;
+  static constexpr bool kSigned = false, kHasMin = false;
+  static constexpr float kZeroPoint = 8.0f;
   static int quant(const Block& b, int j) { return j < 16 ? b.qs[j] & 0xF : b.qs[j - 16] >> 4; }
-  static float scale(const Block& b) { return f16_to_f32(b.d); }
-  static float offset(const Block& b) { return -8.0f * f16_to_f32(b.d); }
 };
 struct Q4_1Kernel {
   using Block = BlockQ4_1;
-  static constexpr bool kSigned = false;
+  static constexpr bool kSigned = false, kHasMin = true;
+  static constexpr float kZeroPoint = 0.0f;
   static int quant(const Block& b, int j) { return j < 16 ? b.qs[j] & 0xF : b.qs[j - 16] >> 4; }
-  static float scale(const Block& b) { return f16_to_f32(b.d); }
-  static float offset(const Block& b) { return f16_to_f32(b.m); }
 };
 struct Q5_0Kernel {
   using Block = BlockQ5_0;
-  static constexpr bool kSigned = false;
+  static constexpr bool kSigned = false, kHasMin = false;
+  static constexpr float kZeroPoint = 16.0f;
   static int quant(const Block& b, int j) {
     const int low = j < 16 ? b.qs[j] & 0xF : b.qs[j - 16] >> 4;
     return low | (((load_u32(b.qh) >> j) & 1) << 4);
   }
-  static float scale(const Block& b) { return f16_to_f32(b.d); }
-  static float offset(const Block& b) { return -16.0f * f16_to_f32(b.d); }
 };
 struct Q5_1Kernel {
   using Block = BlockQ5_1;
-  static constexpr bool kSigned = false;
+  static constexpr bool kSigned = false, kHasMin = true;
+  static constexpr float kZeroPoint = 0.0f;
   static int quant(const Block& b, int j) {
     const int low = j < 16 ? b.qs[j] & 0xF : b.qs[j - 16] >> 4;
     return low | (((load_u32(b.qh) >> j) & 1) << 4);
   }
-  static float scale(const Block& b) { return f16_to_f32(b.d); }
-  static float offset(const Block& b) { return f16_to_f32(b.m); }
 };
 struct Q8_0Kernel {
   using Block = BlockQ8_0;
-  static constexpr bool kSigned = true;
+  static constexpr bool kSigned = true, kHasMin = false;
+  static constexpr float kZeroPoint = 0.0f;
   static int quant(const Block& b, int j) { return b.qs[j]; }
-  static float scale(const Block& b) { return f16_to_f32(b.d); }
-  static float offset(const Block&) { return 0.0f; }
 };
+
+// Every legacy block starts with its f16 scale, followed by the f16 min when it has one.
+template <class K>
+float block_scale(const typename K::Block& b) {
+  return f16_to_f32(b.d);
+}
+template <class K>
+float block_offset(const typename K::Block& b) {
+  if constexpr (K::kHasMin) return f16_to_f32(b.m);
+  else return -K::kZeroPoint * f16_to_f32(b.d);
+}
 
 template <class K>
 void legacy_dot_scalar(const uint8_t* w_row, const QuantizedActivations& a, float* out, int64_t out_stride) {
@@ -236,9 +261,9 @@ void legacy_dot_scalar(const uint8_t* w_row, const QuantizedActivations& a, floa
     float acc = 0.0f, offsets = 0.0f;
     for (int64_t b = 0; b < nb; ++b) {
       int sumi = 0;
-      for (int j = 0; j < kQK; ++j) sumi += K::quant(w[b], j) * p[b * kQK + j];
-      acc += K::scale(w[b]) * da[b] * static_cast<float>(sumi);
-      offsets += K::offset(w[b]) * dsum[b];
+      for (int j = 0; j < kQK; ++j) sumi += K::quant(w[b], j) * p[activation_position(a, b * kQK + j)];
+      acc += block_scale<K>(w[b]) * da[b] * static_cast<float>(sumi);
+      offsets += block_offset<K>(w[b]) * dsum[b];
     }
     out[r * out_stride] = acc + offsets;
   }
@@ -266,8 +291,35 @@ __attribute__((target("avx2,fma"))) inline __m256i fifth_bits(uint32_t bits) {
   return _mm256_and_si256(set, _mm256_set1_epi8(0x10));
 }
 
+__attribute__((target("avx2,fma"))) inline __m256i load_2x128(const void* lo, const void* hi) {
+  return _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128(static_cast<const __m128i*>(lo))),
+                                 _mm_loadu_si128(static_cast<const __m128i*>(hi)), 1);
+}
+
+// The quants of blocks A and B in pair layout: `lo` holds elements 0..15 of A
+// then of B, `hi` elements 16..31 of A then of B.
 template <class K>
-__attribute__((target("avx2,fma"))) inline __m256i legacy_quants_avx2(const typename K::Block& b) {
+__attribute__((target("avx2,fma"))) inline void pair_quants(const typename K::Block& A, const typename K::Block& B,
+                                                            __m256i& lo, __m256i& hi) {
+  if constexpr (std::is_same_v<K, Q8_0Kernel>) {
+    lo = load_2x128(A.qs, B.qs);
+    hi = load_2x128(A.qs + 16, B.qs + 16);
+  } else {
+    const __m256i packed = load_2x128(A.qs, B.qs);
+    const __m256i nibble = _mm256_set1_epi8(0x0F);
+    lo = _mm256_and_si256(packed, nibble);
+    hi = _mm256_and_si256(_mm256_srli_epi16(packed, 4), nibble);
+    if constexpr (std::is_same_v<K, Q5_0Kernel> || std::is_same_v<K, Q5_1Kernel>) {
+      const uint32_t ha = load_u32(A.qh), hb = load_u32(B.qh);
+      lo = _mm256_or_si256(lo, fifth_bits((ha & 0xFFFF) | (hb << 16)));
+      hi = _mm256_or_si256(hi, fifth_bits((ha >> 16) | (hb & 0xFFFF0000u)));
+    }
+  }
+}
+
+// A single block in natural element order (the unpaired last block).
+template <class K>
+__attribute__((target("avx2,fma"))) inline __m256i block_quants(const typename K::Block& b) {
   if constexpr (std::is_same_v<K, Q8_0Kernel>) {
     return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.qs));
   } else if constexpr (std::is_same_v<K, Q5_0Kernel> || std::is_same_v<K, Q5_1Kernel>) {
@@ -277,59 +329,116 @@ __attribute__((target("avx2,fma"))) inline __m256i legacy_quants_avx2(const type
   }
 }
 
-// Eight int32 partial sums of q * p over 32 elements.
+// q * p summed over pairs of bytes, as 16 int16 (unsigned q) ...
 template <bool kSigned>
-__attribute__((target("avx2,fma"))) inline __m256i dot32_avx2(__m256i q, __m256i p) {
-  __m256i pairs;
-  if constexpr (kSigned) {
-    // maddubs multiplies unsigned by signed: move q's sign onto p.
-    pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(q, q), _mm256_sign_epi8(p, q));
-  } else {
-    pairs = _mm256_maddubs_epi16(q, p);
-  }
-  return _mm256_madd_epi16(pairs, _mm256_set1_epi16(1));
+__attribute__((target("avx2,fma"))) inline __m256i mul_pairs(__m256i q, __m256i p) {
+  // maddubs multiplies unsigned by signed: for signed q, move its sign onto p.
+  if constexpr (kSigned) return _mm256_maddubs_epi16(_mm256_sign_epi8(q, q), _mm256_sign_epi8(p, q));
+  else return _mm256_maddubs_epi16(q, p);
 }
 
+// Eight int32 partial sums of q * p for one pair-layout vector pair (lanes 0..3
+// belong to block A, 4..7 to block B) or one natural block.
+template <bool kSigned>
+__attribute__((target("avx2,fma"))) inline __m256i pair_dot(__m256i lo, __m256i hi, const int8_t* p) {
+  const __m256i ones = _mm256_set1_epi16(1);
+  const __m256i plo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  const __m256i phi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 32));
+  if constexpr (kSigned) {
+    // 8-bit by 8-bit pair sums reach 32512: adding two of them would overflow int16.
+    return _mm256_add_epi32(_mm256_madd_epi16(mul_pairs<true>(lo, plo), ones),
+                            _mm256_madd_epi16(mul_pairs<true>(hi, phi), ones));
+  } else {
+    // At most 2 * 31 * 127 per pair sum here, so the int16 add is exact.
+    return _mm256_madd_epi16(_mm256_add_epi16(mul_pairs<false>(lo, plo), mul_pairs<false>(hi, phi)), ones);
+  }
+}
+
+// The eight f16 scales (and mins) at the start of eight consecutive blocks.
+template <class K>
+__attribute__((target("avx2,fma"))) inline void load_scales8(const typename K::Block* x, __m256& d, __m256& m) {
+  uint32_t head[8];
+  for (int i = 0; i < 8; ++i) head[i] = load_u32(&x[i]);
+  const __m128i lo = _mm_setr_epi32(head[0], head[1], head[2], head[3]);
+  const __m128i hi = _mm_setr_epi32(head[4], head[5], head[6], head[7]);
+  const __m128i first = _mm_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, -1, -1, -1, -1, -1, -1, -1, -1);
+  d = _mm256_cvtph_ps(_mm_unpacklo_epi64(_mm_shuffle_epi8(lo, first), _mm_shuffle_epi8(hi, first)));
+  if constexpr (K::kHasMin) {
+    const __m128i second = _mm_setr_epi8(2, 3, 6, 7, 10, 11, 14, 15, -1, -1, -1, -1, -1, -1, -1, -1);
+    m = _mm256_cvtph_ps(_mm_unpacklo_epi64(_mm_shuffle_epi8(lo, second), _mm_shuffle_epi8(hi, second)));
+  } else {
+    m = _mm256_mul_ps(d, _mm256_set1_ps(-K::kZeroPoint));
+  }
+}
+
+// Groups of eight blocks share the float work: the scales are loaded and
+// converted eight at a time, and the four pair sums are folded with hadd into
+// one vector with a lane per block (order 0,2,4,6,1,3,5,7), so each group
+// needs a single int->float conversion and FMA per activation row.
 template <class K, int M>
 __attribute__((target("avx2,fma"))) void legacy_dot_avx2(const uint8_t* w_row, const QuantizedActivations& a,
                                                           float* out, int64_t out_stride) {
   const auto* w = reinterpret_cast<const typename K::Block*>(w_row);
   const int64_t nb = a.blocks_per_row();
-  // Independent accumulator chains (per row and per slot) hide the FMA latency;
-  // with several rows the rows themselves provide them.
-  constexpr int kSlots = M == 1 ? 4 : (M == 2 ? 2 : 1);
   const int8_t* p[M];
   const float* da[M];
   const float* dsum[M];
-  __m256 acc[kSlots][M];
-  float offsets[kSlots][M];
+  __m256 acc[M], offsets[M];
   for (int r = 0; r < M; ++r) {
     p[r] = a.q.data() + r * a.k;
     da[r] = a.d.data() + r * nb;
     dsum[r] = a.dsum.data() + r * nb;
-    for (int s = 0; s < kSlots; ++s) acc[s][r] = _mm256_setzero_ps(), offsets[s][r] = 0.0f;
+    acc[r] = offsets[r] = _mm256_setzero_ps();
   }
-  auto block = [&](int64_t b, int slot) __attribute__((always_inline)) {
-    const __m256i q = legacy_quants_avx2<K>(w[b]);
-    const float dw = K::scale(w[b]);
-    const float off = K::offset(w[b]);
+  const __m256i hadd_order = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
+  int64_t b = 0;
+  for (; b + 8 <= nb; b += 8) {
+    const typename K::Block* x = w + b;
+    __m256 d, m;
+    load_scales8<K>(x, d, m);
+    // sums[0]: blocks 0..3 as lanes (0,0,2,2 | 1,1,3,3); sums[1]: blocks 4..7.
+    __m256i sums[2][M];
+    for (int half = 0; half < 2; ++half) {
+      __m256i lo0, hi0, lo1, hi1;
+      pair_quants<K>(x[4 * half], x[4 * half + 1], lo0, hi0);
+      pair_quants<K>(x[4 * half + 2], x[4 * half + 3], lo1, hi1);
+      for (int r = 0; r < M; ++r) {
+        const int8_t* pr = p[r] + (b + 4 * half) * kQK;
+        sums[half][r] =
+            _mm256_hadd_epi32(pair_dot<K::kSigned>(lo0, hi0, pr), pair_dot<K::kSigned>(lo1, hi1, pr + 2 * kQK));
+      }
+    }
+    for (int r = 0; r < M; ++r) {
+      const __m256 per_block = _mm256_cvtepi32_ps(_mm256_hadd_epi32(sums[0][r], sums[1][r]));
+      const __m256 scale = _mm256_permutevar8x32_ps(_mm256_mul_ps(d, _mm256_loadu_ps(da[r] + b)), hadd_order);
+      acc[r] = _mm256_fmadd_ps(scale, per_block, acc[r]);
+      if constexpr (K::kHasMin || K::kZeroPoint != 0.0f)
+        offsets[r] = _mm256_fmadd_ps(m, _mm256_loadu_ps(dsum[r] + b), offsets[r]);
+    }
+  }
+  float tail_offsets[M] = {};
+  for (; b + 2 <= nb; b += 2) {
+    __m256i lo, hi;
+    pair_quants<K>(w[b], w[b + 1], lo, hi);
+    const float d0 = block_scale<K>(w[b]), d1 = block_scale<K>(w[b + 1]);
+    for (int r = 0; r < M; ++r) {
+      const __m256 s = _mm256_cvtepi32_ps(pair_dot<K::kSigned>(lo, hi, p[r] + b * kQK));
+      const __m256 scale = _mm256_set_m128(_mm_set1_ps(d1 * da[r][b + 1]), _mm_set1_ps(d0 * da[r][b]));
+      acc[r] = _mm256_fmadd_ps(scale, s, acc[r]);
+      tail_offsets[r] += block_offset<K>(w[b]) * dsum[r][b] + block_offset<K>(w[b + 1]) * dsum[r][b + 1];
+    }
+  }
+  if (b < nb) {
+    const __m256i q = block_quants<K>(w[b]);
+    const float d0 = block_scale<K>(w[b]);
     for (int r = 0; r < M; ++r) {
       const __m256i pv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p[r] + b * kQK));
-      const __m256 s = _mm256_cvtepi32_ps(dot32_avx2<K::kSigned>(q, pv));
-      acc[slot][r] = _mm256_fmadd_ps(_mm256_set1_ps(dw * da[r][b]), s, acc[slot][r]);
-      if constexpr (!std::is_same_v<K, Q8_0Kernel>) offsets[slot][r] += off * dsum[r][b];
+      const __m256 s = _mm256_cvtepi32_ps(_mm256_madd_epi16(mul_pairs<K::kSigned>(q, pv), _mm256_set1_epi16(1)));
+      acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(d0 * da[r][b]), s, acc[r]);
+      tail_offsets[r] += block_offset<K>(w[b]) * dsum[r][b];
     }
-  };
-  int64_t b = 0;
-  for (; b + kSlots <= nb; b += kSlots)
-    for (int s = 0; s < kSlots; ++s) block(b + s, s);
-  for (int s = 0; b < nb; ++b, ++s) block(b, s);
-  for (int r = 0; r < M; ++r) {
-    __m256 total = acc[0][r];
-    float offset_total = offsets[0][r];
-    for (int s = 1; s < kSlots; ++s) total = _mm256_add_ps(total, acc[s][r]), offset_total += offsets[s][r];
-    out[r * out_stride] = hsum_f32(total) + offset_total;
   }
+  for (int r = 0; r < M; ++r) out[r * out_stride] = hsum_f32(acc[r]) + hsum_f32(offsets[r]) + tail_offsets[r];
 }
 
 // ---------------------------------------------------------------------------
@@ -367,29 +476,49 @@ void q4_k_dot_scalar(const uint8_t* w_row, const QuantizedActivations& a, float*
   }
 }
 
+// The 8 six-bit scales (bytes 0..7 of the result) and 8 six-bit mins (bytes
+// 8..15) of a Q4_K/Q5_K super-block, unpacked with word-wide bit operations:
+// scales 0..3 and mins 0..3 are the low 6 bits of bytes 0..3 and 4..7; scales
+// and mins 4..7 take their low 4 bits from the nibbles of bytes 8..11 and
+// their top 2 bits from the top bits of bytes 0..3 and 4..7.
+inline __m128i k4_scales_mins_vec(const uint8_t* packed) {
+  uint32_t u[3];
+  std::memcpy(u, packed, 12);
+  constexpr uint32_t kLow6 = 0x3F3F3F3F, kLow4 = 0x0F0F0F0F, kLow2 = 0x03030303;
+  const uint32_t scales_lo = u[0] & kLow6;
+  const uint32_t scales_hi = (u[2] & kLow4) | (((u[0] >> 6) & kLow2) << 4);
+  const uint32_t mins_lo = u[1] & kLow6;
+  const uint32_t mins_hi = ((u[2] >> 4) & kLow4) | (((u[1] >> 6) & kLow2) << 4);
+  return _mm_setr_epi32(static_cast<int>(scales_lo), static_cast<int>(scales_hi), static_cast<int>(mins_lo),
+                        static_cast<int>(mins_hi));
+}
+
 template <int M>
 __attribute__((target("avx2,fma"))) void q4_k_dot_avx2(const uint8_t* w_row, const QuantizedActivations& a,
                                                         float* out, int64_t out_stride) {
   const auto* w = reinterpret_cast<const BlockQ4_K*>(w_row);
   const int64_t nb = a.blocks_per_row();
-  __m256 acc[M];
-  float mins_acc[M];
-  for (int r = 0; r < M; ++r) acc[r] = _mm256_setzero_ps(), mins_acc[r] = 0.0f;
+  __m256 acc[M], mins_acc[M];
+  for (int r = 0; r < M; ++r) acc[r] = mins_acc[r] = _mm256_setzero_ps();
   const __m256i low_nibble = _mm256_set1_epi8(0x0F);
+  // Shuffle masks that broadcast int16 lane j of a 128-bit lane.
+  __m256i pick16[8];
+  for (int j = 0; j < 8; ++j) pick16[j] = _mm256_set1_epi16(static_cast<int16_t>((2 * j) | ((2 * j + 1) << 8)));
   for (int64_t b = 0; b < nb; ++b) {
-    uint8_t sc[8], mn[8];
-    q4_k_scales_mins(w[b], sc, mn);
-    // Each min applies to 32 elements = two 16-element activation sums.
-    alignas(32) int16_t mins16[16];
-    for (int j = 0; j < 8; ++j) mins16[2 * j] = mins16[2 * j + 1] = mn[j];
-    const __m256i mins_v = _mm256_load_si256(reinterpret_cast<const __m256i*>(mins16));
+    const __m128i scales_mins = k4_scales_mins_vec(w[b].scales);
+    // Scales as int16 in both 128-bit lanes; each min doubled to match the
+    // two 16-element activation sums of its 32 elements.
+    const __m256i scales16 = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(scales_mins));
+    const __m256i mins16 = _mm256_cvtepu8_epi16(_mm_shuffle_epi8(
+        scales_mins, _mm_setr_epi8(8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15)));
     __m256i sumi[M];
     for (int r = 0; r < M; ++r) sumi[r] = _mm256_setzero_si256();
     for (int chunk = 0; chunk < 4; ++chunk) {
       const __m256i bytes = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[b].qs + 32 * chunk));
       const __m256i lo = _mm256_and_si256(bytes, low_nibble);
       const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(bytes, 4), low_nibble);
-      const __m256i sc_lo = _mm256_set1_epi16(sc[2 * chunk]), sc_hi = _mm256_set1_epi16(sc[2 * chunk + 1]);
+      const __m256i sc_lo = _mm256_shuffle_epi8(scales16, pick16[2 * chunk]);
+      const __m256i sc_hi = _mm256_shuffle_epi8(scales16, pick16[2 * chunk + 1]);
       for (int r = 0; r < M; ++r) {
         const int8_t* p = a.q.data() + r * a.k + b * kQKK + 64 * chunk;
         const __m256i p_lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
@@ -402,15 +531,13 @@ __attribute__((target("avx2,fma"))) void q4_k_dot_avx2(const uint8_t* w_row, con
     for (int r = 0; r < M; ++r) {
       const float da = a.d[r * nb + b];
       acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(dw * da), _mm256_cvtepi32_ps(sumi[r]), acc[r]);
-      const __m256i bs = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.bsum16.data() + (r * a.k + b * kQKK) / 16));
-      const __m256i m32 = _mm256_madd_epi16(bs, mins_v);
-      __m128i s = _mm_add_epi32(_mm256_castsi256_si128(m32), _mm256_extracti128_si256(m32, 1));
-      s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
-      s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
-      mins_acc[r] += dmin * da * static_cast<float>(_mm_cvtsi128_si32(s));
+      const __m256i bs =
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.bsum16.data() + (r * a.k + b * kQKK) / 16));
+      mins_acc[r] =
+          _mm256_fmadd_ps(_mm256_set1_ps(dmin * da), _mm256_cvtepi32_ps(_mm256_madd_epi16(bs, mins16)), mins_acc[r]);
     }
   }
-  for (int r = 0; r < M; ++r) out[r * out_stride] = hsum_f32(acc[r]) - mins_acc[r];
+  for (int r = 0; r < M; ++r) out[r * out_stride] = hsum_f32(_mm256_sub_ps(acc[r], mins_acc[r]));
 }
 
 // Q6_K quant e (0..255) as an unsigned 6-bit value (the stored zero point is 32).
@@ -449,8 +576,17 @@ __attribute__((target("avx2,fma"))) void q6_k_dot_avx2(const uint8_t* w_row, con
   __m256 acc[M];
   for (int r = 0; r < M; ++r) acc[r] = _mm256_setzero_ps();
   const __m256i low_nibble = _mm256_set1_epi8(0x0F), bits45 = _mm256_set1_epi8(0x30);
+  // Shuffle masks broadcasting int16 lane 2q in the low 128-bit lane and 2q+1 in the high one.
+  __m256i pick_pair[4];
+  for (int q = 0; q < 4; ++q)
+    pick_pair[q] = _mm256_set_m128i(_mm_set1_epi16(static_cast<int16_t>((4 * q + 2) | ((4 * q + 3) << 8))),
+                                    _mm_set1_epi16(static_cast<int16_t>((4 * q) | ((4 * q + 1) << 8))));
   for (int64_t b = 0; b < nb; ++b) {
-    const __m256i scales16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w[b].scales)));
+    const __m128i scales8 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w[b].scales));
+    const __m256i scales16 = _mm256_cvtepi8_epi16(scales8);
+    // Scales of each half (8 of them as int16) in both 128-bit lanes.
+    const __m256i half_scales[2] = {_mm256_broadcastsi128_si256(_mm_cvtepi8_epi16(scales8)),
+                                    _mm256_broadcastsi128_si256(_mm_cvtepi8_epi16(_mm_srli_si128(scales8, 8)))};
     __m256i sumi[M];
     for (int r = 0; r < M; ++r) sumi[r] = _mm256_setzero_si256();
     for (int half = 0; half < 2; ++half) {
@@ -466,9 +602,9 @@ __attribute__((target("avx2,fma"))) void q6_k_dot_avx2(const uint8_t* w_row, con
                           _mm256_and_si256(_mm256_srli_epi16(qh, 2), bits45)),
       };
       for (int quarter = 0; quarter < 4; ++quarter) {
-        const int g = 8 * half + 2 * quarter;
-        // int16 lanes 0..7 cover elements 0..15 (scale g), lanes 8..15 elements 16..31 (scale g+1).
-        const __m256i sc = _mm256_set_m128i(_mm_set1_epi16(w[b].scales[g + 1]), _mm_set1_epi16(w[b].scales[g]));
+        // int16 lanes 0..7 cover elements 0..15 (scale 2*quarter of this half),
+        // lanes 8..15 elements 16..31 (scale 2*quarter+1).
+        const __m256i sc = _mm256_shuffle_epi8(half_scales[half], pick_pair[quarter]);
         for (int r = 0; r < M; ++r) {
           const __m256i pv = _mm256_loadu_si256(
               reinterpret_cast<const __m256i*>(a.q.data() + r * a.k + b * kQKK + 128 * half + 32 * quarter));

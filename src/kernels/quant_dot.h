@@ -47,6 +47,12 @@ struct QuantizedActivations {
   int64_t blocks_per_row() const { return k / activation_block_size(format); }
 };
 
+// Where element i of a row sits in QuantizedActivations::q (relative to the
+// row). kQ8Block32 stores blocks in pairs as [A0..15, B0..15, A16..31, B16..31],
+// the order in which one 256-bit load of two blocks' packed nibbles unpacks; an
+// unpaired last block stays in natural order. kQ8Block256 is natural.
+int64_t activation_position(const QuantizedActivations& a, int64_t i);
+
 // Quantizes `rows` rows of `k` floats (row stride k); k must be a multiple of the
 // format's block size.
 void quantize_activations(const float* x, int64_t rows, int64_t k, ActivationFormat format, KernelIsa isa,

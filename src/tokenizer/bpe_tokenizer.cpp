@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cctype>
-#include <queue>
 #include <stdexcept>
 
 #include <fmt/format.h>
@@ -242,42 +241,51 @@ void BpeTokenizer::merge_word(const std::string& word, std::vector<int32_t>& out
     int32_t id;
     int32_t prev, next;
   };
-  struct Candidate {
-    int32_t rank;
-    int32_t left;
-    int32_t left_id, right_id;
-    bool operator>(const Candidate& o) const { return rank != o.rank ? rank > o.rank : left > o.left; }
-  };
   constexpr int32_t kMergedAway = -2;
 
+  if (word.size() > static_cast<size_t>(INT32_MAX))
+    throw std::length_error(fmt::format("tokenizer: a {}-byte word is too long to encode", word.size()));
   const auto n = static_cast<int32_t>(word.size());
   std::vector<Symbol> symbols(n);
   for (int32_t i = 0; i < n; ++i)
     symbols[i] = {byte_tokens_[static_cast<uint8_t>(word[i])], i - 1, i + 1 < n ? i + 1 : -1};
 
-  std::priority_queue<Candidate, std::vector<Candidate>, std::greater<Candidate>> queue;
-  auto consider = [&](int32_t left) {
-    if (left < 0) return;
-    const int32_t right = symbols[left].next;
-    if (right < 0) return;
-    if (const Merge* m = find_merge(symbols[left].id, symbols[right].id))
-      queue.push({m->rank, left, symbols[left].id, symbols[right].id});
+  // Candidates are (rank << 32 | left position), smallest first: best rank,
+  // then leftmost. Entries go stale as symbols merge; one is still valid iff
+  // the pair now at `left` has the same rank, since a rank names one pair.
+  std::vector<uint64_t> heap;
+  auto key = [](int32_t rank, int32_t left) { return (static_cast<uint64_t>(rank) << 32) | static_cast<uint32_t>(left); };
+  auto pair_merge = [&](int32_t left) -> const Merge* {
+    if (left < 0 || symbols[left].next < 0) return nullptr;
+    return find_merge(symbols[left].id, symbols[symbols[left].next].id);
   };
-  for (int32_t i = 0; i + 1 < n; ++i) consider(i);
+  for (int32_t i = 0; i + 1 < n; ++i) {
+    if (const Merge* m = pair_merge(i)) heap.push_back(key(m->rank, i));
+  }
+  std::make_heap(heap.begin(), heap.end(), std::greater<>());
+  auto consider = [&](int32_t left) {
+    if (const Merge* m = pair_merge(left)) {
+      heap.push_back(key(m->rank, left));
+      std::push_heap(heap.begin(), heap.end(), std::greater<>());
+    }
+  };
 
-  while (!queue.empty()) {
-    const Candidate c = queue.top();
-    queue.pop();
-    Symbol& left = symbols[c.left];
-    if (left.id != c.left_id || left.next < 0) continue;  // stale: the pair has changed since
+  while (!heap.empty()) {
+    std::pop_heap(heap.begin(), heap.end(), std::greater<>());
+    const uint64_t top = heap.back();
+    heap.pop_back();
+    const auto rank = static_cast<int32_t>(top >> 32);
+    const auto pos = static_cast<int32_t>(top & 0xFFFFFFFFu);
+    const Merge* m = pair_merge(pos);
+    if (!m || m->rank != rank) continue;  // stale
+    Symbol& left = symbols[pos];
     Symbol& right = symbols[left.next];
-    if (right.id != c.right_id) continue;
-    left.id = find_merge(c.left_id, c.right_id)->result;
+    left.id = m->result;
     left.next = right.next;
-    if (right.next >= 0) symbols[right.next].prev = c.left;
+    if (right.next >= 0) symbols[right.next].prev = pos;
     right.id = kMergedAway;
     consider(left.prev);
-    consider(c.left);
+    consider(pos);
   }
 
   for (int32_t i = 0; i >= 0 && i < n; i = symbols[i].next) {

@@ -59,7 +59,7 @@ class BpeTokenizer final : public Tokenizer {
   std::string_view chat_template() const override { return chat_template_; }
 
   TokenType token_type(int32_t id) const;
-  bool add_bos() const { return add_bos_; }
+  bool add_bos() const override { return add_bos_; }
   bool add_eos() const { return add_eos_; }
   int32_t eot() const { return eot_; }
   int32_t eom() const { return eom_; }
