@@ -13,7 +13,8 @@
 //      head and per KV group, and column-heavy plans), as time / (density *
 //      dense time): 1.0 means the sparse kernel costs exactly its share.
 //   3. Decode (one row per head) at an 8K context: time per call and KV GB/s.
-// Each time is the best of repeated runs lasting at least --min-seconds.
+// Each time is the best of at least 3 runs (more until --min-seconds have
+// passed); skim and ggml runs alternate so both see the same machine load.
 // --clock cpu measures process CPU time instead of wall time: use it with
 // --threads 1 on a machine shared with other jobs.
 #include <omp.h>
@@ -70,20 +71,26 @@ double now(bool cpu) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
-// Best time of fn over repeated calls (one warm-up call first).
-double best_time(const Options& opt, const std::function<void()>& fn) {
-  fn();
-  double best = 1e30;
+// Best times of one or more functions over repeated calls, alternating
+// between them so that a change in machine load hits all of them alike (one
+// warm-up call each first).
+std::vector<double> best_times(const Options& opt, const std::vector<std::function<void()>>& fns) {
+  for (const auto& fn : fns) fn();
+  std::vector<double> best(fns.size(), 1e30);
   const double start = now(false);
   int reps = 0;
-  while (reps < 2 || now(false) - start < opt.min_seconds) {
-    const double t0 = now(opt.cpu_clock);
-    fn();
-    best = std::min(best, now(opt.cpu_clock) - t0);
+  while (reps < 3 || now(false) - start < opt.min_seconds) {
+    for (size_t i = 0; i < fns.size(); ++i) {
+      const double t0 = now(opt.cpu_clock);
+      fns[i]();
+      best[i] = std::min(best[i], now(opt.cpu_clock) - t0);
+    }
     ++reps;
   }
   return best;
 }
+
+double best_time(const Options& opt, const std::function<void()>& fn) { return best_times(opt, {fn})[0]; }
 
 // Q [hq][n][d] f32, K/V [hkv][n_kv][d] f16, O in ggml's [n][hq][d] layout.
 struct Data {
@@ -189,7 +196,7 @@ double rel_l2(const float* a, const float* b, size_t n) {
 
 // ---------------------------------------------------------------------------
 
-void bench_dense(const Options& opt, std::vector<double>& dense_times) {
+void bench_dense(const Options& opt) {
   std::printf("\n== Dense causal prefill (f16 KV, %d threads), causal-effective GFLOP/s\n", opt.threads);
   std::printf("%-20s %6s %10s %9s %10s %9s %7s %10s\n", "shape", "n", "skim ms", "GFLOP/s", "ggml ms", "GFLOP/s",
               "ratio", "rel diff");
@@ -197,23 +204,23 @@ void bench_dense(const Options& opt, std::vector<double>& dense_times) {
     for (int64_t n : opt.sizes) {
       Data data(s, n, n, 1);
       AttnParams p = data.params();
-      const double t = best_time(opt, [&] { skim::kernels::attention_prefill(p); });
-      dense_times.push_back(t);
-      const double gf = causal_flops(s, n) / t / 1e9;
+      const auto skim_run = [&] { skim::kernels::attention_prefill(p); };
       char label[64];
       std::snprintf(label, sizeof label, "d%d %dq/%dkv", s.d, s.hq, s.hkv);
-      std::printf("%-20s %6lld %10.2f %9.1f", label, static_cast<long long>(n), t * 1e3, gf);
 #ifdef SKIM_HAVE_GGML
       if (opt.ggml) {
         GgmlAttention g(data, true, opt.threads);
-        const double tg = best_time(opt, [&] { g.run(); });
-        std::printf(" %10.2f %9.1f %6.2fx %10.2e\n", tg * 1e3, causal_flops(s, n) / tg / 1e9, tg / t,
-                    rel_l2(data.out.data(), g.out(), data.out.size()));
+        const std::vector<double> t = best_times(opt, {skim_run, [&] { g.run(); }});
+        std::printf("%-20s %6lld %10.2f %9.1f %10.2f %9.1f %6.2fx %10.2e\n", label, static_cast<long long>(n),
+                    t[0] * 1e3, causal_flops(s, n) / t[0] / 1e9, t[1] * 1e3, causal_flops(s, n) / t[1] / 1e9,
+                    t[1] / t[0], rel_l2(data.out.data(), g.out(), data.out.size()));
         std::fflush(stdout);
         continue;
       }
 #endif
-      std::printf(" %10s %9s %7s %10s\n", "-", "-", "-", "-");
+      const double t = best_time(opt, skim_run);
+      std::printf("%-20s %6lld %10.2f %9.1f %10s %9s %7s %10s\n", label, static_cast<long long>(n), t * 1e3,
+                  causal_flops(s, n) / t / 1e9, "-", "-", "-", "-");
       std::fflush(stdout);
     }
   }
@@ -306,21 +313,22 @@ void bench_decode(const Options& opt) {
   for (const HeadShape& s : kShapes) {
     Data data(s, 1, ctx, 3);
     AttnParams p = data.params();
-    const double t = best_time(opt, [&] { skim::kernels::attention_decode(p); });
+    const auto skim_run = [&] { skim::kernels::attention_decode(p); };
     const double kv_bytes = 2.0 * ctx * s.d * s.hkv * 2.0;
     char label[64];
     std::snprintf(label, sizeof label, "d%d %dq/%dkv", s.d, s.hq, s.hkv);
-    std::printf("%-14s %10.1f %9.1f", label, t * 1e6, kv_bytes / t / 1e9);
 #ifdef SKIM_HAVE_GGML
     if (opt.ggml) {
       GgmlAttention g(data, false, opt.threads);
-      const double tg = best_time(opt, [&] { g.run(); });
-      std::printf(" %10.1f %9.1f %6.2fx %10.2e\n", tg * 1e6, kv_bytes / tg / 1e9, tg / t,
-                  rel_l2(data.out.data(), g.out(), data.out.size()));
+      const std::vector<double> t = best_times(opt, {skim_run, [&] { g.run(); }});
+      std::printf("%-14s %10.1f %9.1f %10.1f %9.1f %6.2fx %10.2e\n", label, t[0] * 1e6, kv_bytes / t[0] / 1e9,
+                  t[1] * 1e6, kv_bytes / t[1] / 1e9, t[1] / t[0], rel_l2(data.out.data(), g.out(), data.out.size()));
+      std::fflush(stdout);
       continue;
     }
 #endif
-    std::printf(" %10s %9s %7s %10s\n", "-", "-", "-", "-");
+    const double t = best_time(opt, skim_run);
+    std::printf("%-14s %10.1f %9.1f %10s %9s %7s %10s\n", label, t * 1e6, kv_bytes / t / 1e9, "-", "-", "-", "-");
   }
 }
 
@@ -387,8 +395,7 @@ int main(int argc, char** argv) {
     std::printf("attention_bench: built without ggml (no peer llama.cpp found), %d threads, %s clock\n", opt.threads,
                 opt.cpu_clock ? "cpu" : "wall");
 #endif
-    std::vector<double> dense_times;
-    bench_dense(opt, dense_times);
+    bench_dense(opt);
     if (opt.sparse) bench_sparse(opt);
     if (opt.decode) bench_decode(opt);
   } catch (const std::exception& e) {

@@ -6,7 +6,9 @@
 // an f32 copy of the same weights (the ceiling the panel path aims at), and
 // decode (m = 1) as time per call and weight GB/s, both with the weights hot in
 // cache (one matrix) and cold (rotating over copies larger than the L3), with
-// 1 and 2 threads. Weights are random: speed does not depend on the values.
+// 1 and 2 threads. Each is timed per call: the median is the typical speed, the
+// best (marked *) the speed without interference from other processes.
+// Weights are random: speed does not depend on the values.
 // It first prints the f32 FMA peak of the machine, the ceiling for prefill.
 #include <cblas.h>
 #include <immintrin.h>
@@ -69,26 +71,27 @@ std::vector<uint8_t> random_weights(GgmlType type, int64_t n, int64_t k, std::mt
   return w;
 }
 
+struct Timing {
+  double median;  // typical seconds per call
+  double best;    // fastest call: the code's speed when nothing else interferes
+};
+
+// Times single calls of f for at least min_seconds (and 5 calls).
 template <class F>
-double seconds_per_call(F&& f, double min_seconds) {
+Timing time_calls(F&& f, double min_seconds) {
   f();  // warm up (allocations, page faults, OpenMP team)
-  double best = 1e30;
-  for (int rep = 0; rep < 3; ++rep) {
-    int64_t calls = 0;
+  std::vector<double> times;
+  const auto start = std::chrono::steady_clock::now();
+  while (times.size() < 5 ||
+         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() < min_seconds) {
     const auto t0 = std::chrono::steady_clock::now();
-    double elapsed;
-    do {
-      f();
-      ++calls;
-      elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    } while (elapsed < min_seconds / 3);
-    best = std::min(best, elapsed / calls);
+    f();
+    times.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   }
-  return best;
+  std::sort(times.begin(), times.end());
+  return {times[times.size() / 2], times.front()};
 }
 
-// The machine's f32 FMA ceiling with `threads` threads: independent FMA chains
-// in registers, no memory traffic. Prefill GFLOP/s are best read against it.
 // Twelve independent FMA chains (more than latency x throughput), in registers.
 __attribute__((target("avx2,fma"))) float fma_chains(int64_t iterations) {
   __m256 a0 = _mm256_set1_ps(0.0f), a1 = _mm256_set1_ps(0.1f), a2 = _mm256_set1_ps(0.2f), a3 = _mm256_set1_ps(0.3f),
@@ -136,7 +139,12 @@ int main(int argc, char** argv) {
       std::string list = argv[++i];
       for (size_t pos = 0; pos <= list.size();) {
         const size_t comma = std::min(list.find(',', pos), list.size());
-        types.push_back(type_from_name(list.substr(pos, comma - pos)));
+        try {
+          types.push_back(type_from_name(list.substr(pos, comma - pos)));
+        } catch (const std::exception& e) {
+          std::fprintf(stderr, "%s\n", e.what());
+          return 2;
+        }
         pos = comma + 1;
       }
       std::vector<Shape> expanded;
@@ -156,59 +164,81 @@ int main(int argc, char** argv) {
               fma_peak_gflops(2));
   std::mt19937_64 rng(42);
   const int64_t m_prefill = 512;
-  std::printf("%-12s %-5s %6s %6s %3s | %8s %8s %5s | %9s %8s | %9s %8s\n", "matrix", "type", "k", "n", "thr",
-              "GFLOP/s", "sgemm", "ratio", "gemv us", "GB/s", "cold us", "GB/s");
+  std::printf("prefill m=%lld: GFLOP/s of matmul, median and best call; decode m=1: microseconds per call\n"
+              "(median, best) and weight GB/s of the best call, hot (same matrix each call) and cold (rotating\n"
+              "over copies larger than the L3). Last: OpenBLAS sgemm on f32 copies of the weights, for scale.\n",
+              static_cast<long long>(m_prefill));
+  std::printf("%-12s %-5s %6s %6s %3s | %7s %7s | %8s %8s %6s | %8s %8s %6s\n", "matrix", "type", "k", "n", "thr",
+              "GFLOP/s", "best", "hot us", "best", "GB/s", "cold us", "best", "GB/s");
+  struct Prepared {
+    Shape shape;
+    std::vector<uint8_t> w;
+    std::vector<float> wf, x;
+  };
+  std::vector<Prepared> prepared;
   for (const Shape& s : shapes) {
-    const std::vector<uint8_t> w = random_weights(s.type, s.n, s.k, rng);
+    Prepared p{s, random_weights(s.type, s.n, s.k, rng), std::vector<float>(s.n * s.k),
+               std::vector<float>(m_prefill * s.k)};
     skim::TensorInfo t;
     t.name = s.role;
     t.type = s.type;
     t.dims = {s.k, s.n};
-    t.data = w.data();
-    t.nbytes = w.size();
+    t.data = p.w.data();
+    t.nbytes = p.w.size();
+    for (int64_t r = 0; r < s.n; ++r) skim::kernels::dequantize_row(s.type, t.row(r), p.wf.data() + r * s.k, s.k);
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    for (auto& v : p.x) v = normal(rng);
 
     // Copies of the matrix totalling > 64 MiB, so the cold GEMV streams from DRAM.
-    const size_t copies = std::max<size_t>(2, (64u << 20) / w.size() + 1);
-    std::vector<uint8_t> cold_pool(w.size() * copies);
-    for (size_t c = 0; c < copies; ++c) std::memcpy(cold_pool.data() + c * w.size(), w.data(), w.size());
-
-    std::vector<float> wf(s.n * s.k);
-    for (int64_t r = 0; r < s.n; ++r) skim::kernels::dequantize_row(s.type, t.row(r), wf.data() + r * s.k, s.k);
-
-    std::normal_distribution<float> normal(0.0f, 1.0f);
-    std::vector<float> x(m_prefill * s.k), y(m_prefill * s.n);
-    for (auto& v : x) v = normal(rng);
+    const size_t copies = std::max<size_t>(2, (64u << 20) / p.w.size() + 1);
+    std::vector<uint8_t> cold_pool(p.w.size() * copies);
+    for (size_t c = 0; c < copies; ++c) std::memcpy(cold_pool.data() + c * p.w.size(), p.w.data(), p.w.size());
+    std::vector<float> y(m_prefill * s.n);
 
     for (int threads : {1, 2}) {
       omp_set_num_threads(threads);
       const double flops = 2.0 * m_prefill * s.n * s.k;
-      const double prefill = seconds_per_call([&] { skim::kernels::matmul(t, x.data(), m_prefill, y.data()); },
-                                              min_seconds);
-      // Plain sgemm on the f32 weights with OpenBLAS's own threads (matmul has
-      // already set OpenBLAS to one thread; give it `threads` for this).
-      openblas_set_num_threads(threads);
-      const double sgemm = seconds_per_call(
-          [&] {
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m_prefill, s.n, s.k, 1.0f, x.data(), s.k, wf.data(),
-                        s.k, 0.0f, y.data(), s.n);
-          },
-          min_seconds);
-      openblas_set_num_threads(1);
-      const double gemv = seconds_per_call([&] { skim::kernels::matmul(t, x.data(), 1, y.data()); }, min_seconds);
+      const Timing prefill =
+          time_calls([&] { skim::kernels::matmul(t, p.x.data(), m_prefill, y.data()); }, min_seconds);
+      const Timing gemv = time_calls([&] { skim::kernels::matmul(t, p.x.data(), 1, y.data()); }, min_seconds);
       size_t next = 0;
       skim::TensorInfo tc = t;
-      const double cold = seconds_per_call(
+      const Timing cold = time_calls(
           [&] {
-            tc.data = cold_pool.data() + (next++ % copies) * w.size();
-            skim::kernels::matmul(tc, x.data(), 1, y.data());
+            tc.data = cold_pool.data() + (next++ % copies) * p.w.size();
+            skim::kernels::matmul(tc, p.x.data(), 1, y.data());
           },
           min_seconds);
-      std::printf("%-12s %-5s %6lld %6lld %3d | %8.1f %8.1f %5.2f | %9.1f %8.1f | %9.1f %8.1f\n", s.role,
+      const double bytes = static_cast<double>(p.w.size());
+      std::printf("%-12s %-5s %6lld %6lld %3d | %7.1f %7.1f | %8.1f %8.1f %6.1f | %8.1f %8.1f %6.1f\n", s.role,
                   skim::traits(s.type).name, static_cast<long long>(s.k), static_cast<long long>(s.n), threads,
-                  flops / prefill / 1e9, flops / sgemm / 1e9, sgemm / prefill, gemv * 1e6, w.size() / gemv / 1e9,
-                  cold * 1e6, w.size() / cold / 1e9);
+                  flops / prefill.median / 1e9, flops / prefill.best / 1e9, gemv.median * 1e6, gemv.best * 1e6,
+                  bytes / gemv.best / 1e9, cold.median * 1e6, cold.best * 1e6, bytes / cold.best / 1e9);
       std::fflush(stdout);
     }
+    prepared.push_back(std::move(p));
   }
+
+  // OpenBLAS with its own threads last: its workers keep spinning for a while
+  // after a call and would slow the measurements above.
+  std::printf("\nOpenBLAS sgemm, f32 weights, m=%lld (GFLOP/s median / best)\n", static_cast<long long>(m_prefill));
+  for (const Prepared& p : prepared) {
+    const Shape& s = p.shape;
+    std::vector<float> y(m_prefill * s.n);
+    std::printf("%-12s %6lld %6lld |", s.role, static_cast<long long>(s.k), static_cast<long long>(s.n));
+    for (int threads : {1, 2}) {
+      openblas_set_num_threads(threads);
+      const Timing sgemm = time_calls(
+          [&] {
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m_prefill, s.n, s.k, 1.0f, p.x.data(), s.k,
+                        p.wf.data(), s.k, 0.0f, y.data(), s.n);
+          },
+          min_seconds);
+      const double flops = 2.0 * m_prefill * s.n * s.k;
+      std::printf("  %d thr: %6.1f / %6.1f", threads, flops / sgemm.median / 1e9, flops / sgemm.best / 1e9);
+    }
+    std::printf("\n");
+  }
+  openblas_set_num_threads(1);
   return 0;
 }

@@ -62,25 +62,8 @@ struct Agreement {
   }
 };
 
-// KL(p || q) over softmax distributions of two logit rows, in nats.
-double kl_divergence(const float* p_logits, const float* q_logits, int n) {
-  auto log_norm = [n](const float* l) {
-    const float mx = *std::max_element(l, l + n);
-    double s = 0;
-    for (int i = 0; i < n; ++i) s += std::exp(static_cast<double>(l[i]) - mx);
-    return mx + std::log(s);
-  };
-  const double zp = log_norm(p_logits), zq = log_norm(q_logits);
-  double kl = 0;
-  for (int i = 0; i < n; ++i) {
-    const double lp = p_logits[i] - zp, lq = q_logits[i] - zq;
-    kl += std::exp(lp) * (lp - lq);
-  }
-  return std::max(0.0, kl);
-}
-
 void Agreement::add_row(const float* ref, const float* other, int n_vocab) {
-  const double kl = kl_divergence(ref, other, n_vocab);
+  const double kl = test::kl_divergence(ref, other, n_vocab);
   kl_sum += kl;
   kl_max = std::max(kl_max, kl);
   top1_same += std::max_element(ref, ref + n_vocab) - ref == std::max_element(other, other + n_vocab) - other;

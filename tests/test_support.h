@@ -5,6 +5,8 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -43,5 +45,24 @@ inline std::string long_english_text() {
   }
   return text;
 }
+
+// KL(p || q) between the softmax distributions of two logit rows, in nats.
+inline double kl_divergence(const float* p_logits, const float* q_logits, int n) {
+  auto log_norm = [n](const float* l) {
+    const float mx = *std::max_element(l, l + n);
+    double s = 0;
+    for (int i = 0; i < n; ++i) s += std::exp(static_cast<double>(l[i]) - mx);
+    return mx + std::log(s);
+  };
+  const double zp = log_norm(p_logits), zq = log_norm(q_logits);
+  double kl = 0;
+  for (int i = 0; i < n; ++i) {
+    const double lp = p_logits[i] - zp, lq = q_logits[i] - zq;
+    kl += std::exp(lp) * (lp - lq);
+  }
+  return std::max(0.0, kl);
+}
+
+inline int argmax(const float* x, int n) { return static_cast<int>(std::max_element(x, x + n) - x); }
 
 }  // namespace skim::test

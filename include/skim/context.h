@@ -17,6 +17,9 @@ class KvCache;
 struct ContextParams {
   int n_ctx = 0;       // KV capacity in tokens; 0 = the model's training context
   int n_ubatch = 512;  // tokens per forward micro-batch during prefill
+  // The plain GEMM-softmax-GEMM attention instead of the attention core; it
+  // exists as the reference the kernels are tested against.
+  bool reference_attention = false;
 };
 
 // Called after each micro-batch with (tokens done, tokens total).

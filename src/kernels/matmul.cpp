@@ -18,12 +18,13 @@ namespace skim::kernels {
 namespace {
 
 // Up to this many activation rows, matmul streams the weights once per call
-// (GEMV); above it, it dequantizes panels and runs sgemm.
+// (GEMV); above it, it dequantizes panels of W and multiplies them in f32.
 constexpr int64_t kMaxGemvRows = kMaxIntegerDotRows;
-// Rows of W per sgemm panel. OpenBLAS repacks the activations on every call,
-// a cost that falls as 1 / panel rows (about 5% at 128 on the target); the
-// f32 panel itself is read once, when OpenBLAS packs it, so it may exceed L2.
-// Very long rows get fewer rows so that a panel stays under kMaxPanelBytes.
+// Rows of W per prefill panel: per-panel costs (OpenBLAS repacks the
+// activations on every call; the packed kernel re-reads them per panel) fall
+// as 1 / panel rows, while enough panels must remain to share among threads.
+// The OpenBLAS fallback gives very long rows fewer rows, keeping a panel under
+// kMaxPanelBytes.
 constexpr int64_t kPanelRows = 128;
 constexpr int64_t kMinPanelRows = 16;
 constexpr int64_t kMaxPanelBytes = 1 << 20;
@@ -168,7 +169,11 @@ void gemv_float(const TensorInfo& w, const float* x, int64_t m, float* y, int64_
   }
 }
 
-// Prefill: panels of W rows dequantized into per-thread scratch, sgemm on each.
+// Prefill without AVX2: panels of W rows dequantized into per-thread scratch,
+// OpenBLAS sgemm on each. (On AVX2 the packed kernel below is used instead:
+// besides fusing the dequantization into the packing, it avoids OpenBLAS
+// 0.3.21's Zen sgemm running ~4x slower on such narrow panels in a process
+// that has not yet made a wide sgemm call.)
 void gemm_panels(const TensorInfo& w, const float* x, int64_t m, float* y, int64_t ldy, int64_t n_begin,
                  int64_t n_end) {
   use_single_threaded_blas();
@@ -217,6 +222,157 @@ void gemm_panels(const TensorInfo& w, const float* x, int64_t m, float* y, int64
   }
 }
 
+// ---------------------------------------------------------------------------
+// Prefill on AVX2: a packed f32 GEMM with the dequantization fused into the
+// packing of W, and the activations packed once per call for all threads.
+//
+// y tiles of kMR x kNR are computed by a register-blocked micro-kernel (12
+// accumulators, 2 loads and 6 broadcasts per k step, FMA-bound). K is split
+// into blocks of about kKBlock so that a 6 x kc activation micro-panel and a
+// kc x 16 weight micro-panel fit in L1 together, while the panel's kc x 128
+// weight slice stays in L2.
+
+constexpr int kMR = 6;
+constexpr int kNR = 16;
+constexpr int64_t kKBlock = 256;
+
+// c[i][j] (+)= sum_kk a[kk][i] * b[kk][j] for a 6 x 16 tile; a is packed
+// [kc][6], b [kc][16]; c has row stride ldc.
+template <bool kAccumulate>
+__attribute__((target("avx2,fma"))) void micro_kernel_6x16(int64_t kc, const float* a, const float* b, float* c,
+                                                            int64_t ldc) {
+  __m256 acc[kMR][2];
+#pragma GCC unroll 6
+  for (int i = 0; i < kMR; ++i) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
+  for (int64_t kk = 0; kk < kc; ++kk, a += kMR, b += kNR) {
+    const __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8);
+#pragma GCC unroll 6
+    for (int i = 0; i < kMR; ++i) {
+      const __m256 ai = _mm256_broadcast_ss(a + i);
+      acc[i][0] = _mm256_fmadd_ps(ai, b0, acc[i][0]);
+      acc[i][1] = _mm256_fmadd_ps(ai, b1, acc[i][1]);
+    }
+  }
+#pragma GCC unroll 6
+  for (int i = 0; i < kMR; ++i) {
+    float* ci = c + i * ldc;
+    if constexpr (kAccumulate) {
+      acc[i][0] = _mm256_add_ps(acc[i][0], _mm256_loadu_ps(ci));
+      acc[i][1] = _mm256_add_ps(acc[i][1], _mm256_loadu_ps(ci + 8));
+    }
+    _mm256_storeu_ps(ci, acc[i][0]);
+    _mm256_storeu_ps(ci + 8, acc[i][1]);
+  }
+}
+
+// Packs rows [0, m) of x (row stride k) as micro-panels [m/6][k][6], the rows
+// past m zero. Micro-panels are split over the threads of the enclosing team.
+void pack_activations(const float* x, int64_t m, int64_t k, float* packed) {
+  const int64_t panels = (m + kMR - 1) / kMR;
+#pragma omp for schedule(static)
+  for (int64_t p = 0; p < panels; ++p) {
+    float* dst = packed + p * kMR * k;
+    const int64_t rows = std::min<int64_t>(kMR, m - p * kMR);
+    for (int64_t kk = 0; kk < k; ++kk) {
+      for (int64_t i = 0; i < rows; ++i) dst[kk * kMR + i] = x[(p * kMR + i) * k + kk];
+      for (int64_t i = rows; i < kMR; ++i) dst[kk * kMR + i] = 0.0f;
+    }
+  }
+}
+
+// Dequantizes rows [n0, n0 + np) of w into micro-panels [np/16][k][16] (rows
+// past np zero), using `row` (k floats) as scratch.
+void pack_weights(const TensorInfo& w, int64_t n0, int64_t np, float* packed, float* row) {
+  const int64_t k = w.row_length();
+  const int64_t panels = (np + kNR - 1) / kNR;
+  for (int64_t p = 0; p < panels; ++p) {
+    float* dst = packed + p * kNR * k;
+    for (int64_t j = 0; j < kNR; ++j) {
+      if (p * kNR + j < np) {
+        dequantize_row(w.type, w.row(n0 + p * kNR + j), row, k);
+        for (int64_t kk = 0; kk < k; ++kk) dst[kk * kNR + j] = row[kk];
+      } else {
+        for (int64_t kk = 0; kk < k; ++kk) dst[kk * kNR + j] = 0.0f;
+      }
+    }
+  }
+}
+
+// y[m0..m1) x [n0..n0+np) from packed activations and a packed weight panel.
+void gemm_tile_range(const float* xp, const float* wp, int64_t k, int64_t m0, int64_t m1, int64_t np, float* y,
+                     int64_t ldy) {
+  const int64_t kblocks = (k + kKBlock - 1) / kKBlock;
+  const int64_t kc_even = (k + kblocks - 1) / kblocks;
+  alignas(32) float edge[kMR * kNR];
+  for (int64_t k0 = 0; k0 < k; k0 += kc_even) {
+    const int64_t kc = std::min(kc_even, k - k0);
+    const bool accumulate = k0 > 0;
+    for (int64_t i0 = m0; i0 < m1; i0 += kMR) {
+      const float* a = xp + i0 * k + k0 * kMR;  // micro-panel i0 / kMR starts at i0 * k
+      const int64_t rows = std::min<int64_t>(kMR, m1 - i0);
+      for (int64_t j0 = 0; j0 < np; j0 += kNR) {
+        const float* b = wp + j0 * k + k0 * kNR;
+        const int64_t cols = std::min<int64_t>(kNR, np - j0);
+        float* c = y + i0 * ldy + j0;
+        if (rows == kMR && cols == kNR) {
+          if (accumulate)
+            micro_kernel_6x16<true>(kc, a, b, c, ldy);
+          else
+            micro_kernel_6x16<false>(kc, a, b, c, ldy);
+        } else {
+          micro_kernel_6x16<false>(kc, a, b, edge, kNR);
+          for (int64_t i = 0; i < rows; ++i)
+            for (int64_t j = 0; j < cols; ++j)
+              c[i * ldy + j] = accumulate ? c[i * ldy + j] + edge[i * kNR + j] : edge[i * kNR + j];
+        }
+      }
+    }
+  }
+}
+
+void gemm_packed_avx2(const TensorInfo& w, const float* x, int64_t m, float* y, int64_t ldy, int64_t n_begin,
+                      int64_t n_end) {
+  const int64_t k = w.row_length(), rows = n_end - n_begin;
+  const int threads = max_threads();
+  int64_t panels = (rows + kPanelRows - 1) / kPanelRows;
+  if (panels < 4 * threads) panels = (panels + threads - 1) / threads * threads;
+  int64_t panel_rows = (rows + panels - 1) / panels;
+  panel_rows = (panel_rows + kNR - 1) / kNR * kNR;
+  panels = (rows + panel_rows - 1) / panel_rows;
+  // Too few panels to go around: split the activation rows too, in whole micro-panels.
+  const int64_t m_chunks = panels < threads ? std::min<int64_t>(threads, std::max<int64_t>(1, m / 32)) : 1;
+  const int64_t m_chunk_rows = ((m + m_chunks - 1) / m_chunks + kMR - 1) / kMR * kMR;
+  const int64_t tasks = panels * m_chunks;
+
+  thread_local std::vector<float> packed_x;
+  const size_t packed_x_size = static_cast<size_t>((m + kMR - 1) / kMR * kMR * k);
+  if (packed_x.size() < packed_x_size) packed_x.resize(packed_x_size);
+  float* xp = packed_x.data();
+
+#pragma omp parallel num_threads(threads)
+  {
+    pack_activations(x, m, k, xp);  // ends with the implicit barrier of its omp for
+    std::vector<float>& scratch = thread_scratch();
+    const size_t need = static_cast<size_t>(panel_rows * k + k);
+    if (scratch.size() < need) scratch.resize(need);
+    float* wp = scratch.data();
+    float* row = scratch.data() + panel_rows * k;
+    int64_t panel_in_scratch = -1;
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t t = 0; t < tasks; ++t) {
+      const int64_t p = t / m_chunks, chunk = t % m_chunks;
+      const int64_t n0 = n_begin + p * panel_rows, np = std::min(panel_rows, n_end - n0);
+      const int64_t m0 = chunk * m_chunk_rows, m1 = std::min(m, m0 + m_chunk_rows);
+      if (m0 >= m1) continue;
+      if (panel_in_scratch != p) {
+        pack_weights(w, n0, np, wp, row);
+        panel_in_scratch = p;
+      }
+      gemm_tile_range(xp, wp, k, m0, m1, np, y + (n0 - n_begin), ldy);
+    }
+  }
+}
+
 }  // namespace
 
 void matmul_rows(const TensorInfo& w, const float* x, int64_t m, float* y, int64_t ldy, int64_t n_begin,
@@ -232,7 +388,10 @@ void matmul_rows(const TensorInfo& w, const float* x, int64_t m, float* y, int64
       gemv_float(w, x, m, y, ldy, n_begin, n_end, isa);
     return;
   }
-  gemm_panels(w, x, m, y, ldy, n_begin, n_end);
+  if (isa == KernelIsa::kAvx2)
+    gemm_packed_avx2(w, x, m, y, ldy, n_begin, n_end);
+  else
+    gemm_panels(w, x, m, y, ldy, n_begin, n_end);
 }
 
 void matmul(const TensorInfo& w, const float* x, int64_t m, float* y) {

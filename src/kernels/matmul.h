@@ -10,9 +10,11 @@
 // ggml's q8_1 / q8_K) and uses integer dot products, so results carry that
 // quantization error (at most half an activation step per element); other types
 // dequantize row by row and use f32 dots.
-// m > 4 (prefill) dequantizes panels of W into per-thread scratch and runs
-// OpenBLAS sgemm on them (f32 accuracy), so no full dequantized copy of the
-// weights ever exists. This sets OpenBLAS to one thread (once, process-wide).
+// m > 4 (prefill) dequantizes panels of W (128 rows) into per-thread scratch and
+// multiplies them in f32 (f32 accuracy), so no full dequantized copy of the
+// weights ever exists: on AVX2 with a packed GEMM micro-kernel (the panel is
+// dequantized straight into the packed layout), otherwise with OpenBLAS sgemm
+// per panel (which sets OpenBLAS to one thread, once, process-wide).
 // Threads: OpenMP, inside the call (one thread when called inside a parallel region).
 // Bad arguments (shape, range, unsupported type) throw std::invalid_argument.
 #pragma once

@@ -5,6 +5,7 @@
 
 #include <fmt/format.h>
 
+#include "kernels/attention.h"
 #include "kernels/attention_reference.h"
 #include "kernels/dequant.h"
 #include "kernels/elementwise.h"
@@ -125,7 +126,27 @@ void Context::forward_ubatch(std::span<const int32_t> tokens, int64_t logits_fro
         kernels::f32_to_f16_row(s.v.data() + src, kv_->v(l, g) + dst, hd);
       }
     }
-    kernels::attention_reference(s.q.data(), n, pos0, *kv_, l, c.n_head, s.attn.data());
+    if (params_.reference_attention) {
+      kernels::attention_reference(s.q.data(), n, pos0, *kv_, l, c.n_head, s.attn.data());
+    } else {
+      kernels::AttnParams a;
+      a.n_q_heads = c.n_head;
+      a.n_kv_heads = c.n_head_kv;
+      a.head_dim = hd;
+      a.n_rows = n;
+      a.q_pos0 = pos0;
+      a.q = s.q.data();
+      a.q_head_stride = hd;
+      a.q_row_stride = q_dim;
+      a.kv = {kv_->k(l, 0), kv_->v(l, 0), kernels::KvDType::F16, static_cast<int64_t>(kv_->capacity()) * hd, hd, pos0 + n};
+      a.out = s.attn.data();
+      a.out_head_stride = hd;
+      a.out_row_stride = q_dim;
+      if (n == 1)
+        kernels::attention_decode(a);
+      else
+        kernels::attention_prefill(a);
+    }
     kernels::matmul(*L.wo, s.attn.data(), n, s.proj.data());
     kernels::add_inplace(s.x.data(), s.proj.data(), static_cast<int64_t>(n) * d);
 
