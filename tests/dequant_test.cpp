@@ -21,6 +21,8 @@ struct TypeCase {
   const char* name;
 };
 
+void PrintTo(const TypeCase& c, std::ostream* os) { *os << c.name; }
+
 class DequantVsGgufPy : public ::testing::TestWithParam<TypeCase> {};
 
 TEST_P(DequantVsGgufPy, BitExact) {

@@ -1,5 +1,6 @@
 #include "kernels/quant_dot.h"
 
+#include <cpuid.h>
 #include <immintrin.h>
 
 #include <cmath>
@@ -17,12 +18,18 @@ namespace skim::kernels {
 // ---------------------------------------------------------------------------
 // ISA selection
 
+namespace {
+bool cpu_has_f16c() {
+  unsigned eax, ebx, ecx, edx;
+  return __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & bit_F16C);
+}
+}  // namespace
+
 KernelIsa detected_isa() {
   static const KernelIsa isa = [] {
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c")
-               ? KernelIsa::kAvx2
-               : KernelIsa::kScalar;
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && cpu_has_f16c() ? KernelIsa::kAvx2
+                                                                                              : KernelIsa::kScalar;
   }();
   return isa;
 }
