@@ -111,20 +111,21 @@ struct Shape {
 };
 
 // Row lengths to test for a type: the model's sizes, rounded to the block size
-// where they are not multiples of it (K types need multiples of 256).
+// where they are not multiples of it (K types need multiples of 256). 608 is
+// 19 blocks of 32: groups of 8, a pair and an unpaired last block.
 std::vector<int64_t> row_lengths(GgmlType type) {
   if (traits(type).block_size == 256) return {256, 768, 1536, 4864};
-  return {576, 896, 1536, 4864};
+  return {576, 608, 896, 1536, 4864};
 }
 
 std::vector<Shape> shapes_for(GgmlType type) {
   const int64_t ms[] = {1, 2, 3, 7, 64, 200, 513};
-  const int64_t ns[] = {1, 7, 37, 131, 19};
+  const int64_t ns[] = {1, 7, 37, 131, 19, 3};
   std::vector<Shape> shapes;
   int i = 0;
   for (int64_t k : row_lengths(type))
     for (int64_t m : ms) {
-      int64_t n = ns[i++ % 5];
+      int64_t n = ns[i++ % 6];
       if (m * k * n > 60'000'000) n = 7;  // keeps the f64 reference quick
       shapes.push_back({m, k, n});
     }
