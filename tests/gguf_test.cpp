@@ -21,6 +21,7 @@
 
 #include "gguf_writer.h"
 #include "skim/gguf.h"
+#include "skim/paths.h"
 
 namespace skim {
 namespace {
@@ -53,11 +54,7 @@ std::string expect_error(const std::vector<uint8_t>& image, const std::string& n
   return {};
 }
 
-std::string cache_root() {
-  if (const char* c = std::getenv("SKIM_CACHE"); c && *c) return c;
-  const char* home = std::getenv("HOME");
-  return std::string(home ? home : "/root") + "/.cache/skim";
-}
+std::string cache_root() { return paths::cache_dir().string(); }
 
 fs::path temp_path(const std::string& stem) {
   fs::path dir = fs::temp_directory_path() / ("skim_gguf_test_" + std::to_string(::getpid()));

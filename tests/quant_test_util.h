@@ -2,6 +2,8 @@
 // running the vector generator, reading its files, making random weight blocks.
 #pragma once
 
+#include "skim/paths.h"
+
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -23,18 +25,7 @@ namespace skim::test {
 
 // The Python interpreter with numpy and gguf: $SKIM_PYTHON, else the project
 // venv under ${SKIM_CACHE:-$HOME/.cache/skim}.
-inline std::string project_python() {
-  if (const char* explicit_python = std::getenv("SKIM_PYTHON"); explicit_python && *explicit_python)
-    return explicit_python;
-  std::filesystem::path cache;
-  if (const char* c = std::getenv("SKIM_CACHE"); c && *c)
-    cache = c;
-  else if (const char* home = std::getenv("HOME"); home && *home)
-    cache = std::filesystem::path(home) / ".cache" / "skim";
-  else
-    throw std::runtime_error("neither SKIM_PYTHON, SKIM_CACHE nor HOME is set; cannot locate the project Python");
-  return (cache / "venv" / "bin" / "python").string();
-}
+inline std::string project_python() { return skim::paths::python().string(); }
 
 inline std::filesystem::path tests_source_dir() {
 #ifdef SKIM_SOURCE_DIR

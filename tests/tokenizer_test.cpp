@@ -22,6 +22,7 @@
 
 #include "gguf_writer.h"
 #include "skim/gguf.h"
+#include "skim/paths.h"
 #include "skim/tokenizer.h"
 #include "tokenizer/bpe_tokenizer.h"
 #include "tokenizer/pretokenizer.h"
@@ -36,11 +37,7 @@ using test::WValue;
 namespace gt = test::gguf_type;
 using Ids = std::vector<int32_t>;
 
-std::string cache_root() {
-  if (const char* c = std::getenv("SKIM_CACHE"); c && *c) return c;
-  const char* home = std::getenv("HOME");
-  return std::string(home ? home : "/root") + "/.cache/skim";
-}
+std::string cache_root() { return paths::cache_dir().string(); }
 
 std::string smollm_path() {
   if (const char* m = std::getenv("SKIM_MODEL"); m && *m) return m;
