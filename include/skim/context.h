@@ -6,8 +6,10 @@
 #include <functional>
 #include <memory>
 #include <span>
+#include <string>
 #include <vector>
 
+#include "skim/attention.h"
 #include "skim/model.h"
 
 namespace skim {
@@ -20,6 +22,12 @@ struct ContextParams {
   // The plain GEMM-softmax-GEMM attention instead of the attention core; it
   // exists as the reference the kernels are tested against.
   bool reference_attention = false;
+  // Attention method spec, "NAME[:key=value,...]" (skim/attention.h).
+  std::string attention = "dense";
+  // When > 0, every sparse layer call also runs dense attention on this many
+  // sampled query rows per chunk and records recall and output error per
+  // (layer, head) in the attention report (slower; for evaluation).
+  int fidelity_rows = 0;
 };
 
 // Called after each micro-batch with (tokens done, tokens total).
@@ -47,6 +55,8 @@ class Context {
   void clear();  // forget all tokens
   const Model& model() const { return model_; }
   size_t kv_bytes() const;
+  const AttentionReport& attention_report() const;
+  void reset_attention_report();
 
  private:
   // Logits for rows [logits_from, n) of the micro-batch go to logits_out (none if logits_from >= n).
