@@ -1,0 +1,57 @@
+#include "eval/fidelity.h"
+
+#include <algorithm>
+#include <stdexcept>
+
+#include <fmt/format.h>
+
+namespace skim::eval {
+
+void merge(HeadFidelity& a, const HeadFidelity& b) {
+  a.rows += b.rows;
+  a.recall_sum += b.recall_sum;
+  a.recall_min = std::min(a.recall_min, b.recall_min);
+  a.recalls.insert(a.recalls.end(), b.recalls.begin(), b.recalls.end());
+  a.err_sq_sum += b.err_sq_sum;
+  a.ref_sq_sum += b.ref_sq_sum;
+}
+
+void FidelityLog::add(const std::string& method, int length, const AttentionReport& report) {
+  if (report.fidelity.empty()) return;
+  if (report.fidelity.size() != static_cast<size_t>(n_layer_) * n_head_)
+    throw std::logic_error(fmt::format("attention report has {} fidelity entries, expected {} layers x {} heads",
+                                       report.fidelity.size(), n_layer_, n_head_));
+  std::vector<HeadFidelity>& heads = heads_[{method, length}];
+  heads.resize(report.fidelity.size());
+  for (size_t i = 0; i < heads.size(); ++i) merge(heads[i], report.fidelity[i]);
+}
+
+nlohmann::json FidelityLog::to_json() const {
+  auto summary = [](const HeadFidelity& h) {
+    return nlohmann::json{{"rows", h.rows},
+                          {"recall_mean", h.recall_mean()},
+                          {"recall_p1", h.recalls.empty() ? 1.0 : h.recall_percentile(1)},
+                          {"recall_min", h.recall_min},
+                          {"rel_l2", h.ref_sq_sum > 0 ? h.rel_l2() : 0.0}};
+  };
+  nlohmann::json runs = nlohmann::json::array();
+  for (const auto& [key, heads] : heads_) {
+    HeadFidelity all;
+    nlohmann::json per_head = nlohmann::json::array();
+    for (size_t i = 0; i < heads.size(); ++i) {
+      merge(all, heads[i]);
+      nlohmann::json h = summary(heads[i]);
+      h["layer"] = i / n_head_;
+      h["head"] = i % n_head_;
+      per_head.push_back(std::move(h));
+    }
+    nlohmann::json run = summary(all);
+    run["method"] = key.first;
+    run["length"] = key.second;
+    run["heads"] = std::move(per_head);
+    runs.push_back(std::move(run));
+  }
+  return {{"n_layer", n_layer_}, {"n_head", n_head_}, {"runs", std::move(runs)}};
+}
+
+}  // namespace skim::eval

@@ -1,0 +1,37 @@
+// Tier T1 of skim eval: attention fidelity per (layer, head), accumulated over
+// every prefill a method runs at one length (ContextParams::fidelity_rows > 0).
+#pragma once
+
+#include <map>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "skim/attention.h"
+
+namespace skim::eval {
+
+class FidelityLog {
+ public:
+  FidelityLog(int n_layer, int n_head) : n_layer_(n_layer), n_head_(n_head) {}
+
+  // Adds a prefill's report (no-op when it has no fidelity rows).
+  void add(const std::string& method, int length, const AttentionReport& report);
+  bool empty() const { return heads_.empty(); }
+
+  // {"n_layer", "n_head", "runs": [{"method", "length", "recall_mean", "recall_p1",
+  //   "recall_min", "rel_l2", "heads": [{"layer", "head", "rows", "recall_mean",
+  //   "recall_p1", "recall_min", "rel_l2"}]}]}; run-level numbers pool all heads' rows.
+  nlohmann::json to_json() const;
+
+ private:
+  int n_layer_, n_head_;
+  std::map<std::pair<std::string, int>, std::vector<HeadFidelity>> heads_;
+};
+
+// Sums b into a (rows, recall sums and samples, squared errors).
+void merge(HeadFidelity& a, const HeadFidelity& b);
+
+}  // namespace skim::eval
