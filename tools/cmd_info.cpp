@@ -6,6 +6,7 @@
 #include <fmt/format.h>
 
 #include "common.h"
+#include "skim/attention.h"
 #include "skim/model.h"
 
 namespace skim::cli {
@@ -14,9 +15,23 @@ namespace {
 struct InfoOptions {
   ModelOptions model;
   bool metadata = false;
+  bool attn = false;
 };
 
+void list_attention_methods() {
+  for (const AttentionMethodInfo& m : attention_methods()) {
+    fmt::print("{:<14} {}\n", m.name, m.summary);
+    for (const AttentionParamInfo& p : m.params)
+      fmt::print("  {:<14} {:<8} {}\n", p.name, p.default_value.empty() ? "''" : p.default_value, p.help);
+  }
+  fmt::print("\nevery method also takes these keys (a method's own default above wins):\n");
+  for (const AttentionParamInfo& p : attention_policy_params())
+    fmt::print("  {:<14} {:<8} {}\n", p.name, p.default_value.empty() ? "''" : p.default_value, p.help);
+  fmt::print("\nselect one with --attn NAME[:key=value,...], e.g. --attn streaming:sink=64,local=2048\n");
+}
+
 void info(const InfoOptions& o) {
+  if (o.attn) return list_attention_methods();
   const std::string path = resolve_model(o.model);
   std::unique_ptr<Model> model = Model::load(path);
   const GgufFile& f = model->file();
@@ -62,6 +77,7 @@ void register_info(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand("info", "describe a model: architecture, sizes, tensor types, context");
   add_model_options(*cmd, o->model);
   cmd->add_flag("--metadata", o->metadata, "also print every metadata key");
+  cmd->add_flag("--attn", o->attn, "list the attention methods, their parameters and defaults (no model needed)");
   cmd->callback([o] { info(*o); });
 }
 

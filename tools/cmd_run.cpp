@@ -29,11 +29,15 @@ struct RunOptions {
 void run(const RunOptions& o) {
   Stopwatch load_clock;
   const std::string path = resolve_model(o.model);
-  if (o.attn != "dense") throw std::runtime_error(fmt::format("--attn '{}': unknown method (available: dense)", o.attn));
+  validate_attention_spec(o.attn);
   if (o.prompt.empty() == o.file.empty()) throw std::runtime_error("give exactly one of -p TEXT or -f FILE");
   std::unique_ptr<Model> model = Model::load(path);
   const Tokenizer& tok = model->tokenizer();
-  Context ctx(*model, {o.n_ctx, o.n_ubatch});
+  ContextParams cp;
+  cp.n_ctx = o.n_ctx;
+  cp.n_ubatch = o.n_ubatch;
+  cp.attention = o.attn;
+  Context ctx(*model, cp);
   const double load_ms = load_clock.ms();
 
   std::string text = o.file.empty() ? o.prompt : read_file(o.file);
@@ -86,6 +90,7 @@ void run(const RunOptions& o) {
   std::fprintf(stderr, "skim_perf: time to first token = %7.2f ms\n", t.ttft_ms);
   std::fprintf(stderr, "skim_perf:       total time = %10.2f ms / %5d tokens\n", load_ms + t.prompt_ms + t.gen_ms,
                t.n_prompt + t.n_gen);
+  print_attention_report(ctx.attention_report());
   std::fprintf(stderr, "skim_perf: peak RSS = %.1f MiB (KV cache %.1f MiB), seed %llu, stop: %s\n", peak_rss_mib(),
                ctx.kv_bytes() / 1048576.0, static_cast<unsigned long long>(sampler.seed()), r.stop_reason.c_str());
 }
@@ -103,7 +108,7 @@ void register_run(CLI::App& app) {
   cmd->add_option("-n,--n-predict", o->n_predict, "tokens to generate (-1: until end of generation)");
   cmd->add_option("-c,--ctx-size", o->n_ctx, "context size in tokens (0: the model's)")->check(CLI::NonNegativeNumber);
   cmd->add_option("--ubatch-size", o->n_ubatch, "prefill micro-batch size")->check(CLI::PositiveNumber);
-  cmd->add_option("--attn", o->attn, "attention method (dense)");
+  cmd->add_option("--attn", o->attn, "attention method NAME[:key=value,...] (skim info --attn lists them)");
   cmd->add_option("--temp", o->sampling.temp, "temperature (0: greedy)");
   cmd->add_option("--top-k", o->sampling.top_k, "top-k sampling (0: off)");
   cmd->add_option("--top-p", o->sampling.top_p, "top-p sampling (1: off)");

@@ -47,4 +47,17 @@ double peak_rss_mib() {
   return ru.ru_maxrss / 1024.0;
 }
 
+
+void print_attention_report(const AttentionReport& r) {
+  if (r.sparse_calls + r.dense_calls == 0) return;
+  const double computed =
+      r.key_tiles ? static_cast<double>(r.key_tiles_computed) / static_cast<double>(r.key_tiles) : 1.0;
+  std::fprintf(stderr,
+               "skim_perf: attention: density %.3f (%.3f of tiles computed), %lld sparse + %lld dense layer calls"
+               "%s, planning %.2f ms, kernel %.2f ms\n",
+               r.density(), r.density() * computed, static_cast<long long>(r.sparse_calls),
+               static_cast<long long>(r.dense_calls),
+               r.reused_plans ? fmt::format(" ({} reused plans)", r.reused_plans).c_str() : "", r.plan_ms, r.kernel_ms);
+}
+
 }  // namespace skim::cli

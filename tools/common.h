@@ -6,6 +6,8 @@
 #include <chrono>
 #include <string>
 
+#include "skim/attention.h"
+
 namespace skim::cli {
 
 // Options every model-loading subcommand takes.
@@ -19,6 +21,8 @@ std::string resolve_model(const ModelOptions& o);
 int apply_threads(int threads);
 
 std::string read_file(const std::string& path);
+// One llama.cpp-style line: prefill attention density, planning and kernel time.
+void print_attention_report(const AttentionReport& r);
 double peak_rss_mib();
 
 // Registration of each subcommand; `run` is invoked after parsing when chosen.

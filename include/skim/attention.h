@@ -53,6 +53,8 @@ struct AttentionReport {
   int64_t sparse_calls = 0;   // layer calls that ran a sparse plan
   int64_t dense_calls = 0;    // layer calls that ran dense (method dense, below min_len, dense layer)
   int64_t reused_plans = 0;   // layer calls that reused another layer's plan
+  int64_t key_tiles = 0;           // key tiles the kernel streamed
+  int64_t key_tiles_computed = 0;  // ... of which went through softmax and P.V (BLASST skips the rest)
   double plan_ms = 0;         // time spent planning (estimation + plan building)
   double kernel_ms = 0;       // time in the attention kernel (prefill calls)
   std::vector<int64_t> layer_pairs_listed;  // per layer

@@ -15,6 +15,9 @@
 namespace skim {
 
 class KvCache;
+namespace attention {
+class AttentionMethod;
+}
 
 struct ContextParams {
   int n_ctx = 0;       // KV capacity in tokens; 0 = the model's training context
@@ -60,10 +63,13 @@ class Context {
 
  private:
   // Logits for rows [logits_from, n) of the micro-batch go to logits_out (none if logits_from >= n).
-  void forward_ubatch(std::span<const int32_t> tokens, int64_t logits_from, float* logits_out);
+  // final_chunk: the micro-batch ends the tokens of this decode call.
+  void forward_ubatch(std::span<const int32_t> tokens, int64_t logits_from, float* logits_out, bool final_chunk);
 
   const Model& model_;
   ContextParams params_;
+  std::unique_ptr<attention::AttentionMethod> method_;
+  AttentionReport report_;
   std::unique_ptr<KvCache> kv_;
   struct Scratch;
   std::unique_ptr<Scratch> s_;

@@ -37,11 +37,26 @@ int64_t Plan::item_keys(int64_t item) const {
 
 int64_t Plan::listed_pairs() const {
   int64_t pairs = 0;
+  std::vector<int64_t> pos;
   for (int32_t h = 0; h < n_heads; ++h) {
     const int64_t rows = head_rows(h);
     for (int64_t t = 0; t < head_tiles(h); ++t) {
-      const int64_t tile_rows_here = std::min<int64_t>(tile_rows, rows - t * tile_rows);
-      pairs += tile_rows_here * group_size * item_keys(head_item_begin[h] + t);
+      pos.clear();
+      for (int64_t i = t * tile_rows; i < std::min<int64_t>(rows, (t + 1) * tile_rows); ++i)
+        pos.push_back(q_pos0 + row_of(h, i));
+      const int64_t item = head_item_begin[h] + t;
+      // Keys at or before every row's position count for all rows; only the
+      // few near the diagonal need the per-row causal cut.
+      auto count = [&](int64_t begin, int64_t end) {
+        if (end <= pos.front() + 1) return (end - begin) * static_cast<int64_t>(pos.size());
+        int64_t n = 0;
+        for (int64_t p : pos) n += std::max<int64_t>(0, std::min(end, p + 1) - begin);
+        return n;
+      };
+      int64_t keys = 0;
+      for (int64_t r = range_ptr[item]; r < range_ptr[item + 1]; ++r) keys += count(ranges[r].begin, ranges[r].end);
+      for (int64_t c = col_ptr[item]; c < col_ptr[item + 1]; ++c) keys += count(cols[c], cols[c] + 1);
+      pairs += keys * group_size;
     }
   }
   return pairs;

@@ -91,8 +91,9 @@ struct Plan {
   int64_t tile_first_position(int32_t h, int64_t t) const;
   // Number of keys an item lists (ranges + columns).
   int64_t item_keys(int64_t item) const;
-  // Total number of listed (query row, key) pairs over all items, per q head
-  // row (group mode counts each of the g heads): the work the plan asks for.
+  // Total number of (query row, key) pairs the plan lets through (keys listed
+  // for the row's tile and, causally, at or before the row's position), over
+  // all q heads (group mode counts each of the g heads): the work it asks for.
   int64_t listed_pairs() const;
 };
 

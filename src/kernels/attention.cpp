@@ -482,6 +482,8 @@ void check_dense_fits(const Call& call) {
 
 }  // namespace
 
+int32_t default_tile_rows(int32_t group_size) { return std::max(1, kDefaultTileCols / std::max(1, group_size)); }
+
 void attention_prefill(const AttnParams& params, const attention::Plan* plan) {
   const Call call = resolve(params);
   if (plan) {
@@ -496,7 +498,7 @@ void attention_prefill(const AttnParams& params, const attention::Plan* plan) {
   if (plan) {
     run(call, *plan);
   } else {
-    run(call, default_plan(call, std::max(1, kDefaultTileCols / call.g)));
+    run(call, default_plan(call, default_tile_rows(call.g)));
   }
 }
 

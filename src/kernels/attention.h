@@ -102,6 +102,11 @@ struct AttnParams {
   int32_t split_key_tiles = 0;
 };
 
+// Query rows per q head of the tiles the dense prefill uses in GQA group mode
+// (g * rows fill one kernel tile). Planners that tile the same way run a
+// full-budget plan exactly like dense.
+int32_t default_tile_rows(int32_t group_size);
+
 // Prefill (or any chunk of query rows). plan == nullptr: the dense plan
 // (causal: each row sees [0, position]; non-causal: all n_keys keys), run in
 // GQA group mode. The plan's shape must match the call: plan->n_rows ==

@@ -1,10 +1,12 @@
 #include "skim/context.h"
 
 #include <algorithm>
+#include <cmath>
 #include <stdexcept>
 
 #include <fmt/format.h>
 
+#include "attention/method.h"
 #include "kernels/attention.h"
 #include "kernels/attention_reference.h"
 #include "kernels/dequant.h"
@@ -34,6 +36,7 @@ Context::Context(const Model& model, ContextParams params) : model_(model), para
   if (params_.n_ctx <= 0) params_.n_ctx = c.n_ctx_train;
   if (params_.n_ubatch <= 0) throw std::invalid_argument("micro-batch size must be positive");
   params_.n_ubatch = std::min(params_.n_ubatch, params_.n_ctx);
+  method_ = std::make_unique<attention::AttentionMethod>(params_.attention, c.n_layer);
   kv_ = std::make_unique<KvCache>(c.n_layer, c.n_head_kv, c.head_dim, params_.n_ctx);
   s_ = std::make_unique<Scratch>();
   const size_t rows = params_.n_ubatch;
@@ -53,6 +56,8 @@ Context::~Context() = default;
 int Context::n_past() const { return kv_->size(); }
 void Context::clear() { kv_->resize(0); }
 size_t Context::kv_bytes() const { return kv_->bytes(); }
+const AttentionReport& Context::attention_report() const { return report_; }
+void Context::reset_attention_report() { report_ = {}; }
 
 std::vector<float> Context::decode(std::span<const int32_t> tokens, bool all_logits, const ProgressFn& progress) {
   const size_t n_vocab = model_.config().n_vocab;
@@ -84,14 +89,15 @@ void Context::decode_streaming(std::span<const int32_t> tokens, int64_t logits_f
     // Sized on demand: prefill usually wants one row, perplexity half a window.
     const size_t need = (n > static_cast<size_t>(from) ? n - from : 0) * static_cast<size_t>(n_vocab);
     if (s_->logits.size() < need) s_->logits.resize(need);
-    forward_ubatch(tokens.subspan(done, n), from, s_->logits.data());
+    forward_ubatch(tokens.subspan(done, n), from, s_->logits.data(), done + n == tokens.size());
     if (from < static_cast<int64_t>(n)) on_logits(done + from, n - from, s_->logits.data());
     done += n;
     if (progress) progress(static_cast<int64_t>(done), static_cast<int64_t>(tokens.size()));
   }
 }
 
-void Context::forward_ubatch(std::span<const int32_t> tokens, int64_t logits_from, float* logits_out) {
+void Context::forward_ubatch(std::span<const int32_t> tokens, int64_t logits_from, float* logits_out,
+                             bool final_chunk) {
   const ModelConfig& c = model_.config();
   const int n = static_cast<int>(tokens.size());
   const int pos0 = n_past();
@@ -142,10 +148,25 @@ void Context::forward_ubatch(std::span<const int32_t> tokens, int64_t logits_fro
       a.out = s.attn.data();
       a.out_head_stride = hd;
       a.out_row_stride = q_dim;
-      if (n == 1)
+      if (n == 1) {
         kernels::attention_decode(a);
-      else
-        kernels::attention_prefill(a);
+      } else {
+        attention::PlanRequest r;
+        r.layer = l;
+        r.n_layers = c.n_layer;
+        r.n_q_heads = c.n_head;
+        r.n_kv_heads = c.n_head_kv;
+        r.head_dim = hd;
+        r.n_rows = n;
+        r.q_pos0 = pos0;
+        r.final_chunk = final_chunk;
+        r.q = a.q;
+        r.q_head_stride = a.q_head_stride;
+        r.q_row_stride = a.q_row_stride;
+        r.kv = a.kv;
+        r.scale = 1.0f / std::sqrt(static_cast<float>(hd));
+        method_->prefill(r, a, report_, params_.fidelity_rows);
+      }
     }
     kernels::matmul(*L.wo, s.attn.data(), n, s.proj.data());
     kernels::add_inplace(s.x.data(), s.proj.data(), static_cast<int64_t>(n) * d);

@@ -1,0 +1,217 @@
+#include "attention/method.h"
+
+#include <chrono>
+#include <cmath>
+#include <limits>
+#include <sstream>
+#include <stdexcept>
+
+#include <fmt/format.h>
+
+namespace skim::attention {
+namespace {
+
+double ms_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+}
+
+// (query row, key) pairs of dense causal attention for the chunk, per q head.
+int64_t dense_pairs(const PlanRequest& r) { return r.n_rows * r.q_pos0 + r.n_rows * (r.n_rows + 1) / 2; }
+
+std::vector<int32_t> sampled_rows(int64_t n_rows, int count) {
+  const int64_t k = std::min<int64_t>(count, n_rows);
+  std::vector<int32_t> rows;
+  for (int64_t j = 0; j < k; ++j) rows.push_back(static_cast<int32_t>((j + 1) * n_rows / k - 1));
+  return rows;
+}
+
+}  // namespace
+
+AttentionMethod::AttentionMethod(const std::string& spec, int32_t n_layers) {
+  const MethodSpec parsed = parse_method_spec(spec);
+  name_ = parsed.name;
+  const MethodDef* def = nullptr;
+  for (const MethodDef& m : sparse_methods())
+    if (m.info.name == name_) def = &m;
+  if (!def && name_ != "dense") {
+    std::string names = "dense";
+    for (const MethodDef& m : sparse_methods()) names += ", " + m.info.name;
+    throw std::invalid_argument(fmt::format("unknown attention method '{}' (available: {})", name_, names));
+  }
+  const MethodParams params(def ? &def->info : nullptr, name_, parsed.values);
+  min_len_ = params.integer("min_len", 0, int64_t{1} << 30);
+  dense_first_ = static_cast<int32_t>(params.integer("dense_first", 0, 1 << 16));
+  dense_last_ = static_cast<int32_t>(params.integer("dense_last", 0, 1 << 16));
+  last_q_ = params.integer("last_q", 0, int64_t{1} << 30);
+  lambda_ = static_cast<float>(params.number("lambda", 0.0, 1.0));
+  lambda_per_length_ = params.integer("lambda_per_len", 0, 1) != 0;
+  const std::string gqa = params.text("gqa");
+  if (gqa != "union" && gqa != "head") throw std::invalid_argument(fmt::format("{}: gqa={} (use union or head)", name_, gqa));
+  group_union_ = gqa == "union";
+  const std::string reuse = params.text("reuse");
+  if (!reuse.empty()) {
+    std::stringstream ss(reuse);
+    std::string item;
+    plans_layer_.assign(static_cast<size_t>(std::max(n_layers, 1)), false);
+    while (std::getline(ss, item, '/')) {
+      char* end = nullptr;
+      const long l = std::strtol(item.c_str(), &end, 10);
+      if (item.empty() || *end != '\0' || l < 0 || (n_layers > 0 && l >= n_layers))
+        throw std::invalid_argument(fmt::format("{}: reuse={}: '{}' is not a layer (0..{})", name_, reuse, item,
+                                                n_layers - 1));
+      if (static_cast<size_t>(l) >= plans_layer_.size()) plans_layer_.resize(l + 1, false);
+      plans_layer_[l] = true;
+    }
+    if (!plans_layer_[0]) throw std::invalid_argument(fmt::format("{}: reuse must include layer 0", name_));
+  }
+  if (def) planner_ = def->make(params);
+  params.reject_unread();
+}
+
+AttentionMethod::~AttentionMethod() = default;
+
+std::optional<Plan> AttentionMethod::make_plan(const PlanRequest& request, AttentionReport& report) {
+  if (!planner_ || request.n_keys() < min_len_ || request.layer < dense_first_ ||
+      request.layer >= request.n_layers - dense_last_)
+    return std::nullopt;
+  const bool plans_here = plans_layer_.empty() || (static_cast<size_t>(request.layer) < plans_layer_.size() &&
+                                                   plans_layer_[request.layer]);
+  if (!plans_here && reusable_pos0_ == request.q_pos0 && reusable_rows_ == request.n_rows) {
+    if (reusable_) ++report.reused_plans;
+    return reusable_;
+  }
+  PlanRequest r = request;
+  r.group_union = group_union_;
+  std::optional<Plan> plan = planner_->plan(r);
+  if (plan && last_q_ > 0 && request.final_chunk && request.n_rows > 0)
+    plan = densify_rows_from(*plan, std::max<int64_t>(0, request.n_rows - last_q_));
+  if (!plans_layer_.empty()) {
+    reusable_ = plan;
+    reusable_pos0_ = request.q_pos0;
+    reusable_rows_ = request.n_rows;
+  }
+  return plan;
+}
+
+void AttentionMethod::prefill(const PlanRequest& request, const kernels::AttnParams& params, AttentionReport& report,
+                              int fidelity_rows) {
+  const size_t n_layers = static_cast<size_t>(request.n_layers);
+  if (report.layer_pairs_dense.size() < n_layers) {
+    report.layer_pairs_dense.resize(n_layers, 0);
+    report.layer_pairs_listed.resize(n_layers, 0);
+  }
+  auto t0 = std::chrono::steady_clock::now();
+  std::optional<Plan> plan = make_plan(request, report);
+  report.plan_ms += ms_since(t0);
+
+  if (lambda_ > 0.0f) {
+    if (!plan) plan = make_dense_plan({request.n_kv_heads, request.group(), kTileRows, request.n_rows, request.q_pos0});
+    const float lambda = lambda_per_length_ ? lambda_ * 4096.0f / static_cast<float>(request.n_keys()) : lambda_;
+    plan->skip_lambda.assign(static_cast<size_t>(plan->n_heads), std::min(lambda, 1.0f));
+  }
+
+  const int64_t dense = dense_pairs(request) * request.n_q_heads;
+  const int64_t listed = plan ? plan->listed_pairs() : dense;
+  report.pairs_dense += dense;
+  report.pairs_listed += listed;
+  report.layer_pairs_dense[request.layer] += dense;
+  report.layer_pairs_listed[request.layer] += listed;
+  ++(plan ? report.sparse_calls : report.dense_calls);
+
+  kernels::AttnParams a = params;
+  std::vector<float> lse;
+  const bool fidelity = plan && fidelity_rows > 0;
+  if (fidelity) {
+    lse.resize(static_cast<size_t>(request.n_q_heads * request.n_rows));
+    a.lse = lse.data();
+    a.lse_head_stride = request.n_rows;
+  }
+  kernels::AttnStats stats;
+  a.stats = &stats;
+  t0 = std::chrono::steady_clock::now();
+  kernels::attention_prefill(a, plan ? &*plan : nullptr);
+  report.kernel_ms += ms_since(t0);
+  report.key_tiles += stats.key_tiles;
+  report.key_tiles_computed += stats.key_tiles_computed;
+  if (fidelity) measure_fidelity(request, a, lse.data(), fidelity_rows, report);
+}
+
+void AttentionMethod::measure_fidelity(const PlanRequest& request, const kernels::AttnParams& params, const float* lse,
+                                       int fidelity_rows, AttentionReport& report) const {
+  const std::vector<int32_t> rows = sampled_rows(request.n_rows, fidelity_rows);
+  const Plan dense = dense_plan_for_rows(request, rows);
+  const int64_t hq = request.n_q_heads, n = request.n_rows, d = request.head_dim;
+  std::vector<float> out(static_cast<size_t>(hq * n * d)), dense_lse(static_cast<size_t>(hq * n));
+  kernels::AttnParams a = params;
+  a.out = out.data();
+  a.out_head_stride = n * d;
+  a.out_row_stride = d;
+  a.lse = dense_lse.data();
+  a.lse_head_stride = n;
+  a.stats = nullptr;
+  kernels::attention_prefill(a, &dense);
+
+  const size_t n_heads = static_cast<size_t>(request.n_layers * hq);
+  if (report.fidelity.size() < n_heads) report.fidelity.resize(n_heads);
+  for (int64_t h = 0; h < hq; ++h) {
+    HeadFidelity& f = report.fidelity[static_cast<size_t>(request.layer * hq + h)];
+    for (int32_t i : rows) {
+      const float l_dense = dense_lse[h * n + i], l_method = lse[h * n + i];
+      const double recall = std::isfinite(l_method) ? std::exp(static_cast<double>(l_method) - l_dense) : 0.0;
+      ++f.rows;
+      f.recall_sum += recall;
+      f.recall_min = std::min(f.recall_min, recall);
+      f.recalls.push_back(static_cast<float>(recall));
+      const float* od = out.data() + (h * n + i) * d;
+      const float* om = params.out + h * params.out_head_stride + i * params.out_row_stride;
+      for (int64_t k = 0; k < d; ++k) {
+        f.err_sq_sum += static_cast<double>(om[k] - od[k]) * (om[k] - od[k]);
+        f.ref_sq_sum += static_cast<double>(od[k]) * od[k];
+      }
+    }
+  }
+}
+
+Plan dense_plan_for_rows(const PlanRequest& request, const std::vector<int32_t>& rows) {
+  PlanBuilder b({request.n_kv_heads, request.group(), kTileRows, request.n_rows, request.q_pos0});
+  for (int32_t h = 0; h < request.n_kv_heads; ++h) {
+    b.set_row_map(rows);
+    for (size_t t = 0; t < (rows.size() + kTileRows - 1) / kTileRows; ++t) {
+      const int64_t last = request.q_pos0 + b.current_tile_rows().back();
+      b.add_range(0, last + 1);
+      b.end_tile();
+    }
+  }
+  return b.finish();
+}
+
+Plan densify_rows_from(const Plan& plan, int64_t first_dense_row) {
+  PlanBuilder b({plan.n_heads, plan.group_size, plan.tile_rows, plan.n_rows, plan.q_pos0}, plan.has_scores());
+  const float top = std::numeric_limits<float>::max();
+  for (int32_t h = 0; h < plan.n_heads; ++h) {
+    if (plan.has_row_map()) {
+      const auto first = plan.row_map.begin() + plan.row_map_ptr[h];
+      b.set_row_map({&*first, static_cast<size_t>(plan.row_map_ptr[h + 1] - plan.row_map_ptr[h])});
+    }
+    for (int64_t t = 0; t < plan.head_tiles(h); ++t) {
+      const int64_t item = plan.head_item_begin[h] + t;
+      const int64_t last_row = plan.row_of(h, std::min(plan.head_rows(h), (t + 1) * plan.tile_rows) - 1);
+      if (last_row >= first_dense_row) {
+        b.add_range(0, plan.tile_last_position(h, t) + 1, top);
+      } else {
+        for (int64_t r = plan.range_ptr[item]; r < plan.range_ptr[item + 1]; ++r)
+          b.add_range(plan.ranges[r].begin, plan.ranges[r].end, plan.range_scores.empty() ? 0.0f : plan.range_scores[r]);
+        for (int64_t c = plan.col_ptr[item]; c < plan.col_ptr[item + 1]; ++c)
+          b.add_column(plan.cols[c], plan.col_scores.empty() ? 0.0f : plan.col_scores[c]);
+      }
+      b.end_tile();
+    }
+  }
+  for (int32_t h = 0; h < plan.n_heads; ++h) {
+    if (!plan.skip_lambda.empty()) b.set_skip_lambda(h, plan.skip_lambda[h]);
+    if (!plan.stop_theta.empty()) b.set_stop_theta(h, plan.stop_theta[h]);
+  }
+  return b.finish();
+}
+
+}  // namespace skim::attention

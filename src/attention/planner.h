@@ -1,0 +1,100 @@
+// The planner contract: a sparse-prefill method looks at one layer's chunk of
+// queries (and the keys cached so far) and returns a Plan for the attention
+// kernel. Each method lives in its own file and registers a MethodDef here.
+#pragma once
+
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "attention/plan.h"
+#include "kernels/attention.h"
+#include "skim/attention.h"
+
+namespace skim::attention {
+
+// Rows are cut into tiles of this many queries; planners that work on blocks
+// use it as their key-block size too.
+inline constexpr int32_t kTileRows = 64;
+
+// One layer's attention call for a chunk of query rows.
+struct PlanRequest {
+  int32_t layer = 0;
+  int32_t n_layers = 0;
+  int32_t n_q_heads = 0;
+  int32_t n_kv_heads = 0;
+  int32_t head_dim = 0;
+  int64_t n_rows = 0;   // query rows in the chunk
+  int64_t q_pos0 = 0;   // absolute position of row 0; keys [0, q_pos0 + n_rows) exist
+  bool final_chunk = true;  // the chunk ends the prompt (its last rows feed generation)
+  // Q after RoPE: row i of q head h at q + h*q_head_stride + i*q_row_stride.
+  const float* q = nullptr;
+  int64_t q_head_stride = 0;
+  int64_t q_row_stride = 0;
+  kernels::KvView kv;
+  float scale = 0;  // softmax scale (1/sqrt(d))
+  // GQA: true = one plan per KV head over the union of its q heads' key sets
+  // (one K/V read per group); false = one plan per q head.
+  bool group_union = true;
+
+  int64_t n_keys() const { return q_pos0 + n_rows; }
+  int32_t group() const { return n_q_heads / n_kv_heads; }
+  int64_t n_tiles() const { return (n_rows + kTileRows - 1) / kTileRows; }
+  const float* q_row(int32_t h, int64_t i) const { return q + h * q_head_stride + i * q_row_stride; }
+};
+
+// key=value parameters of a spec, typed on read. A key not given takes its
+// default from the method's AttentionMethodInfo, or for policy keys from
+// attention_policy_params(). Every given key must be read, or reject_unread()
+// reports it as unknown.
+class MethodParams {
+ public:
+  MethodParams(const AttentionMethodInfo* info, std::string method, std::map<std::string, std::string> values)
+      : info_(info), method_(std::move(method)), values_(std::move(values)) {}
+  double number(const std::string& key, double min, double max) const;
+  int64_t integer(const std::string& key, int64_t min, int64_t max) const;  // accepts 4k = 4096
+  std::string text(const std::string& key) const;
+  void reject_unread() const;
+  const std::string& method() const { return method_; }
+
+ private:
+  const std::string& value(const std::string& key) const;
+  const AttentionMethodInfo* info_;
+  std::string method_;
+  std::map<std::string, std::string> values_;
+  mutable std::vector<std::string> read_;
+};
+
+class Planner {
+ public:
+  virtual ~Planner() = default;
+  // The plan for this chunk, or nullopt to run it dense.
+  virtual std::optional<Plan> plan(const PlanRequest& request) = 0;
+};
+
+struct MethodDef {
+  AttentionMethodInfo info;
+  // Reads its parameters (defaults from info) and builds the planner.
+  std::function<std::unique_ptr<Planner>(const MethodParams&)> make;
+};
+
+// The sparse methods, one per planner file.
+MethodDef streaming_method();
+MethodDef trishape_method();
+MethodDef power_method();
+MethodDef blasst_method();
+
+// The registry in listing order (dense is not a planner and is not listed here).
+const std::vector<MethodDef>& sparse_methods();
+
+// A parsed "NAME[:k=v,...]".
+struct MethodSpec {
+  std::string name;
+  std::map<std::string, std::string> values;
+};
+MethodSpec parse_method_spec(const std::string& spec);
+
+}  // namespace skim::attention
