@@ -16,13 +16,12 @@
 #include "eval/corpus.h"
 #include "eval/fidelity.h"
 #include "eval/logit_compare.h"
-#include "eval/metrics.h"
 #include "eval/report.h"
 #include "eval/results.h"
+#include "eval/runner.h"
 #include "eval/tasks.h"
 #include "skim/attention.h"
 #include "skim/context.h"
-#include "skim/generate.h"
 #include "skim/model.h"
 #include "skim/paths.h"
 
@@ -88,9 +87,7 @@ std::vector<std::string> parse_methods(const std::vector<std::string>& raw) {
     try {
       validate_attention_spec(spec);
     } catch (const std::invalid_argument& e) {
-      std::vector<std::string> names;
-      for (const AttentionMethodInfo& m : attention_methods()) names.push_back(m.name);
-      throw std::runtime_error(fmt::format("--attn '{}': {} (methods: {})", spec, e.what(), fmt::join(names, ", ")));
+      throw std::runtime_error(fmt::format("--attn '{}': {}", spec, e.what()));
     }
     add_unique(methods, spec);
   }
@@ -147,7 +144,7 @@ std::string shell_quote(const std::string& s) {
 // Progress on stderr: one line per finished (sample, method) with an ETA.
 class Progress {
  public:
-  Progress(size_t total) : total_(total) {}
+  explicit Progress(size_t total) : total_(total) {}
   void done(const std::string& what) {
     ++done_;
     const double per = clock_.ms() / done_;
@@ -161,12 +158,11 @@ class Progress {
 
 class EvalRun {
  public:
-  EvalRun(const EvalOptions& o) : o_(o) {
+  explicit EvalRun(const EvalOptions& o) : o_(o) {
     methods_ = parse_methods(o.attn);
     tasks_ = parse_tasks(o.tasks);
     lengths_ = parse_lengths(o.lengths);
     depths_ = parse_depths(o.depths);
-    if (o.out.empty()) throw std::runtime_error("--out DIR is required");
     const std::string path = resolve_model(o.model);
     model_ = Model::load(path);
     const int n_ctx_train = model_->config().n_ctx_train;
@@ -175,11 +171,17 @@ class EvalRun {
     corpus_ = Corpus::load();
     if (!corpus_.cached) fmt::print(stderr, "skim eval: haystack texts not fetched (scripts/fetch-haystack): using the built-in filler\n");
     if (wants_ppl() && corpus_.austen.empty()) throw std::runtime_error("--tasks ppl needs the Austen text: run scripts/fetch-haystack");
+    if (wants_ppl() && o.ppl_tokens < lengths_.back())
+      throw std::runtime_error(fmt::format("--ppl-tokens {} is shorter than one window of {} tokens", o.ppl_tokens, lengths_.back()));
     const Tokenizer& tok = model_->tokenizer();
     const bool chat = !o.no_chat && !tok.chat_template().empty();
     format_.emplace(tok, chat);
     store_.emplace(o.out, RunConfig{fs::path(path).filename().string(), o.seed, chat, depths_, corpus_.cached ? "cache" : "builtin"});
     fidelity_.emplace(model_->config().n_layer, model_->config().n_head);
+    // Every (task, length) can be generated: fail now rather than hours into the run.
+    for (const std::string& task : tasks_)
+      for (int length : lengths_)
+        if (task != "ppl") make_sample({task, length, depths_[0], 0}, corpus_, *format_);
     for (const std::string& m : methods_) {
       ContextParams p;
       p.n_ctx = lengths_.back();
@@ -224,7 +226,9 @@ class EvalRun {
       SampleSpec spec{task, length, info.depth_grid ? depths_[i % depths_.size()] : 50.0, sample_seed(o_.seed, task, length, i)};
       const Sample sample = make_sample(spec, corpus_, *format_);
       for (const std::string& m : todo) {
-        TaskRecord r = run_sample(sample, m);
+        AttentionReport prefill_report;
+        TaskRecord r = run_sample(*contexts_.at(m), m, sample, prefill_report);
+        fidelity_->add(m, length, prefill_report);
         r.sample = i;
         progress.done(fmt::format("{} {} #{}{} {}: {} ({:.0f} ms prefill, density {:.3f})", task, length_label(length), i,
                                   r.depth ? fmt::format(" depth {:g}", *r.depth) : "", m, r.correct ? "ok" : "wrong", r.prefill_ms,
@@ -235,46 +239,14 @@ class EvalRun {
     }
   }
 
-  TaskRecord run_sample(const Sample& sample, const std::string& method) {
-    Context& ctx = *contexts_.at(method);
-    ctx.clear();
-    ctx.reset_attention_report();
-    AttentionReport prefill_report;  // the report right after the prefill, before decoding
-    GenerationOptions g;
-    g.n_predict = sample.answer_tokens;
-    g.on_prefill = [&](int64_t done, int64_t total) {
-      if (done == total) prefill_report = ctx.attention_report();
-    };
-    SamplingParams greedy;
-    greedy.temp = 0;
-    Sampler sampler(greedy);
-    const GenerationResult gen = generate(ctx, sample.tokens, sampler, g);
-    fidelity_->add(method, sample.spec.length, prefill_report);
-
-    TaskRecord r;
-    r.task = sample.spec.task;
-    r.length = sample.spec.length;
-    if (find_task(r.task).depth_grid) r.depth = sample.spec.depth;
-    r.method = method;
-    r.prompt_tokens = static_cast<int>(sample.tokens.size());
-    r.prediction = clean_prediction(gen.text);
-    r.expected = sample.expected;
-    r.score = string_match_all(r.prediction, r.expected);
-    r.correct = r.score == 1.0;
-    r.prefill_ms = gen.timings.prompt_ms;
-    r.decode_ms = gen.timings.gen_ms;
-    r.density = prefill_report.density();
-    return r;
-  }
-
   // The first ppl_tokens tokens of Austen (tokenized once, lazily).
   const std::vector<int32_t>& austen_tokens() {
     if (!austen_tokens_.empty()) return austen_tokens_;
     const Tokenizer& tok = model_->tokenizer();
     for (size_t chars = static_cast<size_t>(o_.ppl_tokens) * 5;; chars *= 2) {
-      austen_tokens_ = tok.encode(take_text(corpus_.austen, 0, chars), false, false);
+      austen_tokens_ = tok.encode(std::string_view(corpus_.austen).substr(0, chars), false, false);
       if (austen_tokens_.size() >= static_cast<size_t>(o_.ppl_tokens)) break;
-      if (chars > corpus_.austen.size())
+      if (chars >= corpus_.austen.size())
         throw std::runtime_error(fmt::format("--ppl-tokens {}: the Austen text has only {} tokens", o_.ppl_tokens, austen_tokens_.size()));
     }
     austen_tokens_.resize(o_.ppl_tokens);
@@ -282,8 +254,6 @@ class EvalRun {
   }
 
   void run_ppl(int length, Progress& progress) {
-    if (ppl_windows(length) < 1)
-      throw std::runtime_error(fmt::format("--ppl-tokens {} is shorter than one window of {} tokens", o_.ppl_tokens, length));
     const Tokenizer& tok = model_->tokenizer();
     Context& dense = *contexts_.at("dense");
     for (int w = 0; w < ppl_windows(length); ++w) {
@@ -327,6 +297,7 @@ class EvalRun {
 
   void write_outputs() {
     const fs::path dir = o_.out;
+    fs::create_directories(dir);
     const Summary summary = summarize(*store_);
     write_file(dir / "summary.json", to_json(summary).dump(1) + "\n");
     const nlohmann::json fidelity = fidelity_->empty() ? nlohmann::json() : fidelity_->to_json();
@@ -383,15 +354,15 @@ void register_eval(CLI::App& app) {
   cmd->add_option("--tasks", o->tasks, task_help)->capture_default_str();
   cmd->add_option("--lengths", o->lengths, "target lengths in tokens (prompt + answer budget), e.g. 1k,2k,4k,8k")->capture_default_str();
   cmd->add_option("--depths", o->depths, "needle depths in % for passkey and niah; sample i uses depth i mod count")->capture_default_str();
-  cmd->add_option("--samples", o->samples, "samples per task and length")->check(CLI::PositiveNumber)->capture_default_str();
+  cmd->add_option("--samples", o->samples, "samples per task and length")->check(CLI::Range(1, 1 << 24))->capture_default_str();
   cmd->add_option("--seed", o->seed, "run seed: samples are a function of it")->capture_default_str();
   cmd->add_option("--out", o->out, "output directory (results.json, report.md, plots); an existing run there resumes")->required();
   cmd->add_flag("--fidelity", o->fidelity, "measure attention recall and output error per layer/head (slower)");
   cmd->add_option("--fidelity-rows", o->fidelity_rows, "sampled query rows per prefill chunk for --fidelity")
-      ->check(CLI::PositiveNumber)
+      ->check(CLI::Range(1, 1 << 24))
       ->capture_default_str();
-  cmd->add_option("--ppl-tokens", o->ppl_tokens, "Austen tokens for --tasks ppl")->check(CLI::PositiveNumber)->capture_default_str();
-  cmd->add_option("--ubatch-size", o->n_ubatch, "prefill micro-batch size")->check(CLI::PositiveNumber)->capture_default_str();
+  cmd->add_option("--ppl-tokens", o->ppl_tokens, "Austen tokens for --tasks ppl")->check(CLI::Range(1, 1 << 24))->capture_default_str();
+  cmd->add_option("--ubatch-size", o->n_ubatch, "prefill micro-batch size")->check(CLI::Range(1, 1 << 24))->capture_default_str();
   cmd->add_flag("--no-chat", o->no_chat, "do not wrap prompts in the model's chat template");
   cmd->add_flag("!--no-plots", o->plots, "skip the PNG plots");
   cmd->callback([o] {

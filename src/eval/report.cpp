@@ -225,7 +225,7 @@ std::string render_markdown(const Summary& s, const RunConfig& config, const std
       std::sort(depth_values.begin(), depth_values.end());
       depth_values.erase(std::unique(depth_values.begin(), depth_values.end()), depth_values.end());
       md += fmt::format("### {} - `{}`\n\n| depth % |", key.first, key.second);
-      for (int l : lengths) md += " " + length_label(l) + " |";
+      for (int l : lengths) md += fmt::format(" {} |", length_label(l));
       md += "\n|---:|";
       for (size_t i = 0; i < lengths.size(); ++i) md += "---:|";
       md += "\n";
@@ -261,7 +261,7 @@ std::string render_markdown(const Summary& s, const RunConfig& config, const std
         "## Attention fidelity (T1)\n\n"
         "Per (layer, head), on sampled query rows of every prefill this invocation ran with --fidelity: recall = "
         "exp(LSE_method - LSE_dense) and relative L2 error of the attention output. Pooled over heads here; per "
-        "head in fidelity.json.\n\n"
+        "head in fidelity.json. The methods' prefill times above include this measurement.\n\n"
         "| method | length | rows | mean recall | p1 recall | min recall | rel-L2 | worst head (layer.head: mean recall) |\n"
         "|---|---|---:|---:|---:|---:|---:|---|\n";
     for (const nlohmann::json& run : fidelity.at("runs")) {

@@ -78,10 +78,11 @@ ResultStore::ResultStore(std::filesystem::path dir, RunConfig config) : path_(di
   try {
     std::ifstream in(path_);
     const nlohmann::json j = nlohmann::json::parse(in);
-    const RunConfig before = j.at("config").get<RunConfig>();
-    if (!(before == config_))
-      throw std::runtime_error(fmt::format("it was made with {} and this run has {}; use another --out or the same settings",
-                                           nlohmann::json(before).dump(), nlohmann::json(config_).dump()));
+    const nlohmann::json before = j.at("config"), now = config_;
+    for (const auto& [key, value] : now.items())
+      if (before.at(key) != value)
+        throw std::runtime_error(fmt::format("it was made with {} {} and this run has {}; use another --out or the same settings", key,
+                                             before.at(key).dump(), value.dump()));
     for (const TaskRecord& r : j.at("records").get<std::vector<TaskRecord>>()) add(r);
     for (const PplRecord& r : j.at("ppl").get<std::vector<PplRecord>>()) add(r);
   } catch (const std::exception& e) {

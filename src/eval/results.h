@@ -21,7 +21,6 @@ struct RunConfig {
   bool chat = true;             // chat template applied
   std::vector<double> depths;   // the depth grid of passkey/niah
   std::string haystack;         // "cache" or "builtin"
-  bool operator==(const RunConfig&) const = default;
 };
 
 struct TaskRecord {

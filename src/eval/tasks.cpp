@@ -25,7 +25,7 @@ struct Draft {
 };
 struct Plan {
   std::function<Draft(size_t units)> build;  // deterministic in `units`
-  size_t max_units = SIZE_MAX;
+  size_t max_units = size_t{1} << 40;  // characters: haystacks wrap around
 };
 using PlanFn = Plan (*)(const SampleSpec&, const Corpus&, Rng&);
 
@@ -78,10 +78,13 @@ std::vector<double> random_depths(Rng& rng, size_t n) {
 }
 
 // Hides each (text, depth %) at the sentence boundary of `hay` nearest to its
-// depth, joined by `sep`; records the needles in order of position.
+// depth, joined by `sep`; with sep '\n' only line starts count, so needles
+// become lines of their own. Records the needles in order of position.
 std::string insert_needles(const std::string& hay, const std::vector<std::pair<std::string, double>>& items, char sep,
                            std::vector<Needle>& needles) {
-  const std::vector<size_t> bounds = sentence_boundaries(hay);
+  std::vector<size_t> bounds = sentence_boundaries(hay);
+  if (sep == '\n')
+    std::erase_if(bounds, [&](size_t b) { return b > 0 && b < hay.size() && hay[b - 1] != '\n'; });
   struct Slot {
     size_t at;
     const std::string* text;
