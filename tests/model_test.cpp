@@ -4,6 +4,8 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
+#include <map>
 #include <fstream>
 #include <memory>
 
@@ -87,6 +89,47 @@ TEST_F(ModelTest, ChunkedPrefillAndDecodeMatchOneBatch) {
   EXPECT_LT(d.mean_kl, 5e-3);
   EXPECT_GE(d.same_top1, 18);
   EXPECT_EQ(stepwise.n_past(), 300);
+}
+
+// Every sparse method at a budget covering all keys, in chunked prefill over
+// all earlier keys, gives the dense model's logits bit for bit; at a real
+// budget it changes them, and reports a density below 1.
+TEST_F(ModelTest, SparseMethodsAtFullBudgetAreDenseInChunkedPrefill) {
+  const std::vector<int32_t> ids = text_tokens(300);
+  auto run = [&](const std::string& spec, AttentionReport* report = nullptr) {
+    ContextParams p;
+    p.n_ctx = 512;
+    p.n_ubatch = 96;
+    p.attention = spec;
+    Context ctx(*model_, p);
+    std::vector<float> logits = ctx.decode(ids, true);
+    if (report) *report = ctx.attention_report();
+    return logits;
+  };
+  const std::vector<float> dense = run("dense");
+  // Each method's parameters for a budget covering every key. A method
+  // missing here fails the test: every planner must be covered.
+  const std::map<std::string, std::string> full_budget = {
+      {"streaming", "sink=0,local=100000"},
+      {"trishape", "sink=0,local=100000"},
+      {"power", "local=100000"},
+      {"blasst", "lambda=0"},
+  };
+  for (const AttentionMethodInfo& m : attention_methods()) {
+    if (m.name == "dense") continue;
+    ASSERT_TRUE(full_budget.count(m.name)) << "no full-budget spec for method " << m.name;
+    const std::string spec = m.name + ":last_q=0," + full_budget.at(m.name);
+    AttentionReport report;
+    const std::vector<float> full = run(spec, &report);
+    EXPECT_EQ(std::memcmp(full.data(), dense.data(), dense.size() * sizeof(float)), 0) << spec;
+    // 300 tokens = 4 chunks of <= 96 tokens, every one over all earlier keys.
+    EXPECT_EQ(report.sparse_calls + report.dense_calls, 4 * model_->config().n_layer) << spec;
+    EXPECT_DOUBLE_EQ(report.density(), 1.0) << spec;
+  }
+  AttentionReport report;
+  const std::vector<float> narrow = run("streaming:sink=16,local=64", &report);
+  EXPECT_NE(std::memcmp(narrow.data(), dense.data(), dense.size() * sizeof(float)), 0);
+  EXPECT_LT(report.density(), 0.6);
 }
 
 TEST_F(ModelTest, GreedyAnswerIsParis) {

@@ -143,6 +143,16 @@ TEST(AttentionPolicy, MinLenAndDenseLayersRunDense) {
   EXPECT_LT(s.density(), 0.5);
 }
 
+TEST(AttentionPolicy, NearDensePlansRunDense) {
+  PlannerProblem p(2, 1, 64, 128, 1000, 5);
+  AttentionReport near, kept;
+  p.run("streaming:sink=0,local=1000", &near);  // ~0.95 of the keys
+  EXPECT_EQ(near.dense_calls, 1);
+  p.run("streaming:sink=0,local=1000,max_density=1", &kept);
+  EXPECT_EQ(kept.sparse_calls, 1);
+  EXPECT_LT(kept.density(), 1.0);
+}
+
 TEST(AttentionPolicy, LastQueriesOfThePromptAreDense) {
   PlannerProblem p(2, 1, 64, 200, 1000, 9);
   const std::vector<float> dense = p.dense(), sparse = p.run("streaming:local=64,last_q=72");
@@ -185,7 +195,7 @@ TEST(AttentionPolicy, LambdaSkipsTilesAndZeroLambdaIsExact) {
 TEST(AttentionPolicy, FidelityIsExactForDenseKeysAndBelowOneWhenSparse) {
   PlannerProblem p(2, 1, 64, 128, 3000, 17);
   AttentionReport full, sparse;
-  p.run("streaming:sink=0,local=1000000", &full, 0, 1, 16);
+  p.run("streaming:sink=0,local=1000000,max_density=1", &full, 0, 1, 16);
   ASSERT_EQ(full.fidelity.size(), 2u);
   for (const HeadFidelity& f : full.fidelity) {
     EXPECT_EQ(f.rows, 16);

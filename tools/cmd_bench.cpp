@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common.h"
+#include "skim/attention.h"
 #include "skim/context.h"
 #include "skim/model.h"
 #include "skim/paths.h"
@@ -25,7 +26,8 @@ struct BenchOptions {
   std::string gens = "128";
   int repetitions = 3;
   int n_ubatch = 512;
-  std::string attn = "dense";
+  std::vector<std::string> attn = {"dense"};
+  std::string text_file;
   std::string peer = "llama.cpp";
   bool json = false;
 };
@@ -35,6 +37,7 @@ struct BenchRow {
   int threads = 0;
   double tokens_per_s = 0, stddev = 0;
   double peak_rss_mib = 0;
+  AttentionReport attention;  // of the last repetition (skim prefill)
 };
 
 std::vector<int> parse_list(const std::string& s, const char* what) {
@@ -70,11 +73,23 @@ std::vector<int32_t> random_tokens(int n, int n_vocab, uint32_t seed) {
   return t;
 }
 
+// Prompt tokens: the text of a file, repeated to length (sparse methods
+// behave differently on real text), or random ids like llama-bench's.
+std::vector<int32_t> prompt_tokens(const BenchOptions& o, const Model& model, int n, uint32_t seed) {
+  if (o.text_file.empty()) return random_tokens(n, model.config().n_vocab, seed);
+  static std::vector<int32_t> text;
+  if (text.empty()) text = model.tokenizer().encode(read_file(o.text_file), false, false);
+  if (text.empty()) throw std::runtime_error(fmt::format("{}: no tokens", o.text_file));
+  std::vector<int32_t> t;
+  if (model.tokenizer().add_bos()) t.push_back(model.tokenizer().bos());
+  while (static_cast<int>(t.size()) < n) t.insert(t.end(), text.begin(), text.begin() + std::min<size_t>(text.size(), n - t.size()));
+  return t;
+}
+
 std::vector<BenchRow> bench_skim(const BenchOptions& o, const Model& model, int threads, const std::vector<int>& pp,
                                  const std::vector<int>& tg) {
   std::vector<BenchRow> rows;
-  const int n_vocab = model.config().n_vocab;
-  auto measure = [&](const std::string& test, int n, const auto& body) {
+  auto measure = [&](const std::string& test, const std::string& attn, int n, const auto& body) {
     std::vector<double> rates;
     for (int r = -1; r < o.repetitions; ++r) {  // r == -1: warm-up, not counted
       Stopwatch clock;
@@ -82,21 +97,29 @@ std::vector<BenchRow> bench_skim(const BenchOptions& o, const Model& model, int 
       if (r >= 0) rates.push_back(n / (clock.ms() / 1000.0));
     }
     auto [m, sd] = mean_std(rates);
-    rows.push_back({"skim", test, o.attn, threads, m, sd, peak_rss_mib()});
-    fmt::print(stderr, "skim {:>8}: {:9.2f} ± {:.2f} tokens/s\n", test, m, sd);
+    rows.push_back({"skim", test, attn, threads, m, sd, peak_rss_mib(), {}});
+    fmt::print(stderr, "skim {:>8} {:<24}: {:9.2f} ± {:.2f} tokens/s\n", test, attn, m, sd);
   };
   for (int n : pp) {
-    Context ctx(model, {n, o.n_ubatch});
-    const std::vector<int32_t> tokens = random_tokens(n, n_vocab, 1234);
-    measure(fmt::format("pp{}", n), n, [&] {
-      ctx.clear();
-      ctx.decode(tokens);
-    });
+    const std::vector<int32_t> tokens = prompt_tokens(o, model, n, 1234);
+    for (const std::string& attn : o.attn) {
+      ContextParams cp;
+      cp.n_ctx = n;
+      cp.n_ubatch = o.n_ubatch;
+      cp.attention = attn;
+      Context ctx(model, cp);
+      measure(fmt::format("pp{}", n), attn, n, [&] {
+        ctx.clear();
+        ctx.reset_attention_report();
+        ctx.decode(tokens);
+      });
+      rows.back().attention = ctx.attention_report();
+    }
   }
   for (int n : tg) {
     Context ctx(model, {n + 1, o.n_ubatch});
-    const std::vector<int32_t> tokens = random_tokens(n, n_vocab, 4321);
-    measure(fmt::format("tg{}", n), n, [&] {
+    const std::vector<int32_t> tokens = random_tokens(n, model.config().n_vocab, 4321);
+    measure(fmt::format("tg{}", n), "dense", n, [&] {
       ctx.clear();
       for (int32_t t : tokens) ctx.decode(std::span<const int32_t>(&t, 1));
     });
@@ -123,7 +146,7 @@ std::vector<BenchRow> bench_llama_cpp(const BenchOptions& o, const std::string& 
   for (const auto& r : nlohmann::json::parse(out)) {
     const int n_prompt = r.at("n_prompt").get<int>(), n_gen = r.at("n_gen").get<int>();
     const std::string test = n_prompt > 0 ? fmt::format("pp{}", n_prompt) : fmt::format("tg{}", n_gen);
-    rows.push_back({"llama.cpp", test, "dense", threads, r.at("avg_ts").get<double>(), r.at("stddev_ts").get<double>(), 0});
+    rows.push_back({"llama.cpp", test, "dense", threads, r.at("avg_ts").get<double>(), r.at("stddev_ts").get<double>(), 0, {}});
     fmt::print(stderr, "llama.cpp {:>8}: {:9.2f} ± {:.2f} tokens/s\n", test, rows.back().tokens_per_s, rows.back().stddev);
   }
   return rows;
@@ -132,11 +155,15 @@ std::vector<BenchRow> bench_llama_cpp(const BenchOptions& o, const std::string& 
 void bench(const BenchOptions& o) {
   const std::string path = resolve_model(o.model);
   const int threads = apply_threads(o.model.threads);
-  if (o.attn != "dense") throw std::runtime_error(fmt::format("--attn '{}': unknown method (available: dense)", o.attn));
+  BenchOptions opts = o;
+  // Dense is always measured first: the baseline of every "vs dense" ratio.
+  std::erase(opts.attn, std::string("dense"));
+  opts.attn.insert(opts.attn.begin(), "dense");
+  for (const std::string& a : opts.attn) validate_attention_spec(a);
   if (o.peer != "llama.cpp" && o.peer != "none") throw std::runtime_error("--peer must be llama.cpp or none");
   const std::vector<int> pp = parse_list(o.prompts, "-p"), tg = parse_list(o.gens, "-n");
   std::unique_ptr<Model> model = Model::load(path);
-  std::vector<BenchRow> rows = bench_skim(o, *model, threads, pp, tg);
+  std::vector<BenchRow> rows = bench_skim(opts, *model, threads, pp, tg);
   if (o.peer == "llama.cpp") {
     std::vector<BenchRow> peer = bench_llama_cpp(o, path, threads);
     rows.insert(rows.end(), peer.begin(), peer.end());
@@ -147,25 +174,38 @@ void bench(const BenchOptions& o) {
     for (const BenchRow& r : rows) {
       nlohmann::json j = {{"engine", r.engine}, {"test", r.test},   {"attn", r.attn},        {"threads", r.threads},
                           {"model", model->config().name}, {"tokens_per_s", r.tokens_per_s}, {"stddev", r.stddev}};
-      if (r.engine == "skim") j["peak_rss_mib"] = r.peak_rss_mib;
+      if (r.engine == "skim") {
+        j["peak_rss_mib"] = r.peak_rss_mib;
+        const AttentionReport& a = r.attention;
+        if (a.sparse_calls + a.dense_calls > 0) {
+          j["density"] = a.density();
+          j["plan_ms"] = a.plan_ms;
+          j["attention_kernel_ms"] = a.kernel_ms;
+        }
+      }
       out.push_back(j);
     }
     fmt::print("{}\n", out.dump(2));
     return;
   }
-  auto peer_rate = [&](const std::string& test) {
+  auto rate_of = [&](const std::string& engine, const std::string& attn, const std::string& test) {
     for (const BenchRow& r : rows)
-      if (r.engine == "llama.cpp" && r.test == test) return r.tokens_per_s;
+      if (r.engine == engine && r.attn == attn && r.test == test) return r.tokens_per_s;
     return 0.0;
   };
-  fmt::print("| model | engine | attn | threads | test | t/s | vs llama.cpp | peak RSS MiB |\n");
-  fmt::print("|---|---|---|---:|---|---:|---:|---:|\n");
+  auto ratio = [](double a, double b) { return b > 0 ? fmt::format("{:.2f}x", a / b) : std::string(); };
+  fmt::print("| model | engine | attn | threads | test | t/s | vs dense | vs llama.cpp | density | plan ms | attn ms | peak RSS MiB |\n");
+  fmt::print("|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|\n");
   for (const BenchRow& r : rows) {
-    const double peer = peer_rate(r.test);
-    const std::string ratio = r.engine == "skim" && peer > 0 ? fmt::format("{:.2f}x", r.tokens_per_s / peer) : "";
-    const std::string rss = r.engine == "skim" ? fmt::format("{:.0f}", r.peak_rss_mib) : "";
-    fmt::print("| {} | {} | {} | {} | {} | {:.2f} ± {:.2f} | {} | {} |\n", model->config().name, r.engine, r.attn, r.threads,
-               r.test, r.tokens_per_s, r.stddev, ratio, rss);
+    const bool skim = r.engine == "skim";
+    const AttentionReport& a = r.attention;
+    const bool prefill = skim && a.sparse_calls + a.dense_calls > 0;
+    fmt::print("| {} | {} | {} | {} | {} | {:.2f} ± {:.2f} | {} | {} | {} | {} | {} | {} |\n", model->config().name,
+               r.engine, r.attn, r.threads, r.test, r.tokens_per_s, r.stddev,
+               skim && r.attn != "dense" ? ratio(r.tokens_per_s, rate_of("skim", "dense", r.test)) : "",
+               skim ? ratio(r.tokens_per_s, rate_of("llama.cpp", "dense", r.test)) : "",
+               prefill ? fmt::format("{:.3f}", a.density()) : "", prefill ? fmt::format("{:.0f}", a.plan_ms) : "",
+               prefill ? fmt::format("{:.0f}", a.kernel_ms) : "", skim ? fmt::format("{:.0f}", r.peak_rss_mib) : "");
   }
 }
 
@@ -179,7 +219,11 @@ void register_bench(CLI::App& app) {
   cmd->add_option("-n,--n-gen", o->gens, "generation lengths, comma-separated (0: none)");
   cmd->add_option("-r,--repetitions", o->repetitions, "measured repetitions per test")->check(CLI::PositiveNumber);
   cmd->add_option("--ubatch-size", o->n_ubatch, "prefill micro-batch size")->check(CLI::PositiveNumber);
-  cmd->add_option("--attn", o->attn, "attention method (dense)");
+  cmd->add_option("--attn", o->attn,
+                  "attention method NAME[:key=value,...]; repeat for several (dense is always measured)")
+      ->take_all();
+  cmd->add_option("-f,--file", o->text_file, "prompt text for pp tests, repeated to length (default: random tokens)")
+      ->check(CLI::ExistingFile);
   cmd->add_option("--peer", o->peer, "llama.cpp (run llama-bench on the same model) or none");
   cmd->add_flag("--json", o->json, "print one JSON array instead of the table");
   cmd->callback([o] { bench(*o); });

@@ -43,6 +43,7 @@ AttentionMethod::AttentionMethod(const std::string& spec, int32_t n_layers) {
   dense_first_ = static_cast<int32_t>(params.integer("dense_first", 0, 1 << 16));
   dense_last_ = static_cast<int32_t>(params.integer("dense_last", 0, 1 << 16));
   last_q_ = params.integer("last_q", 0, int64_t{1} << 30);
+  max_density_ = params.number("max_density", 0.0, 1.0);
   lambda_ = static_cast<float>(params.number("lambda", 0.0, 1.0));
   lambda_per_length_ = params.integer("lambda_per_len", 0, 1) != 0;
   const std::string gqa = params.text("gqa");
@@ -85,6 +86,11 @@ std::optional<Plan> AttentionMethod::make_plan(const PlanRequest& request, Atten
   std::optional<Plan> plan = planner_->plan(r);
   if (plan && last_q_ > 0 && request.final_chunk && request.n_rows > 0)
     plan = densify_rows_from(*plan, std::max<int64_t>(0, request.n_rows - last_q_));
+  // Near-dense plans run as dense: the kernel's sparse path costs about
+  // 1.0-1.3x density x dense time (bench/attention_bench), so above this
+  // density it saves nothing and dense is exact.
+  if (plan && static_cast<double>(plan->listed_pairs()) > max_density_ * dense_pairs(request) * request.n_q_heads)
+    plan.reset();
   if (!plans_layer_.empty()) {
     reusable_ = plan;
     reusable_pos0_ = request.q_pos0;

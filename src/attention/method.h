@@ -4,6 +4,7 @@
 //                which planning costs more than it saves)
 //   dense_first / dense_last   layers kept dense at both ends of the stack
 //   last_q       the prompt's last query rows stay dense (they feed generation)
+//   max_density  a plan denser than this runs as dense instead (no gain left)
 //   lambda       BLASST tile skip inside the kernel, on whatever plan runs
 //   reuse        IndexCache-style: only the listed layers plan; every other
 //                layer reuses the plan of the nearest planning layer before it
@@ -44,6 +45,7 @@ class AttentionMethod {
   int64_t min_len_ = 0;
   int32_t dense_first_ = 0, dense_last_ = 0;
   int64_t last_q_ = 0;
+  double max_density_ = 1.0;
   float lambda_ = 0.0f;
   bool lambda_per_length_ = false;  // lambda given at 4096 keys, scaled by 4096 / n_keys
   bool group_union_ = true;

@@ -111,6 +111,7 @@ const std::vector<AttentionParamInfo>& attention_policy_params() {
       {"dense_first", "0", "keep this many first layers dense"},
       {"dense_last", "0", "keep this many last layers dense"},
       {"last_q", "64", "the prompt's last query rows attend densely (they feed generation)"},
+      {"max_density", "0.85", "a plan denser than this runs as dense (the sparse path would save nothing)"},
       {"lambda", "0", "BLASST: skip a key tile whose weights are all below lambda x the running max (0: off)"},
       {"lambda_per_len", "0", "1: lambda is given at 4096 keys and scaled by 4096/keys (BLASST's 1/L law)"},
       {"reuse", "", "IndexCache: layers that plan, '/'-separated (e.g. 0/4/8/12); the others reuse the "
