@@ -11,6 +11,7 @@
 #include <sstream>
 
 #include "eval/corpus.h"
+#include "eval/fidelity.h"
 #include "eval/logit_compare.h"
 #include "eval/metrics.h"
 #include "eval/report.h"
@@ -304,6 +305,47 @@ TEST(EvalResults, RoundTripAndResumeGuard) {
   other.seed = 7;
   EXPECT_THROW(ResultStore(dir, other), std::runtime_error);
   std::filesystem::remove_all(dir);
+}
+
+TEST(EvalFidelity, PoolsReportsPerMethodAndLength) {
+  auto head = [](std::vector<float> recalls, double err, double ref) {
+    HeadFidelity h;
+    h.rows = static_cast<int64_t>(recalls.size());
+    for (float r : recalls) {
+      h.recall_sum += r;
+      h.recall_min = std::min<double>(h.recall_min, r);
+    }
+    h.recalls = std::move(recalls);
+    h.err_sq_sum = err;
+    h.ref_sq_sum = ref;
+    return h;
+  };
+  AttentionReport a, b, none;
+  a.fidelity = {head({1.0f, 0.5f}, 1, 100), head({0.9f}, 0, 1)};  // 1 layer x 2 heads
+  b.fidelity = {head({0.75f}, 3, 300), head({0.7f}, 0, 1)};
+  FidelityLog log(1, 2);
+  EXPECT_TRUE(log.empty());
+  log.add("m", 1024, none);  // no fidelity rows: nothing to record
+  EXPECT_TRUE(log.empty());
+  log.add("m", 1024, a);
+  log.add("m", 1024, b);
+  log.add("m", 2048, a);
+  EXPECT_THROW(log.add("m", 1024, AttentionReport{.fidelity = {head({1.0f}, 0, 1)}}), std::logic_error);
+
+  const nlohmann::json j = log.to_json();
+  ASSERT_EQ(j["runs"].size(), 2u);
+  const nlohmann::json& run = j["runs"][0];
+  EXPECT_EQ(run["length"], 1024);
+  EXPECT_EQ(run["rows"], 5);
+  EXPECT_NEAR(run["recall_mean"].get<double>(), (1.0 + 0.5 + 0.9 + 0.75 + 0.7) / 5, 1e-6);
+  EXPECT_NEAR(run["recall_min"].get<double>(), 0.5, 1e-6);
+  const nlohmann::json& h0 = run["heads"][0];
+  EXPECT_EQ(h0["layer"], 0);
+  EXPECT_EQ(h0["head"], 0);
+  EXPECT_EQ(h0["rows"], 3);
+  EXPECT_NEAR(h0["recall_mean"].get<double>(), 0.75, 1e-6);
+  EXPECT_NEAR(h0["rel_l2"].get<double>(), 0.1, 1e-9);  // sqrt(4 / 400)
+  EXPECT_EQ(run["heads"][1]["head"], 1);
 }
 
 // ------------------------------------------------------ real model (CI smoke)

@@ -6,7 +6,9 @@
 #include <fmt/format.h>
 
 namespace skim::eval {
+namespace {
 
+// Sums b into a: rows, recall sums and samples, squared errors.
 void merge(HeadFidelity& a, const HeadFidelity& b) {
   a.rows += b.rows;
   a.recall_sum += b.recall_sum;
@@ -15,6 +17,8 @@ void merge(HeadFidelity& a, const HeadFidelity& b) {
   a.err_sq_sum += b.err_sq_sum;
   a.ref_sq_sum += b.ref_sq_sum;
 }
+
+}  // namespace
 
 void FidelityLog::add(const std::string& method, int length, const AttentionReport& report) {
   if (report.fidelity.empty()) return;

@@ -31,7 +31,4 @@ class FidelityLog {
   std::map<std::pair<std::string, int>, std::vector<HeadFidelity>> heads_;
 };
 
-// Sums b into a (rows, recall sums and samples, squared errors).
-void merge(HeadFidelity& a, const HeadFidelity& b);
-
 }  // namespace skim::eval

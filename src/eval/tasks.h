@@ -33,7 +33,6 @@ class PromptFormat {
   PromptFormat(const Tokenizer& tok, bool chat) : tok_(tok), chat_(chat) {}
   std::string render(const std::string& instruction, const std::string& answer_prefix) const;
   std::vector<int32_t> encode(const std::string& instruction, const std::string& answer_prefix) const;
-  bool chat() const { return chat_; }
 
  private:
   const Tokenizer& tok_;
