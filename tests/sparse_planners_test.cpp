@@ -130,7 +130,8 @@ TEST(Estimate, PooledMatchesDoubleReference) {
 TEST(Estimate, AntidiagMatchesDoubleReference) {
   for (auto [hq, hkv, d, n, pos0, stride, block] :
        {std::tuple{4, 2, 64, 45, 37, 4, 16}, std::tuple{3, 1, 32, 64, 0, 8, 64}, std::tuple{2, 2, 64, 300, 130, 8, 64},
-        std::tuple{2, 1, 16, 17, 5, 2, 8}}) {
+        std::tuple{2, 1, 16, 17, 5, 2, 8}, std::tuple{1, 1, 16, 700, 0, 8, 64},
+        std::tuple{2, 1, 16, 600, 2100, 8, 64}}) {  // several GEMM panels
     PlannerProblem p(hq, hkv, d, n, pos0, 9);
     const attention::PlanRequest r = p.request();
     KeysF32 keys;
@@ -199,12 +200,17 @@ TEST(Estimate, TopKAndCoverage) {
   }
 }
 
-const char* const kSparseSpecs[] = {
-    "minference:v=64,s=128",          "minference:v=64,s=128,gqa=head",
-    "block_sparse:topk=4",            "block_sparse:topk=2,gqa=head",
-    "flexprefill:min_budget=128",     "flexprefill:min_budget=64,block=64,tau=1,gqa=head",
-    "flexprefill:min_budget=128,tau=0", "xattention",
-    "xattention:block=128,stride=16,tau=0.5,gqa=head"};
+const char* const kSparseSpecs[] = {"minference:v=64,s=128",
+                                    "minference:v=64,s=128,gqa=head",
+                                    "minference",
+                                    "block_sparse:topk=4",
+                                    "block_sparse:topk=2,gqa=head",
+                                    "flexprefill:min_budget=128",
+                                    "flexprefill:min_budget=64,block=64,tau=1,gqa=head",
+                                    "flexprefill:min_budget=128,tau=0",
+                                    "flexprefill:min_budget=128,tau=0,budget=cover",
+                                    "xattention",
+                                    "xattention:block=128,stride=16,tau=0.5,gqa=head"};
 
 double plan_density(const attention::Plan& plan, const PlannerProblem& p) {
   const double dense = static_cast<double>(p.hq) * (p.n_rows * p.q_pos0 + p.n_rows * (p.n_rows + 1) / 2);
@@ -248,6 +254,7 @@ TEST(SparsePlanners, FullBudgetIsDenseBitForBit) {
          {std::pair{"minference:v=1000000,s=1000000", 0}, std::pair{"minference:v=0,s=1000000", 0},
           std::pair{"block_sparse:topk=1000000", 0}, std::pair{"flexprefill:gamma=1,tau=0,min_budget=0", 257},
           std::pair{"flexprefill:gamma=1,tau=1,min_budget=0", 257},
+          std::pair{"flexprefill:gamma=1,tau=0,min_budget=0,budget=cover", 257},
           std::pair{"flexprefill:gamma=1,tau=0.2,min_budget=0,block=256", 513}, std::pair{"xattention:tau=1", 0},
           std::pair{"xattention:tau=1,block=128,stride=16", 0}}) {
       AttentionReport report;
@@ -325,7 +332,10 @@ TEST(SparsePlanners, EstimatesFindHeavyColumns) {
     add_heavy_keys(p, 300, 1900, 100, 1.0f);
     expect_found(p, "heavy runs", "minference:v=600,s=100", 0.15);
     expect_found(p, "heavy runs", "block_sparse", 0.25);
-    expect_found(p, "heavy runs", "flexprefill", 0.3);
+    // The reference budget keeps count / 128 + 1 = 4 blocks here (the runs
+    // span 6); the paper's min_budget=1024 or budget=cover keep them all.
+    expect_found(p, "heavy runs", "flexprefill:min_budget=1024", 0.3);
+    expect_found(p, "heavy runs", "flexprefill:budget=cover", 0.3);
     expect_found(p, "heavy runs", "xattention", 0.25);
     EXPECT_LT(measure(p, "streaming:sink=64,local=1024").mean, 0.5);
   }
@@ -335,9 +345,12 @@ TEST(SparsePlanners, EstimatesFindHeavyColumns) {
     add_heavy_keys(p, 194, 389, 1, 8.0f);
     expect_found(p, "scattered keys", "minference:v=100,s=100", 0.1);
     expect_found(p, "scattered keys", "block_sparse:topk=24", 0.3);
-    // Vertical mass also lands on diagonals, so scattered columns spread the
-    // slash distribution and its gamma coverage asks for most offset blocks.
-    expect_found(p, "scattered keys", "flexprefill", 0.9);
+    // FlexPrefill's reference budget (count / block + 1 blocks) assumes the
+    // covering columns are contiguous, so it misses scattered ones; budget=cover
+    // finds them. Vertical mass also lands on diagonals, so scattered columns
+    // spread the slash distribution and its coverage asks for most offset blocks.
+    EXPECT_LT(measure(p, "flexprefill").mean, 0.9);
+    expect_found(p, "scattered keys", "flexprefill:budget=cover", 0.9);
     expect_found(p, "scattered keys", "xattention", 0.35);
   }
 }
@@ -388,7 +401,7 @@ TEST(SparsePlanners, BadParametersAreRejected) {
         "minference:config=" + twice, std::string("block_sparse:topk=-1"), std::string("block_sparse:topk=many"),
         std::string("flexprefill:gamma=0"), std::string("flexprefill:gamma=1.5"), std::string("flexprefill:tau=-0.1"),
         std::string("flexprefill:block=100"), std::string("flexprefill:block=32"),
-        std::string("flexprefill:min_budget=1024,max_budget=512"), std::string("xattention:stride=3"),
+        std::string("flexprefill:min_budget=1024,max_budget=512"), std::string("flexprefill:budget=all"), std::string("xattention:stride=3"),
         std::string("xattention:stride=128"), std::string("xattention:block=96"), std::string("xattention:tau=2"),
         std::string("xattention:tau=nan")}) {
     EXPECT_THROW(validate_attention_spec(spec), std::invalid_argument) << spec;

@@ -298,9 +298,13 @@ void estimate_antidiag(const PlanRequest& r, const KeysF32& keys, int64_t stride
   const int64_t n_kg = keys.rows() / stride, per_block = block / stride;
   shape_scores(r, block, (n + block - 1) / block, out);
   std::fill(out.s.begin(), out.s.end(), 0.0f);
-  // Panels of query groups share one GEMM; a panel is whole query blocks, so
-  // panels write disjoint rows of `out`.
-  const int64_t panel_rows = std::max<int64_t>(block, 256 / block * block);
+  // Panels of query groups share one GEMM (and one packing of the keys); a
+  // panel is whole query blocks, so panels write disjoint rows of `out`. A
+  // panel's GEMM runs to its last row's keys: panels of P rows after q_pos0
+  // earlier keys waste about P / (2 (q_pos0 + P)) of it above the diagonal, so
+  // they grow with q_pos0 (at most ~10% waste), from 256 to 1024 rows.
+  const int64_t panel_rows =
+      std::max<int64_t>(block, std::clamp<int64_t>(r.q_pos0 / 4, 256, 1024) / block * block);
   const int64_t n_panels = (r.n_rows + panel_rows - 1) / panel_rows;
   const float alpha = r.scale / static_cast<float>(stride);
 #pragma omp parallel for collapse(2) schedule(dynamic, 1) \

@@ -4,12 +4,14 @@
 //  1. The chunk's last B queries against all keys (E1) give the token-level
 //     vertical (column) and slash (diagonal) distributions, each averaged over
 //     the rows so it sums to 1.
-//  2. Budgets: the fewest top columns (top offsets) covering gamma of the
-//     mass; the blocks holding them are kept, their number clamped to
-//     [min_budget, max_budget] by block mass. (The reference takes the top
-//     count / 128 + 1 blocks by pooled mass, which assumes the covering tokens
-//     are contiguous: with scattered heavy columns it keeps too few blocks.
-//     Counting the blocks that hold them is the same for contiguous tokens.)
+//  2. Budgets: count = the fewest top columns (top offsets) covering gamma of
+//     the mass; keep count / B + 1 blocks (the reference divides by a literal
+//     128), clamped to [min_budget, max_budget]. That assumes the covering
+//     tokens are contiguous: with scattered heavy columns it keeps too few
+//     blocks. budget=cover keeps the blocks that hold them instead (the same
+//     for contiguous tokens). On SmolLM2-135M at 7.7K tokens, gamma 0.9:
+//     count: density 0.35, recall mean 0.941, 1st percentile 0.65;
+//     cover: density 0.68, recall mean 0.994, 1st percentile 0.91.
 //  3. Pattern test: est = softmax(scale * mean(last queries) . mean-pooled K
 //     per key block) against the true block distribution of the last queries
 //     (the vertical mass pooled per key block); sqrt(JS divergence) < tau
@@ -47,8 +49,8 @@ double js_distance(const double* p, const double* q, int64_t n) {
 
 class FlexPrefillPlanner : public Planner {
  public:
-  FlexPrefillPlanner(double gamma, double tau, int64_t block, int64_t min_budget, int64_t max_budget)
-      : gamma_(gamma), tau_(tau), block_(block), min_budget_(min_budget), max_budget_(max_budget) {}
+  FlexPrefillPlanner(double gamma, double tau, int64_t block, int64_t min_budget, int64_t max_budget, bool cover)
+      : gamma_(gamma), tau_(tau), block_(block), min_budget_(min_budget), max_budget_(max_budget), cover_(cover) {}
 
   std::optional<Plan> plan(const PlanRequest& r) override {
     const int64_t B = block_, n = r.n_keys();
@@ -159,15 +161,20 @@ class FlexPrefillPlanner : public Planner {
 
  private:
   // The key blocks (or offset blocks) a head keeps from token-level scores
-  // tok[0, n) and their per-block sums mass[0, n_kb): the blocks holding the
-  // fewest top tokens that cover gamma of the mass, block 0 always, their
-  // number clamped to [min_blocks, max_blocks] by block mass. A query-aware
-  // head keeps the min_blocks of largest mass.
+  // tok[0, n) and their per-block sums mass[0, n_kb), block 0 always. With
+  // count = the fewest top tokens covering gamma of the mass:
+  //   budget=count  the count / B + 1 blocks of largest mass (the reference);
+  //   budget=cover  the blocks holding those tokens.
+  // Either number is clamped to [min_blocks, max_blocks] (by block mass). A
+  // query-aware head keeps the min_blocks of largest mass.
   void covering_blocks(const float* tok, int64_t n, std::vector<float>& mass, bool aware, std::vector<float>& tmp,
                        std::vector<int32_t>& picked, std::vector<int32_t>& out) const {
     const int64_t n_kb = static_cast<int64_t>(mass.size());
     int64_t keep = min_blocks_;
-    if (!aware) {
+    if (!aware && !cover_) {
+      const int64_t count = coverage_count(tok, n, gamma_, tmp);
+      keep = std::clamp(count / block_ + 1, min_blocks_, max_blocks_);
+    } else if (!aware) {
       // Marked blocks rank above the others (masses are <= 1); within each tier by mass.
       const int64_t count = coverage_count(tok, n, gamma_, tmp);
       top_k(tok, n, count, picked);
@@ -187,6 +194,7 @@ class FlexPrefillPlanner : public Planner {
 
   double gamma_, tau_;
   int64_t block_, min_budget_, max_budget_;
+  bool cover_;
   int64_t min_blocks_ = 0, max_blocks_ = 0;
   KeysF32 keys_;
   LastQEstimate est_;
@@ -205,7 +213,10 @@ MethodDef flexprefill_method() {
        {"tau", "0.1", "JS-distance threshold: below it a head is query-aware"},
        {"block", "128", "block size in keys / query rows (a multiple of 64)"},
        {"min_budget", "512", "minimum vertical and slash budget, in keys"},
-       {"max_budget", "0", "maximum vertical and slash budget, in keys (0: none)"}}};
+       {"max_budget", "0", "maximum vertical and slash budget, in keys (0: none)"},
+       {"budget", "count",
+        "count: the covering token count / block + 1 blocks (reference); cover: the blocks holding those tokens "
+        "(denser, robust to scattered columns)"}}};
   return {info, [](const MethodParams& p) -> std::unique_ptr<Planner> {
             const double gamma = p.number("gamma", 0.0, 1.0), tau = p.number("tau", 0.0, 1.0);
             const int64_t block = p.integer("block", KeySelection::kBlock, 4096);
@@ -218,7 +229,10 @@ MethodDef flexprefill_method() {
               throw std::invalid_argument(fmt::format("flexprefill: max_budget={} is below min_budget={}", max_budget,
                                                       min_budget));
             if (gamma <= 0.0) throw std::invalid_argument("flexprefill: gamma must be > 0");
-            return std::make_unique<FlexPrefillPlanner>(gamma, tau, block, min_budget, max_budget);
+            const std::string budget = p.text("budget");
+            if (budget != "count" && budget != "cover")
+              throw std::invalid_argument(fmt::format("flexprefill: budget={} (use count or cover)", budget));
+            return std::make_unique<FlexPrefillPlanner>(gamma, tau, block, min_budget, max_budget, budget == "cover");
           }};
 }
 

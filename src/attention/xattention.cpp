@@ -84,7 +84,7 @@ MethodDef xattention_method() {
   AttentionMethodInfo info{"xattention",
                            "XAttention: strided antidiagonal block estimate, per-row cumulative threshold tau "
                            "+ sink block + diagonal",
-                           {{"stride", "8", "antidiagonal stride S (a power of two dividing block)"},
+                           {{"stride", "8", "antidiagonal stride S (a divisor of block; estimate cost 1/(2S) of dense)"},
                             {"block", "64", "block size in keys / query rows (a multiple of 64)"},
                             {"tau", "0.9", "estimated attention mass each query block's kept key blocks must reach"}}};
   return {info, [](const MethodParams& p) -> std::unique_ptr<Planner> {
