@@ -86,6 +86,10 @@ MethodDef streaming_method();
 MethodDef trishape_method();
 MethodDef power_method();
 MethodDef blasst_method();
+MethodDef minference_method();    // vertical_slash.cpp
+MethodDef block_sparse_method();  // block_topk.cpp
+MethodDef flexprefill_method();
+MethodDef xattention_method();
 
 // The registry in listing order (dense is not a planner and is not listed here).
 const std::vector<MethodDef>& sparse_methods();
