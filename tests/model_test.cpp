@@ -114,11 +114,16 @@ TEST_F(ModelTest, SparseMethodsAtFullBudgetAreDenseInChunkedPrefill) {
       {"trishape", "sink=0,local=100000"},
       {"power", "local=100000"},
       {"blasst", "lambda=0"},
+      {"minference", "v=1000000,s=1000000"},
+      {"block_sparse", "topk=1000000"},
+      {"flexprefill", "gamma=1,tau=0,min_budget=0"},
+      {"xattention", "tau=1"},
   };
   for (const AttentionMethodInfo& m : attention_methods()) {
     if (m.name == "dense") continue;
     ASSERT_TRUE(full_budget.count(m.name)) << "no full-budget spec for method " << m.name;
-    const std::string spec = m.name + ":last_q=0," + full_budget.at(m.name);
+    // max_density=1: the full plan itself runs, not the policy's dense fallback.
+    const std::string spec = m.name + ":last_q=0,max_density=1," + full_budget.at(m.name);
     AttentionReport report;
     const std::vector<float> full = run(spec, &report);
     EXPECT_EQ(std::memcmp(full.data(), dense.data(), dense.size() * sizeof(float)), 0) << spec;

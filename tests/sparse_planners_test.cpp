@@ -257,8 +257,10 @@ TEST(SparsePlanners, FullBudgetIsDenseBitForBit) {
           std::pair{"flexprefill:gamma=1,tau=0,min_budget=0,budget=cover", 257},
           std::pair{"flexprefill:gamma=1,tau=0.2,min_budget=0,block=256", 513}, std::pair{"xattention:tau=1", 0},
           std::pair{"xattention:tau=1,block=128,stride=16", 0}}) {
+      // max_density=1: run the full plan itself, not the policy's dense fallback.
+      const std::string full = std::string(spec) + ",max_density=1";
       AttentionReport report;
-      EXPECT_TRUE(bitwise_equal(p.run(spec, &report), dense)) << spec << " n=" << n << " pos0=" << pos0;
+      EXPECT_TRUE(bitwise_equal(p.run(full, &report), dense)) << spec << " n=" << n << " pos0=" << pos0;
       EXPECT_DOUBLE_EQ(report.density(), 1.0) << spec << " n=" << n << " pos0=" << pos0;
       // The planner planned (flexprefill runs short chunks dense by design).
       if (p.n_keys() >= min_keys) EXPECT_EQ(report.sparse_calls, 1) << spec << " n=" << n << " pos0=" << pos0;
@@ -295,10 +297,10 @@ struct Recall {
 };
 
 // Recall exp(LSE_sparse - LSE_dense) on 32 sampled rows per chunk (all rows
-// planned: last_q=0).
+// planned, and every plan run as planned: last_q=0, max_density=1).
 Recall measure(const PlannerProblem& p, const std::string& spec) {
   AttentionReport report;
-  p.run(spec + (spec.find(':') == std::string::npos ? ":" : ",") + "last_q=0", &report, 0, 1, 32);
+  p.run(spec + (spec.find(':') == std::string::npos ? ":" : ",") + "last_q=0,max_density=1", &report, 0, 1, 32);
   Recall r;
   r.density = report.density();
   for (const HeadFidelity& f : report.fidelity) {
