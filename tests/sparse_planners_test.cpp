@@ -6,9 +6,8 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cmath>
-#include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <limits>
@@ -79,6 +78,47 @@ TEST(Estimate, LastQMatchesDoubleReference) {
       }
     }
   }
+}
+
+TEST(Estimate, KeysOfEveryCacheType) {
+  PlannerProblem p(2, 2, 32, 40, 30, 13);
+  const int64_t n = p.n_keys(), d = p.d, row_stride = d + 16, head_stride = (n + 5) * row_stride;
+  // The same keys as f32, f16 and bf16 in a padded layout (row and head strides
+  // larger than the data).
+  std::vector<float> f32(static_cast<size_t>(p.hkv * head_stride), 0.0f);
+  std::vector<uint16_t> bf16(f32.size(), 0), f16(f32.size(), 0);
+  for (int32_t h = 0; h < p.hkv; ++h)
+    for (int64_t j = 0; j < n; ++j)
+      for (int32_t c = 0; c < d; ++c) {
+        const float x = kernels::f16_to_f32(p.k[(h * n + j) * d + c]);
+        f32[h * head_stride + j * row_stride + c] = x;
+        f16[h * head_stride + j * row_stride + c] = p.k[(h * n + j) * d + c];
+        uint32_t bits;
+        std::memcpy(&bits, &x, sizeof(bits));
+        bf16[h * head_stride + j * row_stride + c] = static_cast<uint16_t>(bits >> 16);
+      }
+  attention::PlanRequest r = p.request();
+  KeysF32 want, got;
+  want.load(r, 4);
+  r.kv = {f32.data(), f32.data(), kernels::KvDType::F32, head_stride, row_stride, n};
+  got.load(r, 4);
+  ASSERT_EQ(got.rows(), 72);
+  for (int32_t h = 0; h < p.hkv; ++h)
+    for (int64_t i = 0; i < got.rows() * d; ++i) ASSERT_EQ(got.head(h)[i], want.head(h)[i]) << h << " " << i;
+  r.kv = {f16.data(), f16.data(), kernels::KvDType::F16, head_stride, row_stride, n};
+  got.load(r, 4);
+  for (int32_t h = 0; h < p.hkv; ++h)
+    for (int64_t i = 0; i < got.rows() * d; ++i) ASSERT_EQ(got.head(h)[i], want.head(h)[i]) << h << " " << i;
+  r.kv = {bf16.data(), bf16.data(), kernels::KvDType::BF16, head_stride, row_stride, n};
+  got.load(r);
+  for (int32_t h = 0; h < p.hkv; ++h)
+    for (int64_t j = 0; j < n; ++j)
+      for (int32_t c = 0; c < d; ++c) {
+        const uint32_t bits = static_cast<uint32_t>(bf16[h * head_stride + j * row_stride + c]) << 16;
+        float x;
+        std::memcpy(&x, &bits, sizeof(x));
+        ASSERT_EQ(got.head(h)[j * d + c], x);
+      }
 }
 
 TEST(Estimate, PooledMatchesDoubleReference) {
