@@ -86,6 +86,7 @@ MethodDef streaming_method();
 MethodDef trishape_method();
 MethodDef power_method();
 MethodDef blasst_method();
+MethodDef sale_method();
 
 // The registry in listing order (dense is not a planner and is not listed here).
 const std::vector<MethodDef>& sparse_methods();

@@ -97,7 +97,7 @@ void MethodParams::reject_unread() const {
 
 const std::vector<MethodDef>& sparse_methods() {
   static const std::vector<MethodDef> methods = {streaming_method(), trishape_method(), power_method(),
-                                                 blasst_method()};
+                                                 blasst_method(), sale_method()};
   return methods;
 }
 
