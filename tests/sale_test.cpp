@@ -29,7 +29,7 @@ TEST(Sale, PlansAreValidOnManyShapes) {
         std::tuple{14, 2, 64, 77, 999}, std::tuple{2, 1, 128, 1, 700}, std::tuple{3, 1, 64, 640, 3}}) {
     PlannerProblem p(hq, hkv, d, n, pos0, 21, 2.0f);
     for (const char* spec : {"sale", "sale:gqa=head", "sale:block=32,local=100,sink=10", "sale:theta=0.1,sink=0",
-                             "sale:theta=1e-6,block=32,gqa=head"}) {
+                             "sale:theta=1e-6,block=32,gqa=head", "sale:est_rows=64", "sale:est_rows=1,theta=0.01"}) {
       const std::optional<attention::Plan> plan = p.plan(spec);  // validated
       ASSERT_TRUE(plan) << spec;
       EXPECT_GT(plan->listed_pairs(), 0) << spec;
@@ -126,7 +126,8 @@ TEST(Sale, Int8EstimateMatchesFloatWithinQuantizationError) {
       for (int64_t i = 0; i < p.n_rows; i += 7) {
         const float* q = r.q_row(h, i);
         for (auto [k0, k1] : {std::pair<int64_t, int64_t>{0, 64}, {3, 29}, {64, 128}, {250, 251}, {501, 570}}) {
-          const float est = attention::sale::block_score(rows, h, i, i + 1, keys, 0, k0, k1, r.scale, nullptr);
+          const int32_t row = static_cast<int32_t>(i);
+          const float est = attention::sale::block_score(rows, h, {&row, 1}, keys, 0, k0, k1, r.scale, nullptr);
           double exact_max = -1e30, dequant_max = -1e30, bound = 0;
           double q_abs = 0;
           for (int32_t c = 0; c < d; ++c) q_abs += std::fabs(q[c]);
@@ -189,7 +190,8 @@ TEST(Sale, PerHeadThetasFromAConfigFile) {
 
 TEST(Sale, BadParametersAndConfigsAreClearErrors) {
   for (const char* bad : {"sale:block=48", "sale:block=128", "sale:theta=2", "sale:theta=-1", "sale:local=0",
-                          "sale:sink=-5", "sale:config=/nonexistent/skim.json", "sale:alpha=1"})
+                          "sale:sink=-5", "sale:config=/nonexistent/skim.json", "sale:alpha=1", "sale:est_rows=0",
+                          "sale:est_rows=65"})
     EXPECT_THROW(validate_attention_spec(bad), std::invalid_argument) << bad;
   const std::filesystem::path path = std::filesystem::temp_directory_path() / "skim_sale_bad_config.json";
   for (const char* text : {"{not json", R"({"minference": {}})", R"({"sale": {"heads": [{"layer": 0}]}})",

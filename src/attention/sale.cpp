@@ -10,6 +10,7 @@
 #include <cstring>
 #include <fstream>
 #include <map>
+#include <span>
 #include <stdexcept>
 
 #include <fmt/format.h>
@@ -24,7 +25,11 @@ namespace {
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 constexpr int kKeyBias = 64;   // K int8 in [-63, 63] stored as uint8 k + 64
 constexpr float kKeyMax = 63.0f;
-constexpr float kRowMax = 127.0f;
+constexpr float kRowMax = 31.0f;  // Q int8 in [-31, 31]
+// pmaddubsw sums two products of at most 127 * 31: four of them fit in int16
+// (4 * 2 * 127 * 31 = 31496), so pmaddwd widens once per 16 dims, not per 4.
+constexpr int kGroupsPerWiden = 4;
+static_assert(kGroupsPerWiden * 2 * (2 * kKeyBias - 1) * 31 < 32768);
 
 // Key j of KV head h as floats.
 void load_key(const kernels::KvView& kv, int32_t h, int64_t j, int32_t d, float* dst) {
@@ -68,7 +73,9 @@ struct RowTerms {
 
 // R rows x C key vectors (8 keys each) of int8 dot products, then the
 // estimate minus the row base, max-reduced into `best`. `mask[c]` is null for
-// a key vector whose 8 keys are all in range, else a lane mask.
+// a key vector whose 8 keys are all in range, else a lane mask. Products are
+// summed in int16 over kGroupsPerWiden groups of 4 dims, then widened: the
+// multiply pipe (pmaddubsw, pmaddwd) is the bottleneck on Zen 1.
 template <int R, int C>
 inline __m256 tile(const int8_t* const* q, const uint8_t* kp, int32_t d, const RowTerms* rows, const float* sk,
                    const __m256* const* mask, __m256 best) {
@@ -77,14 +84,21 @@ inline __m256 tile(const int8_t* const* q, const uint8_t* kp, int32_t d, const R
   for (int r = 0; r < R; ++r)
     for (int c = 0; c < C; ++c) acc[r][c] = _mm256_setzero_si256();
   const int64_t kvec_bytes = 8 * static_cast<int64_t>(d);
-  for (int32_t g = 0; g < d / 4; ++g) {
-    __m256i qb[R];
-    for (int r = 0; r < R; ++r) qb[r] = _mm256_set1_epi32(load32(q[r] + 4 * g));
-    for (int c = 0; c < C; ++c) {
-      const __m256i k = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kp + c * kvec_bytes + 32 * g));
-      for (int r = 0; r < R; ++r)
-        acc[r][c] = _mm256_add_epi32(acc[r][c], _mm256_madd_epi16(_mm256_maddubs_epi16(k, qb[r]), ones));
+  for (int32_t g0 = 0; g0 < d / 4; g0 += kGroupsPerWiden) {
+    __m256i acc16[R][C];
+    for (int r = 0; r < R; ++r)
+      for (int c = 0; c < C; ++c) acc16[r][c] = _mm256_setzero_si256();
+    const int32_t g1 = std::min(d / 4, g0 + kGroupsPerWiden);
+    for (int32_t g = g0; g < g1; ++g) {
+      __m256i qb[R];
+      for (int r = 0; r < R; ++r) qb[r] = _mm256_set1_epi32(load32(q[r] + 4 * g));
+      for (int c = 0; c < C; ++c) {
+        const __m256i k = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kp + c * kvec_bytes + 32 * g));
+        for (int r = 0; r < R; ++r) acc16[r][c] = _mm256_add_epi16(acc16[r][c], _mm256_maddubs_epi16(k, qb[r]));
+      }
     }
+    for (int r = 0; r < R; ++r)
+      for (int c = 0; c < C; ++c) acc[r][c] = _mm256_add_epi32(acc[r][c], _mm256_madd_epi16(acc16[r][c], ones));
   }
   const __m256 neg_inf = _mm256_set1_ps(kNegInf);
   for (int c = 0; c < C; ++c) {
@@ -102,19 +116,42 @@ inline __m256 tile(const int8_t* const* q, const uint8_t* kp, int32_t d, const R
 template <int R>
 inline __m256 tile_c(int c, const int8_t* const* q, const uint8_t* kp, int32_t d, const RowTerms* rows,
                      const float* sk, const __m256* const* mask, __m256 best) {
-  switch (c) {
-    case 1: return tile<R, 1>(q, kp, d, rows, sk, mask, best);
-    case 2: return tile<R, 2>(q, kp, d, rows, sk, mask, best);
-    case 3: return tile<R, 3>(q, kp, d, rows, sk, mask, best);
-    default: return tile<R, 4>(q, kp, d, rows, sk, mask, best);
+  return c == 1 ? tile<R, 1>(q, kp, d, rows, sk, mask, best) : tile<R, 2>(q, kp, d, rows, sk, mask, best);
+}
+
+// Quantizes n floats (n a multiple of 8) to int8 round(x * inv), clamped to
+// [-lim, lim], plus `bias`; returns the sum of the unbiased values.
+int32_t quantize_row(const float* x, int32_t n, float inv, float lim, int32_t bias, int8_t* dst) {
+  const __m256 vinv = _mm256_set1_ps(inv), hi = _mm256_set1_ps(lim), lo = _mm256_set1_ps(-lim);
+  const __m256i vbias = _mm256_set1_epi32(bias);
+  __m256i sum = _mm256_setzero_si256();
+  alignas(32) int32_t tmp[8];
+  for (int32_t c = 0; c < n; c += 8) {
+    const __m256 v = _mm256_min_ps(hi, _mm256_max_ps(lo, _mm256_mul_ps(_mm256_loadu_ps(x + c), vinv)));
+    const __m256i i = _mm256_cvtps_epi32(v);  // round to nearest even
+    sum = _mm256_add_epi32(sum, i);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(tmp), _mm256_add_epi32(i, vbias));
+    for (int j = 0; j < 8; ++j) dst[c + j] = static_cast<int8_t>(tmp[j]);
   }
+  _mm256_store_si256(reinterpret_cast<__m256i*>(tmp), sum);
+  int32_t total = 0;
+  for (int j = 0; j < 8; ++j) total += tmp[j];
+  return total;
+}
+
+float abs_max(const float* x, int32_t n) {
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  __m256 m = _mm256_setzero_ps();
+  for (int32_t c = 0; c < n; c += 8) m = _mm256_max_ps(m, _mm256_andnot_ps(sign, _mm256_loadu_ps(x + c)));
+  return hmax(m);
 }
 
 }  // namespace
 
 void QuantKeys::quantize(const kernels::KvView& kv, int32_t n_kv_heads, int32_t head_dim, int64_t n_keys,
                          int64_t block) {
-  if (head_dim % 4 != 0) throw std::invalid_argument(fmt::format("sale: head_dim {} is not a multiple of 4", head_dim));
+  if (head_dim % 8 != 0 || head_dim > 512)
+    throw std::invalid_argument(fmt::format("sale: head_dim {} is not a multiple of 8 up to 512", head_dim));
   if (n_keys > kv.n_keys) throw std::invalid_argument("sale: more keys asked for than the cache holds");
   if (block < 1) throw std::invalid_argument("sale: key block must be positive");
   d_ = head_dim;
@@ -131,7 +168,7 @@ void QuantKeys::quantize(const kernels::KvView& kv, int32_t n_kv_heads, int32_t 
   if (n_keys == 0) return;
 
   // Pass 1, per key block: channel max, min and mean; the sums give the means.
-  std::vector<double> sums(static_cast<size_t>(n_kv_heads) * n_kblocks_ * d_);
+  std::vector<float> sums(static_cast<size_t>(n_kv_heads) * n_kblocks_ * d_);
 #pragma omp parallel
   {
     std::vector<float> row(d_);
@@ -141,20 +178,22 @@ void QuantKeys::quantize(const kernels::KvView& kv, int32_t n_kv_heads, int32_t 
         float* mx = const_cast<float*>(block_max(h, kb));
         float* mn = const_cast<float*>(block_min(h, kb));
         float* me = const_cast<float*>(block_mean(h, kb));
-        double* sum = sums.data() + (static_cast<size_t>(h) * n_kblocks_ + kb) * d_;
-        std::fill(mx, mx + d_, -std::numeric_limits<float>::infinity());
-        std::fill(mn, mn + d_, std::numeric_limits<float>::infinity());
-        std::fill(sum, sum + d_, 0.0);
-        const int64_t j1 = std::min(n_keys, (kb + 1) * block);
-        for (int64_t j = kb * block; j < j1; ++j) {
+        float* sum = sums.data() + (static_cast<size_t>(h) * n_kblocks_ + kb) * d_;
+        const int64_t j0 = kb * block, j1 = std::min(n_keys, (kb + 1) * block);
+        load_key(kv, h, j0, d_, mx);
+        std::memcpy(mn, mx, sizeof(float) * d_);
+        std::memcpy(sum, mx, sizeof(float) * d_);
+        for (int64_t j = j0 + 1; j < j1; ++j) {
           load_key(kv, h, j, d_, row.data());
-          for (int32_t c = 0; c < d_; ++c) {
-            mx[c] = std::max(mx[c], row[c]);
-            mn[c] = std::min(mn[c], row[c]);
-            sum[c] += row[c];
+          for (int32_t c = 0; c < d_; c += 8) {
+            const __m256 x = _mm256_loadu_ps(row.data() + c);
+            _mm256_storeu_ps(mx + c, _mm256_max_ps(_mm256_loadu_ps(mx + c), x));
+            _mm256_storeu_ps(mn + c, _mm256_min_ps(_mm256_loadu_ps(mn + c), x));
+            _mm256_storeu_ps(sum + c, _mm256_add_ps(_mm256_loadu_ps(sum + c), x));
           }
         }
-        for (int32_t c = 0; c < d_; ++c) me[c] = static_cast<float>(sum[c] / static_cast<double>(j1 - kb * block));
+        const float inv = 1.0f / static_cast<float>(j1 - j0);
+        for (int32_t c = 0; c < d_; ++c) me[c] = sum[c] * inv;
       }
   }
   for (int32_t h = 0; h < n_kv_heads; ++h)
@@ -173,20 +212,15 @@ void QuantKeys::quantize(const kernels::KvView& kv, int32_t n_kv_heads, int32_t 
       for (int64_t j = 0; j < n_keys; ++j) {
         load_key(kv, h, j, d_, row.data());
         const float* m = mean(h);
-        float amax = 0.0f;
-        for (int32_t c = 0; c < d_; ++c) {
-          row[c] -= m[c];
-          amax = std::max(amax, std::fabs(row[c]));
-        }
+        for (int32_t c = 0; c < d_; ++c) row[c] -= m[c];
+        const float amax = abs_max(row.data(), d_);
         const size_t key = static_cast<size_t>(h) * per_head + j;
         if (amax == 0.0f || !std::isfinite(amax)) continue;  // stays 0 (scale 0, bytes = bias)
         scale_[key] = amax / kKeyMax;
-        const float inv = kKeyMax / amax;
+        int8_t q8[512];
+        quantize_row(row.data(), d_, kKeyMax / amax, kKeyMax, kKeyBias, q8);
         uint8_t* dst = packed_.data() + (static_cast<size_t>(h) * n_kvecs_ + j / 8) * 8 * d_ + (j % 8) * 4;
-        for (int32_t c = 0; c < d_; ++c) {
-          const float u = std::clamp(std::nearbyint(row[c] * inv), -kKeyMax, kKeyMax);
-          dst[(c / 4) * 32 + c % 4] = static_cast<uint8_t>(static_cast<int32_t>(u) + kKeyBias);
-        }
+        for (int32_t g = 0; g < d_ / 4; ++g) std::memcpy(dst + 32 * g, q8 + 4 * g, 4);
       }
   }
 }
@@ -199,7 +233,7 @@ std::vector<float> QuantKeys::dequantized(int32_t kv_head, int64_t j) const {
   return out;
 }
 
-void QuantRows::quantize(const PlanRequest& r, const QuantKeys& keys) {
+void QuantRows::quantize(const PlanRequest& r, const QuantKeys& keys, const std::vector<int32_t>* rows) {
   d_ = r.head_dim;
   n_rows_ = r.n_rows;
   const size_t n = static_cast<size_t>(r.n_q_heads) * n_rows_;
@@ -208,25 +242,21 @@ void QuantRows::quantize(const PlanRequest& r, const QuantKeys& keys) {
   bias_.resize(n);
   dot_mean_.resize(n);
   const int32_t g = r.group();
+  const int64_t count = rows ? static_cast<int64_t>(rows->size()) : n_rows_;
 #pragma omp parallel for collapse(2) schedule(static)
   for (int32_t h = 0; h < r.n_q_heads; ++h)
-    for (int64_t i = 0; i < n_rows_; ++i) {
+    for (int64_t k = 0; k < count; ++k) {
+      const int64_t i = rows ? (*rows)[k] : k;
       const float* src = r.q_row(h, i);
       const float* m = keys.mean(h / g);
-      float amax = 0.0f, dm = 0.0f;
-      for (int32_t c = 0; c < d_; ++c) {
-        amax = std::max(amax, std::fabs(src[c]));
-        dm += src[c] * m[c];
-      }
+      float dm = 0.0f;
+      for (int32_t c = 0; c < d_; ++c) dm += src[c] * m[c];
+      const float amax = abs_max(src, d_);
       const size_t at = static_cast<size_t>(h) * n_rows_ + i;
       int8_t* dst = q_.data() + at * d_;
       int32_t sum = 0;
       if (amax > 0.0f && std::isfinite(amax)) {
-        const float inv = kRowMax / amax;
-        for (int32_t c = 0; c < d_; ++c) {
-          dst[c] = static_cast<int8_t>(std::clamp(std::nearbyint(src[c] * inv), -kRowMax, kRowMax));
-          sum += dst[c];
-        }
+        sum = quantize_row(src, d_, kRowMax / amax, kRowMax, 0, dst);
         scale_[at] = amax / kRowMax;
       } else {
         std::fill(dst, dst + d_, int8_t{0});
@@ -237,9 +267,9 @@ void QuantRows::quantize(const PlanRequest& r, const QuantKeys& keys) {
     }
 }
 
-float block_score(const QuantRows& q, int32_t h, int64_t r0, int64_t r1, const QuantKeys& keys, int32_t kv_head,
+float block_score(const QuantRows& q, int32_t h, std::span<const int32_t> rows, const QuantKeys& keys, int32_t kv_head,
                   int64_t k0, int64_t k1, float scale, const float* base, float stop) {
-  if (k0 >= k1 || r0 >= r1) return kNegInf;
+  if (k0 >= k1 || rows.empty()) return kNegInf;
   const int32_t d = keys.head_dim();
   const int64_t v0 = k0 / 8, v1 = (k1 + 7) / 8;
   // Lane masks for a first / last key vector that is only partly in [k0, k1).
@@ -257,24 +287,25 @@ float block_score(const QuantRows& q, int32_t h, int64_t r0, int64_t r1, const Q
   const __m256 stop_v = _mm256_set1_ps(stop);
 
   __m256 best = _mm256_set1_ps(kNegInf);
-  for (int64_t r = r0; r < r1; r += 2) {
-    const int R = r + 1 < r1 ? 2 : 1;
-    const int8_t* qp[2] = {q.row(h, r), q.row(h, r + R - 1)};
-    RowTerms rows[2];
+  const size_t n = rows.size();
+  for (size_t r = 0; r < n; r += 2) {
+    const int R = r + 1 < n ? 2 : 1;
+    const int8_t* qp[2] = {q.row(h, rows[r]), q.row(h, rows[r + R - 1])};
+    RowTerms terms[2];
     for (int i = 0; i < R; ++i) {
-      const int64_t row = r + i;
-      rows[i].bias = _mm256_set1_epi32(q.bias(h, row));
-      rows[i].a = _mm256_set1_ps(scale * q.scale(h, row));
-      rows[i].c = _mm256_set1_ps(scale * q.dot_mean(h, row) - (base ? base[row - r0] : 0.0f));
+      const int64_t row = rows[r + i];
+      terms[i].bias = _mm256_set1_epi32(q.bias(h, row));
+      terms[i].a = _mm256_set1_ps(scale * q.scale(h, row));
+      terms[i].c = _mm256_set1_ps(scale * q.dot_mean(h, row) - (base ? base[r + i] : 0.0f));
     }
-    for (int64_t v = v0; v < v1; v += 4) {
-      const int c = static_cast<int>(std::min<int64_t>(4, v1 - v));
-      const __m256* mask[4] = {nullptr, nullptr, nullptr, nullptr};
+    for (int64_t v = v0; v < v1; v += 2) {
+      const int c = static_cast<int>(std::min<int64_t>(2, v1 - v));
+      const __m256* mask[2] = {nullptr, nullptr};
       if (v == v0 && first_partial) mask[0] = &first_mask;
       if (v + c == v1 && last_partial) mask[c - 1] = &last_mask;
       const uint8_t* kp = keys.kvec(kv_head, v);
       const float* sk = sk_all + 8 * v;
-      best = R == 2 ? tile_c<2>(c, qp, kp, d, rows, sk, mask, best) : tile_c<1>(c, qp, kp, d, rows, sk, mask, best);
+      best = R == 2 ? tile_c<2>(c, qp, kp, d, terms, sk, mask, best) : tile_c<1>(c, qp, kp, d, terms, sk, mask, best);
     }
     if (early && _mm256_movemask_ps(_mm256_cmp_ps(best, stop_v, _CMP_GT_OQ)) != 0) break;
   }
@@ -283,22 +314,24 @@ float block_score(const QuantRows& q, int32_t h, int64_t r0, int64_t r1, const Q
 
 namespace {
 
-// The query rows of one (head, query block), transposed for the bounds:
-// [d][64] with rows in lanes; rows past the chunk are 0 with LSE +inf.
+// The estimate's query rows of one (head, query block), transposed for the
+// bounds: [d][64] with rows in lanes; unused lanes are 0 with LSE +inf.
 struct BoundRows {
   std::vector<float> q, pos, neg;  // q, max(q, 0), min(q, 0)
   alignas(32) float lse[kTileRows];
-  void load(const PlanRequest& r, int32_t h, int64_t r0, int64_t r1, const float* row_lse) {
+  int vecs = 1;  // vectors of 8 rows in use
+  void load(const PlanRequest& r, int32_t h, std::span<const int32_t> rows, const float* row_lse) {
     const int32_t d = r.head_dim;
     q.assign(static_cast<size_t>(d) * kTileRows, 0.0f);
     pos.assign(q.size(), 0.0f);
     neg.assign(q.size(), 0.0f);
     for (int64_t i = 0; i < kTileRows; ++i) lse[i] = std::numeric_limits<float>::infinity();
-    for (int64_t i = r0; i < r1; ++i) {
-      const float* src = r.q_row(h, i);
-      lse[i - r0] = row_lse[i - r0];
+    vecs = static_cast<int>(std::max<size_t>(1, (rows.size() + 7) / 8));
+    for (size_t i = 0; i < rows.size(); ++i) {
+      const float* src = r.q_row(h, rows[i]);
+      lse[i] = row_lse[i];
       for (int32_t c = 0; c < d; ++c) {
-        const size_t at = static_cast<size_t>(c) * kTileRows + (i - r0);
+        const size_t at = static_cast<size_t>(c) * kTileRows + i;
         q[at] = src[c];
         pos[at] = std::max(src[c], 0.0f);
         neg[at] = std::min(src[c], 0.0f);
@@ -308,27 +341,41 @@ struct BoundRows {
 };
 
 // max over the rows of scale * (sum_c a[c][row] * x[c] + b[c][row] * y[c]) - lse[row]
-// (b and y may be null).
-float bound_score(const BoundRows& rows, const float* a, const float* x, const float* b, const float* y, int32_t d,
-                  float scale) {
-  constexpr int kVecs = kTileRows / 8;
-  __m256 acc[kVecs];
-  for (int v = 0; v < kVecs; ++v) acc[v] = _mm256_setzero_ps();
+// (b and y may be null), for V vectors of 8 rows.
+template <int V>
+float bound_score_v(const BoundRows& rows, const float* a, const float* x, const float* b, const float* y, int32_t d,
+                    float scale) {
+  __m256 acc[V];
+  for (int v = 0; v < V; ++v) acc[v] = _mm256_setzero_ps();
   for (int32_t c = 0; c < d; ++c) {
     const __m256 xc = _mm256_set1_ps(x[c]);
     const float* ac = a + static_cast<size_t>(c) * kTileRows;
-    for (int v = 0; v < kVecs; ++v) acc[v] = _mm256_fmadd_ps(_mm256_loadu_ps(ac + 8 * v), xc, acc[v]);
+    for (int v = 0; v < V; ++v) acc[v] = _mm256_fmadd_ps(_mm256_loadu_ps(ac + 8 * v), xc, acc[v]);
   }
   if (b)
     for (int32_t c = 0; c < d; ++c) {
       const __m256 yc = _mm256_set1_ps(y[c]);
       const float* bc = b + static_cast<size_t>(c) * kTileRows;
-      for (int v = 0; v < kVecs; ++v) acc[v] = _mm256_fmadd_ps(_mm256_loadu_ps(bc + 8 * v), yc, acc[v]);
+      for (int v = 0; v < V; ++v) acc[v] = _mm256_fmadd_ps(_mm256_loadu_ps(bc + 8 * v), yc, acc[v]);
     }
   const __m256 s = _mm256_set1_ps(scale);
   __m256 best = _mm256_set1_ps(kNegInf);
-  for (int v = 0; v < kVecs; ++v) best = _mm256_max_ps(best, _mm256_fmsub_ps(acc[v], s, _mm256_load_ps(rows.lse + 8 * v)));
+  for (int v = 0; v < V; ++v) best = _mm256_max_ps(best, _mm256_fmsub_ps(acc[v], s, _mm256_load_ps(rows.lse + 8 * v)));
   return hmax(best);
+}
+
+float bound_score(const BoundRows& rows, const float* a, const float* x, const float* b, const float* y, int32_t d,
+                  float scale) {
+  switch (rows.vecs) {
+    case 1: return bound_score_v<1>(rows, a, x, b, y, d, scale);
+    case 2: return bound_score_v<2>(rows, a, x, b, y, d, scale);
+    case 3: return bound_score_v<3>(rows, a, x, b, y, d, scale);
+    case 4: return bound_score_v<4>(rows, a, x, b, y, d, scale);
+    case 5: return bound_score_v<5>(rows, a, x, b, y, d, scale);
+    case 6: return bound_score_v<6>(rows, a, x, b, y, d, scale);
+    case 7: return bound_score_v<7>(rows, a, x, b, y, d, scale);
+    default: return bound_score_v<8>(rows, a, x, b, y, d, scale);
+  }
 }
 
 }  // namespace
@@ -349,17 +396,31 @@ const BlockScores& Estimator::score(const PlanRequest& r, const Shape& shape, co
   const int64_t max_hi = hi_of(n_qb - 1);
   if (max_hi <= shape.sink) return scores_;  // every key of every block is in sink or local band
 
-  // The exact sink + local pass, one plan per q head so that each row's keys
-  // are exactly sink u [first - local + 1, row].
-  PlanRequest pr = r;
-  pr.group_union = false;
-  KeySelection sel(pr);
-  for (int32_t h = 0; h < r.n_q_heads; ++h)
+  // The rows each query block is estimated on: est_rows of them, evenly
+  // spaced, ending with the block's last row.
+  rows_of_block_.assign(static_cast<size_t>(n_qb), {});
+  std::vector<int32_t> all_rows;
+  for (int64_t qb = 0; qb < n_qb; ++qb) {
+    const int64_t first = qb * kTileRows, count = std::min<int64_t>(kTileRows, n - first);
+    const int64_t k = std::min(shape.est_rows, count);
+    for (int64_t j = 0; j < k; ++j) rows_of_block_[qb].push_back(static_cast<int32_t>(first + (j + 1) * count / k - 1));
+    all_rows.insert(all_rows.end(), rows_of_block_[qb].begin(), rows_of_block_[qb].end());
+  }
+
+  // The exact sink + local pass on those rows: for row i of block qb the keys
+  // sink u [first(qb) - local + 1, i], the same for every q head of a group.
+  const int64_t tile = std::min<int64_t>(shape.est_rows, kTileRows);
+  PlanBuilder b({r.n_kv_heads, r.group(), static_cast<int32_t>(tile), n, r.q_pos0});
+  for (int32_t kvh = 0; kvh < r.n_kv_heads; ++kvh) {
+    b.set_row_map(all_rows);
     for (int64_t qb = 0; qb < n_qb; ++qb) {
-      sel.add_range(h, qb, 0, shape.sink);
-      sel.add_range(h, qb, sel.block_first(qb) - shape.local + 1, sel.block_last(qb) + 1);
+      const int64_t first = r.q_pos0 + qb * kTileRows, last = r.q_pos0 + rows_of_block_[qb].back();
+      if (shape.sink > 0) b.add_range(0, std::min(shape.sink, last + 1));
+      b.add_range(std::max<int64_t>(0, first - shape.local + 1), last + 1);
+      b.end_tile();
     }
-  const Plan partial = sel.build();
+  }
+  const Plan partial = b.finish();
   out_.resize(static_cast<size_t>(n) * r.n_q_heads * r.head_dim);
   lse_.resize(static_cast<size_t>(n) * r.n_q_heads);
   kernels::AttnParams a;
@@ -381,7 +442,7 @@ const BlockScores& Estimator::score(const PlanRequest& r, const Shape& shape, co
   kernels::attention_prefill(a, &partial);
 
   keys_.quantize(r.kv, r.n_kv_heads, r.head_dim, max_hi, block);
-  rows_.quantize(r, keys_);
+  rows_.quantize(r, keys_, &all_rows);
 
   // Work items (head, query block), latest blocks (most keys) first.
   const std::vector<float>* floor = options.floor;
@@ -394,16 +455,18 @@ const BlockScores& Estimator::score(const PlanRequest& r, const Shape& shape, co
 #pragma omp parallel reduction(+ : dropped, kept, scanned)
   {
     BoundRows bound;
+    std::vector<float> base;
 #pragma omp for schedule(dynamic, 1)
     for (size_t it = 0; it < items.size(); ++it) {
       const auto [h, qb] = items[it];
       const int32_t kvh = h / g;
       const int64_t lo = shape.sink, hi = hi_of(qb);
-      const int64_t r0 = qb * kTileRows, r1 = std::min(n, r0 + kTileRows);
-      const float* base = lse_.data() + static_cast<size_t>(h) * n + r0;
+      const std::vector<int32_t>& rows = rows_of_block_[qb];
+      base.clear();
+      for (int32_t i : rows) base.push_back(lse_[static_cast<size_t>(h) * n + i]);
       const float head_floor = floor ? (*floor)[h] : kNegInf;
       const float stop = floor && options.early_stop ? head_floor : std::numeric_limits<float>::infinity();
-      if (floor) bound.load(r, h, r0, r1, base);
+      if (floor) bound.load(r, h, rows, base.data());
       float* out = scores_.s.data() + (static_cast<size_t>(h) * n_qb + qb) * scores_.n_kblocks;
       for (int64_t kb = lo / block; kb * block < hi; ++kb) {
         const int64_t k0 = std::max(kb * block, lo), k1 = std::min((kb + 1) * block, hi);
@@ -424,7 +487,7 @@ const BlockScores& Estimator::score(const PlanRequest& r, const Shape& shape, co
             }
           }
         }
-        out[kb] = block_score(rows_, h, r0, r1, keys_, kvh, k0, k1, r.scale, base, stop);
+        out[kb] = block_score(rows_, h, rows, keys_, kvh, k0, k1, r.scale, base.data(), stop);
         ++scanned;
       }
     }
@@ -521,12 +584,14 @@ MethodDef sale_method() {
        {"sink", "64", "first keys every query attends to"},
        {"local", "128", "local band in keys before each query block"},
        {"block", "64", "key block size of the selection (32 or 64)"},
+       {"est_rows", "8", "rows of each 64-row query block the estimate uses, evenly spaced (64: all, as SALE)"},
        {"config", "", "calibration file (skim calibrate) with per-(layer, head) thetas; others use theta"}}};
   return {info, [](const MethodParams& p) -> std::unique_ptr<Planner> {
             sale::Shape shape;
             shape.sink = p.integer("sink", 0, 1 << 30);
             shape.local = p.integer("local", 1, 1 << 30);
             shape.block = p.integer("block", 32, 64);
+            shape.est_rows = p.integer("est_rows", 1, kTileRows);
             if (shape.block != 32 && shape.block != 64)
               throw std::invalid_argument(fmt::format("sale: block={} (use 32 or 64)", shape.block));
             const float theta = static_cast<float>(p.number("theta", 0.0, 1.0));
