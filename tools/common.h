@@ -31,6 +31,7 @@ void register_info(CLI::App& app);
 void register_tokenize(CLI::App& app);
 void register_perplexity(CLI::App& app);
 void register_bench(CLI::App& app);
+void register_calibrate(CLI::App& app);
 
 class Stopwatch {
  public:

@@ -34,6 +34,7 @@ int main(int argc, char** argv) {
   skim::cli::register_tokenize(app);
   skim::cli::register_perplexity(app);
   skim::cli::register_bench(app);
+  skim::cli::register_calibrate(app);
   try {
     app.parse(static_cast<int>(args.size()), args.data());
   } catch (const CLI::ParseError& e) {

@@ -37,7 +37,8 @@ struct ContextParams {
   // token, once the chunk's K/V are in the cache and before its attention
   // runs, with the request a planner gets (Q after RoPE, the layer's KV view,
   // positions). Its pointers are valid only during the call; it must not
-  // change the context. Unset (the default), it costs one test per layer.
+  // change the context. Not called with reference_attention. Unset (the
+  // default), it costs one test per layer.
   std::function<void(const attention::PlanRequest&)> on_prefill_attention;
 };
 
