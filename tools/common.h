@@ -32,6 +32,7 @@ void register_tokenize(CLI::App& app);
 void register_perplexity(CLI::App& app);
 void register_bench(CLI::App& app);
 void register_eval(CLI::App& app);
+void register_calibrate(CLI::App& app);
 
 class Stopwatch {
  public:

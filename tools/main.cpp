@@ -35,6 +35,7 @@ int main(int argc, char** argv) {
   skim::cli::register_perplexity(app);
   skim::cli::register_bench(app);
   skim::cli::register_eval(app);
+  skim::cli::register_calibrate(app);
   try {
     app.parse(static_cast<int>(args.size()), args.data());
   } catch (const CLI::ParseError& e) {

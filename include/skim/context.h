@@ -17,6 +17,7 @@ namespace skim {
 class KvCache;
 namespace attention {
 class AttentionMethod;
+struct PlanRequest;  // src/attention/planner.h
 }
 
 struct ContextParams {
@@ -31,6 +32,14 @@ struct ContextParams {
   // sampled query rows per chunk and records recall and output error per
   // (layer, head) in the attention report (slower; for evaluation).
   int fidelity_rows = 0;
+  // Prefill observer, for calibration and analysis (skim calibrate): when set,
+  // it is called for every layer of every prefill micro-batch of more than one
+  // token, once the chunk's K/V are in the cache and before its attention
+  // runs, with the request a planner gets (Q after RoPE, the layer's KV view,
+  // positions). Its pointers are valid only during the call; it must not
+  // change the context. Not called with reference_attention. Unset (the
+  // default), it costs one test per layer.
+  std::function<void(const attention::PlanRequest&)> on_prefill_attention;
 };
 
 // Called after each micro-batch with (tokens done, tokens total).

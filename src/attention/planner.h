@@ -90,6 +90,7 @@ MethodDef minference_method();    // vertical_slash.cpp
 MethodDef block_sparse_method();  // block_topk.cpp
 MethodDef flexprefill_method();
 MethodDef xattention_method();
+MethodDef sale_method();
 
 // The registry in listing order (dense is not a planner and is not listed here).
 const std::vector<MethodDef>& sparse_methods();

@@ -165,6 +165,7 @@ void Context::forward_ubatch(std::span<const int32_t> tokens, int64_t logits_fro
         r.q_row_stride = a.q_row_stride;
         r.kv = a.kv;
         r.scale = 1.0f / std::sqrt(static_cast<float>(hd));
+        if (params_.on_prefill_attention) params_.on_prefill_attention(r);
         method_->prefill(r, a, report_, params_.fidelity_rows);
       }
     }
