@@ -118,6 +118,7 @@ TEST_F(ModelTest, SparseMethodsAtFullBudgetAreDenseInChunkedPrefill) {
       {"block_sparse", "topk=1000000"},
       {"flexprefill", "gamma=1,tau=0,min_budget=0"},
       {"xattention", "tau=1"},
+      {"sale", "theta=0"},
   };
   for (const AttentionMethodInfo& m : attention_methods()) {
     if (m.name == "dense") continue;
