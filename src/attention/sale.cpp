@@ -30,6 +30,8 @@ constexpr float kRowMax = 31.0f;  // Q int8 in [-31, 31]
 // (4 * 2 * 127 * 31 = 31496), so pmaddwd widens once per 16 dims, not per 4.
 constexpr int kGroupsPerWiden = 4;
 static_assert(kGroupsPerWiden * 2 * (2 * kKeyBias - 1) * 31 < 32768);
+// Values to quantize below which a pass runs on one thread (~1 ms of work).
+constexpr int64_t kParallelWork = int64_t{1} << 21;
 
 // Key j of KV head h as floats.
 void load_key(const kernels::KvView& kv, int32_t h, int64_t j, int32_t d, float* dst) {
@@ -167,9 +169,13 @@ void QuantKeys::quantize(const kernels::KvView& kv, int32_t n_kv_heads, int32_t 
   stats_.resize(static_cast<size_t>(3) * n_kv_heads * n_kblocks_ * d_);
   if (n_keys == 0) return;
 
+  // Threads only for large calls: each parallel region is a barrier, which
+  // costs more than this work when the machine is shared.
+  const bool parallel = static_cast<int64_t>(n_kv_heads) * n_keys * d_ >= kParallelWork;
+
   // Pass 1, per key block: channel max, min and mean; the sums give the means.
   std::vector<float> sums(static_cast<size_t>(n_kv_heads) * n_kblocks_ * d_);
-#pragma omp parallel
+#pragma omp parallel if (parallel)
   {
     std::vector<float> row(d_);
 #pragma omp for collapse(2) schedule(static)
@@ -204,7 +210,7 @@ void QuantKeys::quantize(const kernels::KvView& kv, int32_t n_kv_heads, int32_t 
     }
 
   // Pass 2, per key: smooth, scale, quantize, pack.
-#pragma omp parallel
+#pragma omp parallel if (parallel)
   {
     std::vector<float> row(d_);
 #pragma omp for collapse(2) schedule(static)
@@ -243,7 +249,8 @@ void QuantRows::quantize(const PlanRequest& r, const QuantKeys& keys, const std:
   dot_mean_.resize(n);
   const int32_t g = r.group();
   const int64_t count = rows ? static_cast<int64_t>(rows->size()) : n_rows_;
-#pragma omp parallel for collapse(2) schedule(static)
+  const bool parallel = static_cast<int64_t>(r.n_q_heads) * count * d_ >= kParallelWork;
+#pragma omp parallel for collapse(2) schedule(static) if (parallel)
   for (int32_t h = 0; h < r.n_q_heads; ++h)
     for (int64_t k = 0; k < count; ++k) {
       const int64_t i = rows ? (*rows)[k] : k;
