@@ -16,6 +16,7 @@
 
 #include <fmt/format.h>
 
+#include "attention/estimate.h"
 #include "attention/method.h"
 #include "attention/sale.h"
 #include "attention/selection.h"
@@ -91,24 +92,7 @@ kernels::AttnParams attn_params(const PlanRequest& r, float* out, float* lse) {
 // Keys [0, n) of KV head h as f32 rows.
 void keys_f32(const kernels::KvView& kv, int32_t h, int64_t n, int32_t d, std::vector<float>& dst) {
   dst.resize(static_cast<size_t>(n) * d);
-  for (int64_t j = 0; j < n; ++j) {
-    const int64_t at = h * kv.head_stride + j * kv.row_stride;
-    float* row = dst.data() + static_cast<size_t>(j) * d;
-    switch (kv.type) {
-      case kernels::KvDType::F16:
-        kernels::f16_to_f32_row(static_cast<const uint16_t*>(kv.k) + at, row, d);
-        break;
-      case kernels::KvDType::F32:
-        std::memcpy(row, static_cast<const float*>(kv.k) + at, sizeof(float) * d);
-        break;
-      case kernels::KvDType::BF16:
-        for (int32_t c = 0; c < d; ++c) {
-          const uint32_t bits = static_cast<uint32_t>(static_cast<const uint16_t*>(kv.k)[at + c]) << 16;
-          std::memcpy(row + c, &bits, sizeof(float));
-        }
-        break;
-    }
-  }
+  for (int64_t j = 0; j < n; ++j) key_row_f32(kv, h, j, d, dst.data() + static_cast<size_t>(j) * d);
 }
 
 float dot(const float* a, const float* b, int32_t d) {

@@ -131,6 +131,26 @@ void softmax_inplace(float* x, int64_t n) {
   for (; i < n; ++i) x[i] *= _mm256_cvtss_f32(inv);
 }
 
+void key_row_f32(const kernels::KvView& kv, int32_t h, int64_t j, int32_t d, float* dst) {
+  const int64_t at = h * kv.head_stride + j * kv.row_stride;
+  switch (kv.type) {
+    case kernels::KvDType::F16:
+      kernels::f16_to_f32_row(static_cast<const uint16_t*>(kv.k) + at, dst, d);
+      break;
+    case kernels::KvDType::F32:
+      std::memcpy(dst, static_cast<const float*>(kv.k) + at, sizeof(float) * d);
+      break;
+    case kernels::KvDType::BF16: {
+      const uint16_t* src = static_cast<const uint16_t*>(kv.k) + at;
+      for (int32_t c = 0; c < d; ++c) {
+        const uint32_t bits = static_cast<uint32_t>(src[c]) << 16;
+        std::memcpy(dst + c, &bits, sizeof(float));
+      }
+      break;
+    }
+  }
+}
+
 void KeysF32::load(const PlanRequest& r, int64_t pad) {
   pad = std::max<int64_t>(pad, 1);
   n_keys_ = r.n_keys();
@@ -152,25 +172,7 @@ void KeysF32::load(const PlanRequest& r, int64_t pad) {
         kernels::f16_to_f32_row(static_cast<const uint16_t*>(kv.k) + src0, dst, (j1 - j0) * d_);
         continue;
       }
-      for (int64_t j = j0; j < j1; ++j, dst += d_) {
-        const int64_t src = h * kv.head_stride + j * kv.row_stride;
-        switch (kv.type) {
-          case kernels::KvDType::F16:
-            kernels::f16_to_f32_row(static_cast<const uint16_t*>(kv.k) + src, dst, d_);
-            break;
-          case kernels::KvDType::F32:
-            std::memcpy(dst, static_cast<const float*>(kv.k) + src, sizeof(float) * d_);
-            break;
-          case kernels::KvDType::BF16: {
-            const uint16_t* s = static_cast<const uint16_t*>(kv.k) + src;
-            for (int32_t c2 = 0; c2 < d_; ++c2) {
-              const uint32_t bits = static_cast<uint32_t>(s[c2]) << 16;
-              std::memcpy(dst + c2, &bits, sizeof(float));
-            }
-            break;
-          }
-        }
-      }
+      for (int64_t j = j0; j < j1; ++j, dst += d_) key_row_f32(kv, h, j, d_, dst);
     }
   }
   for (int32_t h = 0; h < n_heads_; ++h)

@@ -40,6 +40,9 @@ inline bool worth_threads(double work) { return work >= double(1 << 20); }
 // f32 copies of the keys [0, n_keys) of every KV head, [kv][rows][d]
 // contiguous, rows = n_keys rounded up to a multiple of `pad`, the padding rows
 // zero. Converted once per call (in parallel), read by every estimate.
+// Key j of KV head h widened to floats (any cache type, any row stride).
+void key_row_f32(const kernels::KvView& kv, int32_t h, int64_t j, int32_t d, float* dst);
+
 class KeysF32 {
  public:
   void load(const PlanRequest& r, int64_t pad = 1);

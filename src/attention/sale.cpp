@@ -16,6 +16,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "attention/estimate.h"
 #include "attention/selection.h"
 #include "kernels/f16.h"
 
@@ -32,27 +33,6 @@ constexpr int kGroupsPerWiden = 4;
 static_assert(kGroupsPerWiden * 2 * (2 * kKeyBias - 1) * 31 < 32768);
 // Values to quantize below which a pass runs on one thread (~1 ms of work).
 constexpr int64_t kParallelWork = int64_t{1} << 21;
-
-// Key j of KV head h as floats.
-void load_key(const kernels::KvView& kv, int32_t h, int64_t j, int32_t d, float* dst) {
-  const int64_t at = h * kv.head_stride + j * kv.row_stride;
-  switch (kv.type) {
-    case kernels::KvDType::F16:
-      kernels::f16_to_f32_row(static_cast<const uint16_t*>(kv.k) + at, dst, d);
-      break;
-    case kernels::KvDType::F32:
-      std::memcpy(dst, static_cast<const float*>(kv.k) + at, sizeof(float) * d);
-      break;
-    case kernels::KvDType::BF16: {
-      const uint16_t* src = static_cast<const uint16_t*>(kv.k) + at;
-      for (int32_t c = 0; c < d; ++c) {
-        const uint32_t bits = static_cast<uint32_t>(src[c]) << 16;
-        std::memcpy(dst + c, &bits, sizeof(float));
-      }
-      break;
-    }
-  }
-}
 
 inline int32_t load32(const int8_t* p) {
   int32_t v;
@@ -186,11 +166,11 @@ void QuantKeys::quantize(const kernels::KvView& kv, int32_t n_kv_heads, int32_t 
         float* me = const_cast<float*>(block_mean(h, kb));
         float* sum = sums.data() + (static_cast<size_t>(h) * n_kblocks_ + kb) * d_;
         const int64_t j0 = kb * block, j1 = std::min(n_keys, (kb + 1) * block);
-        load_key(kv, h, j0, d_, mx);
+        key_row_f32(kv, h, j0, d_, mx);
         std::memcpy(mn, mx, sizeof(float) * d_);
         std::memcpy(sum, mx, sizeof(float) * d_);
         for (int64_t j = j0 + 1; j < j1; ++j) {
-          load_key(kv, h, j, d_, row.data());
+          key_row_f32(kv, h, j, d_, row.data());
           for (int32_t c = 0; c < d_; c += 8) {
             const __m256 x = _mm256_loadu_ps(row.data() + c);
             _mm256_storeu_ps(mx + c, _mm256_max_ps(_mm256_loadu_ps(mx + c), x));
@@ -216,7 +196,7 @@ void QuantKeys::quantize(const kernels::KvView& kv, int32_t n_kv_heads, int32_t 
 #pragma omp for collapse(2) schedule(static)
     for (int32_t h = 0; h < n_kv_heads; ++h)
       for (int64_t j = 0; j < n_keys; ++j) {
-        load_key(kv, h, j, d_, row.data());
+        key_row_f32(kv, h, j, d_, row.data());
         const float* m = mean(h);
         for (int32_t c = 0; c < d_; ++c) row[c] -= m[c];
         const float amax = abs_max(row.data(), d_);
