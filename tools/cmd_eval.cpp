@@ -219,13 +219,13 @@ class EvalRun {
   void run_task(const std::string& task, int length, Progress& progress) {
     const TaskInfo& info = find_task(task);
     for (int i = 0; i < o_.samples; ++i) {
-      std::vector<std::string> todo;
+      std::vector<std::string> methods_left;
       for (const std::string& m : methods_)
-        if (!store_->has_task(task, length, i, m)) todo.push_back(m);
-      if (todo.empty()) continue;
+        if (!store_->has_task(task, length, i, m)) methods_left.push_back(m);
+      if (methods_left.empty()) continue;
       SampleSpec spec{task, length, info.depth_grid ? depths_[i % depths_.size()] : 50.0, sample_seed(o_.seed, task, length, i)};
       const Sample sample = make_sample(spec, corpus_, *format_);
-      for (const std::string& m : todo) {
+      for (const std::string& m : methods_left) {
         AttentionReport prefill_report;
         TaskRecord r = run_sample(*contexts_.at(m), m, sample, prefill_report);
         fidelity_->add(m, length, prefill_report);
