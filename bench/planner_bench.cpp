@@ -18,14 +18,13 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
-#include <random>
 #include <string>
 #include <vector>
 
 #include "attention/planner.h"
 #include "attention/sale.h"
 #include "kernels/attention.h"
-#include "kernels/f16.h"
+#include "planner_problem.h"
 
 namespace {
 
@@ -86,47 +85,11 @@ int main(int argc, char** argv) {
   if (keys < rows) keys = rows;
   const int64_t pos0 = keys - rows;
 
-  std::mt19937 rng(1);
-  std::normal_distribution<float> gauss(0.0f, 1.0f);
-  std::vector<float> q(static_cast<size_t>(rows) * hq * d);
-  std::vector<uint16_t> k(static_cast<size_t>(hkv) * keys * d), v(k.size());
-  for (float& x : q) x = structure > 0 ? std::fabs(gauss(rng)) : gauss(rng);
-  for (size_t i = 0; i < k.size(); ++i) {
-    k[i] = kernels::f32_to_f16(gauss(rng));
-    v[i] = kernels::f32_to_f16(gauss(rng));
-  }
-  if (structure > 0)
-    for (int h = 0; h < hkv; ++h)
-      for (int64_t j = 0; j < keys; j += 97)
-        for (int c = 0; c < d; ++c) k[(h * keys + j) * d + c] = kernels::f32_to_f16(structure);
-
-  attention::PlanRequest r;
-  r.n_layers = 1;
-  r.n_q_heads = hq;
-  r.n_kv_heads = hkv;
-  r.head_dim = d;
-  r.n_rows = rows;
-  r.q_pos0 = pos0;
-  r.q = q.data();
-  r.q_head_stride = d;
-  r.q_row_stride = static_cast<int64_t>(hq) * d;
-  r.kv = {k.data(), v.data(), kernels::KvDType::F16, keys * d, d, keys};
-  r.scale = 1.0f / std::sqrt(static_cast<float>(d));
-
-  std::vector<float> out(q.size());
-  kernels::AttnParams a;
-  a.n_q_heads = hq;
-  a.n_kv_heads = hkv;
-  a.head_dim = d;
-  a.n_rows = rows;
-  a.q_pos0 = pos0;
-  a.q = q.data();
-  a.q_head_stride = r.q_head_stride;
-  a.q_row_stride = r.q_row_stride;
-  a.kv = r.kv;
-  a.out = out.data();
-  a.out_head_stride = d;
-  a.out_row_stride = r.q_row_stride;
+  const testing::PlannerProblem problem(hq, hkv, d, rows, pos0, 1, structure);
+  attention::PlanRequest r = problem.request();
+  std::vector<float> out(problem.q.size());
+  kernels::AttnParams a = problem.params(out.data());
+  a.validate_plan = false;  // time the kernel alone
 
   try {
     const attention::MethodSpec parsed = attention::parse_method_spec(spec);

@@ -12,7 +12,7 @@
 
 #include "attention/calibrate.h"
 #include "attention/method.h"
-#include "planner_test_util.h"
+#include "planner_problem.h"
 #include "skim/attention.h"
 #include "skim/context.h"
 #include "skim/model.h"

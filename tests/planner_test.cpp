@@ -6,7 +6,7 @@
 #include <cmath>
 
 #include "attention/selection.h"
-#include "planner_test_util.h"
+#include "planner_problem.h"
 #include "skim/attention.h"
 
 namespace skim {

@@ -9,7 +9,7 @@
 
 #include "attention/sale.h"
 #include "kernels/f16.h"
-#include "planner_test_util.h"
+#include "planner_problem.h"
 #include "skim/attention.h"
 
 namespace skim {

@@ -15,7 +15,7 @@
 #include <random>
 
 #include "attention/estimate.h"
-#include "planner_test_util.h"
+#include "planner_problem.h"
 #include "skim/attention.h"
 
 namespace skim {

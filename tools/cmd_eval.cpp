@@ -46,6 +46,7 @@ struct EvalOptions {
   int n_ubatch = 512;
   bool no_chat = false;
   bool plots = true;
+  bool report_only = false;
 };
 
 std::vector<std::string> split(const std::string& s, char sep = ',') {
@@ -197,8 +198,21 @@ class EvalRun {
     fmt::print(stderr, "skim eval: {} methods x {} tasks x {} lengths, {} samples each: {} runs to do, results in {}\n", methods_.size(),
                tasks_.size(), lengths_.size(), o_.samples, pending, store_->path().string());
     Progress progress(pending);
-    for (const std::string& task : tasks_)
-      for (int length : lengths_) task == "ppl" ? run_ppl(length, progress) : run_task(task, length, progress);
+    if (wants_ppl())
+      for (int length : lengths_) run_ppl(length, progress);
+    // Sample-major: sample i of every (task, length) before sample i+1, so a run
+    // stopped at any point leaves every cell with about the same n.
+    for (int i = 0; i < o_.samples; ++i)
+      for (const std::string& task : tasks_)
+        if (task != "ppl")
+          for (int length : lengths_) run_task_sample(task, length, i, progress);
+    write_outputs();
+  }
+
+  // Tables and plots from what DIR/results.json holds, running nothing.
+  void report_only() {
+    if (store_->tasks().empty() && store_->ppl().empty())
+      throw std::runtime_error(fmt::format("--report-only: {} holds no results", store_->path().string()));
     write_outputs();
   }
 
@@ -216,27 +230,24 @@ class EvalRun {
     return n;
   }
 
-  void run_task(const std::string& task, int length, Progress& progress) {
-    const TaskInfo& info = find_task(task);
-    for (int i = 0; i < o_.samples; ++i) {
-      std::vector<std::string> methods_left;
-      for (const std::string& m : methods_)
-        if (!store_->has_task(task, length, i, m)) methods_left.push_back(m);
-      if (methods_left.empty()) continue;
-      SampleSpec spec{task, length, info.depth_grid ? depths_[i % depths_.size()] : 50.0, sample_seed(o_.seed, task, length, i)};
-      const Sample sample = make_sample(spec, corpus_, *format_);
-      for (const std::string& m : methods_left) {
-        AttentionReport prefill_report;
-        TaskRecord r = run_sample(*contexts_.at(m), m, sample, prefill_report);
-        fidelity_->add(m, length, prefill_report);
-        r.sample = i;
-        progress.done(fmt::format("{} {} #{}{} {}: {} ({:.0f} ms prefill, density {:.3f})", task, length_label(length), i,
-                                  r.depth ? fmt::format(" depth {:g}", *r.depth) : "", m, r.correct ? "ok" : "wrong", r.prefill_ms,
-                                  r.density));
-        store_->add(std::move(r));
-      }
-      store_->save();
+  void run_task_sample(const std::string& task, int length, int i, Progress& progress) {
+    std::vector<std::string> methods_left;
+    for (const std::string& m : methods_)
+      if (!store_->has_task(task, length, i, m)) methods_left.push_back(m);
+    if (methods_left.empty()) return;
+    SampleSpec spec{task, length, find_task(task).depth_grid ? depths_[i % depths_.size()] : 50.0, sample_seed(o_.seed, task, length, i)};
+    const Sample sample = make_sample(spec, corpus_, *format_);
+    for (const std::string& m : methods_left) {
+      AttentionReport prefill_report;
+      TaskRecord r = run_sample(*contexts_.at(m), m, sample, prefill_report);
+      fidelity_->add(m, length, prefill_report);
+      r.sample = i;
+      progress.done(fmt::format("{} {} #{}{} {}: {} ({:.0f} ms prefill, density {:.3f})", task, length_label(length), i,
+                                r.depth ? fmt::format(" depth {:g}", *r.depth) : "", m, r.correct ? "ok" : "wrong", r.prefill_ms,
+                                r.density));
+      store_->add(std::move(r));
     }
+    store_->save();
   }
 
   // The first ppl_tokens tokens of Austen (tokenized once, lazily).
@@ -365,9 +376,10 @@ void register_eval(CLI::App& app) {
   cmd->add_option("--ubatch-size", o->n_ubatch, "prefill micro-batch size")->check(CLI::Range(1, 1 << 24))->capture_default_str();
   cmd->add_flag("--no-chat", o->no_chat, "do not wrap prompts in the model's chat template");
   cmd->add_flag("!--no-plots", o->plots, "skip the PNG plots");
+  cmd->add_flag("--report-only", o->report_only, "write report.md, summary.json and plots from DIR/results.json without running");
   cmd->callback([o] {
     EvalRun run(*o);
-    run.run();
+    o->report_only ? run.report_only() : run.run();
   });
 }
 
