@@ -196,7 +196,7 @@ TEST(Calibrate, DefaultModelWritesAFileTheMethodsAccept) {
   ContextParams cp;
   cp.n_ctx = 512;
   cp.n_ubatch = 256;
-  cp.attention = "sale:max_density=1,config=" + path.string();  // every plan runs, however dense
+  cp.attention = "sale:max_density=1,min_len=0,config=" + path.string();  // every plan runs, however dense or short
   Context ctx(*model, cp);
   ctx.decode({tokens.data(), 512});
   EXPECT_EQ(ctx.attention_report().sparse_calls, 2 * n_layer);

@@ -123,8 +123,8 @@ TEST_F(ModelTest, SparseMethodsAtFullBudgetAreDenseInChunkedPrefill) {
   for (const AttentionMethodInfo& m : attention_methods()) {
     if (m.name == "dense") continue;
     ASSERT_TRUE(full_budget.count(m.name)) << "no full-budget spec for method " << m.name;
-    // max_density=1: the full plan itself runs, not the policy's dense fallback.
-    const std::string spec = m.name + ":last_q=0,max_density=1," + full_budget.at(m.name);
+    // max_density=1, min_len=0: the full plan itself runs, not the policy's dense fallback.
+    const std::string spec = m.name + ":last_q=0,max_density=1,min_len=0," + full_budget.at(m.name);
     AttentionReport report;
     const std::vector<float> full = run(spec, &report);
     EXPECT_EQ(std::memcmp(full.data(), dense.data(), dense.size() * sizeof(float)), 0) << spec;

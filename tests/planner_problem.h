@@ -94,10 +94,14 @@ struct PlannerProblem {
     return out;
   }
 
-  // Runs `spec` as the model would for layer `layer` of `n_layers`.
+  // Runs `spec` as the model would for layer `layer` of `n_layers`. Unless the
+  // spec sets min_len, the planner runs however few keys the chunk has (the
+  // methods' crossover defaults would run these small problems dense).
   std::vector<float> run(const std::string& spec, AttentionReport* report = nullptr, int32_t layer = 0,
                          int32_t n_layers = 1, int fidelity_rows = 0) const {
-    attention::AttentionMethod method(spec, n_layers);
+    const bool sets_min_len = spec.find("min_len=") != std::string::npos;
+    const std::string planned = sets_min_len ? spec : spec + (spec.find(':') == std::string::npos ? ":" : ",") + "min_len=0";
+    attention::AttentionMethod method(planned, n_layers);
     std::vector<float> out(q.size());
     AttentionReport local;
     method.prefill(request(layer, n_layers), params(out.data()), report ? *report : local, fidelity_rows);

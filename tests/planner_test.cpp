@@ -143,6 +143,20 @@ TEST(AttentionPolicy, MinLenAndDenseLayersRunDense) {
   EXPECT_LT(s.density(), 0.5);
 }
 
+TEST(AttentionPolicy, MeasuredCrossoverDefaultsRunShortChunksDense) {
+  // minference's own min_len default (2048): planned at 2048 keys, dense below.
+  auto calls = [](const PlannerProblem& p, const std::string& spec) {
+    attention::AttentionMethod method(spec, 1);
+    std::vector<float> out(p.q.size());
+    AttentionReport report;
+    method.prefill(p.request(), p.params(out.data()), report, 0);
+    return std::pair{report.sparse_calls, report.dense_calls};
+  };
+  EXPECT_EQ(calls(PlannerProblem(3, 1, 64, 128, 1919, 2), "minference:v=64,s=64"), std::pair(int64_t{0}, int64_t{1}));
+  EXPECT_EQ(calls(PlannerProblem(3, 1, 64, 128, 1920, 2), "minference:v=64,s=64"), std::pair(int64_t{1}, int64_t{0}));
+  EXPECT_EQ(calls(PlannerProblem(3, 1, 64, 128, 1000, 2), "minference:v=64,s=64,min_len=0"), std::pair(int64_t{1}, int64_t{0}));
+}
+
 TEST(AttentionPolicy, NearDensePlansRunDense) {
   PlannerProblem p(2, 1, 64, 128, 1000, 5);
   AttentionReport near, kept;

@@ -216,7 +216,8 @@ MethodDef flexprefill_method() {
        {"max_budget", "0", "maximum vertical and slash budget, in keys (0: none)"},
        {"budget", "count",
         "count: the covering token count / block + 1 blocks (reference); cover: the blocks holding those tokens "
-        "(denser, robust to scattered columns)"}}};
+        "(denser, robust to scattered columns)"},
+       crossover_param("2048")}};
   return {info, [](const MethodParams& p) -> std::unique_ptr<Planner> {
             const double gamma = p.number("gamma", 0.0, 1.0), tau = p.number("tau", 0.0, 1.0);
             const int64_t block = p.integer("block", KeySelection::kBlock, 4096);

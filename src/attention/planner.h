@@ -81,6 +81,13 @@ struct MethodDef {
   std::function<std::unique_ptr<Planner>(const MethodParams&)> make;
 };
 
+// A method's own min_len default: the prompt length below which it did not beat
+// dense in `skim bench` (docs/results/smollm2-crossover.md), so shorter chunks
+// skip planning that would cost more than it saves.
+inline AttentionParamInfo crossover_param(const char* keys) {
+  return {"min_len", keys, "run dense while a chunk has fewer keys than this (measured crossover)"};
+}
+
 // The sparse methods, one per planner file.
 MethodDef streaming_method();
 MethodDef trishape_method();

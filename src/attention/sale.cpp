@@ -572,7 +572,8 @@ MethodDef sale_method() {
        {"local", "128", "local band in keys before each query block"},
        {"block", "64", "key block size of the selection (32 or 64)"},
        {"est_rows", "8", "rows of each 64-row query block the estimate uses, evenly spaced (64: all, as SALE)"},
-       {"config", "", "calibration file (skim calibrate) with per-(layer, head) thetas; others use theta"}}};
+       {"config", "", "calibration file (skim calibrate) with per-(layer, head) thetas; others use theta"},
+       crossover_param("4096")}};
   return {info, [](const MethodParams& p) -> std::unique_ptr<Planner> {
             sale::Shape shape;
             shape.sink = p.integer("sink", 0, 1 << 30);

@@ -180,7 +180,8 @@ MethodDef minference_method() {
       "MInference vertical-slash: each chunk's last 64 queries estimate columns and diagonals; top v + top s per head",
       {{"v", "1000", "vertical budget: key columns per head (the first 30 always kept)"},
        {"s", "300", "slash budget: diagonal offsets per head (the nearest 100 always kept)"},
-       {"config", "", "per-(layer, head) v/s from `skim calibrate` (JSON); listed heads override v and s"}}};
+       {"config", "", "per-(layer, head) v/s from `skim calibrate` (JSON); listed heads override v and s"},
+       crossover_param("2048")}};
   return {info, [](const MethodParams& p) -> std::unique_ptr<Planner> {
             const Budget defaults{p.integer("v", 0, int64_t{1} << 30), p.integer("s", 0, int64_t{1} << 30)};
             const std::string path = p.text("config");

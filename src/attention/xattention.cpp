@@ -86,7 +86,8 @@ MethodDef xattention_method() {
                            "+ sink block + diagonal",
                            {{"stride", "8", "antidiagonal stride S (a divisor of block; estimate cost 1/(2S) of dense)"},
                             {"block", "64", "block size in keys / query rows (a multiple of 64)"},
-                            {"tau", "0.9", "estimated attention mass each query block's kept key blocks must reach"}}};
+                            {"tau", "0.9", "estimated attention mass each query block's kept key blocks must reach"},
+                            crossover_param("2048")}};
   return {info, [](const MethodParams& p) -> std::unique_ptr<Planner> {
             const int64_t stride = p.integer("stride", 1, 64), block = p.integer("block", KeySelection::kBlock, 1024);
             const double tau = p.number("tau", 0.0, 1.0);
