@@ -20,8 +20,8 @@ PerplexityResult perplexity(Context& ctx, const std::vector<int32_t>& tokens, in
   const int n_ctx = ctx.n_ctx();
   const int n_vocab = ctx.model().config().n_vocab;
   const int64_t n_windows = static_cast<int64_t>(tokens.size()) / n_ctx;
-  if (n_windows < 1 || tokens.size() < 2 * static_cast<size_t>(n_ctx))
-    throw std::invalid_argument(fmt::format("perplexity needs at least 2 * {} tokens, the text has {}", n_ctx, tokens.size()));
+  if (n_windows < 1)
+    throw std::invalid_argument(fmt::format("perplexity needs at least one window of {} tokens, the text has {}", n_ctx, tokens.size()));
   const int first = n_ctx / 2;
 
   PerplexityResult r;
