@@ -303,6 +303,8 @@ class EvalRun {
     if (o_.fidelity) cmd += fmt::format(" --fidelity --fidelity-rows {}", o_.fidelity_rows);
     if (wants_ppl()) cmd += fmt::format(" --ppl-tokens {}", o_.ppl_tokens);
     if (o_.no_chat) cmd += " --no-chat";
+    // A report of earlier passes: their sample counts are the table's n, not --samples.
+    if (o_.report_only) cmd += " --report-only";
     return cmd;
   }
 
