@@ -121,6 +121,8 @@ void Context::forward_ubatch(std::span<const int32_t> tokens, int64_t logits_fro
     add_bias(s.q.data(), L.bq, n, q_dim);
     add_bias(s.k.data(), L.bk, n, kv_dim);
     add_bias(s.v.data(), L.bv, n, kv_dim);
+    // Rows are independent (their own position and cache slot); decode's single row stays serial.
+#pragma omp parallel for schedule(static) if (n >= 16)
     for (int i = 0; i < n; ++i) {
       const float pos = static_cast<float>(pos0 + i);
       kernels::rope(s.q.data() + static_cast<size_t>(i) * q_dim, c.n_head, hd, pos, inv_freq, interleaved);
