@@ -296,14 +296,15 @@ class EvalRun {
 
   std::string command() const {
     std::vector<std::string> attn(methods_.begin() + 1, methods_.end());
-    std::string cmd = fmt::format("skim eval{} --tasks {} --lengths {} --samples {} --seed {} --depths {} --out {}",
+    // A report of earlier passes: their sample counts are the table's n, not --samples.
+    const std::string samples = o_.report_only ? "" : fmt::format(" --samples {}", o_.samples);
+    std::string cmd = fmt::format("skim eval{} --tasks {} --lengths {}{} --seed {} --depths {} --out {}",
                                   attn.empty() ? "" : " --attn " + fmt::format("{}", fmt::join(attn, ",")), fmt::join(tasks_, ","),
-                                  o_.lengths, o_.samples, o_.seed, o_.depths, o_.out);
+                                  o_.lengths, samples, o_.seed, o_.depths, o_.out);
     if (!o_.model.model.empty()) cmd += " -m " + o_.model.model;
     if (o_.fidelity) cmd += fmt::format(" --fidelity --fidelity-rows {}", o_.fidelity_rows);
     if (wants_ppl()) cmd += fmt::format(" --ppl-tokens {}", o_.ppl_tokens);
     if (o_.no_chat) cmd += " --no-chat";
-    // A report of earlier passes: their sample counts are the table's n, not --samples.
     if (o_.report_only) cmd += " --report-only";
     return cmd;
   }
