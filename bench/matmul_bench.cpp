@@ -1,8 +1,8 @@
 // Throughput of kernels::matmul on SmolLM2-135M's weight shapes.
 //
-//   matmul_bench [--types T1,T2,...] [--min-seconds S]
+//   matmul_bench [--types T1,T2,...] [--min-seconds S] [--prefill-rows M]
 //
-// For each shape: prefill (m = 512) in GFLOP/s next to plain OpenBLAS sgemm on
+// For each shape: prefill (m = 512, or M rows) in GFLOP/s next to plain OpenBLAS sgemm on
 // an f32 copy of the same weights (the ceiling the panel path aims at), and
 // decode (m = 1) as time per call and weight GB/s, both with the weights hot in
 // cache (one matrix) and cold (rotating over copies larger than the L3), with
@@ -132,6 +132,7 @@ double fma_peak_gflops(int threads) {
 int main(int argc, char** argv) {
   std::vector<Shape> shapes(std::begin(kModelShapes), std::end(kModelShapes));
   double min_seconds = 0.6;
+  int64_t m_prefill = 512;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
     if (arg == "--types" && i + 1 < argc) {
@@ -154,8 +155,10 @@ int main(int argc, char** argv) {
       shapes = expanded;
     } else if (arg == "--min-seconds" && i + 1 < argc) {
       min_seconds = std::atof(argv[++i]);
+    } else if (arg == "--prefill-rows" && i + 1 < argc && std::atoll(argv[i + 1]) > 4) {
+      m_prefill = std::atoll(argv[++i]);
     } else {
-      std::fprintf(stderr, "usage: %s [--types T1,T2,...] [--min-seconds S]\n", argv[0]);
+      std::fprintf(stderr, "usage: %s [--types T1,T2,...] [--min-seconds S] [--prefill-rows M (> 4)]\n", argv[0]);
       return 2;
     }
   }
@@ -163,7 +166,6 @@ int main(int argc, char** argv) {
   std::printf("f32 FMA peak: %.1f GFLOP/s (1 thread), %.1f GFLOP/s (2 threads)\n", fma_peak_gflops(1),
               fma_peak_gflops(2));
   std::mt19937_64 rng(42);
-  const int64_t m_prefill = 512;
   std::printf("prefill m=%lld: GFLOP/s of matmul, median and best call; decode m=1: microseconds per call\n"
               "(median, best) and weight GB/s of the best call, hot (same matrix each call) and cold (rotating\n"
               "over copies larger than the L3). Last: OpenBLAS sgemm on f32 copies of the weights, for scale.\n",

@@ -276,6 +276,57 @@ TEST(Matmul, ThreadCountDoesNotChangeResults) {
   }
 }
 
+// Q, K and V (or gate and up) share one activation pack and one thread team:
+// each output must be bit for bit what its own matmul gives, on row counts with
+// partial micro-panels and row lengths that are not a multiple of 8.
+TEST(MatmulSharedInput, EqualsSeparateProducts) {
+  KernelStateGuard guard;
+  std::mt19937_64 rng(11);
+  struct Case {
+    int64_t k;
+    std::vector<std::pair<GgmlType, int64_t>> weights;  // type, rows
+  };
+  const Case cases[] = {{576, {{GgmlType::Q4_1, 576}, {GgmlType::Q8_0, 192}, {GgmlType::Q4_K, 37}}},
+                        {100, {{GgmlType::F16, 64}, {GgmlType::F32, 5}}}};
+  for (const Case& c : cases) {
+    std::vector<std::vector<uint8_t>> data;
+    std::vector<TensorInfo> tensors;
+    for (auto [type, rows] : c.weights) {
+      if (c.k % traits(type).block_size != 0) continue;
+      data.push_back(test::random_weights(type, rows, c.k, rng));
+      tensors.push_back(test::make_tensor(type, c.k, rows, data.back()));
+    }
+    for (int64_t m : {1, 4, 7, 70, 300}) {
+      SCOPED_TRACE(::testing::Message() << "k=" << c.k << " m=" << m);
+      const std::vector<float> x = random_activations(m, c.k, rng);
+      std::vector<std::vector<float>> fused, separate;
+      std::vector<kernels::MatmulTarget> targets;
+      for (const TensorInfo& t : tensors) {
+        fused.emplace_back(m * t.rows(), -1.0f);
+        separate.emplace_back(m * t.rows());
+        kernels::matmul(t, x.data(), m, separate.back().data());
+      }
+      for (size_t i = 0; i < tensors.size(); ++i) targets.push_back({&tensors[i], fused[i].data()});
+      kernels::matmul_shared_input(targets, x.data(), m);
+      for (size_t i = 0; i < tensors.size(); ++i)
+        EXPECT_EQ(std::memcmp(fused[i].data(), separate[i].data(), fused[i].size() * sizeof(float)), 0)
+            << "weight " << i << " (" << traits(tensors[i].type).name << ")";
+    }
+  }
+}
+
+TEST(MatmulSharedInput, RejectsWeightsOfDifferentRowLengths) {
+  std::mt19937_64 rng(12);
+  const std::vector<uint8_t> a = test::random_weights(GgmlType::Q8_0, 4, 64, rng);
+  const std::vector<uint8_t> b = test::random_weights(GgmlType::Q8_0, 4, 96, rng);
+  const TensorInfo ta = test::make_tensor(GgmlType::Q8_0, 64, 4, a), tb = test::make_tensor(GgmlType::Q8_0, 96, 4, b);
+  std::vector<float> x(16 * 96, 1.0f), ya(16 * 4), yb(16 * 4);
+  const kernels::MatmulTarget targets[] = {{&ta, ya.data()}, {&tb, yb.data()}};
+  EXPECT_THROW(kernels::matmul_shared_input(targets, x.data(), 16), std::invalid_argument);
+  const kernels::MatmulTarget missing[] = {{nullptr, ya.data()}};
+  EXPECT_THROW(kernels::matmul_shared_input(missing, x.data(), 16), std::invalid_argument);
+}
+
 TEST(Matmul, ZeroRowsIsANoOp) {
   std::mt19937_64 rng(3);
   const std::vector<uint8_t> w = test::random_weights(GgmlType::Q8_0, 4, 64, rng);

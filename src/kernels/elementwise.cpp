@@ -108,11 +108,18 @@ void rms_norm(const float* x, const float* w, float* y, int64_t rows, int64_t n,
   for (int64_t r = 0; r < rows; ++r) row(x + r * n, w, y + r * n, n, eps);
 }
 
-void rope(float* x, int n_heads, int head_dim, float pos, const float* inv_freq, bool interleaved) {
+void rope_angles(float pos, const float* inv_freq, int head_dim, float* cos_out, float* sin_out) {
+  for (int i = 0; i < head_dim / 2; ++i) {
+    const float theta = pos * inv_freq[i];
+    cos_out[i] = std::cos(theta);
+    sin_out[i] = std::sin(theta);
+  }
+}
+
+void rope(float* x, int n_heads, int head_dim, const float* cos, const float* sin, bool interleaved) {
   const int half = head_dim / 2;
   for (int i = 0; i < half; ++i) {
-    const float theta = pos * inv_freq[i];
-    const float c = std::cos(theta), s = std::sin(theta);
+    const float c = cos[i], s = sin[i];
     for (int h = 0; h < n_heads; ++h) {
       float* xh = x + static_cast<int64_t>(h) * head_dim;
       const int a = interleaved ? 2 * i : i;

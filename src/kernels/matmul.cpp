@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <mutex>
+#include <span>
 #include <stdexcept>
 #include <vector>
 
@@ -228,13 +229,15 @@ void gemm_panels(const TensorInfo& w, const float* x, int64_t m, float* y, int64
 //
 // y tiles of kMR x kNR are computed by a register-blocked micro-kernel (12
 // accumulators, 2 loads and 6 broadcasts per k step, FMA-bound). K is split
-// into blocks of about kKBlock so that a 6 x kc activation micro-panel and a
-// kc x 16 weight micro-panel fit in L1 together, while the panel's kc x 128
-// weight slice stays in L2.
+// only when longer than kKBlock: each split re-reads and re-writes the whole
+// m x 128 output panel, which at m = 2048 (1 MiB) no longer fits in L2, and
+// those misses cost more (GEMM at 60 vs 72 GFLOP/s on 2 Zen 1 cores, m = 2048)
+// than streaming a long kc x 16 weight micro-panel from L2 does. The 6 x kc
+// activation micro-panel (24 KiB at most) stays in L1.
 
 constexpr int kMR = 6;
 constexpr int kNR = 16;
-constexpr int64_t kKBlock = 256;
+constexpr int64_t kKBlock = 1024;
 
 // c[i][j] (+)= sum_kk a[kk][i] * b[kk][j] for a 6 x 16 tile; a is packed
 // [kc][6], b [kc][16]; c has row stride ldc.
@@ -265,6 +268,33 @@ __attribute__((target("avx2,fma"))) void micro_kernel_6x16(int64_t kc, const flo
   }
 }
 
+// dst[kk][i] = src[i][kk] for 6 rows i (row stride k) and 8 columns kk: an
+// 8 x 8 transpose of the rows plus two zero rows, each column's first 6 lanes
+// stored.
+__attribute__((target("avx2,fma"))) void transpose_6x8(const float* src, int64_t k, float* dst) {
+  __m256 r[8];
+  for (int i = 0; i < kMR; ++i) r[i] = _mm256_loadu_ps(src + i * k);
+  r[6] = r[7] = _mm256_setzero_ps();
+  const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+  const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+  const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+  const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+  const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+  const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+  const __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+  const __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+  const __m256 cols[8] = {
+      _mm256_permute2f128_ps(u0, u4, 0x20), _mm256_permute2f128_ps(u1, u5, 0x20),
+      _mm256_permute2f128_ps(u2, u6, 0x20), _mm256_permute2f128_ps(u3, u7, 0x20),
+      _mm256_permute2f128_ps(u0, u4, 0x31), _mm256_permute2f128_ps(u1, u5, 0x31),
+      _mm256_permute2f128_ps(u2, u6, 0x31), _mm256_permute2f128_ps(u3, u7, 0x31)};
+  for (int c = 0; c < 8; ++c) {
+    float* out = dst + c * kMR;
+    _mm_storeu_ps(out, _mm256_castps256_ps128(cols[c]));
+    _mm_storel_pi(reinterpret_cast<__m64*>(out + 4), _mm256_extractf128_ps(cols[c], 1));
+  }
+}
+
 // Packs rows [0, m) of x (row stride k) as micro-panels [m/6][k][6], the rows
 // past m zero. Micro-panels are split over the threads of the enclosing team.
 void pack_activations(const float* x, int64_t m, int64_t k, float* packed) {
@@ -272,9 +302,13 @@ void pack_activations(const float* x, int64_t m, int64_t k, float* packed) {
 #pragma omp for schedule(static)
   for (int64_t p = 0; p < panels; ++p) {
     float* dst = packed + p * kMR * k;
+    const float* src = x + p * kMR * k;
     const int64_t rows = std::min<int64_t>(kMR, m - p * kMR);
-    for (int64_t kk = 0; kk < k; ++kk) {
-      for (int64_t i = 0; i < rows; ++i) dst[kk * kMR + i] = x[(p * kMR + i) * k + kk];
+    int64_t kk = 0;
+    if (rows == kMR)
+      for (; kk + 8 <= k; kk += 8) transpose_6x8(src + kk, k, dst + kk * kMR);
+    for (; kk < k; ++kk) {
+      for (int64_t i = 0; i < rows; ++i) dst[kk * kMR + i] = src[i * k + kk];
       for (int64_t i = rows; i < kMR; ++i) dst[kk * kMR + i] = 0.0f;
     }
   }
@@ -330,19 +364,35 @@ void gemm_tile_range(const float* xp, const float* wp, int64_t k, int64_t m0, in
   }
 }
 
-void gemm_packed_avx2(const TensorInfo& w, const float* x, int64_t m, float* y, int64_t ldy, int64_t n_begin,
-                      int64_t n_end) {
-  const int64_t k = w.row_length(), rows = n_end - n_begin;
+// One weight's share of a packed GEMM: output rows [n_begin, n_end) of w into
+// y (row stride ldy), cut into tasks of one weight panel x one chunk of the
+// activation rows.
+struct GemmJob {
+  const TensorInfo* w;
+  float* y;
+  int64_t ldy, n_begin, n_end;
+  int64_t panel_rows, m_chunks, m_chunk_rows, first_task;
+};
+
+// Computes every job from activations x packed once, all jobs' tasks shared
+// by one thread team (dynamic scheduling: panels cost alike, threads may not).
+void gemm_packed_avx2(std::span<GemmJob> jobs, const float* x, int64_t m) {
+  const int64_t k = jobs.front().w->row_length();
   const int threads = max_threads();
-  int64_t panels = (rows + kPanelRows - 1) / kPanelRows;
-  if (panels < 4 * threads) panels = (panels + threads - 1) / threads * threads;
-  int64_t panel_rows = (rows + panels - 1) / panels;
-  panel_rows = (panel_rows + kNR - 1) / kNR * kNR;
-  panels = (rows + panel_rows - 1) / panel_rows;
-  // Too few panels to go around: split the activation rows too, in whole micro-panels.
-  const int64_t m_chunks = panels < threads ? std::min<int64_t>(threads, std::max<int64_t>(1, m / 32)) : 1;
-  const int64_t m_chunk_rows = ((m + m_chunks - 1) / m_chunks + kMR - 1) / kMR * kMR;
-  const int64_t tasks = panels * m_chunks;
+  int64_t tasks = 0, max_panel_rows = 0;
+  for (GemmJob& j : jobs) {
+    const int64_t rows = j.n_end - j.n_begin;
+    int64_t panels = (rows + kPanelRows - 1) / kPanelRows;
+    if (panels < 4 * threads) panels = (panels + threads - 1) / threads * threads;
+    j.panel_rows = ((rows + panels - 1) / panels + kNR - 1) / kNR * kNR;
+    panels = (rows + j.panel_rows - 1) / j.panel_rows;
+    // Too few panels to go around: split the activation rows too, in whole micro-panels.
+    j.m_chunks = panels < threads ? std::min<int64_t>(threads, std::max<int64_t>(1, m / 32)) : 1;
+    j.m_chunk_rows = ((m + j.m_chunks - 1) / j.m_chunks + kMR - 1) / kMR * kMR;
+    j.first_task = tasks;
+    tasks += panels * j.m_chunks;
+    max_panel_rows = std::max(max_panel_rows, j.panel_rows);
+  }
 
   thread_local std::vector<float> packed_x;
   const size_t packed_x_size = static_cast<size_t>((m + kMR - 1) / kMR * kMR * k);
@@ -353,22 +403,28 @@ void gemm_packed_avx2(const TensorInfo& w, const float* x, int64_t m, float* y, 
   {
     pack_activations(x, m, k, xp);  // ends with the implicit barrier of its omp for
     std::vector<float>& scratch = thread_scratch();
-    const size_t need = static_cast<size_t>(panel_rows * k + k);
+    const size_t need = static_cast<size_t>(max_panel_rows * k + k);
     if (scratch.size() < need) scratch.resize(need);
     float* wp = scratch.data();
-    float* row = scratch.data() + panel_rows * k;
+    float* row = scratch.data() + max_panel_rows * k;
+    const GemmJob* job_in_scratch = nullptr;
     int64_t panel_in_scratch = -1;
 #pragma omp for schedule(dynamic, 1)
     for (int64_t t = 0; t < tasks; ++t) {
-      const int64_t p = t / m_chunks, chunk = t % m_chunks;
-      const int64_t n0 = n_begin + p * panel_rows, np = std::min(panel_rows, n_end - n0);
-      const int64_t m0 = chunk * m_chunk_rows, m1 = std::min(m, m0 + m_chunk_rows);
+      const GemmJob& j = *(std::upper_bound(jobs.begin(), jobs.end(), t,
+                                            [](int64_t task, const GemmJob& g) { return task < g.first_task; }) -
+                           1);
+      const int64_t local = t - j.first_task;
+      const int64_t p = local / j.m_chunks, chunk = local % j.m_chunks;
+      const int64_t n0 = j.n_begin + p * j.panel_rows, np = std::min(j.panel_rows, j.n_end - n0);
+      const int64_t m0 = chunk * j.m_chunk_rows, m1 = std::min(m, m0 + j.m_chunk_rows);
       if (m0 >= m1) continue;
-      if (panel_in_scratch != p) {
-        pack_weights(w, n0, np, wp, row);
+      if (job_in_scratch != &j || panel_in_scratch != p) {
+        pack_weights(*j.w, n0, np, wp, row);
+        job_in_scratch = &j;
         panel_in_scratch = p;
       }
-      gemm_tile_range(xp, wp, k, m0, m1, np, y + (n0 - n_begin), ldy);
+      gemm_tile_range(xp, wp, k, m0, m1, np, j.y + (n0 - j.n_begin), j.ldy);
     }
   }
 }
@@ -388,15 +444,37 @@ void matmul_rows(const TensorInfo& w, const float* x, int64_t m, float* y, int64
       gemv_float(w, x, m, y, ldy, n_begin, n_end, isa);
     return;
   }
-  if (isa == KernelIsa::kAvx2)
-    gemm_packed_avx2(w, x, m, y, ldy, n_begin, n_end);
-  else
+  if (isa == KernelIsa::kAvx2) {
+    GemmJob job{&w, y, ldy, n_begin, n_end, 0, 0, 0, 0};
+    gemm_packed_avx2(std::span(&job, 1), x, m);
+  } else {
     gemm_panels(w, x, m, y, ldy, n_begin, n_end);
+  }
 }
 
 void matmul(const TensorInfo& w, const float* x, int64_t m, float* y) {
   const int64_t n = w.dims.empty() ? 0 : w.rows();
   matmul_rows(w, x, m, y, n, 0, n);
+}
+
+void matmul_shared_input(std::span<const MatmulTarget> targets, const float* x, int64_t m) {
+  if (targets.empty()) return;
+  std::vector<GemmJob> jobs;
+  for (const MatmulTarget& t : targets) {
+    if (t.w == nullptr) throw std::invalid_argument("matmul: null weight");
+    const int64_t n = t.w->dims.empty() ? 0 : t.w->rows();
+    validate(*t.w, x, m, t.y, n, 0, n);
+    if (t.w->row_length() != targets.front().w->row_length())
+      throw std::invalid_argument(fmt::format("matmul: weights '{}' and '{}' have different row lengths ({} and {})",
+                                              targets.front().w->name, t.w->name,
+                                              targets.front().w->row_length(), t.w->row_length()));
+    if (n > 0) jobs.push_back({t.w, t.y, n, 0, n, 0, 0, 0, 0});
+  }
+  if (m <= kMaxGemvRows || kernel_isa() != KernelIsa::kAvx2 || jobs.empty()) {
+    for (const GemmJob& j : jobs) matmul_rows(*j.w, x, m, j.y, j.ldy, j.n_begin, j.n_end);
+    return;
+  }
+  if (m > 0) gemm_packed_avx2(jobs, x, m);
 }
 
 }  // namespace skim::kernels

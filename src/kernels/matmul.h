@@ -20,12 +20,23 @@
 #pragma once
 
 #include <cstdint>
+#include <span>
 
 #include "skim/gguf.h"
 
 namespace skim::kernels {
 
 void matmul(const TensorInfo& w, const float* x, int64_t m, float* y);
+
+// One product of the shared activations x with each weight (Q, K and V of a
+// layer; or its gate and up projections): y_i = x . W_i^T, y_i with row
+// stride W_i's rows. All weights must have the same row length. Prefill packs
+// x once for all of them and spreads all their panels over one thread team.
+struct MatmulTarget {
+  const TensorInfo* w;
+  float* y;
+};
+void matmul_shared_input(std::span<const MatmulTarget> targets, const float* x, int64_t m);
 
 // Same, restricted to output rows [n_begin, n_end) of W:
 //   y[r * ldy + (n - n_begin)] = sum_k x[r][k] * W[n][k]   for n in [n_begin, n_end)

@@ -20,6 +20,7 @@ namespace skim {
 // Activations of one micro-batch, sized once for n_ubatch rows.
 struct Context::Scratch {
   std::vector<float> x, xn, q, k, v, attn, proj, gate, up, logits;
+  std::vector<float> rope_cos, rope_sin;  // per row: head_dim / 2 angles
 };
 
 namespace {
@@ -49,6 +50,8 @@ Context::Context(const Model& model, ContextParams params) : model_(model), para
   s_->proj.resize(rows * c.n_embd);
   s_->gate.resize(rows * c.n_ff);
   s_->up.resize(rows * c.n_ff);
+  s_->rope_cos.resize(rows * c.head_dim / 2);
+  s_->rope_sin.resize(rows * c.head_dim / 2);
 }
 
 Context::~Context() = default;
@@ -110,23 +113,26 @@ void Context::forward_ubatch(std::span<const int32_t> tokens, int64_t logits_fro
   kv_->resize(pos0 + n);
   for (int i = 0; i < n; ++i) kv_->set_position(pos0 + i, pos0 + i);
   const bool interleaved = c.rope_style == RopeStyle::Interleaved;
-  const float* inv_freq = model_.rope_inv_freq().data();
+  const int half = hd / 2;
+  for (int i = 0; i < n; ++i)
+    kernels::rope_angles(static_cast<float>(pos0 + i), model_.rope_inv_freq().data(), hd,
+                         s.rope_cos.data() + static_cast<size_t>(i) * half, s.rope_sin.data() + static_cast<size_t>(i) * half);
 
   for (int l = 0; l < c.n_layer; ++l) {
     const LayerWeights& L = model_.layer(l);
     kernels::rms_norm(s.x.data(), f32_data(*L.attn_norm), s.xn.data(), n, d, c.rms_eps);
-    kernels::matmul(*L.wq, s.xn.data(), n, s.q.data());
-    kernels::matmul(*L.wk, s.xn.data(), n, s.k.data());
-    kernels::matmul(*L.wv, s.xn.data(), n, s.v.data());
+    const kernels::MatmulTarget qkv[] = {{L.wq, s.q.data()}, {L.wk, s.k.data()}, {L.wv, s.v.data()}};
+    kernels::matmul_shared_input(qkv, s.xn.data(), n);
     add_bias(s.q.data(), L.bq, n, q_dim);
     add_bias(s.k.data(), L.bk, n, kv_dim);
     add_bias(s.v.data(), L.bv, n, kv_dim);
     // Rows are independent (their own position and cache slot); decode's single row stays serial.
 #pragma omp parallel for schedule(static) if (n >= 16)
     for (int i = 0; i < n; ++i) {
-      const float pos = static_cast<float>(pos0 + i);
-      kernels::rope(s.q.data() + static_cast<size_t>(i) * q_dim, c.n_head, hd, pos, inv_freq, interleaved);
-      kernels::rope(s.k.data() + static_cast<size_t>(i) * kv_dim, c.n_head_kv, hd, pos, inv_freq, interleaved);
+      const float* cos = s.rope_cos.data() + static_cast<size_t>(i) * half;
+      const float* sin = s.rope_sin.data() + static_cast<size_t>(i) * half;
+      kernels::rope(s.q.data() + static_cast<size_t>(i) * q_dim, c.n_head, hd, cos, sin, interleaved);
+      kernels::rope(s.k.data() + static_cast<size_t>(i) * kv_dim, c.n_head_kv, hd, cos, sin, interleaved);
       for (int g = 0; g < c.n_head_kv; ++g) {
         const size_t src = static_cast<size_t>(i) * kv_dim + static_cast<size_t>(g) * hd;
         const size_t dst = static_cast<size_t>(pos0 + i) * hd;
@@ -175,8 +181,8 @@ void Context::forward_ubatch(std::span<const int32_t> tokens, int64_t logits_fro
     kernels::add_inplace(s.x.data(), s.proj.data(), static_cast<int64_t>(n) * d);
 
     kernels::rms_norm(s.x.data(), f32_data(*L.ffn_norm), s.xn.data(), n, d, c.rms_eps);
-    kernels::matmul(*L.w_gate, s.xn.data(), n, s.gate.data());
-    kernels::matmul(*L.w_up, s.xn.data(), n, s.up.data());
+    const kernels::MatmulTarget gate_up[] = {{L.w_gate, s.gate.data()}, {L.w_up, s.up.data()}};
+    kernels::matmul_shared_input(gate_up, s.xn.data(), n);
     kernels::swiglu(s.gate.data(), s.up.data(), static_cast<int64_t>(n) * c.n_ff);
     kernels::matmul(*L.w_down, s.gate.data(), n, s.proj.data());
     kernels::add_inplace(s.x.data(), s.proj.data(), static_cast<int64_t>(n) * d);
