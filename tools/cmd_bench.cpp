@@ -30,6 +30,7 @@ struct BenchOptions {
   std::string text_file;
   std::string peer = "llama.cpp";
   bool json = false;
+  bool warmup = true;
 };
 
 struct BenchRow {
@@ -91,7 +92,7 @@ std::vector<BenchRow> bench_skim(const BenchOptions& o, const Model& model, int 
   std::vector<BenchRow> rows;
   auto measure = [&](const std::string& test, const std::string& attn, int n, const auto& body) {
     std::vector<double> rates;
-    for (int r = -1; r < o.repetitions; ++r) {  // r == -1: warm-up, not counted
+    for (int r = o.warmup ? -1 : 0; r < o.repetitions; ++r) {  // r == -1: warm-up, not counted
       Stopwatch clock;
       body();
       if (r >= 0) rates.push_back(n / (clock.ms() / 1000.0));
@@ -133,8 +134,9 @@ std::vector<BenchRow> bench_llama_cpp(const BenchOptions& o, const std::string& 
   const std::string bin = llama_bench_path();
   if (!std::filesystem::exists(bin))
     throw std::runtime_error(fmt::format("llama-bench not found at {}: run scripts/build-llama-cpp, or pass --peer none", bin));
-  const std::string cmd = fmt::format("'{}' -m '{}' -p '{}' -n '{}' -t {} -r {} -ub {} -o json 2>/dev/null", bin, model_path,
-                                      o.prompts, o.gens, threads, o.repetitions, o.n_ubatch);
+  const std::string cmd = fmt::format("'{}' -m '{}' -p '{}' -n '{}' -t {} -r {} -ub {}{} -o json 2>/dev/null", bin,
+                                      model_path, o.prompts, o.gens, threads, o.repetitions, o.n_ubatch,
+                                      o.warmup ? "" : " --no-warmup");
   fmt::print(stderr, "peer: {}\n", cmd);
   FILE* pipe = popen(cmd.c_str(), "r");
   if (!pipe) throw std::runtime_error("cannot start llama-bench");
@@ -226,6 +228,8 @@ void register_bench(CLI::App& app) {
       ->check(CLI::ExistingFile);
   cmd->add_option("--peer", o->peer, "llama.cpp (run llama-bench on the same model) or none");
   cmd->add_flag("--json", o->json, "print one JSON array instead of the table");
+  cmd->add_flag("!--no-warmup", o->warmup,
+                "skip the uncounted warm-up run of each test, here and in llama-bench (long prompts)");
   cmd->callback([o] { bench(*o); });
 }
 
