@@ -474,7 +474,7 @@ void matmul_shared_input(std::span<const MatmulTarget> targets, const float* x, 
     for (const GemmJob& j : jobs) matmul_rows(*j.w, x, m, j.y, j.ldy, j.n_begin, j.n_end);
     return;
   }
-  if (m > 0) gemm_packed_avx2(jobs, x, m);
+  gemm_packed_avx2(jobs, x, m);  // m > kMaxGemvRows here
 }
 
 }  // namespace skim::kernels
