@@ -91,6 +91,40 @@ TEST_F(ModelTest, ChunkedPrefillAndDecodeMatchOneBatch) {
   EXPECT_EQ(stepwise.n_past(), 300);
 }
 
+// Rows that want no logits skip the last layer past its K/V. The logits of the
+// others, and the cache the skipped rows leave, match computing every row.
+TEST_F(ModelTest, LastLayerComputesOnlyRowsWithLogits) {
+  const std::vector<int32_t> ids = text_tokens(300);
+  const int n_vocab = model_->config().n_vocab;
+  Context whole(*model_, {512, 512});
+  const std::vector<float> expected = whole.decode(ids, true);
+
+  // Logits from row 150 in 64-row micro-batches: the chunk holding row 150 is
+  // cut inside, the two before it want no logits at all.
+  Context partial(*model_, {512, 64});
+  std::vector<float> tail;
+  partial.decode_streaming(ids, 150, [&](int64_t, int64_t rows, const float* l) {
+    tail.insert(tail.end(), l, l + rows * n_vocab);
+  });
+  const Closeness c = compare(expected.data() + 150 * static_cast<size_t>(n_vocab), tail.data(), 150, n_vocab);
+  EXPECT_LT(c.mean_kl, 1e-5);
+  EXPECT_GE(c.same_top1, c.rows - 2);
+
+  // Only the last row: its last layer runs as one-row decode (8-bit activations,
+  // see ChunkedPrefillAndDecodeMatchOneBatch). Then one decode step reads the
+  // last layer's K/V of every row.
+  Context last(*model_, {512, 512});
+  const std::vector<float> last_logits = last.decode(std::span(ids).first(299));
+  const Closeness d = compare(expected.data() + 298 * static_cast<size_t>(n_vocab), last_logits.data(), 1, n_vocab);
+  EXPECT_LT(d.mean_kl, 5e-3);
+  EXPECT_EQ(d.same_top1, 1);
+  const std::vector<float> next = last.decode(std::span(ids).subspan(299, 1));
+  const Closeness e = compare(expected.data() + 299 * static_cast<size_t>(n_vocab), next.data(), 1, n_vocab);
+  std::printf("last row only: KL %.3g, then one decode step: KL %.3g\n", d.mean_kl, e.mean_kl);
+  EXPECT_LT(e.mean_kl, 5e-3);
+  EXPECT_EQ(e.same_top1, 1);
+}
+
 // Every sparse method at a budget covering all keys, in chunked prefill over
 // all earlier keys, gives the dense model's logits bit for bit; at a real
 // budget it changes them, and reports a density below 1.

@@ -118,12 +118,26 @@ void Context::forward_ubatch(std::span<const int32_t> tokens, int64_t logits_fro
     kernels::rope_angles(static_cast<float>(pos0 + i), model_.rope_inv_freq().data(), hd,
                          s.rope_cos.data() + static_cast<size_t>(i) * half, s.rope_sin.data() + static_cast<size_t>(i) * half);
 
+  // The last layer only feeds the logits: past its K/V (cached for later
+  // tokens), only rows that want logits are computed, as llama.cpp does.
+  // Observers of every layer's attention (calibration, fidelity) keep all rows.
+  const bool prune_last = !params_.on_prefill_attention && params_.fidelity_rows == 0;
   for (int l = 0; l < c.n_layer; ++l) {
     const LayerWeights& L = model_.layer(l);
+    // Rows [first, n) go through the whole layer; earlier rows only give K/V.
+    const int first = l == c.n_layer - 1 && prune_last ? static_cast<int>(std::min<int64_t>(logits_from, n)) : 0;
+    const int rows = n - first;
+    const size_t x_first = static_cast<size_t>(first) * d;
     kernels::rms_norm(s.x.data(), f32_data(*L.attn_norm), s.xn.data(), n, d, c.rms_eps);
-    const kernels::MatmulTarget qkv[] = {{L.wq, s.q.data()}, {L.wk, s.k.data()}, {L.wv, s.v.data()}};
-    kernels::matmul_shared_input(qkv, s.xn.data(), n);
-    add_bias(s.q.data(), L.bq, n, q_dim);
+    if (first == 0) {
+      const kernels::MatmulTarget qkv[] = {{L.wq, s.q.data()}, {L.wk, s.k.data()}, {L.wv, s.v.data()}};
+      kernels::matmul_shared_input(qkv, s.xn.data(), n);
+    } else {
+      const kernels::MatmulTarget kv[] = {{L.wk, s.k.data()}, {L.wv, s.v.data()}};
+      kernels::matmul_shared_input(kv, s.xn.data(), n);
+      if (rows > 0) kernels::matmul(*L.wq, s.xn.data() + x_first, rows, s.q.data());
+    }
+    add_bias(s.q.data(), L.bq, rows, q_dim);
     add_bias(s.k.data(), L.bk, n, kv_dim);
     add_bias(s.v.data(), L.bv, n, kv_dim);
     // Rows are independent (their own position and cache slot); decode's single row stays serial.
@@ -131,7 +145,7 @@ void Context::forward_ubatch(std::span<const int32_t> tokens, int64_t logits_fro
     for (int i = 0; i < n; ++i) {
       const float* cos = s.rope_cos.data() + static_cast<size_t>(i) * half;
       const float* sin = s.rope_sin.data() + static_cast<size_t>(i) * half;
-      kernels::rope(s.q.data() + static_cast<size_t>(i) * q_dim, c.n_head, hd, cos, sin, interleaved);
+      if (i >= first) kernels::rope(s.q.data() + static_cast<size_t>(i - first) * q_dim, c.n_head, hd, cos, sin, interleaved);
       kernels::rope(s.k.data() + static_cast<size_t>(i) * kv_dim, c.n_head_kv, hd, cos, sin, interleaved);
       for (int g = 0; g < c.n_head_kv; ++g) {
         const size_t src = static_cast<size_t>(i) * kv_dim + static_cast<size_t>(g) * hd;
@@ -140,15 +154,17 @@ void Context::forward_ubatch(std::span<const int32_t> tokens, int64_t logits_fro
         kernels::f32_to_f16_row(s.v.data() + src, kv_->v(l, g) + dst, hd);
       }
     }
+    if (rows == 0) continue;
+    const int q_pos0 = pos0 + first;
     if (params_.reference_attention) {
-      kernels::attention_reference(s.q.data(), n, pos0, *kv_, l, c.n_head, s.attn.data());
+      kernels::attention_reference(s.q.data(), rows, q_pos0, *kv_, l, c.n_head, s.attn.data());
     } else {
       kernels::AttnParams a;
       a.n_q_heads = c.n_head;
       a.n_kv_heads = c.n_head_kv;
       a.head_dim = hd;
-      a.n_rows = n;
-      a.q_pos0 = pos0;
+      a.n_rows = rows;
+      a.q_pos0 = q_pos0;
       a.q = s.q.data();
       a.q_head_stride = hd;
       a.q_row_stride = q_dim;
@@ -156,7 +172,7 @@ void Context::forward_ubatch(std::span<const int32_t> tokens, int64_t logits_fro
       a.out = s.attn.data();
       a.out_head_stride = hd;
       a.out_row_stride = q_dim;
-      if (n == 1) {
+      if (rows == 1) {
         kernels::attention_decode(a);
       } else {
         attention::PlanRequest r;
@@ -165,8 +181,8 @@ void Context::forward_ubatch(std::span<const int32_t> tokens, int64_t logits_fro
         r.n_q_heads = c.n_head;
         r.n_kv_heads = c.n_head_kv;
         r.head_dim = hd;
-        r.n_rows = n;
-        r.q_pos0 = pos0;
+        r.n_rows = rows;
+        r.q_pos0 = q_pos0;
         r.final_chunk = final_chunk;
         r.q = a.q;
         r.q_head_stride = a.q_head_stride;
@@ -177,15 +193,16 @@ void Context::forward_ubatch(std::span<const int32_t> tokens, int64_t logits_fro
         method_->prefill(r, a, report_, params_.fidelity_rows);
       }
     }
-    kernels::matmul(*L.wo, s.attn.data(), n, s.proj.data());
-    kernels::add_inplace(s.x.data(), s.proj.data(), static_cast<int64_t>(n) * d);
+    float* x = s.x.data() + x_first;
+    kernels::matmul(*L.wo, s.attn.data(), rows, s.proj.data());
+    kernels::add_inplace(x, s.proj.data(), static_cast<int64_t>(rows) * d);
 
-    kernels::rms_norm(s.x.data(), f32_data(*L.ffn_norm), s.xn.data(), n, d, c.rms_eps);
+    kernels::rms_norm(x, f32_data(*L.ffn_norm), s.xn.data(), rows, d, c.rms_eps);
     const kernels::MatmulTarget gate_up[] = {{L.w_gate, s.gate.data()}, {L.w_up, s.up.data()}};
-    kernels::matmul_shared_input(gate_up, s.xn.data(), n);
-    kernels::swiglu(s.gate.data(), s.up.data(), static_cast<int64_t>(n) * c.n_ff);
-    kernels::matmul(*L.w_down, s.gate.data(), n, s.proj.data());
-    kernels::add_inplace(s.x.data(), s.proj.data(), static_cast<int64_t>(n) * d);
+    kernels::matmul_shared_input(gate_up, s.xn.data(), rows);
+    kernels::swiglu(s.gate.data(), s.up.data(), static_cast<int64_t>(rows) * c.n_ff);
+    kernels::matmul(*L.w_down, s.gate.data(), rows, s.proj.data());
+    kernels::add_inplace(x, s.proj.data(), static_cast<int64_t>(rows) * d);
   }
 
   if (logits_from >= n) return;
