@@ -52,7 +52,8 @@ MethodDef block_sparse_method() {
   AttentionMethodInfo info{"block_sparse",
                            "MInference block-sparse: mean-pooled 64-blocks, top-k key blocks per query block "
                            "(raw dot product) + sink block + diagonal",
-                           {{"topk", "16", "key blocks of 64 per query block, besides the sink and diagonal blocks"}}};
+                           {{"topk", "16", "key blocks of 64 per query block, besides the sink and diagonal blocks"},
+                            crossover_param("2048")}};
   return {info, [](const MethodParams& p) -> std::unique_ptr<Planner> {
             return std::make_unique<BlockTopkPlanner>(p.integer("topk", 0, int64_t{1} << 24));
           }};
