@@ -134,7 +134,9 @@ TEST(Calibrate, PrefillHookSeesEveryLayerOfEveryChunk) {
     calls.emplace_back(r.layer, r.q_pos0, r.n_rows, r.final_chunk);
   };
   Context ctx(*model, cp);
-  const std::vector<float> hooked = ctx.decode(tokens);
+  // All logits: the observer keeps every row of the last layer, and so does a
+  // context without one when every row wants logits.
+  const std::vector<float> hooked = ctx.decode(tokens, true);
   ASSERT_EQ(calls.size(), static_cast<size_t>(3 * n_layer));  // chunks 0, 128, 256
   EXPECT_EQ(calls[0], std::make_tuple(0, int64_t{0}, int64_t{128}, false));
   EXPECT_EQ(calls.back(), std::make_tuple(n_layer - 1, int64_t{256}, int64_t{44}, true));
@@ -143,7 +145,7 @@ TEST(Calibrate, PrefillHookSeesEveryLayerOfEveryChunk) {
   EXPECT_EQ(calls.size(), static_cast<size_t>(3 * n_layer));
   cp.on_prefill_attention = nullptr;
   Context plain(*model, cp);
-  EXPECT_EQ(plain.decode(tokens), hooked);  // observing changes nothing
+  EXPECT_EQ(plain.decode(tokens, true), hooked);  // observing changes nothing
 }
 
 // A short calibration of the default model: the file is well formed and the
@@ -198,7 +200,7 @@ TEST(Calibrate, DefaultModelWritesAFileTheMethodsAccept) {
   cp.n_ubatch = 256;
   cp.attention = "sale:max_density=1,min_len=0,config=" + path.string();  // every plan runs, however dense or short
   Context ctx(*model, cp);
-  ctx.decode({tokens.data(), 512});
+  ctx.decode({tokens.data(), 512}, true);  // all logits: the last layer plans every row too
   EXPECT_EQ(ctx.attention_report().sparse_calls, 2 * n_layer);
   std::filesystem::remove(path);
 }

@@ -39,6 +39,10 @@ struct ContextParams {
   // positions). Its pointers are valid only during the call; it must not
   // change the context. Not called with reference_attention. Unset (the
   // default), it costs one test per layer.
+  // Without an observer (and with fidelity_rows = 0) the last layer computes,
+  // past its K/V, only the rows that want logits; a lone such row then takes
+  // the decode path (8-bit activations in its products). With one, every row
+  // runs every layer, so all-logits results are the same either way.
   std::function<void(const attention::PlanRequest&)> on_prefill_attention;
 };
 
