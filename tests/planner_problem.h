@@ -19,6 +19,15 @@
 
 namespace skim::testing {
 
+// `spec` with `keys` ("k=v,...") appended.
+inline std::string with_keys(const std::string& spec, const std::string& keys) {
+  return spec + (spec.find(':') == std::string::npos ? ":" : ",") + keys;
+}
+
+// A spec whose plan runs however dense it is (max_density=1): a full-budget
+// check then compares the plan with dense, not the policy's dense fallback.
+inline std::string as_planned(const std::string& spec) { return with_keys(spec, "max_density=1"); }
+
 struct PlannerProblem {
   int32_t hq, hkv, d;
   int64_t n_rows, q_pos0;
@@ -100,8 +109,7 @@ struct PlannerProblem {
   std::vector<float> run(const std::string& spec, AttentionReport* report = nullptr, int32_t layer = 0,
                          int32_t n_layers = 1, int fidelity_rows = 0) const {
     const bool sets_min_len = spec.find("min_len=") != std::string::npos;
-    const std::string planned = sets_min_len ? spec : spec + (spec.find(':') == std::string::npos ? ":" : ",") + "min_len=0";
-    attention::AttentionMethod method(planned, n_layers);
+    attention::AttentionMethod method(sets_min_len ? spec : with_keys(spec, "min_len=0"), n_layers);
     std::vector<float> out(q.size());
     AttentionReport local;
     method.prefill(request(layer, n_layers), params(out.data()), report ? *report : local, fidelity_rows);

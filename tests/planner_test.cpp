@@ -12,6 +12,7 @@
 namespace skim {
 namespace {
 
+using testing::as_planned;
 using testing::bitwise_equal;
 using testing::PlannerProblem;
 
@@ -80,17 +81,26 @@ TEST(Plan, ListedPairsCountCausalPairs) {
   EXPECT_EQ(dense.listed_pairs(), 3 * per_head);
 }
 
-// Each static method, at a budget covering every key, runs the dense plan.
+// Each static method, at a budget covering every key, runs a plan listing
+// every causal key (not the policy's dense fallback) and reproduces dense.
 TEST(StaticPlanners, FullBudgetIsDenseBitForBit) {
   for (auto [hq, hkv, d, n, pos0] : {std::tuple{9, 3, 64, 300, 0}, std::tuple{4, 1, 128, 129, 517},
                                      std::tuple{2, 2, 64, 64, 4096}}) {
     PlannerProblem p(hq, hkv, d, n, pos0, 7);
     const std::vector<float> dense = p.dense();
     for (const char* spec : {"streaming:sink=0,local=1000000", "trishape:local=1000000", "power:local=1000000",
-                             "blasst:lambda=0", "streaming:sink=1000000,local=1", "dense"}) {
+                             "streaming:sink=1000000,local=1"}) {
       AttentionReport report;
-      EXPECT_TRUE(bitwise_equal(p.run(spec, &report), dense)) << spec << " n=" << n << " pos0=" << pos0;
+      EXPECT_TRUE(bitwise_equal(p.run(as_planned(spec), &report), dense)) << spec << " n=" << n << " pos0=" << pos0;
       EXPECT_DOUBLE_EQ(report.density(), 1.0) << spec;
+      EXPECT_EQ(report.sparse_calls, 1) << spec;
+      EXPECT_EQ(report.dense_calls, 0) << spec;
+    }
+    // dense and blasst have no planner: the dense path, with lambda's tile skip.
+    for (const char* spec : {"dense", "blasst:lambda=0"}) {
+      AttentionReport report;
+      EXPECT_TRUE(bitwise_equal(p.run(spec, &report), dense)) << spec;
+      EXPECT_EQ(report.dense_calls, 1) << spec;
     }
   }
 }
@@ -121,8 +131,10 @@ TEST(StaticPlanners, SparseOutputMatchesDenseOverTheSameKeys) {
   // local covers every key of the first tile) are identical in value.
   PlannerProblem p(2, 1, 64, 64, 2000, 3);
   const std::vector<float> dense = p.dense();
-  const std::vector<float> window = p.run("streaming:sink=0,local=2064");
+  AttentionReport report;
+  const std::vector<float> window = p.run(as_planned("streaming:sink=0,local=2064"), &report);
   EXPECT_TRUE(bitwise_equal(window, dense));
+  EXPECT_EQ(report.sparse_calls, 1);
   const std::vector<float> narrow = p.run("streaming:sink=0,local=16");
   EXPECT_FALSE(bitwise_equal(narrow, dense));
 }

@@ -11,10 +11,12 @@
 #include "kernels/f16.h"
 #include "planner_problem.h"
 #include "skim/attention.h"
+#include "test_support.h"
 
 namespace skim {
 namespace {
 
+using testing::as_planned;
 using testing::bitwise_equal;
 using testing::PlannerProblem;
 
@@ -44,8 +46,9 @@ TEST(Sale, ThetaZeroIsDenseBitForBit) {
     PlannerProblem p(hq, hkv, d, n, pos0, 7);
     const std::vector<float> dense = p.dense();
     AttentionReport report;
-    EXPECT_TRUE(bitwise_equal(p.run("sale:theta=0", &report), dense)) << "n=" << n << " pos0=" << pos0;
+    EXPECT_TRUE(bitwise_equal(p.run(as_planned("sale:theta=0"), &report), dense)) << "n=" << n << " pos0=" << pos0;
     EXPECT_DOUBLE_EQ(report.density(), 1.0);
+    EXPECT_EQ(report.sparse_calls, 1);
   }
 }
 
@@ -157,7 +160,8 @@ TEST(Sale, Int8EstimateMatchesFloatWithinQuantizationError) {
 }
 
 TEST(Sale, PerHeadThetasFromAConfigFile) {
-  const std::filesystem::path path = std::filesystem::temp_directory_path() / "skim_sale_test_config.json";
+  const test::TempDir dir;
+  const std::filesystem::path path = dir / "config.json";
   {
     std::ofstream out(path);
     out << R"({"sale": {"heads": [{"layer": 1, "head": 1, "theta": 0}, {"layer": 1, "head": 0, "theta": 0.5}]}})";
@@ -185,7 +189,6 @@ TEST(Sale, PerHeadThetasFromAConfigFile) {
   p.run("sale:theta=0.5,last_q=0", &r0);
   p.run("sale:last_q=0,config=" + path.string(), &r1, 1, 2);
   EXPECT_LT(r0.density(), r1.density());
-  std::filesystem::remove(path);
 }
 
 TEST(Sale, BadParametersAndConfigsAreClearErrors) {
@@ -193,7 +196,8 @@ TEST(Sale, BadParametersAndConfigsAreClearErrors) {
                           "sale:sink=-5", "sale:config=/nonexistent/skim.json", "sale:alpha=1", "sale:est_rows=0",
                           "sale:est_rows=65"})
     EXPECT_THROW(validate_attention_spec(bad), std::invalid_argument) << bad;
-  const std::filesystem::path path = std::filesystem::temp_directory_path() / "skim_sale_bad_config.json";
+  const test::TempDir dir;
+  const std::filesystem::path path = dir / "bad_config.json";
   for (const char* text : {"{not json", R"({"minference": {}})", R"({"sale": {"heads": [{"layer": 0}]}})",
                            R"({"sale": {"heads": [{"layer": 0, "head": 0, "theta": 3}]}})"}) {
     {
@@ -207,7 +211,6 @@ TEST(Sale, BadParametersAndConfigsAreClearErrors) {
       EXPECT_NE(std::string(e.what()).find("sale: config"), std::string::npos) << e.what();
     }
   }
-  std::filesystem::remove(path);
   EXPECT_NO_THROW(validate_attention_spec("sale:theta=0.01,block=32,local=256,sink=128,min_len=4k"));
 }
 

@@ -17,6 +17,7 @@
 #include "attention/estimate.h"
 #include "planner_problem.h"
 #include "skim/attention.h"
+#include "test_support.h"
 
 namespace skim {
 namespace {
@@ -24,8 +25,10 @@ namespace {
 using attention::BlockScores;
 using attention::KeysF32;
 using attention::LastQEstimate;
+using testing::as_planned;
 using testing::bitwise_equal;
 using testing::PlannerProblem;
+using testing::with_keys;
 
 // Key j of KV head h as the estimate sees it (f16 widened).
 double key_at(const PlannerProblem& p, int32_t h, int64_t j, int32_t c) {
@@ -297,10 +300,8 @@ TEST(SparsePlanners, FullBudgetIsDenseBitForBit) {
           std::pair{"flexprefill:gamma=1,tau=0,min_budget=0,budget=cover", 257},
           std::pair{"flexprefill:gamma=1,tau=0.2,min_budget=0,block=256", 513}, std::pair{"xattention:tau=1", 0},
           std::pair{"xattention:tau=1,block=128,stride=16", 0}}) {
-      // max_density=1: run the full plan itself, not the policy's dense fallback.
-      const std::string full = std::string(spec) + ",max_density=1";
       AttentionReport report;
-      EXPECT_TRUE(bitwise_equal(p.run(full, &report), dense)) << spec << " n=" << n << " pos0=" << pos0;
+      EXPECT_TRUE(bitwise_equal(p.run(as_planned(spec), &report), dense)) << spec << " n=" << n << " pos0=" << pos0;
       EXPECT_DOUBLE_EQ(report.density(), 1.0) << spec << " n=" << n << " pos0=" << pos0;
       // The planner planned (flexprefill runs short chunks dense by design).
       if (p.n_keys() >= min_keys) EXPECT_EQ(report.sparse_calls, 1) << spec << " n=" << n << " pos0=" << pos0;
@@ -309,8 +310,9 @@ TEST(SparsePlanners, FullBudgetIsDenseBitForBit) {
     for (const char* spec : {"minference:v=1000000,s=1000000,gqa=head", "block_sparse:topk=1000000,gqa=head",
                              "flexprefill:gamma=1,min_budget=0,gqa=head", "xattention:tau=1,gqa=head"}) {
       AttentionReport report;
-      const std::vector<float> out = p.run(spec, &report);
+      const std::vector<float> out = p.run(as_planned(spec), &report);
       EXPECT_DOUBLE_EQ(report.density(), 1.0) << spec;
+      EXPECT_EQ(report.sparse_calls, 1) << spec;
       double err = 0, ref = 0;
       for (size_t i = 0; i < out.size(); ++i) {
         err += std::pow(double(out[i]) - dense[i], 2);
@@ -340,7 +342,7 @@ struct Recall {
 // planned, and every plan run as planned: last_q=0, max_density=1).
 Recall measure(const PlannerProblem& p, const std::string& spec) {
   AttentionReport report;
-  p.run(spec + (spec.find(':') == std::string::npos ? ":" : ",") + "last_q=0,max_density=1", &report, 0, 1, 32);
+  p.run(with_keys(spec, "last_q=0,max_density=1"), &report, 0, 1, 32);
   Recall r;
   r.density = report.density();
   for (const HeadFidelity& f : report.fidelity) {
@@ -397,8 +399,10 @@ TEST(SparsePlanners, EstimatesFindHeavyColumns) {
   }
 }
 
+// Files of this test binary's run, in its own temporary directory.
 std::string write_temp(const std::string& name, const std::string& text) {
-  const std::filesystem::path path = std::filesystem::temp_directory_path() / ("skim_sparse_test_" + name);
+  static const test::TempDir dir;
+  const std::filesystem::path path = dir / name;
   std::ofstream(path) << text;
   return path.string();
 }
