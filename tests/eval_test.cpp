@@ -112,15 +112,14 @@ TEST(EvalCorpus, BuiltinFallbackIsUsable) {
 class EvalTasks : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    model_ = Model::load(test::require_model(paths::kDefaultModel)).release();
     builtin_ = new Corpus(Corpus::builtin());
     cached_ = new Corpus(Corpus::load());
   }
   static void TearDownTestSuite() {
-    delete model_;
     delete builtin_;
     delete cached_;
   }
+  void SetUp() override { model_ = &test::shared_model(paths::kDefaultModel); }
   static const Tokenizer& tok() { return model_->tokenizer(); }
 
   // Everything a sample must satisfy, whatever the task.
@@ -162,7 +161,7 @@ class EvalTasks : public ::testing::Test {
     return counts;
   }
 
-  static inline Model* model_ = nullptr;
+  static inline const Model* model_ = nullptr;
   static inline Corpus* builtin_ = nullptr;
   static inline Corpus* cached_ = nullptr;
 };
@@ -182,7 +181,7 @@ TEST_F(EvalTasks, EveryTaskFitsItsLengthAndHidesItsAnswers) {
 }
 
 TEST_F(EvalTasks, NeedleDepthGridInRealProse) {
-  if (!cached_->cached) GTEST_SKIP() << "haystack texts not fetched: run scripts/fetch-haystack";
+  ASSERT_TRUE(cached_->cached) << "haystack texts not fetched: run scripts/fetch-haystack";
   const PromptFormat format(tok(), true);
   for (const std::string task : {"passkey", "niah"})
     for (double depth : {0.0, 10.0, 50.0, 90.0, 100.0})
@@ -360,8 +359,7 @@ class EvalModel : public ::testing::Test {
 // SmolLM2-135M-Instruct does not get all 8: measured 7/8 (seed 42), the miss
 // being sample 3 (depth 43%), where it answers with a phrase of the filler
 // instead of the key. A 135M model is at its limit here (it gets 1 of 4 at 2K
-// in docs/eval.md), so the test holds the measured baseline: fewer is a
-// regression of the engine or the harness.
+// in docs/eval.md).
 TEST_F(EvalModel, PasskeySmokeDense1K) {
   const Corpus corpus = Corpus::builtin();
   const PromptFormat format(model_->tokenizer(), true);
@@ -378,7 +376,9 @@ TEST_F(EvalModel, PasskeySmokeDense1K) {
     if (!r.correct) std::printf("passkey sample %d (depth %.0f%%): expected %s, got '%s'\n", i, s.spec.depth, s.expected[0].c_str(), r.prediction.c_str());
     EXPECT_DOUBLE_EQ(r.density, 1.0);
   }
-  EXPECT_GE(correct, 7);
+  // Two below the measured 7/8 absorbs rounding differences between CPUs and
+  // SIMD targets; a broken engine or harness finds no 5-digit key (0-1 of 8).
+  EXPECT_GE(correct, 5);
 }
 
 // Dense alone through compare_window gives llama-perplexity's numbers; a
@@ -393,8 +393,12 @@ TEST_F(EvalModel, WindowComparisonAgreesWithPerplexity) {
   p.n_ctx = kWindow;
   p.n_ubatch = 32;  // several micro-batches in both halves
   Context dense(*model_, p);
-  p.attention = "streaming:sink=4,local=4096";  // the window covers every key
+  // The window covers every key, and max_density=1 runs that plan instead of
+  // the policy's dense fallback.
+  p.attention = "streaming:sink=4,local=4096,max_density=1";
   Context wide(*model_, p);
+  p.attention = "streaming:sink=4,local=16,min_len=0";  // really sparse: must differ
+  Context narrow(*model_, p);
 
   double nll = 0;
   int64_t scored = 0;
@@ -409,8 +413,18 @@ TEST_F(EvalModel, WindowComparisonAgreesWithPerplexity) {
     EXPECT_EQ(paired.scored, kWindow / 2 - 1);
     EXPECT_NEAR(paired.nll_dense, alone.nll, 1e-6 * alone.nll);
     EXPECT_EQ(paired.top1_agree, paired.scored);
+    EXPECT_DOUBLE_EQ(paired.density, 1.0);
+    EXPECT_GT(wide.attention_report().sparse_calls, 0);
+    EXPECT_EQ(wide.attention_report().dense_calls, 0);
     ASSERT_EQ(paired.kl.size(), static_cast<size_t>(paired.scored));
     for (float kl : paired.kl) EXPECT_LT(kl, 1e-4);
+
+    const PplRecord sparse = compare_window(dense, &narrow, window);
+    EXPECT_LT(sparse.density, 0.6);
+    EXPECT_NEAR(sparse.nll_dense, alone.nll, 1e-6 * alone.nll);
+    double kl_sum = 0;
+    for (float kl : sparse.kl) kl_sum += kl;
+    EXPECT_GT(kl_sum / sparse.kl.size(), 1e-3) << "a 16-key window left the logits unchanged";
   }
   const PerplexityResult ref = perplexity(dense, tokens, bos);
   EXPECT_EQ(scored, ref.n_scored);
