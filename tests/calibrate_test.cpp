@@ -163,7 +163,8 @@ TEST(Calibrate, DefaultModelWritesAFileTheMethodsAccept) {
   o.len = 1024;
   const attention::CalibrationResult r = attention::calibrate(*model, tokens, o);
 
-  const std::filesystem::path path = std::filesystem::temp_directory_path() / "skim_calibrate_test.json";
+  const test::TempDir dir;
+  const std::filesystem::path path = dir / "calibration.json";
   {
     std::ofstream out(path);
     out << r.to_json().dump(1);

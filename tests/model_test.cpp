@@ -19,16 +19,14 @@ namespace {
 
 class ModelTest : public ::testing::Test {
  protected:
-  static void SetUpTestSuite() { model_ = Model::load(test::require_model("smollm2-135m")).release(); }
-  static void TearDownTestSuite() { delete model_; }
+  void SetUp() override { model_ = &test::shared_model("smollm2-135m"); }
   static std::vector<int32_t> text_tokens(size_t n) {
     std::vector<int32_t> ids = model_->tokenizer().encode(test::long_english_text(), false, false);
     ids.resize(n);
     return ids;
   }
-  static Model* model_;
+  static inline const Model* model_ = nullptr;
 };
-Model* ModelTest::model_ = nullptr;
 
 struct Closeness {
   double mean_kl = 0, max_kl = 0;
@@ -194,7 +192,8 @@ TEST_F(ModelTest, RejectsWhatDoesNotFit) {
 
 TEST(ModelLoad, MissingFileAndWrongFileAreClearErrors) {
   EXPECT_THROW(Model::load("/nonexistent/model.gguf"), GgufError);
-  const std::string not_gguf = testing::TempDir() + "/not_a_model.gguf";
+  const test::TempDir dir;
+  const std::string not_gguf = (dir / "not_a_model.gguf").string();
   std::ofstream(not_gguf) << "this is not a gguf file at all";
   try {
     Model::load(not_gguf);

