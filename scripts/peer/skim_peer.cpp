@@ -2,7 +2,9 @@
 // skim's tests reference token ids and logits from the reference engine.
 //
 //   skim-peer tokenize MODEL FILE [--add-special] [--parse-special]
-//       prints the token ids of FILE's bytes, one per line
+//   skim-peer tokenize MODEL [--add-special] [--parse-special] --each FILE...
+//       prints the token ids of FILE's bytes, one per line; with --each,
+//       one line per file: PATH<TAB>ids separated by spaces
 //   skim-peer logits MODEL TOKENS OUT [--threads N] [--ubatch N]
 //                    [--kv-type f16|f32] [--flash-attn]
 //       TOKENS: one token id per line. Evaluates them as one sequence and
@@ -37,6 +39,7 @@ struct UsageError : std::runtime_error {
 constexpr const char * kUsage =
     "usage:\n"
     "  skim-peer tokenize MODEL FILE [--add-special] [--parse-special]\n"
+    "  skim-peer tokenize MODEL [--add-special] [--parse-special] --each FILE...\n"
     "  skim-peer logits MODEL TOKENS OUT [--threads N] [--ubatch N] [--kv-type f16|f32] [--flash-attn]\n";
 
 // Logits for long sequences are computed in physical batches of at most this
@@ -108,26 +111,34 @@ std::vector<llama_token> tokenize_text(const llama_vocab * vocab, const std::str
     return tokens;
 }
 
+// One FILE: its ids, one per line. --each FILE...: one line per file,
+// "PATH<TAB>ids" (the format of tests/tokenize_driver), so a corpus needs one
+// vocabulary load instead of one per document.
 int run_tokenize(const std::vector<std::string> & args) {
     std::vector<std::string> positional;
     bool add_special = false;
     bool parse_special = false;
+    bool each = false;
     for (const std::string & arg : args) {
         if (arg == "--add-special") add_special = true;
         else if (arg == "--parse-special") parse_special = true;
+        else if (arg == "--each") each = true;
         else if (arg.rfind("--", 0) == 0) throw UsageError("tokenize: unknown option '" + arg + "'");
         else positional.push_back(arg);
     }
-    if (positional.size() != 2) throw UsageError("tokenize needs MODEL and FILE");
-    const std::string text = read_file(positional[1]);
+    if (positional.size() < 2 || (!each && positional.size() != 2)) throw UsageError("tokenize needs MODEL and FILE");
     const Model model(positional[0], /*vocab_only=*/true);
-    const std::vector<llama_token> tokens = tokenize_text(model.vocab(), text, add_special, parse_special);
-    std::string out;
-    for (llama_token token : tokens) {
-        out += std::to_string(token);
-        out += '\n';
+    for (size_t i = 1; i < positional.size(); ++i) {
+        const std::vector<llama_token> tokens =
+            tokenize_text(model.vocab(), read_file(positional[i]), add_special, parse_special);
+        std::string out = each ? positional[i] + '\t' : std::string();
+        for (size_t t = 0; t < tokens.size(); ++t) {
+            out += std::to_string(tokens[t]);
+            out += each ? (t + 1 < tokens.size() ? " " : "") : "\n";
+        }
+        if (each) out += '\n';
+        std::fwrite(out.data(), 1, out.size(), stdout);
     }
-    std::fwrite(out.data(), 1, out.size(), stdout);
     return 0;
 }
 
