@@ -1,7 +1,6 @@
 // Attention kernel and plan tests: every result is compared against a naive
 // float64 attention over the same (stored) K/V values and the same key set.
 #include <gtest/gtest.h>
-#include <hwy/targets.h>
 #include <omp.h>
 
 #include <algorithm>
@@ -17,6 +16,7 @@
 #include "attention/plan.h"
 #include "kernels/attention.h"
 #include "kernels/f16.h"
+#include "simd_targets.h"
 
 namespace skim {
 namespace {
@@ -782,24 +782,19 @@ TEST(Attention, DecodeWithSparsePlan) {
 // blocking and the reductions take different paths).
 
 TEST(Attention, EveryCompiledTargetMatchesReference) {
-  const std::vector<int64_t> targets = hwy::SupportedAndGeneratedTargets();
-  ASSERT_FALSE(targets.empty());
-  for (int64_t target : targets) {
-    hwy::SetSupportedTargetsForTest(target);
-    const std::string name = hwy::TargetName(target);
+  test::for_each_simd_target([] {
     uint64_t seed = 400;
     for (int32_t d : {64, 128}) {
       const Problem pr = make_problem(6, 2, d, 150, 20, 170, KvDType::F16, ++seed);
-      expect_matches(pr, run_prefill(pr, nullptr), nullptr, true, kTol, (name + " dense").c_str());
+      expect_matches(pr, run_prefill(pr, nullptr), nullptr, true, kTol, "dense");
       const Plan plan = random_plan(pr, false, ++seed, false, true, 32);
-      expect_matches(pr, run_prefill(pr, &plan, true, nullptr, 2), &plan, true, kTol, (name + " sparse").c_str());
+      expect_matches(pr, run_prefill(pr, &plan, true, nullptr, 2), &plan, true, kTol, "sparse");
       const Problem dec = make_problem(6, 2, d, 1, 999, 1000, KvDType::BF16, ++seed);
       Output out = alloc_output(dec);
       kernels::attention_decode(dec.params(out.o.data(), out.lse.data()));
-      expect_matches(dec, out, nullptr, true, kTol, (name + " decode").c_str());
+      expect_matches(dec, out, nullptr, true, kTol, "decode");
     }
-  }
-  hwy::SetSupportedTargetsForTest(0);
+  });
 }
 
 // ---------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 // The transformer block's row-wise kernels (vectorized, threaded) against
 // plain double-precision references, on sizes with vector tails and on spans
-// large enough to take the threaded path.
+// large enough to take the threaded path, on every SIMD target this CPU runs.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "kernels/elementwise.h"
+#include "simd_targets.h"
 
 namespace skim {
 namespace {
@@ -21,47 +22,54 @@ std::vector<float> random_values(size_t n, float scale, uint32_t seed) {
 }
 
 TEST(Elementwise, RmsNormMatchesDoubleReference) {
-  for (int64_t n : {1, 3, 8, 17, 64, 576, 896, 1000})
-    for (int64_t rows : {1, 2, 7, 64}) {
-      const std::vector<float> x = random_values(rows * n, 3.0f, 1), w = random_values(n, 1.0f, 2);
-      std::vector<float> y(x.size());
-      kernels::rms_norm(x.data(), w.data(), y.data(), rows, n, 1e-5f);
-      for (int64_t r = 0; r < rows; ++r) {
-        double ss = 0;
-        for (int64_t i = 0; i < n; ++i) ss += static_cast<double>(x[r * n + i]) * x[r * n + i];
-        const double scale = 1.0 / std::sqrt(ss / n + 1e-5);
-        for (int64_t i = 0; i < n; ++i) {
-          const double want = x[r * n + i] * scale * w[i];
-          ASSERT_NEAR(y[r * n + i], want, 1e-5 * std::abs(want) + 1e-6) << "n=" << n << " rows=" << rows << " i=" << i;
+  test::for_each_simd_target([] {
+    for (int64_t n : {1, 3, 8, 17, 64, 576, 896, 1000})
+      for (int64_t rows : {1, 2, 7, 64}) {
+        const std::vector<float> x = random_values(rows * n, 3.0f, 1), w = random_values(n, 1.0f, 2);
+        std::vector<float> y(x.size());
+        kernels::rms_norm(x.data(), w.data(), y.data(), rows, n, 1e-5f);
+        for (int64_t r = 0; r < rows; ++r) {
+          double ss = 0;
+          for (int64_t i = 0; i < n; ++i) ss += static_cast<double>(x[r * n + i]) * x[r * n + i];
+          const double scale = 1.0 / std::sqrt(ss / n + 1e-5);
+          for (int64_t i = 0; i < n; ++i) {
+            const double want = x[r * n + i] * scale * w[i];
+            ASSERT_NEAR(y[r * n + i], want, 1e-5 * std::abs(want) + 1e-6)
+                << "n=" << n << " rows=" << rows << " i=" << i;
+          }
         }
       }
-    }
+  });
 }
 
 TEST(Elementwise, SwigluMatchesDoubleReferenceIncludingExtremes) {
-  for (int64_t n : {1, 5, 8, 31, 1536, 100003}) {  // the last takes the threaded path
-    std::vector<float> gate = random_values(n, 4.0f, 3);
-    const std::vector<float> up = random_values(n, 1.0f, 4);
-    const float extremes[] = {0.0f, -0.0f, 90.0f, -90.0f, 200.0f, -200.0f, 1e30f, -1e30f};
-    for (size_t e = 0; e < std::size(extremes) && e < gate.size(); ++e) gate[e * 3 % gate.size()] = extremes[e];
-    const std::vector<float> g0 = gate;
-    kernels::swiglu(gate.data(), up.data(), n);
-    for (int64_t i = 0; i < n; ++i) {
-      const double g = g0[i];
-      const double want = g / (1.0 + std::exp(-g)) * up[i];
-      ASSERT_TRUE(std::isfinite(gate[i])) << "g=" << g;
-      ASSERT_NEAR(gate[i], want, 2e-6 * std::abs(want) + 1e-30) << "n=" << n << " g=" << g;
+  test::for_each_simd_target([] {
+    for (int64_t n : {1, 5, 8, 31, 1536, 100003}) {  // the last takes the threaded path
+      std::vector<float> gate = random_values(n, 4.0f, 3);
+      const std::vector<float> up = random_values(n, 1.0f, 4);
+      const float extremes[] = {0.0f, -0.0f, 90.0f, -90.0f, 200.0f, -200.0f, 1e30f, -1e30f};
+      for (size_t e = 0; e < std::size(extremes) && e < gate.size(); ++e) gate[e * 3 % gate.size()] = extremes[e];
+      const std::vector<float> g0 = gate;
+      kernels::swiglu(gate.data(), up.data(), n);
+      for (int64_t i = 0; i < n; ++i) {
+        const double g = g0[i];
+        const double want = g / (1.0 + std::exp(-g)) * up[i];
+        ASSERT_TRUE(std::isfinite(gate[i])) << "g=" << g;
+        ASSERT_NEAR(gate[i], want, 2e-6 * std::abs(want) + 1e-30) << "n=" << n << " g=" << g;
+      }
     }
-  }
+  });
 }
 
 TEST(Elementwise, AddMatchesOnEverySize) {
-  for (int64_t n : {1, 7, 8, 9, 4096, 70001}) {
-    std::vector<float> y = random_values(n, 1.0f, 5);
-    const std::vector<float> x = random_values(n, 1.0f, 6), y0 = y;
-    kernels::add_inplace(y.data(), x.data(), n);
-    for (int64_t i = 0; i < n; ++i) ASSERT_EQ(y[i], y0[i] + x[i]) << "n=" << n << " i=" << i;
-  }
+  test::for_each_simd_target([] {
+    for (int64_t n : {1, 7, 8, 9, 4096, 70001}) {
+      std::vector<float> y = random_values(n, 1.0f, 5);
+      const std::vector<float> x = random_values(n, 1.0f, 6), y0 = y;
+      kernels::add_inplace(y.data(), x.data(), n);
+      for (int64_t i = 0; i < n; ++i) ASSERT_EQ(y[i], y0[i] + x[i]) << "n=" << n << " i=" << i;
+    }
+  });
 }
 
 }  // namespace

@@ -1,7 +1,8 @@
-// MInference block-sparse (research notes §2): Q and K mean-pooled over 64-row
-// / 64-key blocks (E2), block pairs scored by the raw pooled dot product (no
-// scale, no softmax), and each query block keeps its top-k key blocks, plus
-// the sink block 0 and the key blocks its own rows lie in (the diagonal).
+// MInference block-sparse (docs/methods.md#minference-block-sparse): Q and K
+// mean-pooled over 64-row / 64-key blocks (E2), block pairs scored by the raw
+// pooled dot product (no scale, no softmax), and each query block keeps its
+// top-k key blocks, plus the sink block 0 and the key blocks its own rows lie
+// in (the diagonal).
 #include <algorithm>
 
 #include "attention/estimate.h"

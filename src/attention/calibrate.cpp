@@ -29,7 +29,7 @@ namespace {
 
 [[noreturn]] void bad(const std::string& msg) { throw std::invalid_argument("calibrate: " + msg); }
 
-// MInference's online vertical-slash constants (sparse_prefill.md §2.1).
+// MInference's online vertical-slash constants (docs/methods.md#minference-vertical-slash).
 constexpr int64_t kLastQ = 64, kForcedCols = 30, kForcedDiags = 100, kMinSlash = 50;
 // Vertical-slash candidates (v, s) as fractions of the calibration length,
 // from cheap to generous; each is clamped to MInference's minimums.

@@ -3,7 +3,8 @@
 // layer's Q/K through ContextParams::on_prefill_attention.
 //
 //   minference  per (layer, q head) vertical-slash budgets (v, s): the offline
-//               search of MInference (sparse_prefill.md §2.1). Each candidate is
+//               search of MInference
+//               (docs/methods.md#minference-vertical-slash). Each candidate is
 //               built as the online planner builds it (last-64-query softmax,
 //               top-v columns with 30 forced sinks, top-s diagonals with 100
 //               forced local offsets, each diagonal a 64-key band per query
@@ -12,17 +13,19 @@
 //               mean recall reaches the target is kept, else the largest.
 //   sale        per (layer, q head) theta: the largest theta of a grid whose
 //               SALE plan keeps the target recall (else the smallest theta).
-//   reuse       the IndexCache layer set (§16): starting from {0}, greedily add
-//               the layer that most raises the mean recall when every other
-//               layer reuses the plan of the nearest planning layer before it
-//               (plans from a reference planner), up to K layers. Additions
-//               must keep the mean density within 0.02 of every layer planning
-//               (else reusing a diffuse layer's near-dense plan would win on
-//               recall while saving no work); while none can, the addition
-//               that lowers density most is taken.
-//   blasst      lambda = a exp(b target) / L (§10): tile-skip sparsity of the
-//               dense plan measured for a lambda grid at 2-3 key lengths and
-//               fitted by least squares on ln(lambda L) = ln a + b sparsity.
+//   reuse       the IndexCache layer set
+//               (docs/methods.md#indexcache-layer-reuse): starting from {0},
+//               greedily add the layer that most raises the mean recall when
+//               every other layer reuses the plan of the nearest planning layer
+//               before it (plans from a reference planner), up to K layers.
+//               Additions must keep the mean density within 0.02 of every layer
+//               planning (else reusing a diffuse layer's near-dense plan would
+//               win on recall while saving no work); while none can, the
+//               addition that lowers density most is taken.
+//   blasst      lambda = a exp(b target) / L (docs/methods.md#blasst):
+//               tile-skip sparsity of the dense plan measured for a lambda grid
+//               at 2-3 key lengths and fitted by least squares on
+//               ln(lambda L) = ln a + b sparsity.
 // Recall is measured on the prefill chunks that cover the second half of the
 // text, on every 8th query row (7, 15, ...) of each chunk: their exact
 // softmax over all keys is computed once per (layer, chunk) as prefix sums
@@ -30,8 +33,8 @@
 // lists, equal to exp(LSE_plan - LSE_dense) - costs a few adds per range.
 //
 // The vertical-slash estimate here (last-query softmax, column and diagonal
-// sums) is a minimal local copy of the E1 primitive; when
-// src/attention/estimate.h lands, this file should use it.
+// sums) is a minimal local copy of the E1 primitive that the planners take
+// from estimate.h (estimate_last_q).
 #pragma once
 
 #include <cstdint>

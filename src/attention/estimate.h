@@ -1,8 +1,8 @@
-// Estimation primitives shared by the dynamic planners (research notes §19.6),
-// implemented once: products through OpenBLAS sgemm, softmax with a vector
-// exp, OpenMP over heads. A chunk holds query rows [q_pos0, q_pos0 + n_rows)
-// and the keys span [0, q_pos0 + n_rows): every estimate scores the chunk's
-// own queries against all keys up to them.
+// Estimation primitives shared by the dynamic planners (which uses which:
+// docs/methods.md#estimation-primitives), implemented once: products through
+// OpenBLAS sgemm, softmax with a vector exp, OpenMP over heads. A chunk holds
+// query rows [q_pos0, q_pos0 + n_rows) and the keys span [0, q_pos0 + n_rows):
+// every estimate scores the chunk's own queries against all keys up to them.
 //
 //   E1 LastQ(w)       softmax of the chunk's last w queries over all keys
 //                     (causal in the corner), summed per column (vertical)

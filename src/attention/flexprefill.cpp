@@ -1,6 +1,6 @@
-// FlexPrefill (research notes §4), per q head and chunk, with blocks of B
-// (default 128: each B-row query block is two 64-row query tiles, each B-key
-// block a 128-key range):
+// FlexPrefill (docs/methods.md#flexprefill), per q head and chunk, with blocks
+// of B (default 128: each B-row query block is two 64-row query tiles, each
+// B-key block a 128-key range):
 //  1. The chunk's last B queries against all keys (E1) give the token-level
 //     vertical (column) and slash (diagonal) distributions, each averaged over
 //     the rows so it sums to 1.

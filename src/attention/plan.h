@@ -1,6 +1,6 @@
 // The attention plan: which keys each query tile attends to. It is the
 // contract between the planners (src/attention/*) and the attention kernel
-// (src/kernels/attention.h); see DESIGN.md "The Plan".
+// (src/kernels/attention.h); see docs/plan.md.
 //
 // A plan has n_heads "plan heads". With group_size == 1 a plan head is a query
 // head; with group_size == g (GQA group mode) it is a KV head, and its g query

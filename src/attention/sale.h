@@ -1,4 +1,4 @@
-// SALE-style low-bit block estimation (sparse_prefill.md §9), adapted to an
+// SALE-style low-bit block estimation (docs/methods.md#sale), adapted to an
 // AVX2 CPU: int8 Q.K^T instead of int4 tensor cores.
 //
 // Per q head and 64-row query block the planner keeps the sink keys and a
@@ -11,11 +11,12 @@
 // where (m_i, l_i) are the row's max and sum over the sink and local keys and
 // LSE_i = m_i + ln l_i, computed exactly (float) by the attention kernel on the
 // sink + local plan. est_ij is the int8 estimate of the scaled logit:
-//   Q per row, symmetric int8 [-127, 127];
+//   Q per row, symmetric int8 in [-31, 31];
 //   K with the per-channel mean over the call's keys removed ("smooth K"), per
-//   key symmetric in [-63, 63], stored biased by +64 as uint8, so that
-//   _mm256_maddubs_epi16(K_u8, Q_s8) never saturates (2 * 127 * 127 < 2^15)
-//   and the bias is taken back out as 64 * sum(Q_s8) per row;
+//   key symmetric in [-63, 63], stored biased by +64 as uint8 (at most 127);
+//   so each _mm256_maddubs_epi16(K_u8, Q_s8) lane is within 2 * 127 * 31 and
+//   four of them add up in int16 before widening (4 * 2 * 127 * 31 < 2^15);
+//   the bias is taken back out as 64 * sum(Q_s8) per row;
 //   est_ij = scale * (s_q s_k (q8 . k8) + q_i . mean).
 // The score of a (query block, key block) is max over its rows and keys of
 // est_ij - LSE_i; the block is selected when score > ln(theta). The rows are

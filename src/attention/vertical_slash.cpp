@@ -1,13 +1,12 @@
-// MInference vertical-slash (research notes §2). Per q head and chunk: the
-// softmax of the chunk's last 64 queries over all keys (E1) gives a score per
-// key column (vertical) and per diagonal offset (slash). The first 30 columns
-// and the 100 nearest diagonals are always kept; the top v columns and top s
-// diagonals are chosen. Each diagonal offset o becomes, for a query block with
-// positions [f, l], the band of keys [f - o, l - o] (a superset of the
-// diagonal, so the kernel runs it as dense tiles); offsets that lie within a
-// block's height of each other merge into one range. The columns left outside
-// the bands are gathered as plan columns.
-//
+// MInference vertical-slash (docs/methods.md#minference-vertical-slash). Per q
+// head and chunk: the softmax of the chunk's last 64 queries over all keys (E1)
+// gives a score per key column (vertical) and per diagonal offset (slash). The
+// first 30 columns and the 100 nearest diagonals are always kept; the top v
+// columns and top s diagonals are chosen. Each diagonal offset o becomes, for a
+// query block with positions [f, l], the band of keys [f - o, l - o] (a
+// superset of the diagonal, so the kernel runs it as dense tiles); offsets that
+// lie within a block's height of each other merge into one range. The columns
+// left outside the bands are gathered as plan columns.
 // Budgets: v and s for every head, or per (layer, q head) from a config file
 // written by `skim calibrate`:
 //   {"model": "...", "minference": {"heads": [

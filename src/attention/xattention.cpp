@@ -1,4 +1,4 @@
-// XAttention (research notes §5): the antidiagonal estimate (E3, stride S)
+// XAttention (docs/methods.md#xattention): the antidiagonal estimate (E3, stride S)
 // gives each (query block, key block) an estimated attention mass; each query
 // block keeps key block 0 (sink) and the key blocks its own rows lie in (the
 // diagonal), then the other blocks in descending mass for as long as the mass

@@ -10,8 +10,8 @@
 
 namespace skim::kernels::attn_detail {
 
-// Keys per key tile: one K and one V tile of 64 rows, widened to f32, stay in
-// L1/L2 next to the query tile (research §19.5).
+// Keys per key tile: one K and one V tile of 64 rows, widened to f32 (64 KB at
+// head_dim 128), stay in L2 next to the query tile.
 inline constexpr int32_t kKeyTile = 64;
 // Most query columns (rows of Q across the heads of a group) per work unit.
 inline constexpr int32_t kMaxTileCols = 128;

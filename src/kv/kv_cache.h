@@ -1,7 +1,7 @@
 // The KV cache: per layer and KV head, K and V rows of head_dim f16 values,
-// one row per cached token. Rows are addressed by slot; each slot records the
-// absolute position of its token, so later policies (eviction, reuse, paging
-// into blocks) keep RoPE right without rewriting rows.
+// one row per cached token. The row (slot) index is the token's position: the
+// attention kernel and the planners take it as such. Slots also record their
+// position (set_position), but nothing reads it yet.
 #pragma once
 
 #include <cstddef>
