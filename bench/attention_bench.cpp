@@ -32,7 +32,7 @@
 #include <string>
 #include <vector>
 
-#include "attention/plan.h"
+#include "kernels/attention_plan.h"
 #include "kernels/attention.h"
 #include "kernels/f16.h"
 
@@ -43,9 +43,9 @@
 
 namespace {
 
-using skim::attention::Plan;
-using skim::attention::PlanBuilder;
-using skim::attention::PlanShape;
+using skim::kernels::Plan;
+using skim::kernels::PlanBuilder;
+using skim::kernels::PlanShape;
 using skim::kernels::AttnParams;
 using skim::kernels::KvDType;
 
@@ -280,7 +280,7 @@ void bench_sparse(const Options& opt) {
   for (const HeadShape& s : kShapes) {
     Data data(s, n, n, 2);
     AttnParams p = data.params();
-    const Plan dense = skim::attention::make_dense_plan(PlanShape{s.hq, 1, 64, n, 0});
+    const Plan dense = skim::kernels::make_dense_plan(PlanShape{s.hq, 1, 64, n, 0});
     const double t_dense = best_time(opt, [&] { skim::kernels::attention_prefill(p, &dense); });
     const double dense_pairs = static_cast<double>(dense.listed_pairs());
     char label[64];

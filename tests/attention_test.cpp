@@ -13,7 +13,7 @@
 #include <random>
 #include <vector>
 
-#include "attention/plan.h"
+#include "kernels/attention_plan.h"
 #include "kernels/attention.h"
 #include "kernels/f16.h"
 #include "simd_targets.h"
@@ -21,10 +21,10 @@
 namespace skim {
 namespace {
 
-using attention::Plan;
-using attention::PlanBuilder;
-using attention::PlanError;
-using attention::PlanShape;
+using kernels::Plan;
+using kernels::PlanBuilder;
+using kernels::PlanError;
+using kernels::PlanShape;
 using kernels::AttnParams;
 using kernels::AttnStats;
 using kernels::KvDType;
@@ -322,14 +322,14 @@ Plan random_plan(const Problem& pr, bool group, uint64_t seed, bool columns_only
 
 TEST(AttentionPlan, DensePlanCoversEachRowUpToItself) {
   PlanShape s{2, 1, 64, 130, 10};
-  const Plan p = attention::make_dense_plan(s);
+  const Plan p = kernels::make_dense_plan(s);
   ASSERT_EQ(p.n_items(), 6);
-  EXPECT_NO_THROW(attention::validate_plan(p, 140, true));
+  EXPECT_NO_THROW(kernels::validate_plan(p, 140, true));
   EXPECT_EQ(p.ranges[0].begin, 0);
   EXPECT_EQ(p.ranges[0].end, 10 + 64);
   EXPECT_EQ(p.ranges[2].end, 10 + 130);  // last tile of 2 rows ends at its last row
   EXPECT_EQ(p.tile_last_position(1, 2), 139);
-  EXPECT_THROW(attention::validate_plan(p, 139, true), PlanError);  // key 139 missing
+  EXPECT_THROW(kernels::validate_plan(p, 139, true), PlanError);  // key 139 missing
 }
 
 TEST(AttentionPlan, BuilderSortsMergesAndDropsCoveredColumns) {
@@ -351,7 +351,7 @@ TEST(AttentionPlan, BuilderSortsMergesAndDropsCoveredColumns) {
   EXPECT_EQ(p.cols[0], 5);
   EXPECT_EQ(p.col_scores[0], 0.75f);
   EXPECT_EQ(p.cols[1], 70);
-  EXPECT_NO_THROW(attention::validate_plan(p, 200, true));
+  EXPECT_NO_THROW(kernels::validate_plan(p, 200, true));
 }
 
 TEST(AttentionPlan, ValidationNamesEachViolation) {
@@ -363,42 +363,42 @@ TEST(AttentionPlan, ValidationNamesEachViolation) {
     b.end_tile();
     return b.finish();
   };
-  EXPECT_NO_THROW(attention::validate_plan(base(), 200, true));
+  EXPECT_NO_THROW(kernels::validate_plan(base(), 200, true));
   {
     Plan p = base();
     std::swap(p.ranges[0], p.ranges[1]);
-    EXPECT_THROW(attention::validate_plan(p, 200, true), PlanError);  // unsorted
+    EXPECT_THROW(kernels::validate_plan(p, 200, true), PlanError);  // unsorted
   }
   {
     Plan p = base();
     p.ranges[1].begin = 5;
-    EXPECT_THROW(attention::validate_plan(p, 200, true), PlanError);  // overlapping
+    EXPECT_THROW(kernels::validate_plan(p, 200, true), PlanError);  // overlapping
   }
   {
     Plan p = base();
     p.cols[0] = 25;
-    EXPECT_THROW(attention::validate_plan(p, 200, true), PlanError);  // column inside a range
+    EXPECT_THROW(kernels::validate_plan(p, 200, true), PlanError);  // column inside a range
   }
   {
     Plan p = base();
     p.cols[0] = 108;  // after the last query position 107
-    EXPECT_THROW(attention::validate_plan(p, 200, true), PlanError);
-    EXPECT_NO_THROW(attention::validate_plan(p, 200, false));  // fine without the causal rule
+    EXPECT_THROW(kernels::validate_plan(p, 200, true), PlanError);
+    EXPECT_NO_THROW(kernels::validate_plan(p, 200, false));  // fine without the causal rule
   }
   {
     Plan p = base();
     p.ranges[1].end = 300;
-    EXPECT_THROW(attention::validate_plan(p, 200, false), PlanError);  // out of bounds
+    EXPECT_THROW(kernels::validate_plan(p, 200, false), PlanError);  // out of bounds
   }
   {
     Plan p = base();
     p.range_ptr.back() = 1;
-    EXPECT_THROW(attention::validate_plan_structure(p), PlanError);
+    EXPECT_THROW(kernels::validate_plan_structure(p), PlanError);
   }
   {
     Plan p = base();
     p.skip_lambda = {-1.0f};
-    EXPECT_THROW(attention::validate_plan_structure(p), PlanError);
+    EXPECT_THROW(kernels::validate_plan_structure(p), PlanError);
   }
 }
 
@@ -420,7 +420,7 @@ TEST(AttentionPlan, RowMapsAndHeadsWithoutRows) {
   EXPECT_EQ(p.head_tiles(1), 0);
   EXPECT_EQ(p.head_tiles(2), 5);
   EXPECT_EQ(p.tile_last_position(0, 1), 9);
-  EXPECT_NO_THROW(attention::validate_plan(p, 10, true));
+  EXPECT_NO_THROW(kernels::validate_plan(p, 10, true));
   PlanBuilder bad(PlanShape{1, 1, 2, 10, 0});
   EXPECT_THROW(bad.set_row_map(std::vector<int32_t>{3, 3}), PlanError);
   PlanBuilder incomplete(PlanShape{1, 1, 2, 10, 0});
@@ -455,9 +455,9 @@ TEST(Attention, DenseMatchesReference) {
                              std::to_string(c.q_pos0);
     expect_matches(pr, run_prefill(pr, nullptr), nullptr, true, kTol, what.c_str());
     if (c.n_rows * (c.q_pos0 + c.n_rows) < 400000) {
-      const Plan per_head = attention::make_dense_plan(shape_of(pr, false));
+      const Plan per_head = kernels::make_dense_plan(shape_of(pr, false));
       expect_matches(pr, run_prefill(pr, &per_head), nullptr, true, kTol, (what + " per-head plan").c_str());
-      const Plan group = attention::make_dense_plan(shape_of(pr, true, 64));
+      const Plan group = kernels::make_dense_plan(shape_of(pr, true, 64));
       expect_matches(pr, run_prefill(pr, &group), nullptr, true, kTol, (what + " group plan").c_str());
     }
   }
@@ -833,9 +833,9 @@ TEST(Attention, BadCallsThrowWithMessages) {
   expect_throw(p, "scale");
 
   // Plans that do not fit the call.
-  const Plan other_rows = attention::make_dense_plan(PlanShape{4, 1, 64, 9, 0});
+  const Plan other_rows = kernels::make_dense_plan(PlanShape{4, 1, 64, 9, 0});
   EXPECT_THROW(kernels::attention_prefill(good, &other_rows), PlanError);
-  const Plan other_heads = attention::make_dense_plan(PlanShape{3, 1, 64, 10, 0});
+  const Plan other_heads = kernels::make_dense_plan(PlanShape{3, 1, 64, 10, 0});
   EXPECT_THROW(kernels::attention_prefill(good, &other_heads), PlanError);
   // A key beyond the cache is caught even with validation off.
   PlanBuilder b(PlanShape{4, 1, 64, 10, 0});

@@ -10,7 +10,7 @@
 
 #include <fmt/format.h>
 
-#include "attention/calibrate.h"
+#include "engine/calibrate.h"
 #include "attention/method.h"
 #include "planner_problem.h"
 #include "skim/attention.h"
@@ -44,8 +44,8 @@ TEST(Calibrate, MassTableRecallIsTheKernelsLseRatio) {
     ASSERT_TRUE(plan);
     const std::vector<float> sparse = lse_of(p, *plan);
     const std::vector<float> dense = lse_of(p, attention::make_dense_plan({hkv, hq / hkv, 64, n, pos0}));
-    const std::vector<int32_t> rows = attention::calibration_rows(n);
-    attention::MassTable mass;
+    const std::vector<int32_t> rows = calibration::calibration_rows(n);
+    calibration::MassTable mass;
     mass.build(p.request(), rows);
     double lowest = 1;
     for (int32_t h = 0; h < hq; ++h)
@@ -56,31 +56,31 @@ TEST(Calibrate, MassTableRecallIsTheKernelsLseRatio) {
       }
     EXPECT_LT(lowest, 0.99) << spec;  // the plans are sparse enough to matter
   }
-  EXPECT_EQ(attention::calibration_rows(512).size(), 64u);
-  EXPECT_EQ(attention::calibration_rows(512).front(), 7);
-  EXPECT_EQ(attention::calibration_rows(5), std::vector<int32_t>{4});
+  EXPECT_EQ(calibration::calibration_rows(512).size(), 64u);
+  EXPECT_EQ(calibration::calibration_rows(512).front(), 7);
+  EXPECT_EQ(calibration::calibration_rows(5), std::vector<int32_t>{4});
 }
 
 // Four identical layers of a structured problem: every head's budget and theta
 // come from the candidate grids, reach the target, and reuse loses nothing.
 TEST(Calibrate, SearchesOnSyntheticLayers) {
   PlannerProblem p(6, 2, 64, 512, 3584, 12, 4.0f);
-  attention::CalibrationOptions o;
+  calibration::CalibrationOptions o;
   o.reuse_layers = 2;
-  attention::Calibrator cal(4, 6, p.n_keys(), o);
+  calibration::Calibrator cal(4, 6, p.n_keys(), o);
   for (int32_t l = 0; l < 4; ++l) cal.observe(p.request(l, 4));
-  const attention::CalibrationResult r = cal.finish();
+  const calibration::CalibrationResult r = cal.finish();
   ASSERT_EQ(r.minference.size(), 24u);
   ASSERT_EQ(r.sale.size(), 24u);
-  for (const attention::MinferenceHead& h : r.minference) {
+  for (const calibration::MinferenceHead& h : r.minference) {
     EXPECT_TRUE(h.reached);
     EXPECT_GE(h.recall, 0.95);
     EXPECT_LT(h.density, 1.0);
     bool listed = false;
-    for (const attention::VsBudget& c : r.vs_candidates) listed = listed || (c.v == h.budget.v && c.s == h.budget.s);
+    for (const calibration::VsBudget& c : r.vs_candidates) listed = listed || (c.v == h.budget.v && c.s == h.budget.s);
     EXPECT_TRUE(listed);
   }
-  for (const attention::SaleHead& h : r.sale) {
+  for (const calibration::SaleHead& h : r.sale) {
     EXPECT_TRUE(h.reached);
     EXPECT_GE(h.recall, 0.95);
     EXPECT_NE(std::find(r.sale_thetas.begin(), r.sale_thetas.end(), h.theta), r.sale_thetas.end());
@@ -95,26 +95,26 @@ TEST(Calibrate, SearchesOnSyntheticLayers) {
 }
 
 TEST(Calibrate, BadOptionsAreClearErrors) {
-  attention::CalibrationOptions o;
-  EXPECT_THROW(attention::Calibrator(4, 6, 100, o), std::invalid_argument);  // too short
+  calibration::CalibrationOptions o;
+  EXPECT_THROW(calibration::Calibrator(4, 6, 100, o), std::invalid_argument);  // too short
   auto with = [&](auto change) {
-    attention::CalibrationOptions c;
+    calibration::CalibrationOptions c;
     change(c);
     return c;
   };
-  for (const attention::CalibrationOptions& bad :
+  for (const calibration::CalibrationOptions& bad :
        {with([](auto& c) { c.minference_target = 1.5; }), with([](auto& c) { c.sale_target = 0; }),
         with([](auto& c) { c.reuse_layers = 5; }), with([](auto& c) { c.reuse_planner = "nosuch"; }),
         with([](auto& c) { c.reuse_planner = "blasst"; }), with([](auto& c) { c.reuse_planner = "sale:theta=7"; }),
         with([](auto& c) { c.blasst_targets = {1.0}; }), with([](auto& c) { c.n_ubatch = 8; })}) {
     try {
-      attention::Calibrator cal(4, 6, 4096, bad);
+      calibration::Calibrator cal(4, 6, 4096, bad);
       ADD_FAILURE() << "accepted";
     } catch (const std::invalid_argument& e) {
       EXPECT_GT(std::string(e.what()).size(), 10u);
     }
   }
-  attention::Calibrator cal(4, 6, 4096, o);
+  calibration::Calibrator cal(4, 6, 4096, o);
   PlannerProblem p(3, 1, 64, 64, 100);
   EXPECT_THROW(cal.observe(p.request(0, 4)), std::invalid_argument);  // 3 heads, not 6
 }
@@ -154,14 +154,14 @@ TEST(Calibrate, DefaultModelWritesAFileTheMethodsAccept) {
   const std::string model_path = test::require_model(paths::kDefaultModel);
   const std::unique_ptr<Model> model = Model::load(model_path);
   const int32_t n_layer = model->config().n_layer, n_head = model->config().n_head;
-  std::string text = attention::default_calibration_text();
+  std::string text = calibration::default_calibration_text();
   text.resize(std::min<size_t>(text.size(), 1024 * 12));
   std::vector<int32_t> tokens = model->tokenizer().encode(text, true, false);
   ASSERT_GE(tokens.size(), 1024u);
   tokens.resize(1024);
-  attention::CalibrationOptions o;
+  calibration::CalibrationOptions o;
   o.len = 1024;
-  const attention::CalibrationResult r = attention::calibrate(*model, tokens, o);
+  const calibration::CalibrationResult r = calibration::calibrate(*model, tokens, o);
 
   const test::TempDir dir;
   const std::filesystem::path path = dir / "calibration.json";

@@ -11,7 +11,7 @@
 
 #include <fmt/format.h>
 
-#include "attention/calibrate.h"
+#include "engine/calibrate.h"
 #include "common.h"
 #include "skim/attention.h"
 #include "skim/model.h"
@@ -52,7 +52,7 @@ std::string with_key(const std::string& spec, const std::string& kv) {
   return spec + (spec.find(':') == std::string::npos ? ":" : ",") + kv;
 }
 
-void print_summary(const attention::CalibrationResult& r, const std::string& path) {
+void print_summary(const calibration::CalibrationResult& r, const std::string& path) {
   const int32_t H = r.n_heads;
   fmt::print("\n{} | {} tokens, chunks of {}, {} layers x {} q heads\n", r.model, r.tokens, r.n_ubatch, r.n_layers, H);
   fmt::print("recall = exp(LSE_plan - LSE_dense) on every 8th query row of the chunks in the second half; density = "
@@ -132,7 +132,7 @@ void calibrate(const CalibrateOptions& o) {
   const std::string path = resolve_model(o.model);
   std::unique_ptr<Model> model = Model::load(path);
   std::string source = o.file;
-  std::string text = o.file.empty() ? attention::default_calibration_text(&source) : read_file(o.file);
+  std::string text = o.file.empty() ? calibration::default_calibration_text(&source) : read_file(o.file);
   // ~4.5 characters per token in English: 12 per token is plenty and keeps tokenizing short.
   if (static_cast<int64_t>(text.size()) > o.len * 12) text.resize(static_cast<size_t>(o.len * 12));
   std::vector<int32_t> tokens = model->tokenizer().encode(text, true, false);
@@ -141,7 +141,7 @@ void calibrate(const CalibrateOptions& o) {
                                          source, tokens.size(), o.len));
   tokens.resize(static_cast<size_t>(o.len));
 
-  attention::CalibrationOptions co;
+  calibration::CalibrationOptions co;
   co.len = o.len;
   co.n_ubatch = o.n_ubatch;
   co.minference_target = o.target;
@@ -156,10 +156,10 @@ void calibrate(const CalibrateOptions& o) {
     };
   if (!o.quiet)
     std::fprintf(stderr, "calibrate: %s, %lld tokens of %s\n", path.c_str(), static_cast<long long>(o.len), source.c_str());
-  attention::CalibrationResult r = attention::calibrate(*model, tokens, co);
+  calibration::CalibrationResult r = calibration::calibrate(*model, tokens, co);
   r.seconds = clock.ms() / 1000.0;
 
-  const std::filesystem::path out = o.out.empty() ? attention::default_calibration_path(path) : std::filesystem::path(o.out);
+  const std::filesystem::path out = o.out.empty() ? calibration::default_calibration_path(path) : std::filesystem::path(o.out);
   if (out.has_parent_path()) std::filesystem::create_directories(out.parent_path());
   nlohmann::json j = r.to_json();
   j["model_file"] = path;

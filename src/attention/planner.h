@@ -10,11 +10,20 @@
 #include <string>
 #include <vector>
 
-#include "attention/plan.h"
 #include "kernels/attention.h"
 #include "skim/attention.h"
 
 namespace skim::attention {
+
+// The plan type lives with the kernel that executes it; planners build it.
+using kernels::KeyRange;
+using kernels::make_dense_plan;
+using kernels::Plan;
+using kernels::PlanBuilder;
+using kernels::PlanError;
+using kernels::PlanShape;
+using kernels::validate_plan;
+using kernels::validate_plan_structure;
 
 // Rows are cut into tiles of this many queries; planners that work on blocks
 // use it as their key-block size too.

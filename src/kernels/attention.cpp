@@ -22,9 +22,6 @@
 namespace skim::kernels {
 namespace {
 
-using attention::KeyRange;
-using attention::Plan;
-using attention::PlanError;
 using attn_detail::KeySpan;
 using attn_detail::kKeyTile;
 using attn_detail::kMaxTileCols;
@@ -93,7 +90,7 @@ Call resolve(const AttnParams& in) {
 
 void check_plan_fits(const Call& c, const Plan& plan) {
   const AttnParams& p = c.p;
-  attention::validate_plan_structure(plan);
+  validate_plan_structure(plan);
   if (plan.n_rows != p.n_rows || plan.q_pos0 != p.q_pos0)
     throw PlanError("attention plan: built for " + std::to_string(plan.n_rows) + " rows at position " +
                     std::to_string(plan.q_pos0) + ", the call has " + std::to_string(p.n_rows) + " rows at " +
@@ -104,7 +101,7 @@ void check_plan_fits(const Call& c, const Plan& plan) {
     throw PlanError("attention plan: " + std::to_string(plan.n_heads) + " heads of group size " +
                     std::to_string(plan.group_size) + " fit neither " + std::to_string(p.n_q_heads) +
                     " query heads nor " + std::to_string(p.n_kv_heads) + " KV groups of " + std::to_string(c.g));
-  if (p.validate_plan) attention::validate_plan(plan, p.kv.n_keys, p.causal);
+  if (p.validate_plan) validate_plan(plan, p.kv.n_keys, p.causal);
 }
 
 // The plan head's KV head.
@@ -463,13 +460,13 @@ void run(const Call& call, const Plan& plan) {
 
 // The dense plan of a call in group mode with `tile_rows` rows per q head.
 Plan default_plan(const Call& call, int32_t tile_rows) {
-  attention::PlanShape shape;
+  PlanShape shape;
   shape.n_heads = call.p.n_kv_heads;
   shape.group_size = call.g;
   shape.tile_rows = std::max(1, tile_rows);
   shape.n_rows = call.p.n_rows;
   shape.q_pos0 = call.p.q_pos0;
-  return attention::make_dense_plan(shape, call.p.causal, call.p.kv.n_keys);
+  return make_dense_plan(shape, call.p.causal, call.p.kv.n_keys);
 }
 
 void check_dense_fits(const Call& call) {
@@ -484,7 +481,7 @@ void check_dense_fits(const Call& call) {
 
 int32_t default_tile_rows(int32_t group_size) { return std::max(1, kDefaultTileCols / std::max(1, group_size)); }
 
-void attention_prefill(const AttnParams& params, const attention::Plan* plan) {
+void attention_prefill(const AttnParams& params, const Plan* plan) {
   const Call call = resolve(params);
   if (plan) {
     check_plan_fits(call, *plan);
@@ -502,7 +499,7 @@ void attention_prefill(const AttnParams& params, const attention::Plan* plan) {
   }
 }
 
-void attention_decode(const AttnParams& params, const attention::Plan* plan) {
+void attention_decode(const AttnParams& params, const Plan* plan) {
   const Call call = resolve(params);
   if (call.p.n_rows < 1 || call.p.n_rows > kMaxDecodeRows)
     bad("decode takes 1.." + std::to_string(kMaxDecodeRows) + " query rows (got " + std::to_string(call.p.n_rows) +

@@ -6,7 +6,7 @@
 //
 // over the keys j the plan lists for row i (and, when causal, j <= position of
 // row i). Rows with no key get O = 0 and LSE = -inf. A dense plan and any
-// sparse plan run through the same code path (see attention/plan.h).
+// sparse plan run through the same code path (see kernels/attention_plan.h).
 //
 // Inside: K and V tiles (f16/bf16/f32 rows of the KV cache, contiguous ranges
 // or gathered columns) are widened to f32 once per tile in per-thread scratch;
@@ -33,7 +33,7 @@
 
 #include <cstdint>
 
-#include "attention/plan.h"
+#include "kernels/attention_plan.h"
 
 namespace skim::kernels {
 
@@ -89,7 +89,7 @@ struct AttnParams {
 
   AttnStats* stats = nullptr;  // optional counters (overwritten)
 
-  // Plan validation (attention/plan.h validate_plan) before running: on by
+  // Plan validation (kernels/attention_plan.h validate_plan) before running: on by
   // default in debug builds. Key bounds are always checked, so a bad plan
   // gives an exception, never an out-of-bounds read.
 #ifdef NDEBUG
@@ -112,14 +112,14 @@ int32_t default_tile_rows(int32_t group_size);
 // GQA group mode. The plan's shape must match the call: plan->n_rows ==
 // n_rows, plan->q_pos0 == q_pos0, and either group_size == 1 with n_heads ==
 // Hq, or group_size == Hq/Hkv with n_heads == Hkv. Throws std::invalid_argument
-// (attention::PlanError for plan problems) naming the problem.
-void attention_prefill(const AttnParams& params, const attention::Plan* plan = nullptr);
+// (PlanError for plan problems) naming the problem.
+void attention_prefill(const AttnParams& params, const Plan* plan = nullptr);
 
 // Decode: a few query rows (n_rows <= 16, usually 1) per head. plan ==
 // nullptr: dense, one work item per KV group (the g query heads stacked as
 // rows, one pass over K/V), keys split across threads and LSE-merged. A plan
 // (e.g. Quest-style page selection) works as for prefill.
-void attention_decode(const AttnParams& params, const attention::Plan* plan = nullptr);
+void attention_decode(const AttnParams& params, const Plan* plan = nullptr);
 
 // Merges two partial results over disjoint key sets of the same query rows
 // (split key streams, chunked prefill, two-pass methods), in place into (o, lse):

@@ -1,6 +1,6 @@
 // The attention plan: which keys each query tile attends to. It is the
-// contract between the planners (src/attention/*) and the attention kernel
-// (src/kernels/attention.h); see docs/plan.md.
+// contract between the planners (src/attention/*, above) and the attention
+// kernel that executes it (src/kernels/attention.h); see docs/plan.md.
 //
 // A plan has n_heads "plan heads". With group_size == 1 a plan head is a query
 // head; with group_size == g (GQA group mode) it is a KV head, and its g query
@@ -40,7 +40,7 @@
 #include <utility>
 #include <vector>
 
-namespace skim::attention {
+namespace skim::kernels {
 
 // A malformed plan (or a plan that does not fit the attention call).
 class PlanError : public std::invalid_argument {
@@ -163,4 +163,4 @@ class PlanBuilder {
   std::vector<std::pair<int32_t, float>> pending_cols_;
 };
 
-}  // namespace skim::attention
+}  // namespace skim::kernels

@@ -53,7 +53,7 @@
 #include "attention/sale.h"
 #include "skim/model.h"
 
-namespace skim::attention {
+namespace skim::calibration {
 
 struct CalibrationOptions {
   int64_t len = 4096;               // calibration tokens (the text's first len tokens)
@@ -109,7 +109,7 @@ struct CalibrationResult {
   std::vector<std::pair<double, double>> blasst_lambda_4096;  // (target, lambda at 4096 keys, at most 1)
   std::vector<BlasstPoint> blasst_points;
   double blasst_max_skipped = 0;  // the most skipping measured at 4096 keys (or the longest length)
-  sale::Shape sale_shape;         // the SALE shape the thetas were chosen for
+  attention::sale::Shape sale_shape;         // the SALE shape the thetas were chosen for
   double seconds = 0;
 
   std::string reuse_value() const;  // "0/5/9"
@@ -123,7 +123,7 @@ class Calibrator {
  public:
   Calibrator(int32_t n_layers, int32_t n_heads, int64_t len, const CalibrationOptions& options);
   ~Calibrator();
-  void observe(const PlanRequest& r);
+  void observe(const attention::PlanRequest& r);
   CalibrationResult finish() const;
 
  private:
@@ -150,11 +150,11 @@ std::vector<int32_t> calibration_rows(int64_t n_rows);
 // of the keys it lists, = exp(LSE_plan - LSE_dense)) is a sum over its ranges.
 class MassTable {
  public:
-  void build(const PlanRequest& r, const std::vector<int32_t>& rows);
+  void build(const attention::PlanRequest& r, const std::vector<int32_t>& rows);
   size_t n_rows() const { return rows_.size(); }
   // Recall of `plan` (for the same chunk) for q head h at calibration row ri.
-  double recall(const Plan& plan, int32_t h, size_t ri) const;
-  double mean_recall(const Plan& plan, int32_t h) const;
+  double recall(const attention::Plan& plan, int32_t h, size_t ri) const;
+  double mean_recall(const attention::Plan& plan, int32_t h) const;
 
  private:
   std::vector<int32_t> rows_;
@@ -162,4 +162,4 @@ class MassTable {
   std::vector<float> cum_;  // [head][row][n_keys + 1]
 };
 
-}  // namespace skim::attention
+}  // namespace skim::calibration

@@ -1,5 +1,5 @@
 // skim calibrate: the searches behind the per-model calibration file (see calibrate.h).
-#include "attention/calibrate.h"
+#include "engine/calibrate.h"
 
 #include <immintrin.h>
 #include <omp.h>
@@ -24,7 +24,9 @@
 #include "skim/context.h"
 #include "skim/paths.h"
 
-namespace skim::attention {
+namespace skim::calibration {
+
+using namespace attention;  // calibration measures the planners it tunes
 namespace {
 
 [[noreturn]] void bad(const std::string& msg) { throw std::invalid_argument("calibrate: " + msg); }
@@ -694,4 +696,4 @@ std::filesystem::path default_calibration_path(const std::string& model_path) {
   return paths::cache_dir() / "calibration" / (std::filesystem::path(model_path).stem().string() + ".json");
 }
 
-}  // namespace skim::attention
+}  // namespace skim::calibration

@@ -1,10 +1,10 @@
-#include "attention/plan.h"
+#include "kernels/attention_plan.h"
 
 #include <algorithm>
 #include <cmath>
 #include <string>
 
-namespace skim::attention {
+namespace skim::kernels {
 namespace {
 
 [[noreturn]] void fail(const std::string& what) { throw PlanError("attention plan: " + what); }
@@ -334,4 +334,4 @@ Plan PlanBuilder::finish() {
   return std::move(plan_);
 }
 
-}  // namespace skim::attention
+}  // namespace skim::kernels
