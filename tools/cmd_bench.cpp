@@ -49,7 +49,7 @@ std::vector<int> parse_list(const std::string& s, const char* what) {
     if (item.empty()) continue;
     char* end = nullptr;
     long v = std::strtol(item.c_str(), &end, 10);
-    if (*end != '\0' || v < 0) throw std::runtime_error(fmt::format("{}: '{}' is not a token count", what, item));
+    if (*end != '\0' || v < 0 || v > kMaxTokens) throw std::runtime_error(fmt::format("{}: '{}' is not a token count", what, item));
     if (v > 0) out.push_back(static_cast<int>(v));
   }
   return out;
@@ -219,8 +219,8 @@ void register_bench(CLI::App& app) {
   add_model_options(*cmd, o->model);
   cmd->add_option("-p,--n-prompt", o->prompts, "prompt lengths, comma-separated (e.g. 512,2048,8192)");
   cmd->add_option("-n,--n-gen", o->gens, "generation lengths, comma-separated (0: none)");
-  cmd->add_option("-r,--repetitions", o->repetitions, "measured repetitions per test")->check(CLI::PositiveNumber);
-  cmd->add_option("--ubatch-size", o->n_ubatch, "prefill micro-batch size")->check(CLI::PositiveNumber);
+  cmd->add_option("-r,--repetitions", o->repetitions, "measured repetitions per test")->check(at_least(1));
+  cmd->add_option("--ubatch-size", o->n_ubatch, "prefill micro-batch size")->check(in_range(1, kMaxTokens));
   cmd->add_option("--attn", o->attn,
                   "attention method NAME[:key=value,...]; repeat for several (dense is always measured)")
       ->take_all();

@@ -181,15 +181,15 @@ void register_calibrate(CLI::App& app) {
                    "thetas, reuse layers, BLASST lambda) and write them to a JSON file");
   add_model_options(*cmd, o->model);
   cmd->add_option("-f,--file", o->file, "calibration text (default: a cached long English text)")->check(CLI::ExistingFile);
-  cmd->add_option("--len", o->len, "calibration tokens")->check(CLI::Range(int64_t{256}, int64_t{1} << 24));
-  cmd->add_option("--ubatch-size", o->n_ubatch, "prefill chunk size (as skim run -ub)")->check(CLI::Range(64, 1 << 20));
+  cmd->add_option("--len", o->len, "calibration tokens")->check(in_range(int64_t{256}, int64_t{kMaxTokens}));
+  cmd->add_option("--ubatch-size", o->n_ubatch, "prefill chunk size (as skim run -ub)")->check(in_range(64, 1 << 20));
   cmd->add_option("-o,--out", o->out, "output file (default: <cache>/calibration/<model file stem>.json)");
-  cmd->add_option("--target", o->target, "recall a MInference budget must reach")->check(CLI::Range(0.01, 1.0));
-  cmd->add_option("--sale-target", o->sale_target, "recall a SALE theta must keep")->check(CLI::Range(0.01, 1.0));
+  cmd->add_option("--target", o->target, "recall a MInference budget must reach")->check(in_range(0.01, 1.0));
+  cmd->add_option("--sale-target", o->sale_target, "recall a SALE theta must keep")->check(in_range(0.01, 1.0));
   cmd->add_option("--reuse-planner", o->reuse_planner,
                   "reference planner spec for the reuse search (default: xattention if built in, else sale)");
   cmd->add_option("--reuse-layers", o->reuse_layers, "planning layers to choose (0: n_layers / 4)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(at_least(0));
   cmd->add_option("--blasst-targets", o->blasst_targets, "tile-skip fractions to give BLASST lambdas for");
   cmd->add_flag("-q,--quiet", o->quiet, "no progress lines");
   cmd->callback([o] { calibrate(*o); });

@@ -368,15 +368,15 @@ void register_eval(CLI::App& app) {
   cmd->add_option("--tasks", o->tasks, task_help)->capture_default_str();
   cmd->add_option("--lengths", o->lengths, "target lengths in tokens (prompt + answer budget), e.g. 1k,2k,4k,8k")->capture_default_str();
   cmd->add_option("--depths", o->depths, "needle depths in % for passkey and niah; sample i uses depth i mod count")->capture_default_str();
-  cmd->add_option("--samples", o->samples, "samples per task and length")->check(CLI::Range(1, 1 << 24))->capture_default_str();
+  cmd->add_option("--samples", o->samples, "samples per task and length")->check(at_least(1))->capture_default_str();
   cmd->add_option("--seed", o->seed, "run seed: samples are a function of it")->capture_default_str();
   cmd->add_option("--out", o->out, "output directory (results.json, report.md, plots); an existing run there resumes")->required();
   cmd->add_flag("--fidelity", o->fidelity, "measure attention recall and output error per layer/head (slower)");
   cmd->add_option("--fidelity-rows", o->fidelity_rows, "sampled query rows per prefill chunk for --fidelity")
-      ->check(CLI::Range(1, 1 << 24))
+      ->check(in_range(1, kMaxTokens))
       ->capture_default_str();
-  cmd->add_option("--ppl-tokens", o->ppl_tokens, "Austen tokens for --tasks ppl")->check(CLI::Range(1, 1 << 24))->capture_default_str();
-  cmd->add_option("--ubatch-size", o->n_ubatch, "prefill micro-batch size")->check(CLI::Range(1, 1 << 24))->capture_default_str();
+  cmd->add_option("--ppl-tokens", o->ppl_tokens, "Austen tokens for --tasks ppl")->check(in_range(1, kMaxTokens))->capture_default_str();
+  cmd->add_option("--ubatch-size", o->n_ubatch, "prefill micro-batch size")->check(in_range(1, kMaxTokens))->capture_default_str();
   cmd->add_flag("--no-chat", o->no_chat, "do not wrap prompts in the model's chat template");
   cmd->add_flag("!--no-plots", o->plots, "skip the PNG plots");
   cmd->add_flag("--report-only", o->report_only, "write report.md, summary.json and plots from DIR/results.json without running");

@@ -25,8 +25,9 @@ void run_perplexity(const PerplexityOptions& o) {
   std::vector<int32_t> tokens = tok.encode(read_file(o.file), true, false);
   if (o.max_windows > 0 && tokens.size() > static_cast<size_t>(o.max_windows) * o.n_ctx)
     tokens.resize(static_cast<size_t>(o.max_windows) * o.n_ctx);
+  const int64_t n_windows = perplexity_windows(tokens.size(), o.n_ctx);
   Context ctx(*model, {o.n_ctx, o.n_ubatch});
-  const int64_t n_windows = static_cast<int64_t>(tokens.size()) / o.n_ctx;
+  warn_beyond_training(o.n_ctx, model->config().n_ctx_train);
   fmt::print(stderr, "perplexity: {} tokens, {} windows of {} tokens, scoring the second half of each\n", tokens.size(),
              n_windows, o.n_ctx);
   Stopwatch clock;
@@ -45,9 +46,9 @@ void register_perplexity(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand("perplexity", "perplexity of a text file (llama-perplexity's method)");
   add_model_options(*cmd, o->model);
   cmd->add_option("-f,--file", o->file, "text file")->required()->check(CLI::ExistingFile);
-  cmd->add_option("-c,--ctx-size", o->n_ctx, "window size in tokens")->check(CLI::PositiveNumber);
-  cmd->add_option("--ubatch-size", o->n_ubatch, "micro-batch size")->check(CLI::PositiveNumber);
-  cmd->add_option("--chunks", o->max_windows, "score at most this many windows (0: all)")->check(CLI::NonNegativeNumber);
+  cmd->add_option("-c,--ctx-size", o->n_ctx, "window size in tokens")->check(in_range(1, kMaxTokens));
+  cmd->add_option("--ubatch-size", o->n_ubatch, "micro-batch size")->check(in_range(1, kMaxTokens));
+  cmd->add_option("--chunks", o->max_windows, "score at most this many windows (0: all)")->check(at_least(0));
   cmd->callback([o] { run_perplexity(*o); });
 }
 

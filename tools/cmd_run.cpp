@@ -54,6 +54,7 @@ void run(const RunOptions& o) {
   if (static_cast<int>(prompt.size()) >= ctx.n_ctx())
     throw std::runtime_error(fmt::format("prompt has {} tokens, the context holds {} (raise -c up to the model's {}, or shorten it)",
                                          prompt.size(), ctx.n_ctx(), model->config().n_ctx_train));
+  warn_beyond_training(ctx.n_ctx(), model->config().n_ctx_train);
 
   std::fprintf(stderr, "skim: model %s (%s), %zu prompt tokens, context %d, attention %s\n", model->config().name.c_str(),
                model->config().arch.c_str(), prompt.size(), ctx.n_ctx(), o.attn.c_str());
@@ -105,16 +106,18 @@ void register_run(CLI::App& app) {
   cmd->add_option("-f,--file", o->file, "read the prompt from a file")->check(CLI::ExistingFile);
   cmd->add_flag("--chat", o->chat, "wrap the prompt in the model's chat template (ChatML) as a user message");
   cmd->add_option("--system-prompt", o->system, "system message for --chat");
-  cmd->add_option("-n,--n-predict", o->n_predict, "tokens to generate (-1: until end of generation)");
-  cmd->add_option("-c,--ctx-size", o->n_ctx, "context size in tokens (0: the model's)")->check(CLI::NonNegativeNumber);
-  cmd->add_option("--ubatch-size", o->n_ubatch, "prefill micro-batch size")->check(CLI::PositiveNumber);
+  cmd->add_option("-n,--n-predict", o->n_predict, "tokens to generate (-1: until end of generation)")
+      ->check(in_range(-1, kMaxTokens));
+  cmd->add_option("-c,--ctx-size", o->n_ctx, "context size in tokens (0: the model's)")->check(in_range(0, kMaxTokens));
+  cmd->add_option("--ubatch-size", o->n_ubatch, "prefill micro-batch size")->check(in_range(1, kMaxTokens));
   cmd->add_option("--attn", o->attn, "attention method NAME[:key=value,...] (skim info --attn lists them)");
-  cmd->add_option("--temp", o->sampling.temp, "temperature (0: greedy)");
-  cmd->add_option("--top-k", o->sampling.top_k, "top-k sampling (0: off)");
-  cmd->add_option("--top-p", o->sampling.top_p, "top-p sampling (1: off)");
-  cmd->add_option("--min-p", o->sampling.min_p, "min-p sampling (0: off)");
-  cmd->add_option("--repeat-penalty", o->sampling.repeat_penalty, "repetition penalty (1: off)");
-  cmd->add_option("--repeat-last-n", o->sampling.repeat_last_n, "tokens the repetition penalty looks back (-1: all)");
+  cmd->add_option("--temp", o->sampling.temp, "temperature (0: greedy)")->check(at_least(0.0f));
+  cmd->add_option("--top-k", o->sampling.top_k, "top-k sampling (0: off)")->check(at_least(0));
+  cmd->add_option("--top-p", o->sampling.top_p, "top-p sampling (1: off)")->check(in_range(0.0f, 1.0f));
+  cmd->add_option("--min-p", o->sampling.min_p, "min-p sampling (0: off)")->check(in_range(0.0f, 1.0f));
+  cmd->add_option("--repeat-penalty", o->sampling.repeat_penalty, "repetition penalty (1: off)")->check(at_least(0.0f));
+  cmd->add_option("--repeat-last-n", o->sampling.repeat_last_n, "tokens the repetition penalty looks back (-1: all)")
+      ->check(at_least(-1));
   cmd->add_option("-s,--seed", o->sampling.seed, "sampling seed (default: random)");
   cmd->add_flag("--ignore-eos", o->ignore_eos, "keep generating past end-of-generation tokens");
   cmd->add_flag("--show-prompt", o->show_prompt, "echo the prompt text before the generated text");

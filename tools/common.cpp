@@ -15,9 +15,14 @@
 
 namespace skim::cli {
 
+void use_one_line_errors(CLI::App& app) {
+  app.failure_message([](const CLI::App*, const CLI::Error& e) { return fmt::format("error: {}\n", e.what()); });
+}
+
 void add_model_options(CLI::App& cmd, ModelOptions& o) {
+  constexpr int kMaxThreads = 1024;  // as skim-peer's --threads
   cmd.add_option("-m,--model", o.model, "GGUF model file (default: the cached default model, smollm2-135m)");
-  cmd.add_option("-t,--threads", o.threads, "threads (default: all cores)")->check(CLI::NonNegativeNumber);
+  cmd.add_option("-t,--threads", o.threads, "threads (0: all cores)")->check(in_range(0, kMaxThreads));
 }
 
 std::string resolve_model(const ModelOptions& o) {
@@ -39,6 +44,12 @@ std::string read_file(const std::string& path) {
   std::ostringstream ss;
   ss << in.rdbuf();
   return ss.str();
+}
+
+void warn_beyond_training(int n_ctx, int n_ctx_train) {
+  if (n_ctx > n_ctx_train)
+    fmt::print(stderr, "skim: warning: context of {} tokens exceeds the model's trained context of {}; output past it may degrade\n",
+               n_ctx, n_ctx_train);
 }
 
 double peak_rss_mib() {

@@ -4,11 +4,43 @@
 #include <CLI/CLI.hpp>
 
 #include <chrono>
+#include <cmath>
+#include <limits>
 #include <string>
+
+#include <fmt/format.h>
 
 #include "skim/attention.h"
 
 namespace skim::cli {
+
+// More tokens than any model's context: bounds token counts before they reach an allocation.
+inline constexpr int kMaxTokens = 1 << 24;
+
+// Checks that a numeric option lies in [min, max], failing with one short line
+// ("--ctx-size: -5 is below the minimum 0"). CLI11's Range prints its bounds as doubles,
+// the open ones as a 300-digit number.
+template <class T>
+CLI::Validator in_range(T min, T max) {
+  return CLI::Validator(
+      [min, max](std::string& input) -> std::string {
+        double value = 0;
+        if (!CLI::detail::lexical_cast(input, value) || !std::isfinite(value)) return fmt::format("'{}' is not a number", input);
+        if (std::is_integral_v<T> && value != std::floor(value)) return fmt::format("{} is not a whole number", input);
+        if (value < static_cast<double>(min)) return fmt::format("{} is below the minimum {}", input, min);
+        if (value > static_cast<double>(max)) return fmt::format("{} is above the maximum {}", input, max);
+        return {};
+      },
+      max == std::numeric_limits<T>::max() ? fmt::format(">= {}", min) : fmt::format("{}..{}", min, max));
+}
+template <class T>
+CLI::Validator at_least(T min) {
+  return in_range(min, std::numeric_limits<T>::max());
+}
+
+// One "error: ..." line for every command-line mistake, in place of CLI11's
+// message plus its "Run with --help" line; --help itself is unaffected.
+void use_one_line_errors(CLI::App& app);
 
 // Options every model-loading subcommand takes.
 struct ModelOptions {
@@ -21,6 +53,9 @@ std::string resolve_model(const ModelOptions& o);
 int apply_threads(int threads);
 
 std::string read_file(const std::string& path);
+// A context beyond the model's training length runs, but RoPE positions past it
+// are untrained: say so, as llama.cpp does.
+void warn_beyond_training(int n_ctx, int n_ctx_train);
 // One llama.cpp-style line: prefill attention density, planning and kernel time.
 void print_attention_report(const AttentionReport& r);
 double peak_rss_mib();

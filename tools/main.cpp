@@ -5,7 +5,6 @@
 #include <vector>
 
 #include "common.h"
-#include "skim/gguf.h"
 
 namespace {
 // llama.cpp spells some options as multi-letter single-dash flags, which
@@ -28,7 +27,10 @@ std::vector<char*> rewrite_aliases(int argc, char** argv) {
 int main(int argc, char** argv) {
   std::vector<char*> args = rewrite_aliases(argc, argv);
   CLI::App app{"skim: long-context LLM inference engine (GGUF models, dense and sparse attention)"};
-  app.require_subcommand(1);
+  // At most one here, and a missing one checked after parsing: with a minimum
+  // of one, CLI11 reports "skim nosuch" as a missing subcommand, not naming it.
+  app.require_subcommand(0, 1);
+  skim::cli::use_one_line_errors(app);
   skim::cli::register_run(app);
   skim::cli::register_info(app);
   skim::cli::register_tokenize(app);
@@ -38,11 +40,14 @@ int main(int argc, char** argv) {
   skim::cli::register_calibrate(app);
   try {
     app.parse(static_cast<int>(args.size()), args.data());
+    if (app.get_subcommands().empty()) {
+      std::string names;
+      for (const CLI::App* cmd : app.get_subcommands([](const CLI::App*) { return true; }))
+        names += (names.empty() ? "" : ", ") + cmd->get_name();
+      throw CLI::RequiredError("a subcommand (" + names + ")");
+    }
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
-  } catch (const skim::GgufError& e) {
-    std::fprintf(stderr, "error: %s\n", e.what());
-    return 1;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
     return 1;

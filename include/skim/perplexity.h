@@ -20,6 +20,9 @@ struct PerplexityResult {
   std::vector<double> running_ppl;  // after each window
 };
 
+// Windows of n_ctx tokens that `n_tokens` tokens give; throws when none can be scored.
+int64_t perplexity_windows(size_t n_tokens, int n_ctx);
+
 // Calls on_window(window index, running ppl) after each window.
 PerplexityResult perplexity(Context& ctx, const std::vector<int32_t>& tokens, int bos_token,
                             const std::function<void(int, double)>& on_window = {});

@@ -15,13 +15,20 @@ double log_softmax_at(const float* logits, int n_vocab, int index) {
   return static_cast<double>(logits[index]) - mx - std::log(sum);
 }
 
+int64_t perplexity_windows(size_t n_tokens, int n_ctx) {
+  // Positions n_ctx/2 .. n_ctx-2 are scored: windows under 3 tokens score none (and a NaN perplexity).
+  if (n_ctx < 3) throw std::invalid_argument(fmt::format("a window of {} tokens scores none: use at least 3", n_ctx));
+  const int64_t n_windows = static_cast<int64_t>(n_tokens) / n_ctx;
+  if (n_windows < 1)
+    throw std::invalid_argument(fmt::format("perplexity needs at least one window of {} tokens, the text has {}", n_ctx, n_tokens));
+  return n_windows;
+}
+
 PerplexityResult perplexity(Context& ctx, const std::vector<int32_t>& tokens, int bos_token,
                             const std::function<void(int, double)>& on_window) {
   const int n_ctx = ctx.n_ctx();
   const int n_vocab = ctx.model().config().n_vocab;
-  const int64_t n_windows = static_cast<int64_t>(tokens.size()) / n_ctx;
-  if (n_windows < 1)
-    throw std::invalid_argument(fmt::format("perplexity needs at least one window of {} tokens, the text has {}", n_ctx, tokens.size()));
+  const int64_t n_windows = perplexity_windows(tokens.size(), n_ctx);
   const int first = n_ctx / 2;
 
   PerplexityResult r;

@@ -1,14 +1,29 @@
 #include "kv/kv_cache.h"
 
+#include <unistd.h>
+
 #include <stdexcept>
 
 #include <fmt/format.h>
 
 namespace skim {
+namespace {
+// f16 values of a cache of `capacity` tokens. One beyond physical memory is
+// refused here: zero-filling it would end in the OOM killer, not an error.
+size_t checked_elements(int n_layer, int n_head_kv, int head_dim, int capacity) {
+  const size_t elements = static_cast<size_t>(n_layer) * 2 * n_head_kv * capacity * head_dim;
+  const double gib = elements * sizeof(uint16_t) / 1073741824.0;
+  const double memory_gib = static_cast<double>(sysconf(_SC_PHYS_PAGES)) * sysconf(_SC_PAGE_SIZE) / 1073741824.0;
+  if (gib > memory_gib)
+    throw std::length_error(fmt::format("a context of {} tokens needs {:.1f} GiB of KV cache, more than the {:.1f} GiB of memory here",
+                                        capacity, gib, memory_gib));
+  return elements;
+}
+}  // namespace
 
 KvCache::KvCache(int n_layer, int n_head_kv, int head_dim, int capacity)
     : n_layer_(n_layer), n_head_kv_(n_head_kv), head_dim_(head_dim), capacity_(capacity),
-      data_(static_cast<size_t>(n_layer) * 2 * n_head_kv * capacity * head_dim),
+      data_(checked_elements(n_layer, n_head_kv, head_dim, capacity)),
       positions_(capacity, -1) {}
 
 void KvCache::resize(int n) {
