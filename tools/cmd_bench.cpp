@@ -20,13 +20,10 @@
 namespace skim::cli {
 namespace {
 
-struct BenchOptions {
-  ModelOptions model;
+struct BenchOptions : SharedOptions {
   std::string prompts = "512";
   std::string gens = "128";
   int repetitions = 3;
-  int n_ubatch = 512;
-  std::vector<std::string> attn = {"dense"};
   std::string text_file;
   std::string peer = "llama.cpp";
   bool json = false;
@@ -155,8 +152,8 @@ std::vector<BenchRow> bench_llama_cpp(const BenchOptions& o, const std::string& 
 }
 
 void bench(const BenchOptions& o) {
-  const std::string path = resolve_model(o.model);
-  const int threads = apply_threads(o.model.threads);
+  const std::string path = resolve_model(o);
+  const int threads = apply_threads(o.threads);
   BenchOptions opts = o;
   // Dense is always measured first: the baseline of every "vs dense" ratio.
   std::erase(opts.attn, std::string("dense"));
@@ -216,14 +213,10 @@ void bench(const BenchOptions& o) {
 void register_bench(CLI::App& app) {
   auto o = std::make_shared<BenchOptions>();
   CLI::App* cmd = app.add_subcommand("bench", "prompt (pp) and generation (tg) throughput, skim vs llama.cpp in one run");
-  add_model_options(*cmd, o->model);
+  add_shared_options(*cmd, *o, {{Opt::Model}, {Opt::Threads}, {Opt::Ubatch}, {.opt = Opt::Attn, .repeatable = true}});
   cmd->add_option("-p,--n-prompt", o->prompts, "prompt lengths, comma-separated (e.g. 512,2048,8192)");
   cmd->add_option("-n,--n-gen", o->gens, "generation lengths, comma-separated (0: none)");
   cmd->add_option("-r,--repetitions", o->repetitions, "measured repetitions per test")->check(at_least(1));
-  cmd->add_option("--ubatch-size", o->n_ubatch, "prefill micro-batch size")->check(in_range(1, kMaxTokens));
-  cmd->add_option("--attn", o->attn,
-                  "attention method NAME[:key=value,...]; repeat for several (dense is always measured)")
-      ->take_all();
   cmd->add_option("-f,--file", o->text_file, "prompt text for pp tests, repeated to length (default: random tokens)")
       ->check(CLI::ExistingFile);
   cmd->add_option("--peer", o->peer, "llama.cpp (run llama-bench on the same model) or none");

@@ -19,11 +19,9 @@
 namespace skim::cli {
 namespace {
 
-struct CalibrateOptions {
-  ModelOptions model;
+struct CalibrateOptions : SharedOptions {
   std::string file, out, reuse_planner, blasst_targets = "0.5,0.7";
   int64_t len = 4096;
-  int n_ubatch = 512;
   double target = 0.95, sale_target = 0.95;
   int reuse_layers = 0;
   bool quiet = false;
@@ -129,7 +127,7 @@ void print_summary(const calibration::CalibrationResult& r, const std::string& p
 
 void calibrate(const CalibrateOptions& o) {
   Stopwatch clock;
-  const std::string path = resolve_model(o.model);
+  const std::string path = resolve_model(o);
   std::unique_ptr<Model> model = Model::load(path);
   std::string source = o.file;
   std::string text = o.file.empty() ? calibration::default_calibration_text(&source) : read_file(o.file);
@@ -179,10 +177,10 @@ void register_calibrate(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand(
       "calibrate", "choose per-model sparse-attention settings on calibration text (MInference budgets, SALE "
                    "thetas, reuse layers, BLASST lambda) and write them to a JSON file");
-  add_model_options(*cmd, o->model);
+  // The calibrator refuses chunks under 64 tokens.
+  add_shared_options(*cmd, *o, {{Opt::Model}, {Opt::Threads}, {.opt = Opt::Ubatch, .range = Range{64, 1 << 20}}});
   cmd->add_option("-f,--file", o->file, "calibration text (default: a cached long English text)")->check(CLI::ExistingFile);
   cmd->add_option("--len", o->len, "calibration tokens")->check(in_range(int64_t{256}, int64_t{kMaxTokens}));
-  cmd->add_option("--ubatch-size", o->n_ubatch, "prefill chunk size (as skim run -ub)")->check(in_range(64, 1 << 20));
   cmd->add_option("-o,--out", o->out, "output file (default: <cache>/calibration/<model file stem>.json)");
   cmd->add_option("--target", o->target, "recall a MInference budget must reach")->check(in_range(0.01, 1.0));
   cmd->add_option("--sale-target", o->sale_target, "recall a SALE theta must keep")->check(in_range(0.01, 1.0));

@@ -31,9 +31,7 @@ namespace {
 namespace fs = std::filesystem;
 using namespace skim::eval;
 
-struct EvalOptions {
-  ModelOptions model;
-  std::vector<std::string> attn;
+struct EvalOptions : SharedOptions {
   std::string tasks = "passkey,niah";
   std::string lengths = "1k,2k,4k,8k";
   std::string depths = "0,25,50,75,100";
@@ -43,7 +41,6 @@ struct EvalOptions {
   bool fidelity = false;
   int fidelity_rows = 32;
   int ppl_tokens = 32768;
-  int n_ubatch = 512;
   bool no_chat = false;
   bool plots = true;
   bool report_only = false;
@@ -164,7 +161,7 @@ class EvalRun {
     tasks_ = parse_tasks(o.tasks);
     lengths_ = parse_lengths(o.lengths);
     depths_ = parse_depths(o.depths);
-    const std::string path = resolve_model(o.model);
+    const std::string path = resolve_model(o);
     model_ = Model::load(path);
     const int n_ctx_train = model_->config().n_ctx_train;
     if (lengths_.back() > n_ctx_train)
@@ -301,7 +298,7 @@ class EvalRun {
     std::string cmd = fmt::format("skim eval{} --tasks {} --lengths {}{} --seed {} --depths {} --out {}",
                                   attn.empty() ? "" : " --attn " + fmt::format("{}", fmt::join(attn, ",")), fmt::join(tasks_, ","),
                                   o_.lengths, samples, o_.seed, o_.depths, o_.out);
-    if (!o_.model.model.empty()) cmd += " -m " + o_.model.model;
+    if (!o_.model.empty()) cmd += " -m " + o_.model;
     if (o_.fidelity) cmd += fmt::format(" --fidelity --fidelity-rows {}", o_.fidelity_rows);
     if (wants_ppl()) cmd += fmt::format(" --ppl-tokens {}", o_.ppl_tokens);
     if (o_.no_chat) cmd += " --no-chat";
@@ -360,11 +357,10 @@ class EvalRun {
 void register_eval(CLI::App& app) {
   auto o = std::make_shared<EvalOptions>();
   CLI::App* cmd = app.add_subcommand("eval", "long-context quality of attention methods, paired with dense on identical samples");
-  add_model_options(*cmd, o->model);
+  add_shared_options(*cmd, *o, {{Opt::Model}, {Opt::Threads}, {Opt::Ubatch}, {.opt = Opt::Attn, .repeatable = true}});
   std::string task_help = "tasks, comma-separated:";
   for (const eval::TaskInfo& t : eval::tasks()) task_help += fmt::format("\n  {:<16} {}", t.name, t.summary);
   task_help += fmt::format("\n  {:<16} {}", "ppl", "perplexity, KL(dense||method) and top-1 agreement on Austen windows");
-  cmd->add_option("--attn", o->attn, "attention method specs besides dense, comma-separated (e.g. streaming:sink=128,local=1024)");
   cmd->add_option("--tasks", o->tasks, task_help)->capture_default_str();
   cmd->add_option("--lengths", o->lengths, "target lengths in tokens (prompt + answer budget), e.g. 1k,2k,4k,8k")->capture_default_str();
   cmd->add_option("--depths", o->depths, "needle depths in % for passkey and niah; sample i uses depth i mod count")->capture_default_str();
@@ -376,7 +372,6 @@ void register_eval(CLI::App& app) {
       ->check(in_range(1, kMaxTokens))
       ->capture_default_str();
   cmd->add_option("--ppl-tokens", o->ppl_tokens, "Austen tokens for --tasks ppl")->check(in_range(1, kMaxTokens))->capture_default_str();
-  cmd->add_option("--ubatch-size", o->n_ubatch, "prefill micro-batch size")->check(in_range(1, kMaxTokens))->capture_default_str();
   cmd->add_flag("--no-chat", o->no_chat, "do not wrap prompts in the model's chat template");
   cmd->add_flag("!--no-plots", o->plots, "skip the PNG plots");
   cmd->add_flag("--report-only", o->report_only, "write report.md, summary.json and plots from DIR/results.json without running");

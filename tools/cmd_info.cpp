@@ -12,10 +12,9 @@
 namespace skim::cli {
 namespace {
 
-struct InfoOptions {
-  ModelOptions model;
+struct InfoOptions : SharedOptions {
   bool metadata = false;
-  bool attn = false;
+  bool list_attn = false;
 };
 
 void list_attention_methods() {
@@ -31,8 +30,8 @@ void list_attention_methods() {
 }
 
 void info(const InfoOptions& o) {
-  if (o.attn) return list_attention_methods();
-  const std::string path = resolve_model(o.model);
+  if (o.list_attn) return list_attention_methods();
+  const std::string path = resolve_model(o);
   std::unique_ptr<Model> model = Model::load(path);
   const GgufFile& f = model->file();
   const ModelConfig& c = model->config();
@@ -75,9 +74,9 @@ void info(const InfoOptions& o) {
 void register_info(CLI::App& app) {
   auto o = std::make_shared<InfoOptions>();
   CLI::App* cmd = app.add_subcommand("info", "describe a model: architecture, sizes, tensor types, context");
-  add_model_options(*cmd, o->model);
+  add_shared_options(*cmd, *o, {{Opt::Model}, {Opt::Threads}});
   cmd->add_flag("--metadata", o->metadata, "also print every metadata key");
-  cmd->add_flag("--attn", o->attn, "list the attention methods, their parameters and defaults (no model needed)");
+  cmd->add_flag("--attn", o->list_attn, "list the attention methods, their parameters and defaults (no model needed)");
   cmd->callback([o] { info(*o); });
 }
 

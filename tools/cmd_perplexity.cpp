@@ -11,16 +11,14 @@
 namespace skim::cli {
 namespace {
 
-struct PerplexityOptions {
-  ModelOptions model;
+struct PerplexityOptions : SharedOptions {
+  PerplexityOptions() { n_ctx = 512; }  // llama-perplexity's window
   std::string file;
-  int n_ctx = 512;
-  int n_ubatch = 512;
   int max_windows = 0;
 };
 
 void run_perplexity(const PerplexityOptions& o) {
-  std::unique_ptr<Model> model = Model::load(resolve_model(o.model));
+  std::unique_ptr<Model> model = Model::load(resolve_model(o));
   const Tokenizer& tok = model->tokenizer();
   std::vector<int32_t> tokens = tok.encode(read_file(o.file), true, false);
   if (o.max_windows > 0 && tokens.size() > static_cast<size_t>(o.max_windows) * o.n_ctx)
@@ -44,10 +42,10 @@ void run_perplexity(const PerplexityOptions& o) {
 void register_perplexity(CLI::App& app) {
   auto o = std::make_shared<PerplexityOptions>();
   CLI::App* cmd = app.add_subcommand("perplexity", "perplexity of a text file (llama-perplexity's method)");
-  add_model_options(*cmd, o->model);
+  // -c is the window scored, which cannot be empty.
+  add_shared_options(*cmd, *o,
+                     {{Opt::Model}, {Opt::Threads}, {.opt = Opt::Ctx, .range = Range{1, kMaxTokens}}, {Opt::Ubatch}});
   cmd->add_option("-f,--file", o->file, "text file")->required()->check(CLI::ExistingFile);
-  cmd->add_option("-c,--ctx-size", o->n_ctx, "window size in tokens")->check(in_range(1, kMaxTokens));
-  cmd->add_option("--ubatch-size", o->n_ubatch, "micro-batch size")->check(in_range(1, kMaxTokens));
   cmd->add_option("--chunks", o->max_windows, "score at most this many windows (0: all)")->check(at_least(0));
   cmd->callback([o] { run_perplexity(*o); });
 }

@@ -12,14 +12,10 @@
 namespace skim::cli {
 namespace {
 
-struct RunOptions {
-  ModelOptions model;
+struct RunOptions : SharedOptions {
   std::string prompt, file, system;
   bool chat = false;
   int n_predict = 128;
-  int n_ctx = 0;
-  int n_ubatch = 512;
-  std::string attn = "dense";
   bool ignore_eos = false;
   bool show_prompt = false;
   bool progress = true;
@@ -28,15 +24,16 @@ struct RunOptions {
 
 void run(const RunOptions& o) {
   Stopwatch load_clock;
-  const std::string path = resolve_model(o.model);
-  validate_attention_spec(o.attn);
+  const std::string path = resolve_model(o);
+  const std::string& attn = o.attn.front();
+  validate_attention_spec(attn);
   if (o.prompt.empty() == o.file.empty()) throw std::runtime_error("give exactly one of -p TEXT or -f FILE");
   std::unique_ptr<Model> model = Model::load(path);
   const Tokenizer& tok = model->tokenizer();
   ContextParams cp;
   cp.n_ctx = o.n_ctx;
   cp.n_ubatch = o.n_ubatch;
-  cp.attention = o.attn;
+  cp.attention = attn;
   Context ctx(*model, cp);
   const double load_ms = load_clock.ms();
 
@@ -57,7 +54,7 @@ void run(const RunOptions& o) {
   warn_beyond_training(ctx.n_ctx(), model->config().n_ctx_train);
 
   std::fprintf(stderr, "skim: model %s (%s), %zu prompt tokens, context %d, attention %s\n", model->config().name.c_str(),
-               model->config().arch.c_str(), prompt.size(), ctx.n_ctx(), o.attn.c_str());
+               model->config().arch.c_str(), prompt.size(), ctx.n_ctx(), attn.c_str());
   if (o.show_prompt) std::fputs(text.c_str(), stdout);
 
   Sampler sampler(o.sampling);
@@ -101,16 +98,13 @@ void run(const RunOptions& o) {
 void register_run(CLI::App& app) {
   auto o = std::make_shared<RunOptions>();
   CLI::App* cmd = app.add_subcommand("run", "generate text from a prompt (-p) or a file (-f)");
-  add_model_options(*cmd, o->model);
+  add_shared_options(*cmd, *o, {{Opt::Model}, {Opt::Threads}, {Opt::Ctx}, {Opt::Ubatch}, {Opt::Attn}});
   cmd->add_option("-p,--prompt", o->prompt, "prompt text");
   cmd->add_option("-f,--file", o->file, "read the prompt from a file")->check(CLI::ExistingFile);
   cmd->add_flag("--chat", o->chat, "wrap the prompt in the model's chat template (ChatML) as a user message");
   cmd->add_option("--system-prompt", o->system, "system message for --chat");
   cmd->add_option("-n,--n-predict", o->n_predict, "tokens to generate (-1: until end of generation)")
       ->check(in_range(-1, kMaxTokens));
-  cmd->add_option("-c,--ctx-size", o->n_ctx, "context size in tokens (0: the model's)")->check(in_range(0, kMaxTokens));
-  cmd->add_option("--ubatch-size", o->n_ubatch, "prefill micro-batch size")->check(in_range(1, kMaxTokens));
-  cmd->add_option("--attn", o->attn, "attention method NAME[:key=value,...] (skim info --attn lists them)");
   cmd->add_option("--temp", o->sampling.temp, "temperature (0: greedy)")->check(at_least(0.0f));
   cmd->add_option("--top-k", o->sampling.top_k, "top-k sampling (0: off)")->check(at_least(0));
   cmd->add_option("--top-p", o->sampling.top_p, "top-p sampling (1: off)")->check(in_range(0.0f, 1.0f));

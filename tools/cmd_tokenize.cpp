@@ -11,8 +11,7 @@
 namespace skim::cli {
 namespace {
 
-struct TokenizeOptions {
-  ModelOptions model;
+struct TokenizeOptions : SharedOptions {
   std::string prompt, file;
   bool add_special = false;
   bool parse_special = false;
@@ -22,7 +21,7 @@ struct TokenizeOptions {
 void tokenize(const TokenizeOptions& o) {
   if (o.prompt.empty() == o.file.empty()) throw std::runtime_error("give exactly one of -p TEXT or -f FILE");
   // Only the vocabulary is needed: no weights are touched.
-  std::unique_ptr<GgufFile> f = GgufFile::open(resolve_model(o.model));
+  std::unique_ptr<GgufFile> f = GgufFile::open(resolve_model(o));
   std::unique_ptr<Tokenizer> tok = Tokenizer::from_gguf(*f);
   const std::string text = o.file.empty() ? o.prompt : read_file(o.file);
   std::vector<int32_t> ids = tok->encode(text, o.add_special, o.parse_special);
@@ -41,7 +40,7 @@ void tokenize(const TokenizeOptions& o) {
 void register_tokenize(CLI::App& app) {
   auto o = std::make_shared<TokenizeOptions>();
   CLI::App* cmd = app.add_subcommand("tokenize", "print the token ids of a text, one per line");
-  add_model_options(*cmd, o->model);
+  add_shared_options(*cmd, *o, {{Opt::Model}, {Opt::Threads}});
   cmd->add_option("-p,--prompt", o->prompt, "text");
   cmd->add_option("-f,--file", o->file, "read the text from a file")->check(CLI::ExistingFile);
   cmd->add_flag("--add-special", o->add_special, "add BOS/EOS as the vocabulary asks");

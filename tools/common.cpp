@@ -3,11 +3,13 @@
 #include <omp.h>
 #include <sys/resource.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <stdexcept>
 #include <thread>
+#include <variant>
 
 #include <fmt/format.h>
 
@@ -19,13 +21,42 @@ void use_one_line_errors(CLI::App& app) {
   app.failure_message([](const CLI::App*, const CLI::Error& e) { return fmt::format("error: {}\n", e.what()); });
 }
 
-void add_model_options(CLI::App& cmd, ModelOptions& o) {
-  constexpr int kMaxThreads = 1024;  // as skim-peer's --threads
-  cmd.add_option("-m,--model", o.model, "GGUF model file (default: the cached default model, smollm2-135m)");
-  cmd.add_option("-t,--threads", o.threads, "threads (0: all cores)")->check(in_range(0, kMaxThreads));
+namespace {
+// One row per shared flag. llama.cpp's -ub is rewritten to --ubatch-size in main.cpp: CLI11 has
+// no multi-letter single-dash names.
+struct SharedOption {
+  Opt opt;
+  const char* names;
+  const char* help;
+  std::variant<std::string SharedOptions::*, int SharedOptions::*, std::vector<std::string> SharedOptions::*> field;
+  std::optional<Range> range;        // of a number, unless a command's Use narrows it
+  const char* zero_means = nullptr;  // told in the help where the range takes 0
+};
+// 1024 threads at most, as skim-peer's --threads.
+const SharedOption kSharedOptions[] = {
+    {Opt::Model, "-m,--model", "GGUF model file (default: the cached default model, smollm2-135m)", &SharedOptions::model},
+    {Opt::Threads, "-t,--threads", "threads", &SharedOptions::threads, Range{0, 1024}, "all cores"},
+    {Opt::Ctx, "-c,--ctx-size", "context size in tokens", &SharedOptions::n_ctx, Range{0, kMaxTokens}, "the model's"},
+    {Opt::Ubatch, "--ubatch-size", "prefill micro-batch size", &SharedOptions::n_ubatch, Range{1, kMaxTokens}},
+    {Opt::Attn, "--attn", "attention method NAME[:key=value,...] (skim info --attn lists them)", &SharedOptions::attn},
+};
+}  // namespace
+
+void add_shared_options(CLI::App& cmd, SharedOptions& o, std::initializer_list<Use> uses) {
+  for (const Use& use : uses) {
+    const SharedOption& flag = *std::ranges::find(kSharedOptions, use.opt, &SharedOption::opt);
+    const std::optional<Range> range = use.range ? use.range : flag.range;
+    std::string help = flag.help;
+    if (flag.zero_means && range->min <= 0) help += fmt::format(" (0: {})", flag.zero_means);
+    CLI::Option* opt = std::visit([&](auto field) { return cmd.add_option(flag.names, o.*field, help); }, flag.field);
+    if (range) opt->check(in_range(range->min, range->max))->capture_default_str();
+    // A list takes the words up to the next flag, which may recur; taken once, it reads one word as a string does.
+    if (std::holds_alternative<std::vector<std::string> SharedOptions::*>(flag.field) && !use.repeatable)
+      opt->expected(1)->allow_extra_args(false);
+  }
 }
 
-std::string resolve_model(const ModelOptions& o) {
+std::string resolve_model(const SharedOptions& o) {
   apply_threads(o.threads);
   if (o.model.empty()) return paths::default_model().string();
   if (!std::filesystem::exists(o.model)) throw std::runtime_error(fmt::format("model file '{}' does not exist", o.model));

@@ -6,7 +6,9 @@
 #include <chrono>
 #include <cmath>
 #include <limits>
+#include <optional>
 #include <string>
+#include <vector>
 
 #include <fmt/format.h>
 
@@ -42,14 +44,27 @@ CLI::Validator at_least(T min) {
 // message plus its "Run with --help" line; --help itself is unaffected.
 void use_one_line_errors(CLI::App& app);
 
-// Options every model-loading subcommand takes.
-struct ModelOptions {
-  std::string model;  // empty: the default model from the cache
-  int threads = 0;    // 0: all cores
+// The values of the flags several subcommands share, registered from one table (as llama.cpp's
+// common/arg.cpp) so that each reads the same everywhere. A command sets its own defaults here.
+struct SharedOptions {
+  std::string model;                          // empty: the default model from the cache
+  int threads = 0;                            // 0: all cores
+  int n_ctx = 0;                              // 0: the model's
+  int n_ubatch = 512;
+  std::vector<std::string> attn = {"dense"};  // one spec unless the command takes several
 };
-void add_model_options(CLI::App& cmd, ModelOptions& o);
+enum class Opt { Model, Threads, Ctx, Ubatch, Attn };
+struct Range { int min, max; };
+// A shared flag as one command takes it: the table's range unless the flag means something
+// narrower there; a list (--attn) takes one value unless repeatable.
+struct Use {
+  Opt opt;
+  std::optional<Range> range;
+  bool repeatable = false;
+};
+void add_shared_options(CLI::App& cmd, SharedOptions& o, std::initializer_list<Use> uses);
 // Resolves the model path (default model when empty) and sets the thread count.
-std::string resolve_model(const ModelOptions& o);
+std::string resolve_model(const SharedOptions& o);
 int apply_threads(int threads);
 
 std::string read_file(const std::string& path);
