@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """End-to-end tests of the skim command line, run as a user runs it.
 
-    cli_test.py SKIM [MODEL] [unittest options]
+    cli_test.py SKIM [--model MODEL] [unittest options]
 
 SKIM is the built binary; MODEL the SmolLM2-135M GGUF (default: where
 `scripts/fetch-model smollm2-135m` caches it, as paths::model finds it). A
@@ -119,6 +119,15 @@ class GoodInputs(ModelTest):
         r = skim("run", "-m", MODEL, "-f", prompt, "-n", -1, "-c", 24, "--temp", 0, "--ignore-eos")
         self.assert_ok(r)
         self.assertIn("stop: context", r.stderr)
+
+    def test_run_seed_reproduces_sampling(self):
+        # A fixed seed gives the same sampled text; -1 (llama.cpp's "random") is accepted.
+        args = ["run", "-m", MODEL, "-p", "Once upon a time", "-n", 12, "-c", 64, "--temp", 0.9]
+        first, second = skim(*args, "-s", 7), skim(*args, "-s", 7)
+        self.assert_ok(first)
+        self.assertEqual(first.stdout, second.stdout)
+        self.assertIn("seed 7,", first.stderr)
+        self.assert_ok(skim(*args, "-s", -1))
 
     def test_run_ctx_zero_is_the_models_context(self):
         r = skim("run", "-m", MODEL, "-p", "Hi", "-n", 1, "-c", 0, "--temp", 0)
@@ -295,6 +304,10 @@ class BadInputs(ModelTest):
             (["info", "-m", MODEL, "-t", 100000], "--threads: 100000"),
             (["run", "-m", MODEL, "-p", "Hi", "--temp", -1], "--temp: -1"),
             (["run", "-m", MODEL, "-p", "Hi", "--top-p", 2], "--top-p: 2"),
+            (["run", "-m", MODEL, "-p", "Hi", "--top-k", -1], "--top-k: -1"),
+            (["run", "-m", MODEL, "-p", "Hi", "--min-p", 2], "--min-p: 2"),
+            (["run", "-m", MODEL, "-p", "Hi", "-s", -2], "--seed: -2"),
+            (["perplexity", "-m", MODEL, "-f", TEXT_FILE, "--chunks", -1], "--chunks: -1"),
             (["run", "-m", MODEL, "-p", "Hi", "-ub", 0], "--ubatch-size: 0"),
             (["bench", "-m", MODEL, "--peer", "none", "-ub", 0], "--ubatch-size: 0"),
             (["bench", "-m", MODEL, "--peer", "none", "-p", 99999999999], "99999999999"),
@@ -333,7 +346,7 @@ def main():
     global SKIM, MODEL
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("skim", nargs="?", default=os.environ.get("SKIM_BIN"), help="the skim binary (or $SKIM_BIN)")
-    parser.add_argument("model", nargs="?", default=os.environ.get("SKIM_TEST_MODEL"),
+    parser.add_argument("--model", default=os.environ.get("SKIM_TEST_MODEL"),
                         help=f"the {MODEL_NAME} GGUF (or $SKIM_TEST_MODEL; default: the cached one)")
     args, unittest_args = parser.parse_known_args()
     if not args.skim:

@@ -119,7 +119,10 @@ class EvalTasks : public ::testing::Test {
     delete builtin_;
     delete cached_;
   }
-  void SetUp() override { model_ = &test::shared_model(paths::kDefaultModel); }
+  void SetUp() override {
+    model_ = &test::shared_model(paths::kDefaultModel);
+    ASSERT_TRUE(cached_->cached) << "haystack texts not fetched: run scripts/fetch-haystack";
+  }
   static const Tokenizer& tok() { return model_->tokenizer(); }
 
   // Everything a sample must satisfy, whatever the task.
@@ -181,7 +184,6 @@ TEST_F(EvalTasks, EveryTaskFitsItsLengthAndHidesItsAnswers) {
 }
 
 TEST_F(EvalTasks, NeedleDepthGridInRealProse) {
-  ASSERT_TRUE(cached_->cached) << "haystack texts not fetched: run scripts/fetch-haystack";
   const PromptFormat format(tok(), true);
   for (const std::string task : {"passkey", "niah"})
     for (double depth : {0.0, 10.0, 50.0, 90.0, 100.0})
@@ -209,7 +211,7 @@ TEST_F(EvalTasks, SamplesAreAFunctionOfTheirSeed) {
 
 TEST_F(EvalTasks, RulerTaskShapes) {
   const PromptFormat format(tok(), true);
-  const Corpus& corpus = cached_->cached ? *cached_ : *builtin_;
+  const Corpus& corpus = *cached_;
   auto make = [&](const std::string& task, int length) { return make_sample({task, length, 50, sample_seed(5, task, length, 0)}, corpus, format); };
 
   EXPECT_EQ(make("niah_multikey", 2048).needles.size(), 4u);
@@ -265,8 +267,8 @@ TEST_F(EvalTasks, ClearErrors) {
 // -------------------------------------------------------------- result files
 
 TEST(EvalResults, RoundTripAndResumeGuard) {
-  const std::filesystem::path dir = std::filesystem::temp_directory_path() / ("skim-eval-test-" + std::to_string(::getpid()));
-  std::filesystem::remove_all(dir);
+  const test::TempDir tmp;
+  const std::filesystem::path dir = tmp / "results";
   const RunConfig config{"m.gguf", 42, true, {0, 50, 100}, "builtin"};
   {
     ResultStore store(dir, config);
@@ -303,7 +305,6 @@ TEST(EvalResults, RoundTripAndResumeGuard) {
   RunConfig other = config;
   other.seed = 7;
   EXPECT_THROW(ResultStore(dir, other), std::runtime_error);
-  std::filesystem::remove_all(dir);
 }
 
 TEST(EvalFidelity, PoolsReportsPerMethodAndLength) {

@@ -55,9 +55,9 @@ std::string expect_error(const std::vector<uint8_t>& image, const std::string& n
   return {};
 }
 
+// Files of this test binary's run, in its own temporary directory.
 fs::path temp_path(const std::string& stem) {
-  fs::path dir = fs::temp_directory_path() / ("skim_gguf_test_" + std::to_string(::getpid()));
-  fs::create_directories(dir);
+  static const test::TempDir dir;
   return dir / stem;
 }
 

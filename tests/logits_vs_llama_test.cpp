@@ -35,8 +35,9 @@ std::vector<float> peer_logits(const std::string& model, const std::vector<int32
   }
   const std::string cmd = test::shell_quote(test::peer_tool("skim-peer").string()) + " logits " + test::shell_quote(model) +
                           " " + test::shell_quote(ids_path.string()) + " " + test::shell_quote(out_path.string()) +
-                          " --threads 2 " + extra_flags + " 2>/dev/null";
-  if (test::run_command(cmd, 300).status != 0) throw std::runtime_error("peer failed: " + cmd);
+                          " --threads 2 " + extra_flags;
+  const test::CommandResult run = test::run_command(cmd, 300);
+  if (run.status != 0) throw std::runtime_error("peer failed: " + cmd + "\n" + run.errors);
   std::ifstream f(out_path, std::ios::binary);
   char magic[4];
   uint32_t n = 0, v = 0;

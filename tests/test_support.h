@@ -7,8 +7,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <map>
 #include <memory>
 #include <sstream>
@@ -59,26 +61,6 @@ inline std::filesystem::path peer_tool(const std::string& name) {
   return bin;
 }
 
-// A shell command's exit status and standard output. The command is killed
-// after `timeout_s` (status 124), so a hung peer fails the test instead of
-// stalling the suite.
-struct CommandResult {
-  int status = -1;
-  std::string output;
-};
-inline CommandResult run_command(const std::string& cmd, int timeout_s) {
-  const std::string bounded = "timeout -k 10 " + std::to_string(timeout_s) + " sh -c " + shell_quote(cmd);
-  FILE* pipe = popen(bounded.c_str(), "r");
-  if (!pipe) throw std::runtime_error("cannot run " + cmd);
-  CommandResult r;
-  char buf[4096];
-  for (size_t n; (n = fread(buf, 1, sizeof buf, pipe)) > 0;) r.output.append(buf, n);
-  const int status = pclose(pipe);
-  r.status = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  if (r.status == 124) ADD_FAILURE() << "timed out after " << timeout_s << " s: " << cmd;
-  return r;
-}
-
 // A fresh directory under the system temp dir, removed on destruction: tests
 // running side by side never share a file name.
 class TempDir {
@@ -100,6 +82,34 @@ class TempDir {
  private:
   std::filesystem::path path_;
 };
+
+// A shell command's exit status, standard output and the tail of its
+// standard error. The command is killed after `timeout_s` (status 124, or 137
+// when it ignored SIGTERM), so a hung peer fails the test instead of stalling
+// the suite.
+struct CommandResult {
+  int status = -1;
+  std::string output;
+  std::string errors;  // the last 2000 bytes of standard error
+};
+inline CommandResult run_command(const std::string& cmd, int timeout_s) {
+  const TempDir dir;
+  const std::filesystem::path err_path = dir / "stderr.txt";
+  const std::string bounded =
+      "timeout -k 10 " + std::to_string(timeout_s) + " sh -c " + shell_quote(cmd) + " 2>" + shell_quote(err_path.string());
+  FILE* pipe = popen(bounded.c_str(), "r");
+  if (!pipe) throw std::runtime_error("cannot run " + cmd);
+  CommandResult r;
+  char buf[4096];
+  for (size_t n; (n = fread(buf, 1, sizeof buf, pipe)) > 0;) r.output.append(buf, n);
+  const int status = pclose(pipe);
+  r.status = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  std::ifstream err(err_path);
+  r.errors.assign(std::istreambuf_iterator<char>(err), std::istreambuf_iterator<char>());
+  if (r.errors.size() > 2000) r.errors.erase(0, r.errors.size() - 2000);
+  if (r.status == 124 || r.status == 137) ADD_FAILURE() << "timed out after " << timeout_s << " s: " << cmd;
+  return r;
+}
 
 // Long public-domain-licensed English prose present on every Debian system.
 inline std::string long_english_text() {

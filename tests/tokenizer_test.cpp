@@ -1,7 +1,7 @@
 // Tokenizer tests: Unicode tables, pre-tokenizer splits, BPE on small
 // hand-built vocabularies, and the real SmolLM2 / Qwen2.5 vocabularies with
 // ids checked against llama.cpp (known answers recorded from `skim-peer
-// tokenize`, plus a live comparison when the peer is built).
+// tokenize`, plus a live comparison with the peer build).
 #include <gtest/gtest.h>
 
 #include <cstdio>
@@ -399,7 +399,8 @@ Ids parse_ids(const std::string& s) {
   return ids;
 }
 
-// Runs the llama.cpp peer on `text`; nullopt if it failed.
+// Runs the llama.cpp peer on `text`; nullopt (with the peer's errors added to
+// the test's failure) if it failed.
 std::optional<Ids> peer_tokenize(const std::string& peer, const std::string& model, const std::string& text,
                                  bool add_special, bool parse_special) {
   const test::TempDir dir;
@@ -408,8 +409,11 @@ std::optional<Ids> peer_tokenize(const std::string& peer, const std::string& mod
   std::string cmd = test::shell_quote(peer) + " tokenize " + test::shell_quote(model) + " " + test::shell_quote(text_path.string());
   if (add_special) cmd += " --add-special";
   if (parse_special) cmd += " --parse-special";
-  const test::CommandResult r = test::run_command(cmd + " 2>/dev/null", 120);
-  if (r.status != 0) return std::nullopt;
+  const test::CommandResult r = test::run_command(cmd, 120);
+  if (r.status != 0) {
+    ADD_FAILURE() << cmd << " exited with " << r.status << ":\n" << r.errors;
+    return std::nullopt;
+  }
   return parse_ids(r.output);
 }
 

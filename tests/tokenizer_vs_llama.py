@@ -33,6 +33,7 @@ import time
 from collections import defaultdict
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TIMEOUT_S = 300  # per tokenizer process: a hung one fails the run
 
 
 def cache_root():
@@ -113,7 +114,7 @@ def skim_tokenize(cmd, model, files, add_special, parse_special):
     batch = 200  # keep command lines short
     for i in range(0, len(files), batch):
         out = subprocess.run(shlex.split(cmd) + [model] + flags + ["--each"] + files[i:i + batch], check=True,
-                             capture_output=True).stdout.decode()
+                             capture_output=True, timeout=TIMEOUT_S).stdout.decode()
         for line in out.splitlines():
             path, _, ids = line.partition("\t")
             result[path] = [int(x) for x in ids.split()]
@@ -122,7 +123,7 @@ def skim_tokenize(cmd, model, files, add_special, parse_special):
 
 def peer_tokenize(peer, model, path, add_special, parse_special):
     flags = (["--add-special"] if add_special else []) + (["--parse-special"] if parse_special else [])
-    proc = subprocess.run([peer, "tokenize", model, path] + flags, capture_output=True)
+    proc = subprocess.run([peer, "tokenize", model, path] + flags, capture_output=True, timeout=TIMEOUT_S)
     if proc.returncode != 0:
         return None, proc.stderr.decode(errors="replace").strip()[-300:]
     return [int(x) for x in proc.stdout.split()], None
@@ -219,7 +220,9 @@ def main():
                 i = first_difference(a, b)
                 print(f"  {os.path.basename(f)}: first difference at token {i}: "
                       f"skim {a[max(0, i - 3):i + 5]} vs llama.cpp {b[max(0, i - 3):i + 5]} (lengths {len(a)}/{len(b)})")
-            if diffs:
+            # A document the peer did not tokenize is a failure too: a silent
+            # peer must not pass as "0/0 identical".
+            if diffs or errors or compared == 0:
                 all_identical = False
     return 0 if all_identical else 1
 

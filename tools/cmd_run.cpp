@@ -19,6 +19,7 @@ struct RunOptions : SharedOptions {
   bool ignore_eos = false;
   bool show_prompt = false;
   bool progress = true;
+  int64_t seed = -1;  // -1: random, as llama.cpp's -s -1
   SamplingParams sampling;
 };
 
@@ -57,7 +58,9 @@ void run(const RunOptions& o) {
                model->config().arch.c_str(), prompt.size(), ctx.n_ctx(), attn.c_str());
   if (o.show_prompt) std::fputs(text.c_str(), stdout);
 
-  Sampler sampler(o.sampling);
+  SamplingParams sampling = o.sampling;
+  if (o.seed >= 0) sampling.seed = static_cast<uint64_t>(o.seed);
+  Sampler sampler(sampling);
   GenerationOptions g;
   g.n_predict = o.n_predict;
   g.ignore_eog = o.ignore_eos;
@@ -112,7 +115,8 @@ void register_run(CLI::App& app) {
   cmd->add_option("--repeat-penalty", o->sampling.repeat_penalty, "repetition penalty (1: off)")->check(at_least(0.0f));
   cmd->add_option("--repeat-last-n", o->sampling.repeat_last_n, "tokens the repetition penalty looks back (-1: all)")
       ->check(at_least(-1));
-  cmd->add_option("-s,--seed", o->sampling.seed, "sampling seed (default: random)");
+  cmd->add_option("-s,--seed", o->seed, "sampling seed (-1: random)")
+      ->check(in_range<int64_t>(-1, std::numeric_limits<int64_t>::max()));
   cmd->add_flag("--ignore-eos", o->ignore_eos, "keep generating past end-of-generation tokens");
   cmd->add_flag("--show-prompt", o->show_prompt, "echo the prompt text before the generated text");
   cmd->add_flag("!--no-progress", o->progress, "no prefill progress line");

@@ -2,18 +2,30 @@
 
 #include <unistd.h>
 
+#include <algorithm>
+#include <fstream>
 #include <stdexcept>
 
 #include <fmt/format.h>
 
 namespace skim {
 namespace {
-// f16 values of a cache of `capacity` tokens. One beyond physical memory is
+// Bytes this process may use at most: physical memory, or the cgroup's limit
+// (a container's) when that is lower.
+double memory_limit_bytes() {
+  double limit = static_cast<double>(sysconf(_SC_PHYS_PAGES)) * sysconf(_SC_PAGE_SIZE);
+  std::ifstream cgroup("/sys/fs/cgroup/memory.max");
+  double cgroup_max = 0;
+  if (cgroup >> cgroup_max && cgroup_max > 0) limit = std::min(limit, cgroup_max);  // "max" reads as no number
+  return limit;
+}
+
+// f16 values of a cache of `capacity` tokens. One beyond the memory limit is
 // refused here: zero-filling it would end in the OOM killer, not an error.
 size_t checked_elements(int n_layer, int n_head_kv, int head_dim, int capacity) {
   const size_t elements = static_cast<size_t>(n_layer) * 2 * n_head_kv * capacity * head_dim;
   const double gib = elements * sizeof(uint16_t) / 1073741824.0;
-  const double memory_gib = static_cast<double>(sysconf(_SC_PHYS_PAGES)) * sysconf(_SC_PAGE_SIZE) / 1073741824.0;
+  const double memory_gib = memory_limit_bytes() / 1073741824.0;
   if (gib > memory_gib)
     throw std::length_error(fmt::format("a context of {} tokens needs {:.1f} GiB of KV cache, more than the {:.1f} GiB of memory here",
                                         capacity, gib, memory_gib));
