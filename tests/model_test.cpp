@@ -12,6 +12,7 @@
 #include "skim/context.h"
 #include "skim/generate.h"
 #include "skim/model.h"
+#include "model/attention_observer.h"
 #include "test_support.h"
 
 namespace skim {
@@ -51,7 +52,8 @@ Closeness compare(const float* a, const float* b, int rows, int n_vocab) {
 TEST_F(ModelTest, AttentionCoreMatchesReferenceAttention) {
   const std::vector<int32_t> ids = text_tokens(400);
   Context kernel(*model_, {512, 128});
-  Context reference(*model_, {512, 128, true});
+  Context reference(*model_, {512, 128});
+  ContextInternals::set_observer(reference, {.reference_attention = true});
   const std::vector<float> a = kernel.decode(ids, true), b = reference.decode(ids, true);
   // Both compute in fp32 from the same f16 cache: only summation order differs.
   const Closeness c = compare(b.data(), a.data(), static_cast<int>(ids.size()), model_->config().n_vocab);

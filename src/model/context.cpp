@@ -14,6 +14,7 @@
 #include "kernels/f16.h"
 #include "kernels/matmul.h"
 #include "kv/kv_cache.h"
+#include "model/attention_observer.h"
 
 namespace skim {
 
@@ -32,7 +33,10 @@ void add_bias(float* y, const TensorInfo* bias, int rows, int n) {
 }
 }  // namespace
 
-Context::Context(const Model& model, ContextParams params) : model_(model), params_(params) {
+void ContextInternals::set_observer(Context& ctx, AttentionObserver observer) { *ctx.observer_ = std::move(observer); }
+
+Context::Context(const Model& model, ContextParams params)
+    : model_(model), params_(params), observer_(std::make_unique<AttentionObserver>()) {
   const ModelConfig& c = model.config();
   if (params_.n_ctx <= 0) params_.n_ctx = c.n_ctx_train;
   if (params_.n_ubatch <= 0) throw std::invalid_argument("micro-batch size must be positive");
@@ -121,7 +125,7 @@ void Context::forward_ubatch(std::span<const int32_t> tokens, int64_t logits_fro
   // The last layer only feeds the logits: past its K/V (cached for later
   // tokens), only rows that want logits are computed, as llama.cpp does.
   // Observers of every layer's attention (calibration, fidelity) keep all rows.
-  const bool prune_last = !params_.on_prefill_attention && params_.fidelity_rows == 0;
+  const bool prune_last = !observer_->keeps_every_row();
   for (int l = 0; l < c.n_layer; ++l) {
     const LayerWeights& L = model_.layer(l);
     // Rows [first, n) go through the whole layer; earlier rows only give K/V.
@@ -156,7 +160,7 @@ void Context::forward_ubatch(std::span<const int32_t> tokens, int64_t logits_fro
     }
     if (rows == 0) continue;
     const int q_pos0 = pos0 + first;
-    if (params_.reference_attention) {
+    if (observer_->reference_attention) {
       kernels::attention_reference(s.q.data(), rows, q_pos0, *kv_, l, c.n_head, s.attn.data());
     } else {
       kernels::AttnParams a;
@@ -189,8 +193,8 @@ void Context::forward_ubatch(std::span<const int32_t> tokens, int64_t logits_fro
         r.q_row_stride = a.q_row_stride;
         r.kv = a.kv;
         r.scale = 1.0f / std::sqrt(static_cast<float>(hd));
-        if (params_.on_prefill_attention) params_.on_prefill_attention(r);
-        method_->prefill(r, a, report_, params_.fidelity_rows);
+        if (observer_->on_prefill_attention) observer_->on_prefill_attention(r);
+        method_->prefill(r, a, report_, observer_->fidelity_rows);
       }
     }
     float* x = s.x.data() + x_first;
