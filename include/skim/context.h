@@ -15,6 +15,7 @@
 namespace skim {
 
 class KvCache;
+struct Activations;        // src/model/blocks.h
 struct AttentionObserver;  // src/model/attention_observer.h
 namespace attention {
 class AttentionMethod;
@@ -68,8 +69,7 @@ class Context {
   AttentionReport report_;
   std::unique_ptr<KvCache> kv_;
   std::unique_ptr<AttentionObserver> observer_;  // never null; the default observes nothing
-  struct Scratch;
-  std::unique_ptr<Scratch> s_;
+  std::unique_ptr<Activations> s_;
 };
 
 }  // namespace skim
