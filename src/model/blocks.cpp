@@ -62,37 +62,20 @@ void attend(Forward& f, int l) {
     kernels::attention_reference(s.q.data(), rows, q_pos0, f.kv, l, c.n_head, s.attn.data());
     return;
   }
-  kernels::AttnParams a;
-  a.n_q_heads = c.n_head;
-  a.n_kv_heads = c.n_head_kv;
-  a.head_dim = hd;
-  a.n_rows = rows;
-  a.q_pos0 = q_pos0;
-  a.q = s.q.data();
-  a.q_head_stride = hd;
-  a.q_row_stride = q_dim;
-  a.kv = {f.kv.k(l, 0), f.kv.v(l, 0), kernels::KvDType::F16, static_cast<int64_t>(f.kv.capacity()) * hd, hd, f.pos0 + f.n};
-  a.out = s.attn.data();
-  a.out_head_stride = hd;
-  a.out_row_stride = q_dim;
+  const kernels::AttnParams a{
+      .n_q_heads = c.n_head, .n_kv_heads = c.n_head_kv, .head_dim = hd, .n_rows = rows, .q_pos0 = q_pos0,
+      .q = s.q.data(), .q_head_stride = hd, .q_row_stride = q_dim,
+      .kv = {f.kv.k(l, 0), f.kv.v(l, 0), kernels::KvDType::F16, static_cast<int64_t>(f.kv.capacity()) * hd, hd, f.pos0 + f.n},
+      .out = s.attn.data(), .out_head_stride = hd, .out_row_stride = q_dim};
   if (rows == 1) {
     kernels::attention_decode(a);
     return;
   }
-  attention::PlanRequest r;
-  r.layer = l;
-  r.n_layers = c.n_layer;
-  r.n_q_heads = c.n_head;
-  r.n_kv_heads = c.n_head_kv;
-  r.head_dim = hd;
-  r.n_rows = rows;
-  r.q_pos0 = q_pos0;
-  r.final_chunk = f.final_chunk;
-  r.q = a.q;
-  r.q_head_stride = a.q_head_stride;
-  r.q_row_stride = a.q_row_stride;
-  r.kv = a.kv;
-  r.scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  const attention::PlanRequest r{
+      .layer = l, .n_layers = c.n_layer, .n_q_heads = c.n_head, .n_kv_heads = c.n_head_kv, .head_dim = hd,
+      .n_rows = rows, .q_pos0 = q_pos0, .final_chunk = f.final_chunk,
+      .q = a.q, .q_head_stride = a.q_head_stride, .q_row_stride = a.q_row_stride, .kv = a.kv,
+      .scale = 1.0f / std::sqrt(static_cast<float>(hd))};
   if (f.observer.on_prefill_attention) f.observer.on_prefill_attention(r);
   f.method.prefill(r, a, f.report, f.observer.fidelity_rows);
 }
