@@ -12,6 +12,7 @@
 
 #include "engine/calibrate.h"
 #include "attention/method.h"
+#include "model/attention_observer.h"
 #include "planner_problem.h"
 #include "skim/attention.h"
 #include "skim/context.h"
@@ -128,12 +129,14 @@ TEST(Calibrate, PrefillHookSeesEveryLayerOfEveryChunk) {
   cp.n_ctx = 512;
   cp.n_ubatch = 128;
   std::vector<std::tuple<int32_t, int64_t, int64_t, bool>> calls;
-  cp.on_prefill_attention = [&](const attention::PlanRequest& r) {
+  AttentionObserver hook;
+  hook.on_prefill_attention = [&](const attention::PlanRequest& r) {
     EXPECT_NE(r.q, nullptr);
     EXPECT_EQ(r.kv.n_keys, r.q_pos0 + r.n_rows);
     calls.emplace_back(r.layer, r.q_pos0, r.n_rows, r.final_chunk);
   };
   Context ctx(*model, cp);
+  ContextInternals::set_observer(ctx, hook);
   // All logits: the observer keeps every row of the last layer, and so does a
   // context without one when every row wants logits.
   const std::vector<float> hooked = ctx.decode(tokens, true);
@@ -143,7 +146,6 @@ TEST(Calibrate, PrefillHookSeesEveryLayerOfEveryChunk) {
   const int32_t next = 42;
   ctx.decode({&next, 1});  // decode steps do not call it
   EXPECT_EQ(calls.size(), static_cast<size_t>(3 * n_layer));
-  cp.on_prefill_attention = nullptr;
   Context plain(*model, cp);
   EXPECT_EQ(plain.decode(tokens, true), hooked);  // observing changes nothing
 }

@@ -1,6 +1,6 @@
 // Model-level checks on the real default model: the attention core against
 // the plain reference attention, chunked prefill against one batch, decode
-// against prefill, errors for bad requests.
+// against prefill, errors for bad requests, the layer specs of loaded models.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -8,10 +8,12 @@
 #include <map>
 #include <fstream>
 #include <memory>
+#include <utility>
 
 #include "skim/context.h"
 #include "skim/generate.h"
 #include "skim/model.h"
+#include "model/attention_observer.h"
 #include "test_support.h"
 
 namespace skim {
@@ -51,7 +53,8 @@ Closeness compare(const float* a, const float* b, int rows, int n_vocab) {
 TEST_F(ModelTest, AttentionCoreMatchesReferenceAttention) {
   const std::vector<int32_t> ids = text_tokens(400);
   Context kernel(*model_, {512, 128});
-  Context reference(*model_, {512, 128, true});
+  Context reference(*model_, {512, 128});
+  ContextInternals::set_observer(reference, {.reference_attention = true});
   const std::vector<float> a = kernel.decode(ids, true), b = reference.decode(ids, true);
   // Both compute in fp32 from the same f16 cache: only summation order differs.
   const Closeness c = compare(b.data(), a.data(), static_cast<int>(ids.size()), model_->config().n_vocab);
@@ -193,6 +196,28 @@ TEST_F(ModelTest, RejectsWhatDoesNotFit) {
   const std::vector<int32_t> bad = {1, 2, model_->config().n_vocab};
   EXPECT_THROW(ctx.decode(bad), std::out_of_range);
   EXPECT_THROW(ctx.decode(std::span<const int32_t>()), std::invalid_argument);
+}
+
+// Every layer of the llama-family models runs full attention at the model's
+// RoPE base, read here straight from the GGUF metadata.
+TEST(ModelLoad, LlamaFamilyLayersAreFullAttentionAtTheFilesRopeBase) {
+  for (const auto& [name, key] : {std::pair{"smollm2-135m", "llama.rope.freq_base"},
+                                  std::pair{"qwen2.5-coder-0.5b", "qwen2.rope.freq_base"}}) {
+    SCOPED_TRACE(name);
+    const std::unique_ptr<GgufFile> file = GgufFile::open(test::require_model(name));
+    const double base = file->get_float(key);
+    ASSERT_EQ(file->tensor("rope_freqs.weight"), nullptr);  // no per-pair factors: theta_i = base^(-2i/d)
+    const Model& model = test::shared_model(name);
+    const int hd = model.config().head_dim;
+    for (int l = 0; l < model.config().n_layer; ++l) {
+      const LayerSpec& spec = model.layer_spec(l);
+      EXPECT_EQ(spec.attention, AttentionKind::Full) << "layer " << l;
+      EXPECT_EQ(spec.rope_base, static_cast<float>(base)) << "layer " << l;
+      ASSERT_EQ(spec.rope_inv_freq.size(), static_cast<size_t>(hd / 2));
+      for (int i = 0; i < hd / 2; ++i)
+        EXPECT_FLOAT_EQ(spec.rope_inv_freq[i], static_cast<float>(std::pow(base, -2.0 * i / hd))) << "layer " << l << " pair " << i;
+    }
+  }
 }
 
 TEST(ModelLoad, MissingFileAndWrongFileAreClearErrors) {

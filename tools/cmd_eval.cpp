@@ -20,6 +20,7 @@
 #include "eval/results.h"
 #include "eval/runner.h"
 #include "eval/tasks.h"
+#include "model/attention_observer.h"
 #include "skim/attention.h"
 #include "skim/context.h"
 #include "skim/model.h"
@@ -185,8 +186,8 @@ class EvalRun {
       p.n_ctx = lengths_.back();
       p.n_ubatch = o.n_ubatch;
       p.attention = m;
-      p.fidelity_rows = o.fidelity && m != "dense" ? o.fidelity_rows : 0;
       contexts_[m] = std::make_unique<Context>(*model_, p);
+      if (o.fidelity && m != "dense") ContextInternals::set_observer(*contexts_[m], {.fidelity_rows = o.fidelity_rows});
     }
   }
 

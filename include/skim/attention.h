@@ -59,7 +59,7 @@ struct AttentionReport {
   double kernel_ms = 0;       // time in the attention kernel (prefill calls)
   std::vector<int64_t> layer_pairs_listed;  // per layer
   std::vector<int64_t> layer_pairs_dense;
-  // [layer * n_head + head]; empty unless ContextParams::fidelity_rows > 0.
+  // [layer * n_head + head]; empty unless the context samples fidelity rows (skim eval --fidelity).
   std::vector<HeadFidelity> fidelity;
   double density() const { return pairs_dense ? static_cast<double>(pairs_listed) / pairs_dense : 1.0; }
 };

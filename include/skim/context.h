@@ -15,35 +15,17 @@
 namespace skim {
 
 class KvCache;
+struct Activations;        // src/model/blocks.h
+struct AttentionObserver;  // src/model/attention_observer.h
 namespace attention {
 class AttentionMethod;
-struct PlanRequest;  // src/attention/planner.h
 }
 
 struct ContextParams {
   int n_ctx = 0;       // KV capacity in tokens; 0 = the model's training context
   int n_ubatch = 512;  // tokens per forward micro-batch during prefill
-  // The plain GEMM-softmax-GEMM attention instead of the attention core; it
-  // exists as the reference the kernels are tested against.
-  bool reference_attention = false;
   // Attention method spec, "NAME[:key=value,...]" (skim/attention.h).
   std::string attention = "dense";
-  // When > 0, every sparse layer call also runs dense attention on this many
-  // sampled query rows per chunk and records recall and output error per
-  // (layer, head) in the attention report (slower; for evaluation).
-  int fidelity_rows = 0;
-  // Prefill observer, for calibration and analysis (skim calibrate): when set,
-  // it is called for every layer of every prefill micro-batch of more than one
-  // token, once the chunk's K/V are in the cache and before its attention
-  // runs, with the request a planner gets (Q after RoPE, the layer's KV view,
-  // positions). Its pointers are valid only during the call; it must not
-  // change the context. Not called with reference_attention. Unset (the
-  // default), it costs one test per layer.
-  // Without an observer (and with fidelity_rows = 0) the last layer computes,
-  // past its K/V, only the rows that want logits; a lone such row then takes
-  // the decode path (8-bit activations in its products). With one, every row
-  // runs every layer, so all-logits results are the same either way.
-  std::function<void(const attention::PlanRequest&)> on_prefill_attention;
 };
 
 // Called after each micro-batch with (tokens done, tokens total).
@@ -75,6 +57,8 @@ class Context {
   void reset_attention_report();
 
  private:
+  friend struct ContextInternals;  // src/model/attention_observer.h: test and analysis hooks
+
   // Logits for rows [logits_from, n) of the micro-batch go to logits_out (none if logits_from >= n).
   // final_chunk: the micro-batch ends the tokens of this decode call.
   void forward_ubatch(std::span<const int32_t> tokens, int64_t logits_from, float* logits_out, bool final_chunk);
@@ -84,8 +68,8 @@ class Context {
   std::unique_ptr<attention::AttentionMethod> method_;
   AttentionReport report_;
   std::unique_ptr<KvCache> kv_;
-  struct Scratch;
-  std::unique_ptr<Scratch> s_;
+  std::unique_ptr<AttentionObserver> observer_;  // never null; the default observes nothing
+  std::unique_ptr<Activations> s_;
 };
 
 }  // namespace skim

@@ -21,6 +21,7 @@
 #include "attention/sale.h"
 #include "attention/selection.h"
 #include "kernels/f16.h"
+#include "model/attention_observer.h"
 #include "skim/context.h"
 #include "skim/paths.h"
 
@@ -658,8 +659,8 @@ CalibrationResult calibrate(const Model& model, std::span<const int32_t> tokens,
   cp.n_ctx = static_cast<int>(len);
   cp.n_ubatch = options.n_ubatch;
   cp.attention = "dense";
-  cp.on_prefill_attention = [&](const PlanRequest& r) { cal.observe(r); };
   Context ctx(model, cp);
+  ContextInternals::set_observer(ctx, {.on_prefill_attention = [&](const PlanRequest& r) { cal.observe(r); }});
   ctx.decode(tokens, false, [&](int64_t done, int64_t total) {
     if (options.log) options.log(fmt::format("calibrate: prefill {}/{} tokens", done, total));
   });

@@ -1,6 +1,6 @@
 // skim calibrate: per-model settings for the sparse-prefill methods, chosen on
 // calibration text by forward passes (dense attention) that look at every
-// layer's Q/K through ContextParams::on_prefill_attention.
+// layer's Q/K through AttentionObserver::on_prefill_attention.
 //
 //   minference  per (layer, q head) vertical-slash budgets (v, s): the offline
 //               search of MInference

@@ -1,5 +1,5 @@
 // Tier T1 of skim eval: attention fidelity per (layer, head), accumulated over
-// every prefill a method runs at one length (ContextParams::fidelity_rows > 0).
+// every prefill a method runs at one length (AttentionObserver::fidelity_rows > 0).
 #pragma once
 
 #include <map>

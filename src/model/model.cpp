@@ -3,23 +3,15 @@
 #include <cmath>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include "kernels/dequant.h"
+#include "model/arch.h"
 
 namespace skim {
 namespace {
-
-// Architectures sharing the llama block (RMSNorm, RoPE, GQA, SwiGLU); they
-// differ only in what metadata says and in optional tensors.
-struct ArchTraits {
-  const char* name;
-  RopeStyle rope_style;
-  bool qkv_bias;
-};
-constexpr ArchTraits kArchs[] = {
-    {"llama", RopeStyle::Interleaved, false},
-    {"qwen2", RopeStyle::HalfSplit, true},
-};
+constexpr const Arch* kArchs[] = {&kLlamaArch, &kQwen2Arch};
+}  // namespace
 
 const TensorInfo& require_weight(const GgufFile& f, const std::string& name, std::initializer_list<int64_t> dims) {
   const TensorInfo& t = f.require(name, dims);
@@ -36,7 +28,20 @@ const TensorInfo& require_f32(const GgufFile& f, const std::string& name, int64_
   return t;
 }
 
-}  // namespace
+// theta_i = base^(-2i/d); llama 3 style per-pair factors divide the frequency.
+std::vector<float> rope_inv_freq(const GgufFile& f, const ModelConfig& c, float base) {
+  const int hd = c.head_dim;
+  const TensorInfo* freq_factors = f.tensor("rope_freqs.weight");
+  if (freq_factors && (freq_factors->type != GgmlType::F32 || freq_factors->nelements() != hd / 2))
+    throw GgufError(fmt::format("{}: rope_freqs.weight must be F32 with {} values", f.path(), hd / 2));
+  std::vector<float> inv_freq(hd / 2);
+  for (int i = 0; i < hd / 2; ++i) {
+    double inv = std::pow(static_cast<double>(base), -2.0 * i / static_cast<double>(hd)) / c.rope_linear_scale;
+    if (freq_factors) inv /= reinterpret_cast<const float*>(freq_factors->data)[i];
+    inv_freq[i] = static_cast<float>(inv);
+  }
+  return inv_freq;
+}
 
 std::unique_ptr<Model> Model::load(const std::string& path) {
   std::unique_ptr<Model> m(new Model());
@@ -45,11 +50,15 @@ std::unique_ptr<Model> Model::load(const std::string& path) {
   ModelConfig& c = m->cfg_;
 
   c.arch = f.get_string("general.architecture");
-  const ArchTraits* arch = nullptr;
-  for (const ArchTraits& a : kArchs)
-    if (c.arch == a.name) arch = &a;
-  if (!arch) throw GgufError(fmt::format("{}: architecture '{}' is not supported (skim runs: llama, qwen2)", path, c.arch));
+  for (const Arch* a : kArchs)
+    if (c.arch == a->name) m->arch_ = a;
+  if (!m->arch_) {
+    std::vector<std::string_view> names;
+    for (const Arch* a : kArchs) names.push_back(a->name);
+    throw GgufError(fmt::format("{}: architecture '{}' is not supported (skim runs: {})", path, c.arch, fmt::join(names, ", ")));
+  }
 
+  // The hyperparameters every family has, under GGUF's "<arch>." keys.
   const std::string p = c.arch + ".";
   c.name = f.get_string("general.name", c.arch);
   c.n_layer = static_cast<int>(f.get_int(p + "block_count"));
@@ -70,8 +79,6 @@ std::unique_ptr<Model> Model::load(const std::string& path) {
   const int rope_dims = static_cast<int>(f.get_int(p + "rope.dimension_count", c.head_dim));
   if (rope_dims != c.head_dim)
     throw GgufError(fmt::format("{}: partial RoPE ({} of {} dims) is not supported", path, rope_dims, c.head_dim));
-  c.rope_style = arch->rope_style;
-  c.qkv_bias = arch->qkv_bias;
 
   const std::string scaling = f.get_string(p + "rope.scaling.type", "none");
   if (scaling == "linear") {
@@ -81,7 +88,7 @@ std::unique_ptr<Model> Model::load(const std::string& path) {
     throw GgufError(fmt::format("{}: RoPE scaling '{}' is not supported (none, linear)", path, scaling));
   }
 
-  const int64_t d = c.n_embd, hd = c.head_dim, q_dim = c.n_head * hd, kv_dim = c.n_head_kv * hd;
+  const int64_t d = c.n_embd;
   const TensorInfo* embd = f.tensor("token_embd.weight");
   if (!embd || embd->dims.size() != 2) throw GgufError(fmt::format("{}: missing or malformed token_embd.weight", path));
   c.n_vocab = static_cast<int>(embd->dims[1]);
@@ -90,36 +97,12 @@ std::unique_ptr<Model> Model::load(const std::string& path) {
   c.tied_output = f.tensor("output.weight") == nullptr;
   m->output_ = c.tied_output ? m->token_embd_ : &require_weight(f, "output.weight", {d, c.n_vocab});
 
-  for (int i = 0; i < c.n_layer; ++i) {
-    const std::string b = fmt::format("blk.{}.", i);
-    LayerWeights L{};
-    L.attn_norm = &require_f32(f, b + "attn_norm.weight", d);
-    L.wq = &require_weight(f, b + "attn_q.weight", {d, q_dim});
-    L.wk = &require_weight(f, b + "attn_k.weight", {d, kv_dim});
-    L.wv = &require_weight(f, b + "attn_v.weight", {d, kv_dim});
-    L.wo = &require_weight(f, b + "attn_output.weight", {q_dim, d});
-    if (c.qkv_bias) {
-      L.bq = &require_f32(f, b + "attn_q.bias", q_dim);
-      L.bk = &require_f32(f, b + "attn_k.bias", kv_dim);
-      L.bv = &require_f32(f, b + "attn_v.bias", kv_dim);
-    }
-    L.ffn_norm = &require_f32(f, b + "ffn_norm.weight", d);
-    L.w_gate = &require_weight(f, b + "ffn_gate.weight", {d, c.n_ff});
-    L.w_up = &require_weight(f, b + "ffn_up.weight", {d, c.n_ff});
-    L.w_down = &require_weight(f, b + "ffn_down.weight", {c.n_ff, d});
-    m->layers_.push_back(L);
-  }
-
-  // theta_i = base^(-2i/d); llama 3 style per-pair factors divide the frequency.
-  const TensorInfo* freq_factors = f.tensor("rope_freqs.weight");
-  if (freq_factors && (freq_factors->type != GgmlType::F32 || freq_factors->nelements() != hd / 2))
-    throw GgufError(fmt::format("{}: rope_freqs.weight must be F32 with {} values", path, hd / 2));
-  m->rope_inv_freq_.resize(hd / 2);
-  for (int i = 0; i < hd / 2; ++i) {
-    double inv = std::pow(static_cast<double>(c.rope_base), -2.0 * i / static_cast<double>(hd)) / c.rope_linear_scale;
-    if (freq_factors) inv /= reinterpret_cast<const float*>(freq_factors->data)[i];
-    m->rope_inv_freq_[i] = static_cast<float>(inv);
-  }
+  m->arch_->load(f, c, m->layers_, m->specs_);
+  // The forward pass runs full attention only: a layer it would run wrong is refused here.
+  for (int l = 0; l < c.n_layer; ++l)
+    if (m->specs_[l].attention != AttentionKind::Full)
+      throw GgufError(fmt::format("{}: layer {} uses sliding-window attention (window {}), which skim does not run yet", path,
+                                  l, m->specs_[l].window));
 
   m->tokenizer_ = Tokenizer::from_gguf(f);
   if (m->tokenizer_->n_vocab() != c.n_vocab)

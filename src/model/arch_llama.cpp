@@ -1,0 +1,50 @@
+// llama and qwen2: every layer is the llama block (RMSNorm, RoPE, GQA
+// attention, SwiGLU FFN) with full attention at the model's RoPE base. qwen2
+// rotates half-split pairs and adds Q/K/V biases.
+#include <fmt/format.h>
+
+#include "model/arch.h"
+#include "model/blocks.h"
+
+namespace skim {
+namespace {
+
+template <RopeStyle kRopeStyle, bool kQkvBias>
+void load(const GgufFile& f, ModelConfig& c, std::vector<LayerWeights>& layers, std::vector<LayerSpec>& specs) {
+  c.rope_style = kRopeStyle;
+  c.qkv_bias = kQkvBias;
+  const int64_t d = c.n_embd, q_dim = c.n_head * c.head_dim, kv_dim = c.n_head_kv * c.head_dim;
+  const LayerSpec spec{AttentionKind::Full, 0, c.rope_base, rope_inv_freq(f, c, c.rope_base)};
+  for (int i = 0; i < c.n_layer; ++i) {
+    const std::string b = fmt::format("blk.{}.", i);
+    LayerWeights L{};
+    L.attn_norm = &require_f32(f, b + "attn_norm.weight", d);
+    L.wq = &require_weight(f, b + "attn_q.weight", {d, q_dim});
+    L.wk = &require_weight(f, b + "attn_k.weight", {d, kv_dim});
+    L.wv = &require_weight(f, b + "attn_v.weight", {d, kv_dim});
+    L.wo = &require_weight(f, b + "attn_output.weight", {q_dim, d});
+    if (kQkvBias) {
+      L.bq = &require_f32(f, b + "attn_q.bias", q_dim);
+      L.bk = &require_f32(f, b + "attn_k.bias", kv_dim);
+      L.bv = &require_f32(f, b + "attn_v.bias", kv_dim);
+    }
+    L.ffn_norm = &require_f32(f, b + "ffn_norm.weight", d);
+    L.w_gate = &require_weight(f, b + "ffn_gate.weight", {d, c.n_ff});
+    L.w_up = &require_weight(f, b + "ffn_up.weight", {d, c.n_ff});
+    L.w_down = &require_weight(f, b + "ffn_down.weight", {c.n_ff, d});
+    layers.push_back(L);
+    specs.push_back(spec);
+  }
+}
+
+void layer(Forward& f, int l) {
+  blocks::attention(f, l);
+  blocks::ffn_swiglu(f, l);
+}
+
+}  // namespace
+
+const Arch kLlamaArch{"llama", load<RopeStyle::Interleaved, false>, layer};
+const Arch kQwen2Arch{"qwen2", load<RopeStyle::HalfSplit, true>, layer};
+
+}  // namespace skim
