@@ -52,7 +52,8 @@ class Context {
   int n_ctx() const { return params_.n_ctx; }
   void clear();  // forget all tokens
   const Model& model() const { return model_; }
-  size_t kv_bytes() const;
+  size_t kv_bytes() const;       // reserved for n_ctx tokens (resident only where written)
+  size_t kv_held_bytes() const;  // the K/V rows of the tokens held
   const AttentionReport& attention_report() const;
   void reset_attention_report();
 

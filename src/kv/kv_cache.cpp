@@ -1,9 +1,11 @@
 #include "kv/kv_cache.h"
 
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <fstream>
+#include <new>
 #include <stdexcept>
 
 #include <fmt/format.h>
@@ -32,6 +34,21 @@ size_t checked_elements(int n_layer, int n_head_kv, int head_dim, int capacity) 
   return elements;
 }
 }  // namespace
+
+KvCache::LazyBuffer::LazyBuffer(size_t elements) : data_(nullptr), bytes_(elements * sizeof(uint16_t)) {
+  if (bytes_ == 0) return;
+  void* p = mmap(nullptr, bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (p == MAP_FAILED) throw std::bad_alloc();
+  data_ = static_cast<uint16_t*>(p);
+}
+
+KvCache::LazyBuffer::~LazyBuffer() {
+  if (data_) munmap(data_, bytes_);
+}
+
+size_t KvCache::held_bytes() const {
+  return static_cast<size_t>(n_layer_) * 2 * n_head_kv_ * size_ * head_dim_ * sizeof(uint16_t);
+}
 
 KvCache::KvCache(int n_layer, int n_head_kv, int head_dim, int capacity)
     : n_layer_(n_layer), n_head_kv_(n_head_kv), head_dim_(head_dim), capacity_(capacity),

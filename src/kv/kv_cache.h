@@ -2,6 +2,10 @@
 // one row per cached token. The row (slot) index is the token's position: the
 // attention kernel and the planners take it as such. Slots also record their
 // position (set_position), but nothing reads it yet.
+//
+// The rows live in an anonymous memory mapping: the OS hands out zeroed pages
+// on first write, so resident memory follows the tokens written (per layer and
+// head, rounded up to 4 KiB pages), not the capacity `-c` reserves.
 #pragma once
 
 #include <cstddef>
@@ -29,7 +33,8 @@ class KvCache {
   const uint16_t* k(int layer, int head) const { return data_.data() + offset(layer, head, 0); }
   const uint16_t* v(int layer, int head) const { return data_.data() + offset(layer, head, 1); }
 
-  size_t bytes() const { return data_.size() * sizeof(uint16_t); }
+  size_t bytes() const { return data_.bytes(); }  // reserved for the capacity
+  size_t held_bytes() const;                     // the rows of the tokens in use
 
  private:
   size_t offset(int layer, int head, int which) const {
@@ -37,7 +42,21 @@ class KvCache {
   }
   int n_layer_, n_head_kv_, head_dim_, capacity_;
   int size_ = 0;
-  std::vector<uint16_t> data_;
+  // Zero-initialised f16 storage that occupies memory only where written.
+  class LazyBuffer {
+   public:
+    explicit LazyBuffer(size_t elements);
+    ~LazyBuffer();
+    LazyBuffer(const LazyBuffer&) = delete;
+    LazyBuffer& operator=(const LazyBuffer&) = delete;
+    uint16_t* data() const { return data_; }
+    size_t bytes() const { return bytes_; }
+
+   private:
+    uint16_t* data_;
+    size_t bytes_;
+  };
+  LazyBuffer data_;
   std::vector<int32_t> positions_;
 };
 

@@ -34,6 +34,7 @@ Context::~Context() = default;
 int Context::n_past() const { return kv_->size(); }
 void Context::clear() { kv_->resize(0); }
 size_t Context::kv_bytes() const { return kv_->bytes(); }
+size_t Context::kv_held_bytes() const { return kv_->held_bytes(); }
 const AttentionReport& Context::attention_report() const { return report_; }
 void Context::reset_attention_report() { report_ = {}; }
 
