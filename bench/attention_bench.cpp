@@ -119,12 +119,7 @@ struct Data {
     p.n_rows = n_rows;
     p.q_pos0 = q_pos0;
     p.q = q.data();
-    p.kv.k = k.data();
-    p.kv.v = v.data();
-    p.kv.type = KvDType::F16;
-    p.kv.head_stride = n_kv * s.d;
-    p.kv.row_stride = s.d;
-    p.kv.n_keys = n_kv;
+    p.kv = skim::kernels::KvView::contiguous(k.data(), v.data(), KvDType::F16, n_kv * s.d, s.d, n_kv);
     p.out = out.data();
     p.out_head_stride = s.d;
     p.out_row_stride = static_cast<int64_t>(s.hq) * s.d;

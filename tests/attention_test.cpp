@@ -21,6 +21,7 @@
 namespace skim {
 namespace {
 
+using kernels::KvView;
 using kernels::Plan;
 using kernels::PlanBuilder;
 using kernels::PlanError;
@@ -66,12 +67,9 @@ struct Problem {
     p.n_rows = n_rows;
     p.q_pos0 = q_pos0;
     p.q = q.data();
-    p.kv.k = type == KvDType::F32 ? static_cast<const void*>(k32.data()) : k16.data();
-    p.kv.v = type == KvDType::F32 ? static_cast<const void*>(v32.data()) : v16.data();
-    p.kv.type = type;
-    p.kv.head_stride = capacity * row_stride;
-    p.kv.row_stride = row_stride;
-    p.kv.n_keys = n_keys;
+    p.kv = KvView::contiguous(type == KvDType::F32 ? static_cast<const void*>(k32.data()) : k16.data(),
+                              type == KvDType::F32 ? static_cast<const void*>(v32.data()) : v16.data(), type,
+                              capacity * row_stride, row_stride, n_keys);
     p.out = out;
     p.lse = lse;
     p.validate_plan = true;
@@ -826,8 +824,8 @@ TEST(Attention, BadCallsThrowWithMessages) {
   p.kv.n_keys = 5;
   expect_throw(p, "KV cache holds 5 keys");
   p = good;
-  p.kv.row_stride = 32;
-  expect_throw(p, "row_stride");
+  p.kv.row_bytes = 32;
+  expect_throw(p, "row_bytes");
   p = good;
   p.scale = std::numeric_limits<float>::infinity();
   expect_throw(p, "scale");

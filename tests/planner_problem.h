@@ -73,7 +73,7 @@ struct PlannerProblem {
     r.q = q.data();
     r.q_head_stride = d;
     r.q_row_stride = static_cast<int64_t>(hq) * d;
-    r.kv = {k.data(), v.data(), kernels::KvDType::F16, n_keys() * d, d, n_keys()};
+    r.kv = kernels::KvView::contiguous(k.data(), v.data(), kernels::KvDType::F16, n_keys() * d, d, n_keys());
     r.scale = 1.0f / std::sqrt(static_cast<float>(d));
     return r;
   }

@@ -103,16 +103,16 @@ TEST(Estimate, KeysOfEveryCacheType) {
   attention::PlanRequest r = p.request();
   KeysF32 want, got;
   want.load(r, 4);
-  r.kv = {f32.data(), f32.data(), kernels::KvDType::F32, head_stride, row_stride, n};
+  r.kv = kernels::KvView::contiguous(f32.data(), f32.data(), kernels::KvDType::F32, head_stride, row_stride, n);
   got.load(r, 4);
   ASSERT_EQ(got.rows(), 72);
   for (int32_t h = 0; h < p.hkv; ++h)
     for (int64_t i = 0; i < got.rows() * d; ++i) ASSERT_EQ(got.head(h)[i], want.head(h)[i]) << h << " " << i;
-  r.kv = {f16.data(), f16.data(), kernels::KvDType::F16, head_stride, row_stride, n};
+  r.kv = kernels::KvView::contiguous(f16.data(), f16.data(), kernels::KvDType::F16, head_stride, row_stride, n);
   got.load(r, 4);
   for (int32_t h = 0; h < p.hkv; ++h)
     for (int64_t i = 0; i < got.rows() * d; ++i) ASSERT_EQ(got.head(h)[i], want.head(h)[i]) << h << " " << i;
-  r.kv = {bf16.data(), bf16.data(), kernels::KvDType::BF16, head_stride, row_stride, n};
+  r.kv = kernels::KvView::contiguous(bf16.data(), bf16.data(), kernels::KvDType::BF16, head_stride, row_stride, n);
   got.load(r);
   for (int32_t h = 0; h < p.hkv; ++h)
     for (int64_t j = 0; j < n; ++j)

@@ -38,20 +38,6 @@ struct BenchRow {
   AttentionReport attention;  // of the last repetition (skim prefill)
 };
 
-std::vector<int> parse_list(const std::string& s, const char* what) {
-  std::vector<int> out;
-  std::stringstream ss(s);
-  std::string item;
-  while (std::getline(ss, item, ',')) {
-    if (item.empty()) continue;
-    char* end = nullptr;
-    long v = std::strtol(item.c_str(), &end, 10);
-    if (*end != '\0' || v < 0 || v > kMaxTokens) throw std::runtime_error(fmt::format("{}: '{}' is not a token count", what, item));
-    if (v > 0) out.push_back(static_cast<int>(v));
-  }
-  return out;
-}
-
 // Mean and sample standard deviation of tokens/s over repetitions.
 std::pair<double, double> mean_std(const std::vector<double>& xs) {
   double m = 0;
@@ -60,15 +46,6 @@ std::pair<double, double> mean_std(const std::vector<double>& xs) {
   double v = 0;
   for (double x : xs) v += (x - m) * (x - m);
   return {m, xs.size() > 1 ? std::sqrt(v / (xs.size() - 1)) : 0.0};
-}
-
-// Random ids like llama-bench's (the content does not change the work done).
-std::vector<int32_t> random_tokens(int n, int n_vocab, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::uniform_int_distribution<int32_t> pick(0, n_vocab - 1);
-  std::vector<int32_t> t(n);
-  for (int32_t& x : t) x = pick(rng);
-  return t;
 }
 
 // Prompt tokens: the text of a file, repeated to length (sparse methods
@@ -160,7 +137,7 @@ void bench(const BenchOptions& o) {
   opts.attn.insert(opts.attn.begin(), "dense");
   for (const std::string& a : opts.attn) validate_attention_spec(a);
   if (o.peer != "llama.cpp" && o.peer != "none") throw std::runtime_error("--peer must be llama.cpp or none");
-  const std::vector<int> pp = parse_list(o.prompts, "-p"), tg = parse_list(o.gens, "-n");
+  const std::vector<int> pp = parse_token_counts(o.prompts, "-p"), tg = parse_token_counts(o.gens, "-n");
   std::unique_ptr<Model> model = Model::load(path);
   std::vector<BenchRow> rows = bench_skim(opts, *model, threads, pp, tg);
   if (o.peer == "llama.cpp") {

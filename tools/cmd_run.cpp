@@ -92,8 +92,8 @@ void run(const RunOptions& o) {
   std::fprintf(stderr, "skim_perf:       total time = %10.2f ms / %5d tokens\n", load_ms + t.prompt_ms + t.gen_ms,
                t.n_prompt + t.n_gen);
   print_attention_report(ctx.attention_report());
-  std::fprintf(stderr, "skim_perf: peak RSS = %.1f MiB (KV cache %.1f MiB held, %.1f MiB reserved), seed %llu, stop: %s\n",
-               peak_rss_mib(), ctx.kv_held_bytes() / 1048576.0, ctx.kv_bytes() / 1048576.0, static_cast<unsigned long long>(sampler.seed()), r.stop_reason.c_str());
+  std::fprintf(stderr, "skim_perf: peak RSS = %.1f MiB (KV cache %.1f MiB held, cap %.1f MiB), seed %llu, stop: %s\n",
+               peak_rss_mib(), ctx.kv_held_bytes() / 1048576.0, ctx.kv_cap_bytes() / 1048576.0, static_cast<unsigned long long>(sampler.seed()), r.stop_reason.c_str());
 }
 
 }  // namespace

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
+#include <random>
 #include <sstream>
 #include <stdexcept>
 #include <thread>
@@ -100,6 +101,28 @@ void print_attention_report(const AttentionReport& r) {
                r.density(), r.density() * computed, static_cast<long long>(r.sparse_calls),
                static_cast<long long>(r.dense_calls),
                r.reused_plans ? fmt::format(" ({} reused plans)", r.reused_plans).c_str() : "", r.plan_ms, r.kernel_ms);
+}
+
+std::vector<int> parse_token_counts(const std::string& list, const char* what) {
+  std::vector<int> out;
+  std::stringstream ss(list);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    if (item.empty()) continue;
+    char* end = nullptr;
+    const long v = std::strtol(item.c_str(), &end, 10);
+    if (*end != '\0' || v < 0 || v > kMaxTokens) throw std::runtime_error(fmt::format("{}: '{}' is not a token count", what, item));
+    if (v > 0) out.push_back(static_cast<int>(v));
+  }
+  return out;
+}
+
+std::vector<int32_t> random_tokens(int n, int n_vocab, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::uniform_int_distribution<int32_t> pick(0, n_vocab - 1);
+  std::vector<int32_t> t(static_cast<size_t>(n));
+  for (int32_t& x : t) x = pick(rng);
+  return t;
 }
 
 }  // namespace skim::cli

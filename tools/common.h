@@ -68,6 +68,10 @@ std::string resolve_model(const SharedOptions& o);
 int apply_threads(int threads);
 
 std::string read_file(const std::string& path);
+// "512,2048": token counts for option `what` (zeros dropped); throws on anything else.
+std::vector<int> parse_token_counts(const std::string& list, const char* what);
+// Random ids like llama-bench's (the content does not change the work done).
+std::vector<int32_t> random_tokens(int n, int n_vocab, uint32_t seed);
 // A context beyond the model's training length runs, but RoPE positions past it
 // are untrained: say so, as llama.cpp does.
 void warn_beyond_training(int n_ctx, int n_ctx_train);
@@ -83,6 +87,7 @@ void register_perplexity(CLI::App& app);
 void register_bench(CLI::App& app);
 void register_eval(CLI::App& app);
 void register_calibrate(CLI::App& app);
+void register_batched_bench(CLI::App& app);
 
 class Stopwatch {
  public:

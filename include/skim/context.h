@@ -1,5 +1,6 @@
-// Inference state for one sequence: KV cache, scratch buffers, and the forward
-// pass that turns tokens into logits.
+// Inference state: the KV pool and the sequences' caches in it, scratch
+// buffers, and the forward pass that turns a batch of tokens (of one or several
+// sequences) into logits.
 #pragma once
 
 #include <cstdint>
@@ -14,7 +15,10 @@
 
 namespace skim {
 
-class KvCache;
+namespace kv {
+class KvPool;
+class KvSequence;
+}  // namespace kv
 struct Activations;        // src/model/blocks.h
 struct AttentionObserver;  // src/model/attention_observer.h
 namespace attention {
@@ -22,10 +26,27 @@ class AttentionMethod;
 }
 
 struct ContextParams {
-  int n_ctx = 0;       // KV capacity in tokens; 0 = the model's training context
+  int n_ctx = 0;       // KV capacity per sequence in tokens; 0 = the model's training context
   int n_ubatch = 512;  // tokens per forward micro-batch during prefill
+  int n_seq_max = 1;   // sequences (ids 0..n_seq_max-1); the KV pool's cap is n_ctx tokens for each
   // Attention method spec, "NAME[:key=value,...]" (skim/attention.h).
   std::string attention = "dense";
+};
+
+// The tokens of one decode call, of one or more sequences (what llama_batch
+// carries): per row the token, its position, its sequence and whether its
+// logits are wanted.
+struct Batch {
+  std::vector<int32_t> tokens, positions, seq_ids;
+  std::vector<uint8_t> logits;
+  void add(int32_t token, int32_t position, int32_t seq_id, bool want_logits) {
+    tokens.push_back(token);
+    positions.push_back(position);
+    seq_ids.push_back(seq_id);
+    logits.push_back(want_logits ? 1 : 0);
+  }
+  void clear() { *this = {}; }
+  size_t size() const { return tokens.size(); }
 };
 
 // Called after each micro-batch with (tokens done, tokens total).
@@ -48,27 +69,43 @@ class Context {
   void decode_streaming(std::span<const int32_t> tokens, int64_t logits_from, const LogitsFn& on_logits,
                         const ProgressFn& progress = {});
 
-  int n_past() const;
+  // Runs a batch in one forward pass per micro-batch: the weight products see
+  // the rows of all sequences, attention runs per sequence over its own cache.
+  // A sequence's rows must be consecutive in the batch, at consecutive
+  // positions after the last one it holds. Returns the logits of the rows that
+  // want them, in batch order ([rows][vocab]). Throws std::invalid_argument
+  // for a malformed batch, std::length_error when a sequence would exceed n_ctx.
+  std::vector<float> decode(const Batch& batch, const ProgressFn& progress = {});
+
+  int n_past(int seq = 0) const;  // tokens the sequence holds
   int n_ctx() const { return params_.n_ctx; }
-  void clear();  // forget all tokens
+  int n_seq_max() const { return params_.n_seq_max; }
+  void clear();                   // forget all tokens of every sequence
+  void clear_sequence(int seq);
+  // Sequence `to` (cleared first) holds what `from` holds, sharing its KV pages
+  // until either writes (copy-on-write).
+  void copy_sequence(int from, int to);
   const Model& model() const { return model_; }
-  size_t kv_bytes() const;       // reserved for n_ctx tokens (resident only where written)
-  size_t kv_held_bytes() const;  // the K/V rows of the tokens held
+  size_t kv_cap_bytes() const;   // the KV pool's cap: n_ctx tokens in whole pages (nothing held up front)
+  size_t kv_held_bytes() const;  // the pages in use: the tokens held, rounded up to 64-token pages
   const AttentionReport& attention_report() const;
   void reset_attention_report();
 
  private:
   friend struct ContextInternals;  // src/model/attention_observer.h: test and analysis hooks
 
-  // Logits for rows [logits_from, n) of the micro-batch go to logits_out (none if logits_from >= n).
-  // final_chunk: the micro-batch ends the tokens of this decode call.
-  void forward_ubatch(std::span<const int32_t> tokens, int64_t logits_from, float* logits_out, bool final_chunk);
+  struct Ubatch;  // rows of a batch: context.cpp
+  // Logits of the micro-batch rows that want them go to logits_out, in row order.
+  void forward_ubatch(const Ubatch& ub, float* logits_out);
+  void run(const Batch& batch, const LogitsFn& on_logits, const ProgressFn& progress);
+  kv::KvSequence& sequence(int seq) const;
 
   const Model& model_;
   ContextParams params_;
   std::unique_ptr<attention::AttentionMethod> method_;
   AttentionReport report_;
-  std::unique_ptr<KvCache> kv_;
+  std::unique_ptr<kv::KvPool> pool_;
+  std::vector<std::unique_ptr<kv::KvSequence>> seqs_;
   std::unique_ptr<AttentionObserver> observer_;  // never null; the default observes nothing
   std::unique_ptr<Activations> s_;
 };

@@ -11,7 +11,7 @@
 #include <mutex>
 #include <stdexcept>
 
-#include "kernels/f16.h"
+#include "kernels/kv_codec.h"
 
 namespace skim::attention {
 namespace {
@@ -131,26 +131,6 @@ void softmax_inplace(float* x, int64_t n) {
   for (; i < n; ++i) x[i] *= _mm256_cvtss_f32(inv);
 }
 
-void key_row_f32(const kernels::KvView& kv, int32_t h, int64_t j, int32_t d, float* dst) {
-  const int64_t at = h * kv.head_stride + j * kv.row_stride;
-  switch (kv.type) {
-    case kernels::KvDType::F16:
-      kernels::f16_to_f32_row(static_cast<const uint16_t*>(kv.k) + at, dst, d);
-      break;
-    case kernels::KvDType::F32:
-      std::memcpy(dst, static_cast<const float*>(kv.k) + at, sizeof(float) * d);
-      break;
-    case kernels::KvDType::BF16: {
-      const uint16_t* src = static_cast<const uint16_t*>(kv.k) + at;
-      for (int32_t c = 0; c < d; ++c) {
-        const uint32_t bits = static_cast<uint32_t>(src[c]) << 16;
-        std::memcpy(dst + c, &bits, sizeof(float));
-      }
-      break;
-    }
-  }
-}
-
 void KeysF32::load(const PlanRequest& r, int64_t pad) {
   pad = std::max<int64_t>(pad, 1);
   n_keys_ = r.n_keys();
@@ -166,13 +146,7 @@ void KeysF32::load(const PlanRequest& r, int64_t pad) {
   for (int32_t h = 0; h < n_heads_; ++h) {
     for (int64_t c = 0; c < chunks; ++c) {
       const int64_t j0 = c * kChunk, j1 = std::min(n_keys_, j0 + kChunk);
-      float* dst = data_.data() + (static_cast<size_t>(h) * rows_ + j0) * d_;
-      const int64_t src0 = h * kv.head_stride + j0 * kv.row_stride;
-      if (kv.type == kernels::KvDType::F16 && kv.row_stride == d_) {
-        kernels::f16_to_f32_row(static_cast<const uint16_t*>(kv.k) + src0, dst, (j1 - j0) * d_);
-        continue;
-      }
-      for (int64_t j = j0; j < j1; ++j, dst += d_) key_row_f32(kv, h, j, d_, dst);
+      kernels::read_k_rows(kv, h, j0, j1 - j0, d_, data_.data() + (static_cast<size_t>(h) * rows_ + j0) * d_);
     }
   }
   for (int32_t h = 0; h < n_heads_; ++h)
@@ -189,9 +163,18 @@ void estimate_last_q(const PlanRequest& r, const KeysF32& keys, int64_t w, LastQ
   out.n_heads = r.n_q_heads;
   out.w = w;
   out.n_keys = n;
+  out.slot_first = r.q_slot0() + r.n_rows - w;
   out.pos_first = r.q_pos0 + r.n_rows - w;
+  // Diagonals are position offsets. Where the stored positions run without a
+  // gap they are slot offsets too, and a diagonal sum is a shifted row add.
+  const int32_t pos_begin = n > 0 ? r.kv.position(0, 0) : 0;
+  const bool gapless = n == 0 || r.kv.position(0, n - 1) - pos_begin == n - 1;
+  std::vector<int32_t> key_pos;
+  if (!gapless)
+    for (int64_t j = 0; j < n; ++j) key_pos.push_back(r.kv.position(0, j));
+  out.n_offsets = gapless ? n : out.pos_first + w - pos_begin;
   out.vertical.assign(static_cast<size_t>(r.n_q_heads) * n, 0.0f);
-  out.slash.resize(out.vertical.size());
+  out.slash.assign(static_cast<size_t>(r.n_q_heads) * out.n_offsets, 0.0f);
 #pragma omp parallel for schedule(dynamic, 1) if (worth_threads(double(r.n_q_heads) * w * n * d))
   for (int32_t h = 0; h < r.n_q_heads; ++h) {
     float* s = scratch(0, static_cast<size_t>(w * n));
@@ -201,22 +184,31 @@ void estimate_last_q(const PlanRequest& r, const KeysF32& keys, int64_t w, LastQ
                 static_cast<int>(d), r.scale, r.q_row(h, r.n_rows - w), static_cast<int>(r.q_row_stride),
                 keys.head(static_cast<int32_t>(h / g)), static_cast<int>(d), 0.0f, s, static_cast<int>(n));
     float* vert = out.vertical.data() + static_cast<size_t>(h) * n;
+    float* sl = out.slash.data() + static_cast<size_t>(h) * out.n_offsets;
     for (int64_t t = 0; t < w; ++t) {
       float* row = s + t * n;
-      const int64_t visible = out.pos_first + t + 1;  // keys [0, position]
+      const int64_t visible = out.slot_first + t + 1;  // slots [0, the row's own]
       const float m = row_max(row, visible);
       const float inv = 1.0f / exp_shifted(row, visible, m);
-      // Offset o = position - j; in reversed coordinates u = n-1-o = j + (w-1-t)
-      // the diagonal sum is a shifted row add.
-      add_scaled2(vert, rev + (w - 1 - t), row, visible, inv);
+      if (gapless) {
+        // Offset o = slot - j; in reversed coordinates u = n-1-o = j + (w-1-t)
+        // the diagonal sum is a shifted row add.
+        add_scaled2(vert, rev + (w - 1 - t), row, visible, inv);
+      } else {
+        const int64_t pos = out.pos_first + t;
+        for (int64_t j = 0; j < visible; ++j) {
+          vert[j] += row[j] * inv;
+          sl[pos - key_pos[static_cast<size_t>(j)]] += row[j] * inv;
+        }
+      }
     }
-    float* sl = out.slash.data() + static_cast<size_t>(h) * n;
-    for (int64_t o = 0; o < n; ++o) sl[o] = rev[n - 1 - o];
+    if (gapless)
+      for (int64_t o = 0; o < n; ++o) sl[o] = rev[n - 1 - o];
   }
 }
 
-int64_t BlockScores::last_position(int64_t qb) const {
-  return q_pos0 + std::min(n_rows, (qb + 1) * block) - 1;
+int64_t BlockScores::last_slot(int64_t qb) const {
+  return q_slot0 + std::min(n_rows, (qb + 1) * block) - 1;
 }
 
 void pool_keys(const KeysF32& keys, int64_t block, std::vector<float>& out) {
@@ -256,7 +248,7 @@ void shape_scores(const PlanRequest& r, int64_t block, int64_t n_kb, BlockScores
   out.n_heads = r.n_q_heads;
   out.block = block;
   out.n_rows = r.n_rows;
-  out.q_pos0 = r.q_pos0;
+  out.q_slot0 = r.q_slot0();
   out.n_qb = (r.n_rows + block - 1) / block;
   out.n_kb = n_kb;
   out.s.resize(static_cast<size_t>(out.n_heads * out.n_qb * out.n_kb));
@@ -306,7 +298,7 @@ void estimate_antidiag(const PlanRequest& r, const KeysF32& keys, int64_t stride
   // earlier keys waste about P / (2 (q_pos0 + P)) of it above the diagonal, so
   // they grow with q_pos0 (at most ~10% waste), from 256 to 1024 rows.
   const int64_t panel_rows =
-      std::max<int64_t>(block, std::clamp<int64_t>(r.q_pos0 / 4, 256, 1024) / block * block);
+      std::max<int64_t>(block, std::clamp<int64_t>(r.q_slot0() / 4, 256, 1024) / block * block);
   const int64_t n_panels = (r.n_rows + panel_rows - 1) / panel_rows;
   const float alpha = r.scale / static_cast<float>(stride);
 #pragma omp parallel for collapse(2) schedule(dynamic, 1) \
@@ -317,7 +309,7 @@ void estimate_antidiag(const PlanRequest& r, const KeysF32& keys, int64_t stride
       const int64_t g0 = row0 / stride, g1 = (row1 + stride - 1) / stride;  // query groups [g0, g1)
       const int64_t m = g1 - g0;
       // Key groups visible to the panel's last group.
-      const int64_t kg_end = std::min(n_kg, (r.q_pos0 + row1 - 1) / stride + 1);
+      const int64_t kg_end = std::min(n_kg, (r.q_slot0() + row1 - 1) / stride + 1);
       float* qt = scratch(0, static_cast<size_t>(m * sd));
       float* s = scratch(1, static_cast<size_t>(m * kg_end));
       for (int64_t a = 0; a < m; ++a) {
@@ -335,7 +327,7 @@ void estimate_antidiag(const PlanRequest& r, const KeysF32& keys, int64_t stride
                   static_cast<int>(sd), 0.0f, s, static_cast<int>(kg_end));
       for (int64_t a = 0; a < m; ++a) {
         const int64_t last_row = std::min(r.n_rows, (g0 + a + 1) * stride) - 1;
-        const int64_t vis = std::min(kg_end, (r.q_pos0 + last_row) / stride + 1);
+        const int64_t vis = std::min(kg_end, (r.q_slot0() + last_row) / stride + 1);
         float* row = s + a * kg_end;
         softmax_inplace(row, vis);
         float* e = out.row(h, (g0 + a) / per_block);

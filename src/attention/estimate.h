@@ -1,8 +1,9 @@
 // Estimation primitives shared by the dynamic planners (which uses which:
 // docs/methods.md#estimation-primitives), implemented once: products through
-// OpenBLAS sgemm, softmax with a vector exp, OpenMP over heads. A chunk holds
-// query rows [q_pos0, q_pos0 + n_rows) and the keys span [0, q_pos0 + n_rows):
-// every estimate scores the chunk's own queries against all keys up to them.
+// OpenBLAS sgemm, softmax with a vector exp, OpenMP over heads. Keys are cache
+// slots [0, n_keys); the chunk's query rows own the last n_rows of them (row i
+// is slot q_slot0 + i): every estimate scores the chunk's own queries against
+// all keys up to them. Only the slash diagonals count stored positions.
 //
 //   E1 LastQ(w)       softmax of the chunk's last w queries over all keys
 //                     (causal in the corner), summed per column (vertical)
@@ -17,9 +18,9 @@
 //
 // Block geometry everywhere: query block qb covers chunk rows
 // [qb*B, min(n_rows, (qb+1)*B)) (aligned with the chunk, like KeySelection's
-// blocks); key block c covers absolute keys [c*B, min(n_keys, (c+1)*B)).
-// Key block c is causally visible to query block qb when c*B <= the block's
-// last position (the diagonal block counts as visible).
+// blocks); key block c covers slots [c*B, min(n_keys, (c+1)*B)).
+// Key block c is causally visible to query block qb when c*B <= the slot of the
+// block's last row (the diagonal block counts as visible).
 //
 // Outputs live in structs the planners keep between calls, so the buffers are
 // allocated once and reused; per-thread scratch is thread-local.
@@ -39,9 +40,8 @@ inline bool worth_threads(double work) { return work >= double(1 << 20); }
 
 // f32 copies of the keys [0, n_keys) of every KV head, [kv][rows][d]
 // contiguous, rows = n_keys rounded up to a multiple of `pad`, the padding rows
-// zero. Converted once per call (in parallel), read by every estimate.
-// Key j of KV head h widened to floats (any cache type, any row stride).
-void key_row_f32(const kernels::KvView& kv, int32_t h, int64_t j, int32_t d, float* dst);
+// zero. Converted once per call (in parallel, kernels/kv_codec.h), read by
+// every estimate.
 
 class KeysF32 {
  public:
@@ -58,20 +58,24 @@ class KeysF32 {
   std::vector<float> data_;
 };
 
-// E1. Row t of the w used queries is chunk row n_rows - w + t, at absolute
-// position pos_first + t; its softmax is over keys [0, pos_first + t].
+// E1. Row t of the w used queries is chunk row n_rows - w + t, at position
+// pos_first + t, owning slot slot_first + t; its softmax is over slots
+// [0, slot_first + t].
 struct LastQEstimate {
   int32_t n_heads = 0;     // q heads
   int64_t w = 0;           // queries used
   int64_t n_keys = 0;
-  int64_t pos_first = 0;   // absolute position of the first used query
-  // [h][j]: sum over the w rows of softmax weight on key j (sums to w per head).
+  int64_t pos_first = 0;   // position of the first used query
+  int64_t slot_first = 0;  // its slot
+  int64_t n_offsets = 0;   // diagonals: row position - key position in [0, n_offsets)
+  // [h][j]: sum over the w rows of softmax weight on key slot j (sums to w per head).
   std::vector<float> vertical;
-  // [h][o]: sum over the w rows of the weight on key (row position - o), for
-  // diagonal offsets o in [0, n_keys) (o = 0 is the query's own key).
+  // [h][o]: sum over the w rows of the weight on the key stored at position
+  // (row position - o) (o = 0 is the query's own key); n_offsets == n_keys
+  // when the positions have no gap.
   std::vector<float> slash;
   const float* vert(int32_t h) const { return vertical.data() + static_cast<size_t>(h) * n_keys; }
-  const float* diag(int32_t h) const { return slash.data() + static_cast<size_t>(h) * n_keys; }
+  const float* diag(int32_t h) const { return slash.data() + static_cast<size_t>(h) * n_offsets; }
 };
 
 // w is clipped to [1, n_rows]. `keys` must be loaded for this request.
@@ -81,14 +85,14 @@ void estimate_last_q(const PlanRequest& r, const KeysF32& keys, int64_t w, LastQ
 struct BlockScores {
   int32_t n_heads = 0;
   int64_t block = 0, n_qb = 0, n_kb = 0;
-  int64_t n_rows = 0, q_pos0 = 0;
+  int64_t n_rows = 0, q_slot0 = 0;
   std::vector<float> s;  // [h][qb][kb]
   float* row(int32_t h, int64_t qb) { return s.data() + (static_cast<size_t>(h) * n_qb + qb) * n_kb; }
   const float* row(int32_t h, int64_t qb) const { return s.data() + (static_cast<size_t>(h) * n_qb + qb) * n_kb; }
-  // Absolute position of the last row of query block qb.
-  int64_t last_position(int64_t qb) const;
+  // Slot of the last row of query block qb.
+  int64_t last_slot(int64_t qb) const;
   // Key blocks [0, visible(qb)) are causally visible to query block qb.
-  int64_t visible(int64_t qb) const { return last_position(qb) / block + 1; }
+  int64_t visible(int64_t qb) const { return last_slot(qb) / block + 1; }
 };
 
 // Mean of every `block` keys of each KV head: [kv][n_kb][d] (the last block

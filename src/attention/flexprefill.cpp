@@ -64,13 +64,14 @@ class FlexPrefillPlanner : public Planner {
     estimate_last_q(r, keys_, B, est_);
     pool_keys(keys_, B, kpool_);
     const int64_t w = est_.w, d = r.head_dim, g = r.group();
+    const int64_t n_off = est_.n_offsets, n_ob = (n_off + B - 1) / B;  // diagonals (position offsets), in blocks
     query_aware_.assign(static_cast<size_t>(r.n_q_heads), 0);
     KeySelection sel(r);
     const int64_t sel_per_block = B / KeySelection::kBlock;
 
 #pragma omp parallel if (worth_threads(double(r.n_q_heads) * n * (d + 16)))
     {
-      std::vector<float> vert_b(static_cast<size_t>(n_kb)), slash_b(static_cast<size_t>(n_kb)), tmp;
+      std::vector<float> vert_b(static_cast<size_t>(n_kb)), slash_b(static_cast<size_t>(n_ob)), tmp;
       std::vector<double> p(static_cast<size_t>(n_kb)), q(static_cast<size_t>(n_kb));
       std::vector<float> qmean(static_cast<size_t>(d));
       std::vector<int32_t> vblocks, sblocks, picked;
@@ -80,12 +81,13 @@ class FlexPrefillPlanner : public Planner {
         const float* slash = est_.diag(h);
         // Block-pooled scores (sums; the row mean is a common factor).
         for (int64_t c = 0; c < n_kb; ++c) {
-          double sv = 0, ss = 0;
-          for (int64_t j = c * B; j < std::min(n, (c + 1) * B); ++j) {
-            sv += vert[j];
-            ss += slash[j];
-          }
+          double sv = 0;
+          for (int64_t j = c * B; j < std::min(n, (c + 1) * B); ++j) sv += vert[j];
           vert_b[c] = static_cast<float>(sv / w);
+        }
+        for (int64_t c = 0; c < n_ob; ++c) {
+          double ss = 0;
+          for (int64_t o = c * B; o < std::min(n_off, (c + 1) * B); ++o) ss += slash[o];
           slash_b[c] = static_cast<float>(ss / w);
         }
         // Pattern test: pooled estimate vs the true block distribution.
@@ -113,16 +115,18 @@ class FlexPrefillPlanner : public Planner {
         query_aware_[static_cast<size_t>(h)] = aware;
         // Vertical blocks (block 0 forced) and slash offset blocks (offset block 0 forced).
         covering_blocks(vert, n, vert_b, aware, tmp, picked, vblocks);
-        covering_blocks(slash, n, slash_b, aware, tmp, picked, sblocks);
+        covering_blocks(slash, n_off, slash_b, aware, tmp, picked, sblocks);
         for (int64_t qb = 0; qb < sel.n_blocks(); ++qb) {
-          const int64_t f = sel.block_first(qb), l = sel.block_last(qb);
+          const int64_t l = sel.block_last(qb);
           for (int32_t c : vblocks) {
             if (c * B > l) break;
             sel.add_key_block(h, qb, c, B);
           }
+          // Offset block ob: the positions ob*B .. ob*B + B-1 before each row.
+          const int64_t fp = sel.block_first_pos(qb), lp = sel.block_last_pos(qb);
           for (int32_t ob : sblocks) {
-            if (ob * B > l) break;
-            sel.add_range(h, qb, f - (ob + 1) * B + 1, l - ob * B + 1);
+            if (ob * B > lp) break;
+            sel.add_positions(h, qb, fp - (ob + 1) * B + 1, lp - ob * B + 1);
           }
         }
       }

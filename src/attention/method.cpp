@@ -16,7 +16,7 @@ double ms_since(std::chrono::steady_clock::time_point t0) {
 }
 
 // (query row, key) pairs of dense causal attention for the chunk, per q head.
-int64_t dense_pairs(const PlanRequest& r) { return r.n_rows * r.q_pos0 + r.n_rows * (r.n_rows + 1) / 2; }
+int64_t dense_pairs(const PlanRequest& r) { return r.n_rows * r.q_slot0() + r.n_rows * (r.n_rows + 1) / 2; }
 
 std::vector<int32_t> sampled_rows(int64_t n_rows, int count) {
   const int64_t k = std::min<int64_t>(count, n_rows);
@@ -77,7 +77,8 @@ std::optional<Plan> AttentionMethod::make_plan(const PlanRequest& request, Atten
     return std::nullopt;
   const bool plans_here = plans_layer_.empty() || (static_cast<size_t>(request.layer) < plans_layer_.size() &&
                                                    plans_layer_[request.layer]);
-  if (!plans_here && reusable_pos0_ == request.q_pos0 && reusable_rows_ == request.n_rows) {
+  if (!plans_here && reusable_seq_ == request.sequence && reusable_pos0_ == request.q_pos0 &&
+      reusable_rows_ == request.n_rows) {
     if (reusable_) ++report.reused_plans;
     return reusable_;
   }
@@ -93,6 +94,7 @@ std::optional<Plan> AttentionMethod::make_plan(const PlanRequest& request, Atten
     plan.reset();
   if (!plans_layer_.empty()) {
     reusable_ = plan;
+    reusable_seq_ = request.sequence;
     reusable_pos0_ = request.q_pos0;
     reusable_rows_ = request.n_rows;
   }
@@ -111,7 +113,7 @@ void AttentionMethod::prefill(const PlanRequest& request, const kernels::AttnPar
   report.plan_ms += ms_since(t0);
 
   if (lambda_ > 0.0f) {
-    if (!plan) plan = make_dense_plan({request.n_kv_heads, request.group(), kTileRows, request.n_rows, request.q_pos0});
+    if (!plan) plan = make_dense_plan(request.shape(request.n_kv_heads, request.group(), kTileRows), true, request.n_keys());
     const float lambda = lambda_per_length_ ? lambda_ * 4096.0f / static_cast<float>(request.n_keys()) : lambda_;
     plan->skip_lambda.assign(static_cast<size_t>(plan->n_heads), std::min(lambda, 1.0f));
   }
@@ -179,11 +181,11 @@ void AttentionMethod::measure_fidelity(const PlanRequest& request, const kernels
 }
 
 Plan dense_plan_for_rows(const PlanRequest& request, const std::vector<int32_t>& rows) {
-  PlanBuilder b({request.n_kv_heads, request.group(), kTileRows, request.n_rows, request.q_pos0});
+  PlanBuilder b(request.shape(request.n_kv_heads, request.group(), kTileRows));
   for (int32_t h = 0; h < request.n_kv_heads; ++h) {
     b.set_row_map(rows);
     for (size_t t = 0; t < (rows.size() + kTileRows - 1) / kTileRows; ++t) {
-      const int64_t last = request.q_pos0 + b.current_tile_rows().back();
+      const int64_t last = request.q_slot0() + b.current_tile_rows().back();
       b.add_range(0, last + 1);
       b.end_tile();
     }
@@ -192,7 +194,7 @@ Plan dense_plan_for_rows(const PlanRequest& request, const std::vector<int32_t>&
 }
 
 Plan densify_rows_from(const Plan& plan, int64_t first_dense_row) {
-  PlanBuilder b({plan.n_heads, plan.group_size, plan.tile_rows, plan.n_rows, plan.q_pos0}, plan.has_scores());
+  PlanBuilder b({plan.n_heads, plan.group_size, plan.tile_rows, plan.n_rows, plan.q_pos0, plan.q_slot0}, plan.has_scores());
   const float top = std::numeric_limits<float>::max();
   for (int32_t h = 0; h < plan.n_heads; ++h) {
     if (plan.has_row_map()) {
@@ -203,7 +205,7 @@ Plan densify_rows_from(const Plan& plan, int64_t first_dense_row) {
       const int64_t item = plan.head_item_begin[h] + t;
       const int64_t last_row = plan.row_of(h, std::min(plan.head_rows(h), (t + 1) * plan.tile_rows) - 1);
       if (last_row >= first_dense_row) {
-        b.add_range(0, plan.tile_last_position(h, t) + 1, top);
+        b.add_range(0, plan.tile_last_slot(h, t) + 1, top);
       } else {
         for (int64_t r = plan.range_ptr[item]; r < plan.range_ptr[item + 1]; ++r)
           b.add_range(plan.ranges[r].begin, plan.ranges[r].end, plan.range_scores.empty() ? 0.0f : plan.range_scores[r]);

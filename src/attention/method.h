@@ -51,7 +51,8 @@ class AttentionMethod {
   bool group_union_ = true;
   std::vector<bool> plans_layer_;   // reuse: which layers compute plans (empty = all)
   std::optional<Plan> reusable_;    // the latest planning layer's plan (nullopt: dense)
-  int64_t reusable_pos0_ = -1;      // ... and the chunk it was made for
+  int32_t reusable_seq_ = -1;       // ... and the chunk it was made for
+  int64_t reusable_pos0_ = -1;
   int64_t reusable_rows_ = -1;
 };
 

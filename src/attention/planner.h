@@ -37,19 +37,30 @@ struct PlanRequest {
   int32_t n_kv_heads = 0;
   int32_t head_dim = 0;
   int64_t n_rows = 0;   // query rows in the chunk
-  int64_t q_pos0 = 0;   // absolute position of row 0; keys [0, q_pos0 + n_rows) exist
+  int64_t q_pos0 = 0;   // absolute position of row 0
   bool final_chunk = true;  // the chunk ends the prompt (its last rows feed generation)
+  int32_t sequence = 0;     // which sequence of the batch the chunk belongs to
   // Q after RoPE: row i of q head h at q + h*q_head_stride + i*q_row_stride.
   const float* q = nullptr;
   int64_t q_head_stride = 0;
   int64_t q_row_stride = 0;
+  // The layer's keys by slot; the chunk's own keys are its last n_rows slots
+  // (q_slot0() + i for row i), so row i sees slots [0, q_slot0() + i].
+  // Plans name slots; rules about positions (sinks, windows, diagonals,
+  // distances) go through kv's stored positions.
   kernels::KvView kv;
   float scale = 0;  // softmax scale (1/sqrt(d))
   // GQA: true = one plan per KV head over the union of its q heads' key sets
   // (one K/V read per group); false = one plan per q head.
   bool group_union = true;
 
-  int64_t n_keys() const { return q_pos0 + n_rows; }
+  int64_t n_keys() const { return kv.n_keys; }
+  int64_t q_slot0() const { return kv.n_keys - n_rows; }
+  // The first slot of KV head kv_head stored at a position >= pos.
+  int64_t first_slot_at(int32_t kv_head, int64_t pos) const { return kv.first_slot_at(kv_head, pos); }
+  kernels::PlanShape shape(int32_t n_heads, int32_t group_size, int32_t tile_rows) const {
+    return {n_heads, group_size, tile_rows, n_rows, q_pos0, q_slot0()};
+  }
   int32_t group() const { return n_q_heads / n_kv_heads; }
   int64_t n_tiles() const { return (n_rows + kTileRows - 1) / kTileRows; }
   const float* q_row(int32_t h, int64_t i) const { return q + h * q_head_stride + i * q_row_stride; }

@@ -14,11 +14,13 @@ class PowerPlanner : public Planner {
   std::optional<Plan> plan(const PlanRequest& r) override {
     KeySelection sel(r);
     for (int64_t qb = 0; qb < sel.n_blocks(); ++qb) {
-      const int64_t kb = sel.block_last(qb) / block_;  // the key block holding the query block's end
+      // Blocks of positions: the one holding the query block's end, and those 2^k before it.
+      const int64_t kb = sel.block_last_pos(qb) / block_;
       for (int32_t h = 0; h < r.n_q_heads; ++h) {
-        sel.add_range(h, qb, 0, sink_);
-        sel.add_range(h, qb, sel.block_first(qb) - local_ + 1, sel.block_last(qb) + 1);
-        for (int64_t dist = 1; dist <= kb; dist *= 2) sel.add_key_block(h, qb, kb - dist, block_);
+        sel.add_positions(h, qb, 0, sink_);
+        sel.add_positions(h, qb, sel.block_first_pos(qb) - local_ + 1, sel.block_last_pos(qb) + 1);
+        for (int64_t dist = 1; dist <= kb; dist *= 2)
+          sel.add_positions(h, qb, (kb - dist) * block_, (kb - dist + 1) * block_);
       }
     }
     return sel.build();

@@ -18,7 +18,7 @@
 
 #include "attention/estimate.h"
 #include "attention/selection.h"
-#include "kernels/f16.h"
+#include "kernels/kv_codec.h"
 
 namespace skim::attention::sale {
 namespace {
@@ -166,11 +166,11 @@ void QuantKeys::quantize(const kernels::KvView& kv, int32_t n_kv_heads, int32_t 
         float* me = const_cast<float*>(block_mean(h, kb));
         float* sum = sums.data() + (static_cast<size_t>(h) * n_kblocks_ + kb) * d_;
         const int64_t j0 = kb * block, j1 = std::min(n_keys, (kb + 1) * block);
-        key_row_f32(kv, h, j0, d_, mx);
+        kernels::read_k_rows(kv, h, j0, 1, d_, mx);
         std::memcpy(mn, mx, sizeof(float) * d_);
         std::memcpy(sum, mx, sizeof(float) * d_);
         for (int64_t j = j0 + 1; j < j1; ++j) {
-          key_row_f32(kv, h, j, d_, row.data());
+          kernels::read_k_rows(kv, h, j, 1, d_, row.data());
           for (int32_t c = 0; c < d_; c += 8) {
             const __m256 x = _mm256_loadu_ps(row.data() + c);
             _mm256_storeu_ps(mx + c, _mm256_max_ps(_mm256_loadu_ps(mx + c), x));
@@ -196,7 +196,7 @@ void QuantKeys::quantize(const kernels::KvView& kv, int32_t n_kv_heads, int32_t 
 #pragma omp for collapse(2) schedule(static)
     for (int32_t h = 0; h < n_kv_heads; ++h)
       for (int64_t j = 0; j < n_keys; ++j) {
-        key_row_f32(kv, h, j, d_, row.data());
+        kernels::read_k_rows(kv, h, j, 1, d_, row.data());
         const float* m = mean(h);
         for (int32_t c = 0; c < d_; ++c) row[c] -= m[c];
         const float amax = abs_max(row.data(), d_);
@@ -378,10 +378,12 @@ const BlockScores& Estimator::score(const PlanRequest& r, const Shape& shape, co
   n_rows_ = n;
   if (n == 0) return scores_;
 
-  // Candidate keys of query block qb: [sink, first - local + 1).
-  auto hi_of = [&](int64_t qb) { return r.q_pos0 + qb * kTileRows - shape.local + 1; };
+  // Candidate keys of query block qb: the slots after the sinks (positions
+  // < sink) and before its local band (positions > first - local).
+  const int64_t sink_end = r.first_slot_at(0, shape.sink);
+  auto hi_of = [&](int64_t qb) { return r.first_slot_at(0, r.q_pos0 + qb * kTileRows - shape.local + 1); };
   const int64_t max_hi = hi_of(n_qb - 1);
-  if (max_hi <= shape.sink) return scores_;  // every key of every block is in sink or local band
+  if (max_hi <= sink_end) return scores_;  // every key of every block is in sink or local band
 
   // The rows each query block is estimated on: est_rows of them, evenly
   // spaced, ending with the block's last row.
@@ -397,13 +399,13 @@ const BlockScores& Estimator::score(const PlanRequest& r, const Shape& shape, co
   // The exact sink + local pass on those rows: for row i of block qb the keys
   // sink u [first(qb) - local + 1, i], the same for every q head of a group.
   const int64_t tile = std::min<int64_t>(shape.est_rows, kTileRows);
-  PlanBuilder b({r.n_kv_heads, r.group(), static_cast<int32_t>(tile), n, r.q_pos0});
+  PlanBuilder b(r.shape(r.n_kv_heads, r.group(), static_cast<int32_t>(tile)));
   for (int32_t kvh = 0; kvh < r.n_kv_heads; ++kvh) {
     b.set_row_map(all_rows);
     for (int64_t qb = 0; qb < n_qb; ++qb) {
-      const int64_t first = r.q_pos0 + qb * kTileRows, last = r.q_pos0 + rows_of_block_[qb].back();
-      if (shape.sink > 0) b.add_range(0, std::min(shape.sink, last + 1));
-      b.add_range(std::max<int64_t>(0, first - shape.local + 1), last + 1);
+      const int64_t last = r.q_slot0() + rows_of_block_[qb].back();
+      if (sink_end > 0) b.add_range(0, std::min(sink_end, last + 1));
+      b.add_range(hi_of(qb), last + 1);
       b.end_tile();
     }
   }
@@ -436,7 +438,7 @@ const BlockScores& Estimator::score(const PlanRequest& r, const Shape& shape, co
   std::vector<std::pair<int32_t, int64_t>> items;
   for (int64_t qb = n_qb - 1; qb >= 0; --qb)
     for (int32_t h = 0; h < r.n_q_heads; ++h)
-      if (hi_of(qb) > shape.sink && !(floor && (*floor)[h] == kNegInf)) items.emplace_back(h, qb);
+      if (hi_of(qb) > sink_end && !(floor && (*floor)[h] == kNegInf)) items.emplace_back(h, qb);
   const int32_t g = r.group(), d = r.head_dim;
   int64_t dropped = 0, kept = 0, scanned = 0;
 #pragma omp parallel reduction(+ : dropped, kept, scanned)
@@ -447,7 +449,7 @@ const BlockScores& Estimator::score(const PlanRequest& r, const Shape& shape, co
     for (size_t it = 0; it < items.size(); ++it) {
       const auto [h, qb] = items[it];
       const int32_t kvh = h / g;
-      const int64_t lo = shape.sink, hi = hi_of(qb);
+      const int64_t lo = sink_end, hi = hi_of(qb);
       const std::vector<int32_t>& rows = rows_of_block_[qb];
       base.clear();
       for (int32_t i : rows) base.push_back(lse_[static_cast<size_t>(h) * n + i]);
@@ -491,8 +493,8 @@ Plan build_plan(const PlanRequest& r, const Shape& shape, const BlockScores& sco
         sel.add_range(h, qb, 0, sel.block_last(qb) + 1);
         continue;
       }
-      sel.add_range(h, qb, 0, shape.sink);
-      sel.add_range(h, qb, sel.block_first(qb) - shape.local + 1, sel.block_last(qb) + 1);
+      sel.add_positions(h, qb, 0, shape.sink);
+      sel.add_positions(h, qb, sel.block_first_pos(qb) - shape.local + 1, sel.block_last_pos(qb) + 1);
       if (scores.n_kblocks == 0 || qb >= scores.n_qblocks) continue;
       for (int64_t kb = 0; kb < scores.n_kblocks; ++kb)
         if (scores.at(h, qb, kb) > ln_theta[h]) sel.add_key_block(h, qb, kb, shape.block);

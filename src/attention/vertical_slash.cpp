@@ -103,11 +103,11 @@ class VerticalSlashPlanner : public Planner {
     check_config_fits(r);
     keys_.load(r);
     estimate_last_q(r, keys_, kLastQ, est_);
-    const int64_t n = r.n_keys();
+    const int64_t n = r.n_keys(), n_offsets = est_.n_offsets;
     KeySelection sel(r);
 #pragma omp parallel if (worth_threads(double(r.n_q_heads) * n * 16))
     {
-      std::vector<float> score(static_cast<size_t>(n));
+      std::vector<float> score(static_cast<size_t>(std::max(n, n_offsets)));
       std::vector<int32_t> cols, offsets;
       std::vector<std::pair<int64_t, int64_t>> bands;
 #pragma omp for schedule(dynamic, 1)
@@ -118,25 +118,27 @@ class VerticalSlashPlanner : public Planner {
         std::fill(score.begin(), score.begin() + std::min(n, kSinkColumns), kInf);
         top_k(score.data(), n, std::max(b.v, kSinkColumns), cols);
         // Slash: top max(s, 100) diagonal offsets, the nearest 100 forced.
-        std::copy(est_.diag(h), est_.diag(h) + n, score.begin());
-        std::fill(score.begin(), score.begin() + std::min(n, kLocalDiagonals), kInf);
-        top_k(score.data(), n, std::max(b.s, kLocalDiagonals), offsets);
+        std::copy(est_.diag(h), est_.diag(h) + n_offsets, score.begin());
+        std::fill(score.begin(), score.begin() + std::min(n_offsets, kLocalDiagonals), kInf);
+        top_k(score.data(), n_offsets, std::max(b.s, kLocalDiagonals), offsets);
+        const int32_t kv_head = h / r.group();
         for (int64_t qb = 0; qb < sel.n_blocks(); ++qb) {
-          const int64_t f = sel.block_first(qb), l = sel.block_last(qb), height = l - f + 1;
+          const int64_t f = sel.block_first_pos(qb), l = sel.block_last_pos(qb), height = l - f + 1;
           // Ascending offsets; a run whose steps are <= the block height is one
-          // band. Bands come out in descending key order.
+          // band of positions [f - hi, l - lo], taken as the slots holding them.
+          // Bands come out in descending key order.
           bands.clear();
           for (size_t i = 0; i < offsets.size() && offsets[i] <= l;) {
             const int64_t lo = offsets[i];
             int64_t hi = lo;
             for (++i; i < offsets.size() && offsets[i] - hi <= height; ++i) hi = offsets[i];
-            bands.emplace_back(std::max<int64_t>(0, f - hi), l - lo + 1);
+            bands.emplace_back(r.first_slot_at(kv_head, f - hi), r.first_slot_at(kv_head, l - lo + 1));
             sel.add_range(h, qb, bands.back().first, bands.back().second);
           }
           // Columns outside this head's bands (the plan builder would drop the others).
           auto band = bands.rbegin();
           for (int32_t c : cols) {
-            if (c > l) break;
+            if (c > sel.block_last(qb)) break;
             while (band != bands.rend() && band->second <= c) ++band;
             if (band == bands.rend() || band->first > c) sel.add_column(h, qb, c);
           }

@@ -33,7 +33,7 @@ class XAttentionPlanner : public Planner {
         for (int64_t qb = 0; qb < est_.n_qb; ++qb) {
           const float* e = est_.row(h, qb);
           const int64_t vis = est_.visible(qb);
-          const int64_t diag = (r.q_pos0 + qb * B) / B;  // first key block holding the block's rows
+          const int64_t diag = (r.q_slot0() + qb * B) / B;  // first key block holding the block's rows
           keep.assign(static_cast<size_t>(vis), 0);
           double total = 0, acc = 0;
           for (int64_t c = 0; c < vis; ++c) total += e[c];

@@ -20,7 +20,7 @@
 #include "attention/method.h"
 #include "attention/sale.h"
 #include "attention/selection.h"
-#include "kernels/f16.h"
+#include "kernels/kv_codec.h"
 #include "model/attention_observer.h"
 #include "skim/context.h"
 #include "skim/paths.h"
@@ -49,7 +49,7 @@ struct Acc {
   double density() const { return dense_pairs > 0 ? pairs / dense_pairs : 1.0; }
 };
 
-int64_t dense_pairs_per_head(const PlanRequest& r) { return r.n_rows * r.q_pos0 + r.n_rows * (r.n_rows + 1) / 2; }
+int64_t dense_pairs_per_head(const PlanRequest& r) { return r.n_rows * r.q_slot0() + r.n_rows * (r.n_rows + 1) / 2; }
 
 // (row, key) pairs plan head h lets through, causally, for one of its q heads.
 int64_t head_pairs(const Plan& plan, int32_t h) {
@@ -60,8 +60,8 @@ int64_t head_pairs(const Plan& plan, int32_t h) {
     auto count = [&](int64_t begin, int64_t end) {
       int64_t n = 0;
       for (int64_t i = t * plan.tile_rows; i < rows_end; ++i) {
-        const int64_t pos = plan.q_pos0 + plan.row_of(h, i);
-        n += std::max<int64_t>(0, std::min(end, pos + 1) - begin);
+        const int64_t slot = plan.q_slot0 + plan.row_of(h, i);  // the row's own key
+        n += std::max<int64_t>(0, std::min(end, slot + 1) - begin);
       }
       return n;
     };
@@ -95,7 +95,7 @@ kernels::AttnParams attn_params(const PlanRequest& r, float* out, float* lse) {
 // Keys [0, n) of KV head h as f32 rows.
 void keys_f32(const kernels::KvView& kv, int32_t h, int64_t n, int32_t d, std::vector<float>& dst) {
   dst.resize(static_cast<size_t>(n) * d);
-  for (int64_t j = 0; j < n; ++j) key_row_f32(kv, h, j, d, dst.data() + static_cast<size_t>(j) * d);
+  kernels::read_k_rows(kv, h, 0, n, d, dst.data());
 }
 
 float dot(const float* a, const float* b, int32_t d) {
@@ -114,53 +114,35 @@ float dot(const float* a, const float* b, int32_t d) {
   return out;
 }
 
-// MInference's estimate for one q head (E1, minimal local copy): softmax of
-// the chunk's last 64 queries over all keys, summed per column (vertical) and
-// per diagonal offset (slash), with the first 30 columns and the 100 smallest
-// offsets forced; returned as key positions / offsets by descending score,
-// the first `keep` of each.
+// MInference's estimate (E1, attention/estimate.h) as key slots and diagonal
+// offsets by descending score, the first 30 columns and the 100 smallest
+// offsets forced; the first `keep` of each, per q head.
 struct VsOrder {
   std::vector<int32_t> cols, diags;
 };
 
-VsOrder vs_order(const PlanRequest& r, int32_t h, const float* keys, int64_t keep) {
-  const int64_t n_keys = r.n_keys(), w = std::min<int64_t>(kLastQ, r.n_rows);
-  std::vector<double> vert(static_cast<size_t>(n_keys), 0.0), slash(static_cast<size_t>(n_keys), 0.0);
-  std::vector<float> logit(static_cast<size_t>(n_keys));
-  for (int64_t t = 0; t < w; ++t) {
-    const int64_t row = r.n_rows - w + t, pos = r.q_pos0 + row;
-    const float* q = r.q_row(h, row);
-    float mx = -std::numeric_limits<float>::infinity();
-    for (int64_t j = 0; j <= pos; ++j) {
-      logit[j] = r.scale * dot(q, keys + j * r.head_dim, r.head_dim);
-      mx = std::max(mx, logit[j]);
-    }
-    double sum = 0;
-    for (int64_t j = 0; j <= pos; ++j) {
-      logit[j] = std::exp(logit[j] - mx);
-      sum += logit[j];
-    }
-    const double inv = 1.0 / sum;
-    for (int64_t j = 0; j <= pos; ++j) {
-      const double a = logit[j] * inv;
-      vert[j] += a;
-      slash[pos - j] += a;
-    }
-  }
-  const double inf = std::numeric_limits<double>::infinity();
-  for (int64_t j = 0; j < std::min(kForcedCols, n_keys); ++j) vert[j] = inf;
-  for (int64_t o = 0; o < std::min(kForcedDiags, n_keys); ++o) slash[o] = inf;
-  auto top = [&](const std::vector<double>& score) {
+std::vector<VsOrder> vs_orders(const PlanRequest& r, int64_t keep) {
+  KeysF32 keys;
+  keys.load(r);
+  LastQEstimate est;
+  estimate_last_q(r, keys, kLastQ, est);
+  constexpr float inf = std::numeric_limits<float>::infinity();
+  auto top = [&](const float* x, int64_t n, int64_t forced) {
+    std::vector<float> score(x, x + n);
+    std::fill(score.begin(), score.begin() + std::min(n, forced), inf);
     std::vector<int32_t> idx(score.size());
     std::iota(idx.begin(), idx.end(), 0);
-    const int64_t k = std::min<int64_t>(keep, static_cast<int64_t>(idx.size()));
+    const int64_t k = std::min<int64_t>(keep, n);
     std::partial_sort(idx.begin(), idx.begin() + k, idx.end(), [&](int32_t a, int32_t b) {
       return score[a] > score[b] || (score[a] == score[b] && a < b);
     });
     idx.resize(static_cast<size_t>(k));
     return idx;
   };
-  return {top(vert), top(slash)};
+  std::vector<VsOrder> order(static_cast<size_t>(r.n_q_heads));
+  for (int32_t h = 0; h < r.n_q_heads; ++h)
+    order[h] = {top(est.vert(h), est.n_keys, kForcedCols), top(est.diag(h), est.n_offsets, kForcedDiags)};
+  return order;
 }
 
 std::string join(const std::vector<int32_t>& v, char sep) {
@@ -195,7 +177,7 @@ void MassTable::build(const PlanRequest& r, const std::vector<int32_t>& rows) {
       for (int32_t j = 0; j < g; ++j)
         for (size_t ri = 0; ri < rows.size(); ++ri) {
           const int32_t h = kvh * g + j;
-          const int64_t pos = r.q_pos0 + rows[ri];
+          const int64_t pos = r.q_slot0() + rows[ri];  // slots [0, pos] are visible
           const float* q = r.q_row(h, rows[ri]);
           float mx = -std::numeric_limits<float>::infinity();
           for (int64_t k = 0; k <= pos; ++k) {
@@ -269,7 +251,7 @@ struct Calibrator::State {
   sale::Estimator estimator;
   MassTable mass;  // the current (layer, chunk)
   double ms_mass = 0, ms_minference = 0, ms_sale = 0, ms_reuse = 0, ms_blasst = 0;
-  std::vector<float> out, lse, keys;
+  std::vector<float> out, lse;
 
   Acc& vs_at(int32_t l, int32_t h, size_t c) { return vs[(static_cast<size_t>(l) * n_heads + h) * candidates.size() + c]; }
   Acc& sale_at(int32_t l, int32_t h, size_t t) { return sale[(static_cast<size_t>(l) * n_heads + h) * kSaleThetas.size() + t]; }
@@ -353,13 +335,7 @@ Calibrator::~Calibrator() = default;
 
 void Calibrator::State::minference(const PlanRequest& r) {
   const int64_t keep = std::max(candidates.back().v, candidates.back().s);
-  std::vector<VsOrder> order(static_cast<size_t>(r.n_q_heads));
-  const int32_t g = r.group();
-  for (int32_t kvh = 0; kvh < r.n_kv_heads; ++kvh) {
-    keys_f32(r.kv, kvh, r.n_keys(), r.head_dim, keys);
-#pragma omp parallel for schedule(dynamic, 1)
-    for (int32_t j = 0; j < g; ++j) order[kvh * g + j] = vs_order(r, kvh * g + j, keys.data(), keep);
-  }
+  const std::vector<VsOrder> order = vs_orders(r, keep);
   PlanRequest rh = r;
   rh.group_union = false;
   for (size_t c = 0; c < candidates.size(); ++c) {
@@ -368,8 +344,8 @@ void Calibrator::State::minference(const PlanRequest& r) {
       const VsOrder& o = order[h];
       const int64_t v = std::min<int64_t>(std::max(candidates[c].v, kForcedCols), static_cast<int64_t>(o.cols.size()));
       const int64_t s = std::min<int64_t>(std::max(candidates[c].s, kMinSlash), static_cast<int64_t>(o.diags.size()));
-      // Offset o covers keys [first - o, last + 1 - o) of a query block; a run
-      // of consecutive offsets [lo, hi] covers [first - hi, last + 1 - lo).
+      // Offset o covers positions [first - o, last + 1 - o) of a query block; a
+      // run of consecutive offsets [lo, hi] covers [first - hi, last + 1 - lo).
       std::vector<int32_t> diags(o.diags.begin(), o.diags.begin() + s);
       std::sort(diags.begin(), diags.end());
       std::vector<std::pair<int32_t, int32_t>> runs;
@@ -379,7 +355,8 @@ void Calibrator::State::minference(const PlanRequest& r) {
       }
       for (int64_t qb = 0; qb < sel.n_blocks(); ++qb) {
         for (int64_t i = 0; i < v; ++i) sel.add_column(h, qb, o.cols[i]);
-        for (auto [lo, hi] : runs) sel.add_range(h, qb, sel.block_first(qb) - hi, sel.block_last(qb) + 1 - lo);
+        for (auto [lo, hi] : runs)
+          sel.add_positions(h, qb, sel.block_first_pos(qb) - hi, sel.block_last_pos(qb) + 1 - lo);
       }
     }
     add(r, sel.build(), [&](int32_t h) -> Acc& { return vs_at(r.layer, h, c); });

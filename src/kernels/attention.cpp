@@ -47,6 +47,7 @@ struct Call {
   AttnParams p;
   int32_t g = 1;  // query heads per KV head
   float q_scale = 0.0f;
+  int64_t q_slot0 = 0;  // keys at positions before q_pos0 are slots [0, q_slot0)
 };
 
 Call resolve(const AttnParams& in) {
@@ -65,12 +66,15 @@ Call resolve(const AttnParams& in) {
   if (p.q_pos0 + p.n_rows > std::numeric_limits<int32_t>::max()) bad("positions exceed the int32 range");
   if (p.n_rows > 0 && (p.q == nullptr || p.out == nullptr)) bad("q and out must not be null");
   if (p.kv.n_keys < 0 || p.kv.n_keys > std::numeric_limits<int32_t>::max()) bad("kv.n_keys is out of range");
-  if (p.kv.n_keys > 0 && (p.kv.k == nullptr || p.kv.v == nullptr)) bad("kv.k and kv.v must not be null");
-  if (p.kv.row_stride < p.head_dim)
-    bad("kv.row_stride (" + std::to_string(p.kv.row_stride) + ") is smaller than head_dim");
-  if (p.kv.head_stride < 0) bad("kv.head_stride is negative");
+  if (p.kv.n_keys > 0 && (p.kv.k == nullptr || p.kv.v == nullptr || p.kv.page_ids == nullptr))
+    bad("kv.k, kv.v and kv.page_ids must not be null");
   if (p.kv.type != KvDType::F32 && p.kv.type != KvDType::F16 && p.kv.type != KvDType::BF16)
     bad("unknown KV storage type");
+  if (p.kv.row_bytes < static_cast<int64_t>(p.head_dim) * kv_dtype_bytes(p.kv.type))
+    bad("kv.row_bytes (" + std::to_string(p.kv.row_bytes) + ") is smaller than a row of head_dim values");
+  if (p.kv.page_bytes < 0 || p.kv.page_shift < 0 || p.kv.page_shift > 31 || p.kv.pages_per_head < 1)
+    bad("kv page geometry is invalid");
+  if (p.kv.n_keys > p.kv.pages_per_head * p.kv.page_rows()) bad("kv.n_keys exceeds the page table");
   const int64_t d = p.head_dim;
   if (p.q_row_stride == 0) p.q_row_stride = d;
   if (p.q_head_stride == 0) p.q_head_stride = p.n_rows * p.q_row_stride;
@@ -84,6 +88,7 @@ Call resolve(const AttnParams& in) {
   const float scale = p.scale != 0.0f ? p.scale : 1.0f / std::sqrt(static_cast<float>(d));
   c.q_scale = scale * kLog2e;
   c.g = p.n_q_heads / p.n_kv_heads;
+  c.q_slot0 = p.kv.slots_through(0, p.q_pos0 - 1);
   if (p.split_key_tiles < 0) bad("split_key_tiles is negative");
   return c;
 }
@@ -95,13 +100,16 @@ void check_plan_fits(const Call& c, const Plan& plan) {
     throw PlanError("attention plan: built for " + std::to_string(plan.n_rows) + " rows at position " +
                     std::to_string(plan.q_pos0) + ", the call has " + std::to_string(p.n_rows) + " rows at " +
                     std::to_string(p.q_pos0));
+  if (p.causal && plan.q_slot0 != c.q_slot0)
+    throw PlanError("attention plan: built for query keys from slot " + std::to_string(plan.q_slot0) +
+                    ", the cache has " + std::to_string(c.q_slot0) + " keys before position " + std::to_string(p.q_pos0));
   const bool per_q_head = plan.group_size == 1 && plan.n_heads == p.n_q_heads;
   const bool per_group = plan.group_size == c.g && plan.n_heads == p.n_kv_heads;
   if (!per_q_head && !per_group)
     throw PlanError("attention plan: " + std::to_string(plan.n_heads) + " heads of group size " +
                     std::to_string(plan.group_size) + " fit neither " + std::to_string(p.n_q_heads) +
                     " query heads nor " + std::to_string(p.n_kv_heads) + " KV groups of " + std::to_string(c.g));
-  if (p.validate_plan) validate_plan(plan, p.kv.n_keys, p.causal);
+  if (p.validate_plan) validate_plan(plan, p.kv, p.n_kv_heads, p.causal);
 }
 
 // The plan head's KV head.
@@ -136,10 +144,17 @@ int64_t count_spans(const Plan& plan, int64_t item, float theta) {
 // Ordered (scored plan): columns sorted by descending score are packed without
 // mixing scores on both sides of theta (a pack's score is its lowest), range
 // chunks keep their range's score, and all tiles are visited by descending
-// score. Returns an error message for keys outside [0, n_keys), else "".
-std::string build_spans(const Plan& plan, int64_t item, float theta, int64_t n_keys, std::vector<KeySpan>& spans,
-                        std::vector<int32_t>& sorted_keys, std::vector<int64_t>& order) {
+// score. A span's max_pos is the largest stored position of its keys (those
+// of KV head kv_head). Returns an error message for keys outside [0, n_keys), else "".
+std::string build_spans(const Plan& plan, int64_t item, float theta, const KvView& kv, int32_t kv_head,
+                        std::vector<KeySpan>& spans, std::vector<int32_t>& sorted_keys, std::vector<int64_t>& order) {
   spans.clear();
+  const int64_t n_keys = kv.n_keys;
+  const auto max_position = [&](const int32_t* keys, int32_t count) {
+    int32_t m = std::numeric_limits<int32_t>::min();
+    for (int32_t j = 0; j < count; ++j) m = std::max(m, kv.position(kv_head, keys[j]));
+    return m;
+  };
   const int64_t c0 = plan.col_ptr[item], c1 = plan.col_ptr[item + 1];
   for (int64_t c = c0; c < c1; ++c)
     if (plan.cols[c] < 0 || plan.cols[c] >= n_keys)
@@ -150,7 +165,7 @@ std::string build_spans(const Plan& plan, int64_t item, float theta, int64_t n_k
       KeySpan s;
       s.count = static_cast<int32_t>(std::min<int64_t>(kKeyTile, c1 - c));
       s.keys = plan.cols.data() + c;
-      s.max_pos = *std::max_element(s.keys, s.keys + s.count);
+      s.max_pos = max_position(s.keys, s.count);
       spans.push_back(s);
     }
   } else {
@@ -173,7 +188,7 @@ std::string build_spans(const Plan& plan, int64_t item, float theta, int64_t n_k
       KeySpan s;
       s.count = static_cast<int32_t>(e - i);
       s.keys = sorted_keys.data() + i;
-      s.max_pos = *std::max_element(s.keys, s.keys + s.count);
+      s.max_pos = max_position(s.keys, s.count);
       s.score = plan.col_scores[order[e - 1]];
       spans.push_back(s);
       i = e;
@@ -188,7 +203,7 @@ std::string build_spans(const Plan& plan, int64_t item, float theta, int64_t n_k
       KeySpan s;
       s.begin = static_cast<int32_t>(b);
       s.count = static_cast<int32_t>(std::min<int64_t>(kKeyTile, kr.end - b));
-      s.max_pos = s.begin + s.count - 1;
+      s.max_pos = kv.position(kv_head, s.begin + s.count - 1);  // positions increase with the slot
       s.score = ordered ? plan.range_scores[r] : 0.0f;
       spans.push_back(s);
     }
@@ -371,8 +386,9 @@ void run(const Call& call, const Plan& plan) {
       if (failed.load(std::memory_order_relaxed)) continue;
       const Unit& u = units[schedule[si]];
       const int32_t h = u.head;
+      const int32_t kv_head = kv_head_of(call, plan, h);
       if (spans_item != u.item) {
-        std::string err = build_spans(plan, u.item, plan_theta(plan, h), p.kv.n_keys, spans, sorted_keys, order);
+        std::string err = build_spans(plan, u.item, plan_theta(plan, h), p.kv, kv_head, spans, sorted_keys, order);
         if (!err.empty()) {
           std::lock_guard<std::mutex> lock(failure_mutex);
           if (!failed.exchange(true))
@@ -403,7 +419,6 @@ void run(const Call& call, const Plan& plan) {
         }
         cols.push_back(qc);
       }
-      const int32_t kv_head = kv_head_of(call, plan, h);
       TileJob job;
       job.head_dim = p.head_dim;
       job.q_scale = call.q_scale;
@@ -412,11 +427,8 @@ void run(const Call& call, const Plan& plan) {
       job.log2_lambda = lambda > 0.0f ? std::log2(lambda) : kNegInf;
       job.early_stop = plan_ordered(plan) && plan_theta(plan, h) > kNegInf;
       job.stop_theta = plan_theta(plan, h);
-      const size_t elem = p.kv.type == KvDType::F32 ? 4 : 2;
-      job.k = static_cast<const char*>(p.kv.k) + kv_head * p.kv.head_stride * static_cast<int64_t>(elem);
-      job.v = static_cast<const char*>(p.kv.v) + kv_head * p.kv.head_stride * static_cast<int64_t>(elem);
-      job.type = p.kv.type;
-      job.row_stride = p.kv.row_stride;
+      job.kv = &p.kv;
+      job.kv_head = kv_head;
       job.cols = cols.data();
       job.n_cols = static_cast<int32_t>(cols.size());
       job.spans = spans.data() + u.span_begin;
@@ -466,12 +478,14 @@ Plan default_plan(const Call& call, int32_t tile_rows) {
   shape.tile_rows = std::max(1, tile_rows);
   shape.n_rows = call.p.n_rows;
   shape.q_pos0 = call.p.q_pos0;
+  shape.q_slot0 = call.q_slot0;
   return make_dense_plan(shape, call.p.causal, call.p.kv.n_keys);
 }
 
 void check_dense_fits(const Call& call) {
   const AttnParams& p = call.p;
-  if (p.causal && p.q_pos0 + p.n_rows > p.kv.n_keys)
+  // A cache whose slots are positions must hold the chunk's own keys.
+  if (p.causal && p.kv.positions == nullptr && p.q_pos0 + p.n_rows > p.kv.n_keys)
     bad("the KV cache holds " + std::to_string(p.kv.n_keys) + " keys but the query rows reach position " +
         std::to_string(p.q_pos0 + p.n_rows - 1));
   if (!p.causal && p.kv.n_keys == 0) bad("non-causal attention over an empty KV cache");

@@ -4,8 +4,8 @@
 //   O[h][i] = sum_j softmax_j(scale * q[h][i] . k[h/g][j]) v[h/g][j]
 //   LSE[h][i] = log sum_j exp(scale * q[h][i] . k[h/g][j])      (natural log)
 //
-// over the keys j the plan lists for row i (and, when causal, j <= position of
-// row i). Rows with no key get O = 0 and LSE = -inf. A dense plan and any
+// over the key slots j the plan lists for row i (and, when causal, whose stored
+// position is <= the position of row i). Rows with no key get O = 0 and LSE = -inf. A dense plan and any
 // sparse plan run through the same code path (see kernels/attention_plan.h).
 //
 // Inside: K and V tiles (f16/bf16/f32 rows of the KV cache, contiguous ranges
@@ -20,12 +20,15 @@
 // that each stream the item's keys. With a lambda (BLASST) each split part
 // keeps its own running max, so splitting can change which tiles are skipped.
 //
-// Typical use (engine, one layer, cache [kv_head][capacity][d] f16):
+// Keys are read through a KvView (kernels/kv_view.h): by slot, through a page
+// table, with the stored position of each slot for the causal test.
+//
+// Typical use (one layer, contiguous cache [kv_head][capacity][d] f16):
 //   AttnParams p;
 //   p.n_q_heads = 9; p.n_kv_heads = 3; p.head_dim = 64;
 //   p.n_rows = n; p.q_pos0 = pos;                      // this chunk's rows
 //   p.q = q; p.q_head_stride = 64; p.q_row_stride = 9 * 64;      // [n][Hq*d]
-//   p.kv = {k_layer, v_layer, KvDType::F16, capacity * 64, 64, pos + n};
+//   p.kv = KvView::contiguous(k_layer, v_layer, KvDType::F16, capacity * 64, 64, pos + n);
 //   p.out = o; p.out_head_stride = 64; p.out_row_stride = 9 * 64;
 //   attention_prefill(p);           // or attention_prefill(p, &plan)
 //   attention_decode(p);            // n == 1
@@ -34,22 +37,9 @@
 #include <cstdint>
 
 #include "kernels/attention_plan.h"
+#include "kernels/kv_view.h"
 
 namespace skim::kernels {
-
-enum class KvDType : uint8_t { F32, F16, BF16 };
-
-// K and V of one layer: per KV head, one row of head_dim elements per key
-// position (row index == position). The engine's cache [kv_head][capacity][d]
-// is head_stride = capacity * d, row_stride = d.
-struct KvView {
-  const void* k = nullptr;  // element (kv head 0, position 0, dim 0)
-  const void* v = nullptr;
-  KvDType type = KvDType::F16;
-  int64_t head_stride = 0;  // elements between consecutive KV heads
-  int64_t row_stride = 0;   // elements between consecutive positions (>= head_dim)
-  int64_t n_keys = 0;       // positions [0, n_keys) hold valid keys
-};
 
 // Counters of one call (optional output). Key tiles are counted per work unit:
 // an item cut into column chunks counts its stream once per chunk.

@@ -43,7 +43,7 @@ int64_t Plan::listed_pairs() const {
     for (int64_t t = 0; t < head_tiles(h); ++t) {
       pos.clear();
       for (int64_t i = t * tile_rows; i < std::min<int64_t>(rows, (t + 1) * tile_rows); ++i)
-        pos.push_back(q_pos0 + row_of(h, i));
+        pos.push_back(q_slot0 + row_of(h, i));  // the slot of the row's own key
       const int64_t item = head_item_begin[h] + t;
       // Keys at or before every row's position count for all rows; only the
       // few near the diagonal need the per-row causal cut.
@@ -68,6 +68,7 @@ void validate_plan_structure(const Plan& p) {
   if (p.tile_rows <= 0) fail("tile_rows must be positive (got " + std::to_string(p.tile_rows) + ")");
   if (p.n_rows < 0) fail("n_rows is negative");
   if (p.q_pos0 < 0) fail("q_pos0 is negative");
+  if (p.q_slot0 < 0) fail("q_slot0 is negative");
   const size_t heads = static_cast<size_t>(p.n_heads);
   if (p.has_row_map()) {
     if (p.row_map_ptr.size() != heads + 1) fail("row_map_ptr must have n_heads + 1 entries");
@@ -125,11 +126,21 @@ void validate_plan_structure(const Plan& p) {
 }
 
 void validate_plan(const Plan& p, int64_t n_keys, bool causal) {
+  KvView kv;
+  kv.n_keys = n_keys;
+  validate_plan(p, kv, 1, causal);
+}
+
+void validate_plan(const Plan& p, const KvView& kv, int32_t n_kv_heads, bool causal) {
   validate_plan_structure(p);
+  const int64_t n_keys = kv.n_keys;
+  const int32_t q_per_kv = p.group_size == 1 ? std::max(1, p.n_heads / std::max(1, n_kv_heads)) : 1;
   for (int32_t h = 0; h < p.n_heads; ++h) {
+    const int32_t kv_head = h / q_per_kv;
     for (int64_t t = 0; t < p.head_tiles(h); ++t) {
       const int64_t item = p.head_item_begin[h] + t;
-      const int64_t limit = causal ? std::min<int64_t>(n_keys, p.tile_last_position(h, t) + 1) : n_keys;
+      // Keys are visible up to the first slot past the tile's last position.
+      const int64_t limit = causal ? kv.slots_through(kv_head, p.tile_last_position(h, t)) : n_keys;
       int64_t prev_end = -1;
       for (int64_t r = p.range_ptr[item]; r < p.range_ptr[item + 1]; ++r) {
         const KeyRange kr = p.ranges[r];
@@ -174,7 +185,9 @@ Plan make_dense_plan(const PlanShape& shape, bool causal, int64_t n_keys) {
     const int64_t tiles = (shape.n_rows + shape.tile_rows - 1) / shape.tile_rows;
     for (int64_t t = 0; t < tiles; ++t) {
       const int64_t last_row = std::min<int64_t>((t + 1) * shape.tile_rows, shape.n_rows) - 1;
-      b.add_range(0, causal ? shape.q_pos0 + last_row + 1 : n_keys);
+      const int64_t q_slot0 = shape.q_slot0 < 0 ? shape.q_pos0 : shape.q_slot0;
+      const int64_t end = q_slot0 + last_row + 1;
+      b.add_range(0, causal ? (n_keys >= 0 ? std::min(n_keys, end) : end) : n_keys);
       b.end_tile();
     }
   }
@@ -194,6 +207,7 @@ PlanBuilder::PlanBuilder(const PlanShape& shape, bool scored) : scored_(scored) 
   plan_.tile_rows = shape.tile_rows;
   plan_.n_rows = shape.n_rows;
   plan_.q_pos0 = shape.q_pos0;
+  plan_.q_slot0 = shape.q_slot0 < 0 ? shape.q_pos0 : shape.q_slot0;
   plan_.range_ptr.push_back(0);
   plan_.col_ptr.push_back(0);
   maps_.resize(static_cast<size_t>(shape.n_heads));

@@ -10,11 +10,15 @@
 // The query rows of plan head h (all rows 0..n_rows-1, or its row map) are cut
 // into tiles of tile_rows rows; one "item" is one (head, tile). Items are
 // numbered head-major: head h owns items [head_item_begin[h], head_item_begin[h+1]).
-// Per item (CSR, absolute key positions):
+// Keys are cache slots (kernels/kv_view.h). The chunk's own keys are slots
+// q_slot0 + i for query rows i (at positions q_pos0 + i), and every earlier
+// slot holds an earlier position, so "causally visible to row i" is the slot
+// prefix [0, q_slot0 + i]. Per item (CSR, key slots):
 //   ranges[range_ptr[i] .. range_ptr[i+1])  half-open [begin, end), sorted, disjoint
 //   cols[col_ptr[i] .. col_ptr[i+1])        single keys, sorted, unique, not in any range
 // In causal mode no key may lie after the tile's last query position (keys
-// between the tile's first and last position are masked per row by the kernel).
+// between the tile's first and last position are masked per row by the kernel,
+// by their stored positions).
 //
 // Optional parts (an empty vector means "not used"):
 //   range_scores / col_scores  aligned with ranges / cols. When present the
@@ -40,6 +44,8 @@
 #include <utility>
 #include <vector>
 
+#include "kernels/kv_view.h"
+
 namespace skim::kernels {
 
 // A malformed plan (or a plan that does not fit the attention call).
@@ -49,8 +55,8 @@ class PlanError : public std::invalid_argument {
 };
 
 struct KeyRange {
-  int32_t begin = 0;  // first key position
-  int32_t end = 0;    // one past the last key position
+  int32_t begin = 0;  // first key slot
+  int32_t end = 0;    // one past the last key slot
 };
 
 struct Plan {
@@ -59,6 +65,7 @@ struct Plan {
   int32_t tile_rows = 64;  // Bq: query rows per tile and per q head
   int64_t n_rows = 0;      // query rows in the chunk (Nq)
   int64_t q_pos0 = 0;      // absolute position of query row 0
+  int64_t q_slot0 = 0;     // cache slot of query row 0's own key
 
   std::vector<int64_t> head_item_begin;  // n_heads + 1
   std::vector<int64_t> range_ptr;        // n_items + 1
@@ -89,6 +96,8 @@ struct Plan {
   int64_t tile_last_position(int32_t h, int64_t t) const;
   // Absolute position of the first query row of tile `t` of head h.
   int64_t tile_first_position(int32_t h, int64_t t) const;
+  // Slot of the last query row's own key: the tile sees slots [0, tile_last_slot].
+  int64_t tile_last_slot(int32_t h, int64_t t) const { return tile_last_position(h, t) - q_pos0 + q_slot0; }
   // Number of keys an item lists (ranges + columns).
   int64_t item_keys(int64_t item) const;
   // Total number of (query row, key) pairs the plan lets through (keys listed
@@ -104,20 +113,25 @@ struct PlanShape {
   int32_t tile_rows = 64;
   int64_t n_rows = 0;
   int64_t q_pos0 = 0;
+  int64_t q_slot0 = -1;  // -1: q_pos0 (a cache whose slots are its positions)
 };
 
 // Checks the CSR structure only (array sizes, pointer monotonicity, row maps);
 // O(heads + items). Throws PlanError naming the problem.
 void validate_plan_structure(const Plan& plan);
 
-// Full check: structure, then every range and column: inside [0, n_keys),
+// Full check: structure, then every range and column: inside [0, kv.n_keys),
 // sorted, disjoint, columns not inside ranges, scores finite, and (causal) no
-// key after the tile's last query position. O(plan size). Throws PlanError.
+// key whose stored position is after the tile's last query position.
+// n_kv_heads maps plan heads to the KV heads whose positions count.
+// O(plan size). Throws PlanError.
+void validate_plan(const Plan& plan, const KvView& kv, int32_t n_kv_heads, bool causal);
+// The same for a cache whose slots are its positions.
 void validate_plan(const Plan& plan, int64_t n_keys, bool causal);
 
-// The dense causal plan: each tile attends to [0, last_position + 1).
-// Non-causal: each tile attends to [0, n_keys).
-Plan make_dense_plan(const PlanShape& shape, bool causal = true, int64_t n_keys = 0);
+// The dense causal plan: each tile attends to slots [0, tile_last_slot + 1),
+// cut at n_keys when given (>= 0). Non-causal: each tile attends to [0, n_keys).
+Plan make_dense_plan(const PlanShape& shape, bool causal = true, int64_t n_keys = -1);
 
 // Appends items in (head, tile) order:
 //   PlanBuilder b(shape);

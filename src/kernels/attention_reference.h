@@ -1,14 +1,15 @@
-// Plain exact causal attention over the KV cache (GEMM, mask, softmax, GEMM).
-// It is the reference the fast kernels are tested against.
+// Plain exact causal attention over one layer's cache (GEMM, mask, softmax,
+// GEMM). It is the reference the fast kernels are tested against.
 #pragma once
 
-#include "kv/kv_cache.h"
+#include "kernels/kv_view.h"
 
 namespace skim::kernels {
 
-// q: n rows of n_head*head_dim (RoPE applied) for positions pos0..pos0+n-1;
-// the cache's slots [0, pos0+n) hold keys/values at positions 0..pos0+n-1.
+// q: n rows of n_head*head_dim (RoPE applied) at positions q_pos0..q_pos0+n-1.
+// Each row attends to the slots of kv whose stored position is <= its own.
 // out: n rows of n_head*head_dim.
-void attention_reference(const float* q, int n, int pos0, const KvCache& kv, int layer, int n_head, float* out);
+void attention_reference(const float* q, int n, int q_pos0, const KvView& kv, int n_head, int n_head_kv, int head_dim,
+                         float* out);
 
 }  // namespace skim::kernels

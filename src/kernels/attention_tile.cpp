@@ -24,6 +24,7 @@
 #include "hwy/highway.h"
 
 #include "kernels/attention_tile.h"
+#include "kernels/kv_codec-inl.h"
 
 HWY_BEFORE_NAMESPACE();
 namespace skim::kernels::attn_detail {
@@ -94,37 +95,22 @@ HWY_INLINE void Sum8(DF df, const VF* a, float* out) {
 #endif
 }
 
-// Widens `count` K or V rows of a span to f32 rows of d values in dst.
-HWY_INLINE void WidenRows(DF df, const void* base, KvDType type, int64_t row_stride, const KeySpan& span,
-                          int32_t d, float* HWY_RESTRICT dst) {
-  const size_t N = hn::Lanes(df);
-  for (int32_t j = 0; j < span.count; ++j) {
-    const int64_t pos = span.keys ? span.keys[j] : span.begin + j;
-    float* out = dst + static_cast<int64_t>(j) * d;
-    if (type == KvDType::F16) {
-      const hn::Rebind<hwy::float16_t, DF> dh;
-      const auto* src = static_cast<const hwy::float16_t*>(base) + pos * row_stride;
-      for (int32_t c = 0; c < d; c += static_cast<int32_t>(N)) hn::Store(hn::PromoteTo(df, hn::LoadU(dh, src + c)), df, out + c);
-    } else if (type == KvDType::BF16) {
-      const hn::Rebind<hwy::bfloat16_t, DF> db;
-      const auto* src = static_cast<const hwy::bfloat16_t*>(base) + pos * row_stride;
-      for (int32_t c = 0; c < d; c += static_cast<int32_t>(N)) hn::Store(hn::PromoteTo(df, hn::LoadU(db, src + c)), df, out + c);
-    } else {
-      const float* src = static_cast<const float*>(base) + pos * row_stride;
-      for (int32_t c = 0; c < d; c += static_cast<int32_t>(N)) hn::Store(hn::LoadU(df, src + c), df, out + c);
-    }
-  }
-}
+// The slot of key j of a span.
+HWY_INLINE int64_t SpanSlot(const KeySpan& span, int32_t j) { return span.keys ? span.keys[j] : span.begin + j; }
 
-// f32 rows of a span as (pointer, stride): the cache itself for a contiguous
-// f32 span, else the widened copy in `scratch`.
-HWY_INLINE const float* SpanRows(DF df, const void* base, KvDType type, int64_t row_stride, const KeySpan& span,
-                                 int32_t d, float* scratch, int64_t& ld) {
-  if (type == KvDType::F32 && span.keys == nullptr) {
-    ld = row_stride;
-    return static_cast<const float*>(base) + static_cast<int64_t>(span.begin) * row_stride;
+// f32 K (or V) rows of a span as (pointer, stride): the cache itself for f32
+// rows of one page, else the rows decoded into `scratch` (kv_codec-inl.h).
+HWY_INLINE const float* SpanRows(DF df, const TileJob& job, bool values, const KeySpan& span, int32_t d,
+                                 float* HWY_RESTRICT scratch, int64_t& ld) {
+  const KvView& kv = *job.kv;
+  const auto row = [&](int64_t slot) { return values ? kv.v_row(job.kv_head, slot) : kv.k_row(job.kv_head, slot); };
+  if (kv.type == KvDType::F32 && span.keys == nullptr &&
+      (span.begin >> kv.page_shift) == ((span.begin + span.count - 1) >> kv.page_shift)) {
+    ld = kv.row_bytes / static_cast<int64_t>(sizeof(float));
+    return static_cast<const float*>(row(span.begin));
   }
-  WidenRows(df, base, type, row_stride, span, d, scratch);
+  for (int32_t j = 0; j < span.count; ++j)
+    skim::kernels::HWY_NAMESPACE::DecodeKvRow(df, row(SpanSlot(span, j)), kv.type, d, scratch + static_cast<int64_t>(j) * d);
   ld = d;
   return scratch;
 }
@@ -137,15 +123,14 @@ constexpr int kQkVecs = 4;
 
 // Prefetches the K and V rows of a gathered key tile.
 HWY_INLINE void PrefetchRows(const TileJob& job, const KeySpan& span) {
-  const int64_t elem = job.type == KvDType::F32 ? 4 : 2;
-  const int64_t row_bytes = job.head_dim * elem;
-  const auto* k = static_cast<const char*>(job.k);
-  const auto* v = static_cast<const char*>(job.v);
+  const KvView& kv = *job.kv;
+  const int64_t row_bytes = static_cast<int64_t>(job.head_dim) * kv_dtype_bytes(kv.type);
   for (int32_t j = 0; j < span.count; ++j) {
-    const int64_t at = static_cast<int64_t>(span.keys[j]) * job.row_stride * elem;
+    const auto* k = static_cast<const char*>(kv.k_row(job.kv_head, span.keys[j]));
+    const auto* v = static_cast<const char*>(kv.v_row(job.kv_head, span.keys[j]));
     for (int64_t b = 0; b < row_bytes; b += 64) {
-      hwy::Prefetch(k + at + b);
-      hwy::Prefetch(v + at + b);
+      hwy::Prefetch(k + b);
+      hwy::Prefetch(v + b);
     }
   }
 }
@@ -351,7 +336,7 @@ void RunTileJob(const TileJob& job, float* HWY_RESTRICT scratch, TileCounters& c
     // Gathered rows are scattered over the cache: fetch the next tile's while this one computes.
     if (si + 1 < job.n_spans && job.spans[si + 1].keys != nullptr) PrefetchRows(job, job.spans[si + 1]);
     int64_t ldk = 0;
-    const float* kt = SpanRows(df, job.k, job.type, job.row_stride, span, d, kf, ldk);
+    const float* kt = SpanRows(df, job, false, span, d, kf, ldk);
 
     if (narrow) {
       QKNarrow(df, kt, ldk, qt, n_cols, d, count, s, ldq);
@@ -359,10 +344,10 @@ void RunTileJob(const TileJob& job, float* HWY_RESTRICT scratch, TileCounters& c
       QKWide(df, kt, ldk, qt, ldq, d, count, s);
     }
 
-    // Causal mask: keys after a column's position get -inf.
+    // Causal mask: keys stored at a position after a column's get -inf.
     if (job.causal && span.max_pos > min_qpos) {
       for (int32_t j = 0; j < count; ++j) {
-        const int32_t kp = span.keys ? span.keys[j] : span.begin + j;
+        const int32_t kp = job.kv->position(job.kv_head, SpanSlot(span, j));
         if (kp <= min_qpos) continue;
         const auto kpv = hn::Set(di, kp);
         float* sj = s + j * ldq;
@@ -426,7 +411,7 @@ void RunTileJob(const TileJob& job, float* HWY_RESTRICT scratch, TileCounters& c
     }
 
     int64_t ldv = 0;
-    const float* vt = SpanRows(df, job.v, job.type, job.row_stride, span, d, vf, ldv);
+    const float* vt = SpanRows(df, job, true, span, d, vf, ldv);
     PV(df, s, ldq, vt, ldv, count, alpha, o, d, n_cols);
     ++counters.computed;
   }

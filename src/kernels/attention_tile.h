@@ -26,12 +26,12 @@ struct QueryColumn {
   int32_t pos;     // absolute position
 };
 
-// One key tile: count (1..kKeyTile) keys, contiguous from `begin` or gathered.
+// One key tile: count (1..kKeyTile) key slots, contiguous from `begin` or gathered.
 struct KeySpan {
-  int32_t begin = 0;              // first position when keys == nullptr
+  int32_t begin = 0;              // first slot when keys == nullptr
   int32_t count = 0;
-  int32_t max_pos = 0;            // largest position in the tile (causal test)
-  const int32_t* keys = nullptr;  // gathered positions, or nullptr
+  int32_t max_pos = 0;            // largest stored position in the tile (causal test)
+  const int32_t* keys = nullptr;  // gathered slots, or nullptr
   float score = 0.0f;             // visit score (ordered plans)
 };
 
@@ -42,11 +42,9 @@ struct TileJob {
   float log2_lambda = 0.0f;   // BLASST threshold in base 2; -inf = never skip
   bool early_stop = false;    // stop at the first span with score < stop_theta
   float stop_theta = 0.0f;
-  // K/V rows of this unit's KV head.
-  const void* k = nullptr;
-  const void* v = nullptr;
-  KvDType type = KvDType::F16;
-  int64_t row_stride = 0;
+  // K/V rows (and stored positions) of this unit's KV head.
+  const KvView* kv = nullptr;
+  int32_t kv_head = 0;
   const QueryColumn* cols = nullptr;
   int32_t n_cols = 0;  // 1..kMaxTileCols
   const KeySpan* spans = nullptr;

@@ -1,5 +1,6 @@
 #include "model/blocks.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "attention/method.h"
@@ -8,7 +9,8 @@
 #include "kernels/elementwise.h"
 #include "kernels/f16.h"
 #include "kernels/matmul.h"
-#include "kv/kv_cache.h"
+#include "kernels/kv_codec.h"
+#include "kv/kv_sequence.h"
 #include "model/attention_observer.h"
 
 namespace skim {
@@ -40,44 +42,83 @@ void add_bias(float* y, const TensorInfo* bias, int rows, int n) {
 void rope_angles(Forward& f, const std::vector<float>& inv_freq) {
   if (f.rope_angles_of && *f.rope_angles_of == inv_freq) return;
   const int hd = f.model.config().head_dim, half = hd / 2;
-  for (int i = 0; i < f.n; ++i)
-    kernels::rope_angles(static_cast<float>(f.pos0 + i), inv_freq.data(), hd, f.s.rope_cos.data() + static_cast<size_t>(i) * half,
-                         f.s.rope_sin.data() + static_cast<size_t>(i) * half);
+  for (const SequenceRows& sr : f.seqs)
+    for (int j = 0; j < sr.n; ++j) {
+      const size_t i = static_cast<size_t>(sr.row0 + j);
+      kernels::rope_angles(static_cast<float>(sr.pos0 + j), inv_freq.data(), hd, f.s.rope_cos.data() + i * half,
+                           f.s.rope_sin.data() + i * half);
+    }
   f.rope_angles_of = &inv_freq;
 }
 
-// Rows [first, n) of x += w * in.
-void add_projection(Forward& f, const TensorInfo& w, const float* in) {
-  const int rows = f.n - f.first, d = f.model.config().n_embd;
-  kernels::matmul(w, in, rows, f.s.proj.data());
-  kernels::add_inplace(f.s.x.data() + static_cast<size_t>(f.first) * d, f.s.proj.data(), static_cast<int64_t>(rows) * d);
+// The sequence micro-batch row i belongs to.
+const SequenceRows& sequence_of(const Forward& f, int i) {
+  auto it = std::upper_bound(f.seqs.begin(), f.seqs.end(), i, [](int row, const SequenceRows& sr) { return row < sr.row0; });
+  return *(it - 1);
 }
 
-// s.attn = attention of the rows [first, n) of s.q over the layer's cache.
+// Whether the active rows are a range (then packed rows are the rows themselves).
+bool active_is_range(const Forward& f) {
+  return f.active.empty() || f.active.back() - f.active.front() + 1 == static_cast<int>(f.active.size());
+}
+
+// The active rows of src ([n][dim]) packed: src itself when they are a range,
+// else copied into `scratch`.
+const float* packed_rows(const Forward& f, const float* src, int dim, float* scratch) {
+  if (active_is_range(f)) return src + static_cast<size_t>(f.active.empty() ? 0 : f.active.front()) * dim;
+  for (size_t k = 0; k < f.active.size(); ++k)
+    std::copy_n(src + static_cast<size_t>(f.active[k]) * dim, dim, scratch + k * dim);
+  return scratch;
+}
+
+// Active rows of x += w * in (in packed).
+void add_projection(Forward& f, const TensorInfo& w, const float* in) {
+  const int rows = static_cast<int>(f.active.size()), d = f.model.config().n_embd;
+  kernels::matmul(w, in, rows, f.s.proj.data());
+  if (active_is_range(f)) {
+    kernels::add_inplace(f.s.x.data() + static_cast<size_t>(f.active.front()) * d, f.s.proj.data(), static_cast<int64_t>(rows) * d);
+    return;
+  }
+  for (int k = 0; k < rows; ++k)
+    kernels::add_inplace(f.s.x.data() + static_cast<size_t>(f.active[k]) * d, f.s.proj.data() + static_cast<size_t>(k) * d, d);
+}
+
+// s.attn = attention of the active rows (packed in s.q), each sequence's rows
+// over its own cache, one call per run of consecutive rows.
 void attend(Forward& f, int l) {
   const ModelConfig& c = f.model.config();
   Activations& s = f.s;
-  const int hd = c.head_dim, q_dim = c.n_head * hd, rows = f.n - f.first, q_pos0 = f.pos0 + f.first;
-  if (f.observer.reference_attention) {
-    kernels::attention_reference(s.q.data(), rows, q_pos0, f.kv, l, c.n_head, s.attn.data());
-    return;
+  const int hd = c.head_dim, q_dim = c.n_head * hd;
+  const int n_active = static_cast<int>(f.active.size());
+  for (int k0 = 0; k0 < n_active;) {
+    const SequenceRows& sr = sequence_of(f, f.active[k0]);
+    int k1 = k0 + 1;
+    while (k1 < n_active && f.active[k1] == f.active[k1 - 1] + 1 && f.active[k1] < sr.row0 + sr.n) ++k1;
+    const int rows = k1 - k0, q_pos0 = sr.pos0 + (f.active[k0] - sr.row0);
+    float* q = s.q.data() + static_cast<size_t>(k0) * q_dim;
+    float* out = s.attn.data() + static_cast<size_t>(k0) * q_dim;
+    k0 = k1;
+    const kernels::KvView kv = sr.kv->view(l);
+    if (f.observer.reference_attention) {
+      kernels::attention_reference(q, rows, q_pos0, kv, c.n_head, c.n_head_kv, hd, out);
+      continue;
+    }
+    const kernels::AttnParams a{
+        .n_q_heads = c.n_head, .n_kv_heads = c.n_head_kv, .head_dim = hd, .n_rows = rows, .q_pos0 = q_pos0,
+        .q = q, .q_head_stride = hd, .q_row_stride = q_dim, .kv = kv,
+        .out = out, .out_head_stride = hd, .out_row_stride = q_dim};
+    if (rows == 1) {
+      kernels::attention_decode(a);
+      continue;
+    }
+    const attention::PlanRequest r{
+        .layer = l, .n_layers = c.n_layer, .n_q_heads = c.n_head, .n_kv_heads = c.n_head_kv, .head_dim = hd,
+        .n_rows = rows, .q_pos0 = q_pos0, .final_chunk = sr.final_chunk, .sequence = sr.seq_id,
+        .q = a.q, .q_head_stride = a.q_head_stride, .q_row_stride = a.q_row_stride, .kv = a.kv,
+        .scale = 1.0f / std::sqrt(static_cast<float>(hd))};
+    if (f.observer.on_prefill_attention) f.observer.on_prefill_attention(r);
+    f.method.prefill(r, a, f.report, f.observer.fidelity_rows);
   }
-  const kernels::AttnParams a{
-      .n_q_heads = c.n_head, .n_kv_heads = c.n_head_kv, .head_dim = hd, .n_rows = rows, .q_pos0 = q_pos0,
-      .q = s.q.data(), .q_head_stride = hd, .q_row_stride = q_dim,
-      .kv = {f.kv.k(l, 0), f.kv.v(l, 0), kernels::KvDType::F16, static_cast<int64_t>(f.kv.capacity()) * hd, hd, f.pos0 + f.n},
-      .out = s.attn.data(), .out_head_stride = hd, .out_row_stride = q_dim};
-  if (rows == 1) {
-    kernels::attention_decode(a);
-    return;
-  }
-  const attention::PlanRequest r{
-      .layer = l, .n_layers = c.n_layer, .n_q_heads = c.n_head, .n_kv_heads = c.n_head_kv, .head_dim = hd,
-      .n_rows = rows, .q_pos0 = q_pos0, .final_chunk = f.final_chunk,
-      .q = a.q, .q_head_stride = a.q_head_stride, .q_row_stride = a.q_row_stride, .kv = a.kv,
-      .scale = 1.0f / std::sqrt(static_cast<float>(hd))};
-  if (f.observer.on_prefill_attention) f.observer.on_prefill_attention(r);
-  f.method.prefill(r, a, f.report, f.observer.fidelity_rows);
 }
 
 }  // namespace
@@ -86,34 +127,42 @@ void attention(Forward& f, int l) {
   const ModelConfig& c = f.model.config();
   const LayerWeights& L = f.model.layer(l);
   Activations& s = f.s;
-  const int n = f.n, first = f.first, rows = n - first;
+  const int n = f.n, rows = static_cast<int>(f.active.size());
   const int d = c.n_embd, hd = c.head_dim, half = hd / 2, q_dim = c.n_head * hd, kv_dim = c.n_head_kv * hd;
   kernels::rms_norm(s.x.data(), f32_data(*L.attn_norm), s.xn.data(), n, d, c.rms_eps);
-  if (first == 0) {
+  if (rows == n) {
     const kernels::MatmulTarget qkv[] = {{L.wq, s.q.data()}, {L.wk, s.k.data()}, {L.wv, s.v.data()}};
     kernels::matmul_shared_input(qkv, s.xn.data(), n);
   } else {
     const kernels::MatmulTarget kv[] = {{L.wk, s.k.data()}, {L.wv, s.v.data()}};
     kernels::matmul_shared_input(kv, s.xn.data(), n);
-    if (rows > 0) kernels::matmul(*L.wq, s.xn.data() + static_cast<size_t>(first) * d, rows, s.q.data());
+    if (rows > 0) kernels::matmul(*L.wq, packed_rows(f, s.xn.data(), d, s.proj.data()), rows, s.q.data());
   }
   add_bias(s.q.data(), L.bq, rows, q_dim);
   add_bias(s.k.data(), L.bk, n, kv_dim);
   add_bias(s.v.data(), L.bv, n, kv_dim);
   rope_angles(f, f.model.layer_spec(l).rope_inv_freq);
   const bool interleaved = c.rope_style == RopeStyle::Interleaved;
+
   // Rows are independent (their own position and cache slot); decode's single row stays serial.
+#pragma omp parallel for schedule(static) if (n >= 16)
+  for (int k = 0; k < rows; ++k) {
+    const size_t i = static_cast<size_t>(f.active[k]);
+    kernels::rope(s.q.data() + static_cast<size_t>(k) * q_dim, c.n_head, hd, s.rope_cos.data() + i * half,
+                  s.rope_sin.data() + i * half, interleaved);
+  }
 #pragma omp parallel for schedule(static) if (n >= 16)
   for (int i = 0; i < n; ++i) {
     const float* cos = s.rope_cos.data() + static_cast<size_t>(i) * half;
     const float* sin = s.rope_sin.data() + static_cast<size_t>(i) * half;
-    if (i >= first) kernels::rope(s.q.data() + static_cast<size_t>(i - first) * q_dim, c.n_head, hd, cos, sin, interleaved);
     kernels::rope(s.k.data() + static_cast<size_t>(i) * kv_dim, c.n_head_kv, hd, cos, sin, interleaved);
+    const SequenceRows& sr = sequence_of(f, i);
+    const int64_t slot = sr.slot0 + (i - sr.row0);
+    const kernels::KvDType type = sr.kv->format();
     for (int g = 0; g < c.n_head_kv; ++g) {
       const size_t src = static_cast<size_t>(i) * kv_dim + static_cast<size_t>(g) * hd;
-      const size_t dst = static_cast<size_t>(f.pos0 + i) * hd;
-      kernels::f32_to_f16_row(s.k.data() + src, f.kv.k(l, g) + dst, hd);
-      kernels::f32_to_f16_row(s.v.data() + src, f.kv.v(l, g) + dst, hd);
+      kernels::encode_kv_row(s.k.data() + src, type, hd, sr.kv->k_row(l, g, slot));
+      kernels::encode_kv_row(s.v.data() + src, type, hd, sr.kv->v_row(l, g, slot));
     }
   }
   if (rows == 0) return;
@@ -125,10 +174,10 @@ void ffn_swiglu(Forward& f, int l) {
   const ModelConfig& c = f.model.config();
   const LayerWeights& L = f.model.layer(l);
   Activations& s = f.s;
-  const int rows = f.n - f.first;
+  const int rows = static_cast<int>(f.active.size());
   if (rows == 0) return;
-  kernels::rms_norm(s.x.data() + static_cast<size_t>(f.first) * c.n_embd, f32_data(*L.ffn_norm), s.xn.data(), rows, c.n_embd,
-                    c.rms_eps);
+  kernels::rms_norm(packed_rows(f, s.x.data(), c.n_embd, s.proj.data()), f32_data(*L.ffn_norm), s.xn.data(), rows,
+                    c.n_embd, c.rms_eps);
   const kernels::MatmulTarget gate_up[] = {{L.w_gate, s.gate.data()}, {L.w_up, s.up.data()}};
   kernels::matmul_shared_input(gate_up, s.xn.data(), rows);
   kernels::swiglu(s.gate.data(), s.up.data(), static_cast<int64_t>(rows) * c.n_ff);

@@ -2,6 +2,7 @@
 // which of them a family's layer runs), and the micro-batch state they work on.
 #pragma once
 
+#include <span>
 #include <vector>
 
 #include "skim/attention.h"
@@ -9,7 +10,9 @@
 
 namespace skim {
 
-class KvCache;
+namespace kv {
+class KvSequence;
+}
 struct AttentionObserver;
 namespace attention {
 class AttentionMethod;
@@ -22,19 +25,31 @@ struct Activations {
   std::vector<float> rope_cos, rope_sin;  // per row: head_dim / 2 angles
 };
 
+// The rows of one sequence in a micro-batch: consecutive rows at consecutive
+// positions, whose K/V go at the end of the sequence's cache.
+struct SequenceRows {
+  kv::KvSequence* kv;
+  int32_t seq_id;
+  int row0, n;       // micro-batch rows [row0, row0 + n)
+  int pos0;          // position of row row0 + i is pos0 + i
+  int64_t slot0;     // its cache slot is slot0 + i
+  bool final_chunk;  // the rows end the sequence's tokens of this decode call
+};
+
 // One micro-batch on its way through the layers, with the context state the
-// blocks read and write.
+// blocks read and write. The weight products run over all rows; attention runs
+// per sequence over its own cache.
 struct Forward {
   const Model& model;
   Activations& s;
-  KvCache& kv;
   attention::AttentionMethod& method;
   AttentionReport& report;
   const AttentionObserver& observer;
-  int n;             // rows (tokens) of the micro-batch
-  int pos0;          // position of row 0; the cache holds the rows' K/V at pos0 + i
-  bool final_chunk;  // the micro-batch ends the tokens of its decode call
-  int first = 0;     // rows [first, n) run the whole layer; earlier rows only give K/V
+  int n;                              // rows (tokens) of the micro-batch
+  std::span<const SequenceRows> seqs; // ordered by row0, covering rows [0, n)
+  // The rows that run the whole layer, ascending; the others only give K/V.
+  // Q, attention output and FFN work on them packed: active row k is row active[k].
+  std::span<const int> active;
   const std::vector<float>* rope_angles_of = nullptr;  // the RoPE frequencies s.rope_cos/sin hold angles for
 };
 

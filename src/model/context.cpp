@@ -1,6 +1,7 @@
 #include "skim/context.h"
 
 #include <algorithm>
+#include <numeric>
 #include <stdexcept>
 
 #include <fmt/format.h>
@@ -9,7 +10,8 @@
 #include "kernels/dequant.h"
 #include "kernels/elementwise.h"
 #include "kernels/matmul.h"
-#include "kv/kv_cache.h"
+#include "kv/kv_pool.h"
+#include "kv/kv_sequence.h"
 #include "model/arch.h"
 #include "model/attention_observer.h"
 #include "model/blocks.h"
@@ -23,20 +25,49 @@ Context::Context(const Model& model, ContextParams params)
   const ModelConfig& c = model.config();
   if (params_.n_ctx <= 0) params_.n_ctx = c.n_ctx_train;
   if (params_.n_ubatch <= 0) throw std::invalid_argument("micro-batch size must be positive");
-  params_.n_ubatch = std::min(params_.n_ubatch, params_.n_ctx);
+  if (params_.n_seq_max <= 0) throw std::invalid_argument("the number of sequences must be positive");
+  params_.n_ubatch = std::min(params_.n_ubatch, params_.n_ctx * params_.n_seq_max);
   method_ = std::make_unique<attention::AttentionMethod>(params_.attention, c.n_layer);
-  kv_ = std::make_unique<KvCache>(c.n_layer, c.n_head_kv, c.head_dim, params_.n_ctx);
+  // The pool's cap: n_ctx tokens of every sequence in every (layer, KV head), in whole pages.
+  const int64_t pages_per_head = (params_.n_ctx + kv::kPageRows - 1) / kv::kPageRows;
+  pool_ = std::make_unique<kv::KvPool>(c.head_dim, kernels::KvDType::F16,
+                                       pages_per_head * c.n_layer * c.n_head_kv * params_.n_seq_max);
+  for (int i = 0; i < params_.n_seq_max; ++i)
+    seqs_.push_back(std::make_unique<kv::KvSequence>(*pool_, c.n_layer, c.n_head_kv, params_.n_ctx));
   s_ = std::make_unique<Activations>(c, params_.n_ubatch);
 }
 
 Context::~Context() = default;
 
-int Context::n_past() const { return kv_->size(); }
-void Context::clear() { kv_->resize(0); }
-size_t Context::kv_bytes() const { return kv_->bytes(); }
-size_t Context::kv_held_bytes() const { return kv_->held_bytes(); }
+kv::KvSequence& Context::sequence(int seq) const {
+  if (seq < 0 || seq >= params_.n_seq_max)
+    throw std::invalid_argument(fmt::format("sequence id {} outside 0..{}", seq, params_.n_seq_max - 1));
+  return *seqs_[static_cast<size_t>(seq)];
+}
+
+int Context::n_past(int seq) const { return static_cast<int>(sequence(seq).size()); }
+void Context::clear() {
+  for (auto& seq : seqs_) seq->clear();
+}
+void Context::clear_sequence(int seq) { sequence(seq).clear(); }
+void Context::copy_sequence(int from, int to) {
+  kv::KvSequence& src = sequence(from);
+  if (from == to) return;
+  sequence(to).clear();
+  seqs_[static_cast<size_t>(to)] = std::make_unique<kv::KvSequence>(src.fork());
+}
+size_t Context::kv_cap_bytes() const { return static_cast<size_t>(pool_->max_pages()) * pool_->page_bytes(); }
+size_t Context::kv_held_bytes() const { return pool_->held_bytes(); }
 const AttentionReport& Context::attention_report() const { return report_; }
 void Context::reset_attention_report() { report_ = {}; }
+
+// Rows [begin, end) of a batch, and which of them want logits.
+struct Context::Ubatch {
+  const Batch& batch;
+  int begin, end;
+  std::vector<SequenceRows> seqs;
+  std::vector<int> logit_rows;  // micro-batch rows, ascending
+};
 
 std::vector<float> Context::decode(std::span<const int32_t> tokens, bool all_logits, const ProgressFn& progress) {
   const size_t n_vocab = model_.config().n_vocab;
@@ -52,56 +83,110 @@ std::vector<float> Context::decode(std::span<const int32_t> tokens, bool all_log
   return logits;
 }
 
+std::vector<float> Context::decode(const Batch& batch, const ProgressFn& progress) {
+  const size_t n_vocab = model_.config().n_vocab;
+  std::vector<float> logits;
+  run(
+      batch, [&](int64_t, int64_t rows, const float* l) { logits.insert(logits.end(), l, l + rows * n_vocab); },
+      progress);
+  return logits;
+}
+
 void Context::decode_streaming(std::span<const int32_t> tokens, int64_t logits_from, const LogitsFn& on_logits,
                                const ProgressFn& progress) {
-  const int n_vocab = model_.config().n_vocab;
   if (tokens.empty()) throw std::invalid_argument("decode: no tokens");
   if (static_cast<int64_t>(n_past()) + static_cast<int64_t>(tokens.size()) > params_.n_ctx)
     throw std::length_error(fmt::format("{} tokens after {} cached exceed the context of {} tokens (raise -c)",
                                         tokens.size(), n_past(), params_.n_ctx));
-  for (int32_t t : tokens)
-    if (t < 0 || t >= n_vocab) throw std::out_of_range(fmt::format("token id {} outside the vocabulary (0..{})", t, n_vocab - 1));
+  Batch batch;
+  const int pos0 = n_past();
+  for (size_t i = 0; i < tokens.size(); ++i)
+    batch.add(tokens[i], pos0 + static_cast<int>(i), 0, static_cast<int64_t>(i) >= logits_from);
+  const int64_t from = std::max<int64_t>(0, logits_from);
+  run(
+      batch, [&](int64_t first, int64_t rows, const float* l) { on_logits(from + first, rows, l); }, progress);
+}
 
-  for (size_t done = 0; done < tokens.size();) {
-    const size_t n = std::min<size_t>(params_.n_ubatch, tokens.size() - done);
-    const int64_t from = std::max<int64_t>(0, logits_from - static_cast<int64_t>(done));
-    // Sized on demand: prefill usually wants one row, perplexity half a window.
-    const size_t need = (n > static_cast<size_t>(from) ? n - from : 0) * static_cast<size_t>(n_vocab);
-    if (s_->logits.size() < need) s_->logits.resize(need);
-    forward_ubatch(tokens.subspan(done, n), from, s_->logits.data(), done + n == tokens.size());
-    if (from < static_cast<int64_t>(n)) on_logits(done + from, n - from, s_->logits.data());
-    done += n;
-    if (progress) progress(static_cast<int64_t>(done), static_cast<int64_t>(tokens.size()));
+void Context::run(const Batch& b, const LogitsFn& on_logits, const ProgressFn& progress) {
+  const int n_vocab = model_.config().n_vocab;
+  const int n = static_cast<int>(b.size());
+  if (n == 0) throw std::invalid_argument("decode: no tokens");
+  if (b.positions.size() != b.size() || b.seq_ids.size() != b.size() || b.logits.size() != b.size())
+    throw std::invalid_argument("decode: the batch's tokens, positions, sequence ids and logit flags differ in length");
+  // Per sequence: one run of rows at consecutive positions after its last.
+  std::vector<int> last_row(static_cast<size_t>(params_.n_seq_max), -1);
+  for (int i = 0; i < n; ++i) {
+    const int32_t t = b.tokens[i], seq = b.seq_ids[i], pos = b.positions[i];
+    if (t < 0 || t >= n_vocab) throw std::out_of_range(fmt::format("token id {} outside the vocabulary (0..{})", t, n_vocab - 1));
+    const kv::KvSequence& kv = sequence(seq);
+    int& last = last_row[static_cast<size_t>(seq)];
+    if (last >= 0 && last != i - 1)
+      throw std::invalid_argument(fmt::format("decode: the rows of sequence {} are not consecutive in the batch", seq));
+    const int32_t prev = last >= 0 ? b.positions[last] : (kv.size() > 0 ? kv.position(kv.size() - 1) : -1);
+    if (last >= 0 ? pos != prev + 1 : pos <= prev)
+      throw std::invalid_argument(fmt::format("decode: sequence {} gets position {} after position {}", seq, pos, prev));
+    last = i;
+  }
+  for (int seq = 0; seq < params_.n_seq_max; ++seq) {
+    const int64_t rows = last_row[seq] < 0 ? 0 : std::count(b.seq_ids.begin(), b.seq_ids.end(), seq);
+    if (sequence(seq).size() + rows > params_.n_ctx)
+      throw std::length_error(fmt::format("{} tokens after {} cached exceed the context of {} tokens (raise -c)", rows,
+                                          sequence(seq).size(), params_.n_ctx));
+  }
+
+  int64_t logits_done = 0;
+  for (int begin = 0; begin < n;) {
+    const int end = std::min(n, begin + params_.n_ubatch);
+    Ubatch ub{b, begin, end, {}, {}};
+    for (int i = begin; i < end; ++i) {
+      if (b.logits[i]) ub.logit_rows.push_back(i - begin);
+      if (i == begin || b.seq_ids[i] != b.seq_ids[i - 1]) {
+        const int32_t seq = b.seq_ids[i];
+        ub.seqs.push_back({&sequence(seq), seq, i - begin, 0, b.positions[i], 0, false});
+      }
+      SequenceRows& sr = ub.seqs.back();
+      ++sr.n;
+      sr.final_chunk = i == last_row[static_cast<size_t>(sr.seq_id)];
+    }
+    const size_t need = ub.logit_rows.size() * static_cast<size_t>(n_vocab);
+    if (s_->logits.size() < need) s_->logits.resize(need);  // sized on demand: prefill usually wants one row
+    forward_ubatch(ub, s_->logits.data());
+    if (!ub.logit_rows.empty()) on_logits(logits_done, static_cast<int64_t>(ub.logit_rows.size()), s_->logits.data());
+    logits_done += static_cast<int64_t>(ub.logit_rows.size());
+    begin = end;
+    if (progress) progress(begin, n);
   }
 }
 
-void Context::forward_ubatch(std::span<const int32_t> tokens, int64_t logits_from, float* logits_out,
-                             bool final_chunk) {
+void Context::forward_ubatch(const Ubatch& ub, float* logits_out) {
   const ModelConfig& c = model_.config();
-  const int n = static_cast<int>(tokens.size()), d = c.n_embd;
-  Forward f{model_, *s_, *kv_, *method_, report_, *observer_, n, n_past(), final_chunk};
+  const int n = ub.end - ub.begin, d = c.n_embd;
+  std::vector<SequenceRows> seqs = ub.seqs;
+  for (SequenceRows& sr : seqs)
+    sr.slot0 = sr.kv->append({ub.batch.positions.data() + ub.begin + sr.row0, static_cast<size_t>(sr.n)});
+  Forward f{model_, *s_, *method_, report_, *observer_, n, seqs, {}};
   Activations& s = *s_;
 
   const TensorInfo& embd = model_.token_embd();
-  for (int i = 0; i < n; ++i) kernels::dequantize_row(embd.type, embd.row(tokens[i]), s.x.data() + static_cast<size_t>(i) * d, d);
-
-  kv_->resize(f.pos0 + n);
-  for (int i = 0; i < n; ++i) kv_->set_position(f.pos0 + i, f.pos0 + i);
+  for (int i = 0; i < n; ++i)
+    kernels::dequantize_row(embd.type, embd.row(ub.batch.tokens[ub.begin + i]), s.x.data() + static_cast<size_t>(i) * d, d);
 
   // The last layer only feeds the logits: past its K/V (cached for later
-  // tokens), only rows that want logits are computed, as llama.cpp does.
-  // Observers of every layer's attention (calibration, fidelity) keep all rows.
+  // tokens), only the rows that want logits are computed, as llama.cpp does,
+  // each as it would be alone. Observers of every layer's attention keep all rows.
+  std::vector<int> all_rows(static_cast<size_t>(n));
+  std::iota(all_rows.begin(), all_rows.end(), 0);
   const bool prune_last = !observer_->keeps_every_row();
   for (int l = 0; l < c.n_layer; ++l) {
-    f.first = l == c.n_layer - 1 && prune_last ? static_cast<int>(std::min<int64_t>(logits_from, n)) : 0;
+    f.active = l == c.n_layer - 1 && prune_last ? std::span<const int>(ub.logit_rows) : std::span<const int>(all_rows);
     model_.arch().layer(f, l);
   }
 
-  if (logits_from >= n) return;
-  const int first = static_cast<int>(logits_from);
-  const int rows = n - first;
-  kernels::rms_norm(s.x.data() + static_cast<size_t>(first) * d, f32_data(model_.output_norm()), s.xn.data(), rows, d,
-                    c.rms_eps);
+  if (ub.logit_rows.empty()) return;
+  const int rows = static_cast<int>(ub.logit_rows.size());
+  for (int k = 0; k < rows; ++k)
+    std::copy_n(s.x.data() + static_cast<size_t>(ub.logit_rows[k]) * d, d, s.proj.data() + static_cast<size_t>(k) * d);
+  kernels::rms_norm(s.proj.data(), f32_data(model_.output_norm()), s.xn.data(), rows, d, c.rms_eps);
   kernels::matmul(model_.output(), s.xn.data(), rows, logits_out);
 }
 

@@ -1,0 +1,75 @@
+#include "kernels/kv_codec.h"
+
+#undef HWY_TARGET_INCLUDE
+#define HWY_TARGET_INCLUDE "kernels/kv_codec.cpp"
+#include "hwy/foreach_target.h"  // IWYU pragma: keep
+#include "hwy/highway.h"
+
+#include "kernels/kv_codec-inl.h"
+
+HWY_BEFORE_NAMESPACE();
+namespace skim::kernels::HWY_NAMESPACE {
+
+void ReadRows(const KvView& kv, bool values, int32_t head, int64_t slot0, int64_t count, int32_t d, float* dst) {
+  const hn::ScalableTag<float> df;
+  for (int64_t j = 0; j < count; ++j, dst += d)
+    DecodeKvRow(df, values ? kv.v_row(head, slot0 + j) : kv.k_row(head, slot0 + j), kv.type, d, dst);
+}
+
+void EncodeRow(const float* src, KvDType type, int32_t n, void* dst) {
+  EncodeKvRow(hn::ScalableTag<float>(), src, type, n, dst);
+}
+
+}  // namespace skim::kernels::HWY_NAMESPACE
+HWY_AFTER_NAMESPACE();
+
+#if HWY_ONCE
+namespace skim::kernels {
+
+HWY_EXPORT(ReadRows);
+HWY_EXPORT(EncodeRow);
+
+namespace {
+// Page ids of a contiguous view: head h is page h.
+constexpr int kMaxContiguousHeads = 1024;
+const uint32_t* identity_pages() {
+  static const auto table = [] {
+    static uint32_t ids[kMaxContiguousHeads];
+    for (uint32_t i = 0; i < kMaxContiguousHeads; ++i) ids[i] = i;
+    return ids;
+  }();
+  return table;
+}
+}  // namespace
+
+KvView KvView::contiguous(const void* k, const void* v, KvDType type, int64_t head_stride, int64_t row_stride,
+                          int64_t n_keys, const int32_t* positions) {
+  KvView view;
+  view.type = type;
+  view.k = static_cast<const uint8_t*>(k);
+  view.v = static_cast<const uint8_t*>(v);
+  view.page_ids = identity_pages();
+  view.pages_per_head = 1;
+  view.page_bytes = head_stride * kv_dtype_bytes(type);
+  view.row_bytes = row_stride * kv_dtype_bytes(type);
+  view.page_shift = 31;
+  view.positions = positions;
+  view.pos_page_stride = 0;  // every head reads the same positions
+  view.n_keys = n_keys;
+  return view;
+}
+
+void read_k_rows(const KvView& kv, int32_t head, int64_t slot0, int64_t count, int32_t head_dim, float* dst) {
+  HWY_DYNAMIC_DISPATCH(ReadRows)(kv, false, head, slot0, count, head_dim, dst);
+}
+
+void read_v_rows(const KvView& kv, int32_t head, int64_t slot0, int64_t count, int32_t head_dim, float* dst) {
+  HWY_DYNAMIC_DISPATCH(ReadRows)(kv, true, head, slot0, count, head_dim, dst);
+}
+
+void encode_kv_row(const float* src, KvDType type, int32_t n, void* dst) {
+  HWY_DYNAMIC_DISPATCH(EncodeRow)(src, type, n, dst);
+}
+
+}  // namespace skim::kernels
+#endif  // HWY_ONCE

@@ -1,0 +1,78 @@
+// How the attention kernel, the planners' estimators and the references read
+// one layer's keys and values: by cache slot, through a page table.
+//
+// Slot s of KV head h lives in page page_ids[h * pages_per_head + (s >> page_shift)]
+// at row (s & (2^page_shift - 1)); a page's K rows start at k + page * page_bytes,
+// its V rows at v + page * page_bytes, rows row_bytes apart. The engine's pool
+// (src/kv/) has 64-row pages; a contiguous array [head][rows][d] is the special
+// case of one page per head (KvView::contiguous).
+//
+// Each slot has a stored position (where RoPE put it): positions + page * pos_page_stride
+// + row, or the slot index itself when positions is null. Positions strictly
+// increase with the slot within every head, so "the keys at or before position
+// p" are a prefix of the slots (slots_through). The kernel's causal test and
+// every position rule of a planner use the stored positions; a plan names keys
+// by slot.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+
+namespace skim::kernels {
+
+enum class KvDType : uint8_t { F32, F16, BF16 };
+
+inline int32_t kv_dtype_bytes(KvDType t) { return t == KvDType::F32 ? 4 : 2; }
+
+struct KvView {
+  KvDType type = KvDType::F16;
+  const uint8_t* k = nullptr;
+  const uint8_t* v = nullptr;
+  const uint32_t* page_ids = nullptr;  // [kv head][pages_per_head]
+  int64_t pages_per_head = 1;
+  int64_t page_bytes = 0;  // bytes between consecutive pages
+  int64_t row_bytes = 0;   // bytes between consecutive rows of a page (>= head_dim elements)
+  int32_t page_shift = 31; // log2 of the rows per page
+  const int32_t* positions = nullptr;  // null: position == slot
+  int64_t pos_page_stride = 0;         // positions between consecutive pages
+  int64_t n_keys = 0;                  // slots [0, n_keys) hold keys
+
+  // [head][rows][row_stride] arrays of `type` (head_stride, row_stride in elements).
+  // positions: one per slot, shared by all heads (null: position == slot).
+  static KvView contiguous(const void* k, const void* v, KvDType type, int64_t head_stride, int64_t row_stride,
+                           int64_t n_keys, const int32_t* positions = nullptr);
+
+  int64_t page_rows() const { return int64_t{1} << page_shift; }
+  uint32_t page_of(int32_t head, int64_t slot) const {
+    return page_ids[head * pages_per_head + (slot >> page_shift)];
+  }
+  int64_t row_in_page(int64_t slot) const { return slot & (page_rows() - 1); }
+  const void* k_row(int32_t head, int64_t slot) const {
+    return k + page_of(head, slot) * page_bytes + row_in_page(slot) * row_bytes;
+  }
+  const void* v_row(int32_t head, int64_t slot) const {
+    return v + page_of(head, slot) * page_bytes + row_in_page(slot) * row_bytes;
+  }
+  int32_t position(int32_t head, int64_t slot) const {
+    if (!positions) return static_cast<int32_t>(slot);
+    return positions[page_of(head, slot) * pos_page_stride + row_in_page(slot)];
+  }
+  // Number of slots of `head` whose position is <= pos (a prefix: positions increase).
+  int64_t slots_through(int32_t head, int64_t pos) const {
+    if (!positions) return std::clamp<int64_t>(pos + 1, 0, n_keys);
+    int64_t lo = 0, hi = n_keys;
+    while (lo < hi) {
+      const int64_t mid = (lo + hi) / 2;
+      if (position(head, mid) <= pos) {
+        lo = mid + 1;
+      } else {
+        hi = mid;
+      }
+    }
+    return lo;
+  }
+  // The first slot of `head` whose position is >= pos (n_keys if none).
+  int64_t first_slot_at(int32_t head, int64_t pos) const { return slots_through(head, pos - 1); }
+};
+
+}  // namespace skim::kernels

@@ -1,0 +1,83 @@
+// One sequence's KV cache: a page table per layer (per KV head, the pool pages
+// holding its slots 0, 64, 128, ...). Slot s is row s % 64 of page s / 64; every
+// layer and head holds the same slots at the same positions, stored in the
+// pages. Positions strictly increase with the slot (append enforces it), which
+// is what KvView promises its readers.
+//
+// Pages may be shared with other sequences (fork): a sequence writes only
+// pages it alone holds, copying a shared page first (copy-on-write), so a
+// shared prefix is bookkeeping, not memory.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "kernels/kv_view.h"
+#include "kv/kv_pool.h"
+
+namespace skim::kv {
+
+class KvSequence {
+ public:
+  // At most max_slots slots (the context, -c).
+  KvSequence(KvPool& pool, int32_t n_layer, int32_t n_head_kv, int64_t max_slots);
+  ~KvSequence();
+  KvSequence(const KvSequence&) = delete;
+  KvSequence& operator=(const KvSequence&) = delete;
+
+  // A sequence holding the same slots through the same pages (each retained).
+  KvSequence fork() const;
+  KvSequence(KvSequence&& other) noexcept;
+
+  int64_t size() const { return size_; }
+  int64_t max_slots() const { return max_slots_; }
+  int32_t n_layer() const { return n_layer_; }
+  int32_t n_head_kv() const { return n_head_kv_; }
+  kernels::KvDType format() const { return pool_->default_format(); }  // of the rows it writes
+
+  // Appends slots for tokens at `positions` (increasing, above the last held
+  // position), in every layer and head, and stores the positions. The pages
+  // they land in become this sequence's own. Returns the first new slot.
+  // Throws std::length_error past max_slots or when the pool is exhausted
+  // (nothing is appended then).
+  int64_t append(std::span<const int32_t> positions);
+  // Keeps slots [0, n).
+  void truncate(int64_t n);
+  // Removes slots [begin, end): later slots move down, keeping their positions.
+  void erase(int64_t begin, int64_t end);
+  void clear() { truncate(0); }
+
+  int32_t position(int64_t slot) const;
+  // Rows of a slot this sequence owns (written after append), head_dim values in the pool's format.
+  void* k_row(int32_t layer, int32_t head, int64_t slot);
+  void* v_row(int32_t layer, int32_t head, int64_t slot);
+
+  // Keys and values of one layer, slots [0, size()).
+  kernels::KvView view(int32_t layer) const;
+
+  int64_t pages_held() const;     // distinct (layer, head) pages, shared ones included
+  size_t held_bytes() const { return static_cast<size_t>(pages_held()) * pool_->page_bytes(); }
+  int32_t page_refs(int32_t layer, int32_t head, int64_t slot) const { return pool_->refs(page(layer, head, slot >> kPageShift)); }
+
+ private:
+  int64_t table_pages() const { return (max_slots_ + kPageRows - 1) / kPageRows; }
+  int64_t pages_for(int64_t slots) const { return (slots + kPageRows - 1) / kPageRows; }
+  PageId& page(int32_t layer, int32_t head, int64_t index) {
+    return tables_[static_cast<size_t>(layer)][static_cast<size_t>(head * table_pages() + index)];
+  }
+  PageId page(int32_t layer, int32_t head, int64_t index) const {
+    return tables_[static_cast<size_t>(layer)][static_cast<size_t>(head * table_pages() + index)];
+  }
+  // Page `index` of every (layer, head) becomes this sequence's own.
+  void own_pages(int64_t index);
+  void move_row(int32_t layer, int32_t head, int64_t from, int64_t to);
+
+  KvPool* pool_;
+  int32_t n_layer_, n_head_kv_;
+  int64_t max_slots_;
+  int64_t size_ = 0;
+  std::vector<std::vector<PageId>> tables_;  // [layer][head * table_pages() + page index]
+};
+
+}  // namespace skim::kv

@@ -1,0 +1,146 @@
+// Batches of several sequences on the real default model: each sequence gets
+// the logits it gets alone (prefill of different lengths in one batch, split
+// across micro-batches or not, then batched decode steps); a sequence copied
+// from another shares its pages and still matches running alone; malformed
+// batches are refused with one clear error.
+#include <gtest/gtest.h>
+
+#include <string>
+#include <vector>
+
+#include "skim/context.h"
+#include "skim/model.h"
+#include "test_support.h"
+
+namespace skim {
+namespace {
+
+class BatchTest : public ::testing::Test {
+ protected:
+  void SetUp() override { model_ = &test::shared_model("smollm2-135m"); }
+  // n tokens of English text starting at token `offset`.
+  static std::vector<int32_t> text_tokens(size_t offset, size_t n) {
+    const std::vector<int32_t> ids = model_->tokenizer().encode(test::long_english_text(), false, false);
+    return {ids.begin() + offset, ids.begin() + offset + n};
+  }
+  static double max_kl(const std::vector<float>& a, const std::vector<float>& b) {
+    const int n_vocab = model_->config().n_vocab;
+    EXPECT_EQ(a.size(), b.size());
+    double worst = 0;
+    for (size_t r = 0; r < a.size() / n_vocab; ++r)
+      worst = std::max(worst, test::kl_divergence(a.data() + r * n_vocab, b.data() + r * n_vocab, n_vocab));
+    return worst;
+  }
+  static inline const Model* model_ = nullptr;
+};
+
+// Lengths of at least 5 tokens: shorter prompts run alone through the decode
+// GEMV (8-bit activations), in a batch through the GEMM. Alone, a prompt is fed
+// in the pieces the batch's micro-batches cut it into: where a chunk boundary
+// falls changes the kernels' rounding (query tiles of other sizes), and the
+// last row's 8-bit decode products can amplify that to KL ~1e-3, with or
+// without batching.
+TEST_F(BatchTest, EverySequenceGetsTheLogitsItGetsAlone) {
+  const int n_vocab = model_->config().n_vocab;
+  const std::vector<size_t> lengths = {9, 150, 40, 77};
+  std::vector<std::vector<int32_t>> prompts;
+  for (size_t s = 0; s < lengths.size(); ++s) prompts.push_back(text_tokens(100 * s, lengths[s]));
+  const std::vector<int32_t> next = text_tokens(900, 3 * lengths.size());
+
+  for (int ubatch : {512, 64}) {  // 64: sequences cross micro-batch boundaries
+    SCOPED_TRACE("n_ubatch " + std::to_string(ubatch));
+    // Alone: each prompt in its own context, in the batch's pieces, then three decode steps.
+    std::vector<std::vector<float>> alone(lengths.size());
+    size_t row = 0;
+    for (size_t s = 0; s < lengths.size(); ++s) {
+      Context ctx(*model_, {512, 512});
+      for (size_t done = 0; done < lengths[s];) {
+        const size_t piece = std::min(lengths[s] - done, ubatch - (row + done) % ubatch);
+        alone[s] = ctx.decode(std::span(prompts[s]).subspan(done, piece));
+        done += piece;
+      }
+      row += lengths[s];
+      for (int step = 0; step < 3; ++step) {
+        const std::vector<float> l = ctx.decode(std::span(next).subspan(step * lengths.size() + s, 1));
+        alone[s].insert(alone[s].end(), l.begin(), l.end());
+      }
+    }
+
+    Context ctx(*model_, {.n_ctx = 512, .n_ubatch = ubatch, .n_seq_max = 4});
+    Batch prefill;
+    for (size_t s = 0; s < lengths.size(); ++s)
+      for (size_t i = 0; i < lengths[s]; ++i)
+        prefill.add(prompts[s][i], static_cast<int32_t>(i), static_cast<int32_t>(s), i + 1 == lengths[s]);
+    std::vector<std::vector<float>> batched(lengths.size());
+    const std::vector<float> first = ctx.decode(prefill);
+    ASSERT_EQ(first.size(), lengths.size() * n_vocab);
+    for (size_t s = 0; s < lengths.size(); ++s) batched[s].assign(first.begin() + s * n_vocab, first.begin() + (s + 1) * n_vocab);
+    for (int step = 0; step < 3; ++step) {
+      Batch b;
+      for (size_t s = 0; s < lengths.size(); ++s)
+        b.add(next[step * lengths.size() + s], static_cast<int32_t>(lengths[s]) + step, static_cast<int32_t>(s), true);
+      const std::vector<float> l = ctx.decode(b);
+      for (size_t s = 0; s < lengths.size(); ++s)
+        batched[s].insert(batched[s].end(), l.begin() + s * n_vocab, l.begin() + (s + 1) * n_vocab);
+    }
+    for (size_t s = 0; s < lengths.size(); ++s) {
+      EXPECT_EQ(ctx.n_past(static_cast<int>(s)), static_cast<int>(lengths[s]) + 3);
+      const double kl = max_kl(alone[s], batched[s]);
+      std::printf("sequence %zu (%zu tokens + 3 steps), n_ubatch %d: max KL vs alone %.3g\n", s, lengths[s], ubatch, kl);
+      EXPECT_LT(kl, 1e-4) << "sequence " << s;
+    }
+  }
+}
+
+TEST_F(BatchTest, ACopiedSequenceSharesItsPrefixAndMatchesRunningAlone) {
+  const std::vector<int32_t> prefix = text_tokens(0, 100), a_tail = text_tokens(300, 20), b_tail = text_tokens(500, 30);
+  auto alone = [&](const std::vector<int32_t>& tail) {
+    Context ctx(*model_, {512, 512});
+    ctx.decode(prefix);
+    return ctx.decode(tail);
+  };
+  Context ctx(*model_, {.n_ctx = 512, .n_ubatch = 512, .n_seq_max = 2});
+  ctx.decode(prefix);
+  const size_t held = ctx.kv_held_bytes();
+  ctx.copy_sequence(0, 1);
+  EXPECT_EQ(ctx.kv_held_bytes(), held);  // shared, not copied
+  Batch b;
+  for (size_t i = 0; i < a_tail.size(); ++i) b.add(a_tail[i], static_cast<int32_t>(100 + i), 0, i + 1 == a_tail.size());
+  for (size_t i = 0; i < b_tail.size(); ++i) b.add(b_tail[i], static_cast<int32_t>(100 + i), 1, i + 1 == b_tail.size());
+  const std::vector<float> both = ctx.decode(b);
+  const int n_vocab = model_->config().n_vocab;
+  EXPECT_LT(max_kl(alone(a_tail), {both.begin(), both.begin() + n_vocab}), 1e-4);
+  EXPECT_LT(max_kl(alone(b_tail), {both.begin() + n_vocab, both.end()}), 1e-4);
+}
+
+TEST_F(BatchTest, MalformedBatchesAreRefused) {
+  Context ctx(*model_, {.n_ctx = 64, .n_ubatch = 64, .n_seq_max = 2});
+  auto refuses = [&](const Batch& b, const std::string& what) {
+    try {
+      ctx.decode(b);
+      ADD_FAILURE() << "accepted: " << what;
+    } catch (const std::exception& e) {
+      EXPECT_NE(std::string(e.what()).find(what), std::string::npos) << e.what();
+    }
+  };
+  Batch b;
+  b.add(1, 0, 0, false);
+  b.add(2, 0, 1, false);
+  b.add(3, 1, 0, true);
+  refuses(b, "not consecutive");
+  b.clear();
+  b.add(1, 0, 2, true);
+  refuses(b, "sequence id 2");
+  b.clear();
+  b.add(1, 0, 0, false);
+  b.add(2, 2, 0, true);
+  refuses(b, "position 2 after position 0");
+  b.clear();
+  for (int i = 0; i < 65; ++i) b.add(1, i, 1, i == 64);
+  refuses(b, "exceed the context of 64");
+  EXPECT_EQ(ctx.n_past(0), 0);  // nothing of a refused batch was kept
+  EXPECT_EQ(ctx.n_past(1), 0);
+}
+
+}  // namespace
+}  // namespace skim

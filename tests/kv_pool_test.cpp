@@ -1,0 +1,170 @@
+// The KV pool and sequences (mechanism): pages hold what was written with
+// their positions, resident memory follows the pages in use, the cap is a cap,
+// forks share pages until one side writes (copy-on-write), erase keeps the
+// other slots' rows and positions.
+#include <gtest/gtest.h>
+
+#include <unistd.h>
+
+#include <cstdint>
+#include <cstring>
+#include <fstream>
+#include <vector>
+
+#include "kernels/kv_codec.h"
+#include "kv/kv_pool.h"
+#include "kv/kv_sequence.h"
+
+namespace skim::kv {
+namespace {
+
+double resident_mib() {
+  std::ifstream statm("/proc/self/statm");
+  long size = 0, resident = 0;
+  statm >> size >> resident;
+  return static_cast<double>(resident) * sysconf(_SC_PAGE_SIZE) / 1048576.0;
+}
+
+constexpr int kDim = 64;
+
+// A row's values encode (layer, head, position, K or V) so a misplaced row
+// shows; small integers, exact in f16 and bf16.
+float value_of(int layer, int head, int32_t pos, int c, bool v) {
+  return static_cast<float>((layer * 31 + head * 7 + pos % 89 + (v ? 50 : 0) + c % 4) % 128);
+}
+
+void write_rows(KvSequence& seq, int64_t first, std::span<const int32_t> positions) {
+  std::vector<float> row(kDim);
+  for (int l = 0; l < seq.n_layer(); ++l)
+    for (int h = 0; h < seq.n_head_kv(); ++h)
+      for (size_t i = 0; i < positions.size(); ++i)
+        for (bool v : {false, true}) {
+          for (int c = 0; c < kDim; ++c) row[c] = value_of(l, h, positions[i], c, v);
+          kernels::encode_kv_row(row.data(), seq.view(l).type, kDim,
+                                 v ? seq.v_row(l, h, first + static_cast<int64_t>(i)) : seq.k_row(l, h, first + static_cast<int64_t>(i)));
+        }
+}
+
+int64_t append_written(KvSequence& seq, const std::vector<int32_t>& positions) {
+  const int64_t first = seq.append(positions);
+  write_rows(seq, first, positions);
+  return first;
+}
+
+// Every slot of every layer and head reads back the row of its stored position.
+void expect_rows(const KvSequence& seq, const std::vector<int32_t>& positions) {
+  ASSERT_EQ(seq.size(), static_cast<int64_t>(positions.size()));
+  std::vector<float> k(positions.size() * kDim), v(k.size());
+  for (int l = 0; l < seq.n_layer(); ++l) {
+    const kernels::KvView view = seq.view(l);
+    for (int h = 0; h < seq.n_head_kv(); ++h) {
+      kernels::read_k_rows(view, h, 0, seq.size(), kDim, k.data());
+      kernels::read_v_rows(view, h, 0, seq.size(), kDim, v.data());
+      for (size_t s = 0; s < positions.size(); ++s) {
+        ASSERT_EQ(view.position(h, static_cast<int64_t>(s)), positions[s]) << "layer " << l << " head " << h << " slot " << s;
+        for (int c = 0; c < kDim; c += 13) {
+          ASSERT_EQ(k[s * kDim + c], value_of(l, h, positions[s], c, false)) << "slot " << s;
+          ASSERT_EQ(v[s * kDim + c], value_of(l, h, positions[s], c, true)) << "slot " << s;
+        }
+      }
+    }
+  }
+}
+
+std::vector<int32_t> iota(int32_t begin, int32_t end) {
+  std::vector<int32_t> p;
+  for (int32_t i = begin; i < end; ++i) p.push_back(i);
+  return p;
+}
+
+TEST(KvPool, ResidentMemoryFollowsThePagesInUse) {
+  // SmolLM2's shape (30 layers, 3 KV heads, d 64) with a cap of 128K tokens
+  // (2.8 GiB of pages); 1000 tokens take 16 pages per (layer, head): 22.9 MiB.
+  constexpr int kLayers = 30, kHeads = 3, kCap = 1 << 17;
+  const double before = resident_mib();
+  KvPool pool(kDim, kernels::KvDType::F16, int64_t{kCap / kPageRows} * kLayers * kHeads);
+  KvSequence seq(pool, kLayers, kHeads, kCap);
+  EXPECT_LT(resident_mib() - before, 4.0);  // the page table and refcounts only
+
+  const std::vector<int32_t> positions = iota(0, 1000);
+  append_written(seq, positions);
+  EXPECT_EQ(pool.pages_in_use(), 16 * kLayers * kHeads);
+  const double held_mib = pool.held_bytes() / 1048576.0;
+  EXPECT_NEAR(held_mib, 16.0 * kLayers * kHeads * (2 * 64 * 64 * 2 + 256) / 1048576.0, 1e-9);
+  const double grown = resident_mib() - before;
+  EXPECT_GE(grown, held_mib - 0.5);
+  EXPECT_LE(grown, held_mib + 8.0);
+  expect_rows(seq, positions);
+
+  seq.clear();
+  EXPECT_EQ(pool.pages_in_use(), 0);
+}
+
+TEST(KvPool, TheCapIsEnforcedAndNothingIsHalfAppended) {
+  KvPool pool(kDim, kernels::KvDType::F16, 2 * 4);  // 2 layers x 2 heads x 2 pages
+  KvSequence seq(pool, 2, 2, 1000);
+  append_written(seq, iota(0, 100));
+  EXPECT_THROW(seq.append(iota(100, 200)), std::length_error);  // would need a third page
+  EXPECT_EQ(seq.size(), 100);
+  expect_rows(seq, iota(0, 100));
+  append_written(seq, iota(100, 128));
+  EXPECT_EQ(seq.size(), 128);
+
+  KvSequence small(pool, 2, 2, 10);
+  EXPECT_THROW(small.append(iota(0, 11)), std::length_error);  // past its context
+  EXPECT_THROW(seq.append(std::vector<int32_t>{127}), std::invalid_argument);  // positions must increase
+}
+
+TEST(KvPool, RefusesAPoolBeyondItsShapeAndBadFormats) {
+  EXPECT_THROW(KvPool(kDim, kernels::KvDType::F32, 4), std::invalid_argument);
+  EXPECT_THROW(KvPool(kDim, kernels::KvDType::F16, 0), std::invalid_argument);
+  EXPECT_THROW(KvPool(kDim, kernels::KvDType::F16, int64_t{1} << 31), std::length_error);  // 34 TiB of pages
+}
+
+TEST(KvPool, ForkSharesPagesAndCopiesOnWrite) {
+  KvPool pool(kDim, kernels::KvDType::BF16, 64);
+  KvSequence a(pool, 2, 2, 1000);
+  const std::vector<int32_t> prefix = iota(0, 100);  // a full page and a partial one
+  append_written(a, prefix);
+  const int64_t before = pool.pages_in_use();
+  KvSequence b = a.fork();
+  EXPECT_EQ(pool.pages_in_use(), before);  // shared, not copied
+  EXPECT_EQ(a.page_refs(1, 1, 99), 2);
+
+  // b appends into the shared partial page: it copies that page, a keeps its own.
+  std::vector<int32_t> b_positions = prefix;
+  for (int32_t p = 500; p < 520; ++p) b_positions.push_back(p);
+  append_written(b, std::vector<int32_t>(b_positions.begin() + 100, b_positions.end()));
+  EXPECT_EQ(pool.pages_in_use(), before + 4);  // the copied partial page of each (layer, head)
+  EXPECT_EQ(a.page_refs(0, 0, 0), 2);          // the full first page stays shared
+  EXPECT_EQ(a.page_refs(0, 0, 99), 1);
+  expect_rows(a, prefix);
+  expect_rows(b, b_positions);
+
+  // a appends different tokens: b's rows are unchanged.
+  std::vector<int32_t> a_positions = prefix;
+  for (int32_t p = 100; p < 130; ++p) a_positions.push_back(p);
+  append_written(a, std::vector<int32_t>(a_positions.begin() + 100, a_positions.end()));
+  expect_rows(a, a_positions);
+  expect_rows(b, b_positions);
+}
+
+TEST(KvPool, EraseMovesLaterSlotsDownWithTheirPositions) {
+  KvPool pool(kDim, kernels::KvDType::F16, 64);
+  KvSequence a(pool, 2, 2, 1000);
+  std::vector<int32_t> positions = iota(0, 200);
+  append_written(a, positions);
+  KvSequence b = a.fork();
+  a.erase(10, 90);
+  positions.erase(positions.begin() + 10, positions.begin() + 90);
+  expect_rows(a, positions);
+  expect_rows(b, iota(0, 200));  // the fork saw nothing
+  const kernels::KvView view = a.view(1);
+  EXPECT_EQ(view.slots_through(0, 9), 10);
+  EXPECT_EQ(view.slots_through(0, 50), 10);  // positions 10..89 are gone
+  EXPECT_EQ(view.slots_through(0, 90), 11);
+  EXPECT_EQ(view.first_slot_at(0, 95), 15);
+}
+
+}  // namespace
+}  // namespace skim::kv

@@ -1,0 +1,283 @@
+// Attention over a paged cache whose slots are not the positions 0..n-1: rows
+// removed from the middle (erase) and a prefix shared with another sequence
+// (fork, then both append). For the dense plan and every planner's plan the
+// kernel's output must equal a float64 reference over the same (query, key)
+// set: the keys the plan lists for the row's tile whose stored position is at
+// or before the row's. Position rules must follow the stored positions.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <optional>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "attention/method.h"
+#include "attention/planner.h"
+#include "kernels/attention.h"
+#include "kernels/kv_codec.h"
+#include "kv/kv_pool.h"
+#include "kv/kv_sequence.h"
+
+namespace skim {
+namespace {
+
+constexpr int32_t kHq = 4, kHkv = 2, kDim = 64;
+
+// Random rows for new slots of every (layer 0) head; every 97th key a strong
+// direction so the dynamic planners find heavy columns.
+void fill(kv::KvSequence& seq, int64_t first, int64_t n, std::mt19937& rng) {
+  std::normal_distribution<float> gauss(0.0f, 1.0f);
+  std::vector<float> row(kDim);
+  for (int32_t h = 0; h < kHkv; ++h)
+    for (int64_t s = first; s < first + n; ++s) {
+      const bool heavy = seq.position(s) % 97 == 0;
+      for (float& x : row) x = heavy ? 2.0f : gauss(rng);
+      kernels::encode_kv_row(row.data(), seq.view(0).type, kDim, seq.k_row(0, h, s));
+      for (float& x : row) x = gauss(rng);
+      kernels::encode_kv_row(row.data(), seq.view(0).type, kDim, seq.v_row(0, h, s));
+    }
+}
+
+std::vector<int32_t> range(int32_t begin, int32_t end) {
+  std::vector<int32_t> p;
+  for (int32_t i = begin; i < end; ++i) p.push_back(i);
+  return p;
+}
+
+// A chunk of n_rows queries at the end of `seq` (its last n_rows slots).
+struct Chunk {
+  const kv::KvSequence& seq;
+  int64_t n_rows;
+  std::vector<float> q;  // [row][Hq * d]
+
+  Chunk(const kv::KvSequence& s, int64_t rows, uint32_t seed) : seq(s), n_rows(rows) {
+    std::mt19937 rng(seed);
+    std::normal_distribution<float> gauss(0.0f, 1.0f);
+    q.resize(static_cast<size_t>(rows * kHq * kDim));
+    for (float& x : q) x = std::abs(gauss(rng));
+  }
+
+  int64_t q_pos0() const { return seq.position(seq.size() - n_rows); }
+
+  attention::PlanRequest request(bool group_union) const {
+    attention::PlanRequest r;
+    r.layer = 0;
+    r.n_layers = 1;
+    r.n_q_heads = kHq;
+    r.n_kv_heads = kHkv;
+    r.head_dim = kDim;
+    r.n_rows = n_rows;
+    r.q_pos0 = q_pos0();
+    r.q = q.data();
+    r.q_head_stride = kDim;
+    r.q_row_stride = kHq * kDim;
+    r.kv = seq.view(0);
+    r.scale = 1.0f / std::sqrt(static_cast<float>(kDim));
+    r.group_union = group_union;
+    return r;
+  }
+
+  kernels::AttnParams params(float* out) const {
+    const attention::PlanRequest r = request(true);
+    kernels::AttnParams a;
+    a.n_q_heads = kHq;
+    a.n_kv_heads = kHkv;
+    a.head_dim = kDim;
+    a.n_rows = n_rows;
+    a.q_pos0 = r.q_pos0;
+    a.q = q.data();
+    a.q_head_stride = kDim;
+    a.q_row_stride = kHq * kDim;
+    a.kv = r.kv;
+    a.out = out;
+    a.out_head_stride = kDim;
+    a.out_row_stride = kHq * kDim;
+    a.validate_plan = true;
+    return a;
+  }
+};
+
+// Float64 attention of every q head and row over the slots `listed(h, row)`
+// returns, masked by stored position; the error against `out` (max abs).
+template <class Listed>
+double max_error_vs_reference(const Chunk& c, const std::vector<float>& out, Listed listed) {
+  const kernels::KvView kv = c.seq.view(0);
+  const int64_t n = kv.n_keys;
+  std::vector<float> k(static_cast<size_t>(n * kDim)), v(k.size());
+  double worst = 0;
+  for (int32_t h = 0; h < kHq; ++h) {
+    const int32_t g = h / (kHq / kHkv);
+    kernels::read_k_rows(kv, g, 0, n, kDim, k.data());
+    kernels::read_v_rows(kv, g, 0, n, kDim, v.data());
+    for (int64_t i = 0; i < c.n_rows; ++i) {
+      const float* q = c.q.data() + (i * kHq + h) * kDim;
+      const int64_t qpos = c.q_pos0() + i;
+      std::vector<std::pair<int64_t, double>> logits;
+      double mx = -INFINITY;
+      for (int64_t s : listed(h, i)) {
+        if (kv.position(g, s) > qpos) continue;
+        double dot = 0;
+        for (int32_t d = 0; d < kDim; ++d) dot += static_cast<double>(q[d]) * k[s * kDim + d];
+        dot /= std::sqrt(static_cast<double>(kDim));
+        logits.emplace_back(s, dot);
+        mx = std::max(mx, dot);
+      }
+      std::vector<double> o(kDim, 0.0);
+      double sum = 0;
+      for (auto [s, l] : logits) {
+        const double w = std::exp(l - mx);
+        sum += w;
+        for (int32_t d = 0; d < kDim; ++d) o[d] += w * v[s * kDim + d];
+      }
+      const float* got = out.data() + (i * kHq + h) * kDim;
+      for (int32_t d = 0; d < kDim; ++d) worst = std::max(worst, std::abs((sum > 0 ? o[d] / sum : 0.0) - got[d]));
+    }
+  }
+  return worst;
+}
+
+// The slots a plan lists for q head h's row (chunk row index).
+std::vector<int64_t> listed_slots(const attention::Plan& plan, int32_t q_head, int64_t row, int32_t g) {
+  const int32_t ph = plan.group_size == 1 ? q_head : q_head / g;
+  int64_t local = row;
+  if (plan.has_row_map()) {
+    local = -1;
+    for (int64_t i = 0; i < plan.head_rows(ph); ++i)
+      if (plan.row_of(ph, i) == row) local = i;
+    if (local < 0) return {};
+  }
+  const int64_t item = plan.head_item_begin[ph] + local / plan.tile_rows;
+  std::vector<int64_t> slots;
+  for (int64_t r = plan.range_ptr[item]; r < plan.range_ptr[item + 1]; ++r)
+    for (int64_t s = plan.ranges[r].begin; s < plan.ranges[r].end; ++s) slots.push_back(s);
+  for (int64_t c = plan.col_ptr[item]; c < plan.col_ptr[item + 1]; ++c) slots.push_back(plan.cols[c]);
+  return slots;
+}
+
+// Planner specs small enough to be sparse on these chunks.
+const char* const kSpecs[] = {"streaming:sink=4,local=96",
+                              "trishape:sink=4,local=96,last_q=16",
+                              "power:sink=4,local=64,block=64",
+                              "minference:v=64,s=64",
+                              "minference:v=64,s=64,gqa=head",
+                              "block_sparse:topk=3",
+                              "flexprefill:min_budget=128,gamma=0.3,tau=0",
+                              "xattention:block=64,stride=8,tau=0.5",
+                              "sale:theta=0.02,sink=16,local=64"};
+
+std::optional<attention::Plan> plan_of(const Chunk& c, const std::string& spec) {
+  const attention::MethodSpec parsed = attention::parse_method_spec(spec);
+  for (const attention::MethodDef& m : attention::sparse_methods()) {
+    if (m.info.name != parsed.name) continue;
+    const attention::MethodParams p(&m.info, m.info.name, parsed.values);
+    std::unique_ptr<attention::Planner> planner = m.make(p);
+    return planner->plan(c.request(p.text("gqa") == "union"));
+  }
+  throw std::invalid_argument("no sparse method " + parsed.name);
+}
+
+// Every planner on the chunk: a valid plan by stored positions, sparse, and
+// the kernel's output equal to the float64 reference over its key set.
+void check_every_plan(const Chunk& c) {
+  const int32_t g = kHq / kHkv;
+  const kernels::AttnParams base = c.params(nullptr);
+
+  std::vector<float> out(c.q.size());
+  kernels::AttnParams a = base;
+  a.out = out.data();
+  kernels::attention_prefill(a);
+  EXPECT_LT(max_error_vs_reference(c, out,
+                                   [&](int32_t, int64_t) {
+                                     std::vector<int64_t> all;
+                                     for (int64_t s = 0; s < c.seq.size(); ++s) all.push_back(s);
+                                     return all;
+                                   }),
+            2e-5)
+      << "dense";
+
+  for (const char* spec : kSpecs) {
+    SCOPED_TRACE(spec);
+    const std::optional<attention::Plan> plan = plan_of(c, spec);
+    ASSERT_TRUE(plan.has_value());
+    ASSERT_NO_THROW(kernels::validate_plan(*plan, c.seq.view(0), kHkv, true));
+    const attention::PlanRequest r = c.request(true);
+    const double dense_pairs = (static_cast<double>(c.n_rows) * r.q_slot0() + c.n_rows * (c.n_rows + 1) / 2.0) * kHq;
+    EXPECT_LT(static_cast<double>(plan->listed_pairs()), 0.9 * dense_pairs);
+    std::fill(out.begin(), out.end(), 0.0f);
+    kernels::attention_prefill(a, &*plan);
+    EXPECT_LT(max_error_vs_reference(c, out, [&](int32_t h, int64_t i) { return listed_slots(*plan, h, i, g); }), 2e-5);
+  }
+}
+
+TEST(PagedAttention, RowsRemovedFromTheMiddle) {
+  kv::KvPool pool(kDim, kernels::KvDType::F16, 1024);
+  kv::KvSequence seq(pool, 1, kHkv, 4096);
+  std::mt19937 rng(7);
+  seq.append(range(0, 1500));
+  fill(seq, 0, 1500, rng);
+  seq.erase(300, 900);  // positions 300..899 gone: slots 300.. hold 900..
+  const int64_t first = seq.append(range(1500, 1800));  // the chunk
+  fill(seq, first, 300, rng);
+  ASSERT_EQ(seq.size(), 1200);
+  ASSERT_EQ(seq.position(300), 900);
+  check_every_plan(Chunk(seq, 300, 11));
+}
+
+TEST(PagedAttention, SharedPrefixAfterBothSequencesAppend) {
+  kv::KvPool pool(kDim, kernels::KvDType::BF16, 1024);
+  kv::KvSequence a(pool, 1, kHkv, 4096);
+  std::mt19937 rng(5);
+  a.append(range(0, 1000));  // a partial last page: the fork copies it on write
+  fill(a, 0, 1000, rng);
+  kv::KvSequence b = a.fork();
+  fill(a, a.append(range(1000, 1400)), 400, rng);
+  // b continues at later positions (as after a context shift it would at other ones).
+  fill(b, b.append(range(2000, 2300)), 300, rng);
+  Chunk cb(b, 300, 3);
+  std::vector<float> before(cb.q.size());
+  {
+    kernels::AttnParams p = cb.params(before.data());
+    kernels::attention_prefill(p);
+  }
+  check_every_plan(cb);
+  check_every_plan(Chunk(a, 400, 4));
+  // a's appends (after the fork) leave b's attention unchanged, bit for bit.
+  fill(a, a.append(range(1400, 1500)), 100, rng);
+  std::vector<float> after(cb.q.size());
+  kernels::AttnParams p = cb.params(after.data());
+  kernels::attention_prefill(p);
+  EXPECT_EQ(before, after);
+}
+
+TEST(PagedAttention, PositionRulesFollowStoredPositions) {
+  // Streaming keeps the keys at positions < sink and within `local` of the
+  // query block: after an erase that is not the same as slots.
+  kv::KvPool pool(kDim, kernels::KvDType::F16, 256);
+  kv::KvSequence seq(pool, 1, kHkv, 4096);
+  std::mt19937 rng(1);
+  fill(seq, seq.append(range(0, 600)), 600, rng);
+  seq.erase(2, 400);  // slots 0, 1 keep positions 0, 1; slot 2 holds position 400
+  fill(seq, seq.append(range(600, 664)), 64, rng);
+  const Chunk c(seq, 64, 2);
+  const std::optional<attention::Plan> plan = plan_of(c, "streaming:sink=4,local=100");
+  ASSERT_TRUE(plan.has_value());
+  const kernels::KvView kv = seq.view(0);
+  for (int32_t h = 0; h < plan->n_heads; ++h)
+    for (int64_t t = 0; t < plan->head_tiles(h); ++t) {
+      const int64_t first = c.q_pos0(), last = plan->tile_last_position(h, t);  // one query block
+      std::vector<int64_t> want;
+      for (int64_t s = 0; s < seq.size(); ++s) {
+        const int32_t pos = kv.position(0, s);
+        if ((pos < 4 || pos > first - 100) && pos <= last) want.push_back(s);
+      }
+      std::vector<int64_t> got;
+      const int64_t item = plan->head_item_begin[h] + t;
+      for (int64_t r = plan->range_ptr[item]; r < plan->range_ptr[item + 1]; ++r)
+        for (int64_t s = plan->ranges[r].begin; s < plan->ranges[r].end; ++s) got.push_back(s);
+      EXPECT_EQ(got, want) << "head " << h << " tile " << t;
+    }
+}
+
+}  // namespace
+}  // namespace skim
