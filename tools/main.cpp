@@ -13,7 +13,8 @@ struct Alias {
   const char* from;
   const char* to;
 };
-constexpr Alias kAliases[] = {{"-ub", "--ubatch-size"}, {"-sys", "--system-prompt"}};
+constexpr Alias kAliases[] = {{"-ub", "--ubatch-size"}, {"-sys", "--system-prompt"}, {"-npp", "--npp"},
+                              {"-ntg", "--ntg"},       {"-npl", "--npl"},           {"-pps", "--pps"}};
 
 std::vector<char*> rewrite_aliases(int argc, char** argv) {
   std::vector<char*> out(argv, argv + argc);
@@ -38,6 +39,7 @@ int main(int argc, char** argv) {
   skim::cli::register_bench(app);
   skim::cli::register_eval(app);
   skim::cli::register_calibrate(app);
+  skim::cli::register_batched_bench(app);
   try {
     app.parse(static_cast<int>(args.size()), args.data());
     if (app.get_subcommands().empty()) {
