@@ -4,11 +4,14 @@
 // from another shares its pages and still matches running alone; malformed
 // batches are refused with one clear error.
 #include <gtest/gtest.h>
+#include <omp.h>
 
 #include <string>
 #include <vector>
 
 #include "skim/context.h"
+#include "skim/generate.h"
+#include "model/attention_observer.h"
 #include "skim/model.h"
 #include "test_support.h"
 
@@ -34,12 +37,12 @@ class BatchTest : public ::testing::Test {
   static inline const Model* model_ = nullptr;
 };
 
-// Lengths of at least 5 tokens: shorter prompts run alone through the decode
-// GEMV (8-bit activations), in a batch through the GEMM. Alone, a prompt is fed
-// in the pieces the batch's micro-batches cut it into: where a chunk boundary
-// falls changes the kernels' rounding (query tiles of other sizes), and the
-// last row's 8-bit decode products can amplify that to KL ~1e-3, with or
-// without batching.
+// A sequence's rows take the 8-bit GEMV when it brings at most 4 to a
+// micro-batch (decode), the f32 GEMM otherwise, alone as in a batch: every
+// piece of a prompt below has more than 4 rows. Alone, a prompt is fed in the
+// pieces the batch's micro-batches cut it into: where a chunk boundary falls
+// changes the kernels' rounding (query tiles of other sizes), and the last
+// row's 8-bit products can amplify that to KL ~1e-3, with or without batching.
 TEST_F(BatchTest, EverySequenceGetsTheLogitsItGetsAlone) {
   const int n_vocab = model_->config().n_vocab;
   const std::vector<size_t> lengths = {9, 150, 40, 77};
@@ -140,6 +143,46 @@ TEST_F(BatchTest, MalformedBatchesAreRefused) {
   refuses(b, "exceed the context of 64");
   EXPECT_EQ(ctx.n_past(0), 0);  // nothing of a refused batch was kept
   EXPECT_EQ(ctx.n_past(1), 0);
+}
+
+// Continuations of one prompt generated together (shared prefill, one batch
+// per step) are the continuations generated alone with the same samplers.
+TEST_F(BatchTest, ParallelContinuationsMatchGeneratingAlone) {
+  const std::vector<int32_t> prompt = model_->tokenizer().encode("Once upon a time, in a small village,", true, false);
+  GenerationOptions opts;
+  opts.n_predict = 24;
+  opts.ignore_eog = true;
+  auto sampling = [](uint64_t seed) {
+    SamplingParams p;
+    p.seed = seed;
+    return p;
+  };
+  // 6 sequences: more rows than one integer-dot group (4), the batched GEMV.
+  std::vector<Sampler> samplers;
+  for (uint64_t seed = 11; seed < 17; ++seed) samplers.emplace_back(sampling(seed));
+  Context ctx(*model_, {.n_ctx = 128, .n_ubatch = 128, .n_seq_max = 6});
+  const std::vector<GenerationResult> together = generate_parallel(ctx, prompt, samplers, opts);
+  ASSERT_EQ(together.size(), 6u);
+  for (size_t i = 0; i < together.size(); ++i) {
+    Context alone(*model_, {128, 128});
+    Sampler sampler(sampling(11 + i));
+    const GenerationResult r = generate(alone, prompt, sampler, opts);
+    EXPECT_EQ(together[i].tokens, r.tokens) << "sequence " << i;
+    EXPECT_EQ(together[i].text, r.text) << "sequence " << i;
+  }
+  EXPECT_NE(together[0].tokens, together[1].tokens);  // different seeds, different continuations
+}
+
+// A context's thread count holds inside its calls and nowhere else: the
+// caller's OpenMP setting is what it was, before and after.
+TEST_F(BatchTest, ThreadCountIsTheContextsOwn) {
+  const int outside = omp_get_max_threads();
+  Context ctx(*model_, {.n_ctx = 256, .n_ubatch = 256, .n_threads = outside + 1});
+  int inside = 0;
+  ContextInternals::set_observer(ctx, {.on_prefill_attention = [&](const attention::PlanRequest&) { inside = omp_get_max_threads(); }});
+  ctx.decode(text_tokens(0, 32));
+  EXPECT_EQ(inside, outside + 1);
+  EXPECT_EQ(omp_get_max_threads(), outside);
 }
 
 }  // namespace

@@ -113,6 +113,30 @@ class GoodInputs(ModelTest):
         self.assertIn("Paris", r.stdout)
         self.assertRegex(r.stderr, r"prompt eval time = .* /\s+5 tokens")
 
+    def test_run_bf16_kv_completes_a_fact(self):
+        r = skim("run", "-m", MODEL, "-p", "The capital of France is", "-n", 8, "-c", 64, "--temp", 0, "--kv-type", "bf16")
+        self.assert_ok(r)
+        self.assertIn("Paris", r.stdout)
+
+    def test_run_parallel_continuations(self):
+        # -np 3: three sequences after one shared prefill; seed s, s+1, s+2. Greedy: all three the same text.
+        r = skim("run", "-m", MODEL, "-p", "The capital of France is", "-n", 8, "-c", 64, "--temp", 0, "-np", 3)
+        self.assert_ok(r)
+        texts = re.findall(r"--- sequence \d \(seed \d+, stop: \w+\) ---\n(.*)", r.stdout)
+        self.assertEqual(len(texts), 3, r.stdout)
+        self.assertEqual(len(set(texts)), 1, r.stdout)
+        self.assertIn("Paris", texts[0])
+        self.assertIn("3 sequences", r.stderr)
+        sampled = skim("run", "-m", MODEL, "-p", "Once upon a time", "-n", 12, "-c", 64, "--temp", 0.9, "-s", 7, "-np", 3)
+        self.assert_ok(sampled)
+        self.assertIn("(seed 9, stop:", sampled.stdout)
+
+    def test_batched_bench_table(self):
+        r = skim("batched-bench", "-m", MODEL, "-npp", 32, "-ntg", 4, "-npl", "1,3", "--peer", "none")
+        self.assert_ok(r)
+        rows = [line for line in r.stdout.splitlines() if line.startswith("|") and "| skim |" in line]
+        self.assertEqual(len(rows), 2, r.stdout)
+
     def test_run_prompt_file_until_end_of_context(self):
         # -n -1 is llama.cpp's "until end of generation": here the 24-token context ends it, or EOS.
         prompt = self.write("prompt.txt", "Once upon a time")
@@ -307,6 +331,10 @@ class BadInputs(ModelTest):
             (["run", "-m", MODEL, "-p", "Hi", "--top-k", -1], "--top-k: -1"),
             (["run", "-m", MODEL, "-p", "Hi", "--min-p", 2], "--min-p: 2"),
             (["run", "-m", MODEL, "-p", "Hi", "-s", -2], "--seed: -2"),
+            (["run", "-m", MODEL, "-p", "Hi", "-np", 0], "--parallel: 0"),
+            (["run", "-m", MODEL, "-p", "Hi", "--kv-type", "q4"], "KV cache type 'q4'"),
+            (["batched-bench", "-m", MODEL, "--peer", "none", "-npl", "x"], "'x' is not a token count"),
+            (["batched-bench", "-m", MODEL, "--peer", "none", "-npp", 0], "each need a count"),
             (["perplexity", "-m", MODEL, "-f", TEXT_FILE, "--chunks", -1], "--chunks: -1"),
             (["run", "-m", MODEL, "-p", "Hi", "-ub", 0], "--ubatch-size: 0"),
             (["bench", "-m", MODEL, "--peer", "none", "-ub", 0], "--ubatch-size: 0"),

@@ -119,7 +119,7 @@ std::vector<int64_t> row_lengths(GgmlType type) {
 }
 
 std::vector<Shape> shapes_for(GgmlType type) {
-  const int64_t ms[] = {1, 2, 3, 7, 64, 200, 513};
+  const int64_t ms[] = {1, 2, 3, 7, 13, 16, 17, 64, 200, 513};
   const int64_t ns[] = {1, 7, 37, 131, 19, 3};
   std::vector<Shape> shapes;
   int i = 0;
@@ -148,7 +148,12 @@ TEST_P(MatmulVsReference, AllShapes) {
     std::vector<double> ref, scale;
     reference(wf, x, s.m, s.n, s.k, ref, scale);
 
-    const bool integer_path = s.m <= kernels::kMaxIntegerDotRows && format != ActivationFormat::kNone;
+    // The default GEMV limit, and the batched-decode one where it changes the path.
+    for (const int64_t gemv_rows : {kernels::kDefaultGemvRows, kernels::kMaxBatchedGemvRows}) {
+    if (gemv_rows != kernels::kDefaultGemvRows && kernels::uses_gemv(type, s.m, gemv_rows) == kernels::uses_gemv(type, s.m))
+      continue;
+    SCOPED_TRACE(::testing::Message() << "gemv_rows=" << gemv_rows);
+    const bool integer_path = kernels::uses_gemv(type, s.m, gemv_rows) && format != ActivationFormat::kNone;
     std::vector<double> ref_quantized, bound;
     if (integer_path) {
       kernels::QuantizedActivations a;
@@ -171,7 +176,7 @@ TEST_P(MatmulVsReference, AllShapes) {
         kernels::set_kernel_isa(isa);
         omp_set_num_threads(threads);
         std::vector<float> y(s.m * s.n, std::nanf(""));
-        kernels::matmul(t, x.data(), s.m, y.data());
+        kernels::matmul(t, x.data(), s.m, y.data(), gemv_rows);
         int failures = 0;
         for (int64_t i = 0; i < s.m * s.n && failures < 5; ++i) {
           const double tol = 1e-5 * scale[i] + 1e-30;
@@ -191,6 +196,7 @@ TEST_P(MatmulVsReference, AllShapes) {
         }
         if (failures) return;
       }
+    }
   }
 }
 
@@ -247,7 +253,7 @@ TEST(MatmulRows, WritesOnlyTheRequestedColumns) {
           const float got = y[r * ldy + j];
           if (j < n_begin || j >= n_end) {
             ASSERT_EQ(got, sentinel) << "row " << r << " col " << j << " was written";
-          } else if (m <= kernels::kMaxIntegerDotRows) {
+          } else if (kernels::uses_gemv(type, m)) {
             // GEMV computes each output on its own: the same value as in the full product.
             ASSERT_EQ(got, full[r * n + j]) << "row " << r << " col " << j;
           } else {

@@ -50,6 +50,8 @@ std::vector<Row> bench_skim(const BatchedBenchOptions& o, const Model& model, co
   cp.n_ubatch = o.n_ubatch;
   cp.n_seq_max = max_pl;
   cp.attention = o.attn.front();
+  cp.n_threads = resolve_threads(o.threads);
+  cp.kv_type = o.kv_type;
   Context ctx(model, cp);
   const int n_vocab = model.config().n_vocab;
   uint32_t seed = 1;
@@ -98,13 +100,7 @@ std::vector<Row> bench_llama_cpp(const BatchedBenchOptions& o, const std::string
       fmt::format("'{}' -m '{}' -c {} -b {} -ub {} -npp '{}' -ntg '{}' -npl '{}' -t {}{} --output-format jsonl 2>&1",
                   bin, model_path, n_kv_max, std::max(2048, o.n_ubatch), o.n_ubatch, o.prompts, o.gens, o.parallel,
                   threads, o.shared_prompt ? " -pps" : "");
-  fmt::print(stderr, "peer: {}\n", cmd);
-  FILE* pipe = popen(cmd.c_str(), "r");
-  if (!pipe) throw std::runtime_error("cannot start llama-batched-bench");
-  std::string out;
-  char buf[4096];
-  for (size_t n; (n = fread(buf, 1, sizeof buf, pipe)) > 0;) out.append(buf, n);
-  if (pclose(pipe) != 0) throw std::runtime_error(fmt::format("llama-batched-bench failed: {}", cmd));
+  const std::string out = run_peer(cmd, "llama-batched-bench");
   std::vector<Row> rows;
   std::istringstream lines(out);
   for (std::string line; std::getline(lines, line);) {
@@ -120,7 +116,7 @@ std::vector<Row> bench_llama_cpp(const BatchedBenchOptions& o, const std::string
 
 void batched_bench(const BatchedBenchOptions& o) {
   const std::string path = resolve_model(o);
-  const int threads = apply_threads(o.threads);
+  const int threads = resolve_threads(o.threads);
   if (o.peer != "llama.cpp" && o.peer != "none") throw std::runtime_error("--peer must be llama.cpp or none");
   validate_attention_spec(o.attn.front());
   const std::vector<int> pps = parse_token_counts(o.prompts, "-npp"), tgs = parse_token_counts(o.gens, "-ntg"),
@@ -167,7 +163,7 @@ void register_batched_bench(CLI::App& app) {
   auto o = std::make_shared<BatchedBenchOptions>();
   CLI::App* cmd = app.add_subcommand(
       "batched-bench", "aggregate prefill and decode of several sequences at once, skim vs llama-batched-bench in one run");
-  add_shared_options(*cmd, *o, {{Opt::Model}, {Opt::Threads}, {Opt::Ctx}, {Opt::Ubatch}, {Opt::Attn}});
+  add_shared_options(*cmd, *o, {{Opt::Model}, {Opt::Threads}, {Opt::Ctx}, {Opt::Ubatch}, {Opt::Attn}, {Opt::KvType}});
   cmd->add_option("--npp", o->prompts, "prompt lengths, comma-separated (llama.cpp's -npp)");
   cmd->add_option("--ntg", o->gens, "generated tokens per sequence, comma-separated (-ntg)");
   cmd->add_option("--npl", o->parallel, "parallel sequences, comma-separated (-npl)");

@@ -82,6 +82,8 @@ std::vector<BenchRow> bench_skim(const BenchOptions& o, const Model& model, int 
       cp.n_ctx = n;
       cp.n_ubatch = o.n_ubatch;
       cp.attention = attn;
+      cp.n_threads = threads;
+      cp.kv_type = o.kv_type;
       Context ctx(model, cp);
       measure(fmt::format("pp{}", n), attn, n, [&] {
         ctx.clear();
@@ -92,7 +94,7 @@ std::vector<BenchRow> bench_skim(const BenchOptions& o, const Model& model, int 
     }
   }
   for (int n : tg) {
-    Context ctx(model, {n + 1, o.n_ubatch});
+    Context ctx(model, {.n_ctx = n + 1, .n_ubatch = o.n_ubatch, .n_threads = threads, .kv_type = o.kv_type});
     const std::vector<int32_t> tokens = random_tokens(n, model.config().n_vocab, 4321);
     measure(fmt::format("tg{}", n), "dense", n, [&] {
       ctx.clear();
@@ -111,13 +113,7 @@ std::vector<BenchRow> bench_llama_cpp(const BenchOptions& o, const std::string& 
   const std::string cmd = fmt::format("'{}' -m '{}' -p '{}' -n '{}' -t {} -r {} -ub {}{} -o json 2>/dev/null", bin,
                                       model_path, o.prompts, o.gens, threads, o.repetitions, o.n_ubatch,
                                       o.warmup ? "" : " --no-warmup");
-  fmt::print(stderr, "peer: {}\n", cmd);
-  FILE* pipe = popen(cmd.c_str(), "r");
-  if (!pipe) throw std::runtime_error("cannot start llama-bench");
-  std::string out;
-  char buf[4096];
-  for (size_t n; (n = fread(buf, 1, sizeof buf, pipe)) > 0;) out.append(buf, n);
-  if (pclose(pipe) != 0) throw std::runtime_error(fmt::format("llama-bench failed: {}", cmd));
+  const std::string out = run_peer(cmd, "llama-bench");
   std::vector<BenchRow> rows;
   for (const auto& r : nlohmann::json::parse(out)) {
     const int n_prompt = r.at("n_prompt").get<int>(), n_gen = r.at("n_gen").get<int>();
@@ -130,7 +126,7 @@ std::vector<BenchRow> bench_llama_cpp(const BenchOptions& o, const std::string& 
 
 void bench(const BenchOptions& o) {
   const std::string path = resolve_model(o);
-  const int threads = apply_threads(o.threads);
+  const int threads = resolve_threads(o.threads);
   BenchOptions opts = o;
   // Dense is always measured first: the baseline of every "vs dense" ratio.
   std::erase(opts.attn, std::string("dense"));
@@ -190,7 +186,8 @@ void bench(const BenchOptions& o) {
 void register_bench(CLI::App& app) {
   auto o = std::make_shared<BenchOptions>();
   CLI::App* cmd = app.add_subcommand("bench", "prompt (pp) and generation (tg) throughput, skim vs llama.cpp in one run");
-  add_shared_options(*cmd, *o, {{Opt::Model}, {Opt::Threads}, {Opt::Ubatch}, {.opt = Opt::Attn, .repeatable = true}});
+  add_shared_options(*cmd, *o,
+                     {{Opt::Model}, {Opt::Threads}, {Opt::Ubatch}, {.opt = Opt::Attn, .repeatable = true}, {Opt::KvType}});
   cmd->add_option("-p,--n-prompt", o->prompts, "prompt lengths, comma-separated (e.g. 512,2048,8192)");
   cmd->add_option("-n,--n-gen", o->gens, "generation lengths, comma-separated (0: none)");
   cmd->add_option("-r,--repetitions", o->repetitions, "measured repetitions per test")->check(at_least(1));

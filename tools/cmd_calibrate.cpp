@@ -142,6 +142,7 @@ void calibrate(const CalibrateOptions& o) {
   calibration::CalibrationOptions co;
   co.len = o.len;
   co.n_ubatch = o.n_ubatch;
+  co.n_threads = resolve_threads(o.threads);
   co.minference_target = o.target;
   co.sale_target = o.sale_target;
   co.reuse_planner = o.reuse_planner;

@@ -185,6 +185,7 @@ class EvalRun {
       ContextParams p;
       p.n_ctx = lengths_.back();
       p.n_ubatch = o.n_ubatch;
+      p.n_threads = resolve_threads(o.threads);
       p.attention = m;
       contexts_[m] = std::make_unique<Context>(*model_, p);
       if (o.fidelity && m != "dense") ContextInternals::set_observer(*contexts_[m], {.fidelity_rows = o.fidelity_rows});

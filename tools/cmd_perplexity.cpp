@@ -24,7 +24,7 @@ void run_perplexity(const PerplexityOptions& o) {
   if (o.max_windows > 0 && tokens.size() > static_cast<size_t>(o.max_windows) * o.n_ctx)
     tokens.resize(static_cast<size_t>(o.max_windows) * o.n_ctx);
   const int64_t n_windows = perplexity_windows(tokens.size(), o.n_ctx);
-  Context ctx(*model, {o.n_ctx, o.n_ubatch});
+  Context ctx(*model, {.n_ctx = o.n_ctx, .n_ubatch = o.n_ubatch, .n_threads = resolve_threads(o.threads)});
   warn_beyond_training(o.n_ctx, model->config().n_ctx_train);
   fmt::print(stderr, "perplexity: {} tokens, {} windows of {} tokens, scoring the second half of each\n", tokens.size(),
              n_windows, o.n_ctx);

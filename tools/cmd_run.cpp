@@ -20,8 +20,25 @@ struct RunOptions : SharedOptions {
   bool show_prompt = false;
   bool progress = true;
   int64_t seed = -1;  // -1: random, as llama.cpp's -s -1
+  int parallel = 1;   // continuations of the prompt generated together
   SamplingParams sampling;
 };
+
+// The perf lines llama.cpp's tools print, for one or several sequences.
+void print_perf(double load_ms, const GenerationTimings& t, int sequences) {
+  auto per = [](double ms, int n) { return n ? ms / n : 0.0; };
+  auto rate = [](double ms, int n) { return ms > 0 ? 1000.0 * n / ms : 0.0; };
+  std::fprintf(stderr, "\n");
+  std::fprintf(stderr, "skim_perf:        load time = %10.2f ms\n", load_ms);
+  std::fprintf(stderr, "skim_perf: prompt eval time = %10.2f ms / %5d tokens (%8.2f ms per token, %8.2f tokens per second)\n",
+               t.prompt_ms, t.n_prompt, per(t.prompt_ms, t.n_prompt), rate(t.prompt_ms, t.n_prompt));
+  std::fprintf(stderr, "skim_perf:        eval time = %10.2f ms / %5d runs   (%8.2f ms per token, %8.2f tokens per second)%s\n",
+               t.gen_ms, t.n_decoded, per(t.gen_ms, t.n_decoded), rate(t.gen_ms, t.n_decoded),
+               sequences > 1 ? fmt::format(", {} sequences", sequences).c_str() : "");
+  std::fprintf(stderr, "skim_perf: time to first token = %7.2f ms\n", t.ttft_ms);
+  std::fprintf(stderr, "skim_perf:       total time = %10.2f ms / %5d tokens\n", load_ms + t.prompt_ms + t.gen_ms,
+               t.n_prompt + t.n_gen);
+}
 
 void run(const RunOptions& o) {
   Stopwatch load_clock;
@@ -35,6 +52,9 @@ void run(const RunOptions& o) {
   cp.n_ctx = o.n_ctx;
   cp.n_ubatch = o.n_ubatch;
   cp.attention = attn;
+  cp.n_threads = resolve_threads(o.threads);
+  cp.n_seq_max = o.parallel;
+  cp.kv_type = o.kv_type;
   Context ctx(*model, cp);
   const double load_ms = load_clock.ms();
 
@@ -61,6 +81,32 @@ void run(const RunOptions& o) {
   SamplingParams sampling = o.sampling;
   if (o.seed >= 0) sampling.seed = static_cast<uint64_t>(o.seed);
   Sampler sampler(sampling);
+  if (o.parallel > 1) {
+    // Continuation i samples with seed + i: reproducible from the one seed printed.
+    std::vector<Sampler> samplers;
+    for (int i = 0; i < o.parallel; ++i) {
+      SamplingParams p = sampling;
+      p.seed = sampler.seed() + static_cast<uint64_t>(i);
+      samplers.emplace_back(p);
+    }
+    GenerationOptions g;
+    g.n_predict = o.n_predict;
+    g.ignore_eog = o.ignore_eos;
+    const std::vector<GenerationResult> results = generate_parallel(ctx, prompt, std::move(samplers), g);
+    GenerationTimings total = results.front().timings;
+    total.n_gen = total.n_decoded = 0;
+    for (size_t i = 0; i < results.size(); ++i) {
+      std::printf("%s--- sequence %zu (seed %llu, stop: %s) ---\n%s\n", i ? "\n" : "", i,
+                  static_cast<unsigned long long>(sampler.seed() + i), results[i].stop_reason.c_str(), results[i].text.c_str());
+      total.n_gen += results[i].timings.n_gen;
+      total.n_decoded += results[i].timings.n_decoded;
+    }
+    print_perf(load_ms, total, o.parallel);
+    print_attention_report(ctx.attention_report());
+    std::fprintf(stderr, "skim_perf: peak RSS = %.1f MiB (KV cache %.1f MiB held, cap %.1f MiB), seed %llu\n", peak_rss_mib(),
+                 ctx.kv_held_bytes() / 1048576.0, ctx.kv_cap_bytes() / 1048576.0, static_cast<unsigned long long>(sampler.seed()));
+    return;
+  }
   GenerationOptions g;
   g.n_predict = o.n_predict;
   g.ignore_eog = o.ignore_eos;
@@ -79,18 +125,7 @@ void run(const RunOptions& o) {
   GenerationResult r = generate(ctx, prompt, sampler, g);
   std::fputs("\n", stdout);
 
-  const GenerationTimings& t = r.timings;
-  auto per = [](double ms, int n) { return n ? ms / n : 0.0; };
-  auto rate = [](double ms, int n) { return ms > 0 ? 1000.0 * n / ms : 0.0; };
-  std::fprintf(stderr, "\n");
-  std::fprintf(stderr, "skim_perf:        load time = %10.2f ms\n", load_ms);
-  std::fprintf(stderr, "skim_perf: prompt eval time = %10.2f ms / %5d tokens (%8.2f ms per token, %8.2f tokens per second)\n",
-               t.prompt_ms, t.n_prompt, per(t.prompt_ms, t.n_prompt), rate(t.prompt_ms, t.n_prompt));
-  std::fprintf(stderr, "skim_perf:        eval time = %10.2f ms / %5d runs   (%8.2f ms per token, %8.2f tokens per second)\n",
-               t.gen_ms, t.n_decoded, per(t.gen_ms, t.n_decoded), rate(t.gen_ms, t.n_decoded));
-  std::fprintf(stderr, "skim_perf: time to first token = %7.2f ms\n", t.ttft_ms);
-  std::fprintf(stderr, "skim_perf:       total time = %10.2f ms / %5d tokens\n", load_ms + t.prompt_ms + t.gen_ms,
-               t.n_prompt + t.n_gen);
+  print_perf(load_ms, r.timings, 1);
   print_attention_report(ctx.attention_report());
   std::fprintf(stderr, "skim_perf: peak RSS = %.1f MiB (KV cache %.1f MiB held, cap %.1f MiB), seed %llu, stop: %s\n",
                peak_rss_mib(), ctx.kv_held_bytes() / 1048576.0, ctx.kv_cap_bytes() / 1048576.0, static_cast<unsigned long long>(sampler.seed()), r.stop_reason.c_str());
@@ -101,7 +136,7 @@ void run(const RunOptions& o) {
 void register_run(CLI::App& app) {
   auto o = std::make_shared<RunOptions>();
   CLI::App* cmd = app.add_subcommand("run", "generate text from a prompt (-p) or a file (-f)");
-  add_shared_options(*cmd, *o, {{Opt::Model}, {Opt::Threads}, {Opt::Ctx}, {Opt::Ubatch}, {Opt::Attn}});
+  add_shared_options(*cmd, *o, {{Opt::Model}, {Opt::Threads}, {Opt::Ctx}, {Opt::Ubatch}, {Opt::Attn}, {Opt::KvType}});
   cmd->add_option("-p,--prompt", o->prompt, "prompt text");
   cmd->add_option("-f,--file", o->file, "read the prompt from a file")->check(CLI::ExistingFile);
   cmd->add_flag("--chat", o->chat, "wrap the prompt in the model's chat template (ChatML) as a user message");
@@ -118,6 +153,10 @@ void register_run(CLI::App& app) {
   cmd->add_option("-s,--seed", o->seed, "sampling seed (-1: random)")
       ->check(in_range<int64_t>(-1, std::numeric_limits<int64_t>::max()));
   cmd->add_flag("--ignore-eos", o->ignore_eos, "keep generating past end-of-generation tokens");
+  cmd->add_option("--parallel", o->parallel,
+                  "continuations of the prompt generated together (-np): one prefill shared by copy-on-write, "
+                  "then one batch per step")
+      ->check(in_range(1, 256));
   cmd->add_flag("--show-prompt", o->show_prompt, "echo the prompt text before the generated text");
   cmd->add_flag("!--no-progress", o->progress, "no prefill progress line");
   cmd->callback([o] { run(*o); });

@@ -1,10 +1,10 @@
 #include "common.h"
 
-#include <omp.h>
 #include <sys/resource.h>
 
 #include <algorithm>
 #include <filesystem>
+#include <cstdio>
 #include <fstream>
 #include <random>
 #include <sstream>
@@ -40,6 +40,7 @@ const SharedOption kSharedOptions[] = {
     {Opt::Ctx, "-c,--ctx-size", "context size in tokens", &SharedOptions::n_ctx, Range{0, kMaxTokens}, "the model's"},
     {Opt::Ubatch, "--ubatch-size", "prefill micro-batch size", &SharedOptions::n_ubatch, Range{1, kMaxTokens}},
     {Opt::Attn, "--attn", "attention method NAME[:key=value,...] (skim info --attn lists them)", &SharedOptions::attn},
+    {Opt::KvType, "--kv-type", "KV cache format: f16 or bf16", &SharedOptions::kv_type},
 };
 }  // namespace
 
@@ -58,16 +59,13 @@ void add_shared_options(CLI::App& cmd, SharedOptions& o, std::initializer_list<U
 }
 
 std::string resolve_model(const SharedOptions& o) {
-  apply_threads(o.threads);
   if (o.model.empty()) return paths::default_model().string();
   if (!std::filesystem::exists(o.model)) throw std::runtime_error(fmt::format("model file '{}' does not exist", o.model));
   return o.model;
 }
 
-int apply_threads(int threads) {
-  if (threads <= 0) threads = static_cast<int>(std::thread::hardware_concurrency());
-  omp_set_num_threads(threads);
-  return threads;
+int resolve_threads(int threads) {
+  return threads > 0 ? threads : static_cast<int>(std::thread::hardware_concurrency());
 }
 
 std::string read_file(const std::string& path) {
@@ -123,6 +121,17 @@ std::vector<int32_t> random_tokens(int n, int n_vocab, uint32_t seed) {
   std::vector<int32_t> t(static_cast<size_t>(n));
   for (int32_t& x : t) x = pick(rng);
   return t;
+}
+
+std::string run_peer(const std::string& cmd, const char* tool) {
+  fmt::print(stderr, "peer: {}\n", cmd);
+  FILE* pipe = popen(cmd.c_str(), "r");
+  if (!pipe) throw std::runtime_error(fmt::format("cannot start {}", tool));
+  std::string out;
+  char buf[4096];
+  for (size_t n; (n = fread(buf, 1, sizeof buf, pipe)) > 0;) out.append(buf, n);
+  if (pclose(pipe) != 0) throw std::runtime_error(fmt::format("{} failed: {}", tool, cmd));
+  return out;
 }
 
 }  // namespace skim::cli

@@ -52,8 +52,9 @@ struct SharedOptions {
   int n_ctx = 0;                              // 0: the model's
   int n_ubatch = 512;
   std::vector<std::string> attn = {"dense"};  // one spec unless the command takes several
+  std::string kv_type = "f16";
 };
-enum class Opt { Model, Threads, Ctx, Ubatch, Attn };
+enum class Opt { Model, Threads, Ctx, Ubatch, Attn, KvType };
 struct Range { int min, max; };
 // A shared flag as one command takes it: the table's range unless the flag means something
 // narrower there; a list (--attn) takes one value unless repeatable.
@@ -63,11 +64,15 @@ struct Use {
   bool repeatable = false;
 };
 void add_shared_options(CLI::App& cmd, SharedOptions& o, std::initializer_list<Use> uses);
-// Resolves the model path (default model when empty) and sets the thread count.
+// Resolves the model path (default model when empty).
 std::string resolve_model(const SharedOptions& o);
-int apply_threads(int threads);
+// -t as a count (0: all cores); contexts take it as ContextParams::n_threads.
+int resolve_threads(int threads);
 
 std::string read_file(const std::string& path);
+// Runs a peer's command line (logged to stderr) and returns its stdout; throws
+// naming `tool` when it cannot start or exits non-zero.
+std::string run_peer(const std::string& cmd, const char* tool);
 // "512,2048": token counts for option `what` (zeros dropped); throws on anything else.
 std::vector<int> parse_token_counts(const std::string& list, const char* what);
 // Random ids like llama-bench's (the content does not change the work done).

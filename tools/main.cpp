@@ -14,7 +14,8 @@ struct Alias {
   const char* to;
 };
 constexpr Alias kAliases[] = {{"-ub", "--ubatch-size"}, {"-sys", "--system-prompt"}, {"-npp", "--npp"},
-                              {"-ntg", "--ntg"},       {"-npl", "--npl"},           {"-pps", "--pps"}};
+                              {"-ntg", "--ntg"},       {"-npl", "--npl"},           {"-pps", "--pps"},
+                              {"-np", "--parallel"}};
 
 std::vector<char*> rewrite_aliases(int argc, char** argv) {
   std::vector<char*> out(argv, argv + argc);

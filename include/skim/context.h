@@ -29,8 +29,12 @@ struct ContextParams {
   int n_ctx = 0;       // KV capacity per sequence in tokens; 0 = the model's training context
   int n_ubatch = 512;  // tokens per forward micro-batch during prefill
   int n_seq_max = 1;   // sequences (ids 0..n_seq_max-1); the KV pool's cap is n_ctx tokens for each
+  // Threads of this context's calls (0: OpenMP's default). Set for the calling
+  // thread only while a call runs, so contexts on different threads keep their own.
+  int n_threads = 0;
   // Attention method spec, "NAME[:key=value,...]" (skim/attention.h).
   std::string attention = "dense";
+  std::string kv_type = "f16";  // format of the KV pages: f16 or bf16
 };
 
 // The tokens of one decode call, of one or more sequences (what llama_batch

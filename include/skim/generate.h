@@ -3,11 +3,13 @@
 
 #include <cstdint>
 #include <functional>
+#include <span>
 #include <string>
 #include <vector>
 
 #include "skim/context.h"
 #include "skim/sampling.h"
+#include "skim/tokenizer.h"
 
 namespace skim {
 
@@ -36,5 +38,45 @@ struct GenerationOptions {
 
 GenerationResult generate(Context& ctx, const std::vector<int32_t>& prompt, Sampler& sampler,
                           const GenerationOptions& opts);
+
+// One sequence being generated in a shared Context: its sequence id, token
+// history, sampler, text decoder and what it produced so far. What a server
+// keeps per request; the model, the context and its KV pool are shared.
+class Session {
+ public:
+  Session(const Tokenizer& tok, int seq_id, const std::vector<int32_t>& prompt, Sampler sampler);
+
+  int seq_id() const { return seq_id_; }
+  const std::vector<int32_t>& history() const { return history_; }  // prompt and generated tokens
+  bool done() const { return done_; }
+  int32_t last_token() const { return history_.back(); }
+  const Sampler& sampler() const { return sampler_; }
+
+  // Samples the next token from the logits of the last one. False when
+  // generation stops (end of generation, n_predict, or a full context:
+  // result().stop_reason); true when the sampled token is to be decoded next.
+  bool accept(std::span<const float> logits, int n_past, int n_ctx, const GenerationOptions& opts);
+  // The text decoder's tail, once generation has stopped.
+  std::string finish();
+  GenerationResult& result() { return result_; }
+
+ private:
+  const Tokenizer& tok_;
+  int seq_id_;
+  std::vector<int32_t> history_;
+  Sampler sampler_;
+  StreamDecoder stream_;
+  GenerationResult result_;
+  bool done_ = false;
+};
+
+// n continuations of one prompt, generated together (as llama.cpp's
+// llama-batched): the prompt is prefilled once into sequence 0 and shared by
+// the others through the KV pool (copy-on-write), then every step decodes the
+// last token of each unfinished session as one batch. One sampler per
+// continuation; ctx.n_seq_max() must be at least their number. opts.on_text is
+// not called (the texts are in the results). The context is cleared first.
+std::vector<GenerationResult> generate_parallel(Context& ctx, const std::vector<int32_t>& prompt,
+                                                std::vector<Sampler> samplers, const GenerationOptions& opts);
 
 }  // namespace skim

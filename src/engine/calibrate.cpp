@@ -635,6 +635,7 @@ CalibrationResult calibrate(const Model& model, std::span<const int32_t> tokens,
   ContextParams cp;
   cp.n_ctx = static_cast<int>(len);
   cp.n_ubatch = options.n_ubatch;
+  cp.n_threads = options.n_threads;
   cp.attention = "dense";
   Context ctx(model, cp);
   ContextInternals::set_observer(ctx, {.on_prefill_attention = [&](const PlanRequest& r) { cal.observe(r); }});

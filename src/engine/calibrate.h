@@ -58,6 +58,7 @@ namespace skim::calibration {
 struct CalibrationOptions {
   int64_t len = 4096;               // calibration tokens (the text's first len tokens)
   int n_ubatch = 512;               // prefill chunk, as in skim run -ub
+  int n_threads = 0;                // threads (0: OpenMP's default)
   double minference_target = 0.95;  // mean recall a vertical-slash budget must reach
   double sale_target = 0.95;        // mean recall a SALE theta must keep
   std::string reuse_planner;        // spec of the reference planner; empty: xattention if built in, else sale

@@ -20,7 +20,12 @@ namespace {
 
 // Up to this many activation rows, matmul streams the weights once per call
 // (GEMV); above it, it dequantizes panels of W and multiplies them in f32.
-constexpr int64_t kMaxGemvRows = kMaxIntegerDotRows;
+static_assert(kDefaultGemvRows == kMaxIntegerDotRows);
+// Batched decode raises the GEMV limit for weights with an integer kernel:
+// the rows are quantized in groups of kMaxIntegerDotRows and every group is
+// dotted with a weight row while it is in L1, so W is still read from memory
+// once. Dequantizing W for a GEMM costs more than these few rows' products
+// (SmolLM2 Q4_1, 8 sequences at 1K: 2.3x the GEMM's decode rate).
 // Rows of W per prefill panel: per-panel costs (OpenBLAS repacks the
 // activations on every call; the packed kernel re-reads them per panel) fall
 // as 1 / panel rows, while enough panels must remain to share among threads.
@@ -127,17 +132,26 @@ void validate(const TensorInfo& w, const float* x, int64_t m, const float* y, in
     throw std::invalid_argument("matmul: null activation or output pointer");
 }
 
-// Decode with an integer kernel: quantize x to 8 bits, then stream W once.
+// Decode with an integer kernel: quantize x to 8 bits (groups of up to
+// kMaxIntegerDotRows rows), then stream W once, each weight row dotted with
+// every group.
 void gemv_integer(const TensorInfo& w, const float* x, int64_t m, float* y, int64_t ldy, int64_t n_begin,
                   int64_t n_end, ActivationFormat format, KernelIsa isa) {
-  thread_local QuantizedActivations act;
-  quantize_activations(x, m, w.row_length(), format, isa, act);
+  const int64_t k = w.row_length(), groups = (m + kMaxIntegerDotRows - 1) / kMaxIntegerDotRows;
+  thread_local std::vector<QuantizedActivations> acts;
+  if (static_cast<int64_t>(acts.size()) < groups) acts.resize(static_cast<size_t>(groups));
+  for (int64_t g = 0; g < groups; ++g)
+    quantize_activations(x + g * kMaxIntegerDotRows * k, std::min<int64_t>(kMaxIntegerDotRows, m - g * kMaxIntegerDotRows),
+                         k, format, isa, acts[static_cast<size_t>(g)]);
   const RowDotFn dot = select_row_dot(w.type, isa);
-  const bool parallel = static_cast<size_t>(n_end - n_begin) * w.row_size() >= kMinParallelGemvBytes;
-  const QuantizedActivations& a = act;
+  const bool parallel = static_cast<size_t>(n_end - n_begin) * w.row_size() * groups >= kMinParallelGemvBytes;
+  const QuantizedActivations* a = acts.data();
 #pragma omp parallel for schedule(dynamic, kGemvChunkRows) if (parallel) num_threads(max_threads())
-  for (int64_t n = n_begin; n < n_end; ++n) dot(w.row(n), a, y + (n - n_begin), ldy);
+  for (int64_t n = n_begin; n < n_end; ++n)
+    for (int64_t g = 0; g < groups; ++g) dot(w.row(n), a[g], y + g * kMaxIntegerDotRows * ldy + (n - n_begin), ldy);
 }
+
+
 
 // Decode for types without an integer kernel: dequantize each row, f32 dots.
 void gemv_float(const TensorInfo& w, const float* x, int64_t m, float* y, int64_t ldy, int64_t n_begin,
@@ -431,12 +445,17 @@ void gemm_packed_avx2(std::span<GemmJob> jobs, const float* x, int64_t m) {
 
 }  // namespace
 
+bool uses_gemv(GgmlType type, int64_t m, int64_t gemv_rows) {
+  return m <= kDefaultGemvRows || (m <= std::min(gemv_rows, kMaxBatchedGemvRows) &&
+                                   integer_activation_format(type) != ActivationFormat::kNone);
+}
+
 void matmul_rows(const TensorInfo& w, const float* x, int64_t m, float* y, int64_t ldy, int64_t n_begin,
-                 int64_t n_end) {
+                 int64_t n_end, int64_t gemv_rows) {
   validate(w, x, m, y, ldy, n_begin, n_end);
   if (m == 0 || n_begin == n_end) return;
   const KernelIsa isa = kernel_isa();
-  if (m <= kMaxGemvRows) {
+  if (uses_gemv(w.type, m, gemv_rows)) {
     const ActivationFormat format = integer_activation_format(w.type);
     if (format != ActivationFormat::kNone)
       gemv_integer(w, x, m, y, ldy, n_begin, n_end, format, isa);
@@ -452,12 +471,12 @@ void matmul_rows(const TensorInfo& w, const float* x, int64_t m, float* y, int64
   }
 }
 
-void matmul(const TensorInfo& w, const float* x, int64_t m, float* y) {
+void matmul(const TensorInfo& w, const float* x, int64_t m, float* y, int64_t gemv_rows) {
   const int64_t n = w.dims.empty() ? 0 : w.rows();
-  matmul_rows(w, x, m, y, n, 0, n);
+  matmul_rows(w, x, m, y, n, 0, n, gemv_rows);
 }
 
-void matmul_shared_input(std::span<const MatmulTarget> targets, const float* x, int64_t m) {
+void matmul_shared_input(std::span<const MatmulTarget> targets, const float* x, int64_t m, int64_t gemv_rows) {
   if (targets.empty()) return;
   std::vector<GemmJob> jobs;
   for (const MatmulTarget& t : targets) {
@@ -470,11 +489,12 @@ void matmul_shared_input(std::span<const MatmulTarget> targets, const float* x, 
                                               targets.front().w->row_length(), t.w->row_length()));
     if (n > 0) jobs.push_back({t.w, t.y, n, 0, n, 0, 0, 0, 0});
   }
-  if (m <= kMaxGemvRows || kernel_isa() != KernelIsa::kAvx2 || jobs.empty()) {
-    for (const GemmJob& j : jobs) matmul_rows(*j.w, x, m, j.y, j.ldy, j.n_begin, j.n_end);
+  const bool any_gemv = std::any_of(targets.begin(), targets.end(), [m, gemv_rows](const MatmulTarget& t) { return uses_gemv(t.w->type, m, gemv_rows); });
+  if (any_gemv || kernel_isa() != KernelIsa::kAvx2 || jobs.empty()) {
+    for (const GemmJob& j : jobs) matmul_rows(*j.w, x, m, j.y, j.ldy, j.n_begin, j.n_end, gemv_rows);
     return;
   }
-  gemm_packed_avx2(jobs, x, m);  // m > kMaxGemvRows here
+  gemm_packed_avx2(jobs, x, m);  // no target takes the GEMV path here
 }
 
 }  // namespace skim::kernels

@@ -10,7 +10,11 @@
 // ggml's q8_1 / q8_K) and uses integer dot products, so results carry that
 // quantization error (at most half an activation step per element); other types
 // dequantize row by row and use f32 dots.
-// m > 4 (prefill) dequantizes panels of W (128 rows) into per-thread scratch and
+// A caller whose rows are small independent decodes (a batch of sequences with
+// at most 4 rows each) passes gemv_rows up to 16: those rows then take the
+// integer GEMV too, in groups of 4 per weight row while it is in L1, so each
+// row gets exactly the product it gets alone.
+// Otherwise m > 4 (prefill) dequantizes panels of W (128 rows) into per-thread scratch and
 // multiplies them in f32 (f32 accuracy), so no full dequantized copy of the
 // weights ever exists: on AVX2 with a packed GEMM micro-kernel (the panel is
 // dequantized straight into the packed layout), otherwise with OpenBLAS sgemm
@@ -26,7 +30,11 @@
 
 namespace skim::kernels {
 
-void matmul(const TensorInfo& w, const float* x, int64_t m, float* y);
+// Rows up to which products take the GEMV path by default, and at most.
+inline constexpr int64_t kDefaultGemvRows = 4;
+inline constexpr int64_t kMaxBatchedGemvRows = 16;
+
+void matmul(const TensorInfo& w, const float* x, int64_t m, float* y, int64_t gemv_rows = kDefaultGemvRows);
 
 // One product of the shared activations x with each weight (Q, K and V of a
 // layer; or its gate and up projections): y_i = x . W_i^T, y_i with row
@@ -36,12 +44,18 @@ struct MatmulTarget {
   const TensorInfo* w;
   float* y;
 };
-void matmul_shared_input(std::span<const MatmulTarget> targets, const float* x, int64_t m);
+void matmul_shared_input(std::span<const MatmulTarget> targets, const float* x, int64_t m,
+                         int64_t gemv_rows = kDefaultGemvRows);
 
 // Same, restricted to output rows [n_begin, n_end) of W:
 //   y[r * ldy + (n - n_begin)] = sum_k x[r][k] * W[n][k]   for n in [n_begin, n_end)
 // (pass y + n_begin with ldy = n to fill those columns of a full m x n output).
 void matmul_rows(const TensorInfo& w, const float* x, int64_t m, float* y, int64_t ldy,
-                 int64_t n_begin, int64_t n_end);
+                 int64_t n_begin, int64_t n_end, int64_t gemv_rows = kDefaultGemvRows);
+
+// Whether a product of m rows with a weight of this type takes the GEMV path
+// (weights streamed once; 8-bit activations where the type has an integer
+// kernel). Above it, the f32 GEMM on dequantized panels.
+bool uses_gemv(GgmlType type, int64_t m, int64_t gemv_rows = kDefaultGemvRows);
 
 }  // namespace skim::kernels

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <numeric>
 
 #include "attention/method.h"
 #include "kernels/attention.h"
@@ -30,6 +31,17 @@ Activations::Activations(const ModelConfig& c, size_t rows) {
 }
 
 namespace blocks {
+
+int64_t gemv_rows(const Forward& f, std::span<const int> rows) {
+  size_t k = 0;
+  for (const SequenceRows& sr : f.seqs) {
+    int64_t mine = 0;
+    for (; k < rows.size() && rows[k] < sr.row0 + sr.n; ++k) ++mine;
+    if (mine > kernels::kDefaultGemvRows) return kernels::kDefaultGemvRows;
+  }
+  return static_cast<int64_t>(rows.size());
+}
+
 namespace {
 
 void add_bias(float* y, const TensorInfo* bias, int rows, int n) {
@@ -74,7 +86,7 @@ const float* packed_rows(const Forward& f, const float* src, int dim, float* scr
 // Active rows of x += w * in (in packed).
 void add_projection(Forward& f, const TensorInfo& w, const float* in) {
   const int rows = static_cast<int>(f.active.size()), d = f.model.config().n_embd;
-  kernels::matmul(w, in, rows, f.s.proj.data());
+  kernels::matmul(w, in, rows, f.s.proj.data(), blocks::gemv_rows(f, f.active));
   if (active_is_range(f)) {
     kernels::add_inplace(f.s.x.data() + static_cast<size_t>(f.active.front()) * d, f.s.proj.data(), static_cast<int64_t>(rows) * d);
     return;
@@ -130,13 +142,17 @@ void attention(Forward& f, int l) {
   const int n = f.n, rows = static_cast<int>(f.active.size());
   const int d = c.n_embd, hd = c.head_dim, half = hd / 2, q_dim = c.n_head * hd, kv_dim = c.n_head_kv * hd;
   kernels::rms_norm(s.x.data(), f32_data(*L.attn_norm), s.xn.data(), n, d, c.rms_eps);
+  std::vector<int> all_rows(static_cast<size_t>(n));
+  std::iota(all_rows.begin(), all_rows.end(), 0);
+  const int64_t gemv_all = blocks::gemv_rows(f, all_rows);
   if (rows == n) {
     const kernels::MatmulTarget qkv[] = {{L.wq, s.q.data()}, {L.wk, s.k.data()}, {L.wv, s.v.data()}};
-    kernels::matmul_shared_input(qkv, s.xn.data(), n);
+    kernels::matmul_shared_input(qkv, s.xn.data(), n, gemv_all);
   } else {
     const kernels::MatmulTarget kv[] = {{L.wk, s.k.data()}, {L.wv, s.v.data()}};
-    kernels::matmul_shared_input(kv, s.xn.data(), n);
-    if (rows > 0) kernels::matmul(*L.wq, packed_rows(f, s.xn.data(), d, s.proj.data()), rows, s.q.data());
+    kernels::matmul_shared_input(kv, s.xn.data(), n, gemv_all);
+    if (rows > 0)
+      kernels::matmul(*L.wq, packed_rows(f, s.xn.data(), d, s.proj.data()), rows, s.q.data(), blocks::gemv_rows(f, f.active));
   }
   add_bias(s.q.data(), L.bq, rows, q_dim);
   add_bias(s.k.data(), L.bk, n, kv_dim);
@@ -179,7 +195,7 @@ void ffn_swiglu(Forward& f, int l) {
   kernels::rms_norm(packed_rows(f, s.x.data(), c.n_embd, s.proj.data()), f32_data(*L.ffn_norm), s.xn.data(), rows,
                     c.n_embd, c.rms_eps);
   const kernels::MatmulTarget gate_up[] = {{L.w_gate, s.gate.data()}, {L.w_up, s.up.data()}};
-  kernels::matmul_shared_input(gate_up, s.xn.data(), rows);
+  kernels::matmul_shared_input(gate_up, s.xn.data(), rows, blocks::gemv_rows(f, f.active));
   kernels::swiglu(s.gate.data(), s.up.data(), static_cast<int64_t>(rows) * c.n_ff);
   add_projection(f, *L.w_down, s.gate.data());
 }

@@ -56,6 +56,10 @@ struct Forward {
 inline const float* f32_data(const TensorInfo& t) { return reinterpret_cast<const float*>(t.data); }
 
 namespace blocks {
+// The GEMV row limit for products over these micro-batch rows (kernels/matmul.h):
+// all of them when no sequence brings more than the default (a batch of
+// decodes: each sequence then gets the products it gets alone), else the default.
+int64_t gemv_rows(const Forward& f, std::span<const int> rows);
 // x += Wo Attention(RoPE(Wq n), RoPE(Wk n), Wv n), n = RMSNorm(x) (biases when
 // the layer has them); every row's K/V go into the layer's cache.
 void attention(Forward& f, int layer);

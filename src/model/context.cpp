@@ -1,5 +1,7 @@
 #include "skim/context.h"
 
+#include <omp.h>
+
 #include <algorithm>
 #include <numeric>
 #include <stdexcept>
@@ -26,11 +28,15 @@ Context::Context(const Model& model, ContextParams params)
   if (params_.n_ctx <= 0) params_.n_ctx = c.n_ctx_train;
   if (params_.n_ubatch <= 0) throw std::invalid_argument("micro-batch size must be positive");
   if (params_.n_seq_max <= 0) throw std::invalid_argument("the number of sequences must be positive");
+  if (params_.n_threads < 0) throw std::invalid_argument("the thread count must not be negative");
   params_.n_ubatch = std::min(params_.n_ubatch, params_.n_ctx * params_.n_seq_max);
   method_ = std::make_unique<attention::AttentionMethod>(params_.attention, c.n_layer);
   // The pool's cap: n_ctx tokens of every sequence in every (layer, KV head), in whole pages.
   const int64_t pages_per_head = (params_.n_ctx + kv::kPageRows - 1) / kv::kPageRows;
-  pool_ = std::make_unique<kv::KvPool>(c.head_dim, kernels::KvDType::F16,
+  if (params_.kv_type != "f16" && params_.kv_type != "bf16")
+    throw std::invalid_argument(fmt::format("KV cache type '{}': use f16 or bf16", params_.kv_type));
+  const kernels::KvDType kv_type = params_.kv_type == "bf16" ? kernels::KvDType::BF16 : kernels::KvDType::F16;
+  pool_ = std::make_unique<kv::KvPool>(c.head_dim, kv_type,
                                        pages_per_head * c.n_layer * c.n_head_kv * params_.n_seq_max);
   for (int i = 0; i < params_.n_seq_max; ++i)
     seqs_.push_back(std::make_unique<kv::KvSequence>(*pool_, c.n_layer, c.n_head_kv, params_.n_ctx));
@@ -107,7 +113,25 @@ void Context::decode_streaming(std::span<const int32_t> tokens, int64_t logits_f
       batch, [&](int64_t first, int64_t rows, const float* l) { on_logits(from + first, rows, l); }, progress);
 }
 
+namespace {
+// The calling thread's OpenMP team size for one call; the ICV belongs to the
+// calling thread, so nothing outside the call sees it.
+class ThreadScope {
+ public:
+  explicit ThreadScope(int n) : saved_(omp_get_max_threads()) {
+    if (n > 0) omp_set_num_threads(n);
+  }
+  ~ThreadScope() { omp_set_num_threads(saved_); }
+  ThreadScope(const ThreadScope&) = delete;
+  ThreadScope& operator=(const ThreadScope&) = delete;
+
+ private:
+  int saved_;
+};
+}  // namespace
+
 void Context::run(const Batch& b, const LogitsFn& on_logits, const ProgressFn& progress) {
+  const ThreadScope threads(params_.n_threads);
   const int n_vocab = model_.config().n_vocab;
   const int n = static_cast<int>(b.size());
   if (n == 0) throw std::invalid_argument("decode: no tokens");
@@ -187,7 +211,7 @@ void Context::forward_ubatch(const Ubatch& ub, float* logits_out) {
   for (int k = 0; k < rows; ++k)
     std::copy_n(s.x.data() + static_cast<size_t>(ub.logit_rows[k]) * d, d, s.proj.data() + static_cast<size_t>(k) * d);
   kernels::rms_norm(s.proj.data(), f32_data(model_.output_norm()), s.xn.data(), rows, d, c.rms_eps);
-  kernels::matmul(model_.output(), s.xn.data(), rows, logits_out);
+  kernels::matmul(model_.output(), s.xn.data(), rows, logits_out, blocks::gemv_rows(f, ub.logit_rows));
 }
 
 }  // namespace skim
