@@ -26,6 +26,7 @@ struct BatchedBenchOptions : SharedOptions {
   std::string parallel = "1,2,4,8";
   bool shared_prompt = false;
   std::string peer = "llama.cpp";
+  std::string peer_flags;  // appended to llama-batched-bench's command line
 };
 
 struct Row {
@@ -97,9 +98,9 @@ std::vector<Row> bench_llama_cpp(const BatchedBenchOptions& o, const std::string
     throw std::runtime_error(
         fmt::format("llama-batched-bench not found at {}: run scripts/build-llama-cpp, or pass --peer none", bin));
   const std::string cmd =
-      fmt::format("'{}' -m '{}' -c {} -b {} -ub {} -npp '{}' -ntg '{}' -npl '{}' -t {}{} --output-format jsonl 2>&1",
+      fmt::format("'{}' -m '{}' -c {} -b {} -ub {} -npp '{}' -ntg '{}' -npl '{}' -t {}{} {} --output-format jsonl 2>&1",
                   bin, model_path, n_kv_max, std::max(2048, o.n_ubatch), o.n_ubatch, o.prompts, o.gens, o.parallel,
-                  threads, o.shared_prompt ? " -pps" : "");
+                  threads, o.shared_prompt ? " -pps" : "", o.peer_flags);
   const std::string out = run_peer(cmd, "llama-batched-bench");
   std::vector<Row> rows;
   std::istringstream lines(out);
@@ -169,6 +170,9 @@ void register_batched_bench(CLI::App& app) {
   cmd->add_option("--npl", o->parallel, "parallel sequences, comma-separated (-npl)");
   cmd->add_flag("--pps", o->shared_prompt, "the sequences share one prompt (prefilled once, then copied: -pps)");
   cmd->add_option("--peer", o->peer, "llama.cpp (run llama-batched-bench on the same model) or none");
+  cmd->add_option("--peer-flags", o->peer_flags,
+                  "more llama-batched-bench flags, e.g. \"-fa off\" (its flash attention, on by default here, is "
+                  "slower for decode on CPU)");
   cmd->callback([o] { batched_bench(*o); });
 }
 
