@@ -150,52 +150,52 @@ TEST_P(MatmulVsReference, AllShapes) {
 
     // The default GEMV limit, and the batched-decode one where it changes the path.
     for (const int64_t gemv_rows : {kernels::kDefaultGemvRows, kernels::kMaxBatchedGemvRows}) {
-    if (gemv_rows != kernels::kDefaultGemvRows && kernels::uses_gemv(type, s.m, gemv_rows) == kernels::uses_gemv(type, s.m))
-      continue;
-    SCOPED_TRACE(::testing::Message() << "gemv_rows=" << gemv_rows);
-    const bool integer_path = kernels::uses_gemv(type, s.m, gemv_rows) && format != ActivationFormat::kNone;
-    std::vector<double> ref_quantized, bound;
-    if (integer_path) {
-      kernels::QuantizedActivations a;
-      kernels::quantize_activations(x.data(), s.m, s.k, format, KernelIsa::kScalar, a);
-      std::vector<float> xq(s.m * s.k);
-      const int64_t block = kernels::activation_block_size(format);
-      for (int64_t r = 0; r < s.m; ++r)
-        for (int64_t i = 0; i < s.k; ++i)
-          xq[r * s.k + i] = a.q[r * s.k + kernels::activation_position(a, i)] * a.d[(r * s.k + i) / block];
-      std::vector<double> unused;
-      reference(wf, xq, s.m, s.n, s.k, ref_quantized, unused);
-      bound = activation_rounding_bound(wf, a, s.n);
-    }
+      if (gemv_rows != kernels::kDefaultGemvRows && kernels::uses_gemv(type, s.m, gemv_rows) == kernels::uses_gemv(type, s.m))
+        continue;
+      SCOPED_TRACE(::testing::Message() << "gemv_rows=" << gemv_rows);
+      const bool integer_path = kernels::uses_gemv(type, s.m, gemv_rows) && format != ActivationFormat::kNone;
+      std::vector<double> ref_quantized, bound;
+      if (integer_path) {
+        kernels::QuantizedActivations a;
+        kernels::quantize_activations(x.data(), s.m, s.k, format, KernelIsa::kScalar, a);
+        std::vector<float> xq(s.m * s.k);
+        const int64_t block = kernels::activation_block_size(format);
+        for (int64_t r = 0; r < s.m; ++r)
+          for (int64_t i = 0; i < s.k; ++i)
+            xq[r * s.k + i] = a.q[r * s.k + kernels::activation_position(a, i)] * a.d[(r * s.k + i) / block];
+        std::vector<double> unused;
+        reference(wf, xq, s.m, s.n, s.k, ref_quantized, unused);
+        bound = activation_rounding_bound(wf, a, s.n);
+      }
 
-    std::vector<KernelIsa> isas = {KernelIsa::kScalar};
-    if (kernels::detected_isa() == KernelIsa::kAvx2) isas.push_back(KernelIsa::kAvx2);
-    for (KernelIsa isa : isas)
-      for (int threads : {1, 2}) {
-        SCOPED_TRACE(::testing::Message() << (isa == KernelIsa::kAvx2 ? "avx2" : "scalar") << " threads=" << threads);
-        kernels::set_kernel_isa(isa);
-        omp_set_num_threads(threads);
-        std::vector<float> y(s.m * s.n, std::nanf(""));
-        kernels::matmul(t, x.data(), s.m, y.data(), gemv_rows);
-        int failures = 0;
-        for (int64_t i = 0; i < s.m * s.n && failures < 5; ++i) {
-          const double tol = 1e-5 * scale[i] + 1e-30;
-          if (integer_path) {
-            const double err_q = std::fabs(y[i] - ref_quantized[i]);
-            const double err = std::fabs(y[i] - ref[i]);
-            if (!(err_q <= tol) || !(err <= bound[i] * 1.001 + tol)) {
-              ADD_FAILURE() << "output " << i << ": got " << y[i] << ", exact " << ref[i] << " (rounding bound "
-                            << bound[i] << "), with quantized activations " << ref_quantized[i] << " (tol " << tol
-                            << ")";
+      std::vector<KernelIsa> isas = {KernelIsa::kScalar};
+      if (kernels::detected_isa() == KernelIsa::kAvx2) isas.push_back(KernelIsa::kAvx2);
+      for (KernelIsa isa : isas)
+        for (int threads : {1, 2}) {
+          SCOPED_TRACE(::testing::Message() << (isa == KernelIsa::kAvx2 ? "avx2" : "scalar") << " threads=" << threads);
+          kernels::set_kernel_isa(isa);
+          omp_set_num_threads(threads);
+          std::vector<float> y(s.m * s.n, std::nanf(""));
+          kernels::matmul(t, x.data(), s.m, y.data(), gemv_rows);
+          int failures = 0;
+          for (int64_t i = 0; i < s.m * s.n && failures < 5; ++i) {
+            const double tol = 1e-5 * scale[i] + 1e-30;
+            if (integer_path) {
+              const double err_q = std::fabs(y[i] - ref_quantized[i]);
+              const double err = std::fabs(y[i] - ref[i]);
+              if (!(err_q <= tol) || !(err <= bound[i] * 1.001 + tol)) {
+                ADD_FAILURE() << "output " << i << ": got " << y[i] << ", exact " << ref[i] << " (rounding bound "
+                              << bound[i] << "), with quantized activations " << ref_quantized[i] << " (tol " << tol
+                              << ")";
+                ++failures;
+              }
+            } else if (!(std::fabs(y[i] - ref[i]) <= tol)) {
+              ADD_FAILURE() << "output " << i << ": got " << y[i] << ", expected " << ref[i] << " (tol " << tol << ")";
               ++failures;
             }
-          } else if (!(std::fabs(y[i] - ref[i]) <= tol)) {
-            ADD_FAILURE() << "output " << i << ": got " << y[i] << ", expected " << ref[i] << " (tol " << tol << ")";
-            ++failures;
           }
+          if (failures) return;
         }
-        if (failures) return;
-      }
     }
   }
 }

@@ -37,8 +37,8 @@ struct KvView {
   int64_t pos_page_stride = 0;         // positions between consecutive pages
   int64_t n_keys = 0;                  // slots [0, n_keys) hold keys
 
-  // [head][rows][row_stride] arrays of `type` (head_stride, row_stride in elements).
-  // positions: one per slot, shared by all heads (null: position == slot).
+  // [head][rows][row_stride] arrays of `type` (head_stride, row_stride in elements),
+  // at most 1024 heads. positions: one per slot, shared by all heads (null: position == slot).
   static KvView contiguous(const void* k, const void* v, KvDType type, int64_t head_stride, int64_t row_stride,
                            int64_t n_keys, const int32_t* positions = nullptr);
 
