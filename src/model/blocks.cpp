@@ -102,6 +102,11 @@ void attend(Forward& f, int l) {
   Activations& s = f.s;
   const int hd = c.head_dim, q_dim = c.n_head * hd;
   const int n_active = static_cast<int>(f.active.size());
+  // Single-row runs (decode steps of several sequences) run after the loop, one
+  // sequence per thread: a team per sequence and layer would cost more than
+  // their work. The kernel makes the same choices inside, so each result is
+  // the one the sequence gets alone.
+  std::vector<kernels::AttnParams> decodes;
   for (int k0 = 0; k0 < n_active;) {
     const SequenceRows& sr = sequence_of(f, f.active[k0]);
     int k1 = k0 + 1;
@@ -120,7 +125,7 @@ void attend(Forward& f, int l) {
         .q = q, .q_head_stride = hd, .q_row_stride = q_dim, .kv = kv,
         .out = out, .out_head_stride = hd, .out_row_stride = q_dim};
     if (rows == 1) {
-      kernels::attention_decode(a);
+      decodes.push_back(a);
       continue;
     }
     const attention::PlanRequest r{
@@ -131,6 +136,13 @@ void attend(Forward& f, int l) {
     if (f.observer.on_prefill_attention) f.observer.on_prefill_attention(r);
     f.method.prefill(r, a, f.report, f.observer.fidelity_rows);
   }
+  const int64_t n_decodes = static_cast<int64_t>(decodes.size());
+  if (n_decodes == 1) {
+    kernels::attention_decode(decodes.front());  // the kernel's own team: no enclosing region
+    return;
+  }
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int64_t i = 0; i < n_decodes; ++i) kernels::attention_decode(decodes[static_cast<size_t>(i)]);
 }
 
 }  // namespace
