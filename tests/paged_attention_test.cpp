@@ -211,7 +211,9 @@ void check_every_plan(const Chunk& c) {
 }
 
 TEST(PagedAttention, RowsRemovedFromTheMiddle) {
-  kv::KvPool pool(kDim, kernels::KvDType::F16, 1024);
+  for (kernels::KvDType type : {kernels::KvDType::F16, kernels::KvDType::Q8}) {
+  SCOPED_TRACE(type == kernels::KvDType::Q8 ? "q8" : "f16");
+  kv::KvPool pool(kDim, type, 1024);
   kv::KvSequence seq(pool, 1, kHkv, 4096);
   std::mt19937 rng(7);
   seq.append(range(0, 1500));
@@ -222,6 +224,7 @@ TEST(PagedAttention, RowsRemovedFromTheMiddle) {
   ASSERT_EQ(seq.size(), 1200);
   ASSERT_EQ(seq.position(300), 900);
   check_every_plan(Chunk(seq, 300, 11));
+  }
 }
 
 TEST(PagedAttention, SharedPrefixAfterBothSequencesAppend) {

@@ -24,7 +24,7 @@ void run_perplexity(const PerplexityOptions& o) {
   if (o.max_windows > 0 && tokens.size() > static_cast<size_t>(o.max_windows) * o.n_ctx)
     tokens.resize(static_cast<size_t>(o.max_windows) * o.n_ctx);
   const int64_t n_windows = perplexity_windows(tokens.size(), o.n_ctx);
-  Context ctx(*model, {.n_ctx = o.n_ctx, .n_ubatch = o.n_ubatch, .n_threads = resolve_threads(o.threads)});
+  Context ctx(*model, {.n_ctx = o.n_ctx, .n_ubatch = o.n_ubatch, .n_threads = resolve_threads(o.threads), .kv_type = o.kv_type});
   warn_beyond_training(o.n_ctx, model->config().n_ctx_train);
   fmt::print(stderr, "perplexity: {} tokens, {} windows of {} tokens, scoring the second half of each\n", tokens.size(),
              n_windows, o.n_ctx);
@@ -44,7 +44,7 @@ void register_perplexity(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand("perplexity", "perplexity of a text file (llama-perplexity's method)");
   // -c is the window scored, which cannot be empty.
   add_shared_options(*cmd, *o,
-                     {{Opt::Model}, {Opt::Threads}, {.opt = Opt::Ctx, .range = Range{1, kMaxTokens}}, {Opt::Ubatch}});
+                     {{Opt::Model}, {Opt::Threads}, {.opt = Opt::Ctx, .range = Range{1, kMaxTokens}}, {Opt::Ubatch}, {Opt::KvType}});
   cmd->add_option("-f,--file", o->file, "text file")->required()->check(CLI::ExistingFile);
   cmd->add_option("--chunks", o->max_windows, "score at most this many windows (0: all)")->check(at_least(0));
   cmd->callback([o] { run_perplexity(*o); });

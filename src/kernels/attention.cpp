@@ -68,9 +68,9 @@ Call resolve(const AttnParams& in) {
   if (p.kv.n_keys < 0 || p.kv.n_keys > std::numeric_limits<int32_t>::max()) bad("kv.n_keys is out of range");
   if (p.kv.n_keys > 0 && (p.kv.k == nullptr || p.kv.v == nullptr || p.kv.page_ids == nullptr))
     bad("kv.k, kv.v and kv.page_ids must not be null");
-  if (p.kv.type != KvDType::F32 && p.kv.type != KvDType::F16 && p.kv.type != KvDType::BF16)
+  if (p.kv.type != KvDType::F32 && p.kv.type != KvDType::F16 && p.kv.type != KvDType::BF16 && p.kv.type != KvDType::Q8)
     bad("unknown KV storage type");
-  if (p.kv.row_bytes < static_cast<int64_t>(p.head_dim) * kv_dtype_bytes(p.kv.type))
+  if (p.kv.row_bytes < kv_row_bytes(p.kv.type, p.head_dim))
     bad("kv.row_bytes (" + std::to_string(p.kv.row_bytes) + ") is smaller than a row of head_dim values");
   if (p.kv.page_bytes < 0 || p.kv.page_shift < 0 || p.kv.page_shift > 31 || p.kv.pages_per_head < 1)
     bad("kv page geometry is invalid");

@@ -124,7 +124,7 @@ constexpr int kQkVecs = 4;
 // Prefetches the K and V rows of a gathered key tile.
 HWY_INLINE void PrefetchRows(const TileJob& job, const KeySpan& span) {
   const KvView& kv = *job.kv;
-  const int64_t row_bytes = static_cast<int64_t>(job.head_dim) * kv_dtype_bytes(kv.type);
+  const int64_t row_bytes = kv_row_bytes(kv.type, job.head_dim);
   for (int32_t j = 0; j < span.count; ++j) {
     const auto* k = static_cast<const char*>(kv.k_row(job.kv_head, span.keys[j]));
     const auto* v = static_cast<const char*>(kv.v_row(job.kv_head, span.keys[j]));

@@ -8,6 +8,8 @@
 #define SKIM_KERNELS_KV_CODEC_INL_H_
 #endif
 
+#include <cstring>
+
 #include "hwy/highway.h"
 #include "kernels/kv_view.h"
 
@@ -27,6 +29,15 @@ HWY_INLINE void DecodeKvRow(DF df, const void* HWY_RESTRICT src, KvDType type, i
     const hn::Rebind<hwy::bfloat16_t, DF> db;
     const auto* s = static_cast<const hwy::bfloat16_t*>(src);
     for (int32_t c = 0; c < d; c += N) hn::StoreU(hn::PromoteTo(df, hn::LoadU(db, s + c)), df, dst + c);
+  } else if (type == KvDType::Q8) {
+    const hn::Rebind<int32_t, DF> di;
+    const hn::Rebind<int8_t, DF> d8;
+    float scale;
+    std::memcpy(&scale, src, sizeof scale);
+    const auto vscale = hn::Set(df, scale);
+    const auto* q = static_cast<const int8_t*>(src) + sizeof(float);
+    for (int32_t c = 0; c < d; c += N)
+      hn::StoreU(hn::Mul(hn::ConvertTo(df, hn::PromoteTo(di, hn::LoadU(d8, q + c))), vscale), df, dst + c);
   } else {
     const auto* s = static_cast<const float*>(src);
     for (int32_t c = 0; c < d; c += N) hn::StoreU(hn::LoadU(df, s + c), df, dst + c);
@@ -45,6 +56,19 @@ HWY_INLINE void EncodeKvRow(DF df, const float* HWY_RESTRICT src, KvDType type, 
     const hn::Rebind<hwy::bfloat16_t, DF> db;
     auto* o = static_cast<hwy::bfloat16_t*>(dst);
     for (int32_t c = 0; c < d; c += N) hn::StoreU(hn::DemoteTo(db, hn::LoadU(df, src + c)), db, o + c);
+  } else if (type == KvDType::Q8) {
+    // Per-row absmax scale; values round to nearest in [-127, 127].
+    const hn::Rebind<int32_t, DF> di;
+    const hn::Rebind<int8_t, DF> d8;
+    auto amax = hn::Zero(df);
+    for (int32_t c = 0; c < d; c += N) amax = hn::Max(amax, hn::Abs(hn::LoadU(df, src + c)));
+    const float max_abs = hn::GetLane(hn::MaxOfLanes(df, amax));
+    const float scale = max_abs / 127.0f;
+    std::memcpy(dst, &scale, sizeof scale);
+    const auto inv = hn::Set(df, scale > 0.0f ? 1.0f / scale : 0.0f);
+    auto* q = static_cast<int8_t*>(dst) + sizeof(float);
+    for (int32_t c = 0; c < d; c += N)
+      hn::StoreU(hn::DemoteTo(d8, hn::NearestInt(hn::Mul(hn::LoadU(df, src + c), inv))), d8, q + c);
   } else {
     auto* o = static_cast<float*>(dst);
     for (int32_t c = 0; c < d; c += N) hn::StoreU(hn::LoadU(df, src + c), df, o + c);

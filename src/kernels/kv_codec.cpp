@@ -50,8 +50,8 @@ KvView KvView::contiguous(const void* k, const void* v, KvDType type, int64_t he
   view.v = static_cast<const uint8_t*>(v);
   view.page_ids = identity_pages();
   view.pages_per_head = 1;
-  view.page_bytes = head_stride * kv_dtype_bytes(type);
-  view.row_bytes = row_stride * kv_dtype_bytes(type);
+  view.page_bytes = kv_row_bytes(type, head_stride);
+  view.row_bytes = kv_row_bytes(type, row_stride);
   view.page_shift = 31;
   view.positions = positions;
   view.pos_page_stride = 0;  // every head reads the same positions

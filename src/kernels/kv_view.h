@@ -20,9 +20,17 @@
 
 namespace skim::kernels {
 
-enum class KvDType : uint8_t { F32, F16, BF16 };
+// Q8: a row is its f32 scale (absmax / 127) followed by head_dim int8 values.
+enum class KvDType : uint8_t { F32, F16, BF16, Q8 };
 
-inline int32_t kv_dtype_bytes(KvDType t) { return t == KvDType::F32 ? 4 : 2; }
+// Bytes of one row of n values.
+inline int64_t kv_row_bytes(KvDType t, int64_t n) {
+  switch (t) {
+    case KvDType::F32: return 4 * n;
+    case KvDType::Q8: return 4 + n;
+    default: return 2 * n;
+  }
+}
 
 struct KvView {
   KvDType type = KvDType::F16;

@@ -34,11 +34,10 @@ uint8_t* reserve(size_t bytes) {
 
 KvPool::KvPool(int32_t head_dim, kernels::KvDType format, int64_t max_pages)
     : head_dim_(head_dim), format_(format), max_pages_(max_pages) {
-  if (format != kernels::KvDType::F16 && format != kernels::KvDType::BF16)
-    throw std::invalid_argument("KV pool: pages hold f16 or bf16 rows");
+  if (format == kernels::KvDType::F32) throw std::invalid_argument("KV pool: pages hold f16, bf16 or q8 rows");
   if (head_dim <= 0 || max_pages <= 0 || max_pages > (int64_t{1} << 31))
     throw std::invalid_argument("KV pool: bad shape");
-  row_bytes_ = static_cast<int64_t>(head_dim) * kernels::kv_dtype_bytes(format);
+  row_bytes_ = kernels::kv_row_bytes(format, head_dim);
   page_bytes_ = 2 * kPageRows * row_bytes_;
   // A cap the machine could never fill is a mistake to report now, not when
   // the pages run out in the middle of a prompt.

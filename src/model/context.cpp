@@ -3,6 +3,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <map>
 #include <numeric>
 #include <stdexcept>
 
@@ -33,9 +34,12 @@ Context::Context(const Model& model, ContextParams params)
   method_ = std::make_unique<attention::AttentionMethod>(params_.attention, c.n_layer);
   // The pool's cap: n_ctx tokens of every sequence in every (layer, KV head), in whole pages.
   const int64_t pages_per_head = (params_.n_ctx + kv::kPageRows - 1) / kv::kPageRows;
-  if (params_.kv_type != "f16" && params_.kv_type != "bf16")
-    throw std::invalid_argument(fmt::format("KV cache type '{}': use f16 or bf16", params_.kv_type));
-  const kernels::KvDType kv_type = params_.kv_type == "bf16" ? kernels::KvDType::BF16 : kernels::KvDType::F16;
+  const std::map<std::string, kernels::KvDType> kv_types = {
+      {"f16", kernels::KvDType::F16}, {"bf16", kernels::KvDType::BF16}, {"q8", kernels::KvDType::Q8}};
+  const auto kv_type_it = kv_types.find(params_.kv_type);
+  if (kv_type_it == kv_types.end())
+    throw std::invalid_argument(fmt::format("KV cache type '{}': use f16, bf16 or q8", params_.kv_type));
+  const kernels::KvDType kv_type = kv_type_it->second;
   pool_ = std::make_unique<kv::KvPool>(c.head_dim, kv_type,
                                        pages_per_head * c.n_layer * c.n_head_kv * params_.n_seq_max);
   for (int i = 0; i < params_.n_seq_max; ++i)
