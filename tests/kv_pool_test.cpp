@@ -79,23 +79,30 @@ std::vector<int32_t> iota(int32_t begin, int32_t end) {
   return p;
 }
 
-// Q8 rows: an f32 absmax scale, then int8 values; each value decodes to within
-// half a step of what was stored, a zero row to zeros, on every SIMD target.
-TEST(KvCodec, Q8RoundTripWithinHalfAStep) {
+// q8_0 rows (llama.cpp's blocks: per 32 values an f16 scale absmax/127 and
+// int8 values): each value decodes to within half a step of what was stored
+// (plus the scale's f16 rounding), a zero block to zeros, on every SIMD target.
+TEST(KvCodec, Q8_0RoundTripWithinHalfAStep) {
   test::for_each_simd_target([] {
-  std::mt19937 rng(3);
-  std::normal_distribution<float> gauss(0.0f, 3.0f);
-  std::vector<float> row(kDim), back(kDim);
-  std::vector<uint8_t> stored(static_cast<size_t>(kernels::kv_row_bytes(kernels::KvDType::Q8, kDim)));
-  for (int trial = 0; trial < 100; ++trial) {
-    for (float& x : row) x = trial == 0 ? 0.0f : gauss(rng);
-    kernels::encode_kv_row(row.data(), kernels::KvDType::Q8, kDim, stored.data());
-    const kernels::KvView view = kernels::KvView::contiguous(stored.data(), stored.data(), kernels::KvDType::Q8, kDim, kDim, 1);
-    kernels::read_k_rows(view, 0, 0, 1, kDim, back.data());
-    float amax = 0.0f;
-    for (float x : row) amax = std::max(amax, std::abs(x));
-    for (int c = 0; c < kDim; ++c) ASSERT_LE(std::abs(back[c] - row[c]), 0.5f * amax / 127.0f * 1.0001f + 1e-7f) << c;
-  }
+    std::mt19937 rng(3);
+    std::normal_distribution<float> gauss(0.0f, 3.0f);
+    std::vector<float> row(kDim), back(kDim);
+    std::vector<uint8_t> stored(static_cast<size_t>(kernels::kv_row_bytes(kernels::KvDType::Q8_0, kDim)));
+    ASSERT_EQ(stored.size(), 68u);  // two 34-byte blocks, as ggml's block_q8_0
+    for (int trial = 0; trial < 100; ++trial) {
+      for (int c = 0; c < kDim; ++c) row[c] = trial == 0 || (trial == 1 && c < 32) ? 0.0f : gauss(rng);
+      kernels::encode_kv_row(row.data(), kernels::KvDType::Q8_0, kDim, stored.data());
+      const kernels::KvView view =
+          kernels::KvView::contiguous(stored.data(), stored.data(), kernels::KvDType::Q8_0, kDim, kDim, 1);
+      kernels::read_k_rows(view, 0, 0, 1, kDim, back.data());
+      for (int b = 0; b < kDim; b += 32) {
+        float amax = 0.0f;
+        for (int c = b; c < b + 32; ++c) amax = std::max(amax, std::abs(row[c]));
+        const double step = amax / 127.0;  // half a step, plus 127 steps of the scale's f16 error (2^-11)
+        for (int c = b; c < b + 32; ++c)
+          ASSERT_LE(std::abs(back[c] - row[c]), 0.5 * step + 127.0 * step * 0x1p-11 + 1e-7) << "trial " << trial << " value " << c;
+      }
+    }
   });
 }
 

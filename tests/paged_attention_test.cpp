@@ -211,8 +211,8 @@ void check_every_plan(const Chunk& c) {
 }
 
 TEST(PagedAttention, RowsRemovedFromTheMiddle) {
-  for (kernels::KvDType type : {kernels::KvDType::F16, kernels::KvDType::Q8}) {
-  SCOPED_TRACE(type == kernels::KvDType::Q8 ? "q8" : "f16");
+  for (kernels::KvDType type : {kernels::KvDType::F16, kernels::KvDType::Q8_0}) {
+  SCOPED_TRACE(type == kernels::KvDType::Q8_0 ? "q8_0" : "f16");
   kv::KvPool pool(kDim, type, 1024);
   kv::KvSequence seq(pool, 1, kHkv, 4096);
   std::mt19937 rng(7);

@@ -40,7 +40,7 @@ const SharedOption kSharedOptions[] = {
     {Opt::Ctx, "-c,--ctx-size", "context size in tokens", &SharedOptions::n_ctx, Range{0, kMaxTokens}, "the model's"},
     {Opt::Ubatch, "--ubatch-size", "prefill micro-batch size", &SharedOptions::n_ubatch, Range{1, kMaxTokens}},
     {Opt::Attn, "--attn", "attention method NAME[:key=value,...] (skim info --attn lists them)", &SharedOptions::attn},
-    {Opt::KvType, "--kv-type", "KV cache format: f16, bf16 or q8 (int8 rows, an f32 scale each)", &SharedOptions::kv_type},
+    {Opt::KvType, "--kv-type", "KV cache format: f16, bf16 or q8_0 (llama.cpp's 8-bit blocks)", &SharedOptions::kv_type},
 };
 }  // namespace
 

@@ -34,7 +34,7 @@ struct ContextParams {
   int n_threads = 0;
   // Attention method spec, "NAME[:key=value,...]" (skim/attention.h).
   std::string attention = "dense";
-  std::string kv_type = "f16";  // format of the KV pages: f16, bf16 or q8 (int8 rows with a scale each)
+  std::string kv_type = "f16";  // format of the KV pages: f16, bf16 or q8_0 (llama.cpp's block layout)
 };
 
 // The tokens of one decode call, of one or more sequences (what llama_batch

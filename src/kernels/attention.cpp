@@ -68,8 +68,9 @@ Call resolve(const AttnParams& in) {
   if (p.kv.n_keys < 0 || p.kv.n_keys > std::numeric_limits<int32_t>::max()) bad("kv.n_keys is out of range");
   if (p.kv.n_keys > 0 && (p.kv.k == nullptr || p.kv.v == nullptr || p.kv.page_ids == nullptr))
     bad("kv.k, kv.v and kv.page_ids must not be null");
-  if (p.kv.type != KvDType::F32 && p.kv.type != KvDType::F16 && p.kv.type != KvDType::BF16 && p.kv.type != KvDType::Q8)
+  if (p.kv.type != KvDType::F32 && p.kv.type != KvDType::F16 && p.kv.type != KvDType::BF16 && p.kv.type != KvDType::Q8_0)
     bad("unknown KV storage type");
+  if (p.kv.type == KvDType::Q8_0 && p.head_dim % kQ8_0Block != 0) bad("q8_0 K/V needs head_dim a multiple of 32");
   if (p.kv.row_bytes < kv_row_bytes(p.kv.type, p.head_dim))
     bad("kv.row_bytes (" + std::to_string(p.kv.row_bytes) + ") is smaller than a row of head_dim values");
   if (p.kv.page_bytes < 0 || p.kv.page_shift < 0 || p.kv.page_shift > 31 || p.kv.pages_per_head < 1)

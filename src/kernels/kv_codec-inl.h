@@ -11,6 +11,7 @@
 #include <cstring>
 
 #include "hwy/highway.h"
+#include "kernels/f16.h"
 #include "kernels/kv_view.h"
 
 HWY_BEFORE_NAMESPACE();
@@ -29,15 +30,18 @@ HWY_INLINE void DecodeKvRow(DF df, const void* HWY_RESTRICT src, KvDType type, i
     const hn::Rebind<hwy::bfloat16_t, DF> db;
     const auto* s = static_cast<const hwy::bfloat16_t*>(src);
     for (int32_t c = 0; c < d; c += N) hn::StoreU(hn::PromoteTo(df, hn::LoadU(db, s + c)), df, dst + c);
-  } else if (type == KvDType::Q8) {
+  } else if (type == KvDType::Q8_0) {
     const hn::Rebind<int32_t, DF> di;
     const hn::Rebind<int8_t, DF> d8;
-    float scale;
-    std::memcpy(&scale, src, sizeof scale);
-    const auto vscale = hn::Set(df, scale);
-    const auto* q = static_cast<const int8_t*>(src) + sizeof(float);
-    for (int32_t c = 0; c < d; c += N)
-      hn::StoreU(hn::Mul(hn::ConvertTo(df, hn::PromoteTo(di, hn::LoadU(d8, q + c))), vscale), df, dst + c);
+    const auto* block = static_cast<const uint8_t*>(src);
+    for (int32_t b = 0; b < d; b += kQ8_0Block, block += kQ8_0Block + 2) {
+      uint16_t scale;
+      std::memcpy(&scale, block, sizeof scale);
+      const auto vscale = hn::Set(df, f16_to_f32(scale));
+      const auto* q = reinterpret_cast<const int8_t*>(block + 2);
+      for (int32_t c = 0; c < kQ8_0Block; c += N)
+        hn::StoreU(hn::Mul(hn::ConvertTo(df, hn::PromoteTo(di, hn::LoadU(d8, q + c))), vscale), df, dst + b + c);
+    }
   } else {
     const auto* s = static_cast<const float*>(src);
     for (int32_t c = 0; c < d; c += N) hn::StoreU(hn::LoadU(df, s + c), df, dst + c);
@@ -56,19 +60,22 @@ HWY_INLINE void EncodeKvRow(DF df, const float* HWY_RESTRICT src, KvDType type, 
     const hn::Rebind<hwy::bfloat16_t, DF> db;
     auto* o = static_cast<hwy::bfloat16_t*>(dst);
     for (int32_t c = 0; c < d; c += N) hn::StoreU(hn::DemoteTo(db, hn::LoadU(df, src + c)), db, o + c);
-  } else if (type == KvDType::Q8) {
-    // Per-row absmax scale; values round to nearest in [-127, 127].
-    const hn::Rebind<int32_t, DF> di;
+  } else if (type == KvDType::Q8_0) {
+    // As ggml's quantize_row_q8_0: d = absmax / 127 per block, stored as f16;
+    // values round to nearest with the f32 d.
     const hn::Rebind<int8_t, DF> d8;
-    auto amax = hn::Zero(df);
-    for (int32_t c = 0; c < d; c += N) amax = hn::Max(amax, hn::Abs(hn::LoadU(df, src + c)));
-    const float max_abs = hn::GetLane(hn::MaxOfLanes(df, amax));
-    const float scale = max_abs / 127.0f;
-    std::memcpy(dst, &scale, sizeof scale);
-    const auto inv = hn::Set(df, scale > 0.0f ? 1.0f / scale : 0.0f);
-    auto* q = static_cast<int8_t*>(dst) + sizeof(float);
-    for (int32_t c = 0; c < d; c += N)
-      hn::StoreU(hn::DemoteTo(d8, hn::NearestInt(hn::Mul(hn::LoadU(df, src + c), inv))), d8, q + c);
+    auto* block = static_cast<uint8_t*>(dst);
+    for (int32_t b = 0; b < d; b += kQ8_0Block, block += kQ8_0Block + 2) {
+      auto amax = hn::Zero(df);
+      for (int32_t c = 0; c < kQ8_0Block; c += N) amax = hn::Max(amax, hn::Abs(hn::LoadU(df, src + b + c)));
+      const float scale = hn::GetLane(hn::MaxOfLanes(df, amax)) / 127.0f;
+      const uint16_t half = f32_to_f16(scale);
+      std::memcpy(block, &half, sizeof half);
+      const auto inv = hn::Set(df, scale > 0.0f ? 1.0f / scale : 0.0f);
+      auto* q = reinterpret_cast<int8_t*>(block + 2);
+      for (int32_t c = 0; c < kQ8_0Block; c += N)
+        hn::StoreU(hn::DemoteTo(d8, hn::NearestInt(hn::Mul(hn::LoadU(df, src + b + c), inv))), d8, q + c);
+    }
   } else {
     auto* o = static_cast<float*>(dst);
     for (int32_t c = 0; c < d; c += N) hn::StoreU(hn::LoadU(df, src + c), df, o + c);

@@ -20,14 +20,16 @@
 
 namespace skim::kernels {
 
-// Q8: a row is its f32 scale (absmax / 127) followed by head_dim int8 values.
-enum class KvDType : uint8_t { F32, F16, BF16, Q8 };
+// Q8_0: llama.cpp's block layout, per 32 values an f16 scale (absmax / 127)
+// and 32 int8 values (34 bytes); head_dim must be a multiple of 32.
+enum class KvDType : uint8_t { F32, F16, BF16, Q8_0 };
+inline constexpr int64_t kQ8_0Block = 32;
 
 // Bytes of one row of n values.
 inline int64_t kv_row_bytes(KvDType t, int64_t n) {
   switch (t) {
     case KvDType::F32: return 4 * n;
-    case KvDType::Q8: return 4 + n;
+    case KvDType::Q8_0: return n / kQ8_0Block * (kQ8_0Block + 2);
     default: return 2 * n;
   }
 }

@@ -34,7 +34,9 @@ uint8_t* reserve(size_t bytes) {
 
 KvPool::KvPool(int32_t head_dim, kernels::KvDType format, int64_t max_pages)
     : head_dim_(head_dim), format_(format), max_pages_(max_pages) {
-  if (format == kernels::KvDType::F32) throw std::invalid_argument("KV pool: pages hold f16, bf16 or q8 rows");
+  if (format == kernels::KvDType::F32) throw std::invalid_argument("KV pool: pages hold f16, bf16 or q8_0 rows");
+  if (format == kernels::KvDType::Q8_0 && head_dim % kernels::kQ8_0Block != 0)
+    throw std::invalid_argument(fmt::format("KV pool: q8_0 needs a head size that is a multiple of 32, not {}", head_dim));
   if (head_dim <= 0 || max_pages <= 0 || max_pages > (int64_t{1} << 31))
     throw std::invalid_argument("KV pool: bad shape");
   row_bytes_ = kernels::kv_row_bytes(format, head_dim);

@@ -26,7 +26,7 @@ using PageId = uint32_t;
 
 class KvPool {
  public:
-  // Pages of rows of head_dim values in `format` (F16, BF16 or Q8); at most max_pages.
+  // Pages of rows of head_dim values in `format` (F16, BF16 or Q8_0); at most max_pages.
   // Throws std::length_error when max_pages of them exceed the machine's memory.
   KvPool(int32_t head_dim, kernels::KvDType format, int64_t max_pages);
   ~KvPool();

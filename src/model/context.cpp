@@ -35,10 +35,10 @@ Context::Context(const Model& model, ContextParams params)
   // The pool's cap: n_ctx tokens of every sequence in every (layer, KV head), in whole pages.
   const int64_t pages_per_head = (params_.n_ctx + kv::kPageRows - 1) / kv::kPageRows;
   const std::map<std::string, kernels::KvDType> kv_types = {
-      {"f16", kernels::KvDType::F16}, {"bf16", kernels::KvDType::BF16}, {"q8", kernels::KvDType::Q8}};
+      {"f16", kernels::KvDType::F16}, {"bf16", kernels::KvDType::BF16}, {"q8_0", kernels::KvDType::Q8_0}};
   const auto kv_type_it = kv_types.find(params_.kv_type);
   if (kv_type_it == kv_types.end())
-    throw std::invalid_argument(fmt::format("KV cache type '{}': use f16, bf16 or q8", params_.kv_type));
+    throw std::invalid_argument(fmt::format("KV cache type '{}': use f16, bf16 or q8_0", params_.kv_type));
   const kernels::KvDType kv_type = kv_type_it->second;
   pool_ = std::make_unique<kv::KvPool>(c.head_dim, kv_type,
                                        pages_per_head * c.n_layer * c.n_head_kv * params_.n_seq_max);
