@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <numeric>
 
 #include "attention/method.h"
 #include "kernels/attention.h"
@@ -154,9 +153,7 @@ void attention(Forward& f, int l) {
   const int n = f.n, rows = static_cast<int>(f.active.size());
   const int d = c.n_embd, hd = c.head_dim, half = hd / 2, q_dim = c.n_head * hd, kv_dim = c.n_head_kv * hd;
   kernels::rms_norm(s.x.data(), f32_data(*L.attn_norm), s.xn.data(), n, d, c.rms_eps);
-  std::vector<int> all_rows(static_cast<size_t>(n));
-  std::iota(all_rows.begin(), all_rows.end(), 0);
-  const int64_t gemv_all = blocks::gemv_rows(f, all_rows);
+  const int64_t gemv_all = blocks::gemv_rows(f, f.all_rows);
   if (rows == n) {
     const kernels::MatmulTarget qkv[] = {{L.wq, s.q.data()}, {L.wk, s.k.data()}, {L.wv, s.v.data()}};
     kernels::matmul_shared_input(qkv, s.xn.data(), n, gemv_all);

@@ -50,6 +50,7 @@ struct Forward {
   // The rows that run the whole layer, ascending; the others only give K/V.
   // Q, attention output and FFN work on them packed: active row k is row active[k].
   std::span<const int> active;
+  std::span<const int> all_rows;  // 0..n-1
   const std::vector<float>* rope_angles_of = nullptr;  // the RoPE frequencies s.rope_cos/sin hold angles for
 };
 

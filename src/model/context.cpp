@@ -192,7 +192,9 @@ void Context::forward_ubatch(const Ubatch& ub, float* logits_out) {
   std::vector<SequenceRows> seqs = ub.seqs;
   for (SequenceRows& sr : seqs)
     sr.slot0 = sr.kv->append({ub.batch.positions.data() + ub.begin + sr.row0, static_cast<size_t>(sr.n)});
-  Forward f{model_, *s_, *method_, report_, *observer_, n, seqs, {}};
+  std::vector<int> all_rows(static_cast<size_t>(n));
+  std::iota(all_rows.begin(), all_rows.end(), 0);
+  Forward f{model_, *s_, *method_, report_, *observer_, n, seqs, {}, all_rows};
   Activations& s = *s_;
 
   const TensorInfo& embd = model_.token_embd();
@@ -202,8 +204,6 @@ void Context::forward_ubatch(const Ubatch& ub, float* logits_out) {
   // The last layer only feeds the logits: past its K/V (cached for later
   // tokens), only the rows that want logits are computed, as llama.cpp does,
   // each as it would be alone. Observers of every layer's attention keep all rows.
-  std::vector<int> all_rows(static_cast<size_t>(n));
-  std::iota(all_rows.begin(), all_rows.end(), 0);
   const bool prune_last = !observer_->keeps_every_row();
   for (int l = 0; l < c.n_layer; ++l) {
     f.active = l == c.n_layer - 1 && prune_last ? std::span<const int>(ub.logit_rows) : std::span<const int>(all_rows);
