@@ -824,8 +824,8 @@ TEST(Attention, BadCallsThrowWithMessages) {
   p.kv.n_keys = 5;
   expect_throw(p, "KV cache holds 5 keys");
   p = good;
-  p.kv.row_bytes = 32;
-  expect_throw(p, "row_bytes");
+  p.kv.k_row_bytes = 32;
+  expect_throw(p, "k_row_bytes");
   p = good;
   p.scale = std::numeric_limits<float>::infinity();
   expect_throw(p, "scale");

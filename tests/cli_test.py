@@ -114,7 +114,7 @@ class GoodInputs(ModelTest):
         self.assertRegex(r.stderr, r"prompt eval time = .* /\s+5 tokens")
 
     def test_run_bf16_kv_completes_a_fact(self):
-        r = skim("run", "-m", MODEL, "-p", "The capital of France is", "-n", 8, "-c", 64, "--temp", 0, "--kv-type", "bf16")
+        r = skim("run", "-m", MODEL, "-p", "The capital of France is", "-n", 8, "-c", 64, "--temp", 0, "-ctk", "bf16", "-ctv", "bf16")
         self.assert_ok(r)
         self.assertIn("Paris", r.stdout)
 
@@ -332,7 +332,7 @@ class BadInputs(ModelTest):
             (["run", "-m", MODEL, "-p", "Hi", "--min-p", 2], "--min-p: 2"),
             (["run", "-m", MODEL, "-p", "Hi", "-s", -2], "--seed: -2"),
             (["run", "-m", MODEL, "-p", "Hi", "-np", 0], "--parallel: 0"),
-            (["run", "-m", MODEL, "-p", "Hi", "--kv-type", "q4"], "KV cache type 'q4'"),
+            (["run", "-m", MODEL, "-p", "Hi", "-ctk", "q4"], "KV cache type 'q4'"),
             (["batched-bench", "-m", MODEL, "--peer", "none", "-npl", "x"], "'x' is not a token count"),
             (["batched-bench", "-m", MODEL, "--peer", "none", "-npp", 0], "each need a count"),
             (["perplexity", "-m", MODEL, "-f", TEXT_FILE, "--chunks", -1], "--chunks: -1"),

@@ -4,6 +4,7 @@
 // kernel's output must equal a float64 reference over the same (query, key)
 // set: the keys the plan lists for the row's tile whose stored position is at
 // or before the row's. Position rules must follow the stored positions.
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -18,6 +19,7 @@
 #include "kernels/kv_codec.h"
 #include "kv/kv_pool.h"
 #include "kv/kv_sequence.h"
+#include "kv/kv_types.h"
 
 namespace skim {
 namespace {
@@ -33,9 +35,9 @@ void fill(kv::KvSequence& seq, int64_t first, int64_t n, std::mt19937& rng) {
     for (int64_t s = first; s < first + n; ++s) {
       const bool heavy = seq.position(s) % 97 == 0;
       for (float& x : row) x = heavy ? 2.0f : gauss(rng);
-      kernels::encode_kv_row(row.data(), seq.view(0).type, kDim, seq.k_row(0, h, s));
+      kernels::encode_kv_row(row.data(), seq.view(0).k_type, kDim, seq.k_row(0, h, s));
       for (float& x : row) x = gauss(rng);
-      kernels::encode_kv_row(row.data(), seq.view(0).type, kDim, seq.v_row(0, h, s));
+      kernels::encode_kv_row(row.data(), seq.view(0).v_type, kDim, seq.v_row(0, h, s));
     }
 }
 
@@ -210,10 +212,14 @@ void check_every_plan(const Chunk& c) {
   }
 }
 
+// Every format, K and V alike or not: the kernel and every planner over the
+// stored (quantized) rows agree with the reference over their decoded values.
 TEST(PagedAttention, RowsRemovedFromTheMiddle) {
-  for (kernels::KvDType type : {kernels::KvDType::F16, kernels::KvDType::Q8_0}) {
-  SCOPED_TRACE(type == kernels::KvDType::Q8_0 ? "q8_0" : "f16");
-  kv::KvPool pool(kDim, type, 1024);
+  using enum kernels::KvDType;
+  for (const kv::KvFormat format : {kv::KvFormat{F16, F16}, kv::KvFormat{Q8_0, Q8_0}, kv::KvFormat{Q4_0, Q4_0},
+                                    kv::KvFormat{TQ3, TQ4}, kv::KvFormat{Q8_0, TQ2}, kv::KvFormat{F32, BF16}}) {
+  SCOPED_TRACE(fmt::format("K {} V {}", kv::kv_type_name(format.k), kv::kv_type_name(format.v)));
+  kv::KvPool pool(kDim, format, 1024);
   kv::KvSequence seq(pool, 1, kHkv, 4096);
   std::mt19937 rng(7);
   seq.append(range(0, 1500));
@@ -228,7 +234,7 @@ TEST(PagedAttention, RowsRemovedFromTheMiddle) {
 }
 
 TEST(PagedAttention, SharedPrefixAfterBothSequencesAppend) {
-  kv::KvPool pool(kDim, kernels::KvDType::BF16, 1024);
+  kv::KvPool pool(kDim, {kernels::KvDType::BF16, kernels::KvDType::BF16}, 1024);
   kv::KvSequence a(pool, 1, kHkv, 4096);
   std::mt19937 rng(5);
   a.append(range(0, 1000));  // a partial last page: the fork copies it on write
@@ -256,7 +262,7 @@ TEST(PagedAttention, SharedPrefixAfterBothSequencesAppend) {
 TEST(PagedAttention, PositionRulesFollowStoredPositions) {
   // Streaming keeps the keys at positions < sink and within `local` of the
   // query block: after an erase that is not the same as slots.
-  kv::KvPool pool(kDim, kernels::KvDType::F16, 256);
+  kv::KvPool pool(kDim, {kernels::KvDType::F16, kernels::KvDType::F16}, 256);
   kv::KvSequence seq(pool, 1, kHkv, 4096);
   std::mt19937 rng(1);
   fill(seq, seq.append(range(0, 600)), 600, rng);

@@ -52,7 +52,7 @@ std::vector<Row> bench_skim(const BatchedBenchOptions& o, const Model& model, co
   cp.n_seq_max = max_pl;
   cp.attention = o.attn.front();
   cp.n_threads = resolve_threads(o.threads);
-  cp.kv_type = o.kv_type;
+  apply_kv_options(o, cp);
   Context ctx(model, cp);
   const int n_vocab = model.config().n_vocab;
   uint32_t seed = 1;
@@ -164,7 +164,7 @@ void register_batched_bench(CLI::App& app) {
   auto o = std::make_shared<BatchedBenchOptions>();
   CLI::App* cmd = app.add_subcommand(
       "batched-bench", "aggregate prefill and decode of several sequences at once, skim vs llama-batched-bench in one run");
-  add_shared_options(*cmd, *o, {{Opt::Model}, {Opt::Threads}, {Opt::Ctx}, {Opt::Ubatch}, {Opt::Attn}, {Opt::KvType}});
+  add_shared_options_with_kv(*cmd, *o, {{Opt::Model}, {Opt::Threads}, {Opt::Ctx}, {Opt::Ubatch}, {Opt::Attn}});
   cmd->add_option("--npp", o->prompts, "prompt lengths, comma-separated (llama.cpp's -npp)");
   cmd->add_option("--ntg", o->gens, "generated tokens per sequence, comma-separated (-ntg)");
   cmd->add_option("--npl", o->parallel, "parallel sequences, comma-separated (-npl)");

@@ -28,6 +28,43 @@ struct BenchOptions : SharedOptions {
   std::string peer = "llama.cpp";
   bool json = false;
   bool warmup = true;
+  int depth = 0;  // tokens already in the context when a test starts (llama-bench's -d)
+};
+
+// "pp512", "tg64@d8192": a test's name, as both engines' rows are matched by it.
+std::string test_name(const char* kind, int n, int depth) {
+  return depth > 0 ? fmt::format("{}{}@d{}", kind, n, depth) : fmt::format("{}{}", kind, n);
+}
+
+// A context for tests of n tokens. With a depth, its sequence 1 holds `depth`
+// prefilled tokens and start() makes sequence 0 a copy of it (shared pages),
+// so each repetition times only its own tokens; without, start() clears.
+class BenchContext {
+ public:
+  BenchContext(const Model& model, const BenchOptions& o, ContextParams cp, int n) : depth_(o.depth) {
+    cp.n_ctx = o.depth + n + 1;
+    cp.n_seq_max = o.depth > 0 ? 2 : 1;
+    apply_kv_options(o, cp);
+    ctx_ = std::make_unique<Context>(model, cp);
+    if (depth_ == 0) return;
+    const std::vector<int32_t> prefix = random_tokens(depth_, model.config().n_vocab, 777);
+    Batch b;
+    for (int i = 0; i < depth_; ++i) b.add(prefix[static_cast<size_t>(i)], i, 1, i + 1 == depth_);
+    ctx_->decode(b);
+  }
+  Context& start() {
+    if (depth_ > 0) {
+      ctx_->copy_sequence(1, 0);
+    } else {
+      ctx_->clear();
+    }
+    return *ctx_;
+  }
+  Context& ctx() { return *ctx_; }
+
+ private:
+  int depth_;
+  std::unique_ptr<Context> ctx_;
 };
 
 struct BenchRow {
@@ -78,26 +115,20 @@ std::vector<BenchRow> bench_skim(const BenchOptions& o, const Model& model, int 
   for (int n : pp) {
     const std::vector<int32_t> tokens = prompt_tokens(o, model, n, 1234);
     for (const std::string& attn : o.attn) {
-      ContextParams cp;
-      cp.n_ctx = n;
-      cp.n_ubatch = o.n_ubatch;
-      cp.attention = attn;
-      cp.n_threads = threads;
-      cp.kv_type = o.kv_type;
-      Context ctx(model, cp);
-      measure(fmt::format("pp{}", n), attn, n, [&] {
-        ctx.clear();
+      BenchContext bc(model, o, {.n_ubatch = o.n_ubatch, .n_threads = threads, .attention = attn}, n);
+      measure(test_name("pp", n, o.depth), attn, n, [&] {
+        Context& ctx = bc.start();
         ctx.reset_attention_report();
         ctx.decode(tokens);
       });
-      rows.back().attention = ctx.attention_report();
+      rows.back().attention = bc.ctx().attention_report();
     }
   }
   for (int n : tg) {
-    Context ctx(model, {.n_ctx = n + 1, .n_ubatch = o.n_ubatch, .n_threads = threads, .kv_type = o.kv_type});
+    BenchContext bc(model, o, {.n_ubatch = o.n_ubatch, .n_threads = threads}, n);
     const std::vector<int32_t> tokens = random_tokens(n, model.config().n_vocab, 4321);
-    measure(fmt::format("tg{}", n), "dense", n, [&] {
-      ctx.clear();
+    measure(test_name("tg", n, o.depth), "dense", n, [&] {
+      Context& ctx = bc.start();
       for (int32_t t : tokens) ctx.decode(std::span<const int32_t>(&t, 1));
     });
   }
@@ -110,14 +141,18 @@ std::vector<BenchRow> bench_llama_cpp(const BenchOptions& o, const std::string& 
   const std::string bin = llama_bench_path();
   if (!std::filesystem::exists(bin))
     throw std::runtime_error(fmt::format("llama-bench not found at {}: run scripts/build-llama-cpp, or pass --peer none", bin));
-  const std::string cmd = fmt::format("'{}' -m '{}' -p '{}' -n '{}' -t {} -r {} -ub {}{} -o json 2>/dev/null", bin,
-                                      model_path, o.prompts, o.gens, threads, o.repetitions, o.n_ubatch,
-                                      o.warmup ? "" : " --no-warmup");
+  // The same KV types; llama.cpp stores quantized V only with its flash attention.
+  const bool quantized_v = o.kv_type_v != "f16" && o.kv_type_v != "bf16" && o.kv_type_v != "f32";
+  const std::string cmd =
+      fmt::format("'{}' -m '{}' -p '{}' -n '{}' -d {} -t {} -r {} -ub {} -ctk {} -ctv {}{}{} -o json 2>/dev/null", bin,
+                  model_path, o.prompts, o.gens, o.depth, threads, o.repetitions, o.n_ubatch, o.kv_type_k, o.kv_type_v,
+                  quantized_v ? " -fa on" : "", o.warmup ? "" : " --no-warmup");
   const std::string out = run_peer(cmd, "llama-bench");
   std::vector<BenchRow> rows;
   for (const auto& r : nlohmann::json::parse(out)) {
     const int n_prompt = r.at("n_prompt").get<int>(), n_gen = r.at("n_gen").get<int>();
-    const std::string test = n_prompt > 0 ? fmt::format("pp{}", n_prompt) : fmt::format("tg{}", n_gen);
+    const int depth = r.value("n_depth", 0);
+    const std::string test = n_prompt > 0 ? test_name("pp", n_prompt, depth) : test_name("tg", n_gen, depth);
     rows.push_back({"llama.cpp", test, "dense", threads, r.at("avg_ts").get<double>(), r.at("stddev_ts").get<double>(), 0, {}});
     fmt::print(stderr, "llama.cpp {:>8}: {:9.2f} ± {:.2f} tokens/s\n", test, rows.back().tokens_per_s, rows.back().stddev);
   }
@@ -186,13 +221,16 @@ void bench(const BenchOptions& o) {
 void register_bench(CLI::App& app) {
   auto o = std::make_shared<BenchOptions>();
   CLI::App* cmd = app.add_subcommand("bench", "prompt (pp) and generation (tg) throughput, skim vs llama.cpp in one run");
-  add_shared_options(*cmd, *o,
-                     {{Opt::Model}, {Opt::Threads}, {Opt::Ubatch}, {.opt = Opt::Attn, .repeatable = true}, {Opt::KvType}});
+  add_shared_options_with_kv(*cmd, *o,
+                     {{Opt::Model}, {Opt::Threads}, {Opt::Ubatch}, {.opt = Opt::Attn, .repeatable = true}});
   cmd->add_option("-p,--n-prompt", o->prompts, "prompt lengths, comma-separated (e.g. 512,2048,8192)");
   cmd->add_option("-n,--n-gen", o->gens, "generation lengths, comma-separated (0: none)");
   cmd->add_option("-r,--repetitions", o->repetitions, "measured repetitions per test")->check(at_least(1));
   cmd->add_option("-f,--file", o->text_file, "prompt text for pp tests, repeated to length (default: random tokens)")
       ->check(CLI::ExistingFile);
+  cmd->add_option("-d,--n-depth", o->depth, "tokens already in the context when each test starts (llama-bench's -d)")
+      ->check(in_range(0, kMaxTokens))
+      ->capture_default_str();
   cmd->add_option("--peer", o->peer, "llama.cpp (run llama-bench on the same model) or none");
   cmd->add_flag("--json", o->json, "print one JSON array instead of the table");
   cmd->add_flag("!--no-warmup", o->warmup,

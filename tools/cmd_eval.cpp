@@ -45,7 +45,22 @@ struct EvalOptions : SharedOptions {
   bool no_chat = false;
   bool plots = true;
   bool report_only = false;
+  std::string kv;  // KV formats compared with the f16 cache: "q8_0,q4_0,q8_0/tq3"
 };
+
+// A KV-format "method": dense attention over a cache of K type / V type,
+// named "kv:K" when both are K, else "kv:K/V".
+constexpr std::string_view kKvMethod = "kv:";
+struct KvMethod {
+  std::string k, v;
+};
+std::optional<KvMethod> kv_method(const std::string& name) {
+  if (!name.starts_with(kKvMethod)) return std::nullopt;
+  const std::string types = name.substr(kKvMethod.size());
+  const size_t slash = types.find('/');
+  if (slash == std::string::npos) return KvMethod{types, types};
+  return KvMethod{types.substr(0, slash), types.substr(slash + 1)};
+}
 
 std::vector<std::string> split(const std::string& s, char sep = ',') {
   std::vector<std::string> out;
@@ -159,6 +174,7 @@ class EvalRun {
  public:
   explicit EvalRun(const EvalOptions& o) : o_(o) {
     methods_ = parse_methods(o.attn);
+    for (const std::string& item : split(o.kv)) add_unique(methods_, std::string(kKvMethod) + item);
     tasks_ = parse_tasks(o.tasks);
     lengths_ = parse_lengths(o.lengths);
     depths_ = parse_depths(o.depths);
@@ -186,9 +202,18 @@ class EvalRun {
       p.n_ctx = lengths_.back();
       p.n_ubatch = o.n_ubatch;
       p.n_threads = resolve_threads(o.threads);
-      p.attention = m;
-      contexts_[m] = std::make_unique<Context>(*model_, p);
-      if (o.fidelity && m != "dense") ContextInternals::set_observer(*contexts_[m], {.fidelity_rows = o.fidelity_rows});
+      const std::optional<KvMethod> kv = kv_method(m);
+      p.attention = kv ? "dense" : m;
+      if (kv) {
+        p.kv_type_k = kv->k;
+        p.kv_type_v = kv->v;
+      }
+      try {
+        contexts_[m] = std::make_unique<Context>(*model_, p);
+      } catch (const std::invalid_argument& e) {
+        throw std::runtime_error(fmt::format("{}: {}", m, e.what()));
+      }
+      if (o.fidelity && m != "dense" && !kv) ContextInternals::set_observer(*contexts_[m], {.fidelity_rows = o.fidelity_rows});
     }
   }
 
@@ -369,6 +394,9 @@ void register_eval(CLI::App& app) {
   cmd->add_option("--samples", o->samples, "samples per task and length")->check(at_least(1))->capture_default_str();
   cmd->add_option("--seed", o->seed, "run seed: samples are a function of it")->capture_default_str();
   cmd->add_option("--out", o->out, "output directory (results.json, report.md, plots); an existing run there resumes")->required();
+  cmd->add_option("--kv", o->kv,
+                  "KV cache formats to compare with the f16 cache (dense attention), each K or K/V, e.g. q8_0,q4_0,q8_0/tq3 "
+                  "(skim info --kv lists them)");
   cmd->add_flag("--fidelity", o->fidelity, "measure attention recall and output error per layer/head (slower)");
   cmd->add_option("--fidelity-rows", o->fidelity_rows, "sampled query rows per prefill chunk for --fidelity")
       ->check(in_range(1, kMaxTokens))

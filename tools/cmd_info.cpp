@@ -7,6 +7,7 @@
 
 #include "common.h"
 #include "skim/attention.h"
+#include "skim/kv.h"
 #include "skim/model.h"
 
 namespace skim::cli {
@@ -15,6 +16,7 @@ namespace {
 struct InfoOptions : SharedOptions {
   bool metadata = false;
   bool list_attn = false;
+  bool list_kv = false;
 };
 
 void list_attention_methods() {
@@ -29,8 +31,17 @@ void list_attention_methods() {
   fmt::print("\nselect one with --attn NAME[:key=value,...], e.g. --attn streaming:sink=64,local=2048\n");
 }
 
+void list_kv_types() {
+  fmt::print("{:<6} {:>9} {:>9}  {}\n", "type", "B/row@64", "B/row@128", "what a K or V row holds");
+  for (const KvTypeInfo& t : kv_cache_types())
+    fmt::print("{:<6} {:>9} {:>9}  {}\n", t.name, t.row_bytes_64, t.row_bytes_128, t.summary);
+  fmt::print("\nselect with -ctk TYPE -ctv TYPE; --kv-f16-layers 0,-1 keeps layers in f16; --kv-rotation 0 and\n"
+             "--kv-center-keys 0 turn off the Hadamard rotation and the key centering of quantized caches\n");
+}
+
 void info(const InfoOptions& o) {
   if (o.list_attn) return list_attention_methods();
+  if (o.list_kv) return list_kv_types();
   const std::string path = resolve_model(o);
   std::unique_ptr<Model> model = Model::load(path);
   const GgufFile& f = model->file();
@@ -77,6 +88,7 @@ void register_info(CLI::App& app) {
   add_shared_options(*cmd, *o, {{Opt::Model}, {Opt::Threads}});
   cmd->add_flag("--metadata", o->metadata, "also print every metadata key");
   cmd->add_flag("--attn", o->list_attn, "list the attention methods, their parameters and defaults (no model needed)");
+  cmd->add_flag("--kv", o->list_kv, "list the KV cache formats (no model needed)");
   cmd->callback([o] { info(*o); });
 }
 

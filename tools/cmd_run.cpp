@@ -54,7 +54,7 @@ void run(const RunOptions& o) {
   cp.attention = attn;
   cp.n_threads = resolve_threads(o.threads);
   cp.n_seq_max = o.parallel;
-  cp.kv_type = o.kv_type;
+  apply_kv_options(o, cp);
   Context ctx(*model, cp);
   const double load_ms = load_clock.ms();
 
@@ -103,8 +103,8 @@ void run(const RunOptions& o) {
     }
     print_perf(load_ms, total, o.parallel);
     print_attention_report(ctx.attention_report());
-    std::fprintf(stderr, "skim_perf: peak RSS = %.1f MiB (KV cache %.1f MiB held, cap %.1f MiB), seed %llu\n", peak_rss_mib(),
-                 ctx.kv_held_bytes() / 1048576.0, ctx.kv_cap_bytes() / 1048576.0, static_cast<unsigned long long>(sampler.seed()));
+    std::fprintf(stderr, "skim_perf: peak RSS = %.1f MiB, %s, seed %llu\n", peak_rss_mib(), kv_held_summary(ctx, o).c_str(),
+                 static_cast<unsigned long long>(sampler.seed()));
     return;
   }
   GenerationOptions g;
@@ -127,8 +127,8 @@ void run(const RunOptions& o) {
 
   print_perf(load_ms, r.timings, 1);
   print_attention_report(ctx.attention_report());
-  std::fprintf(stderr, "skim_perf: peak RSS = %.1f MiB (KV cache %.1f MiB held, cap %.1f MiB), seed %llu, stop: %s\n",
-               peak_rss_mib(), ctx.kv_held_bytes() / 1048576.0, ctx.kv_cap_bytes() / 1048576.0, static_cast<unsigned long long>(sampler.seed()), r.stop_reason.c_str());
+  std::fprintf(stderr, "skim_perf: peak RSS = %.1f MiB, %s, seed %llu, stop: %s\n", peak_rss_mib(),
+               kv_held_summary(ctx, o).c_str(), static_cast<unsigned long long>(sampler.seed()), r.stop_reason.c_str());
 }
 
 }  // namespace
@@ -136,7 +136,7 @@ void run(const RunOptions& o) {
 void register_run(CLI::App& app) {
   auto o = std::make_shared<RunOptions>();
   CLI::App* cmd = app.add_subcommand("run", "generate text from a prompt (-p) or a file (-f)");
-  add_shared_options(*cmd, *o, {{Opt::Model}, {Opt::Threads}, {Opt::Ctx}, {Opt::Ubatch}, {Opt::Attn}, {Opt::KvType}});
+  add_shared_options_with_kv(*cmd, *o, {{Opt::Model}, {Opt::Threads}, {Opt::Ctx}, {Opt::Ubatch}, {Opt::Attn}});
   cmd->add_option("-p,--prompt", o->prompt, "prompt text");
   cmd->add_option("-f,--file", o->file, "read the prompt from a file")->check(CLI::ExistingFile);
   cmd->add_flag("--chat", o->chat, "wrap the prompt in the model's chat template (ChatML) as a user message");

@@ -40,7 +40,14 @@ const SharedOption kSharedOptions[] = {
     {Opt::Ctx, "-c,--ctx-size", "context size in tokens", &SharedOptions::n_ctx, Range{0, kMaxTokens}, "the model's"},
     {Opt::Ubatch, "--ubatch-size", "prefill micro-batch size", &SharedOptions::n_ubatch, Range{1, kMaxTokens}},
     {Opt::Attn, "--attn", "attention method NAME[:key=value,...] (skim info --attn lists them)", &SharedOptions::attn},
-    {Opt::KvType, "--kv-type", "KV cache format: f16, bf16 or q8_0 (llama.cpp's 8-bit blocks)", &SharedOptions::kv_type},
+    {Opt::KvTypeK, "--cache-type-k", "format of the K cache (-ctk; skim info --kv lists them)", &SharedOptions::kv_type_k},
+    {Opt::KvTypeV, "--cache-type-v", "format of the V cache (-ctv)", &SharedOptions::kv_type_v},
+    {Opt::KvF16Layers, "--kv-f16-layers", "layers whose K/V stay f16 whatever -ctk/-ctv say, e.g. 0,-1 (-1: the last)",
+     &SharedOptions::kv_f16_layers},
+    {Opt::KvRotation, "--kv-rotation", "Hadamard-rotate Q/K/V of quantized K/V as llama.cpp does (0: off)",
+     &SharedOptions::kv_rotation, Range{0, 1}},
+    {Opt::KvCenterKeys, "--kv-center-keys", "store quantized keys minus the sequence's mean key (0: off)",
+     &SharedOptions::kv_center_keys, Range{0, 1}},
 };
 }  // namespace
 
@@ -56,6 +63,35 @@ void add_shared_options(CLI::App& cmd, SharedOptions& o, std::initializer_list<U
     if (std::holds_alternative<std::vector<std::string> SharedOptions::*>(flag.field) && !use.repeatable)
       opt->expected(1)->allow_extra_args(false);
   }
+}
+
+void add_shared_options_with_kv(CLI::App& cmd, SharedOptions& o, std::initializer_list<Use> uses) {
+  add_shared_options(cmd, o, uses);
+  for (Opt kv : kKvOpts) add_shared_options(cmd, o, {{kv}});
+}
+
+void apply_kv_options(const SharedOptions& o, ContextParams& cp) {
+  cp.kv_type_k = o.kv_type_k;
+  cp.kv_type_v = o.kv_type_v;
+  cp.kv_rotation = o.kv_rotation != 0;
+  cp.kv_center_keys = o.kv_center_keys != 0;
+  std::stringstream ss(o.kv_f16_layers);
+  std::string item;
+  cp.kv_f16_layers.clear();
+  while (std::getline(ss, item, ',')) {
+    char* end = nullptr;
+    const long layer = std::strtol(item.c_str(), &end, 10);
+    if (item.empty() || *end != '\0' || layer < -4096 || layer > 4096)
+      throw std::runtime_error(fmt::format("--kv-f16-layers: '{}' is not a layer index", item));
+    cp.kv_f16_layers.push_back(static_cast<int>(layer));
+  }
+}
+
+std::string kv_held_summary(const Context& ctx, const SharedOptions& o) {
+  const double held = ctx.kv_held_bytes() / 1048576.0, f16 = ctx.kv_held_f16_bytes() / 1048576.0;
+  return fmt::format("KV cache {:.1f} MiB held (K {}, V {}{}: {:.2f}x less than f16's {:.1f} MiB), cap {:.1f} MiB", held,
+                     o.kv_type_k, o.kv_type_v, o.kv_f16_layers.empty() ? "" : ", f16 layers " + o.kv_f16_layers,
+                     held > 0 ? f16 / held : 1.0, f16, ctx.kv_cap_bytes() / 1048576.0);
 }
 
 std::string resolve_model(const SharedOptions& o) {

@@ -13,6 +13,7 @@
 #include <fmt/format.h>
 
 #include "skim/attention.h"
+#include "skim/context.h"
 
 namespace skim::cli {
 
@@ -52,9 +53,14 @@ struct SharedOptions {
   int n_ctx = 0;                              // 0: the model's
   int n_ubatch = 512;
   std::vector<std::string> attn = {"dense"};  // one spec unless the command takes several
-  std::string kv_type = "f16";
+  std::string kv_type_k = "f16", kv_type_v = "f16";
+  std::string kv_f16_layers;  // "0,-1": layers kept in f16
+  int kv_rotation = 1;
+  int kv_center_keys = 1;
 };
-enum class Opt { Model, Threads, Ctx, Ubatch, Attn, KvType };
+enum class Opt { Model, Threads, Ctx, Ubatch, Attn, KvTypeK, KvTypeV, KvF16Layers, KvRotation, KvCenterKeys };
+// The KV flags, for commands that build a context.
+inline constexpr Opt kKvOpts[] = {Opt::KvTypeK, Opt::KvTypeV, Opt::KvF16Layers, Opt::KvRotation, Opt::KvCenterKeys};
 struct Range { int min, max; };
 // A shared flag as one command takes it: the table's range unless the flag means something
 // narrower there; a list (--attn) takes one value unless repeatable.
@@ -64,6 +70,12 @@ struct Use {
   bool repeatable = false;
 };
 void add_shared_options(CLI::App& cmd, SharedOptions& o, std::initializer_list<Use> uses);
+// The shared flags plus the KV flags (kKvOpts).
+void add_shared_options_with_kv(CLI::App& cmd, SharedOptions& o, std::initializer_list<Use> uses);
+// The KV flags' values in a context's parameters.
+void apply_kv_options(const SharedOptions& o, ContextParams& cp);
+// What a context's KV cache holds, in its formats, against f16 and the cap.
+std::string kv_held_summary(const Context& ctx, const SharedOptions& o);
 // Resolves the model path (default model when empty).
 std::string resolve_model(const SharedOptions& o);
 // -t as a count (0: all cores); contexts take it as ContextParams::n_threads.

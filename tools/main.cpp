@@ -15,7 +15,7 @@ struct Alias {
 };
 constexpr Alias kAliases[] = {{"-ub", "--ubatch-size"}, {"-sys", "--system-prompt"}, {"-npp", "--npp"},
                               {"-ntg", "--ntg"},       {"-npl", "--npl"},           {"-pps", "--pps"},
-                              {"-np", "--parallel"}};
+                              {"-np", "--parallel"},   {"-ctk", "--cache-type-k"},  {"-ctv", "--cache-type-v"}};
 
 std::vector<char*> rewrite_aliases(int argc, char** argv) {
   std::vector<char*> out(argv, argv + argc);

@@ -34,7 +34,16 @@ struct ContextParams {
   int n_threads = 0;
   // Attention method spec, "NAME[:key=value,...]" (skim/attention.h).
   std::string attention = "dense";
-  std::string kv_type = "f16";  // format of the KV pages: f16, bf16 or q8_0 (llama.cpp's block layout)
+  // Formats of the K and V rows (skim/kv.h lists them: f16, bf16, f32, q8_0, q4_0, tq4, tq3, tq2).
+  std::string kv_type_k = "f16", kv_type_v = "f16";
+  // Layers kept in f16 whatever the types above (-1 is the last layer, -2 the one before).
+  std::vector<int> kv_f16_layers;
+  // Layers with quantized K (V) turn Q and K (V) by a Hadamard rotation before
+  // storing, as llama.cpp does; false turns it off (the tq formats need it).
+  bool kv_rotation = true;
+  // Quantized keys are stored minus a per-sequence mean key (SageAttention's
+  // smoothing; softmax does not change): less for the quantizer to cover.
+  bool kv_center_keys = true;
 };
 
 // The tokens of one decode call, of one or more sequences (what llama_batch
@@ -90,8 +99,10 @@ class Context {
   // until either writes (copy-on-write).
   void copy_sequence(int from, int to);
   const Model& model() const { return model_; }
-  size_t kv_cap_bytes() const;   // the KV pool's cap: n_ctx tokens in whole pages (nothing held up front)
+  size_t kv_cap_bytes() const;   // the KV pools' cap: n_ctx tokens in whole pages (nothing held up front)
   size_t kv_held_bytes() const;  // the pages in use: the tokens held, rounded up to 64-token pages
+  // What the pages in use would take in f16 (the compression ratio's numerator).
+  size_t kv_held_f16_bytes() const;
   const AttentionReport& attention_report() const;
   void reset_attention_report();
 
@@ -108,7 +119,7 @@ class Context {
   ContextParams params_;
   std::unique_ptr<attention::AttentionMethod> method_;
   AttentionReport report_;
-  std::unique_ptr<kv::KvPool> pool_;
+  std::vector<std::unique_ptr<kv::KvPool>> pools_;  // one per format some layer uses
   std::vector<std::unique_ptr<kv::KvSequence>> seqs_;
   std::unique_ptr<AttentionObserver> observer_;  // never null; the default observes nothing
   std::unique_ptr<Activations> s_;

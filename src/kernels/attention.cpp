@@ -15,6 +15,7 @@
 #include <numeric>
 #include <stdexcept>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "kernels/attention_tile.h"
@@ -68,11 +69,14 @@ Call resolve(const AttnParams& in) {
   if (p.kv.n_keys < 0 || p.kv.n_keys > std::numeric_limits<int32_t>::max()) bad("kv.n_keys is out of range");
   if (p.kv.n_keys > 0 && (p.kv.k == nullptr || p.kv.v == nullptr || p.kv.page_ids == nullptr))
     bad("kv.k, kv.v and kv.page_ids must not be null");
-  if (p.kv.type != KvDType::F32 && p.kv.type != KvDType::F16 && p.kv.type != KvDType::BF16 && p.kv.type != KvDType::Q8_0)
-    bad("unknown KV storage type");
-  if (p.kv.type == KvDType::Q8_0 && p.head_dim % kQ8_0Block != 0) bad("q8_0 K/V needs head_dim a multiple of 32");
-  if (p.kv.row_bytes < kv_row_bytes(p.kv.type, p.head_dim))
-    bad("kv.row_bytes (" + std::to_string(p.kv.row_bytes) + ") is smaller than a row of head_dim values");
+  for (const auto& [type, row_bytes, name] : {std::tuple{p.kv.k_type, p.kv.k_row_bytes, "k"},
+                                              std::tuple{p.kv.v_type, p.kv.v_row_bytes, "v"}}) {
+    if (type > KvDType::TQ2) bad("unknown KV storage type");
+    if (kv_quantized(type) && p.head_dim % kKvBlock != 0) bad("quantized K/V needs head_dim a multiple of 32");
+    if (row_bytes < kv_row_bytes(type, p.head_dim))
+      bad(std::string("kv.") + name + "_row_bytes (" + std::to_string(row_bytes) +
+          ") is smaller than a row of head_dim values");
+  }
   if (p.kv.page_bytes < 0 || p.kv.page_shift < 0 || p.kv.page_shift > 31 || p.kv.pages_per_head < 1)
     bad("kv page geometry is invalid");
   if (p.kv.n_keys > p.kv.pages_per_head * p.kv.page_rows()) bad("kv.n_keys exceeds the page table");

@@ -131,6 +131,20 @@ void rope(float* x, int n_heads, int head_dim, const float* cos, const float* si
   }
 }
 
+void hadamard(float* x, int64_t n, int32_t block) {
+  const float norm = 1.0f / std::sqrt(static_cast<float>(block));
+  for (float* b = x; b < x + n; b += block) {
+    for (int32_t h = 1; h < block; h *= 2)
+      for (int32_t i = 0; i < block; i += 2 * h)
+        for (int32_t j = i; j < i + h; ++j) {
+          const float a = b[j], c = b[j + h];
+          b[j] = a + c;
+          b[j + h] = a - c;
+        }
+    for (int32_t j = 0; j < block; ++j) b[j] *= norm;
+  }
+}
+
 void swiglu(float* gate, const float* up, int64_t n) {
   const auto span = HWY_DYNAMIC_DISPATCH(SwigluSpan);
   for_span_pieces(n, [&](int64_t at, int64_t len) { span(gate + at, up + at, len); });

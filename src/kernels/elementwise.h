@@ -17,6 +17,13 @@ void rope_angles(float pos, const float* inv_freq, int head_dim, float* cos_out,
 // (i, i + head_dim/2).
 void rope(float* x, int n_heads, int head_dim, const float* cos, const float* sin, bool interleaved);
 
+// Each run of `block` values of x[0, n) (block a power of two dividing n)
+// multiplied by the orthonormal Walsh-Hadamard matrix of that size (Sylvester
+// order, entries +-1/sqrt(block)). The matrix is symmetric and its own inverse,
+// and preserves dot products: quantized KV caches store rotated K and V, whose
+// coordinates are spread evenly (docs/kv-formats.md).
+void hadamard(float* x, int64_t n, int32_t block);
+
 // gate[i] = silu(gate[i]) * up[i]
 void swiglu(float* gate, const float* up, int64_t n);
 

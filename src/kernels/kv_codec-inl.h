@@ -8,15 +8,96 @@
 #define SKIM_KERNELS_KV_CODEC_INL_H_
 #endif
 
+#include <algorithm>
+#include <cmath>
 #include <cstring>
 
 #include "hwy/highway.h"
 #include "kernels/f16.h"
+#include "kernels/kv_codec.h"
 #include "kernels/kv_view.h"
 
 HWY_BEFORE_NAMESPACE();
 namespace skim::kernels::HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
+
+// TurboQuant rows: an f16 scale, then the index of value e at bit e * bits of
+// the packed little-endian index bits.
+HWY_INLINE int32_t TqIndex(const uint8_t* HWY_RESTRICT bits_base, int bits, int32_t e) {
+  const int32_t bit = e * bits;
+  uint32_t word = bits_base[bit >> 3];
+  if ((bit & 7) + bits > 8) word |= static_cast<uint32_t>(bits_base[(bit >> 3) + 1]) << 8;
+  return static_cast<int32_t>((word >> (bit & 7)) & ((1u << bits) - 1));
+}
+
+template <class DF>
+HWY_INLINE void DecodeTqRow(DF df, const uint8_t* HWY_RESTRICT src, int bits, int32_t d, float* HWY_RESTRICT dst) {
+  const int32_t N = static_cast<int32_t>(hn::Lanes(df));
+  const hn::Rebind<int32_t, DF> di;
+  uint16_t half;
+  std::memcpy(&half, src, sizeof half);
+  const auto vscale = hn::Set(df, f16_to_f32(half));
+  const float* codebook = tq_codebook(bits);
+  int32_t idx[kMaxKvRow];
+  for (int32_t e = 0; e < d; ++e) idx[e] = TqIndex(src + 2, bits, e);
+  const int32_t levels = 1 << bits;
+  if (levels <= N && N <= kTqCodebookFloats) {
+    // The codebook fits in one vector: a lane permute instead of a gather.
+    const auto table = hn::LoadU(df, codebook);
+    for (int32_t c = 0; c < d; c += N)
+      hn::StoreU(hn::Mul(hn::TableLookupLanes(table, hn::IndicesFromVec(df, hn::LoadU(di, idx + c))), vscale), df,
+                 dst + c);
+  } else {
+    for (int32_t c = 0; c < d; c += N)
+      hn::StoreU(hn::Mul(hn::GatherIndex(df, codebook, hn::LoadU(di, idx + c)), vscale), df, dst + c);
+  }
+}
+
+// ggml's quantize_row_q4_0_ref: the value of largest magnitude maps to -8 steps.
+HWY_INLINE void EncodeQ4_0Row(const float* HWY_RESTRICT src, int32_t d, uint8_t* HWY_RESTRICT block) {
+  for (int32_t b = 0; b < d; b += kKvBlock, block += kKvBlock / 2 + 2) {
+    float amax = 0.0f, extreme = 0.0f;
+    for (int32_t j = 0; j < kKvBlock; ++j) {
+      if (std::fabs(src[b + j]) > amax) {
+        amax = std::fabs(src[b + j]);
+        extreme = src[b + j];
+      }
+    }
+    const float scale = extreme / -8.0f;
+    const float inv = scale != 0.0f ? 1.0f / scale : 0.0f;
+    const uint16_t half = f32_to_f16(scale);
+    std::memcpy(block, &half, sizeof half);
+    for (int32_t j = 0; j < kKvBlock / 2; ++j) {
+      const int lo = std::min(15, static_cast<int>(static_cast<int8_t>(src[b + j] * inv + 8.5f)));
+      const int hi = std::min(15, static_cast<int>(static_cast<int8_t>(src[b + j + kKvBlock / 2] * inv + 8.5f)));
+      block[2 + j] = static_cast<uint8_t>(lo | (hi << 4));
+    }
+  }
+}
+
+// Each value scaled to unit variance (sqrt(d) / |x|) takes the nearest codebook
+// level; the stored scale makes the decoded row's norm equal |x| (norm
+// correction), which keeps attention logits at their magnitude.
+HWY_INLINE void EncodeTqRow(const float* HWY_RESTRICT src, int bits, int32_t d, uint8_t* HWY_RESTRICT dst) {
+  const float* codebook = tq_codebook(bits);
+  const int32_t levels = 1 << bits;
+  double norm2 = 0.0;
+  for (int32_t e = 0; e < d; ++e) norm2 += static_cast<double>(src[e]) * src[e];
+  std::memset(dst + 2, 0, static_cast<size_t>(d * bits / 8));
+  double decoded2 = 0.0;
+  const double unit = norm2 > 0.0 ? std::sqrt(d / norm2) : 0.0;
+  for (int32_t e = 0; e < d; ++e) {
+    const double t = src[e] * unit;
+    int32_t k = 0;  // the nearest level: levels are sorted, so count the midpoints below t
+    while (k + 1 < levels && t > 0.5 * (codebook[k] + codebook[k + 1])) ++k;
+    decoded2 += static_cast<double>(codebook[k]) * codebook[k];
+    const int32_t bit = e * bits;
+    dst[2 + (bit >> 3)] |= static_cast<uint8_t>(k << (bit & 7));
+    if ((bit & 7) + bits > 8) dst[2 + (bit >> 3) + 1] |= static_cast<uint8_t>(k >> (8 - (bit & 7)));
+  }
+  const uint16_t half = f32_to_f16(norm2 > 0.0 ? static_cast<float>(std::sqrt(norm2 / decoded2)) : 0.0f);
+  std::memcpy(dst, &half, sizeof half);
+}
 
 // d values (a multiple of the f32 vector length) of a row of `type` at src, as f32.
 template <class DF>
@@ -34,14 +115,33 @@ HWY_INLINE void DecodeKvRow(DF df, const void* HWY_RESTRICT src, KvDType type, i
     const hn::Rebind<int32_t, DF> di;
     const hn::Rebind<int8_t, DF> d8;
     const auto* block = static_cast<const uint8_t*>(src);
-    for (int32_t b = 0; b < d; b += kQ8_0Block, block += kQ8_0Block + 2) {
+    for (int32_t b = 0; b < d; b += kKvBlock, block += kKvBlock + 2) {
       uint16_t scale;
       std::memcpy(&scale, block, sizeof scale);
       const auto vscale = hn::Set(df, f16_to_f32(scale));
       const auto* q = reinterpret_cast<const int8_t*>(block + 2);
-      for (int32_t c = 0; c < kQ8_0Block; c += N)
+      for (int32_t c = 0; c < kKvBlock; c += N)
         hn::StoreU(hn::Mul(hn::ConvertTo(df, hn::PromoteTo(di, hn::LoadU(d8, q + c))), vscale), df, dst + b + c);
     }
+  } else if (type == KvDType::Q4_0) {
+    // Byte j of a block holds value j (low nibble) and value j + 16 (high nibble).
+    const hn::Rebind<int32_t, DF> di;
+    const hn::Rebind<uint8_t, DF> du8;
+    const auto low = hn::Set(di, 15), eight = hn::Set(di, 8);
+    const auto* block = static_cast<const uint8_t*>(src);
+    for (int32_t b = 0; b < d; b += kKvBlock, block += kKvBlock / 2 + 2) {
+      uint16_t scale;
+      std::memcpy(&scale, block, sizeof scale);
+      const auto vscale = hn::Set(df, f16_to_f32(scale));
+      for (int32_t c = 0; c < kKvBlock / 2; c += N) {
+        const auto bytes = hn::PromoteTo(di, hn::LoadU(du8, block + 2 + c));
+        const auto lo = hn::Sub(hn::And(bytes, low), eight), hi = hn::Sub(hn::ShiftRight<4>(bytes), eight);
+        hn::StoreU(hn::Mul(hn::ConvertTo(df, lo), vscale), df, dst + b + c);
+        hn::StoreU(hn::Mul(hn::ConvertTo(df, hi), vscale), df, dst + b + kKvBlock / 2 + c);
+      }
+    }
+  } else if (kv_tq_bits(type) != 0) {
+    DecodeTqRow(df, static_cast<const uint8_t*>(src), kv_tq_bits(type), d, dst);
   } else {
     const auto* s = static_cast<const float*>(src);
     for (int32_t c = 0; c < d; c += N) hn::StoreU(hn::LoadU(df, s + c), df, dst + c);
@@ -65,17 +165,21 @@ HWY_INLINE void EncodeKvRow(DF df, const float* HWY_RESTRICT src, KvDType type, 
     // values round to nearest with the f32 d.
     const hn::Rebind<int8_t, DF> d8;
     auto* block = static_cast<uint8_t*>(dst);
-    for (int32_t b = 0; b < d; b += kQ8_0Block, block += kQ8_0Block + 2) {
+    for (int32_t b = 0; b < d; b += kKvBlock, block += kKvBlock + 2) {
       auto amax = hn::Zero(df);
-      for (int32_t c = 0; c < kQ8_0Block; c += N) amax = hn::Max(amax, hn::Abs(hn::LoadU(df, src + b + c)));
+      for (int32_t c = 0; c < kKvBlock; c += N) amax = hn::Max(amax, hn::Abs(hn::LoadU(df, src + b + c)));
       const float scale = hn::GetLane(hn::MaxOfLanes(df, amax)) / 127.0f;
       const uint16_t half = f32_to_f16(scale);
       std::memcpy(block, &half, sizeof half);
       const auto inv = hn::Set(df, scale > 0.0f ? 1.0f / scale : 0.0f);
       auto* q = reinterpret_cast<int8_t*>(block + 2);
-      for (int32_t c = 0; c < kQ8_0Block; c += N)
+      for (int32_t c = 0; c < kKvBlock; c += N)
         hn::StoreU(hn::DemoteTo(d8, hn::NearestInt(hn::Mul(hn::LoadU(df, src + b + c), inv))), d8, q + c);
     }
+  } else if (type == KvDType::Q4_0) {
+    EncodeQ4_0Row(src, d, static_cast<uint8_t*>(dst));
+  } else if (kv_tq_bits(type) != 0) {
+    EncodeTqRow(src, kv_tq_bits(type), d, static_cast<uint8_t*>(dst));
   } else {
     auto* o = static_cast<float*>(dst);
     for (int32_t c = 0; c < d; c += N) hn::StoreU(hn::LoadU(df, src + c), df, o + c);

@@ -1,5 +1,11 @@
 #include "kernels/kv_codec.h"
 
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <stdexcept>
+#include <vector>
+
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "kernels/kv_codec.cpp"
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
@@ -13,7 +19,8 @@ namespace skim::kernels::HWY_NAMESPACE {
 void ReadRows(const KvView& kv, bool values, int32_t head, int64_t slot0, int64_t count, int32_t d, float* dst) {
   const hn::ScalableTag<float> df;
   for (int64_t j = 0; j < count; ++j, dst += d)
-    DecodeKvRow(df, values ? kv.v_row(head, slot0 + j) : kv.k_row(head, slot0 + j), kv.type, d, dst);
+    DecodeKvRow(df, values ? kv.v_row(head, slot0 + j) : kv.k_row(head, slot0 + j), values ? kv.v_type : kv.k_type, d,
+                dst);
 }
 
 void EncodeRow(const float* src, KvDType type, int32_t n, void* dst) {
@@ -45,18 +52,50 @@ const uint32_t* identity_pages() {
 KvView KvView::contiguous(const void* k, const void* v, KvDType type, int64_t head_stride, int64_t row_stride,
                           int64_t n_keys, const int32_t* positions) {
   KvView view;
-  view.type = type;
+  view.k_type = view.v_type = type;
   view.k = static_cast<const uint8_t*>(k);
   view.v = static_cast<const uint8_t*>(v);
   view.page_ids = identity_pages();
   view.pages_per_head = 1;
   view.page_bytes = kv_row_bytes(type, head_stride);
-  view.row_bytes = kv_row_bytes(type, row_stride);
+  view.k_row_bytes = view.v_row_bytes = kv_row_bytes(type, row_stride);
   view.page_shift = 31;
   view.positions = positions;
   view.pos_page_stride = 0;  // every head reads the same positions
   view.n_keys = n_keys;
   return view;
+}
+
+namespace {
+// Lloyd's iteration for the N(0, 1) density: each level moves to the mean of
+// its cell, each cell boundary to the midpoint of its two levels.
+std::vector<float> lloyd_max_gaussian(int levels) {
+  const auto pdf = [](double t) { return std::exp(-0.5 * t * t) / std::sqrt(2.0 * M_PI); };
+  const auto cdf = [](double t) { return 0.5 * std::erfc(-t / std::sqrt(2.0)); };
+  std::vector<double> c(static_cast<size_t>(levels));
+  std::vector<float> padded(kTqCodebookFloats, 0.0f);
+  for (int k = 0; k < levels; ++k) c[k] = -3.0 + 6.0 * (k + 0.5) / levels;
+  for (double moved = 1.0; moved > 1e-13;) {  // converges linearly: some 10^4 rounds
+    moved = 0.0;
+    for (int k = 0; k < levels; ++k) {
+      const double lo = k == 0 ? -INFINITY : 0.5 * (c[k - 1] + c[k]);
+      const double hi = k == levels - 1 ? INFINITY : 0.5 * (c[k] + c[k + 1]);
+      const double mass = cdf(hi) - cdf(lo);
+      const double mean = ((std::isinf(lo) ? 0.0 : pdf(lo)) - (std::isinf(hi) ? 0.0 : pdf(hi))) / mass;
+      moved = std::max(moved, std::abs(mean - c[k]));
+      c[k] = mean;
+    }
+  }
+  std::copy(c.begin(), c.end(), padded.begin());
+  return padded;
+}
+}  // namespace
+
+const float* tq_codebook(int bits) {
+  static const std::array<std::vector<float>, 3> books = {lloyd_max_gaussian(4), lloyd_max_gaussian(8),
+                                                          lloyd_max_gaussian(16)};
+  if (bits < 2 || bits > 4) throw std::invalid_argument("TurboQuant codebooks have 2, 3 or 4 bits");
+  return books[static_cast<size_t>(bits - 2)].data();
 }
 
 void read_k_rows(const KvView& kv, int32_t head, int64_t slot0, int64_t count, int32_t head_dim, float* dst) {

@@ -17,4 +17,13 @@ void read_v_rows(const KvView& kv, int32_t head, int64_t slot0, int64_t count, i
 // One row of n values (a multiple of 16) stored as `type` at dst.
 void encode_kv_row(const float* src, KvDType type, int32_t n, void* dst);
 
+// The longest row a codec handles.
+inline constexpr int32_t kMaxKvRow = 512;
+
+// The 2^bits Lloyd-Max levels for N(0, 1), ascending (bits 2, 3 or 4): the
+// TurboQuant codebook, computed once by Lloyd's iteration in double precision.
+// Padded with zeros to kTqCodebookFloats, so one vector load reads it whole.
+inline constexpr int32_t kTqCodebookFloats = 16;
+const float* tq_codebook(int bits);
+
 }  // namespace skim::kernels

@@ -3,7 +3,8 @@
 //
 // Slot s of KV head h lives in page page_ids[h * pages_per_head + (s >> page_shift)]
 // at row (s & (2^page_shift - 1)); a page's K rows start at k + page * page_bytes,
-// its V rows at v + page * page_bytes, rows row_bytes apart. The engine's pool
+// its V rows at v + page * page_bytes, rows k_row_bytes (v_row_bytes) apart. K and
+// V may have different formats. The engine's pool
 // (src/kv/) has 64-row pages; a contiguous array [head][rows][d] is the special
 // case of one page per head (KvView::contiguous).
 //
@@ -20,35 +21,49 @@
 
 namespace skim::kernels {
 
-// Q8_0: llama.cpp's block layout, per 32 values an f16 scale (absmax / 127)
-// and 32 int8 values (34 bytes); head_dim must be a multiple of 32.
-enum class KvDType : uint8_t { F32, F16, BF16, Q8_0 };
-inline constexpr int64_t kQ8_0Block = 32;
+// Storage formats of K and V rows (docs/kv-formats.md):
+// - Q8_0, Q4_0: llama.cpp's block layouts, per 32 values an f16 scale and 32
+//   int8 values (34 bytes) or 32 4-bit values (18 bytes);
+// - TQ4, TQ3, TQ2 (TurboQuant, MSE variant): per row an f16 scale and a 4-, 3-
+//   or 2-bit index per value into a Lloyd-Max codebook for N(0, 1), for rows
+//   whose coordinates were made near Gaussian by a Hadamard rotation.
+// Quantized rows need a row length that is a multiple of 32.
+enum class KvDType : uint8_t { F32, F16, BF16, Q8_0, Q4_0, TQ4, TQ3, TQ2 };
+inline constexpr int64_t kKvBlock = 32;
+
+inline bool kv_quantized(KvDType t) { return t >= KvDType::Q8_0; }
+// Index bits of a TurboQuant format (0 for the others).
+inline int kv_tq_bits(KvDType t) {
+  return t == KvDType::TQ4 ? 4 : t == KvDType::TQ3 ? 3 : t == KvDType::TQ2 ? 2 : 0;
+}
 
 // Bytes of one row of n values.
 inline int64_t kv_row_bytes(KvDType t, int64_t n) {
   switch (t) {
     case KvDType::F32: return 4 * n;
-    case KvDType::Q8_0: return n / kQ8_0Block * (kQ8_0Block + 2);
-    default: return 2 * n;
+    case KvDType::F16:
+    case KvDType::BF16: return 2 * n;
+    case KvDType::Q8_0: return n / kKvBlock * (kKvBlock + 2);
+    case KvDType::Q4_0: return n / kKvBlock * (kKvBlock / 2 + 2);
+    default: return 2 + n * kv_tq_bits(t) / 8;
   }
 }
 
 struct KvView {
-  KvDType type = KvDType::F16;
+  KvDType k_type = KvDType::F16, v_type = KvDType::F16;
   const uint8_t* k = nullptr;
   const uint8_t* v = nullptr;
   const uint32_t* page_ids = nullptr;  // [kv head][pages_per_head]
   int64_t pages_per_head = 1;
   int64_t page_bytes = 0;  // bytes between consecutive pages
-  int64_t row_bytes = 0;   // bytes between consecutive rows of a page (>= head_dim elements)
+  int64_t k_row_bytes = 0, v_row_bytes = 0;  // bytes between consecutive rows of a page (>= a row of head_dim values)
   int32_t page_shift = 31; // log2 of the rows per page
   const int32_t* positions = nullptr;  // null: position == slot
   int64_t pos_page_stride = 0;         // positions between consecutive pages
   int64_t n_keys = 0;                  // slots [0, n_keys) hold keys
 
-  // [head][rows][row_stride] arrays of `type` (head_stride, row_stride in elements),
-  // at most 1024 heads. positions: one per slot, shared by all heads (null: position == slot).
+  // [head][rows][row_stride] arrays of `type`, K and V alike (head_stride, row_stride
+  // in elements), at most 1024 heads. positions: one per slot, shared by all heads (null: position == slot).
   static KvView contiguous(const void* k, const void* v, KvDType type, int64_t head_stride, int64_t row_stride,
                            int64_t n_keys, const int32_t* positions = nullptr);
 
@@ -58,10 +73,10 @@ struct KvView {
   }
   int64_t row_in_page(int64_t slot) const { return slot & (page_rows() - 1); }
   const void* k_row(int32_t head, int64_t slot) const {
-    return k + page_of(head, slot) * page_bytes + row_in_page(slot) * row_bytes;
+    return k + page_of(head, slot) * page_bytes + row_in_page(slot) * k_row_bytes;
   }
   const void* v_row(int32_t head, int64_t slot) const {
-    return v + page_of(head, slot) * page_bytes + row_in_page(slot) * row_bytes;
+    return v + page_of(head, slot) * page_bytes + row_in_page(slot) * v_row_bytes;
   }
   int32_t position(int32_t head, int64_t slot) const {
     if (!positions) return static_cast<int32_t>(slot);

@@ -11,10 +11,6 @@
 #include <fmt/format.h>
 
 namespace skim::kv {
-namespace {
-
-// Bytes this process may use at most: physical memory, or the cgroup's limit
-// (a container's) when that is lower.
 double memory_limit_bytes() {
   double limit = static_cast<double>(sysconf(_SC_PHYS_PAGES)) * sysconf(_SC_PAGE_SIZE);
   std::ifstream cgroup("/sys/fs/cgroup/memory.max");
@@ -22,6 +18,14 @@ double memory_limit_bytes() {
   if (cgroup >> cgroup_max && cgroup_max > 0) limit = std::min(limit, cgroup_max);  // "max" reads as no number
   return limit;
 }
+
+void check_kv_cap(double bytes) {
+  if (bytes > memory_limit_bytes())
+    throw std::length_error(fmt::format("a KV cache cap of {:.1f} GiB is more than the {:.1f} GiB of memory here (lower -c)",
+                                        bytes / 1073741824.0, memory_limit_bytes() / 1073741824.0));
+}
+
+namespace {
 
 // Zero-filled memory that is committed only where written.
 uint8_t* reserve(size_t bytes) {
@@ -32,21 +36,19 @@ uint8_t* reserve(size_t bytes) {
 
 }  // namespace
 
-KvPool::KvPool(int32_t head_dim, kernels::KvDType format, int64_t max_pages)
+KvPool::KvPool(int32_t head_dim, KvFormat format, int64_t max_pages)
     : head_dim_(head_dim), format_(format), max_pages_(max_pages) {
-  if (format == kernels::KvDType::F32) throw std::invalid_argument("KV pool: pages hold f16, bf16 or q8_0 rows");
-  if (format == kernels::KvDType::Q8_0 && head_dim % kernels::kQ8_0Block != 0)
-    throw std::invalid_argument(fmt::format("KV pool: q8_0 needs a head size that is a multiple of 32, not {}", head_dim));
   if (head_dim <= 0 || max_pages <= 0 || max_pages > (int64_t{1} << 31))
     throw std::invalid_argument("KV pool: bad shape");
-  row_bytes_ = kernels::kv_row_bytes(format, head_dim);
-  page_bytes_ = 2 * kPageRows * row_bytes_;
+  if ((kernels::kv_quantized(format.k) || kernels::kv_quantized(format.v)) && head_dim % kernels::kKvBlock != 0)
+    throw std::invalid_argument(
+        fmt::format("a quantized KV cache needs a head size that is a multiple of {}, not {}", kernels::kKvBlock, head_dim));
+  k_row_bytes_ = kernels::kv_row_bytes(format.k, head_dim);
+  v_row_bytes_ = kernels::kv_row_bytes(format.v, head_dim);
+  page_bytes_ = kPageRows * (k_row_bytes_ + v_row_bytes_);
   // A cap the machine could never fill is a mistake to report now, not when
   // the pages run out in the middle of a prompt.
-  const double cap = static_cast<double>(max_pages) * static_cast<double>(page_bytes());
-  if (cap > memory_limit_bytes())
-    throw std::length_error(fmt::format("a KV cache cap of {:.1f} GiB is more than the {:.1f} GiB of memory here (lower -c)",
-                                        cap / 1073741824.0, memory_limit_bytes() / 1073741824.0));
+  check_kv_cap(static_cast<double>(max_pages) * static_cast<double>(page_bytes()));
   arena_bytes_ = static_cast<size_t>(max_pages) * page_bytes_;
   positions_bytes_ = static_cast<size_t>(max_pages) * kPageRows * sizeof(int32_t);
   arena_ = reserve(arena_bytes_);
@@ -57,7 +59,6 @@ KvPool::KvPool(int32_t head_dim, kernels::KvDType format, int64_t max_pages)
     throw;
   }
   refs_.assign(static_cast<size_t>(max_pages), 0);
-  formats_.assign(static_cast<size_t>(max_pages), format);
 }
 
 KvPool::~KvPool() {
@@ -81,7 +82,6 @@ PageId KvPool::allocate() {
     id = static_cast<PageId>(next_++);
   }
   refs_[id] = 1;
-  formats_[id] = format_;
   ++in_use_;
   return id;
 }
@@ -101,11 +101,13 @@ void KvPool::release(PageId id) {
 
 kernels::KvView KvPool::view_base() const {
   kernels::KvView v;
-  v.type = format_;
+  v.k_type = format_.k;
+  v.v_type = format_.v;
   v.k = arena_;
   v.v = arena_ + values_offset();
   v.page_bytes = page_bytes_;
-  v.row_bytes = row_bytes_;
+  v.k_row_bytes = k_row_bytes_;
+  v.v_row_bytes = v_row_bytes_;
   v.page_shift = kPageShift;
   v.positions = positions_;
   v.pos_page_stride = kPageRows;

@@ -1,5 +1,6 @@
 // One sequence's KV cache: a page table per layer (per KV head, the pool pages
-// holding its slots 0, 64, 128, ...). Slot s is row s % 64 of page s / 64; every
+// holding its slots 0, 64, 128, ...), each layer's pages from that layer's pool
+// (layers may store K and V in different formats). Slot s is row s % 64 of page s / 64; every
 // layer and head holds the same slots at the same positions, stored in the
 // pages. Positions strictly increase with the slot (append enforces it), which
 // is what KvView promises its readers.
@@ -20,7 +21,9 @@ namespace skim::kv {
 
 class KvSequence {
  public:
-  // At most max_slots slots (the context, -c).
+  // At most max_slots slots (the context, -c); layer l's pages come from layer_pools[l].
+  KvSequence(std::vector<KvPool*> layer_pools, int32_t n_head_kv, int64_t max_slots);
+  // Every layer's pages from one pool.
   KvSequence(KvPool& pool, int32_t n_layer, int32_t n_head_kv, int64_t max_slots);
   ~KvSequence();
   KvSequence(const KvSequence&) = delete;
@@ -34,7 +37,7 @@ class KvSequence {
   int64_t max_slots() const { return max_slots_; }
   int32_t n_layer() const { return n_layer_; }
   int32_t n_head_kv() const { return n_head_kv_; }
-  kernels::KvDType format() const { return pool_->default_format(); }  // of the rows it writes
+  KvFormat format(int32_t layer) const { return pools_[static_cast<size_t>(layer)]->format(); }
 
   // Appends slots for tokens at `positions` (increasing, above the last held
   // position), in every layer and head, and stores the positions. The pages
@@ -47,18 +50,35 @@ class KvSequence {
   // Removes slots [begin, end): later slots move down, keeping their positions.
   void erase(int64_t begin, int64_t end);
   void clear() { truncate(0); }
+  // Moves the rows at `slots` (ascending) of one (layer, head) to slots 0, 1, ...,
+  // with their positions. An eviction policy compacts every (layer, head) to
+  // the same count, then truncates to it.
+  void compact(int32_t layer, int32_t head, std::span<const int64_t> slots);
+
+  // A vector per (layer, KV head) subtracted from every key before it is
+  // stored (SageAttention's key smoothing): it changes each query's scores by
+  // one constant, which softmax ignores, and leaves quantizers only the part of
+  // the keys that varies. Set once, from the sequence's first keys; an empty
+  // sequence has none.
+  bool has_key_offset(int32_t layer) const { return offset_set_[static_cast<size_t>(layer)] != 0; }
+  float* key_offset(int32_t layer, int32_t head) {
+    return offsets_.data() + (static_cast<size_t>(layer) * n_head_kv_ + head) * pool(layer).head_dim();
+  }
+  void mark_key_offset_set(int32_t layer) { offset_set_[static_cast<size_t>(layer)] = 1; }
 
   int32_t position(int64_t slot) const;
-  // Rows of a slot this sequence owns (written after append), head_dim values in the pool's format.
+  // Rows of a slot this sequence owns (written after append), head_dim values in the layer's format.
   void* k_row(int32_t layer, int32_t head, int64_t slot);
   void* v_row(int32_t layer, int32_t head, int64_t slot);
 
   // Keys and values of one layer, slots [0, size()).
   kernels::KvView view(int32_t layer) const;
 
-  int64_t pages_held() const;     // distinct (layer, head) pages, shared ones included
-  size_t held_bytes() const { return static_cast<size_t>(pages_held()) * pool_->page_bytes(); }
-  int32_t page_refs(int32_t layer, int32_t head, int64_t slot) const { return pool_->refs(page(layer, head, slot >> kPageShift)); }
+  int64_t pages_held() const;  // distinct (layer, head) pages, shared ones included
+  size_t held_bytes() const;
+  int32_t page_refs(int32_t layer, int32_t head, int64_t slot) const {
+    return pool(layer).refs(page(layer, head, slot >> kPageShift));
+  }
 
  private:
   int64_t table_pages() const { return (max_slots_ + kPageRows - 1) / kPageRows; }
@@ -69,15 +89,18 @@ class KvSequence {
   PageId page(int32_t layer, int32_t head, int64_t index) const {
     return tables_[static_cast<size_t>(layer)][static_cast<size_t>(head * table_pages() + index)];
   }
+  KvPool& pool(int32_t layer) const { return *pools_[static_cast<size_t>(layer)]; }
   // Page `index` of every (layer, head) becomes this sequence's own.
   void own_pages(int64_t index);
   void move_row(int32_t layer, int32_t head, int64_t from, int64_t to);
 
-  KvPool* pool_;
+  std::vector<KvPool*> pools_;  // per layer; empty once moved from
   int32_t n_layer_, n_head_kv_;
   int64_t max_slots_;
   int64_t size_ = 0;
   std::vector<std::vector<PageId>> tables_;  // [layer][head * table_pages() + page index]
+  std::vector<float> offsets_;               // [layer][head][head_dim]: key_offset
+  std::vector<uint8_t> offset_set_;          // [layer]
 };
 
 }  // namespace skim::kv

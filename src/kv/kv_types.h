@@ -1,0 +1,14 @@
+// Names of the KV formats (skim/kv.h lists them for users).
+#pragma once
+
+#include <string>
+
+#include "kernels/kv_view.h"
+
+namespace skim::kv {
+
+// Throws std::invalid_argument naming the formats for an unknown name.
+kernels::KvDType parse_kv_type(const std::string& name);
+const char* kv_type_name(kernels::KvDType type);
+
+}  // namespace skim::kv
