@@ -205,6 +205,23 @@ class GoodInputs(ModelTest):
         self.assertRegex(r.stdout, r"(?m)^dense\s")
         self.assertRegex(r.stdout, r"(?m)^streaming\s")
 
+    def test_info_lists_kv_formats_and_policies_without_a_model(self):
+        r = skim("info", "--kv")
+        self.assert_ok(r)
+        self.assertRegex(r.stdout, r"(?m)^q4_0\s+36\s+72\s")  # llama.cpp's block_q4_0: 18 bytes per 32 values
+        self.assertRegex(r.stdout, r"(?m)^tq3\s")
+        self.assertRegex(r.stdout, r"(?m)^snapkv\s")
+
+    def test_run_with_a_policy_reports_the_rows_and_bytes_it_kept(self):
+        prompt = " ".join(["The quick brown fox jumps over the lazy dog."] * 40)
+        r = skim("run", "-m", MODEL, "-p", prompt, "-n", 2, "--temp", 0, "--kv", "snapkv:keep=0.5", "-ctk", "q8_0", "-ctv", "q4_0")
+        self.assert_ok(r)
+        match = re.search(r"held for (\d+) of (\d+) tokens \(K q8_0, V q4_0, policy snapkv:keep=0.5\): ([0-9.]+)x less", r.stderr)
+        self.assertIsNotNone(match, r.stderr)
+        kept, seen, ratio = int(match.group(1)), int(match.group(2)), float(match.group(3))
+        self.assertTrue(0.45 * seen <= kept <= 0.55 * seen + 2, (kept, seen))  # half the prompt, then the decoded tokens
+        self.assertGreater(ratio, 4.0)  # half the rows, each about a third of f16's bytes
+
     def test_perplexity_is_finite_and_sane(self):
         r = skim("perplexity", "-m", MODEL, "-f", TEXT_FILE, "-c", 128, "--chunks", 1)
         self.assert_ok(r)
@@ -333,6 +350,11 @@ class BadInputs(ModelTest):
             (["run", "-m", MODEL, "-p", "Hi", "-s", -2], "--seed: -2"),
             (["run", "-m", MODEL, "-p", "Hi", "-np", 0], "--parallel: 0"),
             (["run", "-m", MODEL, "-p", "Hi", "-ctk", "q4"], "KV cache type 'q4'"),
+            (["run", "-m", MODEL, "-p", "Hi", "--kv", "nosuch"], "KV policy 'nosuch'"),
+            (["run", "-m", MODEL, "-p", "Hi", "--kv", "snapkv:keep=2"], "keep=2 is outside"),
+            (["run", "-m", MODEL, "-p", "Hi", "--kv-f16-layers", "x"], "'x' is not a layer index"),
+            (["run", "-m", MODEL, "-p", "Hi", "--kv-f16-layers", "99"], "f16 KV layer 99"),
+            (["eval", "-m", MODEL, "--out", self.tmp, "--kv", "nosuch:keep=0.5"], "KV policy 'nosuch'"),
             (["batched-bench", "-m", MODEL, "--peer", "none", "-npl", "x"], "'x' is not a token count"),
             (["batched-bench", "-m", MODEL, "--peer", "none", "-npp", 0], "each need a count"),
             (["perplexity", "-m", MODEL, "-f", TEXT_FILE, "--chunks", -1], "--chunks: -1"),

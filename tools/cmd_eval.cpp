@@ -13,6 +13,7 @@
 #include <fmt/format.h>
 
 #include "common.h"
+#include "skim/kv.h"
 #include "eval/corpus.h"
 #include "eval/fidelity.h"
 #include "eval/logit_compare.h"
@@ -45,21 +46,37 @@ struct EvalOptions : SharedOptions {
   bool no_chat = false;
   bool plots = true;
   bool report_only = false;
-  std::string kv;  // KV formats compared with the f16 cache: "q8_0,q4_0,q8_0/tq3"
+  std::string kv;  // KV formats and policies compared with the f16 cache: "q8_0,q8_0/tq3,snapkv:keep=0.5@q8_0"
 };
 
-// A KV-format "method": dense attention over a cache of K type / V type,
-// named "kv:K" when both are K, else "kv:K/V".
+// A KV "method": dense attention over a cache of other formats and/or under
+// a KV policy, named "kv:" + "K[/V]" (formats), "POLICY[:k=v,...]" or
+// "POLICY[:k=v,...]@K[/V]" (both).
 constexpr std::string_view kKvMethod = "kv:";
 struct KvMethod {
-  std::string k, v;
+  std::string policy, k = "f16", v = "f16";
 };
 std::optional<KvMethod> kv_method(const std::string& name) {
   if (!name.starts_with(kKvMethod)) return std::nullopt;
-  const std::string types = name.substr(kKvMethod.size());
-  const size_t slash = types.find('/');
-  if (slash == std::string::npos) return KvMethod{types, types};
-  return KvMethod{types.substr(0, slash), types.substr(slash + 1)};
+  std::string rest = name.substr(kKvMethod.size()), types;
+  const auto is_type = [](const std::string& t) {
+    const auto& all = kv_cache_types();
+    return std::any_of(all.begin(), all.end(), [&](const KvTypeInfo& i) { return i.name == t.substr(0, t.find('/')); });
+  };
+  if (const size_t at = rest.find('@'); at != std::string::npos) {
+    types = rest.substr(at + 1);
+    rest.resize(at);
+  } else if (is_type(rest)) {
+    types = std::move(rest);
+    rest.clear();
+  }
+  KvMethod m{rest};
+  if (!types.empty()) {
+    const size_t slash = types.find('/');
+    m.k = types.substr(0, slash);
+    m.v = slash == std::string::npos ? m.k : types.substr(slash + 1);
+  }
+  return m;
 }
 
 std::vector<std::string> split(const std::string& s, char sep = ',') {
@@ -81,19 +98,24 @@ void add_unique(std::vector<T>& v, const T& x) {
   if (std::find(v.begin(), v.end(), x) == v.end()) v.push_back(x);
 }
 
-// Dense first, then each --attn spec. Specs hold commas themselves
-// ("streaming:sink=128,local=1024"), so a comma-separated piece with '=' but
-// no ':' continues the previous spec.
+// Specs hold commas themselves ("streaming:sink=128,local=1024"), so a
+// comma-separated piece with '=' but no ':' continues the previous spec.
+std::vector<std::string> join_continued(const std::vector<std::string>& pieces, const char* flag) {
+  std::vector<std::string> specs;
+  for (const std::string& piece : pieces) {
+    const bool continues = piece.find('=') != std::string::npos && piece.find(':') == std::string::npos;
+    if (continues && specs.empty()) throw std::runtime_error(fmt::format("{}: '{}' belongs to no spec", flag, piece));
+    if (continues) specs.back() += "," + piece;
+    else specs.push_back(piece);
+  }
+  return specs;
+}
+
+// Dense first, then each --attn spec.
 std::vector<std::string> parse_methods(const std::vector<std::string>& raw) {
   std::vector<std::string> specs;
   for (const std::string& arg : raw) {
-    std::vector<std::string> pieces;
-    for (const std::string& piece : split(arg)) {
-      const bool continues = piece.find('=') != std::string::npos && piece.find(':') == std::string::npos;
-      if (continues && pieces.empty()) throw std::runtime_error(fmt::format("--attn '{}': '{}' belongs to no method", arg, piece));
-      if (continues) pieces.back() += "," + piece;
-      else pieces.push_back(piece);
-    }
+    const std::vector<std::string> pieces = join_continued(split(arg), "--attn");
     specs.insert(specs.end(), pieces.begin(), pieces.end());
   }
   std::vector<std::string> methods{"dense"};
@@ -174,7 +196,7 @@ class EvalRun {
  public:
   explicit EvalRun(const EvalOptions& o) : o_(o) {
     methods_ = parse_methods(o.attn);
-    for (const std::string& item : split(o.kv)) add_unique(methods_, std::string(kKvMethod) + item);
+    for (const std::string& spec : join_continued(split(o.kv), "--kv")) add_unique(methods_, std::string(kKvMethod) + spec);
     tasks_ = parse_tasks(o.tasks);
     lengths_ = parse_lengths(o.lengths);
     depths_ = parse_depths(o.depths);
@@ -207,6 +229,7 @@ class EvalRun {
       if (kv) {
         p.kv_type_k = kv->k;
         p.kv_type_v = kv->v;
+        p.kv_policy = kv->policy;
       }
       try {
         contexts_[m] = std::make_unique<Context>(*model_, p);
@@ -395,8 +418,8 @@ void register_eval(CLI::App& app) {
   cmd->add_option("--seed", o->seed, "run seed: samples are a function of it")->capture_default_str();
   cmd->add_option("--out", o->out, "output directory (results.json, report.md, plots); an existing run there resumes")->required();
   cmd->add_option("--kv", o->kv,
-                  "KV cache formats to compare with the f16 cache (dense attention), each K or K/V, e.g. q8_0,q4_0,q8_0/tq3 "
-                  "(skim info --kv lists them)");
+                  "KV formats and policies to compare with the full f16 cache (dense attention): K[/V], POLICY[:k=v,...] "
+                  "or POLICY[:k=v,...]@K[/V], e.g. q8_0,q8_0/tq3,snapkv:keep=0.5,streaming:keep=0.5@q8_0 (skim info --kv)");
   cmd->add_flag("--fidelity", o->fidelity, "measure attention recall and output error per layer/head (slower)");
   cmd->add_option("--fidelity-rows", o->fidelity_rows, "sampled query rows per prefill chunk for --fidelity")
       ->check(in_range(1, kMaxTokens))

@@ -36,7 +36,13 @@ void list_kv_types() {
   for (const KvTypeInfo& t : kv_cache_types())
     fmt::print("{:<6} {:>9} {:>9}  {}\n", t.name, t.row_bytes_64, t.row_bytes_128, t.summary);
   fmt::print("\nselect with -ctk TYPE -ctv TYPE; --kv-f16-layers 0,-1 keeps layers in f16; --kv-rotation 0 and\n"
-             "--kv-center-keys 0 turn off the Hadamard rotation and the key centering of quantized caches\n");
+             "--kv-center-keys 0 turn off the Hadamard rotation and the key centering of quantized caches\n\n");
+  fmt::print("KV selection policies (--kv NAME[:key=value,...]):\n");
+  for (const AttentionMethodInfo& m : kv_policies()) {
+    fmt::print("{:<14} {}\n", m.name, m.summary);
+    for (const AttentionParamInfo& p : m.params)
+      fmt::print("  {:<14} {:<8} {}\n", p.name, p.default_value.empty() ? "''" : p.default_value, p.help);
+  }
 }
 
 void info(const InfoOptions& o) {
@@ -88,7 +94,7 @@ void register_info(CLI::App& app) {
   add_shared_options(*cmd, *o, {{Opt::Model}, {Opt::Threads}});
   cmd->add_flag("--metadata", o->metadata, "also print every metadata key");
   cmd->add_flag("--attn", o->list_attn, "list the attention methods, their parameters and defaults (no model needed)");
-  cmd->add_flag("--kv", o->list_kv, "list the KV cache formats (no model needed)");
+  cmd->add_flag("--kv", o->list_kv, "list the KV cache formats and selection policies (no model needed)");
   cmd->callback([o] { info(*o); });
 }
 

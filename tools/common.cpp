@@ -48,6 +48,8 @@ const SharedOption kSharedOptions[] = {
      &SharedOptions::kv_rotation, Range{0, 1}},
     {Opt::KvCenterKeys, "--kv-center-keys", "store quantized keys minus the sequence's mean key (0: off)",
      &SharedOptions::kv_center_keys, Range{0, 1}},
+    {Opt::KvPolicy, "--kv", "KV selection policy NAME[:key=value,...], e.g. snapkv:keep=0.5 (skim info --kv lists them)",
+     &SharedOptions::kv_policy},
 };
 }  // namespace
 
@@ -75,6 +77,7 @@ void apply_kv_options(const SharedOptions& o, ContextParams& cp) {
   cp.kv_type_v = o.kv_type_v;
   cp.kv_rotation = o.kv_rotation != 0;
   cp.kv_center_keys = o.kv_center_keys != 0;
+  cp.kv_policy = o.kv_policy;
   std::stringstream ss(o.kv_f16_layers);
   std::string item;
   cp.kv_f16_layers.clear();
@@ -89,9 +92,19 @@ void apply_kv_options(const SharedOptions& o, ContextParams& cp) {
 
 std::string kv_held_summary(const Context& ctx, const SharedOptions& o) {
   const double held = ctx.kv_held_bytes() / 1048576.0, f16 = ctx.kv_held_f16_bytes() / 1048576.0;
-  return fmt::format("KV cache {:.1f} MiB held (K {}, V {}{}: {:.2f}x less than f16's {:.1f} MiB), cap {:.1f} MiB", held,
-                     o.kv_type_k, o.kv_type_v, o.kv_f16_layers.empty() ? "" : ", f16 layers " + o.kv_f16_layers,
-                     held > 0 ? f16 / held : 1.0, f16, ctx.kv_cap_bytes() / 1048576.0);
+  int64_t past = 0, cached = 0;
+  for (int seq = 0; seq < ctx.n_seq_max(); ++seq) {
+    past += ctx.n_past(seq);
+    cached += ctx.n_cached(seq);
+  }
+  // The f16 cache of every token seen, had no policy evicted any.
+  const double full = cached > 0 ? f16 * static_cast<double>(past) / static_cast<double>(cached) : 0.0;
+  return fmt::format("KV cache {:.1f} MiB held for {} of {} tokens (K {}, V {}{}{}): {:.2f}x less than the full f16 cache "
+                     "({:.1f} MiB), cap {:.1f} MiB",
+                     held, cached, past, o.kv_type_k, o.kv_type_v,
+                     o.kv_f16_layers.empty() ? "" : ", f16 layers " + o.kv_f16_layers,
+                     o.kv_policy.empty() ? "" : ", policy " + o.kv_policy, held > 0 ? full / held : 1.0, full,
+                     ctx.kv_cap_bytes() / 1048576.0);
 }
 
 std::string resolve_model(const SharedOptions& o) {

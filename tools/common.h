@@ -57,10 +57,12 @@ struct SharedOptions {
   std::string kv_f16_layers;  // "0,-1": layers kept in f16
   int kv_rotation = 1;
   int kv_center_keys = 1;
+  std::string kv_policy;
 };
-enum class Opt { Model, Threads, Ctx, Ubatch, Attn, KvTypeK, KvTypeV, KvF16Layers, KvRotation, KvCenterKeys };
+enum class Opt { Model, Threads, Ctx, Ubatch, Attn, KvTypeK, KvTypeV, KvF16Layers, KvRotation, KvCenterKeys, KvPolicy };
 // The KV flags, for commands that build a context.
-inline constexpr Opt kKvOpts[] = {Opt::KvTypeK, Opt::KvTypeV, Opt::KvF16Layers, Opt::KvRotation, Opt::KvCenterKeys};
+inline constexpr Opt kKvOpts[] = {Opt::KvTypeK, Opt::KvTypeV, Opt::KvF16Layers, Opt::KvRotation, Opt::KvCenterKeys,
+                                  Opt::KvPolicy};
 struct Range { int min, max; };
 // A shared flag as one command takes it: the table's range unless the flag means something
 // narrower there; a list (--attn) takes one value unless repeatable.

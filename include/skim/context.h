@@ -24,6 +24,9 @@ struct AttentionObserver;  // src/model/attention_observer.h
 namespace attention {
 class AttentionMethod;
 }
+namespace kvpolicy {
+class KvPolicy;
+}
 
 struct ContextParams {
   int n_ctx = 0;       // KV capacity per sequence in tokens; 0 = the model's training context
@@ -44,6 +47,8 @@ struct ContextParams {
   // Quantized keys are stored minus a per-sequence mean key (SageAttention's
   // smoothing; softmax does not change): less for the quantizer to cover.
   bool kv_center_keys = true;
+  // KV selection policy "NAME[:key=value,...]" (skim info --kv); empty: every row stays.
+  std::string kv_policy;
 };
 
 // The tokens of one decode call, of one or more sequences (what llama_batch
@@ -90,7 +95,8 @@ class Context {
   // for a malformed batch, std::length_error when a sequence would exceed n_ctx.
   std::vector<float> decode(const Batch& batch, const ProgressFn& progress = {});
 
-  int n_past(int seq = 0) const;  // tokens the sequence holds
+  int n_past(int seq = 0) const;    // the next position of the sequence: its last one + 1 (0 when empty)
+  int n_cached(int seq = 0) const;  // the rows its cache holds (fewer than n_past once a policy evicted)
   int n_ctx() const { return params_.n_ctx; }
   int n_seq_max() const { return params_.n_seq_max; }
   void clear();                   // forget all tokens of every sequence
@@ -111,7 +117,7 @@ class Context {
 
   struct Ubatch;  // rows of a batch: context.cpp
   // Logits of the micro-batch rows that want them go to logits_out, in row order.
-  void forward_ubatch(const Ubatch& ub, float* logits_out);
+  void forward_ubatch(Ubatch& ub, float* logits_out);
   void run(const Batch& batch, const LogitsFn& on_logits, const ProgressFn& progress);
   kv::KvSequence& sequence(int seq) const;
 
@@ -120,6 +126,7 @@ class Context {
   std::unique_ptr<attention::AttentionMethod> method_;
   AttentionReport report_;
   std::vector<std::unique_ptr<kv::KvPool>> pools_;  // one per format some layer uses
+  std::unique_ptr<kvpolicy::KvPolicy> kv_policy_;   // null: none
   std::vector<std::unique_ptr<kv::KvSequence>> seqs_;
   std::unique_ptr<AttentionObserver> observer_;  // never null; the default observes nothing
   std::unique_ptr<Activations> s_;

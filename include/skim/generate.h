@@ -55,7 +55,7 @@ class Session {
   // Samples the next token from the logits of the last one. False when
   // generation stops (end of generation, n_predict, or a full context:
   // result().stop_reason); true when the sampled token is to be decoded next.
-  bool accept(std::span<const float> logits, int n_past, int n_ctx, const GenerationOptions& opts);
+  bool accept(std::span<const float> logits, int n_cached, int n_ctx, const GenerationOptions& opts);
   // The text decoder's tail, once generation has stopped.
   std::string finish();
   GenerationResult& result() { return result_; }

@@ -5,6 +5,8 @@
 #include <string>
 #include <vector>
 
+#include "skim/attention.h"
+
 namespace skim {
 
 struct KvTypeInfo {
@@ -15,5 +17,8 @@ struct KvTypeInfo {
 
 // Every format, f16 (the default) first.
 const std::vector<KvTypeInfo>& kv_cache_types();
+
+// Every KV selection policy (ContextParams::kv_policy) with its parameters.
+const std::vector<AttentionMethodInfo>& kv_policies();
 
 }  // namespace skim

@@ -18,7 +18,7 @@ Session::Session(const Tokenizer& tok, int seq_id, const std::vector<int32_t>& p
   result_.timings.n_prompt = static_cast<int>(prompt.size());
 }
 
-bool Session::accept(std::span<const float> logits, int n_past, int n_ctx, const GenerationOptions& opts) {
+bool Session::accept(std::span<const float> logits, int n_cached, int n_ctx, const GenerationOptions& opts) {
   if (done_) throw std::logic_error("Session::accept after generation stopped");
   const int32_t id = sampler_.sample(logits, history_);
   ++result_.timings.n_gen;
@@ -33,7 +33,7 @@ bool Session::accept(std::span<const float> logits, int n_past, int n_ctx, const
   result_.text += piece;
   if (opts.on_text && !piece.empty()) opts.on_text(piece);
   if (opts.n_predict >= 0 && result_.timings.n_gen >= opts.n_predict) return false;
-  if (n_past >= n_ctx) {
+  if (n_cached >= n_ctx) {
     result_.stop_reason = "context";
     return false;
   }
@@ -55,14 +55,14 @@ GenerationResult generate(Context& ctx, const std::vector<int32_t>& prompt, Samp
   std::vector<float> logits = ctx.decode(prompt, false, opts.on_prefill);
   t.prompt_ms = ms_since(t0);
 
-  bool more = s.accept(logits, ctx.n_past(), ctx.n_ctx(), opts);
+  bool more = s.accept(logits, ctx.n_cached(), ctx.n_ctx(), opts);
   t.ttft_ms = ms_since(t0);
   const auto t_gen = std::chrono::steady_clock::now();
   while (more) {
     const int32_t next[1] = {s.last_token()};
     logits = ctx.decode(next);
     ++t.n_decoded;
-    more = s.accept(logits, ctx.n_past(), ctx.n_ctx(), opts);
+    more = s.accept(logits, ctx.n_cached(), ctx.n_ctx(), opts);
   }
   t.gen_ms = ms_since(t_gen);
   const std::string tail = s.finish();
@@ -86,7 +86,7 @@ std::vector<GenerationResult> generate_parallel(Context& ctx, const std::vector<
   const std::vector<float> first = ctx.decode(prompt, false, opts.on_prefill);
   for (int i = 1; i < n; ++i) ctx.copy_sequence(0, i);
   const double prompt_ms = ms_since(t0);
-  for (Session& s : sessions) s.accept(first, ctx.n_past(s.seq_id()), ctx.n_ctx(), quiet);
+  for (Session& s : sessions) s.accept(first, ctx.n_cached(s.seq_id()), ctx.n_ctx(), quiet);
   const double ttft_ms = ms_since(t0);
 
   const auto t_gen = std::chrono::steady_clock::now();
@@ -103,7 +103,7 @@ std::vector<GenerationResult> generate_parallel(Context& ctx, const std::vector<
     const std::vector<float> logits = ctx.decode(step);
     for (size_t k = 0; k < live.size(); ++k) {
       ++live[k]->result().timings.n_decoded;
-      live[k]->accept({logits.data() + k * n_vocab, n_vocab}, ctx.n_past(live[k]->seq_id()), ctx.n_ctx(), quiet);
+      live[k]->accept({logits.data() + k * n_vocab, n_vocab}, ctx.n_cached(live[k]->seq_id()), ctx.n_ctx(), quiet);
     }
   }
   const double gen_ms = ms_since(t_gen);

@@ -11,6 +11,7 @@
 #include "kernels/matmul.h"
 #include "kernels/kv_codec.h"
 #include "kv/kv_sequence.h"
+#include "kvpolicy/policy.h"
 #include "model/attention_observer.h"
 
 namespace skim {
@@ -30,6 +31,11 @@ Activations::Activations(const ModelConfig& c, size_t rows) {
 }
 
 namespace blocks {
+
+int32_t kv_rotation_block(kernels::KvDType type, int head_dim, bool keys) {
+  if (!kernels::kv_quantized(type) || head_dim % 64 != 0) return 0;
+  return keys ? head_dim & -head_dim : 64;
+}
 
 int64_t gemv_rows(const Forward& f, std::span<const int> rows) {
   size_t k = 0;
@@ -144,6 +150,43 @@ void attend(Forward& f, int l) {
   for (int64_t i = 0; i < n_decodes; ++i) kernels::attention_decode(decodes[static_cast<size_t>(i)]);
 }
 
+// The rows the KV policy keeps of layer l, for each sequence that asks: scored
+// with the queries of its last `window` rows.
+void select_rows(Forward& f, int l) {
+  const ModelConfig& c = f.model.config();
+  const int q_dim = c.n_head * c.head_dim;
+  for (const SequenceRows& sr : f.seqs) {
+    if (sr.selection < 0) continue;
+    const int rows = std::min(sr.n, f.kv_policy->window());
+    const int first = sr.row0 + sr.n - rows;
+    // Active rows hold the window (context.cpp), consecutive in the packed order too.
+    const auto packed = std::lower_bound(f.active.begin(), f.active.end(), first) - f.active.begin();
+    const kvpolicy::ScoreRequest r{.n_q_heads = c.n_head, .n_kv_heads = c.n_head_kv, .head_dim = c.head_dim,
+                                   .q = f.s.q.data() + static_cast<size_t>(packed) * q_dim, .q_row_stride = q_dim,
+                                   .q_rows = rows, .q_pos0 = sr.pos0 + (first - sr.row0), .kv = sr.kv->view(l),
+                                   .scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim))};
+    KvSelection& sel = (*f.selections)[static_cast<size_t>(sr.selection)];
+    sel.layers[static_cast<size_t>(l)] = f.kv_policy->select(r, sel.target);
+  }
+}
+
+// The sequence's key offset for layer l (kv_sequence.h): the mean of its keys
+// in this micro-batch (post-RoPE), leaving out position 0, whose key (the
+// attention sink's) is far from the others, when there are others.
+void set_key_offset(Forward& f, const SequenceRows& sr, int l) {
+  const ModelConfig& c = f.model.config();
+  const int hd = c.head_dim, kv_dim = c.n_head_kv * hd;
+  const int skip = sr.pos0 == 0 && sr.n > 1 ? 1 : 0;
+  for (int g = 0; g < c.n_head_kv; ++g) {
+    float* mean = sr.kv->key_offset(l, g);
+    std::fill(mean, mean + hd, 0.0f);
+    for (int j = skip; j < sr.n; ++j)
+      kernels::add_inplace(mean, f.s.k.data() + static_cast<size_t>(sr.row0 + j) * kv_dim + static_cast<size_t>(g) * hd, hd);
+    for (int e = 0; e < hd; ++e) mean[e] /= static_cast<float>(sr.n - skip);
+  }
+  sr.kv->mark_key_offset_set(l);
+}
+
 }  // namespace
 
 void attention(Forward& f, int l) {
@@ -168,30 +211,52 @@ void attention(Forward& f, int l) {
   add_bias(s.v.data(), L.bv, n, kv_dim);
   rope_angles(f, f.model.layer_spec(l).rope_inv_freq);
   const bool interleaved = c.rope_style == RopeStyle::Interleaved;
+  const kv::KvFormat format = f.seqs.front().kv->format(l);
+  const int32_t k_rot = f.kv_rotation ? kv_rotation_block(format.k, hd, true) : 0;
+  const int32_t v_rot = f.kv_rotation ? kv_rotation_block(format.v, hd, false) : 0;
 
   // Rows are independent (their own position and cache slot); decode's single row stays serial.
 #pragma omp parallel for schedule(static) if (n >= 16)
   for (int k = 0; k < rows; ++k) {
     const size_t i = static_cast<size_t>(f.active[k]);
-    kernels::rope(s.q.data() + static_cast<size_t>(k) * q_dim, c.n_head, hd, s.rope_cos.data() + i * half,
-                  s.rope_sin.data() + i * half, interleaved);
+    float* q = s.q.data() + static_cast<size_t>(k) * q_dim;
+    kernels::rope(q, c.n_head, hd, s.rope_cos.data() + i * half, s.rope_sin.data() + i * half, interleaved);
+    if (k_rot) kernels::hadamard(q, q_dim, k_rot);  // q.k is unchanged when both turn
   }
 #pragma omp parallel for schedule(static) if (n >= 16)
+  for (int i = 0; i < n; ++i)
+    kernels::rope(s.k.data() + static_cast<size_t>(i) * kv_dim, c.n_head_kv, hd, s.rope_cos.data() + static_cast<size_t>(i) * half,
+                  s.rope_sin.data() + static_cast<size_t>(i) * half, interleaved);
+  const bool center = f.kv_center_keys && kernels::kv_quantized(format.k);
+  if (center)
+    for (const SequenceRows& sr : f.seqs)
+      if (!sr.kv->has_key_offset(l)) set_key_offset(f, sr, l);
+#pragma omp parallel for schedule(static) if (n >= 16)
   for (int i = 0; i < n; ++i) {
-    const float* cos = s.rope_cos.data() + static_cast<size_t>(i) * half;
-    const float* sin = s.rope_sin.data() + static_cast<size_t>(i) * half;
-    kernels::rope(s.k.data() + static_cast<size_t>(i) * kv_dim, c.n_head_kv, hd, cos, sin, interleaved);
+    float* k = s.k.data() + static_cast<size_t>(i) * kv_dim;
+    float* v = s.v.data() + static_cast<size_t>(i) * kv_dim;
     const SequenceRows& sr = sequence_of(f, i);
+    if (center)
+      for (int g = 0; g < c.n_head_kv; ++g) {
+        const float* offset = sr.kv->key_offset(l, g);
+        for (int e = 0; e < hd; ++e) k[g * hd + e] -= offset[e];
+      }
+    if (k_rot) kernels::hadamard(k, kv_dim, k_rot);
+    if (v_rot) kernels::hadamard(v, kv_dim, v_rot);
     const int64_t slot = sr.slot0 + (i - sr.row0);
-    const kernels::KvDType type = sr.kv->format();
     for (int g = 0; g < c.n_head_kv; ++g) {
-      const size_t src = static_cast<size_t>(i) * kv_dim + static_cast<size_t>(g) * hd;
-      kernels::encode_kv_row(s.k.data() + src, type, hd, sr.kv->k_row(l, g, slot));
-      kernels::encode_kv_row(s.v.data() + src, type, hd, sr.kv->v_row(l, g, slot));
+      kernels::encode_kv_row(k + static_cast<size_t>(g) * hd, format.k, hd, sr.kv->k_row(l, g, slot));
+      kernels::encode_kv_row(v + static_cast<size_t>(g) * hd, format.v, hd, sr.kv->v_row(l, g, slot));
     }
   }
   if (rows == 0) return;
   attend(f, l);
+  if (f.selections) select_rows(f, l);
+  if (v_rot) {
+    // The attention output is a mix of rotated values: turn it back.
+#pragma omp parallel for schedule(static) if (rows >= 16)
+    for (int k = 0; k < rows; ++k) kernels::hadamard(s.attn.data() + static_cast<size_t>(k) * q_dim, q_dim, v_rot);
+  }
   add_projection(f, *L.wo, s.attn.data());
 }
 

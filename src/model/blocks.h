@@ -5,6 +5,7 @@
 #include <span>
 #include <vector>
 
+#include "kernels/kv_view.h"
 #include "skim/attention.h"
 #include "skim/model.h"
 
@@ -16,6 +17,9 @@ class KvSequence;
 struct AttentionObserver;
 namespace attention {
 class AttentionMethod;
+}
+namespace kvpolicy {
+class KvPolicy;
 }
 
 // Activations of one micro-batch, sized once for a context's n_ubatch rows.
@@ -34,6 +38,15 @@ struct SequenceRows {
   int pos0;          // position of row row0 + i is pos0 + i
   int64_t slot0;     // its cache slot is slot0 + i
   bool final_chunk;  // the rows end the sequence's tokens of this decode call
+  int selection = -1;  // index of the KvSelection a KV policy fills for it in this micro-batch (-1: none)
+};
+
+// The rows a KV policy keeps of one sequence: per layer, per KV head, `target`
+// ascending slots; applied once every layer has run.
+struct KvSelection {
+  kv::KvSequence* kv;
+  int64_t target;
+  std::vector<std::vector<std::vector<int64_t>>> layers;
 };
 
 // One micro-batch on its way through the layers, with the context state the
@@ -51,12 +64,21 @@ struct Forward {
   // Q, attention output and FFN work on them packed: active row k is row active[k].
   std::span<const int> active;
   std::span<const int> all_rows;  // 0..n-1
+  bool kv_rotation = true;        // Hadamard-rotate Q/K/V of layers with quantized K/V (ContextParams)
+  bool kv_center_keys = true;     // subtract the sequence's key offset before storing quantized keys
+  const kvpolicy::KvPolicy* kv_policy = nullptr;
+  std::vector<KvSelection>* selections = nullptr;  // filled for sequences whose rows name one
   const std::vector<float>* rope_angles_of = nullptr;  // the RoPE frequencies s.rope_cos/sin hold angles for
 };
 
 inline const float* f32_data(const TensorInfo& t) { return reinterpret_cast<const float*>(t.data); }
 
 namespace blocks {
+// The Hadamard block a layer's keys (values) are rotated by before they are
+// stored: 0 (none) unless the format is quantized and the head size a multiple
+// of 64, as llama.cpp does: keys by the largest power of two dividing the head
+// size, values by 64.
+int32_t kv_rotation_block(kernels::KvDType type, int head_dim, bool keys);
 // The GEMV row limit for products over these micro-batch rows (kernels/matmul.h):
 // all of them when no sequence brings more than the default (a batch of
 // decodes: each sequence then gets the products it gets alone), else the default.

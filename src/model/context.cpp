@@ -15,6 +15,8 @@
 #include "kernels/matmul.h"
 #include "kv/kv_pool.h"
 #include "kv/kv_sequence.h"
+#include "kv/kv_types.h"
+#include "kvpolicy/policy.h"
 #include "model/arch.h"
 #include "model/attention_observer.h"
 #include "model/blocks.h"
@@ -32,18 +34,40 @@ Context::Context(const Model& model, ContextParams params)
   if (params_.n_threads < 0) throw std::invalid_argument("the thread count must not be negative");
   params_.n_ubatch = std::min(params_.n_ubatch, params_.n_ctx * params_.n_seq_max);
   method_ = std::make_unique<attention::AttentionMethod>(params_.attention, c.n_layer);
-  // The pool's cap: n_ctx tokens of every sequence in every (layer, KV head), in whole pages.
-  const int64_t pages_per_head = (params_.n_ctx + kv::kPageRows - 1) / kv::kPageRows;
-  const std::map<std::string, kernels::KvDType> kv_types = {
-      {"f16", kernels::KvDType::F16}, {"bf16", kernels::KvDType::BF16}, {"q8_0", kernels::KvDType::Q8_0}};
-  const auto kv_type_it = kv_types.find(params_.kv_type);
-  if (kv_type_it == kv_types.end())
-    throw std::invalid_argument(fmt::format("KV cache type '{}': use f16, bf16 or q8_0", params_.kv_type));
-  const kernels::KvDType kv_type = kv_type_it->second;
-  pool_ = std::make_unique<kv::KvPool>(c.head_dim, kv_type,
-                                       pages_per_head * c.n_layer * c.n_head_kv * params_.n_seq_max);
+  // Each layer's format; a pool per distinct format, capped at n_ctx tokens
+  // of every sequence in each (layer, KV head) it serves, in whole pages.
+  const kv::KvFormat chosen{kv::parse_kv_type(params_.kv_type_k), kv::parse_kv_type(params_.kv_type_v)};
+  std::vector<kv::KvFormat> layer_formats(static_cast<size_t>(c.n_layer), chosen);
+  for (int l : params_.kv_f16_layers) {
+    if (l < -c.n_layer || l >= c.n_layer)
+      throw std::invalid_argument(fmt::format("f16 KV layer {}: the model has layers 0..{}", l, c.n_layer - 1));
+    layer_formats[static_cast<size_t>(l < 0 ? c.n_layer + l : l)] = kv::KvFormat{};
+  }
+  for (const kv::KvFormat& f : layer_formats)
+    for (const kernels::KvDType t : {f.k, f.v})
+      if (kernels::kv_tq_bits(t) != 0 && (!params_.kv_rotation || c.head_dim % 64 != 0))
+        throw std::invalid_argument(fmt::format("KV type {} needs the Hadamard rotation: a head size that is a multiple "
+                                                "of 64 (this model's is {}) and the rotation on",
+                                                kv::kv_type_name(t), c.head_dim));
+  const int64_t pages_per_layer =
+      (params_.n_ctx + kv::kPageRows - 1) / kv::kPageRows * c.n_head_kv * params_.n_seq_max;
+  std::vector<kv::KvPool*> layer_pools;
+  double cap = 0;
+  for (const kv::KvFormat& f : layer_formats)
+    cap += static_cast<double>(pages_per_layer) * static_cast<double>(kv::KvPool::page_bytes(c.head_dim, f));
+  kv::check_kv_cap(cap);
+  for (const kv::KvFormat& f : layer_formats) {
+    auto same = std::find_if(pools_.begin(), pools_.end(), [&](const auto& p) { return p->format() == f; });
+    if (same == pools_.end()) {
+      const int64_t layers = std::count(layer_formats.begin(), layer_formats.end(), f);
+      pools_.push_back(std::make_unique<kv::KvPool>(c.head_dim, f, pages_per_layer * layers));
+      same = pools_.end() - 1;
+    }
+    layer_pools.push_back(same->get());
+  }
   for (int i = 0; i < params_.n_seq_max; ++i)
-    seqs_.push_back(std::make_unique<kv::KvSequence>(*pool_, c.n_layer, c.n_head_kv, params_.n_ctx));
+    seqs_.push_back(std::make_unique<kv::KvSequence>(layer_pools, c.n_head_kv, params_.n_ctx));
+  if (!params_.kv_policy.empty()) kv_policy_ = std::make_unique<kvpolicy::KvPolicy>(params_.kv_policy);
   s_ = std::make_unique<Activations>(c, params_.n_ubatch);
 }
 
@@ -55,7 +79,11 @@ kv::KvSequence& Context::sequence(int seq) const {
   return *seqs_[static_cast<size_t>(seq)];
 }
 
-int Context::n_past(int seq) const { return static_cast<int>(sequence(seq).size()); }
+int Context::n_past(int seq) const {
+  const kv::KvSequence& kv = sequence(seq);
+  return kv.size() > 0 ? kv.position(kv.size() - 1) + 1 : 0;
+}
+int Context::n_cached(int seq) const { return static_cast<int>(sequence(seq).size()); }
 void Context::clear() {
   for (auto& seq : seqs_) seq->clear();
 }
@@ -66,8 +94,21 @@ void Context::copy_sequence(int from, int to) {
   sequence(to).clear();
   seqs_[static_cast<size_t>(to)] = std::make_unique<kv::KvSequence>(src.fork());
 }
-size_t Context::kv_cap_bytes() const { return static_cast<size_t>(pool_->max_pages()) * pool_->page_bytes(); }
-size_t Context::kv_held_bytes() const { return pool_->held_bytes(); }
+size_t Context::kv_cap_bytes() const {
+  size_t bytes = 0;
+  for (const auto& p : pools_) bytes += static_cast<size_t>(p->max_pages()) * p->page_bytes();
+  return bytes;
+}
+size_t Context::kv_held_bytes() const {
+  size_t bytes = 0;
+  for (const auto& p : pools_) bytes += p->held_bytes();
+  return bytes;
+}
+size_t Context::kv_held_f16_bytes() const {
+  size_t pages = 0;
+  for (const auto& p : pools_) pages += static_cast<size_t>(p->pages_in_use());
+  return pages * kv::KvPool::page_bytes(model_.config().head_dim, kv::KvFormat{});
+}
 const AttentionReport& Context::attention_report() const { return report_; }
 void Context::reset_attention_report() { report_ = {}; }
 
@@ -77,6 +118,7 @@ struct Context::Ubatch {
   int begin, end;
   std::vector<SequenceRows> seqs;
   std::vector<int> logit_rows;  // micro-batch rows, ascending
+  std::vector<KvSelection> selections;  // what the KV policy keeps, for sequences whose prompt ends here
 };
 
 std::vector<float> Context::decode(std::span<const int32_t> tokens, bool all_logits, const ProgressFn& progress) {
@@ -105,9 +147,9 @@ std::vector<float> Context::decode(const Batch& batch, const ProgressFn& progres
 void Context::decode_streaming(std::span<const int32_t> tokens, int64_t logits_from, const LogitsFn& on_logits,
                                const ProgressFn& progress) {
   if (tokens.empty()) throw std::invalid_argument("decode: no tokens");
-  if (static_cast<int64_t>(n_past()) + static_cast<int64_t>(tokens.size()) > params_.n_ctx)
+  if (static_cast<int64_t>(n_cached()) + static_cast<int64_t>(tokens.size()) > params_.n_ctx)
     throw std::length_error(fmt::format("{} tokens after {} cached exceed the context of {} tokens (raise -c)",
-                                        tokens.size(), n_past(), params_.n_ctx));
+                                        tokens.size(), n_cached(), params_.n_ctx));
   Batch batch;
   const int pos0 = n_past();
   for (size_t i = 0; i < tokens.size(); ++i)
@@ -155,17 +197,28 @@ void Context::run(const Batch& b, const LogitsFn& on_logits, const ProgressFn& p
       throw std::invalid_argument(fmt::format("decode: sequence {} gets position {} after position {}", seq, pos, prev));
     last = i;
   }
+  // What the KV policy cuts each sequence back to once this call's rows are in (-1: nothing).
+  std::vector<int64_t> cut_to(static_cast<size_t>(params_.n_seq_max), -1);
   for (int seq = 0; seq < params_.n_seq_max; ++seq) {
     const int64_t rows = last_row[seq] < 0 ? 0 : std::count(b.seq_ids.begin(), b.seq_ids.end(), seq);
-    if (sequence(seq).size() + rows > params_.n_ctx)
+    const int64_t after = sequence(seq).size() + rows;
+    if (after > params_.n_ctx)
       throw std::length_error(fmt::format("{} tokens after {} cached exceed the context of {} tokens (raise -c)", rows,
                                           sequence(seq).size(), params_.n_ctx));
+    if (!kv_policy_ || rows == 0) continue;
+    // A prompt (several rows) is cut to the policy's share of it; decode steps
+    // only when they outgrow the budget by a page.
+    const int64_t target = rows > 1 ? kv_policy_->target_after_prompt(after)
+                           : kv_policy_->budget() > 0 && after > kv_policy_->budget() + kv::kPageRows
+                               ? kv_policy_->budget()
+                               : after;
+    if (target < after) cut_to[static_cast<size_t>(seq)] = target;
   }
 
   int64_t logits_done = 0;
   for (int begin = 0; begin < n;) {
     const int end = std::min(n, begin + params_.n_ubatch);
-    Ubatch ub{b, begin, end, {}, {}};
+    Ubatch ub{b, begin, end, {}, {}, {}};
     for (int i = begin; i < end; ++i) {
       if (b.logits[i]) ub.logit_rows.push_back(i - begin);
       if (i == begin || b.seq_ids[i] != b.seq_ids[i - 1]) {
@@ -175,6 +228,11 @@ void Context::run(const Batch& b, const LogitsFn& on_logits, const ProgressFn& p
       SequenceRows& sr = ub.seqs.back();
       ++sr.n;
       sr.final_chunk = i == last_row[static_cast<size_t>(sr.seq_id)];
+      if (sr.final_chunk && cut_to[static_cast<size_t>(sr.seq_id)] >= 0) {
+        sr.selection = static_cast<int>(ub.selections.size());
+        ub.selections.push_back({sr.kv, cut_to[static_cast<size_t>(sr.seq_id)],
+                                 std::vector<std::vector<std::vector<int64_t>>>(static_cast<size_t>(model_.config().n_layer))});
+      }
     }
     const size_t need = ub.logit_rows.size() * static_cast<size_t>(n_vocab);
     if (s_->logits.size() < need) s_->logits.resize(need);  // sized on demand: prefill usually wants one row
@@ -186,7 +244,7 @@ void Context::run(const Batch& b, const LogitsFn& on_logits, const ProgressFn& p
   }
 }
 
-void Context::forward_ubatch(const Ubatch& ub, float* logits_out) {
+void Context::forward_ubatch(Ubatch& ub, float* logits_out) {
   const ModelConfig& c = model_.config();
   const int n = ub.end - ub.begin, d = c.n_embd;
   std::vector<SequenceRows> seqs = ub.seqs;
@@ -194,7 +252,8 @@ void Context::forward_ubatch(const Ubatch& ub, float* logits_out) {
     sr.slot0 = sr.kv->append({ub.batch.positions.data() + ub.begin + sr.row0, static_cast<size_t>(sr.n)});
   std::vector<int> all_rows(static_cast<size_t>(n));
   std::iota(all_rows.begin(), all_rows.end(), 0);
-  Forward f{model_, *s_, *method_, report_, *observer_, n, seqs, {}, all_rows};
+  Forward f{model_, *s_, *method_, report_, *observer_, n, seqs, {}, all_rows, params_.kv_rotation, params_.kv_center_keys,
+            kv_policy_.get(), ub.selections.empty() ? nullptr : &ub.selections};
   Activations& s = *s_;
 
   const TensorInfo& embd = model_.token_embd();
@@ -204,10 +263,25 @@ void Context::forward_ubatch(const Ubatch& ub, float* logits_out) {
   // The last layer only feeds the logits: past its K/V (cached for later
   // tokens), only the rows that want logits are computed, as llama.cpp does,
   // each as it would be alone. Observers of every layer's attention keep all rows.
+  // A KV policy's observation window needs its rows' queries there too.
   const bool prune_last = !observer_->keeps_every_row();
+  std::vector<int> last_rows = ub.logit_rows;
+  for (const SequenceRows& sr : seqs)
+    if (sr.selection >= 0)
+      for (int i = std::max(0, sr.n - kv_policy_->window()); i < sr.n; ++i) last_rows.push_back(sr.row0 + i);
+  std::sort(last_rows.begin(), last_rows.end());
+  last_rows.erase(std::unique(last_rows.begin(), last_rows.end()), last_rows.end());
   for (int l = 0; l < c.n_layer; ++l) {
-    f.active = l == c.n_layer - 1 && prune_last ? std::span<const int>(ub.logit_rows) : std::span<const int>(all_rows);
+    f.active = l == c.n_layer - 1 && prune_last ? std::span<const int>(last_rows) : std::span<const int>(all_rows);
     model_.arch().layer(f, l);
+  }
+
+  // The policy's choice, layer by layer, then every (layer, head) holds `target` rows.
+  for (KvSelection& sel : ub.selections) {
+    for (int l = 0; l < c.n_layer; ++l)
+      for (int g = 0; g < c.n_head_kv; ++g)
+        sel.kv->compact(l, g, sel.layers[static_cast<size_t>(l)][static_cast<size_t>(g)]);
+    sel.kv->truncate(sel.target);
   }
 
   if (ub.logit_rows.empty()) return;

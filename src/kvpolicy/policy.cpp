@@ -1,0 +1,153 @@
+#include "kvpolicy/policy.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <stdexcept>
+
+#include <fmt/format.h>
+
+#include "kernels/kv_codec.h"
+#include "skim/kv.h"
+
+namespace skim::kvpolicy {
+namespace {
+
+const std::vector<PolicyDef>& registry() {
+  static const std::vector<PolicyDef> defs = {streaming_policy(), snapkv_policy(), tova_policy(), keydiff_policy()};
+  return defs;
+}
+
+// Keys every policy takes.
+const std::vector<AttentionParamInfo>& shared_params() {
+  static const std::vector<AttentionParamInfo> p = {
+      {"keep", "1", "fraction of a prompt's rows kept after its prefill (1: all)"},
+      {"budget", "0", "rows kept at most while decoding: past it by a 64-row page, the cache is cut back (0: none)"},
+      {"sink", "4", "the first positions, always kept (attention sinks)"},
+      {"window", "32", "the last rows, always kept; their queries are the observation window of scoring policies"},
+  };
+  return p;
+}
+
+}  // namespace
+
+const std::vector<AttentionMethodInfo>& policy_infos() {
+  static const std::vector<AttentionMethodInfo> infos = [] {
+    std::vector<AttentionMethodInfo> v;
+    for (const PolicyDef& d : registry()) {
+      AttentionMethodInfo info = d.info;
+      info.params.insert(info.params.end(), shared_params().begin(), shared_params().end());
+      v.push_back(info);
+    }
+    return v;
+  }();
+  return infos;
+}
+
+KvPolicy::KvPolicy(const std::string& spec) {
+  const attention::MethodSpec s = attention::parse_method_spec(spec);
+  const auto& infos = policy_infos();
+  const auto it = std::find_if(infos.begin(), infos.end(), [&](const AttentionMethodInfo& i) { return i.name == s.name; });
+  if (it == infos.end()) {
+    std::string names;
+    for (const AttentionMethodInfo& i : infos) names += (names.empty() ? "" : ", ") + i.name;
+    throw std::invalid_argument(fmt::format("KV policy '{}': unknown (known: {})", s.name, names));
+  }
+  name_ = s.name;
+  const attention::MethodParams p(&*it, name_, s.values);
+  keep_ = p.number("keep", 1e-3, 1.0);
+  budget_ = p.integer("budget", 0, int64_t{1} << 30);
+  sink_ = static_cast<int32_t>(p.integer("sink", 0, 1 << 20));
+  window_ = static_cast<int32_t>(p.integer("window", 1, 1 << 16));
+  scorer_ = registry()[static_cast<size_t>(it - infos.begin())].make(p);
+  p.reject_unread();
+  if (budget_ > 0 && budget_ < sink_ + window_)
+    throw std::invalid_argument(fmt::format("KV policy {}: budget={} is below sink + window ({})", name_, budget_, sink_ + window_));
+}
+
+KvPolicy::~KvPolicy() = default;
+
+int64_t KvPolicy::target_after_prompt(int64_t n) const {
+  int64_t target = keep_ < 1.0 ? static_cast<int64_t>(std::ceil(keep_ * static_cast<double>(n))) : n;
+  if (budget_ > 0) target = std::min(target, budget_);
+  // Too short to choose from: everything stays (kvpress #134: compressing a
+  // prompt that is little more than its window produced garbage).
+  return std::max(target, std::min<int64_t>(n, sink_ + window_));
+}
+
+std::vector<std::vector<int64_t>> KvPolicy::select(const ScoreRequest& r, int64_t target) const {
+  const int64_t n = r.kv.n_keys;
+  std::vector<std::vector<int64_t>> kept(static_cast<size_t>(r.n_kv_heads));
+  if (target >= n) {
+    for (auto& k : kept) {
+      k.resize(static_cast<size_t>(n));
+      std::iota(k.begin(), k.end(), 0);
+    }
+    return kept;
+  }
+  std::vector<float> scores;
+  scorer_->score(r, scores);
+  const int64_t recent = std::min<int64_t>(window_, target);
+  for (int32_t g = 0; g < r.n_kv_heads; ++g) {
+    std::vector<int64_t>& k = kept[static_cast<size_t>(g)];
+    const int64_t sinks = std::min(r.kv.first_slot_at(g, sink_), target - recent);
+    const int64_t first_recent = n - recent;
+    for (int64_t s = 0; s < sinks; ++s) k.push_back(s);
+    // The rest by score among the slots between the sinks and the window.
+    std::vector<int64_t> middle(static_cast<size_t>(std::max<int64_t>(0, first_recent - sinks)));
+    std::iota(middle.begin(), middle.end(), sinks);
+    const int64_t take = std::min<int64_t>(target - sinks - recent, static_cast<int64_t>(middle.size()));
+    const float* sg = scores.data() + static_cast<size_t>(g) * n;
+    std::partial_sort(middle.begin(), middle.begin() + take, middle.end(), [&](int64_t a, int64_t b) {
+      return sg[a] > sg[b] || (sg[a] == sg[b] && a > b);  // ties: the more recent
+    });
+    k.insert(k.end(), middle.begin(), middle.begin() + take);
+    for (int64_t s = first_recent; s < n; ++s) k.push_back(s);
+    std::sort(k.begin(), k.end());
+  }
+  return kept;
+}
+
+void window_attention(const ScoreRequest& r, std::vector<float>& probs) {
+  const int64_t n = r.kv.n_keys;
+  const int32_t d = r.head_dim, rows = r.q_rows;
+  probs.assign(static_cast<size_t>(r.n_q_heads) * rows * n, 0.0f);
+#pragma omp parallel
+  {
+    std::vector<float> keys(static_cast<size_t>(n) * d);
+    int32_t loaded = -1;
+#pragma omp for schedule(static)
+    for (int32_t h = 0; h < r.n_q_heads; ++h) {
+      const int32_t g = h / r.group();
+      if (g != loaded) {
+        kernels::read_k_rows(r.kv, g, 0, n, d, keys.data());
+        loaded = g;
+      }
+      for (int32_t i = 0; i < rows; ++i) {
+        const float* q = r.q + i * r.q_row_stride + static_cast<int64_t>(h) * d;
+        float* p = probs.data() + (static_cast<size_t>(h) * rows + i) * n;
+        const int64_t visible = r.kv.slots_through(g, r.q_pos0 + i);
+        float mx = -INFINITY;
+        for (int64_t s = 0; s < visible; ++s) {
+          const float* k = keys.data() + s * d;
+          float dot = 0.0f;
+          for (int32_t e = 0; e < d; ++e) dot += q[e] * k[e];
+          p[s] = dot * r.scale;
+          mx = std::max(mx, p[s]);
+        }
+        double sum = 0.0;
+        for (int64_t s = 0; s < visible; ++s) sum += p[s] = std::exp(p[s] - mx);
+        const float inv = static_cast<float>(1.0 / sum);
+        for (int64_t s = 0; s < visible; ++s) p[s] *= inv;
+      }
+    }
+  }
+}
+
+}  // namespace skim::kvpolicy
+
+namespace skim {
+const std::vector<AttentionMethodInfo>& kv_policies() { return kvpolicy::policy_infos(); }
+}  // namespace skim

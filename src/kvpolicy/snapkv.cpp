@@ -1,0 +1,57 @@
+// SnapKV (Li et al., arXiv 2404.14469): the attention the prompt's last
+// `window` queries pay each earlier key, summed over the window, smoothed by an
+// average pool over neighbouring keys (kernel 5, as the paper's code) and
+// averaged over the query heads of each KV head (kvpress's GQA rule: one
+// selection per KV head, so GQA keeps its memory advantage).
+#include "kvpolicy/policy.h"
+
+#include <algorithm>
+
+namespace skim::kvpolicy {
+namespace {
+
+class SnapKv final : public Scorer {
+ public:
+  explicit SnapKv(int32_t kernel) : kernel_(kernel) {}
+  void score(const ScoreRequest& r, std::vector<float>& scores) const override {
+    std::vector<float> probs;
+    window_attention(r, probs);
+    const int64_t n = r.kv.n_keys;
+    std::vector<float> summed(static_cast<size_t>(n));
+    scores.assign(static_cast<size_t>(r.n_kv_heads) * n, 0.0f);
+    for (int32_t g = 0; g < r.n_kv_heads; ++g) {
+      std::fill(summed.begin(), summed.end(), 0.0f);
+      for (int32_t h = g * r.group(); h < (g + 1) * r.group(); ++h)
+        for (int32_t i = 0; i < r.q_rows; ++i) {
+          const float* p = probs.data() + (static_cast<size_t>(h) * r.q_rows + i) * n;
+          for (int64_t s = 0; s < n; ++s) summed[s] += p[s];
+        }
+      // Average pool with zero padding (PyTorch's avg_pool1d, count_include_pad).
+      float* out = scores.data() + static_cast<size_t>(g) * n;
+      const int32_t half = kernel_ / 2;
+      for (int64_t s = 0; s < n; ++s) {
+        float sum = 0.0f;
+        for (int64_t t = std::max<int64_t>(0, s - half); t <= std::min<int64_t>(n - 1, s + half); ++t) sum += summed[t];
+        out[s] = sum / static_cast<float>(kernel_);
+      }
+    }
+  }
+
+ private:
+  int32_t kernel_;
+};
+
+}  // namespace
+
+PolicyDef snapkv_policy() {
+  return {{"snapkv",
+           "SnapKV: attention of the last window queries, pooled over neighbouring keys, per KV head",
+           {{"kernel", "5", "average-pool width over neighbouring keys (odd; 1: no pooling)"}}},
+          [](const attention::MethodParams& p) {
+            const int64_t kernel = p.integer("kernel", 1, 63);
+            if (kernel % 2 == 0) throw std::invalid_argument("snapkv: kernel must be odd");
+            return std::make_unique<SnapKv>(static_cast<int32_t>(kernel));
+          }};
+}
+
+}  // namespace skim::kvpolicy

@@ -1,0 +1,106 @@
+// KV formats and policies on the real default model: a policy that keeps
+// everything, or an all-f16 layer override, changes nothing bit for bit; the
+// prompt's own logits are computed before a policy evicts; afterwards a
+// sequence holds its share of rows, positions go on where they were, and a
+// decode budget caps the cache; q8_0 stays within the KL bar.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <numeric>
+#include <string>
+#include <vector>
+
+#include "skim/context.h"
+#include "skim/model.h"
+#include "test_support.h"
+
+namespace skim {
+namespace {
+
+class KvModel : public ::testing::Test {
+ protected:
+  void SetUp() override { model_ = &test::shared_model("smollm2-135m"); }
+  static std::vector<int32_t> text_tokens(size_t n) {
+    const std::vector<int32_t> ids = model_->tokenizer().encode(test::long_english_text(), false, false);
+    return {ids.begin(), ids.begin() + n};
+  }
+  // Logits of the prompt's last row, then of `steps` greedy-free decode steps
+  // (the prompt's following tokens), as one vector.
+  static std::vector<float> run(ContextParams p, const std::vector<int32_t>& prompt, const std::vector<int32_t>& next,
+                                Context** out = nullptr) {
+    p.n_ctx = 2048;
+    p.n_threads = 2;
+    static std::unique_ptr<Context> keep;
+    keep = std::make_unique<Context>(*model_, p);
+    std::vector<float> all = keep->decode(prompt);
+    for (int32_t t : next) {
+      const std::vector<float> l = keep->decode(std::span<const int32_t>(&t, 1));
+      all.insert(all.end(), l.begin(), l.end());
+    }
+    if (out) *out = keep.get();
+    return all;
+  }
+  static inline const Model* model_ = nullptr;
+};
+
+TEST_F(KvModel, KeepingEverythingChangesNothing) {
+  const std::vector<int32_t> ids = text_tokens(308);
+  const std::vector<int32_t> prompt(ids.begin(), ids.begin() + 300), next(ids.begin() + 300, ids.end());
+  const std::vector<float> full = run({}, prompt, next);
+  for (const std::string& policy : {"snapkv", "streaming:keep=1", "tova:budget=4096"})
+    EXPECT_EQ(run({.kv_policy = policy}, prompt, next), full) << policy;
+  // Quantized types on no layer (every layer kept f16) are the f16 cache.
+  std::vector<int> every(static_cast<size_t>(model_->config().n_layer));
+  std::iota(every.begin(), every.end(), 0);
+  EXPECT_EQ(run({.kv_type_k = "q4_0", .kv_type_v = "tq3", .kv_f16_layers = every}, prompt, next), full);
+}
+
+TEST_F(KvModel, EvictionAfterThePromptKeepsItsShareAndPositionsGoOn) {
+  const std::vector<int32_t> ids = text_tokens(604);
+  const std::vector<int32_t> prompt(ids.begin(), ids.begin() + 600), next(ids.begin() + 600, ids.end());
+  const std::vector<float> full = run({}, prompt, next);
+  const int n_vocab = model_->config().n_vocab;
+  for (const std::string& policy : {"snapkv:keep=0.5", "streaming:keep=0.5", "tova:keep=0.5", "keydiff:keep=0.5"}) {
+    SCOPED_TRACE(policy);
+    Context* ctx = nullptr;
+    const std::vector<float> got = run({.kv_policy = policy}, prompt, next, &ctx);
+    // The prompt ran on the full cache: its last row's logits are the full
+    // cache's, up to the rounding of a last layer run over the window's rows
+    // too (the products' kernels depend on the row count, see BatchTest).
+    EXPECT_LT(test::kl_divergence(full.data(), got.data(), n_vocab), 1e-3);
+    EXPECT_EQ(ctx->n_cached(), 300 + 4);
+    EXPECT_EQ(ctx->n_past(), 604);
+    double kl = 0;
+    for (size_t r = 1; r < full.size() / n_vocab; ++r)
+      kl = std::max(kl, test::kl_divergence(full.data() + r * n_vocab, got.data() + r * n_vocab, n_vocab));
+    EXPECT_TRUE(std::isfinite(kl));
+    EXPECT_GT(kl, 0.0);  // later tokens do see the smaller cache
+  }
+}
+
+TEST_F(KvModel, ADecodeBudgetCapsTheCache) {
+  const std::vector<int32_t> ids = text_tokens(300);
+  const std::vector<int32_t> prompt(ids.begin(), ids.begin() + 100), next(ids.begin() + 100, ids.end());
+  Context* ctx = nullptr;
+  run({.kv_policy = "streaming:budget=128"}, prompt, next, &ctx);
+  EXPECT_LE(ctx->n_cached(), 128 + 64);
+  EXPECT_GE(ctx->n_cached(), 128);
+  EXPECT_EQ(ctx->n_past(), 300);
+  EXPECT_THROW(Context(*model_, {.kv_policy = "nosuch"}), std::invalid_argument);
+}
+
+// The bar for q8_0: mean KL against the f16 cache at most 0.002, over
+// every position of a 512-token prompt.
+TEST_F(KvModel, Q8_0StaysWithinTheKlBar) {
+  const std::vector<int32_t> prompt = text_tokens(512);
+  const int n_vocab = model_->config().n_vocab;
+  Context f16(*model_, {.n_ctx = 512, .n_threads = 2});
+  Context q8(*model_, {.n_ctx = 512, .n_threads = 2, .kv_type_k = "q8_0", .kv_type_v = "q8_0"});
+  const std::vector<float> a = f16.decode(prompt, true), b = q8.decode(prompt, true);
+  double kl = 0;
+  for (size_t r = 0; r < prompt.size(); ++r) kl += test::kl_divergence(a.data() + r * n_vocab, b.data() + r * n_vocab, n_vocab);
+  EXPECT_LT(kl / static_cast<double>(prompt.size()), 0.002);
+}
+
+}  // namespace
+}  // namespace skim
