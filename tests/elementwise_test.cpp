@@ -74,3 +74,30 @@ TEST(Elementwise, AddMatchesOnEverySize) {
 
 }  // namespace
 }  // namespace skim
+
+namespace skim::kernels {
+namespace {
+// RoPE rotations compose: turning a query rotated for position p by `shift`
+// more positions gives the query rotated for p + shift (DapQ's moved queries
+// rely on it, src/model/blocks.cpp).
+TEST(Elementwise, RopeRotationsCompose) {
+  const int hd = 64, heads = 3;
+  std::vector<float> inv_freq(hd / 2);
+  for (int i = 0; i < hd / 2; ++i) inv_freq[i] = std::pow(10000.0f, -2.0f * i / hd);
+  std::mt19937 rng(2);
+  std::normal_distribution<float> gauss(0.0f, 1.0f);
+  std::vector<float> x(heads * hd), cos_a(hd / 2), sin_a(hd / 2), cos_b(hd / 2), sin_b(hd / 2), cos_ab(hd / 2), sin_ab(hd / 2);
+  for (float& v : x) v = gauss(rng);
+  rope_angles(700.0f, inv_freq.data(), hd, cos_a.data(), sin_a.data());
+  rope_angles(32.0f, inv_freq.data(), hd, cos_b.data(), sin_b.data());
+  rope_angles(732.0f, inv_freq.data(), hd, cos_ab.data(), sin_ab.data());
+  for (bool interleaved : {false, true}) {
+    std::vector<float> twice = x, once = x;
+    rope(twice.data(), heads, hd, cos_a.data(), sin_a.data(), interleaved);
+    rope(twice.data(), heads, hd, cos_b.data(), sin_b.data(), interleaved);
+    rope(once.data(), heads, hd, cos_ab.data(), sin_ab.data(), interleaved);
+    for (size_t i = 0; i < x.size(); ++i) ASSERT_NEAR(twice[i], once[i], 2e-4) << i;
+  }
+}
+}  // namespace
+}  // namespace skim::kernels

@@ -60,10 +60,16 @@ TEST_F(KvModel, EvictionAfterThePromptKeepsItsShareAndPositionsGoOn) {
   const std::vector<int32_t> prompt(ids.begin(), ids.begin() + 600), next(ids.begin() + 600, ids.end());
   const std::vector<float> full = run({}, prompt, next);
   const int n_vocab = model_->config().n_vocab;
-  for (const std::string& policy : {"snapkv:keep=0.5", "streaming:keep=0.5", "tova:keep=0.5", "keydiff:keep=0.5"}) {
-    SCOPED_TRACE(policy);
+  std::vector<ContextParams> cases;
+  for (const std::string& policy :
+       {"snapkv:keep=0.5", "streaming:keep=0.5", "tova:keep=0.5", "keydiff:keep=0.5", "dapq:keep=0.5"})
+    cases.push_back({.kv_policy = policy});
+  // DapQ over quantized keys: its queries are moved in the Hadamard basis the keys are stored in.
+  cases.push_back({.kv_type_k = "q8_0", .kv_type_v = "q8_0", .kv_policy = "dapq:keep=0.5"});
+  for (const ContextParams& params : cases) {
+    SCOPED_TRACE(params.kv_policy + " K " + params.kv_type_k);
     Context* ctx = nullptr;
-    const std::vector<float> got = run({.kv_policy = policy}, prompt, next, &ctx);
+    const std::vector<float> got = run(params, prompt, next, &ctx);
     // The prompt ran on the full cache: its last row's logits are the full
     // cache's, up to the rounding of a last layer run over the window's rows
     // too (the products' kernels depend on the row count, see BatchTest).

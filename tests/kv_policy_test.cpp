@@ -53,7 +53,7 @@ struct Problem {
   }
 };
 
-const std::vector<std::string> kPolicies = {"streaming", "snapkv", "tova", "keydiff"};
+const std::vector<std::string> kPolicies = {"streaming", "snapkv", "tova", "keydiff", "dapq"};
 
 TEST(KvPolicy, EachKeepsItsBudgetTheSinksAndTheWindow) {
   Problem p(1000);
@@ -87,7 +87,7 @@ TEST(KvPolicy, EverythingKeptWhenTheBudgetIsEverything) {
 
 TEST(KvPolicy, AttentionScorersKeepTheKeysTheWindowAttendsTo) {
   Problem p(1000);
-  for (const std::string& name : {"snapkv:kernel=1", "snapkv", "tova"}) {
+  for (const std::string& name : {"snapkv:kernel=1", "snapkv", "tova", "dapq"}) {
     SCOPED_TRACE(name);
     const auto kept = KvPolicy(name).select(p.request(), 60);  // 2 sink slots + 32 window + 26 chosen
     for (const auto& k : kept)

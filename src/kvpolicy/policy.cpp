@@ -16,7 +16,8 @@ namespace skim::kvpolicy {
 namespace {
 
 const std::vector<PolicyDef>& registry() {
-  static const std::vector<PolicyDef> defs = {streaming_policy(), snapkv_policy(), tova_policy(), keydiff_policy()};
+  static const std::vector<PolicyDef> defs = {streaming_policy(), snapkv_policy(), tova_policy(), keydiff_policy(),
+                                              dapq_policy()};
   return defs;
 }
 

@@ -39,6 +39,12 @@ class Scorer {
  public:
   virtual ~Scorer() = default;
   virtual void score(const ScoreRequest& r, std::vector<float>& scores) const = 0;
+  // Positions the window's queries are moved forward by before scoring (RoPE
+  // turned on by this many positions): 0 scores with the queries as they are.
+  virtual int32_t query_shift(int32_t window) const {
+    (void)window;
+    return 0;
+  }
 };
 
 class KvPolicy {
@@ -53,6 +59,7 @@ class KvPolicy {
   // The decode-time cap (0: none): past it by a page, the cache is cut back to it.
   int64_t budget() const { return budget_; }
   int32_t window() const { return window_; }
+  int32_t query_shift() const { return scorer_->query_shift(window_); }
   // Per KV head, the `target` slots to keep, ascending.
   std::vector<std::vector<int64_t>> select(const ScoreRequest& r, int64_t target) const;
 
@@ -82,5 +89,9 @@ PolicyDef streaming_policy();
 PolicyDef snapkv_policy();
 PolicyDef tova_policy();
 PolicyDef keydiff_policy();
+PolicyDef dapq_policy();
+// SnapKV's scores from any window of queries (snapkv.cpp; DapQ reuses it).
+std::unique_ptr<Scorer> make_snapkv_scorer(int32_t kernel);
+int32_t pool_kernel(const attention::MethodParams& p);  // its "kernel" parameter, checked
 
 }  // namespace skim::kvpolicy

@@ -43,15 +43,19 @@ class SnapKv final : public Scorer {
 
 }  // namespace
 
+std::unique_ptr<Scorer> make_snapkv_scorer(int32_t kernel) { return std::make_unique<SnapKv>(kernel); }
+
+int32_t pool_kernel(const attention::MethodParams& p) {
+  const int64_t kernel = p.integer("kernel", 1, 63);
+  if (kernel % 2 == 0) throw std::invalid_argument(p.method() + ": kernel must be odd");
+  return static_cast<int32_t>(kernel);
+}
+
 PolicyDef snapkv_policy() {
   return {{"snapkv",
            "SnapKV: attention of the last window queries, pooled over neighbouring keys, per KV head",
            {{"kernel", "5", "average-pool width over neighbouring keys (odd; 1: no pooling)"}}},
-          [](const attention::MethodParams& p) {
-            const int64_t kernel = p.integer("kernel", 1, 63);
-            if (kernel % 2 == 0) throw std::invalid_argument("snapkv: kernel must be odd");
-            return std::make_unique<SnapKv>(static_cast<int32_t>(kernel));
-          }};
+          [](const attention::MethodParams& p) { return make_snapkv_scorer(pool_kernel(p)); }};
 }
 
 }  // namespace skim::kvpolicy

@@ -150,6 +150,24 @@ void attend(Forward& f, int l) {
   for (int64_t i = 0; i < n_decodes; ++i) kernels::attention_decode(decodes[static_cast<size_t>(i)]);
 }
 
+// Query rows (RoPE'd, maybe Hadamard-turned) as they would be `shift`
+// positions later: RoPE rotations compose, R(p + shift) = R(shift) R(p), and
+// the Hadamard turn is its own inverse, so undo it, rotate, redo it.
+std::vector<float> shifted_queries(const Forward& f, int l, const float* q, int rows, int32_t shift) {
+  const ModelConfig& c = f.model.config();
+  const int hd = c.head_dim, q_dim = c.n_head * hd;
+  const int32_t k_rot = f.kv_rotation ? kv_rotation_block(f.seqs.front().kv->format(l).k, hd, true) : 0;
+  std::vector<float> out(q, q + static_cast<size_t>(rows) * q_dim), cos(static_cast<size_t>(hd / 2)), sin(cos.size());
+  kernels::rope_angles(static_cast<float>(shift), f.model.layer_spec(l).rope_inv_freq.data(), hd, cos.data(), sin.data());
+  for (int i = 0; i < rows; ++i) {
+    float* row = out.data() + static_cast<size_t>(i) * q_dim;
+    if (k_rot) kernels::hadamard(row, q_dim, k_rot);
+    kernels::rope(row, c.n_head, hd, cos.data(), sin.data(), c.rope_style == RopeStyle::Interleaved);
+    if (k_rot) kernels::hadamard(row, q_dim, k_rot);
+  }
+  return out;
+}
+
 // The rows the KV policy keeps of layer l, for each sequence that asks: scored
 // with the queries of its last `window` rows.
 void select_rows(Forward& f, int l) {
@@ -161,10 +179,16 @@ void select_rows(Forward& f, int l) {
     const int first = sr.row0 + sr.n - rows;
     // Active rows hold the window (context.cpp), consecutive in the packed order too.
     const auto packed = std::lower_bound(f.active.begin(), f.active.end(), first) - f.active.begin();
-    const kvpolicy::ScoreRequest r{.n_q_heads = c.n_head, .n_kv_heads = c.n_head_kv, .head_dim = c.head_dim,
-                                   .q = f.s.q.data() + static_cast<size_t>(packed) * q_dim, .q_row_stride = q_dim,
-                                   .q_rows = rows, .q_pos0 = sr.pos0 + (first - sr.row0), .kv = sr.kv->view(l),
-                                   .scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim))};
+    kvpolicy::ScoreRequest r{.n_q_heads = c.n_head, .n_kv_heads = c.n_head_kv, .head_dim = c.head_dim,
+                             .q = f.s.q.data() + static_cast<size_t>(packed) * q_dim, .q_row_stride = q_dim,
+                             .q_rows = rows, .q_pos0 = sr.pos0 + (first - sr.row0), .kv = sr.kv->view(l),
+                             .scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim))};
+    std::vector<float> moved;
+    if (const int32_t shift = f.kv_policy->query_shift(); shift > 0) {
+      moved = shifted_queries(f, l, r.q, rows, shift);
+      r.q = moved.data();
+      r.q_pos0 += shift;
+    }
     KvSelection& sel = (*f.selections)[static_cast<size_t>(sr.selection)];
     sel.layers[static_cast<size_t>(l)] = f.kv_policy->select(r, sel.target);
   }
