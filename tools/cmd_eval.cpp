@@ -342,11 +342,15 @@ class EvalRun {
   }
 
   std::string command() const {
-    std::vector<std::string> attn(methods_.begin() + 1, methods_.end());
+    std::vector<std::string> attn, kv;
+    for (auto m = methods_.begin() + 1; m != methods_.end(); ++m)
+      if (m->starts_with(kKvMethod)) kv.push_back(m->substr(kKvMethod.size()));
+      else attn.push_back(*m);
     // A report of earlier passes: their sample counts are the table's n, not --samples.
     const std::string samples = o_.report_only ? "" : fmt::format(" --samples {}", o_.samples);
-    std::string cmd = fmt::format("skim eval{} --tasks {} --lengths {}{} --seed {} --depths {} --out {}",
-                                  attn.empty() ? "" : " --attn " + fmt::format("{}", fmt::join(attn, ",")), fmt::join(tasks_, ","),
+    std::string cmd = fmt::format("skim eval{}{} --tasks {} --lengths {}{} --seed {} --depths {} --out {}",
+                                  attn.empty() ? "" : " --attn " + fmt::format("{}", fmt::join(attn, ",")),
+                                  kv.empty() ? "" : " --kv " + fmt::format("{}", fmt::join(kv, ",")), fmt::join(tasks_, ","),
                                   o_.lengths, samples, o_.seed, o_.depths, o_.out);
     if (!o_.model.empty()) cmd += " -m " + o_.model;
     if (o_.fidelity) cmd += fmt::format(" --fidelity --fidelity-rows {}", o_.fidelity_rows);

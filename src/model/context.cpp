@@ -217,7 +217,11 @@ void Context::run(const Batch& b, const LogitsFn& on_logits, const ProgressFn& p
 
   int64_t logits_done = 0;
   for (int begin = 0; begin < n;) {
-    const int end = std::min(n, begin + params_.n_ubatch);
+    int end = std::min(n, begin + params_.n_ubatch);
+    // A policy's observation window is the last rows of the micro-batch that
+    // ends a prompt: do not leave that one fewer rows than the window.
+    if (kv_policy_ && end < n && n - end < kv_policy_->window() && n - kv_policy_->window() > begin)
+      end = n - kv_policy_->window();
     Ubatch ub{b, begin, end, {}, {}, {}};
     for (int i = begin; i < end; ++i) {
       if (b.logits[i]) ub.logit_rows.push_back(i - begin);
