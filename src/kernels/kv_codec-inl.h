@@ -22,12 +22,23 @@ namespace skim::kernels::HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 
 // TurboQuant rows: an f16 scale, then the index of value e at bit e * bits of
-// the packed little-endian index bits.
-HWY_INLINE int32_t TqIndex(const uint8_t* HWY_RESTRICT bits_base, int bits, int32_t e) {
-  const int32_t bit = e * bits;
-  uint32_t word = bits_base[bit >> 3];
-  if ((bit & 7) + bits > 8) word |= static_cast<uint32_t>(bits_base[(bit >> 3) + 1]) << 8;
-  return static_cast<int32_t>((word >> (bit & 7)) & ((1u << bits) - 1));
+// the packed little-endian index bits. UnpackTqIndices reads all d of them at
+// once: whole bytes (4 and 2 bits) or 3-byte groups of 8 (3 bits).
+HWY_INLINE void UnpackTqIndices(const uint8_t* HWY_RESTRICT p, int bits, int32_t d, int32_t* HWY_RESTRICT idx) {
+  if (bits == 4) {
+    for (int32_t e = 0; e < d; e += 2, ++p) {
+      idx[e] = *p & 15;
+      idx[e + 1] = *p >> 4;
+    }
+  } else if (bits == 2) {
+    for (int32_t e = 0; e < d; e += 4, ++p)
+      for (int32_t k = 0; k < 4; ++k) idx[e + k] = (*p >> (2 * k)) & 3;
+  } else {
+    for (int32_t e = 0; e < d; e += 8, p += 3) {
+      const uint32_t w = p[0] | (static_cast<uint32_t>(p[1]) << 8) | (static_cast<uint32_t>(p[2]) << 16);
+      for (int32_t k = 0; k < 8; ++k) idx[e + k] = static_cast<int32_t>((w >> (3 * k)) & 7);
+    }
+  }
 }
 
 template <class DF>
@@ -39,7 +50,7 @@ HWY_INLINE void DecodeTqRow(DF df, const uint8_t* HWY_RESTRICT src, int bits, in
   const auto vscale = hn::Set(df, f16_to_f32(half));
   const float* codebook = tq_codebook(bits);
   int32_t idx[kMaxKvRow];
-  for (int32_t e = 0; e < d; ++e) idx[e] = TqIndex(src + 2, bits, e);
+  UnpackTqIndices(src + 2, bits, d, idx);
   const int32_t levels = 1 << bits;
   if (levels <= N && N <= kTqCodebookFloats) {
     // The codebook fits in one vector: a lane permute instead of a gather.
