@@ -1,7 +1,7 @@
 // DapQ (position-aware pseudo queries; only the abstract is public): the
 // observation window's queries should look like the queries decoding will
-// ask, and their position matters more than their content. Assumed here, as
-// the research notes propose: SnapKV's scores from the window's own queries
+// ask, and their position matters more than their content. Assumed here (the
+// reading docs/kv-policies.md states): SnapKV's scores from the window's own queries
 // turned by RoPE to the next `window` positions (each moved forward by the
 // window's length), so the scores reflect keys as the coming tokens see them.
 #include "kvpolicy/policy.h"
