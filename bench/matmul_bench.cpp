@@ -1,9 +1,10 @@
 // Throughput of kernels::matmul on SmolLM2-135M's weight shapes.
 //
-//   matmul_bench [--types T1,T2,...] [--min-seconds S] [--prefill-rows M]
+//   matmul_bench [--model smollm2|qwen0.5b] [--types T1,T2,...] [--min-seconds S] [--prefill-rows M]
 //
-// For each shape: prefill (m = 512, or M rows) in GFLOP/s next to plain OpenBLAS sgemm on
-// an f32 copy of the same weights (the ceiling the panel path aims at), and
+// For each shape: prefill (m = 512, or M rows) in GFLOP/s on the f32 and the
+// int8 GEMM path, next to plain OpenBLAS sgemm on an f32 copy of the same
+// weights (the ceiling the f32 panel path aims at), and
 // decode (m = 1) as time per call and weight GB/s, both with the weights hot in
 // cache (one matrix) and cold (rotating over copies larger than the L3), with
 // 1 and 2 threads. Each is timed per call: the median is the typical speed, the
@@ -45,6 +46,14 @@ const Shape kModelShapes[] = {
     {"attn_q/o", 576, 576, GgmlType::Q4_1},    {"attn_k/v", 576, 192, GgmlType::Q4_1},
     {"ffn_up/gate", 576, 1536, GgmlType::Q4_1}, {"ffn_down", 1536, 576, GgmlType::Q4_1},
     {"output", 576, 49152, GgmlType::Q8_0},
+};
+
+// Qwen2.5-0.5B Q4_K_M: q/o (896x896) and k/v (896->128) in Q5_0 (half the v in
+// Q8_0), MLP up/gate (896->4864) in Q5_0, down (4864->896) in Q4_K or Q6_K.
+const Shape kQwenShapes[] = {
+    {"attn_q/o", 896, 896, GgmlType::Q5_0},     {"attn_k/v", 896, 128, GgmlType::Q5_0},
+    {"attn_v", 896, 128, GgmlType::Q8_0},       {"ffn_up/gate", 896, 4864, GgmlType::Q5_0},
+    {"ffn_down", 4864, 896, GgmlType::Q4_K},    {"ffn_down", 4864, 896, GgmlType::Q6_K},
 };
 
 GgmlType type_from_name(const std::string& name) {
@@ -130,7 +139,8 @@ double fma_peak_gflops(int threads) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::vector<Shape> shapes(std::begin(kModelShapes), std::end(kModelShapes));
+  std::vector<Shape> model_shapes(std::begin(kModelShapes), std::end(kModelShapes));
+  std::vector<Shape> shapes = model_shapes;
   double min_seconds = 0.6;
   int64_t m_prefill = 512;
   for (int i = 1; i < argc; ++i) {
@@ -149,16 +159,23 @@ int main(int argc, char** argv) {
         pos = comma + 1;
       }
       std::vector<Shape> expanded;
-      for (const Shape& s : kModelShapes)
+      for (const Shape& s : model_shapes)
         for (GgmlType t : types)
           if (s.k % skim::traits(t).block_size == 0) expanded.push_back({s.role, s.k, s.n, t});
       shapes = expanded;
+    } else if (arg == "--model" && i + 1 < argc && (argv[i + 1] == std::string("smollm2") ||
+                                                      argv[i + 1] == std::string("qwen0.5b"))) {
+      if (argv[++i] == std::string("smollm2"))
+        model_shapes.assign(std::begin(kModelShapes), std::end(kModelShapes));
+      else
+        model_shapes.assign(std::begin(kQwenShapes), std::end(kQwenShapes));
+      shapes = model_shapes;
     } else if (arg == "--min-seconds" && i + 1 < argc) {
       min_seconds = std::atof(argv[++i]);
     } else if (arg == "--prefill-rows" && i + 1 < argc && std::atoll(argv[i + 1]) > 4) {
       m_prefill = std::atoll(argv[++i]);
     } else {
-      std::fprintf(stderr, "usage: %s [--types T1,T2,...] [--min-seconds S] [--prefill-rows M (> 4)]\n", argv[0]);
+      std::fprintf(stderr, "usage: %s [--model smollm2|qwen0.5b] [--types T1,T2,...] [--min-seconds S] [--prefill-rows M (> 4)]\n", argv[0]);
       return 2;
     }
   }
@@ -170,8 +187,8 @@ int main(int argc, char** argv) {
               "(median, best) and weight GB/s of the best call, hot (same matrix each call) and cold (rotating\n"
               "over copies larger than the L3). Last: OpenBLAS sgemm on f32 copies of the weights, for scale.\n",
               static_cast<long long>(m_prefill));
-  std::printf("%-12s %-5s %6s %6s %3s | %7s %7s | %8s %8s %6s | %8s %8s %6s\n", "matrix", "type", "k", "n", "thr",
-              "GFLOP/s", "best", "hot us", "best", "GB/s", "cold us", "best", "GB/s");
+  std::printf("%-12s %-5s %6s %6s %3s | %7s %7s | %7s %7s | %8s %8s %6s | %8s %8s %6s\n", "matrix", "type", "k", "n",
+              "thr", "f32", "best", "int8", "best", "hot us", "best", "GB/s", "cold us", "best", "GB/s");
   struct Prepared {
     Shape shape;
     std::vector<uint8_t> w;
@@ -200,7 +217,11 @@ int main(int argc, char** argv) {
     for (int threads : {1, 2}) {
       omp_set_num_threads(threads);
       const double flops = 2.0 * m_prefill * s.n * s.k;
+      skim::kernels::set_gemm_path(skim::kernels::GemmPath::kF32);
       const Timing prefill =
+          time_calls([&] { skim::kernels::matmul(t, p.x.data(), m_prefill, y.data()); }, min_seconds);
+      skim::kernels::set_gemm_path(skim::kernels::GemmPath::kInt8);
+      const Timing prefill_int8 =
           time_calls([&] { skim::kernels::matmul(t, p.x.data(), m_prefill, y.data()); }, min_seconds);
       const Timing gemv = time_calls([&] { skim::kernels::matmul(t, p.x.data(), 1, y.data()); }, min_seconds);
       size_t next = 0;
@@ -212,9 +233,11 @@ int main(int argc, char** argv) {
           },
           min_seconds);
       const double bytes = static_cast<double>(p.w.size());
-      std::printf("%-12s %-5s %6lld %6lld %3d | %7.1f %7.1f | %8.1f %8.1f %6.1f | %8.1f %8.1f %6.1f\n", s.role,
-                  skim::traits(s.type).name, static_cast<long long>(s.k), static_cast<long long>(s.n), threads,
-                  flops / prefill.median / 1e9, flops / prefill.best / 1e9, gemv.median * 1e6, gemv.best * 1e6,
+      std::printf("%-12s %-5s %6lld %6lld %3d | %7.1f %7.1f | %7.1f %7.1f | %8.1f %8.1f %6.1f | %8.1f %8.1f %6.1f\n",
+                  s.role, skim::traits(s.type).name, static_cast<long long>(s.k), static_cast<long long>(s.n),
+                  threads, flops / prefill.median / 1e9, flops / prefill.best / 1e9,
+                  flops / prefill_int8.median / 1e9, flops / prefill_int8.best / 1e9, gemv.median * 1e6,
+                  gemv.best * 1e6,
                   bytes / gemv.best / 1e9, cold.median * 1e6, cold.best * 1e6, bytes / cold.best / 1e9);
       std::fflush(stdout);
     }

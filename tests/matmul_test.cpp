@@ -1,10 +1,11 @@
 // matmul / matmul_rows against a float64 reference on the dequantized weights.
 //
 // f32 paths (sgemm panels, and decode of types without an integer kernel) must
-// be within 1e-5 of sum|x||W| per output. The integer decode path quantizes the
-// activations to 8 bits, so it is checked twice: tightly (1e-5) against the f64
-// product with those quantized activations, and against the exact product
-// within the worst case of the activation rounding, sum_k |W_k| * d_k / 2.
+// be within 1e-5 of sum|x||W| per output. The integer paths (decode GEMV, and
+// the int8 prefill GEMM on every SIMD target) quantize the activations to 8
+// bits, so they are checked twice: tightly (1e-5) against the f64 product with
+// those quantized activations, and against the exact product within the worst
+// case of the activation rounding, sum_k |W_k| * d_k / 2.
 #include <gtest/gtest.h>
 #include <omp.h>
 
@@ -16,14 +17,17 @@
 #include <vector>
 
 #include "kernels/dequant.h"
+#include "kernels/gemm_int8.h"
 #include "kernels/matmul.h"
 #include "kernels/quant_dot.h"
 #include "quant_test_util.h"
+#include "simd_targets.h"
 
 namespace skim {
 namespace {
 
 using kernels::ActivationFormat;
+using kernels::GemmPath;
 using kernels::KernelIsa;
 
 struct TypeCase {
@@ -40,19 +44,42 @@ const TypeCase kAllTypes[] = {
     {GgmlType::Q6_K, "Q6_K"},
 };
 
-// Restores the kernel ISA and OpenMP thread count a test changes.
+// Restores the kernel ISA, GEMM path and OpenMP thread count a test changes.
 class KernelStateGuard {
  public:
-  KernelStateGuard() : isa_(kernels::kernel_isa()), threads_(omp_get_max_threads()) {}
+  KernelStateGuard() : isa_(kernels::kernel_isa()), path_(kernels::gemm_path()), threads_(omp_get_max_threads()) {}
   ~KernelStateGuard() {
     kernels::set_kernel_isa(isa_);
+    kernels::set_gemm_path(path_);
     omp_set_num_threads(threads_);
   }
 
  private:
   KernelIsa isa_;
+  GemmPath path_;
   int threads_;
 };
+
+// Whether a product of m rows takes the int8 prefill GEMM now.
+bool takes_int8_gemm(GgmlType type, int64_t m, int64_t gemv_rows = kernels::kDefaultGemvRows) {
+  return kernels::gemm_path() == GemmPath::kInt8 && !kernels::uses_gemv(type, m, gemv_rows) &&
+         kernels::gemm_int8_supports(type);
+}
+
+// The int8 GEMM's activations: per row and 32 elements, d = max|x| / 127 and
+// x ~ d * round(x / d). Returns the rounded x; d per block into `d`.
+std::vector<float> int8_gemm_activations(const std::vector<float>& x, int64_t m, int64_t k, std::vector<float>& d) {
+  std::vector<float> xq(x.size());
+  d.assign(m * k / 32, 0.0f);
+  for (int64_t b = 0; b < m * k / 32; ++b) {
+    float amax = 0.0f;
+    for (int64_t i = 0; i < 32; ++i) amax = std::max(amax, std::fabs(x[b * 32 + i]));
+    d[b] = amax / 127.0f;
+    const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+    for (int64_t i = 0; i < 32; ++i) xq[b * 32 + i] = std::nearbyint(x[b * 32 + i] * inv) * d[b];
+  }
+  return xq;
+}
 
 std::vector<float> random_activations(int64_t m, int64_t k, std::mt19937_64& rng) {
   std::normal_distribution<float> normal(0.0f, 1.0f);
@@ -148,14 +175,29 @@ TEST_P(MatmulVsReference, AllShapes) {
     std::vector<double> ref, scale;
     reference(wf, x, s.m, s.n, s.k, ref, scale);
 
-    // The default GEMV limit, and the batched-decode one where it changes the path.
+    // The default GEMV limit, and the batched-decode one where it changes the
+    // path; each prefill GEMM path where the type has an int8 one.
+    for (const GemmPath path : {GemmPath::kF32, GemmPath::kInt8})
     for (const int64_t gemv_rows : {kernels::kDefaultGemvRows, kernels::kMaxBatchedGemvRows}) {
       if (gemv_rows != kernels::kDefaultGemvRows && kernels::uses_gemv(type, s.m, gemv_rows) == kernels::uses_gemv(type, s.m))
         continue;
-      SCOPED_TRACE(::testing::Message() << "gemv_rows=" << gemv_rows);
-      const bool integer_path = kernels::uses_gemv(type, s.m, gemv_rows) && format != ActivationFormat::kNone;
+      kernels::set_gemm_path(path);
+      if (path == GemmPath::kInt8 && !takes_int8_gemm(type, s.m, gemv_rows)) continue;
+      SCOPED_TRACE(::testing::Message() << "gemv_rows=" << gemv_rows << (path == GemmPath::kInt8 ? " int8" : " f32"));
+      const bool int8_gemm = takes_int8_gemm(type, s.m, gemv_rows);
+      const bool integer_path = int8_gemm || (kernels::uses_gemv(type, s.m, gemv_rows) && format != ActivationFormat::kNone);
       std::vector<double> ref_quantized, bound;
-      if (integer_path) {
+      if (int8_gemm) {
+        std::vector<float> d;
+        const std::vector<float> xq = int8_gemm_activations(x, s.m, s.k, d);
+        std::vector<double> unused;
+        reference(wf, xq, s.m, s.n, s.k, ref_quantized, unused);
+        bound.assign(s.m * s.n, 0.0);
+        for (int64_t r = 0; r < s.m; ++r)
+          for (int64_t j = 0; j < s.n; ++j)
+            for (int64_t i = 0; i < s.k; ++i)
+              bound[r * s.n + j] += std::fabs(wf[j * s.k + i]) * d[(r * s.k + i) / 32] * 0.5;
+      } else if (integer_path) {
         kernels::QuantizedActivations a;
         kernels::quantize_activations(x.data(), s.m, s.k, format, KernelIsa::kScalar, a);
         std::vector<float> xq(s.m * s.k);
@@ -170,30 +212,38 @@ TEST_P(MatmulVsReference, AllShapes) {
 
       std::vector<KernelIsa> isas = {KernelIsa::kScalar};
       if (kernels::detected_isa() == KernelIsa::kAvx2) isas.push_back(KernelIsa::kAvx2);
+      if (int8_gemm) isas.resize(1);  // the int8 GEMM runs every SIMD target instead
       for (KernelIsa isa : isas)
         for (int threads : {1, 2}) {
           SCOPED_TRACE(::testing::Message() << (isa == KernelIsa::kAvx2 ? "avx2" : "scalar") << " threads=" << threads);
           kernels::set_kernel_isa(isa);
           omp_set_num_threads(threads);
-          std::vector<float> y(s.m * s.n, std::nanf(""));
-          kernels::matmul(t, x.data(), s.m, y.data(), gemv_rows);
           int failures = 0;
-          for (int64_t i = 0; i < s.m * s.n && failures < 5; ++i) {
-            const double tol = 1e-5 * scale[i] + 1e-30;
-            if (integer_path) {
-              const double err_q = std::fabs(y[i] - ref_quantized[i]);
-              const double err = std::fabs(y[i] - ref[i]);
-              if (!(err_q <= tol) || !(err <= bound[i] * 1.001 + tol)) {
-                ADD_FAILURE() << "output " << i << ": got " << y[i] << ", exact " << ref[i] << " (rounding bound "
-                              << bound[i] << "), with quantized activations " << ref_quantized[i] << " (tol " << tol
+          const auto run = [&] {
+            std::vector<float> y(s.m * s.n, std::nanf(""));
+            kernels::matmul(t, x.data(), s.m, y.data(), gemv_rows);
+            for (int64_t i = 0; i < s.m * s.n && failures < 5; ++i) {
+              const double tol = 1e-5 * scale[i] + 1e-30;
+              if (integer_path) {
+                const double err_q = std::fabs(y[i] - ref_quantized[i]);
+                const double err = std::fabs(y[i] - ref[i]);
+                if (!(err_q <= tol) || !(err <= bound[i] * 1.001 + tol)) {
+                  ADD_FAILURE() << "output " << i << ": got " << y[i] << ", exact " << ref[i] << " (rounding bound "
+                                << bound[i] << "), with quantized activations " << ref_quantized[i] << " (tol "
+                                << tol << ")";
+                  ++failures;
+                }
+              } else if (!(std::fabs(y[i] - ref[i]) <= tol)) {
+                ADD_FAILURE() << "output " << i << ": got " << y[i] << ", expected " << ref[i] << " (tol " << tol
                               << ")";
                 ++failures;
               }
-            } else if (!(std::fabs(y[i] - ref[i]) <= tol)) {
-              ADD_FAILURE() << "output " << i << ": got " << y[i] << ", expected " << ref[i] << " (tol " << tol << ")";
-              ++failures;
             }
-          }
+          };
+          if (int8_gemm)
+            test::for_each_simd_target(run);
+          else
+            run();
           if (failures) return;
         }
     }
@@ -253,8 +303,8 @@ TEST(MatmulRows, WritesOnlyTheRequestedColumns) {
           const float got = y[r * ldy + j];
           if (j < n_begin || j >= n_end) {
             ASSERT_EQ(got, sentinel) << "row " << r << " col " << j << " was written";
-          } else if (kernels::uses_gemv(type, m)) {
-            // GEMV computes each output on its own: the same value as in the full product.
+          } else if (kernels::uses_gemv(type, m) || takes_int8_gemm(type, m)) {
+            // GEMV and the int8 GEMM compute each output on its own: the same value as in the full product.
             ASSERT_EQ(got, full[r * n + j]) << "row " << r << " col " << j;
           } else {
             // sgemm panels split differently, so the last bits may differ.

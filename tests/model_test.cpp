@@ -51,6 +51,7 @@ Closeness compare(const float* a, const float* b, int rows, int n_vocab) {
 }
 
 TEST_F(ModelTest, AttentionCoreMatchesReferenceAttention) {
+  const test::ScopedGemmPath f32(kernels::GemmPath::kF32);
   const std::vector<int32_t> ids = text_tokens(400);
   Context kernel(*model_, {512, 128});
   Context reference(*model_, {512, 128});

@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <sys/wait.h>
 
+#include "kernels/matmul.h"
 #include "skim/model.h"
 #include "skim/paths.h"
 
@@ -142,5 +143,20 @@ inline double kl_divergence(const float* p_logits, const float* q_logits, int n)
 }
 
 inline int argmax(const float* x, int n) { return static_cast<int>(std::max_element(x, x + n) - x); }
+
+// Pins the prefill GEMM path for a test's lifetime. Tests that isolate another
+// component (attention, a KV format) compare two runs that differ only there,
+// on the f32 path: the int8 path's activation rounding flips with any input
+// difference and would add its own noise to both sides of the comparison.
+class ScopedGemmPath {
+ public:
+  explicit ScopedGemmPath(kernels::GemmPath path) : saved_(kernels::gemm_path()) { kernels::set_gemm_path(path); }
+  ~ScopedGemmPath() { kernels::set_gemm_path(saved_); }
+  ScopedGemmPath(const ScopedGemmPath&) = delete;
+  ScopedGemmPath& operator=(const ScopedGemmPath&) = delete;
+
+ private:
+  kernels::GemmPath saved_;
+};
 
 }  // namespace skim::test

@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common.h"
+#include "skim/gemm.h"
 #include "skim/attention.h"
 #include "skim/context.h"
 #include "skim/model.h"
@@ -183,6 +184,8 @@ void bench(const BenchOptions& o) {
                           {"model", model->config().name}, {"tokens_per_s", r.tokens_per_s}, {"stddev", r.stddev}};
       if (r.engine == "skim") {
         j["peak_rss_mib"] = r.peak_rss_mib;
+        j["gemm"] = gemm();
+        j["simd"] = simd_target();
         const AttentionReport& a = r.attention;
         if (a.sparse_calls + a.dense_calls > 0) {
           j["density"] = a.density();
@@ -201,6 +204,7 @@ void bench(const BenchOptions& o) {
     return 0.0;
   };
   auto ratio = [](double a, double b) { return b > 0 ? fmt::format("{:.2f}x", a / b) : std::string(); };
+  fmt::print("CPU: {}; skim: SIMD {}, prefill GEMM {}\n\n", cpu_name(), simd_target(), gemm());
   fmt::print("| model | engine | attn | threads | test | t/s | vs dense | vs llama.cpp | density | plan ms | attn ms | peak RSS MiB |\n");
   fmt::print("|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|\n");
   for (const BenchRow& r : rows) {
@@ -222,7 +226,7 @@ void register_bench(CLI::App& app) {
   auto o = std::make_shared<BenchOptions>();
   CLI::App* cmd = app.add_subcommand("bench", "prompt (pp) and generation (tg) throughput, skim vs llama.cpp in one run");
   add_shared_options_with_kv(*cmd, *o,
-                     {{Opt::Model}, {Opt::Threads}, {Opt::Ubatch}, {.opt = Opt::Attn, .repeatable = true}});
+                     {{Opt::Model}, {Opt::Threads}, {Opt::Ubatch}, {Opt::Gemm}, {.opt = Opt::Attn, .repeatable = true}});
   cmd->add_option("-p,--n-prompt", o->prompts, "prompt lengths, comma-separated (e.g. 512,2048,8192)");
   cmd->add_option("-n,--n-gen", o->gens, "generation lengths, comma-separated (0: none)");
   cmd->add_option("-r,--repetitions", o->repetitions, "measured repetitions per test")->check(at_least(1));

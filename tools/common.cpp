@@ -14,6 +14,7 @@
 
 #include <fmt/format.h>
 
+#include "skim/gemm.h"
 #include "skim/paths.h"
 
 namespace skim::cli {
@@ -40,6 +41,8 @@ const SharedOption kSharedOptions[] = {
     {Opt::Ctx, "-c,--ctx-size", "context size in tokens", &SharedOptions::n_ctx, Range{0, kMaxTokens}, "the model's"},
     {Opt::Ubatch, "--ubatch-size", "prefill micro-batch size", &SharedOptions::n_ubatch, Range{1, kMaxTokens}},
     {Opt::Attn, "--attn", "attention method NAME[:key=value,...] (skim info --attn lists them)", &SharedOptions::attn},
+    {Opt::Gemm, "--gemm", "arithmetic of the prefill weight GEMMs: int8 (activations rounded per 32) or f32",
+     &SharedOptions::gemm},
     {Opt::KvTypeK, "--cache-type-k", "format of the K cache (-ctk; skim info --kv lists them)", &SharedOptions::kv_type_k},
     {Opt::KvTypeV, "--cache-type-v", "format of the V cache (-ctv)", &SharedOptions::kv_type_v},
     {Opt::KvF16Layers, "--kv-f16-layers", "layers whose K/V stay f16 whatever -ctk/-ctv say, e.g. 0,-1 (-1: the last)",
@@ -64,6 +67,10 @@ void add_shared_options(CLI::App& cmd, SharedOptions& o, std::initializer_list<U
     // A list takes the words up to the next flag, which may recur; taken once, it reads one word as a string does.
     if (std::holds_alternative<std::vector<std::string> SharedOptions::*>(flag.field) && !use.repeatable)
       opt->expected(1)->allow_extra_args(false);
+    if (use.opt == Opt::Gemm) {
+      opt->check(CLI::IsMember(gemm_paths()))->capture_default_str();
+      opt->each([](const std::string& name) { set_gemm(name); });
+    }
   }
 }
 

@@ -58,8 +58,9 @@ struct SharedOptions {
   int kv_rotation = 1;
   int kv_center_keys = 1;
   std::string kv_policy;
+  std::string gemm = "int8";  // applied process-wide as it is parsed
 };
-enum class Opt { Model, Threads, Ctx, Ubatch, Attn, KvTypeK, KvTypeV, KvF16Layers, KvRotation, KvCenterKeys, KvPolicy };
+enum class Opt { Model, Threads, Ctx, Ubatch, Attn, Gemm, KvTypeK, KvTypeV, KvF16Layers, KvRotation, KvCenterKeys, KvPolicy };
 // The KV flags, for commands that build a context.
 inline constexpr Opt kKvOpts[] = {Opt::KvTypeK, Opt::KvTypeV, Opt::KvF16Layers, Opt::KvRotation, Opt::KvCenterKeys,
                                   Opt::KvPolicy};

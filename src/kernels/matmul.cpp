@@ -5,15 +5,20 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <fstream>
 #include <mutex>
 #include <span>
 #include <stdexcept>
 #include <vector>
 
 #include <fmt/format.h>
+#include <hwy/targets.h>
 
 #include "kernels/dequant.h"
+#include "kernels/gemm_int8.h"
+#include "kernels/gemm_tasks.h"
 #include "kernels/quant_dot.h"
+#include "skim/gemm.h"
 
 namespace skim::kernels {
 namespace {
@@ -378,35 +383,14 @@ void gemm_tile_range(const float* xp, const float* wp, int64_t k, int64_t m0, in
   }
 }
 
-// One weight's share of a packed GEMM: output rows [n_begin, n_end) of w into
-// y (row stride ldy), cut into tasks of one weight panel x one chunk of the
-// activation rows.
-struct GemmJob {
-  const TensorInfo* w;
-  float* y;
-  int64_t ldy, n_begin, n_end;
-  int64_t panel_rows, m_chunks, m_chunk_rows, first_task;
-};
-
 // Computes every job from activations x packed once, all jobs' tasks shared
 // by one thread team (dynamic scheduling: panels cost alike, threads may not).
 void gemm_packed_avx2(std::span<GemmJob> jobs, const float* x, int64_t m) {
   const int64_t k = jobs.front().w->row_length();
   const int threads = max_threads();
-  int64_t tasks = 0, max_panel_rows = 0;
-  for (GemmJob& j : jobs) {
-    const int64_t rows = j.n_end - j.n_begin;
-    int64_t panels = (rows + kPanelRows - 1) / kPanelRows;
-    if (panels < 4 * threads) panels = (panels + threads - 1) / threads * threads;
-    j.panel_rows = ((rows + panels - 1) / panels + kNR - 1) / kNR * kNR;
-    panels = (rows + j.panel_rows - 1) / j.panel_rows;
-    // Too few panels to go around: split the activation rows too, in whole micro-panels.
-    j.m_chunks = panels < threads ? std::min<int64_t>(threads, std::max<int64_t>(1, m / 32)) : 1;
-    j.m_chunk_rows = ((m + j.m_chunks - 1) / j.m_chunks + kMR - 1) / kMR * kMR;
-    j.first_task = tasks;
-    tasks += panels * j.m_chunks;
-    max_panel_rows = std::max(max_panel_rows, j.panel_rows);
-  }
+  const int64_t tasks = plan_gemm_tasks(jobs, m, threads, kPanelRows, kMR, kNR);
+  int64_t max_panel_rows = 0;
+  for (const GemmJob& j : jobs) max_panel_rows = std::max(max_panel_rows, j.panel_rows);
 
   thread_local std::vector<float> packed_x;
   const size_t packed_x_size = static_cast<size_t>((m + kMR - 1) / kMR * kMR * k);
@@ -425,21 +409,38 @@ void gemm_packed_avx2(std::span<GemmJob> jobs, const float* x, int64_t m) {
     int64_t panel_in_scratch = -1;
 #pragma omp for schedule(dynamic, 1)
     for (int64_t t = 0; t < tasks; ++t) {
-      const GemmJob& j = *(std::upper_bound(jobs.begin(), jobs.end(), t,
-                                            [](int64_t task, const GemmJob& g) { return task < g.first_task; }) -
-                           1);
-      const int64_t local = t - j.first_task;
-      const int64_t p = local / j.m_chunks, chunk = local % j.m_chunks;
-      const int64_t n0 = j.n_begin + p * j.panel_rows, np = std::min(j.panel_rows, j.n_end - n0);
-      const int64_t m0 = chunk * j.m_chunk_rows, m1 = std::min(m, m0 + j.m_chunk_rows);
-      if (m0 >= m1) continue;
-      if (job_in_scratch != &j || panel_in_scratch != p) {
-        pack_weights(*j.w, n0, np, wp, row);
-        job_in_scratch = &j;
-        panel_in_scratch = p;
+      const GemmTask task = gemm_task(jobs, t, m);
+      if (task.m0 >= task.m1) continue;
+      if (job_in_scratch != task.job || panel_in_scratch != task.panel) {
+        pack_weights(*task.job->w, task.n0, task.np, wp, row);
+        job_in_scratch = task.job;
+        panel_in_scratch = task.panel;
       }
-      gemm_tile_range(xp, wp, k, m0, m1, np, j.y + (n0 - j.n_begin), j.ldy);
+      gemm_tile_range(xp, wp, k, task.m0, task.m1, task.np, task.job->y + (task.n0 - task.job->n_begin),
+                      task.job->ldy);
     }
+  }
+}
+
+GemmPath& gemm_path_setting() {
+  static GemmPath path = GemmPath::kInt8;
+  return path;
+}
+
+// The prefill GEMM for jobs that share x: the int8 GEMM for the weights it
+// supports when that path is chosen, the f32 one for the rest.
+void gemm(std::span<GemmJob> jobs, const float* x, int64_t m) {
+  if (gemm_path_setting() == GemmPath::kInt8) {
+    const auto f32_begin = std::stable_partition(jobs.begin(), jobs.end(),
+                                                 [](const GemmJob& j) { return gemm_int8_supports(j.w->type); });
+    gemm_int8(std::span(jobs.begin(), f32_begin), x, m, max_threads());
+    jobs = std::span(f32_begin, jobs.end());
+    if (jobs.empty()) return;
+  }
+  if (kernel_isa() == KernelIsa::kAvx2) {
+    gemm_packed_avx2(jobs, x, m);
+  } else {
+    for (const GemmJob& j : jobs) gemm_panels(*j.w, x, m, j.y, j.ldy, j.n_begin, j.n_end);
   }
 }
 
@@ -463,12 +464,8 @@ void matmul_rows(const TensorInfo& w, const float* x, int64_t m, float* y, int64
       gemv_float(w, x, m, y, ldy, n_begin, n_end, isa);
     return;
   }
-  if (isa == KernelIsa::kAvx2) {
-    GemmJob job{&w, y, ldy, n_begin, n_end, 0, 0, 0, 0};
-    gemm_packed_avx2(std::span(&job, 1), x, m);
-  } else {
-    gemm_panels(w, x, m, y, ldy, n_begin, n_end);
-  }
+  GemmJob job{&w, y, ldy, n_begin, n_end};
+  gemm(std::span(&job, 1), x, m);
 }
 
 void matmul(const TensorInfo& w, const float* x, int64_t m, float* y, int64_t gemv_rows) {
@@ -487,14 +484,52 @@ void matmul_shared_input(std::span<const MatmulTarget> targets, const float* x, 
       throw std::invalid_argument(fmt::format("matmul: weights '{}' and '{}' have different row lengths ({} and {})",
                                               targets.front().w->name, t.w->name,
                                               targets.front().w->row_length(), t.w->row_length()));
-    if (n > 0) jobs.push_back({t.w, t.y, n, 0, n, 0, 0, 0, 0});
+    if (n > 0) jobs.push_back({t.w, t.y, n, 0, n});
   }
   const bool any_gemv = std::any_of(targets.begin(), targets.end(), [m, gemv_rows](const MatmulTarget& t) { return uses_gemv(t.w->type, m, gemv_rows); });
-  if (any_gemv || kernel_isa() != KernelIsa::kAvx2 || jobs.empty()) {
+  if (any_gemv || jobs.empty()) {
     for (const GemmJob& j : jobs) matmul_rows(*j.w, x, m, j.y, j.ldy, j.n_begin, j.n_end, gemv_rows);
     return;
   }
-  gemm_packed_avx2(jobs, x, m);  // no target takes the GEMV path here
+  gemm(jobs, x, m);  // no target takes the GEMV path here
 }
 
+GemmPath gemm_path() { return gemm_path_setting(); }
+void set_gemm_path(GemmPath path) { gemm_path_setting() = path; }
+
 }  // namespace skim::kernels
+
+namespace skim {
+
+const std::vector<std::string>& gemm_paths() {
+  static const std::vector<std::string> names = {"int8", "f32"};
+  return names;
+}
+
+void set_gemm(const std::string& name) {
+  if (name == "int8")
+    kernels::set_gemm_path(kernels::GemmPath::kInt8);
+  else if (name == "f32")
+    kernels::set_gemm_path(kernels::GemmPath::kF32);
+  else
+    throw std::invalid_argument(fmt::format("unknown GEMM path '{}' (int8, f32)", name));
+}
+
+std::string gemm() { return kernels::gemm_path() == kernels::GemmPath::kInt8 ? "int8" : "f32"; }
+
+std::string simd_target() {
+  const std::vector<int64_t> targets = hwy::SupportedAndGeneratedTargets();  // best first
+  return targets.empty() ? "none" : hwy::TargetName(targets.front());
+}
+
+std::string cpu_name() {
+  std::ifstream in("/proc/cpuinfo");
+  for (std::string line; std::getline(in, line);)
+    if (line.starts_with("model name")) {
+      const size_t colon = line.find(':');
+      if (colon != std::string::npos) return line.substr(line.find_first_not_of(" \t", colon + 1));
+    }
+  return "unknown CPU";
+}
+
+}  // namespace skim

@@ -14,11 +14,16 @@
 // at most 4 rows each) passes gemv_rows up to 16: those rows then take the
 // integer GEMV too, in groups of 4 per weight row while it is in L1, so each
 // row gets exactly the product it gets alone.
-// Otherwise m > 4 (prefill) dequantizes panels of W (128 rows) into per-thread scratch and
-// multiplies them in f32 (f32 accuracy), so no full dequantized copy of the
-// weights ever exists: on AVX2 with a packed GEMM micro-kernel (the panel is
-// dequantized straight into the packed layout), otherwise with OpenBLAS sgemm
-// per panel (which sets OpenBLAS to one thread, once, process-wide).
+// Otherwise m > 4 (prefill) unpacks panels of W (128 rows) into per-thread
+// scratch, so no full dequantized copy of the weights ever exists, and
+// multiplies them on the chosen GemmPath:
+//  - kInt8 (default) for quantized W: x quantized per 32 elements to int8,
+//    W in its exact integer form, integer multiply-adds (kernels/gemm_int8.h);
+//    the error is the decode GEMV's, at most half an activation step per element;
+//  - kF32, and for F32/F16/BF16 weights on either path: W dequantized to f32
+//    (f32 accuracy), on AVX2 with a packed GEMM micro-kernel (the panel is
+//    dequantized straight into the packed layout), otherwise with OpenBLAS
+//    sgemm per panel (which sets OpenBLAS to one thread, once, process-wide).
 // Threads: OpenMP, inside the call (one thread when called inside a parallel region).
 // Bad arguments (shape, range, unsupported type) throw std::invalid_argument.
 #pragma once
@@ -29,6 +34,11 @@
 #include "skim/gguf.h"
 
 namespace skim::kernels {
+
+enum class GemmPath { kF32, kInt8 };
+GemmPath gemm_path();
+// Chooses the prefill GEMM process-wide. Not thread-safe: call it between matmuls only.
+void set_gemm_path(GemmPath path);
 
 // Rows up to which products take the GEMV path by default, and at most.
 inline constexpr int64_t kDefaultGemvRows = 4;

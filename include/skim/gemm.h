@@ -1,0 +1,24 @@
+// Arithmetic of the prefill weight GEMMs (process-wide): what --gemm accepts.
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace skim {
+
+// "int8" (the default): activations rounded to int8 per 32 elements, integer
+// multiply-adds with the quantized weights (VNNI where the CPU has it);
+// "f32": weights dequantized to f32, f32 FMAs. F32/F16/BF16 weights always
+// take f32. Decode (a few rows) uses its integer GEMV either way.
+const std::vector<std::string>& gemm_paths();
+// Throws std::invalid_argument for a name not in gemm_paths(). Not thread-safe:
+// call it before running a model.
+void set_gemm(const std::string& name);
+std::string gemm();
+
+// The SIMD target run-time dispatch runs here (Highway's name, e.g. AVX3_DL:
+// AVX-512 with VNNI) and the CPU's model name, for benchmark headers.
+std::string simd_target();
+std::string cpu_name();
+
+}  // namespace skim
