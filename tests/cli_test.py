@@ -232,14 +232,29 @@ class GoodInputs(ModelTest):
         self.assertIn("1 windows of 128 tokens", r.stderr)
 
     def test_bench_prints_its_table(self):
-        r = skim("bench", "-m", MODEL, "--peer", "none", "-p", 64, "-n", 8, "-r", 1)
-        self.assert_ok(r)
-        self.assertIn("| model | engine | attn | threads | test | t/s |", r.stdout)
-        rows = {cells[4]: float(cells[5].split()[0])
-                for cells in (line.strip("|").split("|") for line in r.stdout.splitlines()[2:])
-                for cells in [[c.strip() for c in cells]]}
-        self.assertEqual(sorted(rows), ["pp64", "tg8"])
-        self.assertTrue(all(rate > 0 for rate in rows.values()), rows)
+        for gemm in ("int8", "f32"):
+            r = skim("bench", "-m", MODEL, "--peer", "none", "-p", 64, "-n", 8, "-r", 1, "--gemm", gemm, "--profile")
+            self.assert_ok(r)
+            self.assertIn(f"prefill GEMM {gemm}", r.stdout)
+            lines = r.stdout.splitlines()
+            header = lines.index("| model | engine | attn | threads | test | t/s | vs dense | density | plan ms "
+                                 "| attn ms | peak RSS MiB |")
+            table = lines[header + 2:lines.index("", header)]
+            rows = {cells[4]: float(cells[5].split()[0])
+                    for cells in ([c.strip() for c in line.strip("|").split("|")] for line in table)}
+            self.assertEqual(sorted(rows), ["pp64", "tg8"])
+            self.assertTrue(all(rate > 0 for rate in rows.values()), rows)
+            # The profile's shares of each test's forward passes add up.
+            profile = lines[lines.index("| test | attn | forward ms | weight GEMMs | attention | of it planning "
+                                        "| KV store | norms, RoPE, other |") + 2:]
+            self.assertEqual(len(profile), 2, r.stdout)
+            for line in profile:
+                cells = [c.strip() for c in line.strip("|").split("|")]
+                total = float(cells[2])
+                parts = [float(cells[i].split()[0]) for i in (3, 4, 6, 7)]
+                self.assertGreater(total, 0, line)
+                self.assertAlmostEqual(sum(parts), total, delta=0.2, msg=line)
+                self.assertTrue(all(p >= 0 for p in parts[:3]), line)
 
     def test_eval_passkey_writes_results(self):
         out = os.path.join(self.tmp, "eval")
@@ -388,6 +403,9 @@ class BadInputs(ModelTest):
             ([], "subcommand"),
             (["run", "-m", MODEL], "-p TEXT or -f FILE"),
             (["bench", "-m", MODEL, "--peer", "bogus"], "--peer"),
+            (["bench", "-m", MODEL, "--peer", "llama.cpp,llama.cpp"], "--peer"),
+            (["bench", "-m", MODEL, "--gemm", "int4"], "--gemm"),
+            (["run", "-m", MODEL, "-p", "Hi", "--gemm", "bf16"], "--gemm"),
             (["eval", "-m", MODEL], "--out is required"),
         ])
 

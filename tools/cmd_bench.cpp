@@ -1,5 +1,6 @@
 // skim bench: llama-bench-style throughput (pp = prompt processing, tg = token
 // generation) for skim and, in the same run with the same threads, llama.cpp.
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -30,6 +31,7 @@ struct BenchOptions : SharedOptions {
   bool json = false;
   bool warmup = true;
   int depth = 0;  // tokens already in the context when a test starts (llama-bench's -d)
+  bool profile = false;
 };
 
 // "pp512", "tg64@d8192": a test's name, as both engines' rows are matched by it.
@@ -74,6 +76,7 @@ struct BenchRow {
   double tokens_per_s = 0, stddev = 0;
   double peak_rss_mib = 0;
   AttentionReport attention;  // of the last repetition (skim prefill)
+  OpTimes times;              // of the last repetition (skim)
 };
 
 // Mean and sample standard deviation of tokens/s over repetitions.
@@ -120,9 +123,11 @@ std::vector<BenchRow> bench_skim(const BenchOptions& o, const Model& model, int 
       measure(test_name("pp", n, o.depth), attn, n, [&] {
         Context& ctx = bc.start();
         ctx.reset_attention_report();
+        ctx.reset_op_times();
         ctx.decode(tokens);
       });
       rows.back().attention = bc.ctx().attention_report();
+      rows.back().times = bc.ctx().op_times();
     }
   }
   for (int n : tg) {
@@ -130,34 +135,93 @@ std::vector<BenchRow> bench_skim(const BenchOptions& o, const Model& model, int 
     const std::vector<int32_t> tokens = random_tokens(n, model.config().n_vocab, 4321);
     measure(test_name("tg", n, o.depth), "dense", n, [&] {
       Context& ctx = bc.start();
+      ctx.reset_attention_report();
+      ctx.reset_op_times();
       for (int32_t t : tokens) ctx.decode(std::span<const int32_t>(&t, 1));
     });
+    rows.back().attention = bc.ctx().attention_report();
+    rows.back().times = bc.ctx().op_times();
   }
   return rows;
 }
 
-std::string llama_bench_path() { return (paths::peer_prefix() / "bin" / "llama-bench").string(); }
+// A llama-bench build run on the same model, same tokens counts and threads, in
+// the same run: llama.cpp (the reference) and ik_llama.cpp (the fastest fork on
+// CPUs). ik_llama's llama-bench predates -d: it measures generation at a depth
+// with -gp DEPTH,N and prefill at a depth not at all (those rows stay empty),
+// and it runs with its run-time repacking of the weights on (-rtr 1), its
+// fastest CPU setting.
+struct Peer {
+  const char* name;
+  std::filesystem::path (*prefix)();
+  const char* build_script;
+  bool ik;
+};
+const Peer kPeers[] = {{"llama.cpp", paths::peer_prefix, "scripts/build-llama-cpp", false},
+                       {"ik_llama", paths::ik_peer_prefix, "scripts/build-ik-llama-cpp", true}};
 
-std::vector<BenchRow> bench_llama_cpp(const BenchOptions& o, const std::string& model_path, int threads) {
-  const std::string bin = llama_bench_path();
+std::vector<const Peer*> parse_peers(const std::string& list) {
+  std::vector<const Peer*> peers;
+  if (list == "none") return peers;
+  std::stringstream ss(list);
+  for (std::string name; std::getline(ss, name, ',');) {
+    const auto* it = std::ranges::find_if(kPeers, [&](const Peer& p) { return name == p.name; });
+    if (it == std::end(kPeers) || std::ranges::find(peers, it) != peers.end())
+      throw std::runtime_error(fmt::format("--peer: '{}' is not llama.cpp, ik_llama or none (each once)", name));
+    peers.push_back(it);
+  }
+  return peers;
+}
+
+std::vector<BenchRow> bench_peer(const Peer& peer, const BenchOptions& o, const std::string& model_path, int threads) {
+  const std::string bin = (peer.prefix() / "bin" / "llama-bench").string();
   if (!std::filesystem::exists(bin))
-    throw std::runtime_error(fmt::format("llama-bench not found at {}: run scripts/build-llama-cpp, or pass --peer none", bin));
+    throw std::runtime_error(
+        fmt::format("{} llama-bench not found at {}: run {}, or pass --peer none", peer.name, bin, peer.build_script));
   // The same KV types; llama.cpp stores quantized V only with its flash attention.
   const bool quantized_v = o.kv_type_v != "f16" && o.kv_type_v != "bf16" && o.kv_type_v != "f32";
-  const std::string cmd =
-      fmt::format("'{}' -m '{}' -p '{}' -n '{}' -d {} -t {} -r {} -ub {} -ctk {} -ctv {}{}{} -o json 2>/dev/null", bin,
-                  model_path, o.prompts, o.gens, o.depth, threads, o.repetitions, o.n_ubatch, o.kv_type_k, o.kv_type_v,
-                  quantized_v ? " -fa on" : "", o.warmup ? "" : " --no-warmup");
+  std::string tests;
+  if (peer.ik && o.depth > 0) {
+    for (int n : parse_token_counts(o.gens, "-n"))
+      if (n > 0) tests += fmt::format(" -gp {},{}", o.depth, n);
+    if (tests.empty()) return {};
+    tests += " -p 0 -n 0";
+  } else {
+    tests = fmt::format(" -p '{}' -n '{}'{}", o.prompts, o.gens, peer.ik ? "" : fmt::format(" -d {}", o.depth));
+  }
+  const std::string cmd = fmt::format(
+      "'{}' -m '{}'{} -t {} -r {} -ub {} -ctk {} -ctv {}{}{} -o json 2>/dev/null", bin, model_path, tests, threads,
+      o.repetitions, o.n_ubatch, o.kv_type_k, o.kv_type_v,
+      peer.ik ? fmt::format(" -rtr 1 -fa {}", quantized_v ? 1 : 0) : (quantized_v ? " -fa on" : ""),
+      o.warmup ? "" : (peer.ik ? " -w 0" : " --no-warmup"));
   const std::string out = run_peer(cmd, "llama-bench");
   std::vector<BenchRow> rows;
   for (const auto& r : nlohmann::json::parse(out)) {
     const int n_prompt = r.at("n_prompt").get<int>(), n_gen = r.at("n_gen").get<int>();
-    const int depth = r.value("n_depth", 0);
-    const std::string test = n_prompt > 0 ? test_name("pp", n_prompt, depth) : test_name("tg", n_gen, depth);
-    rows.push_back({"llama.cpp", test, "dense", threads, r.at("avg_ts").get<double>(), r.at("stddev_ts").get<double>(), 0, {}});
-    fmt::print(stderr, "llama.cpp {:>8}: {:9.2f} ± {:.2f} tokens/s\n", test, rows.back().tokens_per_s, rows.back().stddev);
+    // ik_llama's -gp rows carry the depth as n_prompt.
+    const int depth = n_prompt > 0 && n_gen > 0 ? n_prompt : r.value("n_depth", 0);
+    const std::string test = n_gen == 0 ? test_name("pp", n_prompt, depth) : test_name("tg", n_gen, depth);
+    rows.push_back({peer.name, test, "dense", threads, r.at("avg_ts").get<double>(), r.at("stddev_ts").get<double>(), 0, {}});
+    fmt::print(stderr, "{} {:>8}: {:9.2f} ± {:.2f} tokens/s\n", peer.name, test, rows.back().tokens_per_s,
+               rows.back().stddev);
   }
   return rows;
+}
+
+// Where skim's time went in the last repetition of each test, by operation class.
+void print_profile(const std::vector<BenchRow>& rows) {
+  fmt::print("\nskim profile (last repetition of each test; ms and share of the forward passes):\n\n");
+  fmt::print("| test | attn | forward ms | weight GEMMs | attention | of it planning | KV store | norms, RoPE, other |\n");
+  fmt::print("|---|---|---:|---:|---:|---:|---:|---:|\n");
+  for (const BenchRow& r : rows) {
+    if (r.engine != "skim") continue;
+    const OpTimes& t = r.times;
+    const auto cell = [&](double ms) {
+      return fmt::format("{:.1f} ({:.0f}%)", ms, t.total_ms > 0 ? 100.0 * ms / t.total_ms : 0.0);
+    };
+    fmt::print("| {} | {} | {:.1f} | {} | {} | {} | {} | {} |\n", r.test, r.attn, t.total_ms, cell(t.weight_gemm_ms),
+               cell(t.attention_ms), cell(r.attention.plan_ms), cell(t.kv_store_ms), cell(t.other_ms()));
+  }
 }
 
 void bench(const BenchOptions& o) {
@@ -168,13 +232,13 @@ void bench(const BenchOptions& o) {
   std::erase(opts.attn, std::string("dense"));
   opts.attn.insert(opts.attn.begin(), "dense");
   for (const std::string& a : opts.attn) validate_attention_spec(a);
-  if (o.peer != "llama.cpp" && o.peer != "none") throw std::runtime_error("--peer must be llama.cpp or none");
+  const std::vector<const Peer*> peers = parse_peers(o.peer);
   const std::vector<int> pp = parse_token_counts(o.prompts, "-p"), tg = parse_token_counts(o.gens, "-n");
   std::unique_ptr<Model> model = Model::load(path);
   std::vector<BenchRow> rows = bench_skim(opts, *model, threads, pp, tg);
-  if (o.peer == "llama.cpp") {
-    std::vector<BenchRow> peer = bench_llama_cpp(o, path, threads);
-    rows.insert(rows.end(), peer.begin(), peer.end());
+  for (const Peer* peer : peers) {
+    std::vector<BenchRow> peer_rows = bench_peer(*peer, o, path, threads);
+    rows.insert(rows.end(), peer_rows.begin(), peer_rows.end());
   }
 
   if (o.json) {
@@ -186,6 +250,10 @@ void bench(const BenchOptions& o) {
         j["peak_rss_mib"] = r.peak_rss_mib;
         j["gemm"] = gemm();
         j["simd"] = simd_target();
+        const OpTimes& t = r.times;
+        j["profile_ms"] = {{"total", t.total_ms},       {"weight_gemm", t.weight_gemm_ms},
+                           {"attention", t.attention_ms}, {"attention_planning", r.attention.plan_ms},
+                           {"kv_store", t.kv_store_ms},  {"other", t.other_ms()}};
         const AttentionReport& a = r.attention;
         if (a.sparse_calls + a.dense_calls > 0) {
           j["density"] = a.density();
@@ -205,19 +273,28 @@ void bench(const BenchOptions& o) {
   };
   auto ratio = [](double a, double b) { return b > 0 ? fmt::format("{:.2f}x", a / b) : std::string(); };
   fmt::print("CPU: {}; skim: SIMD {}, prefill GEMM {}\n\n", cpu_name(), simd_target(), gemm());
-  fmt::print("| model | engine | attn | threads | test | t/s | vs dense | vs llama.cpp | density | plan ms | attn ms | peak RSS MiB |\n");
-  fmt::print("|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|\n");
+  std::string peer_columns, peer_rule;
+  for (const Peer* peer : peers) {
+    peer_columns += fmt::format(" vs {} |", peer->name);
+    peer_rule += "---:|";
+  }
+  fmt::print("| model | engine | attn | threads | test | t/s | vs dense |{} density | plan ms | attn ms | peak RSS MiB |\n",
+             peer_columns);
+  fmt::print("|---|---|---|---:|---|---:|---:|{}---:|---:|---:|---:|\n", peer_rule);
   for (const BenchRow& r : rows) {
     const bool skim = r.engine == "skim";
     const AttentionReport& a = r.attention;
     const bool prefill = skim && a.sparse_calls + a.dense_calls > 0;
-    fmt::print("| {} | {} | {} | {} | {} | {:.2f} ± {:.2f} | {} | {} | {} | {} | {} | {} |\n", model->config().name,
+    std::string vs_peers;
+    for (const Peer* peer : peers)
+      vs_peers += fmt::format(" {} |", skim ? ratio(r.tokens_per_s, rate_of(peer->name, "dense", r.test)) : "");
+    fmt::print("| {} | {} | {} | {} | {} | {:.2f} ± {:.2f} | {} |{} {} | {} | {} | {} |\n", model->config().name,
                r.engine, r.attn, r.threads, r.test, r.tokens_per_s, r.stddev,
-               skim && r.attn != "dense" ? ratio(r.tokens_per_s, rate_of("skim", "dense", r.test)) : "",
-               skim ? ratio(r.tokens_per_s, rate_of("llama.cpp", "dense", r.test)) : "",
+               skim && r.attn != "dense" ? ratio(r.tokens_per_s, rate_of("skim", "dense", r.test)) : "", vs_peers,
                prefill ? fmt::format("{:.3f}", a.density()) : "", prefill ? fmt::format("{:.0f}", a.plan_ms) : "",
                prefill ? fmt::format("{:.0f}", a.kernel_ms) : "", skim ? fmt::format("{:.0f}", r.peak_rss_mib) : "");
   }
+  if (o.profile) print_profile(rows);
 }
 
 }  // namespace
@@ -235,7 +312,10 @@ void register_bench(CLI::App& app) {
   cmd->add_option("-d,--n-depth", o->depth, "tokens already in the context when each test starts (llama-bench's -d)")
       ->check(in_range(0, kMaxTokens))
       ->capture_default_str();
-  cmd->add_option("--peer", o->peer, "llama.cpp (run llama-bench on the same model) or none");
+  cmd->add_flag("--profile", o->profile,
+                "also print where skim's time went: weight GEMMs, attention (and its planning), KV store, the rest");
+  cmd->add_option("--peer", o->peer,
+                  "peers whose llama-bench runs on the same model: llama.cpp, ik_llama, both comma-separated, or none");
   cmd->add_flag("--json", o->json, "print one JSON array instead of the table");
   cmd->add_flag("!--no-warmup", o->warmup,
                 "skip the uncounted warm-up run of each test, here and in llama-bench (long prompts)");

@@ -67,6 +67,17 @@ struct Batch {
   size_t size() const { return tokens.size(); }
 };
 
+// Where a context's forward passes spent their wall time (ms) since it was
+// created or the times were reset (skim bench --profile).
+struct OpTimes {
+  double weight_gemm_ms = 0;  // products with weight matrices: prefill GEMMs, decode GEMVs, the logits
+  double attention_ms = 0;    // attention, prefill and decode; AttentionReport::plan_ms is the planning part
+  double kv_store_ms = 0;     // K/V rows into the cache (centering, rotation, quantization) and KV policies
+  double total_ms = 0;        // whole forward passes
+  // The rest: embedding, norms, RoPE, SwiGLU, biases, residual adds.
+  double other_ms() const { return total_ms - weight_gemm_ms - attention_ms - kv_store_ms; }
+};
+
 // Called after each micro-batch with (tokens done, tokens total).
 using ProgressFn = std::function<void(int64_t, int64_t)>;
 
@@ -111,6 +122,8 @@ class Context {
   size_t kv_held_f16_bytes() const;
   const AttentionReport& attention_report() const;
   void reset_attention_report();
+  const OpTimes& op_times() const { return op_times_; }
+  void reset_op_times() { op_times_ = {}; }
 
  private:
   friend struct ContextInternals;  // src/model/attention_observer.h: test and analysis hooks
@@ -125,6 +138,7 @@ class Context {
   ContextParams params_;
   std::unique_ptr<attention::AttentionMethod> method_;
   AttentionReport report_;
+  OpTimes op_times_;
   std::vector<std::unique_ptr<kv::KvPool>> pools_;  // one per format some layer uses
   std::unique_ptr<kvpolicy::KvPolicy> kv_policy_;   // null: none
   std::vector<std::unique_ptr<kv::KvSequence>> seqs_;

@@ -37,6 +37,11 @@ std::filesystem::path peer_prefix() {
   return cache_dir() / fmt::format("llama.cpp-{}", kPeerVersion);
 }
 
+std::filesystem::path ik_peer_prefix() {
+  if (const char* p = env("SKIM_IK_LLAMA_CPP")) return p;
+  return cache_dir() / fmt::format("ik_llama.cpp-{}", kIkPeerVersion);
+}
+
 std::filesystem::path python() {
   if (const char* p = env("SKIM_PYTHON")) return p;
   return cache_dir() / "venv" / "bin" / "python";

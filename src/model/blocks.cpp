@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <optional>
 
 #include "attention/method.h"
 #include "kernels/attention.h"
@@ -91,7 +92,10 @@ const float* packed_rows(const Forward& f, const float* src, int dim, float* scr
 // Active rows of x += w * in (in packed).
 void add_projection(Forward& f, const TensorInfo& w, const float* in) {
   const int rows = static_cast<int>(f.active.size()), d = f.model.config().n_embd;
-  kernels::matmul(w, in, rows, f.s.proj.data(), blocks::gemv_rows(f, f.active));
+  {
+    const ScopedTimer timer(f.times.weight_gemm_ms);
+    kernels::matmul(w, in, rows, f.s.proj.data(), blocks::gemv_rows(f, f.active));
+  }
   if (active_is_range(f)) {
     kernels::add_inplace(f.s.x.data() + static_cast<size_t>(f.active.front()) * d, f.s.proj.data(), static_cast<int64_t>(rows) * d);
     return;
@@ -221,6 +225,7 @@ void attention(Forward& f, int l) {
   const int d = c.n_embd, hd = c.head_dim, half = hd / 2, q_dim = c.n_head * hd, kv_dim = c.n_head_kv * hd;
   kernels::rms_norm(s.x.data(), f32_data(*L.attn_norm), s.xn.data(), n, d, c.rms_eps);
   const int64_t gemv_all = blocks::gemv_rows(f, f.all_rows);
+  std::optional<ScopedTimer> timer(f.times.weight_gemm_ms);
   if (rows == n) {
     const kernels::MatmulTarget qkv[] = {{L.wq, s.q.data()}, {L.wk, s.k.data()}, {L.wv, s.v.data()}};
     kernels::matmul_shared_input(qkv, s.xn.data(), n, gemv_all);
@@ -230,6 +235,7 @@ void attention(Forward& f, int l) {
     if (rows > 0)
       kernels::matmul(*L.wq, packed_rows(f, s.xn.data(), d, s.proj.data()), rows, s.q.data(), blocks::gemv_rows(f, f.active));
   }
+  timer.reset();
   add_bias(s.q.data(), L.bq, rows, q_dim);
   add_bias(s.k.data(), L.bk, n, kv_dim);
   add_bias(s.v.data(), L.bv, n, kv_dim);
@@ -252,6 +258,7 @@ void attention(Forward& f, int l) {
     kernels::rope(s.k.data() + static_cast<size_t>(i) * kv_dim, c.n_head_kv, hd, s.rope_cos.data() + static_cast<size_t>(i) * half,
                   s.rope_sin.data() + static_cast<size_t>(i) * half, interleaved);
   const bool center = f.kv_center_keys && kernels::kv_quantized(format.k);
+  timer.emplace(f.times.kv_store_ms);
   if (center)
     for (const SequenceRows& sr : f.seqs)
       if (!sr.kv->has_key_offset(l)) set_key_offset(f, sr, l);
@@ -273,9 +280,16 @@ void attention(Forward& f, int l) {
       kernels::encode_kv_row(v + static_cast<size_t>(g) * hd, format.v, hd, sr.kv->v_row(l, g, slot));
     }
   }
+  timer.reset();
   if (rows == 0) return;
-  attend(f, l);
-  if (f.selections) select_rows(f, l);
+  {
+    const ScopedTimer attention_timer(f.times.attention_ms);
+    attend(f, l);
+  }
+  if (f.selections) {
+    const ScopedTimer policy_timer(f.times.kv_store_ms);
+    select_rows(f, l);
+  }
   if (v_rot) {
     // The attention output is a mix of rotated values: turn it back.
 #pragma omp parallel for schedule(static) if (rows >= 16)
@@ -293,7 +307,10 @@ void ffn_swiglu(Forward& f, int l) {
   kernels::rms_norm(packed_rows(f, s.x.data(), c.n_embd, s.proj.data()), f32_data(*L.ffn_norm), s.xn.data(), rows,
                     c.n_embd, c.rms_eps);
   const kernels::MatmulTarget gate_up[] = {{L.w_gate, s.gate.data()}, {L.w_up, s.up.data()}};
-  kernels::matmul_shared_input(gate_up, s.xn.data(), rows, blocks::gemv_rows(f, f.active));
+  {
+    const ScopedTimer timer(f.times.weight_gemm_ms);
+    kernels::matmul_shared_input(gate_up, s.xn.data(), rows, blocks::gemv_rows(f, f.active));
+  }
   kernels::swiglu(s.gate.data(), s.up.data(), static_cast<int64_t>(rows) * c.n_ff);
   add_projection(f, *L.w_down, s.gate.data());
 }

@@ -2,11 +2,14 @@
 // which of them a family's layer runs), and the micro-batch state they work on.
 #pragma once
 
+#include <chrono>
+
 #include <span>
 #include <vector>
 
 #include "kernels/kv_view.h"
 #include "skim/attention.h"
+#include "skim/context.h"
 #include "skim/model.h"
 
 namespace skim {
@@ -57,6 +60,7 @@ struct Forward {
   Activations& s;
   attention::AttentionMethod& method;
   AttentionReport& report;
+  OpTimes& times;
   const AttentionObserver& observer;
   int n;                              // rows (tokens) of the micro-batch
   std::span<const SequenceRows> seqs; // ordered by row0, covering rows [0, n)
@@ -72,6 +76,19 @@ struct Forward {
 };
 
 inline const float* f32_data(const TensorInfo& t) { return reinterpret_cast<const float*>(t.data); }
+
+// Adds the wall time of its scope to `ms` (an OpTimes field).
+class ScopedTimer {
+ public:
+  explicit ScopedTimer(double& ms) : ms_(ms), t0_(std::chrono::steady_clock::now()) {}
+  ~ScopedTimer() { ms_ += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0_).count(); }
+  ScopedTimer(const ScopedTimer&) = delete;
+  ScopedTimer& operator=(const ScopedTimer&) = delete;
+
+ private:
+  double& ms_;
+  std::chrono::steady_clock::time_point t0_;
+};
 
 namespace blocks {
 // The Hadamard block a layer's keys (values) are rotated by before they are

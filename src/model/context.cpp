@@ -251,12 +251,13 @@ void Context::run(const Batch& b, const LogitsFn& on_logits, const ProgressFn& p
 void Context::forward_ubatch(Ubatch& ub, float* logits_out) {
   const ModelConfig& c = model_.config();
   const int n = ub.end - ub.begin, d = c.n_embd;
+  const ScopedTimer total(op_times_.total_ms);
   std::vector<SequenceRows> seqs = ub.seqs;
   for (SequenceRows& sr : seqs)
     sr.slot0 = sr.kv->append({ub.batch.positions.data() + ub.begin + sr.row0, static_cast<size_t>(sr.n)});
   std::vector<int> all_rows(static_cast<size_t>(n));
   std::iota(all_rows.begin(), all_rows.end(), 0);
-  Forward f{model_, *s_, *method_, report_, *observer_, n, seqs, {}, all_rows, params_.kv_rotation, params_.kv_center_keys,
+  Forward f{model_, *s_, *method_, report_, op_times_, *observer_, n, seqs, {}, all_rows, params_.kv_rotation, params_.kv_center_keys,
             kv_policy_.get(), ub.selections.empty() ? nullptr : &ub.selections};
   Activations& s = *s_;
 
@@ -282,6 +283,7 @@ void Context::forward_ubatch(Ubatch& ub, float* logits_out) {
 
   // The policy's choice, layer by layer, then every (layer, head) holds `target` rows.
   for (KvSelection& sel : ub.selections) {
+    const ScopedTimer timer(op_times_.kv_store_ms);
     for (int l = 0; l < c.n_layer; ++l)
       for (int g = 0; g < c.n_head_kv; ++g)
         sel.kv->compact(l, g, sel.layers[static_cast<size_t>(l)][static_cast<size_t>(g)]);
@@ -293,6 +295,7 @@ void Context::forward_ubatch(Ubatch& ub, float* logits_out) {
   for (int k = 0; k < rows; ++k)
     std::copy_n(s.x.data() + static_cast<size_t>(ub.logit_rows[k]) * d, d, s.proj.data() + static_cast<size_t>(k) * d);
   kernels::rms_norm(s.proj.data(), f32_data(model_.output_norm()), s.xn.data(), rows, d, c.rms_eps);
+  const ScopedTimer timer(op_times_.weight_gemm_ms);
   kernels::matmul(model_.output(), s.xn.data(), rows, logits_out, blocks::gemv_rows(f, ub.logit_rows));
 }
 
