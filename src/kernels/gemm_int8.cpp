@@ -282,22 +282,14 @@ void GemmInt8(GemmJob* job_data, size_t n_jobs, const float* x, int64_t m, int t
   {
     PackActivations(x, m, k, a);  // ends with the implicit barrier of its omp for
     thread_local PackedPanel panel;
-    const GemmJob* job_in_panel = nullptr;
-    int64_t panel_index = -1;
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t t = 0; t < tasks; ++t) {
-      const GemmTask task = gemm_task(jobs, t, m);
-      if (task.m0 >= task.m1) continue;
-      const GemmJob& j = *task.job;
-      const int block = int_block_size(j.w->type);
-      if (job_in_panel != &j || panel_index != task.panel) {
-        PackPanel(*j.w, task.n0, task.np, block, panel);
-        job_in_panel = &j;
-        panel_index = task.panel;
-      }
-      PanelProduct(a, panel, block, SelectTile(j.w->type), k, task.m0, task.m1, task.np,
-                   j.y + (task.n0 - j.n_begin), j.ldy);
-    }
+    run_gemm_tasks(
+        jobs, tasks, m,
+        [&](const GemmTask& task) { PackPanel(*task.job->w, task.n0, task.np, int_block_size(task.job->w->type), panel); },
+        [&](const GemmTask& task) {
+          const GemmJob& j = *task.job;
+          PanelProduct(a, panel, int_block_size(j.w->type), SelectTile(j.w->type), k, task.m0, task.m1, task.np,
+                       j.y + (task.n0 - j.n_begin), j.ldy);
+        });
   }
 }
 

@@ -36,4 +36,25 @@ int64_t plan_gemm_tasks(std::span<GemmJob> jobs, int64_t m, int threads, int64_t
 // Task t of planned jobs (m0 >= m1 when the task is empty).
 GemmTask gemm_task(std::span<const GemmJob> jobs, int64_t t, int64_t m);
 
+// This thread's share of the tasks, taken dynamically (call it inside an omp
+// parallel region): pack(task) whenever the task's weight panel is not the one
+// this thread packed last, then multiply(task).
+template <class Pack, class Multiply>
+void run_gemm_tasks(std::span<const GemmJob> jobs, int64_t tasks, int64_t m, const Pack& pack,
+                    const Multiply& multiply) {
+  const GemmJob* packed_job = nullptr;
+  int64_t packed_panel = -1;
+#pragma omp for schedule(dynamic, 1)
+  for (int64_t t = 0; t < tasks; ++t) {
+    const GemmTask task = gemm_task(jobs, t, m);
+    if (task.m0 >= task.m1) continue;
+    if (packed_job != task.job || packed_panel != task.panel) {
+      pack(task);
+      packed_job = task.job;
+      packed_panel = task.panel;
+    }
+    multiply(task);
+  }
+}
+
 }  // namespace skim::kernels

@@ -405,20 +405,12 @@ void gemm_packed_avx2(std::span<GemmJob> jobs, const float* x, int64_t m) {
     if (scratch.size() < need) scratch.resize(need);
     float* wp = scratch.data();
     float* row = scratch.data() + max_panel_rows * k;
-    const GemmJob* job_in_scratch = nullptr;
-    int64_t panel_in_scratch = -1;
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t t = 0; t < tasks; ++t) {
-      const GemmTask task = gemm_task(jobs, t, m);
-      if (task.m0 >= task.m1) continue;
-      if (job_in_scratch != task.job || panel_in_scratch != task.panel) {
-        pack_weights(*task.job->w, task.n0, task.np, wp, row);
-        job_in_scratch = task.job;
-        panel_in_scratch = task.panel;
-      }
-      gemm_tile_range(xp, wp, k, task.m0, task.m1, task.np, task.job->y + (task.n0 - task.job->n_begin),
-                      task.job->ldy);
-    }
+    run_gemm_tasks(
+        jobs, tasks, m, [&](const GemmTask& task) { pack_weights(*task.job->w, task.n0, task.np, wp, row); },
+        [&](const GemmTask& task) {
+          gemm_tile_range(xp, wp, k, task.m0, task.m1, task.np, task.job->y + (task.n0 - task.job->n_begin),
+                          task.job->ldy);
+        });
   }
 }
 
