@@ -145,20 +145,24 @@ std::vector<BenchRow> bench_skim(const BenchOptions& o, const Model& model, int 
   return rows;
 }
 
-// A llama-bench build run on the same model, same tokens counts and threads, in
-// the same run: llama.cpp (the reference) and ik_llama.cpp (the fastest fork on
-// CPUs). ik_llama's llama-bench predates -d: it measures generation at a depth
-// with -gp DEPTH,N and prefill at a depth not at all (those rows stay empty),
-// and it runs with its run-time repacking of the weights on (-rtr 1), its
-// fastest CPU setting.
+// An engine run on the same model, token counts and threads, in the same run:
+// llama.cpp (the reference) and ik_llama.cpp (the fastest fork on CPUs) through
+// their llama-bench, OpenVINO GenAI through scripts/peer/openvino_bench.py.
+// ik_llama's llama-bench predates -d: it measures generation at a depth with
+// -gp DEPTH,N and prefill at a depth not at all (those rows stay empty), and it
+// runs with its run-time repacking of the weights on (-rtr 1), its fastest CPU
+// setting. OpenVINO runs its own KV precision and, when skim runs a sparse
+// method too, its XAttention and Tri-shape at their defaults; no depth.
+enum class PeerKind { kLlamaBench, kIkLlamaBench, kOpenVino };
 struct Peer {
   const char* name;
   std::filesystem::path (*prefix)();
-  const char* build_script;
-  bool ik;
+  const char* setup_script;
+  PeerKind kind;
 };
-const Peer kPeers[] = {{"llama.cpp", paths::peer_prefix, "scripts/build-llama-cpp", false},
-                       {"ik_llama", paths::ik_peer_prefix, "scripts/build-ik-llama-cpp", true}};
+const Peer kPeers[] = {{"llama.cpp", paths::peer_prefix, "scripts/build-llama-cpp", PeerKind::kLlamaBench},
+                       {"ik_llama", paths::ik_peer_prefix, "scripts/build-ik-llama-cpp", PeerKind::kIkLlamaBench},
+                       {"openvino", paths::openvino_prefix, "scripts/setup-openvino", PeerKind::kOpenVino}};
 
 std::vector<const Peer*> parse_peers(const std::string& list) {
   std::vector<const Peer*> peers;
@@ -167,43 +171,65 @@ std::vector<const Peer*> parse_peers(const std::string& list) {
   for (std::string name; std::getline(ss, name, ',');) {
     const auto* it = std::ranges::find_if(kPeers, [&](const Peer& p) { return name == p.name; });
     if (it == std::end(kPeers) || std::ranges::find(peers, it) != peers.end())
-      throw std::runtime_error(fmt::format("--peer: '{}' is not llama.cpp, ik_llama or none (each once)", name));
+      throw std::runtime_error(fmt::format("--peer: '{}' is not llama.cpp, ik_llama, openvino or none (each once)", name));
     peers.push_back(it);
   }
   return peers;
 }
 
-std::vector<BenchRow> bench_peer(const Peer& peer, const BenchOptions& o, const std::string& model_path, int threads) {
-  const std::string bin = (peer.prefix() / "bin" / "llama-bench").string();
-  if (!std::filesystem::exists(bin))
-    throw std::runtime_error(
-        fmt::format("{} llama-bench not found at {}: run {}, or pass --peer none", peer.name, bin, peer.build_script));
-  // The same KV types; llama.cpp stores quantized V only with its flash attention.
+// llama-bench's command line for the same tests and KV types.
+std::string llama_bench_command(const Peer& peer, const std::string& bin, const BenchOptions& o,
+                                const std::string& model_path, int threads) {
+  const bool ik = peer.kind == PeerKind::kIkLlamaBench;
+  // llama.cpp stores quantized V only with its flash attention.
   const bool quantized_v = o.kv_type_v != "f16" && o.kv_type_v != "bf16" && o.kv_type_v != "f32";
   std::string tests;
-  if (peer.ik && o.depth > 0) {
+  if (ik && o.depth > 0) {
     for (int n : parse_token_counts(o.gens, "-n"))
       if (n > 0) tests += fmt::format(" -gp {},{}", o.depth, n);
     if (tests.empty()) return {};
     tests += " -p 0 -n 0";
   } else {
-    tests = fmt::format(" -p '{}' -n '{}'{}", o.prompts, o.gens, peer.ik ? "" : fmt::format(" -d {}", o.depth));
+    tests = fmt::format(" -p '{}' -n '{}'{}", o.prompts, o.gens, ik ? "" : fmt::format(" -d {}", o.depth));
   }
-  const std::string cmd = fmt::format(
-      "'{}' -m '{}'{} -t {} -r {} -ub {} -ctk {} -ctv {}{}{} -o json 2>/dev/null", bin, model_path, tests, threads,
-      o.repetitions, o.n_ubatch, o.kv_type_k, o.kv_type_v,
-      peer.ik ? fmt::format(" -rtr 1 -fa {}", quantized_v ? 1 : 0) : (quantized_v ? " -fa on" : ""),
-      o.warmup ? "" : (peer.ik ? " -w 0" : " --no-warmup"));
-  const std::string out = run_peer(cmd, "llama-bench");
+  return fmt::format("'{}' -m '{}'{} -t {} -r {} -ub {} -ctk {} -ctv {}{}{} -o json 2>/dev/null", bin, model_path, tests,
+                     threads, o.repetitions, o.n_ubatch, o.kv_type_k, o.kv_type_v,
+                     ik ? fmt::format(" -rtr 1 -fa {}", quantized_v ? 1 : 0) : (quantized_v ? " -fa on" : ""),
+                     o.warmup ? "" : (ik ? " -w 0" : " --no-warmup"));
+}
+
+std::vector<BenchRow> bench_peer(const Peer& peer, const BenchOptions& o, const std::string& model_path, int threads) {
+  const bool openvino = peer.kind == PeerKind::kOpenVino;
+  const std::filesystem::path tool =
+      openvino ? peer.prefix() / "openvino_bench.py" : peer.prefix() / "bin" / "llama-bench";
+  if (!std::filesystem::exists(tool))
+    throw std::runtime_error(
+        fmt::format("{} peer not found at {}: run {}, or pass --peer none", peer.name, tool.string(), peer.setup_script));
+  std::string cmd;
+  if (openvino) {
+    if (o.depth > 0) {
+      fmt::print(stderr, "openvino: no depth tests (-d), skipped\n");
+      return {};
+    }
+    const bool sparse = std::ranges::any_of(o.attn, [](const std::string& a) { return a != "dense"; });
+    cmd = fmt::format("'{}' '{}' '{}' --prompts '{}' --gens '{}' --threads {} --reps {}{} --attn {} 2>/dev/null",
+                      (peer.prefix() / "bin" / "python").string(), tool.string(), model_path, o.prompts, o.gens, threads,
+                      o.repetitions, o.warmup ? "" : " --no-warmup", sparse ? "dense,xattention,trishape" : "dense");
+  } else {
+    cmd = llama_bench_command(peer, tool.string(), o, model_path, threads);
+    if (cmd.empty()) return {};
+  }
+  const std::string out = run_peer(cmd, openvino ? "openvino_bench.py" : "llama-bench");
   std::vector<BenchRow> rows;
   for (const auto& r : nlohmann::json::parse(out)) {
     const int n_prompt = r.at("n_prompt").get<int>(), n_gen = r.at("n_gen").get<int>();
     // ik_llama's -gp rows carry the depth as n_prompt.
     const int depth = n_prompt > 0 && n_gen > 0 ? n_prompt : r.value("n_depth", 0);
     const std::string test = n_gen == 0 ? test_name("pp", n_prompt, depth) : test_name("tg", n_gen, depth);
-    rows.push_back({peer.name, test, "dense", threads, r.at("avg_ts").get<double>(), r.at("stddev_ts").get<double>(), 0, {}});
-    fmt::print(stderr, "{} {:>8}: {:9.2f} ± {:.2f} tokens/s\n", peer.name, test, rows.back().tokens_per_s,
-               rows.back().stddev);
+    rows.push_back({peer.name, test, r.value("attn", std::string("dense")), threads, r.at("avg_ts").get<double>(),
+                    r.at("stddev_ts").get<double>(), 0, {}, {}});
+    fmt::print(stderr, "{} {:>8} {}: {:9.2f} ± {:.2f} tokens/s\n", peer.name, test, rows.back().attn,
+               rows.back().tokens_per_s, rows.back().stddev);
   }
   return rows;
 }
@@ -315,7 +341,7 @@ void register_bench(CLI::App& app) {
   cmd->add_flag("--profile", o->profile,
                 "also print where skim's time went: weight GEMMs, attention (and its planning), KV store, the rest");
   cmd->add_option("--peer", o->peer,
-                  "peers whose llama-bench runs on the same model: llama.cpp, ik_llama, both comma-separated, or none");
+                  "peers run on the same model: llama.cpp, ik_llama, openvino (comma-separated), or none");
   cmd->add_flag("--json", o->json, "print one JSON array instead of the table");
   cmd->add_flag("!--no-warmup", o->warmup,
                 "skip the uncounted warm-up run of each test, here and in llama-bench (long prompts)");

@@ -42,6 +42,11 @@ std::filesystem::path ik_peer_prefix() {
   return cache_dir() / fmt::format("ik_llama.cpp-{}", kIkPeerVersion);
 }
 
+std::filesystem::path openvino_prefix() {
+  if (const char* p = env("SKIM_OPENVINO")) return p;
+  return cache_dir() / fmt::format("openvino-{}", kOpenVinoVersion);
+}
+
 std::filesystem::path python() {
   if (const char* p = env("SKIM_PYTHON")) return p;
   return cache_dir() / "venv" / "bin" / "python";
