@@ -315,6 +315,17 @@ class BadInputs(ModelTest):
             with self.subTest(args=" ".join(map(str, args))):
                 self.assert_one_error_line(args, names)
 
+    def test_missing_peer_names_its_setup_script(self):
+        env = dict(os.environ, SKIM_OPENVINO=os.path.join(self.tmp, "absent"),
+                   SKIM_IK_LLAMA_CPP=os.path.join(self.tmp, "absent"))
+        for peer, script in (("openvino", "scripts/setup-openvino"), ("ik_llama", "scripts/build-ik-llama-cpp")):
+            with self.subTest(peer=peer):
+                r = subprocess.run([SKIM, "bench", "-m", MODEL, "-p", "16", "-n", "0", "-r", "1", "--peer", peer],
+                                   capture_output=True, text=True, errors="replace", timeout=TIMEOUT_S, env=env)
+                self.assertNotEqual(r.returncode, 0, r.stderr)
+                last = r.stderr.strip().splitlines()[-1]
+                self.assertTrue(last.startswith("error:") and script in last, r.stderr)
+
     def test_unreadable_text_files(self):
         missing = os.path.join(self.tmp, "no-such-prompt.txt")
         under_a_file = os.path.join(self.files["prompt.txt"], "x")
