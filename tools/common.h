@@ -108,6 +108,7 @@ void register_bench(CLI::App& app);
 void register_eval(CLI::App& app);
 void register_calibrate(CLI::App& app);
 void register_batched_bench(CLI::App& app);
+void register_serve(CLI::App& app);
 
 class Stopwatch {
  public:

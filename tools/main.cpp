@@ -15,7 +15,8 @@ struct Alias {
 };
 constexpr Alias kAliases[] = {{"-ub", "--ubatch-size"}, {"-sys", "--system-prompt"}, {"-npp", "--npp"},
                               {"-ntg", "--ntg"},       {"-npl", "--npl"},           {"-pps", "--pps"},
-                              {"-np", "--parallel"},   {"-ctk", "--cache-type-k"},  {"-ctv", "--cache-type-v"}};
+                              {"-np", "--parallel"},   {"-ctk", "--cache-type-k"},  {"-ctv", "--cache-type-v"},
+                              {"-to", "--timeout"}};
 
 std::vector<char*> rewrite_aliases(int argc, char** argv) {
   std::vector<char*> out(argv, argv + argc);
@@ -41,6 +42,7 @@ int main(int argc, char** argv) {
   skim::cli::register_eval(app);
   skim::cli::register_calibrate(app);
   skim::cli::register_batched_bench(app);
+  skim::cli::register_serve(app);
   try {
     app.parse(static_cast<int>(args.size()), args.data());
     if (app.get_subcommands().empty()) {

@@ -112,14 +112,24 @@ class Context {
   int n_seq_max() const { return params_.n_seq_max; }
   void clear();                   // forget all tokens of every sequence
   void clear_sequence(int seq);
+  // Keeps the first n_rows rows of the sequence's cache (a prefix to reuse).
+  void truncate_sequence(int seq, int n_rows);
   // Sequence `to` (cleared first) holds what `from` holds, sharing its KV pages
   // until either writes (copy-on-write).
   void copy_sequence(int from, int to);
   const Model& model() const { return model_; }
   size_t kv_cap_bytes() const;   // the KV pools' cap: n_ctx tokens in whole pages (nothing held up front)
   size_t kv_held_bytes() const;  // the pages in use: the tokens held, rounded up to 64-token pages
+  int64_t kv_pages_held() const;  // pages in use, each 64 rows of one layer and KV head
   // What the pages in use would take in f16 (the compression ratio's numerator).
   size_t kv_held_f16_bytes() const;
+  // Batch invariance (docs/server.md): a micro-batch in which some sequence
+  // has gemm_rows() rows or more runs its weight products as GEMMs, any other
+  // as matrix-vector products, for at most gemv_batch_rows() rows. A row's
+  // logits depend on which of the two kinds ran it, never on the other rows
+  // or on where a prompt was cut into chunks (when every chunk is GEMM-sized).
+  int gemm_rows() const;
+  int gemv_batch_rows() const;
   const AttentionReport& attention_report() const;
   void reset_attention_report();
   const OpTimes& op_times() const { return op_times_; }

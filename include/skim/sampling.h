@@ -19,6 +19,14 @@ struct SamplingParams {
   uint64_t seed = 0xFFFFFFFF;  // 0xFFFFFFFF: random seed
 };
 
+struct TokenLogprob {
+  int32_t id;
+  float logprob;
+};
+// The log-probability of token `id` under the raw logits (before any sampler
+// setting, as OpenAI's logprobs), and the n_top most likely tokens', most likely first.
+float token_logprob(std::span<const float> logits, int32_t id, int n_top, std::vector<TokenLogprob>& top);
+
 class Sampler {
  public:
   explicit Sampler(const SamplingParams& params);

@@ -63,4 +63,21 @@ int32_t Sampler::sample(std::span<const float> logits, std::span<const int32_t> 
   return cand_[draw(rng_)].id;
 }
 
+float token_logprob(std::span<const float> logits, int32_t id, int n_top, std::vector<TokenLogprob>& top) {
+  const float max = *std::max_element(logits.begin(), logits.end());
+  double sum = 0;
+  for (float l : logits) sum += std::exp(static_cast<double>(l - max));
+  const float log_z = max + static_cast<float>(std::log(sum));
+  top.clear();
+  if (n_top > 0) {
+    std::vector<int32_t> ids(logits.size());
+    for (size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<int32_t>(i);
+    const size_t n = std::min<size_t>(static_cast<size_t>(n_top), ids.size());
+    std::partial_sort(ids.begin(), ids.begin() + n, ids.end(),
+                      [&](int32_t a, int32_t b) { return logits[a] > logits[b] || (logits[a] == logits[b] && a < b); });
+    for (size_t i = 0; i < n; ++i) top.push_back({ids[i], logits[ids[i]] - log_z});
+  }
+  return logits[id] - log_z;
+}
+
 }  // namespace skim

@@ -88,6 +88,12 @@ void Context::clear() {
   for (auto& seq : seqs_) seq->clear();
 }
 void Context::clear_sequence(int seq) { sequence(seq).clear(); }
+void Context::truncate_sequence(int seq, int n_rows) {
+  kv::KvSequence& kv = sequence(seq);
+  if (n_rows < 0 || n_rows > kv.size())
+    throw std::invalid_argument(fmt::format("truncate_sequence: {} rows, sequence {} holds {}", n_rows, seq, kv.size()));
+  kv.truncate(n_rows);
+}
 void Context::copy_sequence(int from, int to) {
   kv::KvSequence& src = sequence(from);
   if (from == to) return;
@@ -104,10 +110,25 @@ size_t Context::kv_held_bytes() const {
   for (const auto& p : pools_) bytes += p->held_bytes();
   return bytes;
 }
+int Context::gemm_rows() const { return static_cast<int>(kernels::kDefaultGemvRows) + 1; }
+int Context::gemv_batch_rows() const {
+  // Above kDefaultGemvRows rows, a weight type without an integer kernel switches to the GEMM.
+  const int most = static_cast<int>(kernels::kMaxBatchedGemvRows);
+  auto batches = [most](const TensorInfo* w) { return !w || kernels::uses_gemv(w->type, most, most); };
+  bool all = batches(&model_.output());
+  for (int l = 0; l < model_.config().n_layer; ++l) {
+    const LayerWeights& w = model_.layer(l);
+    for (const TensorInfo* t : {w.wq, w.wk, w.wv, w.wo, w.w_gate, w.w_up, w.w_down}) all = all && batches(t);
+  }
+  return all ? most : static_cast<int>(kernels::kDefaultGemvRows);
+}
+int64_t Context::kv_pages_held() const {
+  int64_t pages = 0;
+  for (const auto& p : pools_) pages += p->pages_in_use();
+  return pages;
+}
 size_t Context::kv_held_f16_bytes() const {
-  size_t pages = 0;
-  for (const auto& p : pools_) pages += static_cast<size_t>(p->pages_in_use());
-  return pages * kv::KvPool::page_bytes(model_.config().head_dim, kv::KvFormat{});
+  return static_cast<size_t>(kv_pages_held()) * kv::KvPool::page_bytes(model_.config().head_dim, kv::KvFormat{});
 }
 const AttentionReport& Context::attention_report() const { return report_; }
 void Context::reset_attention_report() { report_ = {}; }
@@ -222,6 +243,10 @@ void Context::run(const Batch& b, const LogitsFn& on_logits, const ProgressFn& p
     // ends a prompt: do not leave that one fewer rows than the window.
     if (kv_policy_ && end < n && n - end < kv_policy_->window() && n - kv_policy_->window() > begin)
       end = n - kv_policy_->window();
+    // A tail of gemv-sized rows would run the matrix-vector kernels while the
+    // rest ran GEMMs, so a row's result would depend on where the cut fell:
+    // the tail keeps a GEMM's worth (batch invariance, docs/server.md).
+    if (end < n && n - end < gemm_rows() && n - gemm_rows() > begin) end = n - gemm_rows();
     Ubatch ub{b, begin, end, {}, {}, {}};
     for (int i = begin; i < end; ++i) {
       if (b.logits[i]) ub.logit_rows.push_back(i - begin);

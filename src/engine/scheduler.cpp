@@ -1,0 +1,371 @@
+#include "engine/scheduler.h"
+
+#include <algorithm>
+#include <stdexcept>
+#include <utility>
+
+#include <fmt/format.h>
+
+#include "engine/stop_strings.h"
+#include "skim/generate.h"
+
+namespace skim {
+namespace {
+using Clock = std::chrono::steady_clock;
+double ms_between(Clock::time_point a, Clock::time_point b) {
+  return std::chrono::duration<double, std::milli>(b - a).count();
+}
+CompletionUpdate failed(const std::string& error) {
+  CompletionUpdate u;
+  u.done = true;
+  u.error = error;
+  return u;
+}
+}  // namespace
+
+CompletionUpdate CompletionHandle::next(std::chrono::milliseconds timeout) {
+  std::unique_lock lock(mu_);
+  cv_.wait_for(lock, timeout, [this] { return has_news_; });
+  has_news_ = false;
+  return std::exchange(pending_, {});
+}
+
+void CompletionHandle::post(CompletionUpdate u) {
+  {
+    std::lock_guard lock(mu_);
+    pending_.text += u.text;
+    pending_.tokens.insert(pending_.tokens.end(), std::make_move_iterator(u.tokens.begin()),
+                           std::make_move_iterator(u.tokens.end()));
+    if (u.done) {
+      pending_.done = true;
+      pending_.finish_reason = std::move(u.finish_reason);
+      pending_.error = std::move(u.error);
+      pending_.stats = u.stats;
+    }
+    has_news_ = true;
+  }
+  cv_.notify_all();
+}
+
+struct Scheduler::Job {
+  Job(CompletionRequest r, std::shared_ptr<CompletionHandle> h)
+      : req(std::move(r)), handle(std::move(h)), stop(req.stop), submitted(Clock::now()) {}
+  CompletionRequest req;
+  std::shared_ptr<CompletionHandle> handle;
+  StopStrings stop;
+  std::unique_ptr<Session> session;  // from placement on
+  GenerationOptions opts;
+  std::string text;  // what the session decoded since the last update
+  size_t n_prefilled = 0;  // prompt tokens in the cache
+  int n_reused = 0;
+  int n_decoded = 0;
+  Clock::time_point submitted, placed, first_token;
+  bool prefilling() const { return n_prefilled < req.prompt.size(); }
+};
+
+struct Scheduler::Slot {
+  int seq = 0;
+  std::vector<int32_t> cached;  // the tokens whose rows the sequence holds, in order
+  size_t gemm_rows = 0;         // leading rows computed by GEMM passes, as a cold prefill computes them
+  bool reusable = true;         // false once a KV policy evicted rows: they no longer match `cached`
+  int64_t last_used = -1;
+  std::shared_ptr<Job> job;     // null: idle
+};
+
+Scheduler::Scheduler(const Model& model, SchedulerParams params) : model_(model), params_(std::move(params)) {
+  const int n_slots = params_.context.n_seq_max;
+  if (n_slots < 1) throw std::invalid_argument("the server needs at least one slot");
+  if (params_.n_batch < kMinBatch)
+    throw std::invalid_argument(fmt::format("batch size {} is below {} tokens", params_.n_batch, kMinBatch));
+  // A step's prompt chunks run as one micro-batch (a GEMM pass, see step()).
+  params_.context.n_ubatch = params_.n_batch;
+  ctx_ = std::make_unique<Context>(model_, params_.context);
+  params_.context.n_ctx = ctx_->n_ctx();
+  slots_.resize(static_cast<size_t>(n_slots));
+  for (int i = 0; i < n_slots; ++i) slots_[static_cast<size_t>(i)].seq = i;
+  stats_.kv_cap_bytes = ctx_->kv_cap_bytes();
+  thread_ = std::thread([this] { loop(); });
+}
+
+Scheduler::~Scheduler() {
+  {
+    std::lock_guard lock(mu_);
+    stopping_ = true;
+  }
+  cv_.notify_all();
+  thread_.join();
+}
+
+std::shared_ptr<CompletionHandle> Scheduler::submit(CompletionRequest request) {
+  const auto& p = request.prompt;
+  if (p.empty()) throw std::invalid_argument("the prompt is empty");
+  const int n_vocab = model_.config().n_vocab;
+  for (int32_t id : p)
+    if (id < 0 || id >= n_vocab) throw std::invalid_argument(fmt::format("token id {} outside the vocabulary 0..{}", id, n_vocab - 1));
+  if (static_cast<int64_t>(p.size()) >= slot_context())
+    throw std::invalid_argument(fmt::format("the prompt has {} tokens, a slot's context holds {}", p.size(), slot_context()));
+  auto handle = std::make_shared<CompletionHandle>();
+  auto job = std::make_shared<Job>(std::move(request), handle);
+  {
+    std::lock_guard lock(mu_);
+    if (stopping_) throw std::runtime_error("the server is shutting down");
+    queue_.push_back(std::move(job));
+    ++stats_.requests;
+    stats_.queued = static_cast<int>(queue_.size());
+  }
+  cv_.notify_all();
+  return handle;
+}
+
+SchedulerStats Scheduler::stats() const {
+  std::lock_guard lock(mu_);
+  return stats_;
+}
+
+void Scheduler::loop() {
+  auto idle = [this] { return std::any_of(slots_.begin(), slots_.end(), [](const Slot& s) { return !s.job; }); };
+  auto busy = [this] { return std::any_of(slots_.begin(), slots_.end(), [](const Slot& s) { return s.job != nullptr; }); };
+  for (;;) {
+    {
+      std::unique_lock lock(mu_);
+      cv_.wait(lock, [&] { return stopping_ || busy() || (!queue_.empty() && idle()); });
+      if (stopping_) break;
+      while (!queue_.empty() && idle()) {
+        std::shared_ptr<Job> job = std::move(queue_.front());
+        queue_.pop_front();
+        if (job->handle->cancelled()) {
+          ++stats_.requests_cancelled;
+          continue;
+        }
+        place(std::move(job));
+      }
+      stats_.queued = static_cast<int>(queue_.size());
+    }
+    try {
+      step();
+    } catch (const std::exception& e) {
+      for (Slot& s : slots_)
+        if (s.job) finish(s, e.what());
+    }
+  }
+  std::lock_guard lock(mu_);
+  for (auto& job : queue_) job->handle->post(failed("the server is shutting down"));
+  queue_.clear();
+  for (Slot& s : slots_)
+    if (s.job) s.job->handle->post(failed("the server is shutting down"));
+}
+
+// Called with mu_ held.
+void Scheduler::place(std::shared_ptr<Job> job) {
+  const std::vector<int32_t>& prompt = job->req.prompt;
+  // The slot whose cache shares the longest prefix with the prompt, busy or not.
+  Slot* donor = nullptr;
+  size_t best = 0;
+  for (Slot& s : slots_) {
+    if (!s.reusable) continue;
+    const size_t n = std::min(s.gemm_rows, prompt.size());
+    const size_t common = static_cast<size_t>(std::mismatch(s.cached.begin(), s.cached.begin() + n, prompt.begin()).first - s.cached.begin());
+    if (common > best) best = common, donor = &s;
+  }
+  // The rest of the prompt is prefilled as a GEMM, as a cold prefill runs it
+  // (Context::gemm_rows), so the answer is the one a cold run gives.
+  const size_t gemm_rows = static_cast<size_t>(ctx_->gemm_rows());
+  const size_t reuse = prompt.size() > gemm_rows ? std::min(best, prompt.size() - gemm_rows) : 0;
+  // The donor itself when idle; else an empty slot, else the least recently used.
+  Slot* target = nullptr;
+  if (donor && !donor->job && reuse > 0) {
+    target = donor;
+  } else {
+    for (Slot& s : slots_)
+      if (!s.job && (!target || (s.cached.empty() && !target->cached.empty()) ||
+                     (s.cached.empty() == target->cached.empty() && s.last_used < target->last_used)))
+        target = &s;
+  }
+  if (reuse == 0) {
+    ctx_->clear_sequence(target->seq);
+  } else {
+    if (donor != target) ctx_->copy_sequence(donor->seq, target->seq);
+    ctx_->truncate_sequence(target->seq, static_cast<int>(reuse));
+  }
+  target->cached.assign(prompt.begin(), prompt.begin() + static_cast<std::ptrdiff_t>(reuse));
+  target->gemm_rows = reuse;
+  target->reusable = true;
+
+  job->n_prefilled = reuse;
+  job->n_reused = static_cast<int>(reuse);
+  job->placed = Clock::now();
+  job->session = std::make_unique<Session>(model_.tokenizer(), target->seq, prompt, Sampler(job->req.sampling));
+  job->opts.n_predict = job->req.max_tokens;
+  job->opts.ignore_eog = job->req.ignore_eog;
+  job->opts.on_text = [j = job.get()](const std::string& piece) { j->text += piece; };
+  stats_.cached_tokens += static_cast<int64_t>(reuse);
+  if (reuse > 0) ++stats_.cache_hits;
+  ++stats_.slots_busy;
+  target->job = std::move(job);
+}
+
+// One step runs up to three kinds of forward pass, kept apart so that every
+// row gets exactly the logits it would get alone (Context::gemm_rows): the
+// generating slots' next tokens (with whole prompts too short for a GEMM) in
+// matrix-vector passes, then prompt chunks of at least gemm_rows() rows each,
+// up to the token budget, in one GEMM pass.
+void Scheduler::step() {
+  for (Slot& s : slots_)
+    if (s.job && s.job->handle->cancelled()) finish(s, "cancelled", true);
+  const size_t gemm_rows = static_cast<size_t>(ctx_->gemm_rows());
+  const size_t gemv_rows = static_cast<size_t>(ctx_->gemv_batch_rows());
+
+  std::vector<Pass> passes(1);
+  for (Slot& s : slots_) {
+    if (!s.job) continue;
+    const size_t left = s.job->req.prompt.size() - s.job->n_prefilled;
+    if (s.job->prefilling() && left >= gemm_rows) continue;
+    const size_t rows = s.job->prefilling() ? left : 1;
+    if (passes.back().batch.size() + rows > gemv_rows) passes.emplace_back();
+    add_rows(passes.back(), s, rows);
+  }
+
+  std::vector<Slot*> waiting;
+  for (Slot& s : slots_)
+    if (s.job && s.job->req.prompt.size() - s.job->n_prefilled >= gemm_rows) waiting.push_back(&s);
+  std::sort(waiting.begin(), waiting.end(), [](Slot* a, Slot* b) { return a->job->submitted < b->job->submitted; });
+  Pass& chunks = passes.emplace_back();
+  size_t budget = static_cast<size_t>(params_.n_batch), completing = 0;
+  for (Slot* s : waiting) {
+    const size_t left = s->job->req.prompt.size() - s->job->n_prefilled;
+    size_t take = std::min(left, budget);
+    if (take < left && left - take < gemm_rows) take = left - gemm_rows;  // the rest stays GEMM-sized
+    if (take < gemm_rows) break;
+    // The logits rows of one pass stay few enough for the matrix-vector kernel.
+    if (take == left && ++completing > gemv_rows) break;
+    add_rows(chunks, *s, take);
+    budget -= take;
+  }
+  for (Pass& pass : passes)
+    if (pass.batch.size() > 0) run(pass);
+}
+
+void Scheduler::add_rows(Pass& pass, Slot& slot, size_t n) {
+  Job& job = *slot.job;
+  const int pos0 = ctx_->n_past(slot.seq);
+  pass.rows.push_back({&slot, pass.batch.size(), n});
+  if (!job.prefilling()) {
+    pass.batch.add(job.session->last_token(), pos0, slot.seq, true);
+    pass.sampled.push_back(&slot);
+    return;
+  }
+  const std::vector<int32_t>& prompt = job.req.prompt;
+  for (size_t i = 0; i < n; ++i) {
+    const size_t at = job.n_prefilled + i;
+    pass.batch.add(prompt[at], pos0 + static_cast<int>(i), slot.seq, at + 1 == prompt.size());
+  }
+  if (job.n_prefilled + n == prompt.size()) pass.sampled.push_back(&slot);
+}
+
+void Scheduler::run(Pass& pass) {
+  const Batch& batch = pass.batch;
+  const bool gemm = std::any_of(pass.rows.begin(), pass.rows.end(),
+                                [this](const Pass::Rows& r) { return r.count >= static_cast<size_t>(ctx_->gemm_rows()); });
+  const auto t0 = Clock::now();
+  std::vector<float> logits;
+  try {
+    logits = ctx_->decode(batch);
+  } catch (const std::exception& e) {
+    // The context refused the pass as a whole (the KV pool is full): its requests fail, the rest go on.
+    for (const Pass::Rows& r : pass.rows) {
+      ctx_->clear_sequence(r.slot->seq);
+      r.slot->cached.clear();
+      r.slot->gemm_rows = 0;
+      finish(*r.slot, e.what());
+    }
+    return;
+  }
+  const double ms = ms_between(t0, Clock::now());
+
+  size_t prompt_rows = 0;
+  for (const Pass::Rows& r : pass.rows) {
+    Slot& s = *r.slot;
+    // Rows a GEMM pass computed are what a cold prefill computes: they may be shared.
+    if (gemm && s.gemm_rows == s.cached.size()) s.gemm_rows += r.count;
+    s.cached.insert(s.cached.end(), batch.tokens.begin() + static_cast<std::ptrdiff_t>(r.first),
+                    batch.tokens.begin() + static_cast<std::ptrdiff_t>(r.first + r.count));
+    if (s.job->prefilling()) {
+      s.job->n_prefilled += r.count;
+      prompt_rows += r.count;
+    } else {
+      ++s.job->n_decoded;
+    }
+    if (ctx_->n_cached(s.seq) != static_cast<int>(s.cached.size())) s.reusable = false;
+  }
+  const size_t n_vocab = static_cast<size_t>(model_.config().n_vocab);
+  for (size_t k = 0; k < pass.sampled.size(); ++k) sample(*pass.sampled[k], logits.data() + k * n_vocab);
+
+  std::lock_guard lock(mu_);
+  ++stats_.steps;
+  const double share = static_cast<double>(prompt_rows) / static_cast<double>(batch.size());
+  stats_.prefill_ms += ms * share;
+  stats_.decode_ms += ms * (1 - share);
+  stats_.prompt_tokens += static_cast<int64_t>(prompt_rows);
+  stats_.kv_held_bytes = ctx_->kv_held_bytes();
+  stats_.kv_pages = ctx_->kv_pages_held();
+}
+
+void Scheduler::sample(Slot& slot, const float* logits) {
+  Job& job = *slot.job;
+  const std::span<const float> row(logits, static_cast<size_t>(model_.config().n_vocab));
+  Session& session = *job.session;
+  const size_t before = session.result().tokens.size();
+  const bool first = session.result().timings.n_gen == 0;
+  bool more = session.accept(row, ctx_->n_cached(slot.seq), ctx_->n_ctx(), job.opts);
+  if (first) job.first_token = Clock::now();
+
+  CompletionUpdate u;
+  if (session.result().tokens.size() > before) {
+    GeneratedToken t;
+    t.id = session.result().tokens.back();
+    if (job.req.logprobs) t.logprob = token_logprob(row, t.id, job.req.top_logprobs, t.top);
+    u.tokens.push_back(std::move(t));
+    std::lock_guard lock(mu_);
+    ++stats_.generated_tokens;
+  }
+  u.text = job.stop.push(std::exchange(job.text, {}));
+  if (job.stop.stopped()) {
+    more = false;
+    u.finish_reason = "stop";
+  } else if (!more) {
+    u.finish_reason = session.result().stop_reason == "eog" ? "stop" : "length";
+    u.text += job.stop.push(session.finish());
+    if (job.stop.stopped()) u.finish_reason = "stop";
+    u.text += job.stop.flush();
+  }
+  if (more) {
+    job.handle->post(std::move(u));
+    return;
+  }
+  u.done = true;
+  const auto end = Clock::now();
+  u.stats.n_prompt = static_cast<int>(job.req.prompt.size());
+  u.stats.n_cached = job.n_reused;
+  u.stats.n_gen = static_cast<int>(session.result().tokens.size());
+  u.stats.n_decoded = job.n_decoded;
+  u.stats.queue_ms = ms_between(job.submitted, job.placed);
+  u.stats.prompt_ms = ms_between(job.placed, job.first_token);
+  u.stats.gen_ms = ms_between(job.first_token, end);
+  u.stats.ttft_ms = ms_between(job.submitted, job.first_token);
+  job.handle->post(std::move(u));
+  std::shared_ptr<Job> done = std::move(slot.job);
+  slot.last_used = ++clock_;
+  std::lock_guard lock(mu_);
+  --stats_.slots_busy;
+}
+
+void Scheduler::finish(Slot& slot, const std::string& error, bool cancelled) {
+  slot.job->handle->post(failed(error));
+  slot.job.reset();
+  slot.last_used = ++clock_;
+  std::lock_guard lock(mu_);
+  --stats_.slots_busy;
+  ++(cancelled ? stats_.requests_cancelled : stats_.requests_failed);
+}
+
+}  // namespace skim

@@ -1,0 +1,157 @@
+// The server's scheduler on the real model: every request gets exactly the
+// tokens a cold, single-sequence generate() gives (batch invariance, prefix
+// reuse, chunked prefill), and cancelled or impossible requests leave it serving.
+#include "engine/scheduler.h"
+
+#include <gtest/gtest.h>
+
+#include <chrono>
+
+#include "skim/generate.h"
+#include "test_support.h"
+
+namespace skim {
+namespace {
+
+using namespace std::chrono_literals;
+
+class SchedulerTest : public ::testing::Test {
+ protected:
+  void SetUp() override { model_ = &test::shared_model("smollm2-135m"); }
+
+  std::vector<int32_t> tokens(const std::string& text) const { return model_->tokenizer().encode(text, true, false); }
+
+  // The greedy tokens of a fresh context running the prompt alone.
+  std::vector<int32_t> cold(const std::vector<int32_t>& prompt, int n) const {
+    Context ctx(*model_, {.n_ctx = 2048});
+    Sampler greedy({.temp = 0});
+    GenerationOptions opts;
+    opts.n_predict = n;
+    return generate(ctx, prompt, greedy, opts).tokens;
+  }
+
+  static CompletionUpdate wait(CompletionHandle& h) {
+    CompletionUpdate all;
+    for (;;) {
+      CompletionUpdate u = h.next(1000ms);
+      all.text += u.text;
+      all.tokens.insert(all.tokens.end(), u.tokens.begin(), u.tokens.end());
+      if (u.done) {
+        all.done = true;
+        all.error = u.error;
+        all.finish_reason = u.finish_reason;
+        all.stats = u.stats;
+        return all;
+      }
+    }
+  }
+  static std::vector<int32_t> ids(const CompletionUpdate& u) {
+    std::vector<int32_t> out;
+    for (const GeneratedToken& t : u.tokens) out.push_back(t.id);
+    return out;
+  }
+
+  static SchedulerParams params(int slots, int n_batch) {
+    SchedulerParams p;
+    p.context.n_ctx = 2048;
+    p.context.n_seq_max = slots;
+    p.n_batch = n_batch;
+    return p;
+  }
+  static CompletionRequest greedy(std::vector<int32_t> prompt, int n) {
+    CompletionRequest r;
+    r.prompt = std::move(prompt);
+    r.sampling.temp = 0;
+    r.max_tokens = n;
+    return r;
+  }
+
+  static inline const Model* model_ = nullptr;
+};
+
+TEST_F(SchedulerTest, ConcurrentRequestsGetTheTokensTheyGetAlone) {
+  const std::vector<int32_t> text = tokens(test::long_english_text());
+  // Short prompts (one under a GEMM's rows), and long ones cut into chunks by a 64-token budget.
+  std::vector<std::vector<int32_t>> prompts = {tokens("Hi"), tokens("The capital of France is"),
+                                               {text.begin(), text.begin() + 150}, {text.begin() + 7, text.begin() + 333},
+                                               tokens("1, 2, 3, 4,"), {text.begin() + 40, text.begin() + 107}};
+  ASSERT_LE(prompts[0].size(), 4u);
+  Scheduler scheduler(*model_, params(4, 64));  // six requests, four slots: two wait
+  std::vector<std::shared_ptr<CompletionHandle>> handles;
+  for (const auto& p : prompts) handles.push_back(scheduler.submit(greedy(p, 12)));
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    const CompletionUpdate u = wait(*handles[i]);
+    EXPECT_EQ(u.error, "");
+    EXPECT_EQ(ids(u), cold(prompts[i], 12)) << "request " << i;
+    EXPECT_EQ(u.stats.n_prompt, static_cast<int>(prompts[i].size()));
+  }
+  EXPECT_GT(scheduler.stats().steps, 12);
+}
+
+TEST_F(SchedulerTest, ASharedPrefixIsReusedAndGivesTheColdAnswer) {
+  const std::vector<int32_t> text = tokens(test::long_english_text());
+  const std::vector<int32_t> doc(text.begin(), text.begin() + 600);
+  auto ask = [&](const std::string& question) {
+    std::vector<int32_t> p = doc;
+    const std::vector<int32_t> q = model_->tokenizer().encode(question, false, false);
+    p.insert(p.end(), q.begin(), q.end());
+    return p;
+  };
+  Scheduler scheduler(*model_, params(2, 256));
+  const CompletionUpdate first = wait(*scheduler.submit(greedy(ask("\nQuestion: who wrote this?"), 8)));
+  EXPECT_EQ(first.stats.n_cached, 0);
+  const std::vector<int32_t> second_prompt = ask("\nQuestion: what is it for?");
+  const CompletionUpdate second = wait(*scheduler.submit(greedy(second_prompt, 8)));
+  EXPECT_GE(second.stats.n_cached, static_cast<int>(doc.size()) - 1);
+  EXPECT_LE(second.stats.n_cached, static_cast<int>(second_prompt.size()) - 5);
+  EXPECT_EQ(ids(second), cold(second_prompt, 8));
+  EXPECT_EQ(scheduler.stats().cache_hits, 1);
+}
+
+TEST_F(SchedulerTest, ACancelledRequestFreesItsSlot) {
+  Scheduler scheduler(*model_, params(1, 64));
+  CompletionRequest endless = greedy(tokens("Tell me a story."), 100000);
+  endless.ignore_eog = true;
+  auto h = scheduler.submit(endless);
+  auto next = scheduler.submit(greedy(tokens("Hello"), 3));  // waits for the only slot
+  while (h->next(1000ms).tokens.empty()) {
+  }
+  h->cancel();
+  const CompletionUpdate u = wait(*next);
+  EXPECT_EQ(u.error, "");
+  EXPECT_EQ(u.stats.n_gen, 3);
+  EXPECT_EQ(wait(*h).error, "cancelled");
+  EXPECT_EQ(scheduler.stats().requests_cancelled, 1);
+  EXPECT_LT(scheduler.stats().generated_tokens, 1000);
+}
+
+TEST_F(SchedulerTest, StopStringsAndLogprobs) {
+  Scheduler scheduler(*model_, params(1, 64));
+  CompletionRequest r = greedy(tokens("The capital of France is"), 16);
+  r.logprobs = true;
+  r.top_logprobs = 2;
+  const CompletionUpdate full = wait(*scheduler.submit(r));
+  ASSERT_GT(full.text.size(), 4u);
+  for (const GeneratedToken& t : full.tokens) {
+    ASSERT_EQ(t.top.size(), 2u);
+    EXPECT_EQ(t.top[0].id, t.id);  // greedy
+    EXPECT_FLOAT_EQ(t.top[0].logprob, t.logprob);
+    EXPECT_LE(t.top[1].logprob, t.logprob);
+  }
+  r.stop = {full.text.substr(2, 3)};
+  const CompletionUpdate cut = wait(*scheduler.submit(r));
+  EXPECT_EQ(cut.text, full.text.substr(0, full.text.find(r.stop[0])));
+  EXPECT_EQ(cut.finish_reason, "stop");
+}
+
+TEST_F(SchedulerTest, RequestsThatCannotRunAreRefused) {
+  Scheduler scheduler(*model_, params(1, 64));
+  EXPECT_THROW(scheduler.submit(greedy({}, 4)), std::invalid_argument);
+  EXPECT_THROW(scheduler.submit(greedy(std::vector<int32_t>(2048, 1), 4)), std::invalid_argument);
+  EXPECT_THROW(scheduler.submit(greedy({1, model_->config().n_vocab}, 4)), std::invalid_argument);
+  EXPECT_EQ(wait(*scheduler.submit(greedy(tokens("Hello"), 2))).stats.n_gen, 2);
+  EXPECT_THROW(Scheduler(*model_, params(1, 8)), std::invalid_argument);
+}
+
+}  // namespace
+}  // namespace skim
