@@ -113,6 +113,26 @@ class GoodInputs(ModelTest):
         self.assertIn("Paris", r.stdout)
         self.assertRegex(r.stderr, r"prompt eval time = .* /\s+5 tokens")
 
+    def test_run_prompt_cache_is_reused_and_refused_for_other_settings(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            cache = os.path.join(tmp, "prompt.kv")
+            args = ("run", "-m", MODEL, "-f", TEXT_FILE, "-c", 8192, "-n", 6, "--temp", 0, "--no-progress",
+                    "--prompt-cache", cache)
+            cold = skim(*args)
+            self.assert_ok(cold)
+            self.assertRegex(cold.stderr, r"prompt cache .*: \d+ tokens saved")
+            warm = skim(*args)
+            self.assert_ok(warm)
+            self.assertEqual(warm.stdout, cold.stdout)
+            m = re.search(r"prompt cache .*: (\d+) of (\d+) prompt tokens reused", warm.stderr)
+            self.assertTrue(m, warm.stderr)
+            self.assertGreater(int(m.group(1)), int(m.group(2)) - 10)
+            other = skim(*args, "-ctk", "q8_0")
+            self.assertEqual(other.returncode, 1)
+            self.assertEqual(other.stderr.strip().splitlines()[-1][:6], "error:")
+            self.assertIn("was written with kv", other.stderr)
+            self.assertEqual(len([l for l in (other.stderr + other.stdout).splitlines() if l.strip()]), 1, other.stderr)
+
     def test_run_bf16_kv_completes_a_fact(self):
         r = skim("run", "-m", MODEL, "-p", "The capital of France is", "-n", 8, "-c", 64, "--temp", 0, "-ctk", "bf16", "-ctv", "bf16")
         self.assert_ok(r)

@@ -18,6 +18,7 @@ import re
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import unittest
@@ -290,6 +291,40 @@ class Robustness(unittest.TestCase):
             self.assertEqual(r.usage.completion_tokens, 2)
         finally:
             self.assertEqual(server.stop(), 0)
+
+    def test_slot_cache_saved_and_restored_across_a_restart(self):
+        with tempfile.TemporaryDirectory() as kv_dir:
+            prompt = document(3000) + "\n\nQuestion: what is this text?"
+            body = {"messages": [{"role": "user", "content": prompt}], "max_tokens": 12, "temperature": 0}
+            server = Server("--slot-save-path", kv_dir)
+            try:
+                status, first = server.request("POST", "/v1/chat/completions", body)
+                self.assertEqual(status, 200, first)
+                status, saved = server.request("POST", "/slots/0?action=save", {"filename": "doc.kv"})
+                self.assertEqual(status, 200, saved)
+                self.assertGreater(saved["n_saved"], first["usage"]["prompt_tokens"] - 1)
+                self.assertEqual(saved["n_written"], os.path.getsize(os.path.join(kv_dir, "doc.kv")))
+                for name, code in [("../doc.kv", 400), (".hidden", 400), ("a/b", 400)]:
+                    self.assertError(*server.request("POST", "/slots/0?action=save", {"filename": name}), code)
+                self.assertError(*server.request("POST", "/slots/0?action=restore", {"filename": "none.kv"}), 404)
+                self.assertError(*server.request("POST", "/slots/7?action=save", {"filename": "x.kv"}), 400)
+                self.assertError(*server.request("POST", "/slots/0?action=fly", {"filename": "x.kv"}), 400)
+            finally:
+                self.assertEqual(server.stop(), 0)
+            with open(os.path.join(kv_dir, "junk.kv"), "wb") as f:
+                f.write(b"\x10\x00\x00\x00\x00\x00\x00\x00{}" + b"\x00" * 64)
+            server = Server("--slot-save-path", kv_dir)
+            try:
+                self.assertError(*server.request("POST", "/slots/0?action=restore", {"filename": "junk.kv"}), 400)
+                status, restored = server.request("POST", "/slots/0?action=restore", {"filename": "doc.kv"})
+                self.assertEqual((status, restored["n_restored"]), (200, saved["n_saved"]), restored)
+                status, again = server.request("POST", "/v1/chat/completions", body)
+                self.assertEqual(status, 200, again)
+                self.assertGreater(again["usage"]["prompt_tokens_details"]["cached_tokens"], 0.9 * first["usage"]["prompt_tokens"])
+                self.assertEqual(again["choices"][0]["message"]["content"], first["choices"][0]["message"]["content"])
+            finally:
+                self.assertEqual(server.stop(), 0)
+        self.assertError(*SERVER.request("POST", "/slots/0?action=save", {"filename": "x.kv"}), 501)
 
     def test_the_chat_page_is_served(self):
         with urllib.request.urlopen(SERVER.url + "/", timeout=30) as r:

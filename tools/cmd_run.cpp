@@ -1,5 +1,7 @@
 // skim run: generate text from a prompt or a file, streaming, with llama.cpp-style timings.
+#include <algorithm>
 #include <cstdio>
+#include <filesystem>
 #include <memory>
 
 #include <fmt/format.h>
@@ -21,6 +23,7 @@ struct RunOptions : SharedOptions {
   bool progress = true;
   int64_t seed = -1;  // -1: random, as llama.cpp's -s -1
   int parallel = 1;   // continuations of the prompt generated together
+  std::string prompt_cache;  // KV cache file: reused when the prompt extends its tokens, then rewritten
   SamplingParams sampling;
 };
 
@@ -40,12 +43,34 @@ void print_perf(double load_ms, const GenerationTimings& t, int sequences) {
                t.n_prompt + t.n_gen);
 }
 
+// The rows of a prompt that its prefill ran as GEMMs (Context::gemm_rows):
+// all of them, unless the prompt is too short for one.
+size_t prefill_gemm_rows(const Context& ctx, const std::vector<int32_t>& prompt) {
+  return prompt.size() >= static_cast<size_t>(ctx.gemm_rows()) ? prompt.size() : 0;
+}
+
+// Where a loaded prompt cache lets the prompt start; `common`: the whole
+// prefix the file shares with the prompt (nothing to save when it is all of it).
+int reused_from_cache(const Context& ctx, const Context::SavedSequence& saved, const std::vector<int32_t>& prompt,
+                      size_t& common) {
+  const size_t n = std::min(saved.tokens.size(), prompt.size());
+  common = static_cast<size_t>(std::mismatch(saved.tokens.begin(), saved.tokens.begin() + n, prompt.begin()).first -
+                               saved.tokens.begin());
+  const size_t rows = static_cast<size_t>(ctx.n_cached(0));
+  if (saved.tokens.size() != rows) return 0;  // a KV policy evicted rows: they no longer match tokens
+  const auto gemm = saved.meta.find("skim.gemm_rows");
+  const size_t gemm_rows = gemm == saved.meta.end() ? 0 : std::min<size_t>(std::stoull(gemm->second), rows);
+  return static_cast<int>(reusable_prefix(ctx, saved.tokens, gemm_rows, prompt));
+}
+
 void run(const RunOptions& o) {
   Stopwatch load_clock;
   const std::string path = resolve_model(o);
   const std::string& attn = o.attn.front();
   validate_attention_spec(attn);
   if (o.prompt.empty() == o.file.empty()) throw std::runtime_error("give exactly one of -p TEXT or -f FILE");
+  if (!o.prompt_cache.empty() && o.parallel > 1)
+    throw std::runtime_error("--prompt-cache keeps one sequence; it does not combine with --parallel");
   std::unique_ptr<Model> model = Model::load(path);
   const Tokenizer& tok = model->tokenizer();
   ContextParams cp;
@@ -74,8 +99,21 @@ void run(const RunOptions& o) {
                                          prompt.size(), ctx.n_ctx(), model->config().n_ctx_train));
   warn_beyond_training(ctx.n_ctx(), model->config().n_ctx_train);
 
+  // A prompt cache is read before anything is printed: a refused file is the one error line.
+  size_t cached_prefix = 0;  // prompt tokens the cache file already held
+  int n_reused = 0;
+  std::string cache_note;
+  if (!o.prompt_cache.empty() && std::filesystem::exists(o.prompt_cache)) {
+    Stopwatch clock;
+    const Context::SavedSequence saved = ctx.load_sequence(0, o.prompt_cache);
+    n_reused = reused_from_cache(ctx, saved, prompt, cached_prefix);
+    ctx.truncate_sequence(0, n_reused);
+    cache_note = fmt::format("skim: prompt cache {}: {} of {} prompt tokens reused (file: {} tokens, {:.1f} MiB, read in {:.0f} ms)\n",
+                             o.prompt_cache, n_reused, prompt.size(), saved.tokens.size(), saved.bytes / 1048576.0, clock.ms());
+  }
   std::fprintf(stderr, "skim: model %s (%s), %zu prompt tokens, context %d, attention %s\n", model->config().name.c_str(),
                model->config().arch.c_str(), prompt.size(), ctx.n_ctx(), attn.c_str());
+  std::fputs(cache_note.c_str(), stderr);
   if (o.show_prompt) std::fputs(text.c_str(), stdout);
 
   SamplingParams sampling = o.sampling;
@@ -110,6 +148,7 @@ void run(const RunOptions& o) {
   GenerationOptions g;
   g.n_predict = o.n_predict;
   g.ignore_eog = o.ignore_eos;
+  g.n_reused = n_reused;
   g.on_text = [](const std::string& s) {
     std::fputs(s.c_str(), stdout);
     std::fflush(stdout);
@@ -124,6 +163,15 @@ void run(const RunOptions& o) {
   }
   GenerationResult r = generate(ctx, prompt, sampler, g);
   std::fputs("\n", stdout);
+  if (!o.prompt_cache.empty() && cached_prefix < prompt.size()) {
+    std::fflush(stdout);
+    Stopwatch clock;
+    std::vector<int32_t> held = prompt;  // and the generated tokens that were decoded
+    held.insert(held.end(), r.tokens.begin(), r.tokens.begin() + (ctx.n_cached(0) - static_cast<int>(prompt.size())));
+    const size_t bytes = ctx.save_sequence(0, held, o.prompt_cache, {{"skim.gemm_rows", std::to_string(prefill_gemm_rows(ctx, prompt))}});
+    std::fprintf(stderr, "skim: prompt cache %s: %zu tokens saved (%.1f MiB in %.0f ms)\n", o.prompt_cache.c_str(), held.size(),
+                 bytes / 1048576.0, clock.ms());
+  }
 
   print_perf(load_ms, r.timings, 1);
   print_attention_report(ctx.attention_report());
@@ -157,6 +205,8 @@ void register_run(CLI::App& app) {
                   "continuations of the prompt generated together (-np): one prefill shared by copy-on-write, "
                   "then one batch per step")
       ->check(in_range(1, 256));
+  cmd->add_option("--prompt-cache", o->prompt_cache,
+                  "KV cache file: start from it when the prompt extends its tokens, save the new cache there after");
   cmd->add_flag("--show-prompt", o->show_prompt, "echo the prompt text before the generated text");
   cmd->add_flag("!--no-progress", o->progress, "no prefill progress line");
   cmd->callback([o] { run(*o); });

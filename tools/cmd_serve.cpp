@@ -29,6 +29,7 @@ struct ServeOptions : SharedOptions {
   int timeout_s = 600;
   int threads_http = 0;
   std::string alias;
+  std::string slot_save_path;
 };
 
 // SIGINT/SIGTERM write a byte to this pipe; a thread waiting on it stops the
@@ -65,6 +66,7 @@ void serve(const ServeOptions& o) {
   hp.api_key = o.api_key;
   hp.timeout_s = o.timeout_s;
   hp.n_threads_http = o.threads_http;
+  hp.slot_save_path = o.slot_save_path;
   hp.model_id = o.alias.empty() ? std::filesystem::path(path).filename().string() : o.alias;
   hp.kv = o.kv_type_k + "/" + o.kv_type_v + (o.kv_policy.empty() ? "" : ", " + o.kv_policy);
 
@@ -119,6 +121,9 @@ void register_serve(CLI::App& app) {
   cmd->add_option("--threads-http", o->threads_http, "connections served at once (0: enough for every slot's client)")
       ->check(in_range(0, 4096));
   cmd->add_option("-a,--alias", o->alias, "model name in responses (default: the file name)");
+  cmd->add_option("--slot-save-path", o->slot_save_path,
+                  "directory of POST /slots/ID?action=save|restore files (a slot's KV cache, safetensors)")
+      ->check(CLI::ExistingDirectory);
   cmd->callback([o] { serve(*o); });
 }
 

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <span>
 #include <string>
@@ -130,6 +131,22 @@ class Context {
   // or on where a prompt was cut into chunks (when every chunk is GEMM-sized).
   int gemm_rows() const;
   int gemv_batch_rows() const;
+  // Persistence (docs/server.md): sequence `seq`'s cache in its page formats
+  // and the tokens its rows hold, with a fingerprint of the model file and of
+  // every setting that shapes the cache, as one safetensors file (written to a
+  // temporary file, fsynced, renamed). `extra`: the caller's own strings, which
+  // load_sequence returns. Returns the bytes written.
+  size_t save_sequence(int seq, std::span<const int32_t> tokens, const std::string& path,
+                       const std::map<std::string, std::string>& extra = {});
+  struct SavedSequence {
+    std::vector<int32_t> tokens;
+    std::map<std::string, std::string> meta;  // the file's metadata, `extra` included
+    size_t bytes = 0;                         // the file's size
+  };
+  // Replaces sequence `seq` with a saved one. Throws std::runtime_error naming
+  // what differs for a file of another model or setting, and for a truncated or
+  // corrupted file; the sequence is then empty.
+  SavedSequence load_sequence(int seq, const std::string& path);
   const AttentionReport& attention_report() const;
   void reset_attention_report();
   const OpTimes& op_times() const { return op_times_; }
@@ -154,6 +171,8 @@ class Context {
   std::vector<std::unique_ptr<kv::KvSequence>> seqs_;
   std::unique_ptr<AttentionObserver> observer_;  // never null; the default observes nothing
   std::unique_ptr<Activations> s_;
+  std::map<std::string, std::string> cache_fingerprint() const;
+  mutable std::string model_hash_;  // of the whole model file, computed at the first save or load
 };
 
 }  // namespace skim

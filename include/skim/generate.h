@@ -31,10 +31,18 @@ struct GenerationResult {
 
 struct GenerationOptions {
   int n_predict = 128;      // < 0: until end of generation or context full
+  int n_reused = 0;         // leading prompt tokens sequence 0 already holds (a loaded prompt cache)
   bool ignore_eog = false;
   std::function<void(const std::string&)> on_text;  // streamed UTF-8-safe pieces
   ProgressFn on_prefill;
 };
+
+// How many leading prompt tokens may come from a cache holding `cached`
+// tokens, the first `gemm_rows` of them computed by GEMMs: their common prefix,
+// leaving at least ctx.gemm_rows() tokens to prefill, so that the answer is the
+// one a cold run gives (docs/server.md, batch invariance).
+size_t reusable_prefix(const Context& ctx, std::span<const int32_t> cached, size_t gemm_rows,
+                       std::span<const int32_t> prompt);
 
 GenerationResult generate(Context& ctx, const std::vector<int32_t>& prompt, Sampler& sampler,
                           const GenerationOptions& opts);

@@ -96,6 +96,7 @@ class GgufFile {
   uint32_t version() const { return version_; }
   const std::string& path() const { return path_; }
   size_t file_size() const { return size_; }
+  const uint8_t* file_bytes() const { return base_; }  // the whole file, mapped
   uint64_t alignment() const { return alignment_; }
 
   const std::map<std::string, GgufValue>& metadata() const { return kv_; }

@@ -1,5 +1,6 @@
 #include "skim/generate.h"
 
+#include <algorithm>
 #include <chrono>
 #include <stdexcept>
 
@@ -47,12 +48,20 @@ std::string Session::finish() {
   return tail;
 }
 
+size_t reusable_prefix(const Context& ctx, std::span<const int32_t> cached, size_t gemm_rows,
+                       std::span<const int32_t> prompt) {
+  const size_t rest = static_cast<size_t>(ctx.gemm_rows());
+  if (prompt.size() <= rest) return 0;
+  const size_t n = std::min({cached.size(), gemm_rows, prompt.size() - rest});
+  return static_cast<size_t>(std::mismatch(cached.begin(), cached.begin() + n, prompt.begin()).first - cached.begin());
+}
+
 GenerationResult generate(Context& ctx, const std::vector<int32_t>& prompt, Sampler& sampler,
                           const GenerationOptions& opts) {
   Session s(ctx.model().tokenizer(), 0, prompt, sampler);
   GenerationTimings& t = s.result().timings;
   auto t0 = std::chrono::steady_clock::now();
-  std::vector<float> logits = ctx.decode(prompt, false, opts.on_prefill);
+  std::vector<float> logits = ctx.decode(std::span(prompt).subspan(static_cast<size_t>(opts.n_reused)), false, opts.on_prefill);
   t.prompt_ms = ms_since(t0);
 
   bool more = s.accept(logits, ctx.n_cached(), ctx.n_ctx(), opts);

@@ -1,6 +1,7 @@
 #include "engine/scheduler.h"
 
 #include <algorithm>
+#include <future>
 #include <stdexcept>
 #include <utility>
 
@@ -125,11 +126,13 @@ SchedulerStats Scheduler::stats() const {
 void Scheduler::loop() {
   auto idle = [this] { return std::any_of(slots_.begin(), slots_.end(), [](const Slot& s) { return !s.job; }); };
   auto busy = [this] { return std::any_of(slots_.begin(), slots_.end(), [](const Slot& s) { return s.job != nullptr; }); };
+  std::deque<std::function<void()>> tasks;
   for (;;) {
     {
       std::unique_lock lock(mu_);
-      cv_.wait(lock, [&] { return stopping_ || busy() || (!queue_.empty() && idle()); });
+      cv_.wait(lock, [&] { return stopping_ || busy() || !tasks_.empty() || (!queue_.empty() && idle()); });
       if (stopping_) break;
+      tasks.swap(tasks_);
       while (!queue_.empty() && idle()) {
         std::shared_ptr<Job> job = std::move(queue_.front());
         queue_.pop_front();
@@ -141,6 +144,8 @@ void Scheduler::loop() {
       }
       stats_.queued = static_cast<int>(queue_.size());
     }
+    for (auto& task : tasks) task();
+    tasks.clear();
     try {
       step();
     } catch (const std::exception& e) {
@@ -155,22 +160,71 @@ void Scheduler::loop() {
     if (s.job) s.job->handle->post(failed("the server is shutting down"));
 }
 
+Scheduler::SlotFile Scheduler::between_steps(std::function<SlotFile()> task) {
+  auto done = std::make_shared<std::promise<SlotFile>>();
+  std::future<SlotFile> result = done->get_future();
+  {
+    std::lock_guard lock(mu_);
+    if (stopping_) throw std::runtime_error("the server is shutting down");
+    tasks_.push_back([task = std::move(task), done] {
+      try {
+        done->set_value(task());
+      } catch (...) {
+        done->set_exception(std::current_exception());
+      }
+    });
+  }
+  cv_.notify_all();
+  return result.get();
+}
+
+Scheduler::Slot& Scheduler::idle_slot(int slot) {
+  if (slot < 0 || slot >= n_slots()) throw std::invalid_argument(fmt::format("slot {} outside 0..{}", slot, n_slots() - 1));
+  Slot& s = slots_[static_cast<size_t>(slot)];
+  if (s.job) throw std::invalid_argument(fmt::format("slot {} is busy", slot));
+  return s;
+}
+
+// A saved slot records how many of its leading rows a GEMM pass computed, so a
+// restored prefix is shared only as far as a cold prefill would agree with it.
+Scheduler::SlotFile Scheduler::save_slot(int slot, const std::string& path) {
+  return between_steps([this, slot, path] {
+    const auto t0 = Clock::now();
+    Slot& s = idle_slot(slot);
+    if (!s.reusable) throw std::invalid_argument(fmt::format("slot {}: a KV policy evicted rows, its cache no longer matches tokens", slot));
+    const size_t bytes = ctx_->save_sequence(s.seq, s.cached, path, {{"skim.gemm_rows", std::to_string(s.gemm_rows)}});
+    return SlotFile{static_cast<int>(s.cached.size()), bytes, ms_between(t0, Clock::now())};
+  });
+}
+
+Scheduler::SlotFile Scheduler::restore_slot(int slot, const std::string& path) {
+  return between_steps([this, slot, path] {
+    const auto t0 = Clock::now();
+    Slot& s = idle_slot(slot);
+    s.cached.clear();
+    s.gemm_rows = 0;
+    Context::SavedSequence saved = ctx_->load_sequence(s.seq, path);
+    const size_t rows = static_cast<size_t>(ctx_->n_cached(s.seq));
+    s.reusable = saved.tokens.size() == rows;
+    s.cached = std::move(saved.tokens);
+    const auto gemm = saved.meta.find("skim.gemm_rows");
+    s.gemm_rows = gemm == saved.meta.end() ? 0 : std::min<size_t>(std::stoull(gemm->second), rows);
+    s.last_used = ++clock_;
+    return SlotFile{static_cast<int>(s.cached.size()), saved.bytes, ms_between(t0, Clock::now())};
+  });
+}
+
 // Called with mu_ held.
 void Scheduler::place(std::shared_ptr<Job> job) {
   const std::vector<int32_t>& prompt = job->req.prompt;
-  // The slot whose cache shares the longest prefix with the prompt, busy or not.
+  // The slot whose cache shares the longest usable prefix with the prompt, busy or not.
   Slot* donor = nullptr;
-  size_t best = 0;
+  size_t reuse = 0;
   for (Slot& s : slots_) {
     if (!s.reusable) continue;
-    const size_t n = std::min(s.gemm_rows, prompt.size());
-    const size_t common = static_cast<size_t>(std::mismatch(s.cached.begin(), s.cached.begin() + n, prompt.begin()).first - s.cached.begin());
-    if (common > best) best = common, donor = &s;
+    const size_t n = reusable_prefix(*ctx_, s.cached, s.gemm_rows, prompt);
+    if (n > reuse) reuse = n, donor = &s;
   }
-  // The rest of the prompt is prefilled as a GEMM, as a cold prefill runs it
-  // (Context::gemm_rows), so the answer is the one a cold run gives.
-  const size_t gemm_rows = static_cast<size_t>(ctx_->gemm_rows());
-  const size_t reuse = prompt.size() > gemm_rows ? std::min(best, prompt.size() - gemm_rows) : 0;
   // The donor itself when idle; else an empty slot, else the least recently used.
   Slot* target = nullptr;
   if (donor && !donor->job && reuse > 0) {

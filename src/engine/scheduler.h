@@ -14,6 +14,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -112,6 +113,17 @@ class Scheduler {
   // prompt, a prompt that does not fit a slot's context, a bad token id).
   std::shared_ptr<CompletionHandle> submit(CompletionRequest request);
 
+  // A slot's cache to a file and back (Context::save_sequence): run between
+  // steps; the slot must be idle. Throw std::invalid_argument for a bad or busy
+  // slot, std::runtime_error for a file that cannot be written or is refused.
+  struct SlotFile {
+    int tokens = 0;
+    size_t bytes = 0;
+    double ms = 0;
+  };
+  SlotFile save_slot(int slot, const std::string& path);
+  SlotFile restore_slot(int slot, const std::string& path);
+
   int n_slots() const { return params_.context.n_seq_max; }
   int slot_context() const { return params_.context.n_ctx; }
   const std::string& attention() const { return params_.context.attention; }
@@ -121,6 +133,9 @@ class Scheduler {
   struct Job;
   struct Slot;
   void loop();
+  // Runs `task` on the scheduler's thread between steps and returns its result.
+  SlotFile between_steps(std::function<SlotFile()> task);
+  Slot& idle_slot(int slot);
   void place(std::shared_ptr<Job> job);  // into an idle slot, from the best cached prefix
   // A forward pass of one step: its batch, which slot owns which rows, and
   // the slots whose logits it returns (in batch order).
@@ -149,6 +164,7 @@ class Scheduler {
   mutable std::mutex mu_;
   std::condition_variable cv_;
   std::deque<std::shared_ptr<Job>> queue_;
+  std::deque<std::function<void()>> tasks_;  // between_steps
   SchedulerStats stats_;
   bool stopping_ = false;
   std::thread thread_;

@@ -67,6 +67,9 @@ class KvSequence {
   void mark_key_offset_set(int32_t layer) { offset_set_[static_cast<size_t>(layer)] = 1; }
 
   int32_t position(int64_t slot) const;
+  int64_t k_row_bytes(int32_t layer) const { return pool(layer).k_row_bytes(); }
+  int64_t v_row_bytes(int32_t layer) const { return pool(layer).v_row_bytes(); }
+  int32_t head_dim(int32_t layer) const { return pool(layer).head_dim(); }
   // Rows of a slot this sequence owns (written after append), head_dim values in the layer's format.
   void* k_row(int32_t layer, int32_t head, int64_t slot);
   void* v_row(int32_t layer, int32_t head, int64_t slot);

@@ -5,6 +5,8 @@
 #include <atomic>
 #include <chrono>
 #include <ctime>
+#include <filesystem>
+#include <regex>
 
 #include <fmt/format.h>
 
@@ -146,6 +148,37 @@ struct HttpServer::Impl {
     send_json(res, {{"content", tok.decode(ids)}});
   }
 
+  // llama-server's slot files: {"filename": NAME} in --slot-save-path, NAME a
+  // plain file name (no directories: nothing outside that folder is reachable).
+  void slot_file(const httplib::Request& req, httplib::Response& res) {
+    if (params.slot_save_path.empty()) throw ApiError(501, "slot save and restore need --slot-save-path DIR");
+    const std::string action = req.get_param_value("action");
+    if (action != "save" && action != "restore") throw ApiError(400, "'action' must be save or restore");
+    const json body = parse_body(req.body);
+    if (!body.contains("filename") || !body["filename"].is_string()) throw ApiError(400, "'filename' must be a string");
+    const std::string name = body["filename"].get<std::string>();
+    static const std::regex kPlainName("[A-Za-z0-9_-][A-Za-z0-9._-]{0,199}");
+    if (!std::regex_match(name, kPlainName))
+      throw ApiError(400, "'filename' must be a plain file name: letters, digits, '.', '_', '-', not starting with '.'");
+    const int slot = std::stoi(req.matches[1]);
+    const std::string path = (std::filesystem::path(params.slot_save_path) / name).string();
+    if (action == "restore" && !std::filesystem::exists(path)) throw ApiError(404, "no slot file " + name);
+    Scheduler::SlotFile done;
+    try {
+      done = action == "save" ? scheduler.save_slot(slot, path) : scheduler.restore_slot(slot, path);
+    } catch (const std::invalid_argument& e) {
+      throw ApiError(400, e.what());
+    } catch (const std::runtime_error& e) {
+      throw ApiError(action == "save" ? 500 : 400, e.what());
+    }
+    const bool save = action == "save";
+    send_json(res, {{"id_slot", slot},
+                    {"filename", name},
+                    {save ? "n_saved" : "n_restored", done.tokens},
+                    {save ? "n_written" : "n_read", done.bytes},
+                    {"timings", {{save ? "save_ms" : "restore_ms", done.ms}}}});
+  }
+
   void models(httplib::Response& res) {
     const ModelConfig& c = model.config();
     send_json(res, {{"object", "list"},
@@ -216,6 +249,7 @@ struct HttpServer::Impl {
     http.Post("/completions", complete);
     http.Post("/tokenize", guarded([this](const httplib::Request& req, httplib::Response& res) { tokenize(req, res); }));
     http.Post("/detokenize", guarded([this](const httplib::Request& req, httplib::Response& res) { detokenize(req, res); }));
+    http.Post(R"(/slots/(\d+))", guarded([this](const httplib::Request& req, httplib::Response& res) { slot_file(req, res); }));
     http.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
       res.set_content(prometheus_text(scheduler.stats()), "text/plain; version=0.0.4");
     });

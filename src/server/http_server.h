@@ -21,6 +21,7 @@ struct ServerParams {
   std::string model_id;       // the model's name in responses and /v1/models
   std::string kv;             // the KV setting reported with each answer ("f16/f16")
   size_t max_body_bytes = 32u << 20;
+  std::string slot_save_path;  // directory of POST /slots/ID?action=save|restore files; empty: off
 };
 
 class HttpServer {

@@ -150,6 +150,7 @@ json error_body(int status, const std::string& message) {
   const char* type = status == 401 ? "authentication_error"
                      : status == 404 ? "not_found_error"
                      : status == 503 ? "unavailable_error"
+                     : status == 501 ? "not_supported_error"
                      : status >= 500 ? "server_error"
                                      : "invalid_request_error";
   return {{"error", {{"code", status}, {"message", message}, {"type", type}}}};
