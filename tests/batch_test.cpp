@@ -4,6 +4,8 @@
 // from another shares its pages and still matches running alone; malformed
 // batches are refused with one clear error.
 #include <gtest/gtest.h>
+
+#include <cstring>
 #include <omp.h>
 
 #include <string>
@@ -183,6 +185,46 @@ TEST_F(BatchTest, ThreadCountIsTheContextsOwn) {
   ctx.decode(text_tokens(0, 32));
   EXPECT_EQ(inside, outside + 1);
   EXPECT_EQ(omp_get_max_threads(), outside);
+}
+
+}  // namespace
+}  // namespace skim
+
+namespace skim {
+namespace {
+
+// Batch invariance (docs/server.md): a prompt cut anywhere into GEMM-sized
+// chunks, by calls or by -ub, gives bit-identical logits, and so do decode
+// rows batched with other sequences. What the server's greedy answers rest on.
+TEST_F(BatchTest, LogitsDoNotDependOnWhereAPromptIsCutOrWhatElseRuns) {
+  const std::vector<int32_t> prompt = text_tokens(0, 1500);
+  const std::span<const int32_t> all(prompt);
+  auto last_logits = [&](int split, int ubatch) {
+    Context ctx(*model_, {.n_ctx = 2048, .n_ubatch = ubatch});
+    if (split > 0) ctx.decode(all.first(static_cast<size_t>(split)));
+    return ctx.decode(all.subspan(static_cast<size_t>(split)));
+  };
+  const std::vector<float> whole = last_logits(0, 512);
+  for (auto [split, ubatch] : {std::pair{1495, 512}, {1400, 512}, {700, 512}, {0, 499}, {0, 64}}) {
+    const std::vector<float> cut = last_logits(split, ubatch);
+    EXPECT_EQ(std::memcmp(cut.data(), whole.data(), whole.size() * sizeof(float)), 0) << "split " << split << ", -ub " << ubatch;
+  }
+
+  // Decode rows of three sequences in one batch, and the first one alone.
+  const std::vector<int32_t> b = text_tokens(1500, 300), c = text_tokens(2000, 40);
+  Context ctx(*model_, {.n_ctx = 2048, .n_seq_max = 3});
+  Context alone(*model_, {.n_ctx = 2048});
+  Batch prefill;
+  for (auto [seq, ids] : {std::pair{0, &prompt}, {1, &b}, {2, &c}})
+    for (size_t i = 0; i < ids->size(); ++i) prefill.add((*ids)[i], static_cast<int32_t>(i), seq, false);
+  ctx.decode(prefill);
+  alone.decode(prompt);
+  Batch step;
+  for (int seq = 0; seq < 3; ++seq) step.add(100 + seq, ctx.n_past(seq), seq, true);
+  const std::vector<float> batched = ctx.decode(step);
+  const int32_t next[1] = {100};
+  const std::vector<float> single = alone.decode(next);
+  EXPECT_EQ(std::memcmp(batched.data(), single.data(), single.size() * sizeof(float)), 0);
 }
 
 }  // namespace

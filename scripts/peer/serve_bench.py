@@ -168,6 +168,35 @@ def reuse(args):
     print(f"\nsecond answer with reuse == cold answer: {a2 == cold} ({a2!r})")
 
 
+def persist(args):
+    """skim run --prompt-cache: a cold prefill vs reading the saved cache, per KV format."""
+    import tempfile
+    with open(os.path.join(args.haystack, "austen.txt"), encoding="utf-8") as f:
+        text = f.read(300000)[200000:200000 + args.doc_tokens * 4]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        doc = os.path.join(tmp, "doc.txt")
+        with open(doc, "w", encoding="utf-8") as f:
+            f.write(text)
+        for kv in args.kv_types.split(","):
+            cache = os.path.join(tmp, f"{kv}.kv")
+            argv = [args.skim, "run", "-m", args.model, "-f", doc, "-c", str(args.doc_tokens + 512), "-n", "8", "--temp", "0",
+                    "-t", str(args.threads), "--no-progress", "-ctk", kv, "-ctv", kv, "--prompt-cache", cache]
+            runs = [subprocess.run(argv, capture_output=True, text=True, check=True) for _ in range(2)]
+            ttft = [float(re.search(r"time to first token =\s*([\d.]+) ms", r.stderr).group(1)) for r in runs]
+            m = re.search(r"(\d+) of (\d+) prompt tokens reused .* read in (\d+) ms", runs[1].stderr)
+            read_ms = float(m.group(3))
+            rows.append((kv, int(m.group(2)), int(m.group(1)), ttft[0], read_ms, ttft[1], os.path.getsize(cache),
+                         runs[0].stdout == runs[1].stdout))
+    print(f"CPU: {cpu_name()}; model {os.path.basename(args.model)}, {args.threads} threads")
+    print("| K/V pages | prompt tokens | reused | cold prefill to first token (ms) | read cache (ms) | then first token (ms) | "
+          "speedup | file size (MiB) | same answer |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---|")
+    for kv, n, reused, cold, read, warm, size, same in rows:
+        print(f"| {kv} | {n} | {reused} | {cold:.0f} | {read:.0f} | {warm:.0f} | {cold / (read + warm):.1f}x | "
+              f"{size / 1048576:.1f} | {same} |")
+
+
 def throughput(args):
     clients = [int(c) for c in args.clients.split(",")]
     ctx = args.np * (args.prompt_tokens + args.gen_tokens + 64)
@@ -219,7 +248,7 @@ def throughput(args):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("what", choices=["reuse", "throughput"])
+    parser.add_argument("what", choices=["reuse", "persist", "throughput"])
     parser.add_argument("--skim", required=True)
     parser.add_argument("--llama-server-builder", required=True)
     parser.add_argument("--haystack", required=True)
@@ -231,9 +260,10 @@ def main():
     parser.add_argument("--prompt-tokens", type=int, default=1024)
     parser.add_argument("--gen-tokens", type=int, default=128)
     parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--kv-types", default="f16,q8_0,q4_0")
     args = parser.parse_args()
     args.model = args.model or cached_model()
-    reuse(args) if args.what == "reuse" else throughput(args)
+    {"reuse": reuse, "persist": persist, "throughput": throughput}[args.what](args)
 
 
 if __name__ == "__main__":

@@ -37,8 +37,6 @@ constexpr float kLog2e = 1.44269504088896340736f;
 constexpr int32_t kDefaultTileCols = 96;
 // Column chunks are cut at multiples of this (whole vectors of the widest target).
 constexpr int32_t kColumnQuantum = 32;
-// Automatic key splitting never makes a part shorter than this many key tiles.
-constexpr int64_t kMinSplitSpans = 4;
 constexpr int32_t kMaxDecodeRows = 16;
 
 [[noreturn]] void bad(const std::string& what) { throw std::invalid_argument("attention: " + what); }
@@ -325,23 +323,14 @@ void run(const Call& call, const Plan& plan) {
     }
   }
 
-  // Key-stream splitting: explicit, or automatic when some units are too big
-  // for the threads to share the work evenly.
+  // Key-stream splitting, when asked for (AttnParams::split_key_tiles).
   std::vector<Unit> split_units;
   std::vector<SplitGroup> groups;
   int64_t partial_floats = 0;
   {
-    double total = 0.0;
-    for (const Unit& u : units) total += u.cost;
-    const double target = total / (3.0 * n_threads);
     for (const Unit& u : units) {
       const int64_t spans = u.span_end;
-      int64_t parts = 1;
-      if (p.split_key_tiles > 0) {
-        parts = std::max<int64_t>(1, (spans + p.split_key_tiles - 1) / p.split_key_tiles);
-      } else if (n_threads > 1 && u.cost > target && spans >= 2 * kMinSplitSpans) {
-        parts = std::min<int64_t>(static_cast<int64_t>(std::ceil(u.cost / target)), spans / kMinSplitSpans);
-      }
+      const int64_t parts = p.split_key_tiles > 0 ? std::max<int64_t>(1, (spans + p.split_key_tiles - 1) / p.split_key_tiles) : 1;
       if (parts <= 1) {
         split_units.push_back(u);
         continue;

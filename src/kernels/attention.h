@@ -87,8 +87,10 @@ struct AttnParams {
 #else
   bool validate_plan = true;
 #endif
-  // Splitting of key streams across threads: 0 = automatic; n > 0 = split
-  // every work item into parts of at most n key tiles (for tests and tuning).
+  // Splitting of key streams across threads: n > 0 splits every work item
+  // into parts of at most n key tiles, merged by LSE (for tests and tuning).
+  // 0 = never: a split changes the summation order, so a query row's result
+  // would depend on how many rows share its chunk (docs/server.md, batch invariance).
   int32_t split_key_tiles = 0;
 };
 
