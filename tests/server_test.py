@@ -326,6 +326,41 @@ class Robustness(unittest.TestCase):
                 self.assertEqual(server.stop(), 0)
         self.assertError(*SERVER.request("POST", "/slots/0?action=save", {"filename": "x.kv"}), 501)
 
+    def test_kv_dir_keeps_prefixes_and_sessions_across_slots_and_restarts(self):
+        text = document(30000)
+        docs = [text[:7000], text[10000:17000]]
+        ask = lambda doc, q, **kw: {"messages": [{"role": "user", "content": f"{doc}\n\nQuestion: {q}"}],
+                                    "max_tokens": 8, "temperature": 0, **kw}
+        with tempfile.TemporaryDirectory() as kv_dir:
+            server = Server("-np", 1, "-c", 4096, "--kv-dir", kv_dir)
+            try:
+                status, cold = server.request("POST", "/v1/chat/completions", ask(docs[0], "what is it?"))
+                self.assertEqual(status, 200, cold)
+                server.request("POST", "/v1/chat/completions", ask(docs[1], "what is it?"))  # takes the only slot
+                self.assertEqual(len([f for f in os.listdir(kv_dir) if f.startswith("prefix-")]), 1)
+                status, warm = server.request("POST", "/v1/chat/completions", ask(docs[0], "what is it?"))
+                self.assertGreater(warm["usage"]["prompt_tokens_details"]["cached_tokens"],
+                                   0.9 * cold["usage"]["prompt_tokens"], warm["usage"])
+                self.assertEqual(warm["choices"][0]["message"]["content"], cold["choices"][0]["message"]["content"])
+                self.assertEqual(server.metrics()["skim_cache_disk_hits_total"], 1)
+                status, _ = server.request("POST", "/v1/chat/completions", ask(text[20000:24000], "hi", session="agent-7"))
+                self.assertEqual(status, 200)
+                self.assertTrue(os.path.exists(os.path.join(kv_dir, "session-agent-7.kv")))
+                for bad in ("../x", "a/b", "", 5):
+                    self.assertError(*server.request("POST", "/v1/chat/completions", ask("x", "y", session=bad)), 400)
+            finally:
+                self.assertEqual(server.stop(), 0)
+            server = Server("-np", 1, "-c", 4096, "--kv-dir", kv_dir)  # a restart keeps the files
+            try:
+                status, again = server.request("POST", "/v1/chat/completions", ask(docs[1], "what is it?"))
+                self.assertGreater(again["usage"]["prompt_tokens_details"]["cached_tokens"], 1000, again["usage"])
+                status, agent = server.request("POST", "/v1/chat/completions", ask(text[20000:24000], "and?", session="agent-7"))
+                self.assertGreater(agent["usage"]["prompt_tokens_details"]["cached_tokens"], 500, agent["usage"])
+                self.assertEqual(server.metrics()["skim_cache_disk_hits_total"], 2)
+            finally:
+                self.assertEqual(server.stop(), 0)
+        self.assertError(*SERVER.request("POST", "/v1/chat/completions", ask("x", "y", session="s1")), 400)
+
     def test_the_chat_page_is_served(self):
         with urllib.request.urlopen(SERVER.url + "/", timeout=30) as r:
             page = r.read().decode()

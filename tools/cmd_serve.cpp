@@ -30,6 +30,7 @@ struct ServeOptions : SharedOptions {
   int threads_http = 0;
   std::string alias;
   std::string slot_save_path;
+  std::string kv_dir;
 };
 
 // SIGINT/SIGTERM write a byte to this pipe; a thread waiting on it stops the
@@ -59,6 +60,7 @@ void serve(const ServeOptions& o) {
   sp.context.attention = attn;
   apply_kv_options(o, sp.context);
   sp.n_batch = o.n_batch;
+  sp.kv_dir = o.kv_dir;
 
   server::ServerParams hp;
   hp.host = o.host;
@@ -121,6 +123,10 @@ void register_serve(CLI::App& app) {
   cmd->add_option("--threads-http", o->threads_http, "connections served at once (0: enough for every slot's client)")
       ->check(in_range(0, 4096));
   cmd->add_option("-a,--alias", o->alias, "model name in responses (default: the file name)");
+  cmd->add_option("--kv-dir", o->kv_dir,
+                  "cache files: a slot's prefix is saved here before its slot is reused, loaded on a prefix hit; "
+                  "requests with a 'session' id keep their cache here")
+      ->check(CLI::ExistingDirectory);
   cmd->add_option("--slot-save-path", o->slot_save_path,
                   "directory of POST /slots/ID?action=save|restore files (a slot's KV cache, safetensors)")
       ->check(CLI::ExistingDirectory);

@@ -1,13 +1,19 @@
 #include "engine/scheduler.h"
 
+#include <xxhash.h>
+
 #include <algorithm>
+#include <cstdio>
+#include <filesystem>
 #include <future>
+#include <regex>
 #include <stdexcept>
 #include <utility>
 
 #include <fmt/format.h>
 
 #include "engine/stop_strings.h"
+#include "kv/kv_file.h"
 #include "skim/generate.h"
 
 namespace skim {
@@ -85,6 +91,7 @@ Scheduler::Scheduler(const Model& model, SchedulerParams params) : model_(model)
   slots_.resize(static_cast<size_t>(n_slots));
   for (int i = 0; i < n_slots; ++i) slots_[static_cast<size_t>(i)].seq = i;
   stats_.kv_cap_bytes = ctx_->kv_cap_bytes();
+  if (!params_.kv_dir.empty()) index_kv_dir();
   thread_ = std::thread([this] { loop(); });
 }
 
@@ -97,8 +104,34 @@ Scheduler::~Scheduler() {
   thread_.join();
 }
 
+bool valid_session_id(const std::string& id) {
+  static const std::regex kId("[A-Za-z0-9_-]{1,128}");
+  return std::regex_match(id, kId);
+}
+
+// The cache files already in --kv-dir (a restart keeps them); a file that
+// does not load later (another model, damaged) is dropped then.
+void Scheduler::index_kv_dir() {
+  for (const auto& entry : std::filesystem::directory_iterator(params_.kv_dir)) {
+    if (entry.path().extension() != ".kv") continue;
+    try {
+      kv::KvFile header = kv::read_kv_file_tokens(entry.path().string());
+      const auto gemm = header.meta.find("skim.gemm_rows");
+      const size_t gemm_rows = std::min<size_t>(gemm == header.meta.end() ? 0 : std::stoull(gemm->second), header.tokens.size());
+      disk_.push_back({entry.path().string(), std::move(header.tokens), gemm_rows});
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "skim serve: ignoring %s: %s\n", entry.path().c_str(), e.what());
+    }
+  }
+}
+
 std::shared_ptr<CompletionHandle> Scheduler::submit(CompletionRequest request) {
   const auto& p = request.prompt;
+  if (!request.session_id.empty()) {
+    if (params_.kv_dir.empty()) throw std::invalid_argument("a session id needs a server started with --kv-dir");
+    if (!valid_session_id(request.session_id))
+      throw std::invalid_argument("a session id has 1 to 128 letters, digits, '_' or '-'");
+  }
   if (p.empty()) throw std::invalid_argument("the prompt is empty");
   const int n_vocab = model_.config().n_vocab;
   for (int32_t id : p)
@@ -127,25 +160,31 @@ void Scheduler::loop() {
   auto idle = [this] { return std::any_of(slots_.begin(), slots_.end(), [](const Slot& s) { return !s.job; }); };
   auto busy = [this] { return std::any_of(slots_.begin(), slots_.end(), [](const Slot& s) { return s.job != nullptr; }); };
   std::deque<std::function<void()>> tasks;
+  std::vector<std::shared_ptr<Job>> arrivals;
   for (;;) {
     {
       std::unique_lock lock(mu_);
       cv_.wait(lock, [&] { return stopping_ || busy() || !tasks_.empty() || (!queue_.empty() && idle()); });
       if (stopping_) break;
       tasks.swap(tasks_);
-      while (!queue_.empty() && idle()) {
+      auto n_idle = std::count_if(slots_.begin(), slots_.end(), [](const Slot& s) { return !s.job; });
+      while (!queue_.empty() && n_idle > 0) {
         std::shared_ptr<Job> job = std::move(queue_.front());
         queue_.pop_front();
         if (job->handle->cancelled()) {
           ++stats_.requests_cancelled;
           continue;
         }
-        place(std::move(job));
+        arrivals.push_back(std::move(job));
+        --n_idle;
       }
       stats_.queued = static_cast<int>(queue_.size());
     }
     for (auto& task : tasks) task();
     tasks.clear();
+    // Placement may read or write cache files: outside the lock.
+    for (auto& job : arrivals) place(std::move(job));
+    arrivals.clear();
     try {
       step();
     } catch (const std::exception& e) {
@@ -214,16 +253,21 @@ Scheduler::SlotFile Scheduler::restore_slot(int slot, const std::string& path) {
   });
 }
 
-// Called with mu_ held.
 void Scheduler::place(std::shared_ptr<Job> job) {
   const std::vector<int32_t>& prompt = job->req.prompt;
-  // The slot whose cache shares the longest usable prefix with the prompt, busy or not.
+  // The longest usable prefix of the prompt: in a slot's cache (busy or not),
+  // or in a cache file of --kv-dir.
   Slot* donor = nullptr;
   size_t reuse = 0;
   for (Slot& s : slots_) {
     if (!s.reusable) continue;
     const size_t n = reusable_prefix(*ctx_, s.cached, s.gemm_rows, prompt);
     if (n > reuse) reuse = n, donor = &s;
+  }
+  std::string file;  // the path, not the entry: spilling below may grow disk_
+  for (const DiskPrefix& d : disk_) {
+    const size_t n = reusable_prefix(*ctx_, d.tokens, d.gemm_rows, prompt);
+    if (n > reuse) reuse = n, file = d.path, donor = nullptr;
   }
   // The donor itself when idle; else an empty slot, else the least recently used.
   Slot* target = nullptr;
@@ -235,12 +279,23 @@ void Scheduler::place(std::shared_ptr<Job> job) {
                      (s.cached.empty() == target->cached.empty() && s.last_used < target->last_used)))
         target = &s;
   }
-  if (reuse == 0) {
-    ctx_->clear_sequence(target->seq);
-  } else {
-    if (donor != target) ctx_->copy_sequence(donor->seq, target->seq);
-    ctx_->truncate_sequence(target->seq, static_cast<int>(reuse));
+  spill(*target, target == donor ? reuse : 0);
+  if (!file.empty()) {
+    try {
+      ctx_->load_sequence(target->seq, file);
+      ++disk_hits_;
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "skim serve: dropping cache file %s: %s\n", file.c_str(), e.what());
+      std::erase_if(disk_, [&](const DiskPrefix& d) { return d.path == file; });
+      reuse = 0;
+    }
+  } else if (reuse > 0 && donor != target) {
+    ctx_->copy_sequence(donor->seq, target->seq);
   }
+  if (reuse == 0)
+    ctx_->clear_sequence(target->seq);
+  else
+    ctx_->truncate_sequence(target->seq, static_cast<int>(reuse));
   target->cached.assign(prompt.begin(), prompt.begin() + static_cast<std::ptrdiff_t>(reuse));
   target->gemm_rows = reuse;
   target->reusable = true;
@@ -252,10 +307,38 @@ void Scheduler::place(std::shared_ptr<Job> job) {
   job->opts.n_predict = job->req.max_tokens;
   job->opts.ignore_eog = job->req.ignore_eog;
   job->opts.on_text = [j = job.get()](const std::string& piece) { j->text += piece; };
+  std::lock_guard lock(mu_);
   stats_.cached_tokens += static_cast<int64_t>(reuse);
   if (reuse > 0) ++stats_.cache_hits;
+  stats_.disk_hits = disk_hits_;
   ++stats_.slots_busy;
   target->job = std::move(job);
+}
+
+// A slot's cache about to be cut to `keep` rows goes to --kv-dir, named by a
+// hash of its tokens, when what is lost is worth a file (docs/server.md).
+void Scheduler::spill(Slot& slot, size_t keep) {
+  if (params_.kv_dir.empty() || !slot.reusable || slot.gemm_rows < keep + kMinSpillTokens) return;
+  const std::span<const int32_t> tokens(slot.cached.data(), slot.gemm_rows);
+  const std::string path =
+      (std::filesystem::path(params_.kv_dir) / fmt::format("prefix-{:016x}.kv", XXH3_64bits(tokens.data(), tokens.size_bytes())))
+          .string();
+  if (std::any_of(disk_.begin(), disk_.end(), [&](const DiskPrefix& d) { return d.path == path; })) return;
+  save_to_disk(slot, path, tokens.size());
+}
+
+void Scheduler::save_to_disk(Slot& slot, const std::string& path, size_t n_tokens) {
+  // Only the rows a GEMM computed are kept: the file's rows are its tokens' rows.
+  ctx_->truncate_sequence(slot.seq, static_cast<int>(n_tokens));
+  slot.cached.resize(n_tokens);
+  try {
+    ctx_->save_sequence(slot.seq, slot.cached, path, {{"skim.gemm_rows", std::to_string(n_tokens)}});
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "skim serve: cannot keep a cache file: %s\n", e.what());
+    return;
+  }
+  std::erase_if(disk_, [&](const DiskPrefix& d) { return d.path == path; });
+  disk_.push_back({path, slot.cached, n_tokens});
 }
 
 // One step runs up to three kinds of forward pass, kept apart so that every
@@ -406,6 +489,10 @@ void Scheduler::sample(Slot& slot, const float* logits) {
   u.stats.prompt_ms = ms_between(job.placed, job.first_token);
   u.stats.gen_ms = ms_between(job.first_token, end);
   u.stats.ttft_ms = ms_between(job.submitted, job.first_token);
+  // A session's cache is on disk before its client hears the end.
+  if (!job.req.session_id.empty() && slot.reusable)
+    save_to_disk(slot, (std::filesystem::path(params_.kv_dir) / ("session-" + job.req.session_id + ".kv")).string(),
+                 slot.gemm_rows);
   job.handle->post(std::move(u));
   std::shared_ptr<Job> done = std::move(slot.job);
   slot.last_used = ++clock_;

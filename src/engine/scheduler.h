@@ -34,6 +34,9 @@ struct CompletionRequest {
   bool logprobs = false;  // report each generated token's log-probability
   int top_logprobs = 0;   // and those of the most likely tokens
   bool ignore_eog = false;
+  // With SchedulerParams::kv_dir: the cache is kept in KV_DIR/session-ID.kv
+  // when the request ends, for the session's next request (even after a restart).
+  std::string session_id;
 };
 
 struct GeneratedToken {
@@ -85,7 +88,14 @@ class CompletionHandle {
 struct SchedulerParams {
   ContextParams context;  // n_seq_max is the slot count, n_ctx each slot's context (n_ubatch is n_batch)
   int n_batch = 512;      // prompt tokens per step, in chunks of every waiting prompt (chunked prefill)
+  // Cache files: a slot's prefix about to be overwritten is saved here, and
+  // any file here whose tokens start a new prompt is loaded instead of prefilled.
+  std::string kv_dir;
 };
+// Shorter prefixes are not worth a file.
+inline constexpr size_t kMinSpillTokens = 64;
+// A session id names a file: letters, digits, '_' and '-' only (no path).
+bool valid_session_id(const std::string& id);
 inline constexpr int kMinBatch = 16;
 
 // Totals since start, for /metrics.
@@ -94,6 +104,7 @@ struct SchedulerStats {
   int64_t prompt_tokens = 0;  // prefilled
   int64_t cached_tokens = 0;  // prompt tokens reused from the cache
   int64_t cache_hits = 0;     // requests that reused at least one cached token
+  int64_t disk_hits = 0;      // of them, from a --kv-dir file
   int64_t generated_tokens = 0;
   int64_t steps = 0;
   double prefill_ms = 0, decode_ms = 0;  // step time split by the rows of each kind
@@ -137,6 +148,15 @@ class Scheduler {
   SlotFile between_steps(std::function<SlotFile()> task);
   Slot& idle_slot(int slot);
   void place(std::shared_ptr<Job> job);  // into an idle slot, from the best cached prefix
+  void spill(Slot& slot, size_t keep);
+  void index_kv_dir();
+  void save_to_disk(Slot& slot, const std::string& path, size_t n_tokens);
+  // A --kv-dir file: its tokens, the first gemm_rows of which may be shared.
+  struct DiskPrefix {
+    std::string path;
+    std::vector<int32_t> tokens;
+    size_t gemm_rows;
+  };
   // A forward pass of one step: its batch, which slot owns which rows, and
   // the slots whose logits it returns (in batch order).
   struct Pass {
@@ -160,6 +180,8 @@ class Scheduler {
   std::unique_ptr<Context> ctx_;
   std::vector<Slot> slots_;
   int64_t clock_ = 0;  // step counter: a slot's last use, for least-recently-used reuse
+  std::vector<DiskPrefix> disk_;
+  int64_t disk_hits_ = 0;
 
   mutable std::mutex mu_;
   std::condition_variable cv_;

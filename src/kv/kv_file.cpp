@@ -204,6 +204,25 @@ KvFile read_kv_file(const std::string& path) {
   return f;
 }
 
+KvFile read_kv_file_tokens(const std::string& path) {
+  auto bad = [&](const std::string& why) { return std::runtime_error(fmt::format("KV cache file {}: {}", path, why)); };
+  std::ifstream in(path, std::ios::binary);
+  uint64_t header_len = 0;
+  if (!in.read(reinterpret_cast<char*>(&header_len), 8) || header_len > (64u << 20)) throw bad("not a cache file");
+  std::string text(header_len, '\0');
+  if (!in.read(text.data(), static_cast<std::streamsize>(header_len))) throw bad("truncated header");
+  const json header = json::parse(text, nullptr, false);
+  if (header.is_discarded() || !header.contains("__metadata__") || !header.contains("tokens")) throw bad("not a skim cache file");
+  KvFile f;
+  for (const auto& [k, v] : header["__metadata__"].items())
+    if (v.is_string()) f.meta[k] = v.get<std::string>();
+  const size_t b = header["tokens"]["data_offsets"][0].get<size_t>(), e = header["tokens"]["data_offsets"][1].get<size_t>();
+  f.tokens.resize((e - b) / 4);
+  in.seekg(static_cast<std::streamoff>(8 + header_len + b));
+  if (!in.read(reinterpret_cast<char*>(f.tokens.data()), static_cast<std::streamsize>(f.tokens.size() * 4))) throw bad("truncated tokens");
+  return f;
+}
+
 void load_kv_file(const KvFile& file, KvSequence& seq) {
   const json header = json::parse(file.header);
   const uint8_t* data = file.bytes.data() + file.data_begin;

@@ -36,6 +36,8 @@ struct KvFile {
 // the file, the checksum. Throws std::runtime_error naming what is wrong
 // (not a cache file, truncated, corrupted).
 KvFile read_kv_file(const std::string& path);
+// The metadata and tokens of a cache file, without its rows or checksum (an index).
+KvFile read_kv_file_tokens(const std::string& path);
 // Replaces what `seq` holds with the file's rows. Throws std::runtime_error when
 // a layer's formats or shape differ from the sequence's.
 void load_kv_file(const KvFile& file, KvSequence& seq);

@@ -19,6 +19,7 @@ std::string prometheus_text(const SchedulerStats& s) {
   metric("prompt_tokens_cached_total", "counter", "Prompt tokens taken from the KV cache instead of prefilled.",
          static_cast<double>(s.cached_tokens));
   metric("cache_hits_total", "counter", "Requests that reused a cached prefix.", static_cast<double>(s.cache_hits));
+  metric("cache_disk_hits_total", "counter", "Of them, prefixes loaded from a --kv-dir file.", static_cast<double>(s.disk_hits));
   metric("tokens_predicted_total", "counter", "Tokens generated.", static_cast<double>(s.generated_tokens));
   metric("prompt_seconds_total", "counter", "Step time spent on prompt rows.", prefill_s);
   metric("tokens_predicted_seconds_total", "counter", "Step time spent on decode rows.", decode_s);

@@ -187,6 +187,11 @@ ParsedRequest parse_completion_request(const json& body, Endpoint endpoint, cons
   if (integer(body, "n", 1, 1, 1) != 1) bad("'n' must be 1");
   c.stop = stop_strings(body);
   c.ignore_eog = boolean(body, "ignore_eos", false);
+  if (const json* id = field(body, "session")) {
+    if (!id->is_string() || !valid_session_id(id->get<std::string>()))
+      bad("'session' must be 1 to 128 letters, digits, '_' or '-'");
+    c.session_id = id->get<std::string>();
+  }
 
   if (endpoint == Endpoint::kChat) {
     c.logprobs = boolean(body, "logprobs", false);
