@@ -201,6 +201,21 @@ class Api(unittest.TestCase):
         self.assertEqual(run.returncode, 0, run.stderr)
         self.assertEqual(second.choices[0].message.content, run.stdout[:-1])
 
+    def test_attention_method_per_request(self):
+        doc = document(20000)[12000:19000]
+        sparse = chat(self.client, f"{doc}\n\nSummarize.", max_tokens=4, extra_body={"attn": "streaming:sink=64,local=256"})
+        self.assertEqual(sparse.model_extra["timings"]["attention"], "streaming:sink=64,local=256")
+        # Rows computed by another method are not shared: the dense request prefills the document again.
+        dense = chat(self.client, f"{doc}\n\nSummarize briefly.", max_tokens=4)
+        self.assertEqual(dense.model_extra["timings"]["attention"], "dense")
+        self.assertLess(dense.usage.prompt_tokens_details.cached_tokens, 100)
+        again = chat(self.client, f"{doc}\n\nSummarize.", max_tokens=4, extra_body={"attn": "streaming:sink=64,local=256"})
+        self.assertGreater(again.usage.prompt_tokens_details.cached_tokens, 1000)
+        self.assertEqual(again.choices[0].message.content, sparse.choices[0].message.content)
+        status, body = SERVER.request("POST", "/v1/completions", {"prompt": "hi", "attn": "nosuch"})
+        self.assertEqual(status, 400, body)
+        self.assertIn("nosuch", body["error"]["message"])
+
     def test_concurrent_clients_get_their_single_client_answers(self):
         prompts = [f"Write a sentence about the number {i}." for i in range(8)]
         alone = [chat(self.client, p, max_tokens=16).choices[0].message.content for p in prompts]

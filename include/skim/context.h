@@ -113,6 +113,11 @@ class Context {
   int n_seq_max() const { return params_.n_seq_max; }
   void clear();                   // forget all tokens of every sequence
   void clear_sequence(int seq);
+  // The attention method of a sequence's prefill ("NAME[:key=value,...]",
+  // skim/attention.h): ContextParams::attention until set. Throws
+  // std::invalid_argument for a bad spec.
+  void set_attention(int seq, const std::string& spec);
+  const std::string& attention(int seq) const;
   // Keeps the first n_rows rows of the sequence's cache (a prefix to reuse).
   void truncate_sequence(int seq, int n_rows);
   // Sequence `to` (cleared first) holds what `from` holds, sharing its KV pages
@@ -163,7 +168,9 @@ class Context {
 
   const Model& model_;
   ContextParams params_;
-  std::unique_ptr<attention::AttentionMethod> method_;
+  attention::AttentionMethod& method_for(const std::string& spec);
+  std::map<std::string, std::unique_ptr<attention::AttentionMethod>> methods_;  // by spec
+  std::vector<attention::AttentionMethod*> seq_methods_;                        // per sequence
   AttentionReport report_;
   OpTimes op_times_;
   std::vector<std::unique_ptr<kv::KvPool>> pools_;  // one per format some layer uses
@@ -171,7 +178,7 @@ class Context {
   std::vector<std::unique_ptr<kv::KvSequence>> seqs_;
   std::unique_ptr<AttentionObserver> observer_;  // never null; the default observes nothing
   std::unique_ptr<Activations> s_;
-  std::map<std::string, std::string> cache_fingerprint() const;
+  std::map<std::string, std::string> cache_fingerprint(int seq) const;
   mutable std::string model_hash_;  // of the whole model file, computed at the first save or load
 };
 

@@ -74,6 +74,7 @@ struct Scheduler::Slot {
   int seq = 0;
   std::vector<int32_t> cached;  // the tokens whose rows the sequence holds, in order
   size_t gemm_rows = 0;         // leading rows computed by GEMM passes, as a cold prefill computes them
+  std::string attention;        // the method that computed its rows
   bool reusable = true;         // false once a KV policy evicted rows: they no longer match `cached`
   int64_t last_used = -1;
   std::shared_ptr<Job> job;     // null: idle
@@ -89,7 +90,10 @@ Scheduler::Scheduler(const Model& model, SchedulerParams params) : model_(model)
   ctx_ = std::make_unique<Context>(model_, params_.context);
   params_.context.n_ctx = ctx_->n_ctx();
   slots_.resize(static_cast<size_t>(n_slots));
-  for (int i = 0; i < n_slots; ++i) slots_[static_cast<size_t>(i)].seq = i;
+  for (int i = 0; i < n_slots; ++i) {
+    slots_[static_cast<size_t>(i)].seq = i;
+    slots_[static_cast<size_t>(i)].attention = params_.context.attention;
+  }
   stats_.kv_cap_bytes = ctx_->kv_cap_bytes();
   if (!params_.kv_dir.empty()) index_kv_dir();
   thread_ = std::thread([this] { loop(); });
@@ -118,7 +122,9 @@ void Scheduler::index_kv_dir() {
       kv::KvFile header = kv::read_kv_file_tokens(entry.path().string());
       const auto gemm = header.meta.find("skim.gemm_rows");
       const size_t gemm_rows = std::min<size_t>(gemm == header.meta.end() ? 0 : std::stoull(gemm->second), header.tokens.size());
-      disk_.push_back({entry.path().string(), std::move(header.tokens), gemm_rows});
+      const auto attention = header.meta.find("skim.attention");
+      disk_.push_back({entry.path().string(), std::move(header.tokens), gemm_rows,
+                       attention == header.meta.end() ? "" : attention->second});
     } catch (const std::exception& e) {
       std::fprintf(stderr, "skim serve: ignoring %s: %s\n", entry.path().c_str(), e.what());
     }
@@ -127,6 +133,8 @@ void Scheduler::index_kv_dir() {
 
 std::shared_ptr<CompletionHandle> Scheduler::submit(CompletionRequest request) {
   const auto& p = request.prompt;
+  if (request.attention.empty()) request.attention = params_.context.attention;
+  validate_attention_spec(request.attention);
   if (!request.session_id.empty()) {
     if (params_.kv_dir.empty()) throw std::invalid_argument("a session id needs a server started with --kv-dir");
     if (!valid_session_id(request.session_id))
@@ -259,13 +267,15 @@ void Scheduler::place(std::shared_ptr<Job> job) {
   // or in a cache file of --kv-dir.
   Slot* donor = nullptr;
   size_t reuse = 0;
+  const std::string& attention = job->req.attention;  // rows of another method differ
   for (Slot& s : slots_) {
-    if (!s.reusable) continue;
+    if (!s.reusable || s.attention != attention) continue;
     const size_t n = reusable_prefix(*ctx_, s.cached, s.gemm_rows, prompt);
     if (n > reuse) reuse = n, donor = &s;
   }
   std::string file;  // the path, not the entry: spilling below may grow disk_
   for (const DiskPrefix& d : disk_) {
+    if (d.attention != attention) continue;
     const size_t n = reusable_prefix(*ctx_, d.tokens, d.gemm_rows, prompt);
     if (n > reuse) reuse = n, file = d.path, donor = nullptr;
   }
@@ -280,6 +290,8 @@ void Scheduler::place(std::shared_ptr<Job> job) {
         target = &s;
   }
   spill(*target, target == donor ? reuse : 0);
+  ctx_->set_attention(target->seq, attention);
+  target->attention = attention;
   if (!file.empty()) {
     try {
       ctx_->load_sequence(target->seq, file);
@@ -338,7 +350,7 @@ void Scheduler::save_to_disk(Slot& slot, const std::string& path, size_t n_token
     return;
   }
   std::erase_if(disk_, [&](const DiskPrefix& d) { return d.path == path; });
-  disk_.push_back({path, slot.cached, n_tokens});
+  disk_.push_back({path, slot.cached, n_tokens, slot.attention});
 }
 
 // One step runs up to three kinds of forward pass, kept apart so that every

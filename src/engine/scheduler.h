@@ -37,6 +37,7 @@ struct CompletionRequest {
   // With SchedulerParams::kv_dir: the cache is kept in KV_DIR/session-ID.kv
   // when the request ends, for the session's next request (even after a restart).
   std::string session_id;
+  std::string attention;  // the prompt's attention method (skim/attention.h); empty: the server's
 };
 
 struct GeneratedToken {
@@ -156,6 +157,7 @@ class Scheduler {
     std::string path;
     std::vector<int32_t> tokens;
     size_t gemm_rows;
+    std::string attention;  // the method that computed its rows
   };
   // A forward pass of one step: its batch, which slot owns which rows, and
   // the slots whose logits it returns (in batch order).

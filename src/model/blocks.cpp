@@ -143,7 +143,7 @@ void attend(Forward& f, int l) {
         .q = a.q, .q_head_stride = a.q_head_stride, .q_row_stride = a.q_row_stride, .kv = a.kv,
         .scale = 1.0f / std::sqrt(static_cast<float>(hd))};
     if (f.observer.on_prefill_attention) f.observer.on_prefill_attention(r);
-    f.method.prefill(r, a, f.report, f.observer.fidelity_rows);
+    sr.method->prefill(r, a, f.report, f.observer.fidelity_rows);
   }
   const int64_t n_decodes = static_cast<int64_t>(decodes.size());
   if (n_decodes == 1) {

@@ -41,6 +41,7 @@ struct SequenceRows {
   int64_t slot0;     // its cache slot is slot0 + i
   bool final_chunk;  // the rows end the sequence's tokens of this decode call
   int selection = -1;  // index of the KvSelection a KV policy fills for it in this micro-batch (-1: none)
+  attention::AttentionMethod* method = nullptr;  // its prefill attention (Context::set_attention)
 };
 
 // The rows a KV policy keeps of one sequence: per layer, per KV head, `target`
@@ -57,7 +58,6 @@ struct KvSelection {
 struct Forward {
   const Model& model;
   Activations& s;
-  attention::AttentionMethod& method;
   AttentionReport& report;
   OpTimes& times;
   const AttentionObserver& observer;

@@ -33,7 +33,7 @@ Context::Context(const Model& model, ContextParams params)
   if (params_.n_seq_max <= 0) throw std::invalid_argument("the number of sequences must be positive");
   if (params_.n_threads < 0) throw std::invalid_argument("the thread count must not be negative");
   params_.n_ubatch = std::min(params_.n_ubatch, params_.n_ctx * params_.n_seq_max);
-  method_ = std::make_unique<attention::AttentionMethod>(params_.attention, c.n_layer);
+  seq_methods_.assign(static_cast<size_t>(params_.n_seq_max), &method_for(params_.attention));
   // Each layer's format; a pool per distinct format, capped at n_ctx tokens
   // of every sequence in each (layer, KV head) it serves, in whole pages.
   const kv::KvFormat chosen{kv::parse_kv_type(params_.kv_type_k), kv::parse_kv_type(params_.kv_type_v)};
@@ -109,6 +109,22 @@ size_t Context::kv_held_bytes() const {
   size_t bytes = 0;
   for (const auto& p : pools_) bytes += p->held_bytes();
   return bytes;
+}
+attention::AttentionMethod& Context::method_for(const std::string& spec) {
+  auto it = methods_.find(spec);
+  if (it == methods_.end())
+    it = methods_.emplace(spec, std::make_unique<attention::AttentionMethod>(spec, model_.config().n_layer)).first;
+  return *it->second;
+}
+void Context::set_attention(int seq, const std::string& spec) {
+  sequence(seq);  // checks the id
+  seq_methods_[static_cast<size_t>(seq)] = &method_for(spec);
+}
+const std::string& Context::attention(int seq) const {
+  sequence(seq);
+  for (const auto& [spec, m] : methods_)
+    if (m.get() == seq_methods_[static_cast<size_t>(seq)]) return spec;
+  throw std::logic_error("sequence without an attention method");
 }
 int Context::gemm_rows() const { return static_cast<int>(kernels::kDefaultGemvRows) + 1; }
 int Context::gemv_batch_rows() const {
@@ -253,6 +269,7 @@ void Context::run(const Batch& b, const LogitsFn& on_logits, const ProgressFn& p
       if (i == begin || b.seq_ids[i] != b.seq_ids[i - 1]) {
         const int32_t seq = b.seq_ids[i];
         ub.seqs.push_back({&sequence(seq), seq, i - begin, 0, b.positions[i], 0, false});
+        ub.seqs.back().method = seq_methods_[static_cast<size_t>(seq)];
       }
       SequenceRows& sr = ub.seqs.back();
       ++sr.n;
@@ -282,7 +299,7 @@ void Context::forward_ubatch(Ubatch& ub, float* logits_out) {
     sr.slot0 = sr.kv->append({ub.batch.positions.data() + ub.begin + sr.row0, static_cast<size_t>(sr.n)});
   std::vector<int> all_rows(static_cast<size_t>(n));
   std::iota(all_rows.begin(), all_rows.end(), 0);
-  Forward f{model_, *s_, *method_, report_, op_times_, *observer_, n, seqs, {}, all_rows, params_.kv_rotation, params_.kv_center_keys,
+  Forward f{model_, *s_, report_, op_times_, *observer_, n, seqs, {}, all_rows, params_.kv_rotation, params_.kv_center_keys,
             kv_policy_.get(), ub.selections.empty() ? nullptr : &ub.selections};
   Activations& s = *s_;
 

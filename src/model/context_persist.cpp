@@ -16,7 +16,7 @@ namespace skim {
 // Everything that changes what the cache rows hold: the model file itself
 // (weights, tokenizer, RoPE metadata), the KV layout and the methods that
 // computed the rows. The keys are compared one by one at load.
-std::map<std::string, std::string> Context::cache_fingerprint() const {
+std::map<std::string, std::string> Context::cache_fingerprint(int seq) const {
   const ModelConfig& c = model_.config();
   if (model_hash_.empty())
     model_hash_ = fmt::format("{:016x}", XXH3_64bits(model_.file().file_bytes(), model_.file().file_size()));
@@ -28,7 +28,7 @@ std::map<std::string, std::string> Context::cache_fingerprint() const {
       {"skim.rope", fmt::format("base {} linear_scale {} style {}", c.rope_base, c.rope_linear_scale, static_cast<int>(c.rope_style))},
       {"skim.kv", fmt::format("k {} v {} f16_layers [{}] rotation {} center_keys {}", params_.kv_type_k, params_.kv_type_v,
                               f16_layers, params_.kv_rotation, params_.kv_center_keys)},
-      {"skim.attention", params_.attention},
+      {"skim.attention", attention(seq)},
       {"skim.kv_policy", params_.kv_policy},
   };
 }
@@ -36,14 +36,14 @@ std::map<std::string, std::string> Context::cache_fingerprint() const {
 size_t Context::save_sequence(int seq, std::span<const int32_t> tokens, const std::string& path,
                               const std::map<std::string, std::string>& extra) {
   std::map<std::string, std::string> meta = extra;
-  for (auto& [k, v] : cache_fingerprint()) meta[k] = v;
+  for (auto& [k, v] : cache_fingerprint(seq)) meta[k] = v;
   meta["skim.model_file"] = std::filesystem::path(model_.file().path()).filename().string();
   return kv::save_kv_file(path, sequence(seq), tokens, meta);
 }
 
 Context::SavedSequence Context::load_sequence(int seq, const std::string& path) {
   kv::KvFile file = kv::read_kv_file(path);
-  const std::map<std::string, std::string> here = cache_fingerprint();
+  const std::map<std::string, std::string> here = cache_fingerprint(seq);
   auto in_file = [&](const std::string& key) {
     const auto it = file.meta.find(key);
     return it == file.meta.end() ? std::string("(missing)") : it->second;

@@ -63,7 +63,8 @@ struct HttpServer::Impl {
     } catch (const std::runtime_error& e) {
       throw ApiError(503, e.what());
     }
-    const ResponseContext rc = response_context(endpoint, parsed.completion.logprobs);
+    ResponseContext rc = response_context(endpoint, parsed.completion.logprobs);
+    if (!parsed.completion.attention.empty()) rc.attention = parsed.completion.attention;
     if (parsed.stream)
       stream(res, std::move(handle), rc, parsed.include_usage);
     else

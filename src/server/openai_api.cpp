@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include "skim/attention.h"
+
 namespace skim::server {
 namespace {
 
@@ -187,6 +189,15 @@ ParsedRequest parse_completion_request(const json& body, Endpoint endpoint, cons
   if (integer(body, "n", 1, 1, 1) != 1) bad("'n' must be 1");
   c.stop = stop_strings(body);
   c.ignore_eog = boolean(body, "ignore_eos", false);
+  if (const json* attn = field(body, "attn")) {
+    if (!attn->is_string()) bad("'attn' must be a method spec string, e.g. \"xattention:tau=0.9\" (skim info --attn)");
+    c.attention = attn->get<std::string>();
+    try {
+      validate_attention_spec(c.attention);
+    } catch (const std::exception& e) {
+      bad(e.what());
+    }
+  }
   if (const json* id = field(body, "session")) {
     if (!id->is_string() || !valid_session_id(id->get<std::string>()))
       bad("'session' must be 1 to 128 letters, digits, '_' or '-'");
