@@ -376,6 +376,21 @@ class Robustness(unittest.TestCase):
                 self.assertEqual(server.stop(), 0)
         self.assertError(*SERVER.request("POST", "/v1/chat/completions", ask("x", "y", session="s1")), 400)
 
+    def test_two_servers_share_a_kv_dir(self):
+        doc = document(30000)[3000:9000]
+        body = lambda q: {"messages": [{"role": "user", "content": f"{doc}\n\nQuestion: {q}"}], "max_tokens": 4,
+                          "temperature": 0, "session": "shared-1"}
+        with tempfile.TemporaryDirectory() as kv_dir:
+            a, b = Server("-np", 1, "--kv-dir", kv_dir), Server("-np", 1, "--kv-dir", kv_dir)
+            try:
+                self.assertEqual(a.request("POST", "/v1/chat/completions", body("what is it?"))[0], 200)
+                status, reply = b.request("POST", "/v1/chat/completions", body("who wrote it?"))  # written after b started
+                self.assertEqual(status, 200, reply)
+                self.assertGreater(reply["usage"]["prompt_tokens_details"]["cached_tokens"], 1000, reply["usage"])
+            finally:
+                self.assertEqual(a.stop(), 0)
+                self.assertEqual(b.stop(), 0)
+
     def test_the_chat_page_is_served(self):
         with urllib.request.urlopen(SERVER.url + "/", timeout=30) as r:
             page = r.read().decode()

@@ -95,7 +95,6 @@ Scheduler::Scheduler(const Model& model, SchedulerParams params) : model_(model)
     slots_[static_cast<size_t>(i)].attention = params_.context.attention;
   }
   stats_.kv_cap_bytes = ctx_->kv_cap_bytes();
-  if (!params_.kv_dir.empty()) index_kv_dir();
   thread_ = std::thread([this] { loop(); });
 }
 
@@ -113,20 +112,32 @@ bool valid_session_id(const std::string& id) {
   return std::regex_match(id, kId);
 }
 
-// The cache files already in --kv-dir (a restart keeps them); a file that
-// does not load later (another model, damaged) is dropped then.
+namespace {
+// The rows of a saved cache that may be shared (Scheduler::DiskPrefix::gemm_rows).
+size_t saved_gemm_rows(const std::map<std::string, std::string>& meta, size_t n_tokens) {
+  const auto gemm = meta.find("skim.gemm_rows");
+  return std::min<size_t>(gemm == meta.end() ? 0 : std::stoull(gemm->second), n_tokens);
+}
+}  // namespace
+
+// Files in --kv-dir not indexed yet: left by a previous run or written by
+// another process sharing the folder. A file that later does not load
+// (another model, damaged) is dropped then.
 void Scheduler::index_kv_dir() {
-  for (const auto& entry : std::filesystem::directory_iterator(params_.kv_dir)) {
-    if (entry.path().extension() != ".kv") continue;
+  std::error_code error;
+  for (const auto& entry : std::filesystem::directory_iterator(params_.kv_dir, error)) {
+    const std::string path = entry.path().string();
+    if (entry.path().extension() != ".kv" || refused_.count(path) ||
+        std::any_of(disk_.begin(), disk_.end(), [&](const DiskPrefix& d) { return d.path == path; }))
+      continue;
     try {
-      kv::KvFile header = kv::read_kv_file_tokens(entry.path().string());
-      const auto gemm = header.meta.find("skim.gemm_rows");
-      const size_t gemm_rows = std::min<size_t>(gemm == header.meta.end() ? 0 : std::stoull(gemm->second), header.tokens.size());
+      kv::KvFile header = kv::read_kv_file_tokens(path);
+      const size_t gemm_rows = saved_gemm_rows(header.meta, header.tokens.size());
       const auto attention = header.meta.find("skim.attention");
-      disk_.push_back({entry.path().string(), std::move(header.tokens), gemm_rows,
-                       attention == header.meta.end() ? "" : attention->second});
+      disk_.push_back({path, std::move(header.tokens), gemm_rows, attention == header.meta.end() ? "" : attention->second});
     } catch (const std::exception& e) {
-      std::fprintf(stderr, "skim serve: ignoring %s: %s\n", entry.path().c_str(), e.what());
+      std::fprintf(stderr, "skim serve: ignoring %s: %s\n", path.c_str(), e.what());
+      refused_.insert(path);
     }
   }
 }
@@ -263,6 +274,7 @@ Scheduler::SlotFile Scheduler::restore_slot(int slot, const std::string& path) {
 
 void Scheduler::place(std::shared_ptr<Job> job) {
   const std::vector<int32_t>& prompt = job->req.prompt;
+  if (!params_.kv_dir.empty()) index_kv_dir();
   // The longest usable prefix of the prompt: in a slot's cache (busy or not),
   // or in a cache file of --kv-dir.
   Slot* donor = nullptr;
@@ -294,11 +306,19 @@ void Scheduler::place(std::shared_ptr<Job> job) {
   target->attention = attention;
   if (!file.empty()) {
     try {
-      ctx_->load_sequence(target->seq, file);
+      // Another process may have rewritten the file since it was indexed: its own tokens count.
+      Context::SavedSequence saved = ctx_->load_sequence(target->seq, file);
+      const size_t gemm_rows = saved_gemm_rows(saved.meta, static_cast<size_t>(ctx_->n_cached(target->seq)));
+      reuse = saved.tokens.size() == static_cast<size_t>(ctx_->n_cached(target->seq))
+                  ? reusable_prefix(*ctx_, saved.tokens, gemm_rows, prompt)
+                  : 0;
+      for (DiskPrefix& d : disk_)
+        if (d.path == file) d.tokens = std::move(saved.tokens), d.gemm_rows = gemm_rows;
       ++disk_hits_;
     } catch (const std::exception& e) {
       std::fprintf(stderr, "skim serve: dropping cache file %s: %s\n", file.c_str(), e.what());
       std::erase_if(disk_, [&](const DiskPrefix& d) { return d.path == file; });
+      refused_.insert(file);
       reuse = 0;
     }
   } else if (reuse > 0 && donor != target) {
@@ -350,6 +370,7 @@ void Scheduler::save_to_disk(Slot& slot, const std::string& path, size_t n_token
     return;
   }
   std::erase_if(disk_, [&](const DiskPrefix& d) { return d.path == path; });
+  refused_.erase(path);
   disk_.push_back({path, slot.cached, n_tokens, slot.attention});
 }
 

@@ -17,6 +17,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -183,6 +184,7 @@ class Scheduler {
   std::vector<Slot> slots_;
   int64_t clock_ = 0;  // step counter: a slot's last use, for least-recently-used reuse
   std::vector<DiskPrefix> disk_;
+  std::set<std::string> refused_;  // --kv-dir files that did not load: not indexed again
   int64_t disk_hits_ = 0;
 
   mutable std::mutex mu_;
