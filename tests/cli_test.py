@@ -360,6 +360,20 @@ class BadInputs(ModelTest):
             (["calibrate", "-m", MODEL, "-f", self.files["dir"]], self.files["dir"]),
         ])
 
+    def test_bad_serve_flags(self):
+        self.check([
+            (["serve", "-m", MODEL, "--port", 70000], "--port"),
+            (["serve", "-m", MODEL, "-b", 4], "--batch-size"),
+            (["serve", "-m", MODEL, "-np", 0], "--parallel"),
+            (["serve", "-m", MODEL, "--kv-dir", os.path.join(self.tmp, "absent")], "--kv-dir"),
+            (["serve", "-m", MODEL, "--slot-save-path", self.files["prompt.txt"]], "--slot-save-path"),
+            (["serve", "-m", MODEL, "--attn", "nosuch"], "nosuch"),
+            (["serve", "-m", MODEL, "--host", "203.0.113.7", "--port", 0], "cannot listen"),
+            (["serve", "-m", MODEL, "-c", 4, "-np", 8], "-c 4"),
+            (["run", "-m", MODEL, "-p", "Hi", "--prompt-cache", self.files["random.gguf"]], "not a cache file"),
+            (["run", "-m", MODEL, "-p", "Hi", "-np", 2, "--prompt-cache", os.path.join(self.tmp, "c.kv")], "--parallel"),
+        ])
+
     def test_bad_model_files(self):
         missing = os.path.join(self.tmp, "no-such-model.gguf")
         self.check([
