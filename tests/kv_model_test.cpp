@@ -84,6 +84,20 @@ TEST_F(KvModel, EvictionAfterThePromptKeepsItsShareAndPositionsGoOn) {
   }
 }
 
+// The server prefills a prompt in chunks (batches whose last row wants no
+// logits until the prompt's end): the policy acts once, on the whole prompt.
+TEST_F(KvModel, APromptInChunksIsCutOnceAtItsEnd) {
+  const std::vector<int32_t> prompt = text_tokens(600);
+  Context ctx(*model_, {.n_ctx = 2048, .n_threads = 2, .kv_policy = "snapkv:keep=0.5"});
+  for (int begin = 0; begin < 600; begin += 200) {
+    Batch chunk;
+    for (int i = begin; i < begin + 200; ++i) chunk.add(prompt[static_cast<size_t>(i)], i, 0, i == 599);
+    ctx.decode(chunk);
+    EXPECT_EQ(ctx.n_cached(), begin + 200 < 600 ? begin + 200 : 300) << "after the chunk at " << begin;
+  }
+  EXPECT_EQ(ctx.n_past(), 600);
+}
+
 TEST_F(KvModel, ADecodeBudgetCapsTheCache) {
   const std::vector<int32_t> ids = text_tokens(300);
   const std::vector<int32_t> prompt(ids.begin(), ids.begin() + 100), next(ids.begin() + 100, ids.end());

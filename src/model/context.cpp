@@ -243,6 +243,9 @@ void Context::run(const Batch& b, const LogitsFn& on_logits, const ProgressFn& p
       throw std::length_error(fmt::format("{} tokens after {} cached exceed the context of {} tokens (raise -c)", rows,
                                           sequence(seq).size(), params_.n_ctx));
     if (!kv_policy_ || rows == 0) continue;
+    // A chunk that does not end its prompt (its last row wants no logits: the
+    // server's chunked prefill) waits: the policy judges the whole prompt.
+    if (rows > 1 && !b.logits[static_cast<size_t>(last_row[seq])]) continue;
     // A prompt (several rows) is cut to the policy's share of it; decode steps
     // only when they outgrow the budget by a page.
     const int64_t target = rows > 1 ? kv_policy_->target_after_prompt(after)
