@@ -144,6 +144,29 @@ TEST_F(SchedulerTest, StopStringsAndLogprobs) {
   EXPECT_EQ(cut.finish_reason, "stop");
 }
 
+TEST_F(SchedulerTest, EachRequestRunsItsOwnMethods) {
+  const std::vector<int32_t> text = tokens(test::long_english_text());
+  const std::vector<int32_t> prompt(text.begin(), text.begin() + 600);
+  Scheduler scheduler(*model_, params(2, 256));  // the prompt is prefilled in three chunks
+  CompletionRequest evicting = greedy(prompt, 4);
+  evicting.kv_policy = "snapkv:keep=0.5";
+  const CompletionUpdate cut = wait(*scheduler.submit(evicting));
+  EXPECT_EQ(cut.error, "");
+  EXPECT_EQ(cut.stats.kv_rows, 300 + 3);  // half the prompt, once, and the decoded tokens
+  const CompletionUpdate full = wait(*scheduler.submit(greedy(prompt, 4)));
+  EXPECT_EQ(full.stats.n_cached, 0);  // the evicting request's rows are not the prompt's
+  EXPECT_EQ(full.stats.kv_rows, 600 + 3);
+  CompletionRequest sparse = greedy(prompt, 4);
+  sparse.attention = "streaming:sink=64,local=128";
+  EXPECT_EQ(wait(*scheduler.submit(sparse)).stats.n_cached, 0);  // dense rows are not shared with it
+  CompletionRequest bad = greedy(prompt, 4);
+  bad.kv_policy = "nosuch";
+  EXPECT_THROW(scheduler.submit(bad), std::invalid_argument);
+  bad.kv_policy.clear();
+  bad.attention = "nosuch";
+  EXPECT_THROW(scheduler.submit(bad), std::invalid_argument);
+}
+
 TEST_F(SchedulerTest, RequestsThatCannotRunAreRefused) {
   Scheduler scheduler(*model_, params(1, 64));
   EXPECT_THROW(scheduler.submit(greedy({}, 4)), std::invalid_argument);

@@ -216,6 +216,18 @@ class Api(unittest.TestCase):
         self.assertEqual(status, 400, body)
         self.assertIn("nosuch", body["error"]["message"])
 
+    def test_kv_policy_per_request(self):
+        doc = document(30000)[21000:27000]
+        r = chat(self.client, f"{doc}\n\nSummarize.", max_tokens=4, extra_body={"kv": "snapkv:keep=0.5"})
+        timings = r.model_extra["timings"]
+        self.assertEqual(timings["kv"], "f16/f16, snapkv:keep=0.5")
+        self.assertLess(timings["kv_rows"], 0.6 * r.usage.prompt_tokens)
+        plain = chat(self.client, f"{doc}\n\nSummarize.", max_tokens=4)
+        self.assertEqual(plain.model_extra["timings"]["kv_rows"], plain.usage.prompt_tokens + 3)
+        for bad in ("nosuch", "snapkv:keep=7", 3):
+            status, body = SERVER.request("POST", "/v1/completions", {"prompt": "hi", "kv": bad})
+            self.assertEqual(status, 400, body)
+
     def test_concurrent_clients_get_their_single_client_answers(self):
         prompts = [f"Write a sentence about the number {i}." for i in range(8)]
         alone = [chat(self.client, p, max_tokens=16).choices[0].message.content for p in prompts]

@@ -70,7 +70,8 @@ void serve(const ServeOptions& o) {
   hp.n_threads_http = o.threads_http;
   hp.slot_save_path = o.slot_save_path;
   hp.model_id = o.alias.empty() ? std::filesystem::path(path).filename().string() : o.alias;
-  hp.kv = o.kv_type_k + "/" + o.kv_type_v + (o.kv_policy.empty() ? "" : ", " + o.kv_policy);
+  hp.kv_types = o.kv_type_k + "/" + o.kv_type_v;
+  hp.kv_policy = o.kv_policy;
 
   Scheduler scheduler(*model, sp);
   server::HttpServer http(*model, scheduler, hp);
@@ -94,7 +95,8 @@ void serve(const ServeOptions& o) {
     if (done.wait_for(std::chrono::seconds(3)) == std::future_status::timeout) std::_Exit(0);
   });
   std::fprintf(stderr, "skim serve: model %s (%s), %d slot(s) of %d tokens, batch %d, attention %s, KV %s\n",
-               hp.model_id.c_str(), model->config().arch.c_str(), o.parallel, slot_ctx, o.n_batch, attn.c_str(), hp.kv.c_str());
+               hp.model_id.c_str(), model->config().arch.c_str(), o.parallel, slot_ctx, o.n_batch, attn.c_str(),
+               (hp.kv_types + (hp.kv_policy.empty() ? "" : ", " + hp.kv_policy)).c_str());
   std::fprintf(stderr, "skim serve: listening on http://%s:%d\n", o.host.c_str(), port);
   std::fflush(stderr);
   http.run();

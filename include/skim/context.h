@@ -118,6 +118,10 @@ class Context {
   // std::invalid_argument for a bad spec.
   void set_attention(int seq, const std::string& spec);
   const std::string& attention(int seq) const;
+  // The KV selection policy of a sequence ("NAME[:key=value,...]", skim/kv.h;
+  // "" keeps every row): ContextParams::kv_policy until set.
+  void set_kv_policy(int seq, const std::string& spec);
+  std::string kv_policy(int seq) const;
   // Keeps the first n_rows rows of the sequence's cache (a prefix to reuse).
   void truncate_sequence(int seq, int n_rows);
   // Sequence `to` (cleared first) holds what `from` holds, sharing its KV pages
@@ -174,7 +178,9 @@ class Context {
   AttentionReport report_;
   OpTimes op_times_;
   std::vector<std::unique_ptr<kv::KvPool>> pools_;  // one per format some layer uses
-  std::unique_ptr<kvpolicy::KvPolicy> kv_policy_;   // null: none
+  const kvpolicy::KvPolicy* policy_for(const std::string& spec);  // null for ""
+  std::map<std::string, std::unique_ptr<kvpolicy::KvPolicy>> policies_;  // by spec
+  std::vector<const kvpolicy::KvPolicy*> seq_policies_;                   // per sequence; null: none
   std::vector<std::unique_ptr<kv::KvSequence>> seqs_;
   std::unique_ptr<AttentionObserver> observer_;  // never null; the default observes nothing
   std::unique_ptr<Activations> s_;

@@ -20,5 +20,7 @@ const std::vector<KvTypeInfo>& kv_cache_types();
 
 // Every KV selection policy (ContextParams::kv_policy) with its parameters.
 const std::vector<AttentionMethodInfo>& kv_policies();
+// Throws std::invalid_argument naming the problem (unknown policy or key, bad value).
+void validate_kv_policy_spec(const std::string& spec);
 
 }  // namespace skim

@@ -15,6 +15,7 @@
 #include "engine/stop_strings.h"
 #include "kv/kv_file.h"
 #include "skim/generate.h"
+#include "skim/kv.h"
 
 namespace skim {
 namespace {
@@ -74,7 +75,7 @@ struct Scheduler::Slot {
   int seq = 0;
   std::vector<int32_t> cached;  // the tokens whose rows the sequence holds, in order
   size_t gemm_rows = 0;         // leading rows computed by GEMM passes, as a cold prefill computes them
-  std::string attention;        // the method that computed its rows
+  std::string methods;          // the methods that computed its rows (methods_key)
   bool reusable = true;         // false once a KV policy evicted rows: they no longer match `cached`
   int64_t last_used = -1;
   std::shared_ptr<Job> job;     // null: idle
@@ -92,7 +93,7 @@ Scheduler::Scheduler(const Model& model, SchedulerParams params) : model_(model)
   slots_.resize(static_cast<size_t>(n_slots));
   for (int i = 0; i < n_slots; ++i) {
     slots_[static_cast<size_t>(i)].seq = i;
-    slots_[static_cast<size_t>(i)].attention = params_.context.attention;
+    slots_[static_cast<size_t>(i)].methods = methods_key(params_.context.attention, params_.context.kv_policy);
   }
   stats_.kv_cap_bytes = ctx_->kv_cap_bytes();
   thread_ = std::thread([this] { loop(); });
@@ -106,6 +107,9 @@ Scheduler::~Scheduler() {
   cv_.notify_all();
   thread_.join();
 }
+
+// Rows are shared only between requests whose methods computed them alike.
+std::string methods_key(const std::string& attention, const std::string& kv_policy) { return attention + "\n" + kv_policy; }
 
 bool valid_session_id(const std::string& id) {
   static const std::regex kId("[A-Za-z0-9_-]{1,128}");
@@ -133,8 +137,11 @@ void Scheduler::index_kv_dir() {
     try {
       kv::KvFile header = kv::read_kv_file_tokens(path);
       const size_t gemm_rows = saved_gemm_rows(header.meta, header.tokens.size());
-      const auto attention = header.meta.find("skim.attention");
-      disk_.push_back({path, std::move(header.tokens), gemm_rows, attention == header.meta.end() ? "" : attention->second});
+      auto meta = [&](const char* key) {
+        const auto it = header.meta.find(key);
+        return it == header.meta.end() ? std::string() : it->second;
+      };
+      disk_.push_back({path, std::move(header.tokens), gemm_rows, methods_key(meta("skim.attention"), meta("skim.kv_policy"))});
     } catch (const std::exception& e) {
       std::fprintf(stderr, "skim serve: ignoring %s: %s\n", path.c_str(), e.what());
       refused_.insert(path);
@@ -146,6 +153,9 @@ std::shared_ptr<CompletionHandle> Scheduler::submit(CompletionRequest request) {
   const auto& p = request.prompt;
   if (request.attention.empty()) request.attention = params_.context.attention;
   validate_attention_spec(request.attention);
+  if (request.kv_policy.empty()) request.kv_policy = params_.context.kv_policy;
+  if (request.kv_policy == "none") request.kv_policy.clear();
+  if (!request.kv_policy.empty()) validate_kv_policy_spec(request.kv_policy);
   if (!request.session_id.empty()) {
     if (params_.kv_dir.empty()) throw std::invalid_argument("a session id needs a server started with --kv-dir");
     if (!valid_session_id(request.session_id))
@@ -279,15 +289,16 @@ void Scheduler::place(std::shared_ptr<Job> job) {
   // or in a cache file of --kv-dir.
   Slot* donor = nullptr;
   size_t reuse = 0;
-  const std::string& attention = job->req.attention;  // rows of another method differ
+  // Rows computed by other methods differ.
+  const std::string methods = methods_key(job->req.attention, job->req.kv_policy);
   for (Slot& s : slots_) {
-    if (!s.reusable || s.attention != attention) continue;
+    if (!s.reusable || s.methods != methods) continue;
     const size_t n = reusable_prefix(*ctx_, s.cached, s.gemm_rows, prompt);
     if (n > reuse) reuse = n, donor = &s;
   }
   std::string file;  // the path, not the entry: spilling below may grow disk_
   for (const DiskPrefix& d : disk_) {
-    if (d.attention != attention) continue;
+    if (d.methods != methods) continue;
     const size_t n = reusable_prefix(*ctx_, d.tokens, d.gemm_rows, prompt);
     if (n > reuse) reuse = n, file = d.path, donor = nullptr;
   }
@@ -302,8 +313,9 @@ void Scheduler::place(std::shared_ptr<Job> job) {
         target = &s;
   }
   spill(*target, target == donor ? reuse : 0);
-  ctx_->set_attention(target->seq, attention);
-  target->attention = attention;
+  ctx_->set_attention(target->seq, job->req.attention);
+  ctx_->set_kv_policy(target->seq, job->req.kv_policy);
+  target->methods = methods;
   if (!file.empty()) {
     try {
       // Another process may have rewritten the file since it was indexed: its own tokens count.
@@ -371,7 +383,7 @@ void Scheduler::save_to_disk(Slot& slot, const std::string& path, size_t n_token
   }
   std::erase_if(disk_, [&](const DiskPrefix& d) { return d.path == path; });
   refused_.erase(path);
-  disk_.push_back({path, slot.cached, n_tokens, slot.attention});
+  disk_.push_back({path, slot.cached, n_tokens, slot.methods});
 }
 
 // One step runs up to three kinds of forward pass, kept apart so that every
@@ -518,6 +530,7 @@ void Scheduler::sample(Slot& slot, const float* logits) {
   u.stats.n_cached = job.n_reused;
   u.stats.n_gen = static_cast<int>(session.result().tokens.size());
   u.stats.n_decoded = job.n_decoded;
+  u.stats.kv_rows = ctx_->n_cached(slot.seq);
   u.stats.queue_ms = ms_between(job.submitted, job.placed);
   u.stats.prompt_ms = ms_between(job.placed, job.first_token);
   u.stats.gen_ms = ms_between(job.first_token, end);

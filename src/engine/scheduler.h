@@ -38,7 +38,9 @@ struct CompletionRequest {
   // With SchedulerParams::kv_dir: the cache is kept in KV_DIR/session-ID.kv
   // when the request ends, for the session's next request (even after a restart).
   std::string session_id;
-  std::string attention;  // the prompt's attention method (skim/attention.h); empty: the server's
+  // The methods that shape the prompt's cache; empty: the server's.
+  std::string attention;  // attention method (skim/attention.h)
+  std::string kv_policy;  // KV selection policy (skim/kv.h); "none" keeps every row
 };
 
 struct GeneratedToken {
@@ -52,6 +54,7 @@ struct CompletionStats {
   int n_cached = 0;  // prompt tokens taken from the cache, not prefilled
   int n_gen = 0;
   int n_decoded = 0;     // tokens run through the model after the prompt
+  int kv_rows = 0;       // rows the cache held at the end (fewer than the tokens once a KV policy evicted)
   double queue_ms = 0;   // submitted to placed in a slot
   double prompt_ms = 0;  // placed in a slot to first token sampled
   double gen_ms = 0;     // first token to the end
@@ -98,6 +101,8 @@ struct SchedulerParams {
 inline constexpr size_t kMinSpillTokens = 64;
 // A session id names a file: letters, digits, '_' and '-' only (no path).
 bool valid_session_id(const std::string& id);
+// What a cache's rows depend on beyond the tokens: the attention method and the KV policy.
+std::string methods_key(const std::string& attention, const std::string& kv_policy);
 inline constexpr int kMinBatch = 16;
 
 // Totals since start, for /metrics.
@@ -158,7 +163,7 @@ class Scheduler {
     std::string path;
     std::vector<int32_t> tokens;
     size_t gemm_rows;
-    std::string attention;  // the method that computed its rows
+    std::string methods;  // the methods that computed its rows (Scheduler::methods_key)
   };
   // A forward pass of one step: its batch, which slot owns which rows, and
   // the slots whose logits it returns (in batch order).

@@ -151,4 +151,5 @@ void window_attention(const ScoreRequest& r, std::vector<float>& probs) {
 
 namespace skim {
 const std::vector<AttentionMethodInfo>& kv_policies() { return kvpolicy::policy_infos(); }
+void validate_kv_policy_spec(const std::string& spec) { kvpolicy::KvPolicy check(spec); }
 }  // namespace skim

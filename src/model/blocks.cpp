@@ -179,7 +179,7 @@ void select_rows(Forward& f, int l) {
   const int q_dim = c.n_head * c.head_dim;
   for (const SequenceRows& sr : f.seqs) {
     if (sr.selection < 0) continue;
-    const int rows = std::min(sr.n, f.kv_policy->window());
+    const int rows = std::min(sr.n, sr.kv_policy->window());
     const int first = sr.row0 + sr.n - rows;
     // Active rows hold the window (context.cpp), consecutive in the packed order too.
     const auto packed = std::lower_bound(f.active.begin(), f.active.end(), first) - f.active.begin();
@@ -188,13 +188,13 @@ void select_rows(Forward& f, int l) {
                              .q_rows = rows, .q_pos0 = sr.pos0 + (first - sr.row0), .kv = sr.kv->view(l),
                              .scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim))};
     std::vector<float> moved;
-    if (const int32_t shift = f.kv_policy->query_shift(); shift > 0) {
+    if (const int32_t shift = sr.kv_policy->query_shift(); shift > 0) {
       moved = shifted_queries(f, l, r.q, rows, shift);
       r.q = moved.data();
       r.q_pos0 += shift;
     }
     KvSelection& sel = (*f.selections)[static_cast<size_t>(sr.selection)];
-    sel.layers[static_cast<size_t>(l)] = f.kv_policy->select(r, sel.target);
+    sel.layers[static_cast<size_t>(l)] = sr.kv_policy->select(r, sel.target);
   }
 }
 

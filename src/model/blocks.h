@@ -42,6 +42,7 @@ struct SequenceRows {
   bool final_chunk;  // the rows end the sequence's tokens of this decode call
   int selection = -1;  // index of the KvSelection a KV policy fills for it in this micro-batch (-1: none)
   attention::AttentionMethod* method = nullptr;  // its prefill attention (Context::set_attention)
+  const kvpolicy::KvPolicy* kv_policy = nullptr;  // its KV selection policy; null: none
 };
 
 // The rows a KV policy keeps of one sequence: per layer, per KV head, `target`
@@ -69,7 +70,6 @@ struct Forward {
   std::span<const int> all_rows;  // 0..n-1
   bool kv_rotation = true;        // Hadamard-rotate Q/K/V of layers with quantized K/V (ContextParams)
   bool kv_center_keys = true;     // subtract the sequence's key offset before storing quantized keys
-  const kvpolicy::KvPolicy* kv_policy = nullptr;
   std::vector<KvSelection>* selections = nullptr;  // filled for sequences whose rows name one
   const std::vector<float>* rope_angles_of = nullptr;  // the RoPE frequencies s.rope_cos/sin hold angles for
 };

@@ -67,7 +67,7 @@ Context::Context(const Model& model, ContextParams params)
   }
   for (int i = 0; i < params_.n_seq_max; ++i)
     seqs_.push_back(std::make_unique<kv::KvSequence>(layer_pools, c.n_head_kv, params_.n_ctx));
-  if (!params_.kv_policy.empty()) kv_policy_ = std::make_unique<kvpolicy::KvPolicy>(params_.kv_policy);
+  seq_policies_.assign(static_cast<size_t>(params_.n_seq_max), policy_for(params_.kv_policy));
   s_ = std::make_unique<Activations>(c, params_.n_ubatch);
 }
 
@@ -115,6 +115,22 @@ attention::AttentionMethod& Context::method_for(const std::string& spec) {
   if (it == methods_.end())
     it = methods_.emplace(spec, std::make_unique<attention::AttentionMethod>(spec, model_.config().n_layer)).first;
   return *it->second;
+}
+const kvpolicy::KvPolicy* Context::policy_for(const std::string& spec) {
+  if (spec.empty()) return nullptr;
+  auto it = policies_.find(spec);
+  if (it == policies_.end()) it = policies_.emplace(spec, std::make_unique<kvpolicy::KvPolicy>(spec)).first;
+  return it->second.get();
+}
+void Context::set_kv_policy(int seq, const std::string& spec) {
+  sequence(seq);  // checks the id
+  seq_policies_[static_cast<size_t>(seq)] = policy_for(spec);
+}
+std::string Context::kv_policy(int seq) const {
+  sequence(seq);
+  for (const auto& [spec, p] : policies_)
+    if (p.get() == seq_policies_[static_cast<size_t>(seq)]) return spec;
+  return "";
 }
 void Context::set_attention(int seq, const std::string& spec) {
   sequence(seq);  // checks the id
@@ -242,26 +258,30 @@ void Context::run(const Batch& b, const LogitsFn& on_logits, const ProgressFn& p
     if (after > params_.n_ctx)
       throw std::length_error(fmt::format("{} tokens after {} cached exceed the context of {} tokens (raise -c)", rows,
                                           sequence(seq).size(), params_.n_ctx));
-    if (!kv_policy_ || rows == 0) continue;
+    const kvpolicy::KvPolicy* policy = seq_policies_[static_cast<size_t>(seq)];
+    if (!policy || rows == 0) continue;
     // A chunk that does not end its prompt (its last row wants no logits: the
     // server's chunked prefill) waits: the policy judges the whole prompt.
     if (rows > 1 && !b.logits[static_cast<size_t>(last_row[seq])]) continue;
     // A prompt (several rows) is cut to the policy's share of it; decode steps
     // only when they outgrow the budget by a page.
-    const int64_t target = rows > 1 ? kv_policy_->target_after_prompt(after)
-                           : kv_policy_->budget() > 0 && after > kv_policy_->budget() + kv::kPageRows
-                               ? kv_policy_->budget()
+    const int64_t target = rows > 1 ? policy->target_after_prompt(after)
+                           : policy->budget() > 0 && after > policy->budget() + kv::kPageRows
+                               ? policy->budget()
                                : after;
     if (target < after) cut_to[static_cast<size_t>(seq)] = target;
   }
 
+  // The widest observation window of the policies that cut a sequence in this call.
+  int window = 0;
+  for (int seq = 0; seq < params_.n_seq_max; ++seq)
+    if (cut_to[static_cast<size_t>(seq)] >= 0) window = std::max(window, seq_policies_[static_cast<size_t>(seq)]->window());
   int64_t logits_done = 0;
   for (int begin = 0; begin < n;) {
     int end = std::min(n, begin + params_.n_ubatch);
     // A policy's observation window is the last rows of the micro-batch that
     // ends a prompt: do not leave that one fewer rows than the window.
-    if (kv_policy_ && end < n && n - end < kv_policy_->window() && n - kv_policy_->window() > begin)
-      end = n - kv_policy_->window();
+    if (window > 0 && end < n && n - end < window && n - window > begin) end = n - window;
     // A tail of gemv-sized rows would run the matrix-vector kernels while the
     // rest ran GEMMs, so a row's result would depend on where the cut fell:
     // the tail keeps a GEMM's worth (batch invariance, docs/server.md).
@@ -273,6 +293,7 @@ void Context::run(const Batch& b, const LogitsFn& on_logits, const ProgressFn& p
         const int32_t seq = b.seq_ids[i];
         ub.seqs.push_back({&sequence(seq), seq, i - begin, 0, b.positions[i], 0, false});
         ub.seqs.back().method = seq_methods_[static_cast<size_t>(seq)];
+        ub.seqs.back().kv_policy = seq_policies_[static_cast<size_t>(seq)];
       }
       SequenceRows& sr = ub.seqs.back();
       ++sr.n;
@@ -303,7 +324,7 @@ void Context::forward_ubatch(Ubatch& ub, float* logits_out) {
   std::vector<int> all_rows(static_cast<size_t>(n));
   std::iota(all_rows.begin(), all_rows.end(), 0);
   Forward f{model_, *s_, report_, op_times_, *observer_, n, seqs, {}, all_rows, params_.kv_rotation, params_.kv_center_keys,
-            kv_policy_.get(), ub.selections.empty() ? nullptr : &ub.selections};
+            ub.selections.empty() ? nullptr : &ub.selections};
   Activations& s = *s_;
 
   const TensorInfo& embd = model_.token_embd();
@@ -318,7 +339,7 @@ void Context::forward_ubatch(Ubatch& ub, float* logits_out) {
   std::vector<int> last_rows = ub.logit_rows;
   for (const SequenceRows& sr : seqs)
     if (sr.selection >= 0)
-      for (int i = std::max(0, sr.n - kv_policy_->window()); i < sr.n; ++i) last_rows.push_back(sr.row0 + i);
+      for (int i = std::max(0, sr.n - sr.kv_policy->window()); i < sr.n; ++i) last_rows.push_back(sr.row0 + i);
   std::sort(last_rows.begin(), last_rows.end());
   last_rows.erase(std::unique(last_rows.begin(), last_rows.end()), last_rows.end());
   for (int l = 0; l < c.n_layer; ++l) {

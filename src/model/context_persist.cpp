@@ -29,7 +29,7 @@ std::map<std::string, std::string> Context::cache_fingerprint(int seq) const {
       {"skim.kv", fmt::format("k {} v {} f16_layers [{}] rotation {} center_keys {}", params_.kv_type_k, params_.kv_type_v,
                               f16_layers, params_.kv_rotation, params_.kv_center_keys)},
       {"skim.attention", attention(seq)},
-      {"skim.kv_policy", params_.kv_policy},
+      {"skim.kv_policy", kv_policy(seq)},
   };
 }
 

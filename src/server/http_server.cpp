@@ -41,6 +41,11 @@ struct HttpServer::Impl {
   std::atomic<int64_t> next_id{0};
   const int64_t started = static_cast<int64_t>(std::time(nullptr));
 
+  // "f16/f16" or "q8_0/q8_0, snapkv:keep=0.5": formats, then the policy if any.
+  std::string kv_setting(const std::string& policy) const {
+    return policy.empty() || policy == "none" ? params.kv_types : params.kv_types + ", " + policy;
+  }
+
   ResponseContext response_context(Endpoint endpoint, bool logprobs) {
     const int64_t n = next_id++;
     return {endpoint,
@@ -50,7 +55,7 @@ struct HttpServer::Impl {
             logprobs,
             &model.tokenizer(),
             scheduler.attention(),
-            params.kv};
+            kv_setting(params.kv_policy)};
   }
 
   void completion(const httplib::Request& req, httplib::Response& res, Endpoint endpoint) {
@@ -65,6 +70,7 @@ struct HttpServer::Impl {
     }
     ResponseContext rc = response_context(endpoint, parsed.completion.logprobs);
     if (!parsed.completion.attention.empty()) rc.attention = parsed.completion.attention;
+    if (!parsed.completion.kv_policy.empty()) rc.kv = kv_setting(parsed.completion.kv_policy);
     if (parsed.stream)
       stream(res, std::move(handle), rc, parsed.include_usage);
     else
@@ -194,7 +200,7 @@ struct HttpServer::Impl {
                                              {"n_ctx_slot", scheduler.slot_context()},
                                              {"slots", scheduler.n_slots()},
                                              {"attention", scheduler.attention()},
-                                             {"kv", params.kv}}}}})}});
+                                             {"kv", kv_setting(params.kv_policy)}}}}})}});
   }
 
   void routes() {

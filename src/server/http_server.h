@@ -19,7 +19,8 @@ struct ServerParams {
   int timeout_s = 600;        // socket read/write timeout
   int n_threads_http = 0;     // connections served at once; 0: enough for every slot's client and more
   std::string model_id;       // the model's name in responses and /v1/models
-  std::string kv;             // the KV setting reported with each answer ("f16/f16")
+  std::string kv_types;       // the K/V formats reported with each answer ("f16/f16")
+  std::string kv_policy;      // the server's KV policy ("" keeps every row); a request may name its own
   size_t max_body_bytes = 32u << 20;
   std::string slot_save_path;  // directory of POST /slots/ID?action=save|restore files; empty: off
 };

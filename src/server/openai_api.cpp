@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include "skim/attention.h"
+#include "skim/kv.h"
 
 namespace skim::server {
 namespace {
@@ -198,6 +199,15 @@ ParsedRequest parse_completion_request(const json& body, Endpoint endpoint, cons
       bad(e.what());
     }
   }
+  if (const json* kv = field(body, "kv")) {
+    if (!kv->is_string()) bad("'kv' must be a KV policy spec string, e.g. \"snapkv:keep=0.5\", or \"none\" (skim info --kv)");
+    c.kv_policy = kv->get<std::string>();
+    try {
+      if (c.kv_policy != "none") validate_kv_policy_spec(c.kv_policy);
+    } catch (const std::exception& e) {
+      bad(e.what());
+    }
+  }
   if (const json* id = field(body, "session")) {
     if (!id->is_string() || !valid_session_id(id->get<std::string>()))
       bad("'session' must be 1 to 128 letters, digits, '_' or '-'");
@@ -247,6 +257,7 @@ json timings_json(const ResponseContext& rc, const CompletionStats& s) {
           {"predicted_per_second", rate(s.n_decoded, s.gen_ms)},
           {"queue_ms", s.queue_ms},
           {"ttft_ms", s.ttft_ms},
+          {"kv_rows", s.kv_rows},
           {"attention", rc.attention},
           {"kv", rc.kv}};
 }
