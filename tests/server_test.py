@@ -388,6 +388,26 @@ class Robustness(unittest.TestCase):
                 self.assertEqual(server.stop(), 0)
         self.assertError(*SERVER.request("POST", "/v1/chat/completions", ask("x", "y", session="s1")), 400)
 
+    def test_kv_dir_size_drops_the_least_recently_used_files(self):
+        text = document(30000)
+        docs = [text[i * 7000:i * 7000 + 6000] for i in range(4)]
+        ask = lambda doc: {"messages": [{"role": "user", "content": f"{doc}\n\nQuestion: what?"}], "max_tokens": 2,
+                           "temperature": 0}
+        with tempfile.TemporaryDirectory() as kv_dir:
+            server = Server("-np", 1, "-c", 4096, "--kv-dir", kv_dir, "--kv-dir-size", 40)
+            try:
+                for doc in docs:  # each takes the slot: the previous prefix (~35 MiB of f16 rows) goes to the folder
+                    self.assertEqual(server.request("POST", "/v1/chat/completions", ask(doc))[0], 200)
+                sizes = [os.path.getsize(os.path.join(kv_dir, f)) for f in os.listdir(kv_dir)]
+                self.assertEqual(len(sizes), 1, sizes)
+                self.assertLessEqual(sum(sizes), 40 << 20)
+                status, newest = server.request("POST", "/v1/chat/completions", ask(docs[2]))  # docs[3] goes out
+                self.assertGreater(newest["usage"]["prompt_tokens_details"]["cached_tokens"], 1000)  # kept
+                status, oldest = server.request("POST", "/v1/chat/completions", ask(docs[0]))
+                self.assertLess(oldest["usage"]["prompt_tokens_details"]["cached_tokens"], 100)  # dropped
+            finally:
+                self.assertEqual(server.stop(), 0)
+
     def test_two_servers_share_a_kv_dir(self):
         doc = document(30000)[3000:9000]
         body = lambda q: {"messages": [{"role": "user", "content": f"{doc}\n\nQuestion: {q}"}], "max_tokens": 4,

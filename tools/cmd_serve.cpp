@@ -31,6 +31,7 @@ struct ServeOptions : SharedOptions {
   std::string alias;
   std::string slot_save_path;
   std::string kv_dir;
+  int kv_dir_mib = 0;
 };
 
 // SIGINT/SIGTERM write a byte to this pipe; a thread waiting on it stops the
@@ -61,6 +62,7 @@ void serve(const ServeOptions& o) {
   apply_kv_options(o, sp.context);
   sp.n_batch = o.n_batch;
   sp.kv_dir = o.kv_dir;
+  sp.kv_dir_max_bytes = static_cast<uint64_t>(o.kv_dir_mib) << 20;
 
   server::ServerParams hp;
   hp.host = o.host;
@@ -129,6 +131,9 @@ void register_serve(CLI::App& app) {
                   "cache files: a slot's prefix is saved here before its slot is reused, loaded on a prefix hit; "
                   "requests with a 'session' id keep their cache here")
       ->check(CLI::ExistingDirectory);
+  cmd->add_option("--kv-dir-size", o->kv_dir_mib,
+                  "MiB the --kv-dir files may take; past it the least recently used go (0: no cap)")
+      ->check(in_range(0, 1 << 24));
   cmd->add_option("--slot-save-path", o->slot_save_path,
                   "directory of POST /slots/ID?action=save|restore files (a slot's KV cache, safetensors)")
       ->check(CLI::ExistingDirectory);

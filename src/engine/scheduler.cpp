@@ -312,7 +312,7 @@ void Scheduler::place(std::shared_ptr<Job> job) {
                      (s.cached.empty() == target->cached.empty() && s.last_used < target->last_used)))
         target = &s;
   }
-  spill(*target, target == donor ? reuse : 0);
+  spill(*target, target == donor ? reuse : 0, file);
   ctx_->set_attention(target->seq, job->req.attention);
   ctx_->set_kv_policy(target->seq, job->req.kv_policy);
   target->methods = methods;
@@ -326,6 +326,8 @@ void Scheduler::place(std::shared_ptr<Job> job) {
                   : 0;
       for (DiskPrefix& d : disk_)
         if (d.path == file) d.tokens = std::move(saved.tokens), d.gemm_rows = gemm_rows;
+      std::error_code ignored;  // a hit is a use: the file's time orders --kv-dir-size's evictions
+      std::filesystem::last_write_time(file, std::filesystem::file_time_type::clock::now(), ignored);
       ++disk_hits_;
     } catch (const std::exception& e) {
       std::fprintf(stderr, "skim serve: dropping cache file %s: %s\n", file.c_str(), e.what());
@@ -361,17 +363,17 @@ void Scheduler::place(std::shared_ptr<Job> job) {
 
 // A slot's cache about to be cut to `keep` rows goes to --kv-dir, named by a
 // hash of its tokens, when what is lost is worth a file (docs/server.md).
-void Scheduler::spill(Slot& slot, size_t keep) {
+void Scheduler::spill(Slot& slot, size_t keep, const std::string& file_in_use) {
   if (params_.kv_dir.empty() || !slot.reusable || slot.gemm_rows < keep + kMinSpillTokens) return;
   const std::span<const int32_t> tokens(slot.cached.data(), slot.gemm_rows);
   const std::string path =
       (std::filesystem::path(params_.kv_dir) / fmt::format("prefix-{:016x}.kv", XXH3_64bits(tokens.data(), tokens.size_bytes())))
           .string();
   if (std::any_of(disk_.begin(), disk_.end(), [&](const DiskPrefix& d) { return d.path == path; })) return;
-  save_to_disk(slot, path, tokens.size());
+  save_to_disk(slot, path, tokens.size(), file_in_use);
 }
 
-void Scheduler::save_to_disk(Slot& slot, const std::string& path, size_t n_tokens) {
+void Scheduler::save_to_disk(Slot& slot, const std::string& path, size_t n_tokens, const std::string& file_in_use) {
   // Only the rows a GEMM computed are kept: the file's rows are its tokens' rows.
   ctx_->truncate_sequence(slot.seq, static_cast<int>(n_tokens));
   slot.cached.resize(n_tokens);
@@ -384,6 +386,35 @@ void Scheduler::save_to_disk(Slot& slot, const std::string& path, size_t n_token
   std::erase_if(disk_, [&](const DiskPrefix& d) { return d.path == path; });
   refused_.erase(path);
   disk_.push_back({path, slot.cached, n_tokens, slot.methods});
+  cap_kv_dir({path, file_in_use});
+}
+
+// Oldest-used files out until the folder fits --kv-dir-size; `keep` (the file
+// just written, the one about to be loaded) stays. Files of other processes
+// sharing the folder count too.
+void Scheduler::cap_kv_dir(const std::vector<std::string>& keep) {
+  if (params_.kv_dir_max_bytes == 0) return;
+  struct File {
+    std::filesystem::file_time_type used;
+    uint64_t bytes;
+    std::string path;
+  };
+  std::vector<File> files;
+  uint64_t total = 0;
+  std::error_code error;
+  for (const auto& entry : std::filesystem::directory_iterator(params_.kv_dir, error)) {
+    if (entry.path().extension() != ".kv") continue;
+    const uint64_t bytes = entry.file_size(error);
+    files.push_back({entry.last_write_time(error), bytes, entry.path().string()});
+    total += bytes;
+  }
+  std::sort(files.begin(), files.end(), [](const File& a, const File& b) { return a.used < b.used; });
+  for (const File& f : files) {
+    if (total <= params_.kv_dir_max_bytes) break;
+    if (std::find(keep.begin(), keep.end(), f.path) != keep.end() || !std::filesystem::remove(f.path, error)) continue;
+    total -= f.bytes;
+    std::erase_if(disk_, [&](const DiskPrefix& d) { return d.path == f.path; });
+  }
 }
 
 // One step runs up to three kinds of forward pass, kept apart so that every

@@ -96,6 +96,9 @@ struct SchedulerParams {
   // Cache files: a slot's prefix about to be overwritten is saved here, and
   // any file here whose tokens start a new prompt is loaded instead of prefilled.
   std::string kv_dir;
+  // Bytes the files in kv_dir may take (0: no cap): past it, the least
+  // recently used files go first (a hit counts as a use).
+  uint64_t kv_dir_max_bytes = 0;
 };
 // Shorter prefixes are not worth a file.
 inline constexpr size_t kMinSpillTokens = 64;
@@ -155,9 +158,10 @@ class Scheduler {
   SlotFile between_steps(std::function<SlotFile()> task);
   Slot& idle_slot(int slot);
   void place(std::shared_ptr<Job> job);  // into an idle slot, from the best cached prefix
-  void spill(Slot& slot, size_t keep);
+  void spill(Slot& slot, size_t keep, const std::string& file_in_use = {});
   void index_kv_dir();
-  void save_to_disk(Slot& slot, const std::string& path, size_t n_tokens);
+  void cap_kv_dir(const std::vector<std::string>& keep);
+  void save_to_disk(Slot& slot, const std::string& path, size_t n_tokens, const std::string& file_in_use = {});
   // A --kv-dir file: its tokens, the first gemm_rows of which may be shared.
   struct DiskPrefix {
     std::string path;
