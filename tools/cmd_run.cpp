@@ -58,9 +58,7 @@ int reused_from_cache(const Context& ctx, const Context::SavedSequence& saved, c
                                saved.tokens.begin());
   const size_t rows = static_cast<size_t>(ctx.n_cached(0));
   if (saved.tokens.size() != rows) return 0;  // a KV policy evicted rows: they no longer match tokens
-  const auto gemm = saved.meta.find("skim.gemm_rows");
-  const size_t gemm_rows = gemm == saved.meta.end() ? 0 : std::min<size_t>(std::stoull(gemm->second), rows);
-  return static_cast<int>(reusable_prefix(ctx, saved.tokens, gemm_rows, prompt));
+  return static_cast<int>(reusable_prefix(ctx, saved.tokens, saved_gemm_rows(saved.meta, rows), prompt));
 }
 
 void run(const RunOptions& o) {
@@ -168,7 +166,7 @@ void run(const RunOptions& o) {
     Stopwatch clock;
     std::vector<int32_t> held = prompt;  // and the generated tokens that were decoded
     held.insert(held.end(), r.tokens.begin(), r.tokens.begin() + (ctx.n_cached(0) - static_cast<int>(prompt.size())));
-    const size_t bytes = ctx.save_sequence(0, held, o.prompt_cache, {{"skim.gemm_rows", std::to_string(prefill_gemm_rows(ctx, prompt))}});
+    const size_t bytes = ctx.save_sequence(0, held, o.prompt_cache, gemm_rows_meta(prefill_gemm_rows(ctx, prompt)));
     std::fprintf(stderr, "skim: prompt cache %s: %zu tokens saved (%.1f MiB in %.0f ms)\n", o.prompt_cache.c_str(), held.size(),
                  bytes / 1048576.0, clock.ms());
   }

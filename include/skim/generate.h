@@ -44,6 +44,12 @@ struct GenerationOptions {
 size_t reusable_prefix(const Context& ctx, std::span<const int32_t> cached, size_t gemm_rows,
                        std::span<const int32_t> prompt);
 
+// A saved cache records how many of its leading rows a GEMM computed: only
+// those may start another prompt (reusable_prefix). The metadata entry for
+// Context::save_sequence, and its value read back (at most n_rows; 0 if absent).
+std::map<std::string, std::string> gemm_rows_meta(size_t gemm_rows);
+size_t saved_gemm_rows(const std::map<std::string, std::string>& meta, size_t n_rows);
+
 GenerationResult generate(Context& ctx, const std::vector<int32_t>& prompt, Sampler& sampler,
                           const GenerationOptions& opts);
 

@@ -56,6 +56,17 @@ size_t reusable_prefix(const Context& ctx, std::span<const int32_t> cached, size
   return static_cast<size_t>(std::mismatch(cached.begin(), cached.begin() + n, prompt.begin()).first - cached.begin());
 }
 
+namespace {
+constexpr const char* kGemmRowsKey = "skim.gemm_rows";
+}
+
+std::map<std::string, std::string> gemm_rows_meta(size_t gemm_rows) { return {{kGemmRowsKey, std::to_string(gemm_rows)}}; }
+
+size_t saved_gemm_rows(const std::map<std::string, std::string>& meta, size_t n_rows) {
+  const auto it = meta.find(kGemmRowsKey);
+  return std::min<size_t>(it == meta.end() ? 0 : std::stoull(it->second), n_rows);
+}
+
 GenerationResult generate(Context& ctx, const std::vector<int32_t>& prompt, Sampler& sampler,
                           const GenerationOptions& opts) {
   Session s(ctx.model().tokenizer(), 0, prompt, sampler);

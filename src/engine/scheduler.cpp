@@ -116,14 +116,6 @@ bool valid_session_id(const std::string& id) {
   return std::regex_match(id, kId);
 }
 
-namespace {
-// The rows of a saved cache that may be shared (Scheduler::DiskPrefix::gemm_rows).
-size_t saved_gemm_rows(const std::map<std::string, std::string>& meta, size_t n_tokens) {
-  const auto gemm = meta.find("skim.gemm_rows");
-  return std::min<size_t>(gemm == meta.end() ? 0 : std::stoull(gemm->second), n_tokens);
-}
-}  // namespace
-
 // Files in --kv-dir not indexed yet: left by a previous run or written by
 // another process sharing the folder. A file that later does not load
 // (another model, damaged) is dropped then.
@@ -260,7 +252,7 @@ Scheduler::SlotFile Scheduler::save_slot(int slot, const std::string& path) {
     const auto t0 = Clock::now();
     Slot& s = idle_slot(slot);
     if (!s.reusable) throw std::invalid_argument(fmt::format("slot {}: a KV policy evicted rows, its cache no longer matches tokens", slot));
-    const size_t bytes = ctx_->save_sequence(s.seq, s.cached, path, {{"skim.gemm_rows", std::to_string(s.gemm_rows)}});
+    const size_t bytes = ctx_->save_sequence(s.seq, s.cached, path, gemm_rows_meta(s.gemm_rows));
     return SlotFile{static_cast<int>(s.cached.size()), bytes, ms_between(t0, Clock::now())};
   });
 }
@@ -275,8 +267,7 @@ Scheduler::SlotFile Scheduler::restore_slot(int slot, const std::string& path) {
     const size_t rows = static_cast<size_t>(ctx_->n_cached(s.seq));
     s.reusable = saved.tokens.size() == rows;
     s.cached = std::move(saved.tokens);
-    const auto gemm = saved.meta.find("skim.gemm_rows");
-    s.gemm_rows = gemm == saved.meta.end() ? 0 : std::min<size_t>(std::stoull(gemm->second), rows);
+    s.gemm_rows = saved_gemm_rows(saved.meta, rows);
     s.last_used = ++clock_;
     return SlotFile{static_cast<int>(s.cached.size()), saved.bytes, ms_between(t0, Clock::now())};
   });
@@ -378,7 +369,7 @@ void Scheduler::save_to_disk(Slot& slot, const std::string& path, size_t n_token
   ctx_->truncate_sequence(slot.seq, static_cast<int>(n_tokens));
   slot.cached.resize(n_tokens);
   try {
-    ctx_->save_sequence(slot.seq, slot.cached, path, {{"skim.gemm_rows", std::to_string(n_tokens)}});
+    ctx_->save_sequence(slot.seq, slot.cached, path, gemm_rows_meta(n_tokens));
   } catch (const std::exception& e) {
     std::fprintf(stderr, "skim serve: cannot keep a cache file: %s\n", e.what());
     return;
