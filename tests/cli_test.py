@@ -273,7 +273,8 @@ class GoodInputs(ModelTest):
                 total = float(cells[2])
                 parts = [float(cells[i].split()[0]) for i in (3, 4, 6, 7)]
                 self.assertGreater(total, 0, line)
-                self.assertAlmostEqual(sum(parts), total, delta=0.2, msg=line)
+                # Each of the five cells is rounded to 0.1 ms: their sum may be off by 5 x 0.05.
+                self.assertAlmostEqual(sum(parts), total, delta=0.05 * (len(parts) + 1) + 1e-9, msg=line)
                 self.assertTrue(all(p >= 0 for p in parts[:3]), line)
 
     def test_eval_passkey_writes_results(self):
