@@ -5,7 +5,7 @@
 //   tokenize_driver MODEL [--add-special] [--parse-special] --each FILE...
 //       prints one line per file: PATH<TAB>ids separated by spaces
 //   tokenize_driver MODEL --chat ROLE=CONTENT_FILE... [--generation-prompt]
-//       prints the ChatML rendering of the conversation
+//       prints the chat-template rendering of the conversation (ChatML or Gemma)
 // Add --time to report tokenization throughput on stderr.
 #include <chrono>
 #include <cstdio>

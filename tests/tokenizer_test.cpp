@@ -1,7 +1,9 @@
-// Tokenizer tests: Unicode tables, pre-tokenizer splits, BPE on small
-// hand-built vocabularies, and the real SmolLM2 / Qwen2.5 vocabularies with
-// ids checked against llama.cpp (known answers recorded from `skim-peer
-// tokenize`, plus a live comparison with the peer build).
+// Tokenizer tests: Unicode tables, pre-tokenizer splits, BPE and SentencePiece
+// on small hand-built vocabularies, chat templates, and the real SmolLM2 /
+// Qwen2.5 / Gemma 3 vocabularies with ids checked against llama.cpp (known
+// answers recorded from `skim-peer tokenize`, plus a live comparison with the
+// peer build).
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include <cstdio>
@@ -24,6 +26,7 @@
 #include "test_support.h"
 #include "tokenizer/bpe_tokenizer.h"
 #include "tokenizer/pretokenizer.h"
+#include "tokenizer/spm_tokenizer.h"
 #include "tokenizer/unicode.h"
 
 namespace skim {
@@ -58,6 +61,7 @@ const LoadedVocab& vocab(const std::string& name) {
 
 constexpr const char* kSmolLm = "smollm2-135m";
 constexpr const char* kQwen = "qwen2.5-coder-0.5b";
+constexpr const char* kGemma = "gemma3-270m";
 
 std::vector<std::string> split_words(std::string_view pre, std::string_view text) {
   std::vector<std::string> words;
@@ -243,11 +247,17 @@ struct TinyTokenizer {
   std::vector<uint8_t> bytes;
   std::unique_ptr<GgufFile> file;
   std::unique_ptr<Tokenizer> tok;
-  explicit TinyTokenizer(const TinyVocab& v, const std::vector<std::pair<std::string, WValue>>& kv = {})
-      : bytes(v.image(kv)), file(GgufFile::from_memory(bytes.data(), bytes.size())), tok(Tokenizer::from_gguf(*file)) {}
+  explicit TinyTokenizer(std::vector<uint8_t> image)
+      : bytes(std::move(image)),
+        file(GgufFile::from_memory(bytes.data(), bytes.size())),
+        tok(Tokenizer::from_gguf(*file)) {}
+  template <typename Vocab>
+  explicit TinyTokenizer(const Vocab& v, const std::vector<std::pair<std::string, WValue>>& kv = {})
+      : TinyTokenizer(v.image(kv)) {}
 };
 
-void expect_load_error(const TinyVocab& v, const std::string& needle,
+template <typename Vocab>
+void expect_load_error(const Vocab& v, const std::string& needle,
                        const std::vector<std::pair<std::string, WValue>>& kv = {}) {
   const std::vector<uint8_t> bytes = v.image(kv);
   const auto file = GgufFile::from_memory(bytes.data(), bytes.size());
@@ -329,12 +339,12 @@ TEST(TokenizerBpe, BadIdsAreReported) {
 }
 
 TEST(TokenizerBpe, UnsupportedOrBrokenVocabulariesAreRejected) {
-  TinyVocab spm;
-  spm.model = "llama";
-  expect_load_error(spm, "SentencePiece");
   TinyVocab t5;
   t5.model = "t5";
   expect_load_error(t5, "not supported");
+  TinyVocab bert;
+  bert.model = "bert";
+  expect_load_error(bert, "WordPiece");
   TinyVocab odd;
   odd.model = "mystery";
   expect_load_error(odd, "mystery");
@@ -365,6 +375,279 @@ TEST(TokenizerBpe, ChatTemplateNeedsChatMlTokens) {
 }
 
 // ---------------------------------------------------------------------------
+// SentencePiece on hand-built vocabularies (expected ids follow llama.cpp's
+// llm_tokenizer_spm_session)
+
+// A SentencePiece vocabulary laid out like Llama 2's: <unk>, <s>, </s>, the
+// 256 byte tokens <0x00>..<0xFF> (ids 3..258), then `add`ed pieces.
+struct SpmVocab {
+  std::vector<std::string> tokens;
+  std::vector<float> scores;
+  std::vector<int32_t> types;
+  std::string chat_template;
+
+  explicit SpmVocab(bool byte_tokens = true) {
+    add("<unk>", 0, 2);
+    add("<s>", 0, 3);
+    add("</s>", 0, 3);
+    if (byte_tokens)
+      for (int b = 0; b < 256; ++b) add(fmt::format("<0x{:02X}>", b), 0, 6);
+  }
+  int32_t add(const std::string& text, float score = 0, int32_t type = 1) {
+    tokens.push_back(text);
+    scores.push_back(score);
+    types.push_back(type);
+    return static_cast<int32_t>(tokens.size() - 1);
+  }
+  static int32_t byte(uint8_t b) { return 3 + b; }
+  std::vector<uint8_t> image(const std::vector<std::pair<std::string, WValue>>& extra_kv = {}) const {
+    GgufWriter w;
+    w.kv("tokenizer.ggml.model", WValue::str("llama"));
+    std::vector<WValue> t, sc, ty;
+    for (const auto& x : tokens) t.push_back(WValue::str(x));
+    for (float x : scores) sc.push_back(WValue::f32(x));
+    for (int32_t x : types) ty.push_back(WValue::i32(x));
+    w.kv("tokenizer.ggml.tokens", WValue::array(gt::STRING, t));
+    w.kv("tokenizer.ggml.scores", WValue::array(gt::F32, sc));
+    w.kv("tokenizer.ggml.token_type", WValue::array(gt::I32, ty));
+    if (!chat_template.empty()) w.kv("tokenizer.chat_template", WValue::str(chat_template));
+    for (const auto& [k, v] : extra_kv) w.kv(k, v);
+    return w.build();
+  }
+};
+
+const std::vector<std::pair<std::string, WValue>> kNoSpacePrefix = {
+    {"tokenizer.ggml.add_space_prefix", WValue::boolean(false)}};
+const std::string kSpaceMark = "\xE2\x96\x81";  // U+2581
+
+TEST(TokenizerSpm, HighestScoringMergeFirst) {
+  SpmVocab v;
+  const int32_t a = v.add("a", -1), b = v.add("b", -1), c = v.add("c", -1), d = v.add("d", -1);
+  const int32_t ab = v.add("ab", -3), bc = v.add("bc", -2);
+  TinyTokenizer t(v, kNoSpacePrefix);
+  EXPECT_EQ(t.tok->encode("abc", false, false), (Ids{a, bc}));  // "bc" outscores "ab"
+  EXPECT_EQ(t.tok->encode("ab", false, false), (Ids{ab}));
+  EXPECT_EQ(t.tok->encode("dab", false, false), (Ids{d, ab}));
+  EXPECT_EQ(t.tok->encode("c", false, false), (Ids{c}));
+  EXPECT_EQ(t.tok->encode("b", false, false), (Ids{b}));
+
+  // A merged symbol pairs again: its pair with a neighbour is scored by the
+  // token that pair spells, whichever merges made it.
+  SpmVocab w;
+  w.add("a", -1), w.add("b", -1), w.add("c", -1), w.add("d", -1);
+  w.add("ab", -1), w.add("bc", -1.5f), w.add("cd", -2);
+  const int32_t abcd = w.add("abcd", -0.5f);
+  TinyTokenizer u(w, kNoSpacePrefix);
+  EXPECT_EQ(u.tok->encode("abcd", false, false), (Ids{abcd}));  // ab, then cd, then ab+cd
+}
+
+TEST(TokenizerSpm, EqualScoresMergeLeftmostFirst) {
+  SpmVocab v;
+  const int32_t a = v.add("a", -1), b = v.add("b", -1);
+  const int32_t aa = v.add("aa", -2), ab = v.add("ab", -4), ba = v.add("ba", -4), aaaa = v.add("aaaa", -5);
+  TinyTokenizer t(v, kNoSpacePrefix);
+  EXPECT_EQ(t.tok->encode("aaa", false, false), (Ids{aa, a}));
+  EXPECT_EQ(t.tok->encode("aaaaa", false, false), (Ids{aaaa, a}));
+  EXPECT_EQ(t.tok->encode("aba", false, false), (Ids{ab, a}));
+  EXPECT_EQ(t.tok->encode("bab", false, false), (Ids{ba, b}));
+}
+
+TEST(TokenizerSpm, CharactersOutsideTheVocabularyBecomeByteTokens) {
+  SpmVocab v;
+  const int32_t x = v.add("x", -1), a = v.add("a", -1);
+  TinyTokenizer t(v, kNoSpacePrefix);
+  EXPECT_EQ(t.tok->encode("x\xC3\xA9x", false, false), (Ids{x, SpmVocab::byte(0xC3), SpmVocab::byte(0xA9), x}));
+  // A symbol is a whole character by its lead byte, even a malformed one: 0xF8
+  // announces four bytes, so "a" after it is spelled in bytes too.
+  EXPECT_EQ(t.tok->encode("\xF8" "ax", false, false),
+            (Ids{SpmVocab::byte(0xF8), SpmVocab::byte('a'), SpmVocab::byte('x')}));
+  EXPECT_EQ(t.tok->encode("a\x80", false, false), (Ids{a, SpmVocab::byte(0x80)}));
+  EXPECT_EQ(t.tok->decode(t.tok->encode("x\xC3\xA9\xFF", false, false)), "x\xC3\xA9\xFF");
+}
+
+TEST(TokenizerSpm, WithoutByteTokensOneByteTextThenUnknownIsUsed) {
+  SpmVocab v(false);
+  const int32_t x = v.add("x", -1), c3 = v.add("\xC3", -1);
+  TinyTokenizer t(v, kNoSpacePrefix);
+  // llama.cpp fails on a byte it cannot spell; skim gives <unk> (id 0 by default).
+  EXPECT_EQ(t.tok->encode("x\xC3\xA9", false, false), (Ids{x, c3, 0}));
+}
+
+TEST(TokenizerSpm, SpacesAreWrittenAsU2581) {
+  SpmVocab v;
+  const int32_t hi = v.add("hi", -1), space_hi = v.add(kSpaceMark + "hi", -0.5f);
+  v.add("h", -1), v.add("i", -1), v.add(kSpaceMark, -1);
+  TinyTokenizer t(v, kNoSpacePrefix);
+  EXPECT_EQ(t.tok->encode("hi hi", false, false), (Ids{hi, space_hi}));
+  EXPECT_EQ(t.tok->encode("hi" + kSpaceMark + "hi", false, false), (Ids{hi, space_hi}));  // U+2581 itself too
+  EXPECT_EQ(t.tok->token_to_piece(space_hi), " hi");
+  EXPECT_EQ(t.tok->decode({hi, space_hi}), "hi hi");
+}
+
+TEST(TokenizerSpm, SpacePrefixStartsTextAfterSpecialTokens) {
+  SpmVocab v;
+  const int32_t hi = v.add("hi", -1), space_hi = v.add(kSpaceMark + "hi", -0.5f);
+  const int32_t ctrl = v.add("<c>", 0, 3), user = v.add("<u>", 0, 4);
+  v.add("h", -1), v.add("i", -1), v.add(kSpaceMark, -1);
+  TinyTokenizer t(v);  // add_space_prefix defaults to on, as for Llama 2
+  EXPECT_TRUE(static_cast<const SpmTokenizer&>(*t.tok).add_space_prefix());
+  EXPECT_EQ(t.tok->encode("hi", false, false), (Ids{space_hi}));
+  EXPECT_EQ(t.tok->encode("hi", true, false), (Ids{1, space_hi}));
+  EXPECT_EQ(t.tok->encode("hi<u>hi", false, false), (Ids{space_hi, user, space_hi}));
+  EXPECT_EQ(t.tok->encode("<c>hi", false, true), (Ids{ctrl, space_hi}));
+  // Decoding drops the first token's leading space; after BOS nothing is dropped.
+  EXPECT_EQ(t.tok->decode({space_hi, space_hi}), "hi hi");
+  EXPECT_EQ(t.tok->decode({1, space_hi}), " hi");
+  EXPECT_EQ(t.tok->token_to_piece(space_hi), " hi");
+
+  TinyTokenizer off(v, kNoSpacePrefix);
+  EXPECT_EQ(off.tok->encode("hi", false, false), (Ids{hi}));
+  EXPECT_EQ(off.tok->encode("<c>hi", false, true), (Ids{ctrl, hi}));
+  EXPECT_EQ(off.tok->decode({space_hi}), " hi");
+}
+
+TEST(TokenizerSpm, SpecialTokensLongestFirstUserDefinedAlways) {
+  SpmVocab v;
+  const int32_t a = v.add("a", -1);
+  const int32_t ctrl = v.add("<c>", 0, 3), ctrl_long = v.add("<c>a", 0, 3), user = v.add("<u>", 0, 4);
+  const int32_t end_of_turn = v.add("<end_of_turn>", 0, 4);  // user-defined in the file, like Gemma's "</s>"
+  TinyTokenizer t(v, kNoSpacePrefix);
+  EXPECT_EQ(t.tok->encode("<c>a<c>", false, true), (Ids{ctrl_long, ctrl}));
+  EXPECT_EQ(t.tok->encode("a<u>a", false, false), (Ids{a, user, a}));
+  EXPECT_EQ(t.tok->encode("<c>", false, false),
+            (Ids{SpmVocab::byte('<'), SpmVocab::byte('c'), SpmVocab::byte('>')}));
+  // An end-of-generation text becomes a control token: cut out only with parse_special.
+  EXPECT_EQ(t.tok->encode("<end_of_turn>", false, true), (Ids{end_of_turn}));
+  const Ids plain = t.tok->encode("<end_of_turn>", false, false);
+  EXPECT_EQ(std::count(plain.begin(), plain.end(), end_of_turn), 0);
+  EXPECT_TRUE(t.tok->is_eog(end_of_turn));
+  EXPECT_TRUE(t.tok->is_control(end_of_turn));
+  EXPECT_FALSE(t.tok->is_control(user));
+  EXPECT_EQ(static_cast<const SpmTokenizer&>(*t.tok).eot(), end_of_turn);
+}
+
+TEST(TokenizerSpm, PiecesOfEveryTokenKind) {
+  SpmVocab v;
+  const int32_t normal = v.add(kSpaceMark + "x" + kSpaceMark, -1), user = v.add("<u>" + kSpaceMark, 0, 4);
+  const int32_t unused = v.add("[UNUSED]", 0, 5), undefined = v.add("[UNDEFINED]", 0, 0), odd = v.add("[ODD]", 0, 9);
+  TinyTokenizer t(v);
+  const Tokenizer& tok = *t.tok;
+  EXPECT_EQ(tok.token_to_piece(normal), " x ");
+  EXPECT_EQ(tok.token_to_piece(SpmVocab::byte('A')), "A");
+  EXPECT_EQ(tok.token_to_piece(SpmVocab::byte(0xFF)), "\xFF");
+  EXPECT_EQ(tok.token_to_piece(0), "");  // unknown
+  EXPECT_EQ(tok.token_to_piece(0, true), "<unk>");
+  EXPECT_EQ(tok.token_to_piece(1), "");  // control
+  EXPECT_EQ(tok.token_to_piece(1, true), "<s>");
+  EXPECT_EQ(tok.token_to_piece(user), "<u>" + kSpaceMark);  // verbatim, U+2581 included
+  EXPECT_EQ(tok.token_to_piece(user, true), "<u>" + kSpaceMark);
+  for (int32_t id : {unused, undefined, odd}) {
+    EXPECT_EQ(tok.token_to_piece(id), "") << id;
+    EXPECT_EQ(tok.token_to_piece(id, true), "") << id;
+  }
+  EXPECT_EQ(tok.decode({1, normal, 2}, true), "<s> x </s>");
+  EXPECT_THROW(tok.token_to_piece(-1), std::out_of_range);
+  EXPECT_THROW(tok.token_to_piece(tok.n_vocab()), std::out_of_range);
+  EXPECT_EQ(static_cast<const SpmTokenizer&>(tok).token_type(odd), TokenType::Undefined);
+}
+
+TEST(TokenizerSpm, DefaultsAndSpecialIds) {
+  SpmVocab v;
+  const int32_t x = v.add("x", -1);
+  TinyTokenizer t(v);
+  const auto& tok = static_cast<const SpmTokenizer&>(*t.tok);
+  EXPECT_EQ(tok.bos(), 1);  // llama.cpp's SPM defaults
+  EXPECT_EQ(tok.eos(), 2);
+  EXPECT_EQ(tok.unk(), 0);
+  EXPECT_TRUE(tok.add_bos());
+  EXPECT_FALSE(tok.add_eos());
+  EXPECT_TRUE(tok.is_eog(2));
+  EXPECT_FALSE(tok.is_eog(1));
+  EXPECT_EQ(tok.pre_tokenizer(), "default");
+  EXPECT_EQ(tok.score(x), -1.0f);
+  EXPECT_EQ(tok.encode("", true, false), (Ids{1}));
+  EXPECT_EQ(tok.encode("", false, false), Ids{});
+
+  TinyTokenizer eos(v, {{"tokenizer.ggml.add_eos_token", WValue::boolean(true)},
+                        {"tokenizer.ggml.add_bos_token", WValue::boolean(false)},
+                        {"tokenizer.ggml.eos_token_id", WValue::u32(static_cast<uint32_t>(x))},
+                        {"tokenizer.ggml.add_space_prefix", WValue::boolean(false)}});
+  EXPECT_EQ(eos.tok->encode("x", true, false), (Ids{x, x}));
+  EXPECT_TRUE(eos.tok->is_eog(x));
+  EXPECT_TRUE(eos.tok->is_eog(2));  // "</s>" ends generation by its text, whatever eos_token_id says
+}
+
+TEST(TokenizerSpm, BrokenVocabulariesAreRejected) {
+  SpmVocab scores;
+  scores.scores.pop_back();
+  expect_load_error(scores, "scores");
+  SpmVocab types;
+  types.types.pop_back();
+  expect_load_error(types, "token_type");
+  SpmVocab v;
+  expect_load_error(v, "bos_token_id", {{"tokenizer.ggml.bos_token_id", WValue::u32(100000)}});
+  SpmVocab tiny(false);
+  tiny.tokens.resize(1), tiny.scores.resize(1), tiny.types.resize(1);  // no id 1 for the default BOS
+  expect_load_error(tiny, "add_bos_token");
+}
+
+// ---------------------------------------------------------------------------
+// Chat templates (expected renderings are llama.cpp's llm_chat_apply_template)
+
+TEST(TokenizerChat, GemmaTurnsFromTheVocabulary) {
+  SpmVocab v;
+  v.add("<start_of_turn>", 0, 3);
+  v.add("<end_of_turn>", 0, 3);
+  TinyTokenizer t(v);
+  const Tokenizer& tok = *t.tok;
+  EXPECT_EQ(tok.apply_chat_template({{"user", "Hi"}}, true),
+            "<start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\n");
+  EXPECT_EQ(tok.apply_chat_template({{"user", "Hi"}}, false), "<start_of_turn>user\nHi<end_of_turn>\n");
+  // The system text opens the first user turn; contents are trimmed.
+  EXPECT_EQ(tok.apply_chat_template(
+                {{"system", "Be brief."}, {"user", "Hi"}, {"assistant", "Hello!"}, {"user", "  Bye \n"}}, true),
+            "<start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\nHello!<end_of_turn>\n"
+            "<start_of_turn>user\nBye<end_of_turn>\n<start_of_turn>model\n");
+  // Several system messages join; a model turn does not take them.
+  EXPECT_EQ(tok.apply_chat_template({{"system", " A "}, {"system", "B\n"}, {"assistant", "x"}, {"user", "u"}}, false),
+            "<start_of_turn>model\nx<end_of_turn>\n<start_of_turn>user\nAB\n\nu<end_of_turn>\n");
+  EXPECT_EQ(tok.apply_chat_template({{"system", "only"}}, true), "<start_of_turn>model\n");
+  EXPECT_EQ(tok.apply_chat_template({}, false), "");
+  EXPECT_THROW(tok.apply_chat_template({{"tool", "x"}}, true), std::invalid_argument);
+}
+
+TEST(TokenizerChat, TheTemplateChoosesTheFormat) {
+  SpmVocab v;
+  v.add("<start_of_turn>", 0, 3), v.add("<end_of_turn>", 0, 3);
+  v.add("<|im_start|>", 0, 3), v.add("<|im_end|>", 0, 3);
+  v.chat_template = "{{ bos_token }}{% for m in messages %}<start_of_turn>{{ m['role'] }}\n{% endfor %}";
+  EXPECT_EQ(TinyTokenizer(v).tok->apply_chat_template({{"assistant", "x"}}, false),
+            "<start_of_turn>model\nx<end_of_turn>\n");
+  v.chat_template = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% endfor %}";
+  EXPECT_EQ(TinyTokenizer(v).tok->apply_chat_template({{"assistant", "x"}}, false),
+            "<|im_start|>assistant\nx<|im_end|>\n");
+  // Without a template the vocabulary decides, ChatML first (llama.cpp's order).
+  v.chat_template.clear();
+  EXPECT_EQ(TinyTokenizer(v).tok->apply_chat_template({{"user", " x"}}, false), "<|im_start|>user\n x<|im_end|>\n");
+
+  v.chat_template = "[INST] {{ messages[0]['content'] }} [/INST]";
+  try {
+    TinyTokenizer(v).tok->apply_chat_template({{"user", "x"}}, true);
+    ADD_FAILURE() << "expected std::runtime_error";
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("neither ChatML nor Gemma"), std::string::npos) << e.what();
+  }
+  SpmVocab bare;
+  bare.chat_template = "<start_of_turn>";
+  try {
+    TinyTokenizer(bare).tok->apply_chat_template({{"user", "x"}}, true);
+    ADD_FAILURE() << "expected std::runtime_error";
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("<start_of_turn>/<end_of_turn>"), std::string::npos) << e.what();
+  }
+}
+
+// ---------------------------------------------------------------------------
 // Real vocabularies against llama.cpp
 
 struct KnownAnswer {
@@ -385,6 +668,11 @@ const std::vector<std::string> kProbeTexts = {
     "x = foo(a, b);  // 0x1F\n\tif (n >= 10) { return -1; }\n",
     "\xFF\xFE" "ab\xC3",
     "\xC2\xA0\xE2\x80\x8B\xE3\x80\x80 \xEF\xBB\xBF",
+    // Gemma's turn, control, unused, user-defined ("\n\n\n", space and tab runs, "<s>") and
+    // user-defined-turned-control ("</s>") tokens; a literal byte-token text; U+2581 itself.
+    "<start_of_turn>user\nHi</s><end_of_turn>\n<unused0>  x\t\ty<s> <0x41>\xE2\x96\x81z\n\n\n",
+    // Malformed: a lead byte 0xF8 (SentencePiece takes four bytes as one symbol), a truncated character.
+    "x\xF8\x80\xF0\x9Fyz\xE2\x82",
 };
 
 Ids parse_ids(const std::string& s) {
@@ -618,6 +906,119 @@ TEST(TokenizerQwen, ChatTemplateUsesQwensDefaultSystemMessage) {
             "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n");
   EXPECT_EQ(v->tok->apply_chat_template({{"system", "S"}, {"user", "U"}}, false),
             "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nU<|im_end|>\n");
+}
+
+// Recorded with `skim-peer tokenize MODEL FILE [--parse-special]` (llama.cpp 0.3.36) on kProbeTexts;
+// llama-tokenize gives the same ids.
+const std::vector<KnownAnswer> kGemmaAnswers = {
+    {0, false, {9259, 1902, 236888, 1030, 236789, 236751, 236743, 236778, 236771, 236778, 236812, 236764, 692, 236789, 500, 7257, 236743, 236770, 236778, 236800, 236812, 236810, 21739, 236761}},
+    {1, false, {1768, 236789, 236773, 19716, 236789, 1357, 564, 236789, 236792, 611, 236789, 2182, 901, 236789, 32541}},
+    {2, false, {138, 26016, 9952, 108, 255968, 39218, 251, 107, 624, 174055, 236811, 139}},
+    {3, false, {123125, 236859, 120362, 86459, 163543, 240493, 242713, 150423}},
+    {4, false, {236820, 236909, 548, 236779, 3041, 111038, 2364, 107, 10979, 993, 236820, 236909, 548, 236779, 643, 111038, 107, 236820, 236909, 548, 236779, 3041, 111038, 111457, 107}},
+    {5, false, {236781, 578, 46293, 236769, 236746, 236764, 518, 626, 138, 715, 236743, 236771, 236781, 236770, 236811, 107, 255968, 584, 568, 236749, 6867, 236743, 236770, 236771, 236768, 642, 994, 753, 236770, 236793, 682, 107}},
+    {6, false, {493, 492, 335, 336, 433}},
+    {7, false, {432, 398, 237141, 465, 366, 366, 39131}},
+    {8, false, {236820, 3041, 236779, 1340, 236779, 887, 236813, 2364, 107, 10979, 954, 236751, 1798, 643, 236779, 1340, 236779, 887, 236813, 107, 236820, 63634, 236771, 236813, 138, 236781, 255969, 236762, 203, 655, 236771, 236781, 236812, 236770, 236813, 904, 109}},
+    {8, true, {105, 2364, 107, 10979, 212, 106, 107, 6, 138, 236781, 255969, 236762, 203, 655, 236771, 236781, 236812, 236770, 236813, 904, 109}},
+    {9, false, {236781, 486, 366, 478, 397, 35086, 464, 368}},
+};
+
+TEST(TokenizerGemma, MatchesRecordedLlamaCppIds) {
+  const LoadedVocab* v = &vocab(kGemma);
+  expect_known_answers(*v->tok, kGemmaAnswers);
+  // add_special puts BOS first and nothing last.
+  Ids with_bos = {2};
+  with_bos.insert(with_bos.end(), kGemmaAnswers[0].ids.begin(), kGemmaAnswers[0].ids.end());
+  EXPECT_EQ(v->tok->encode(kProbeTexts[0], true, false), with_bos);
+}
+
+TEST(TokenizerGemma, MetadataIsRead) {
+  const LoadedVocab* v = &vocab(kGemma);
+  const auto& tok = static_cast<const SpmTokenizer&>(*v->tok);
+  EXPECT_EQ(tok.n_vocab(), 262144);
+  EXPECT_EQ(tok.pre_tokenizer(), "default");
+  EXPECT_EQ(tok.bos(), 2);
+  EXPECT_EQ(tok.eos(), 1);
+  EXPECT_EQ(tok.unk(), 3);
+  EXPECT_EQ(tok.eot(), 106);
+  EXPECT_TRUE(tok.add_bos());
+  EXPECT_FALSE(tok.add_eos());
+  EXPECT_FALSE(tok.add_space_prefix());
+  EXPECT_TRUE(tok.chat_template().empty());
+  // End of generation, as llama.cpp lists it: <eos>, <end_of_turn>, and "</s>",
+  // a user-defined token that llama.cpp turns into a control token by its text.
+  for (int32_t id = 0; id < 1000; ++id) EXPECT_EQ(tok.is_eog(id), id == 1 || id == 106 || id == 212) << id;
+  EXPECT_EQ(tok.token_type(212), TokenType::Control);
+  EXPECT_EQ(tok.token_type(203), TokenType::UserDefined);  // "<s>"
+  EXPECT_EQ(tok.token_type(107), TokenType::UserDefined);  // "\n"
+  EXPECT_EQ(tok.token_type(248), TokenType::Byte);         // "<0x0A>"
+  EXPECT_TRUE(tok.is_control(105));
+  EXPECT_FALSE(tok.is_eog(105));
+  EXPECT_EQ(tok.token_id("<start_of_turn>"), 105);
+  EXPECT_EQ(tok.token_text(106), "<end_of_turn>");
+  EXPECT_EQ(tok.token_to_piece(9259), "Hello");
+  EXPECT_EQ(tok.token_to_piece(1902), " world");
+  EXPECT_EQ(tok.token_to_piece(106), "");
+  EXPECT_EQ(tok.token_to_piece(106, true), "<end_of_turn>");
+  EXPECT_EQ(tok.token_to_piece(248), "\n");
+}
+
+TEST(TokenizerGemma, MatchesLlamaCppLive) {
+  const LoadedVocab* v = &vocab(kGemma);
+  expect_matches_peer(*v);
+}
+
+TEST(TokenizerGemma, DecodeInvertsEncode) {
+  const LoadedVocab* v = &vocab(kGemma);
+  // Byte fallback keeps every byte, malformed UTF-8 included; only a U+2581
+  // in the input comes back as the space it stands for.
+  for (const std::string& text : kProbeTexts) {
+    std::string expected = text;
+    for (size_t at; (at = expected.find(kSpaceMark)) != std::string::npos;)
+      expected.replace(at, kSpaceMark.size(), " ");
+    EXPECT_EQ(v->tok->decode(v->tok->encode(text, false, false)), expected);
+    EXPECT_EQ(v->tok->decode(v->tok->encode(text, true, false)), expected);
+    EXPECT_EQ(v->tok->decode(v->tok->encode(text, false, true), true), expected);
+  }
+}
+
+TEST(TokenizerGemma, ChatTemplateIsGemmas) {
+  const LoadedVocab* v = &vocab(kGemma);
+  const std::string chat = v->tok->apply_chat_template(
+      {{"system", "Be brief."}, {"user", "Hi"}, {"assistant", "Hello!"}, {"user", "Bye"}}, true);
+  EXPECT_EQ(chat,
+            "<start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\nHello!<end_of_turn>\n"
+            "<start_of_turn>user\nBye<end_of_turn>\n<start_of_turn>model\n");
+  // The rendering has no BOS; encode with add_special adds exactly one.
+  const Ids ids = v->tok->encode(chat, true, true);
+  ASSERT_GE(ids.size(), 2u);
+  EXPECT_EQ(ids[0], 2);
+  EXPECT_EQ(ids[1], 105);  // <start_of_turn>
+  EXPECT_EQ(std::count(ids.begin(), ids.end(), 2), 1);
+  EXPECT_EQ(std::count(ids.begin(), ids.end(), 105), 4);
+  EXPECT_EQ(std::count(ids.begin(), ids.end(), 106), 3);  // <end_of_turn>
+  EXPECT_EQ(Ids(ids.end() - 3, ids.end()), (Ids{105, 4368, 107}));  // "model", "\n"
+}
+
+// One MiB without newlines or space runs is a single fragment for the merge
+// loop; with them, many short ones. Both round-trip (speed: tokenize_driver --time).
+TEST(TokenizerGemma, OneMegabyteRoundTrips) {
+  const LoadedVocab* v = &vocab(kGemma);
+  std::mt19937 rng(11);
+  const std::vector<std::string> words = {"the ", "model ", "token", "s ", "It's ", "12345", " 3.14 ", "caf\xC3\xA9 ",
+                                          "\xE4\xB8\x96\xE7\x95\x8C", "\xF0\x9F\x98\x80", "x = f(y);", "na\xC3\xAFve "};
+  for (const char* extra : {"", "\n", "    ", "<end_of_turn>"}) {
+    std::string text;
+    while (text.size() < (1u << 20)) {
+      text += words[rng() % words.size()];
+      if (rng() % 9 == 0) text += extra;
+      if (rng() % 5 == 0) text += std::to_string(rng() % 100000);
+    }
+    const Ids ids = v->tok->encode(text, false, true);
+    EXPECT_GT(ids.size(), text.size() / 8);
+    EXPECT_EQ(v->tok->decode(ids, true), text) << "extra '" << extra << "'";
+  }
 }
 
 }  // namespace

@@ -14,11 +14,12 @@ pre-tokenizers (llama-bpe, default, gpt-2, qwen2, starcoder, dbrx), which
 exercises every splitting pass skim implements. Exit status 1 if any
 document differs.
 
-Models default to SmolLM2-135M-Instruct and Qwen2.5-Coder-0.5B (located with
-scripts/fetch-model); the peer to the llama.cpp build the C++ tests use. `--skim` is the command that tokenizes for skim; it gets
-`MODEL [--add-special] [--parse-special] --each FILE...` appended and must
-print PATH<TAB>ids per file (tests/tokenize_driver does; default: the first
-of build*/tokenize_driver found).
+Models default to SmolLM2-135M-Instruct, Qwen2.5-Coder-0.5B (byte-level BPE)
+and Gemma 3 270M (SentencePiece), located with scripts/fetch-model; the peer
+to the llama.cpp build the C++ tests use. `--skim` is the command that
+tokenizes for skim; it gets `MODEL [--add-special] [--parse-special] --each
+FILE...` appended and must print PATH<TAB>ids per file (tests/tokenize_driver
+does; default: the first of build*/tokenize_driver found).
 """
 
 import argparse
@@ -42,7 +43,7 @@ def cache_root():
 
 def default_models():
     models = []
-    for name in ("smollm2-135m", "qwen2.5-coder-0.5b"):
+    for name in ("smollm2-135m", "qwen2.5-coder-0.5b", "gemma3-270m"):
         try:
             out = subprocess.run([os.path.join(ROOT, "scripts/fetch-model"), name], check=True,
                                  capture_output=True, text=True).stdout.strip().splitlines()

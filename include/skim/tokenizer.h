@@ -1,6 +1,7 @@
-// Tokenizer built from a GGUF vocabulary. Byte-level BPE (tokenizer.ggml.model
-// = gpt2) with the pre-tokenizer named by tokenizer.ggml.pre; other vocabulary
-// kinds are rejected with a clear error.
+// Tokenizer built from a GGUF vocabulary: byte-level BPE (tokenizer.ggml.model
+// = gpt2) with the pre-tokenizer named by tokenizer.ggml.pre, or SentencePiece
+// BPE (= llama: Llama 2, Gemma 3); other vocabulary kinds are rejected with a
+// clear error.
 #pragma once
 
 #include <cstdint>
@@ -32,7 +33,8 @@ class Tokenizer {
   // The raw bytes a token stands for (byte-level decoded; may be part of a UTF-8 character).
   // Control tokens give their text only when `special` is true.
   virtual std::string token_to_piece(int32_t id, bool special = false) const = 0;
-  std::string decode(const std::vector<int32_t>& ids, bool special = false) const;
+  // The pieces joined, as llama_detokenize (remove_special = false) joins them.
+  virtual std::string decode(const std::vector<int32_t>& ids, bool special = false) const;
 
   virtual int32_t n_vocab() const = 0;
   virtual int32_t bos() const = 0;  // -1 if none
@@ -49,7 +51,11 @@ class Tokenizer {
   // tokenizer.chat_template from the GGUF metadata; empty if absent.
   virtual std::string_view chat_template() const = 0;
 
-  // ChatML (<|im_start|>role\ncontent<|im_end|>\n); throws for vocabularies without it.
+  // The conversation as llama.cpp's llm_chat_apply_template writes it, without
+  // BOS (encode with add_special adds it): ChatML (<|im_start|>role\ncontent<|im_end|>\n)
+  // or Gemma (<start_of_turn>user\n...<end_of_turn>\n, "assistant" written as
+  // "model"), chosen by tokenizer.chat_template or, without one, by the turn
+  // tokens the vocabulary has. Throws std::runtime_error for any other template.
   std::string apply_chat_template(const std::vector<ChatMessage>& messages, bool add_generation_prompt) const;
 };
 

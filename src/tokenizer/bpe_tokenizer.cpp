@@ -12,29 +12,14 @@ namespace skim {
 namespace {
 
 constexpr const char* kModelKey = "tokenizer.ggml.model";
-constexpr const char* kTokensKey = "tokenizer.ggml.tokens";
-constexpr const char* kTypesKey = "tokenizer.ggml.token_type";
 constexpr const char* kMergesKey = "tokenizer.ggml.merges";
 constexpr const char* kPreKey = "tokenizer.ggml.pre";
 
-// Token texts that end a turn or a generation in common vocabularies. Files
-// often omit their ids from the metadata, and some mark them as normal tokens;
-// like llama.cpp, skim treats them as control tokens that end generation.
-constexpr std::string_view kEndOfGenerationTexts[] = {
-    "<|eot_id|>", "<|im_end|>",  "<|end|>",          "<end_of_turn>",      "<|endoftext|>", "<|end_of_text|>",
-    "<|eom_id|>", "<EOT>",       "_<EOT>",           "<end_of_utterance>", "</s>",          "<eos>",
-    // fill-in-the-middle padding, repository and file separators
-    "<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<reponame>",
-    "<|file_sep|>",
-};
-// Fill-in-the-middle markers: control tokens, but generation goes on after them.
-constexpr std::string_view kFimTexts[] = {
-    "<|fim_prefix|>", "<fim-prefix>", "<fim_prefix>", "<|fim_suffix|>", "<fim-suffix>",
-    "<fim_suffix>",   "<|fim_middle|>", "<fim-middle>", "<fim_middle>",
-};
-
-bool contains(const auto& list, std::string_view text) {
-  return std::find(std::begin(list), std::end(list), text) != std::end(list);
+const GgufFile& require_gpt2(const GgufFile& file) {
+  const std::string model = file.get_string(kModelKey);
+  if (model != "gpt2")
+    throw GgufError(fmt::format("{}: {} = '{}' is not a byte-level BPE vocabulary", file.path(), kModelKey, model));
+  return file;
 }
 
 }  // namespace
@@ -59,43 +44,12 @@ std::string ByteEncoding::encode(std::string_view bytes) const {
   return out;
 }
 
-BpeTokenizer::BpeTokenizer(const GgufFile& file) {
-  const std::string model = file.get_string(kModelKey);
-  if (model != "gpt2")
-    throw GgufError(fmt::format("{}: {} = '{}' is not a byte-level BPE vocabulary", file.path(), kModelKey, model));
-  pre_ = PreTokenizer::from_name(file.get_string(kPreKey, ""));
-
-  if (!file.has(kTokensKey)) throw GgufError(fmt::format("{}: missing metadata key '{}'", file.path(), kTokensKey));
-  texts_ = file.get_string_array(kTokensKey);
-  if (texts_.empty()) throw GgufError(fmt::format("{}: {} is empty", file.path(), kTokensKey));
-  if (texts_.size() > static_cast<size_t>(INT32_MAX))
-    throw GgufError(fmt::format("{}: {} has {} entries, too many", file.path(), kTokensKey, texts_.size()));
-  const auto n_tokens = static_cast<int32_t>(texts_.size());
-
-  types_.assign(texts_.size(), TokenType::Normal);
-  if (file.has(kTypesKey)) {
-    const std::vector<int64_t> types = file.get_int_array(kTypesKey);
-    if (types.size() != texts_.size())
-      throw GgufError(fmt::format("{}: {} has {} entries but the vocabulary has {} tokens", file.path(), kTypesKey,
-                                  types.size(), texts_.size()));
-    for (size_t i = 0; i < types.size(); ++i) {
-      const int64_t t = types[i];
-      types_[i] = t >= 1 && t <= 6 ? static_cast<TokenType>(t) : TokenType::Undefined;
-    }
-  }
-
-  ids_.reserve(texts_.size() * 2);
-  for (int32_t id = 0; id < n_tokens; ++id) {
-    // An empty entry would match everywhere; give it a name that cannot occur
-    // in a byte-level vocabulary (as llama.cpp does).
-    if (texts_[id].empty()) texts_[id] = fmt::format("[EMPTY_{}]", id);
-    ids_[texts_[id]] = id;  // a duplicated text resolves to its last id
-  }
-
-  for (int b = 0; b < 256; ++b) {
-    const auto it = ids_.find(bytes_.encode(std::string_view(reinterpret_cast<const char*>(&b), 1)));
-    byte_tokens_[b] = it == ids_.end() ? -1 : it->second;
-  }
+BpeTokenizer::BpeTokenizer(const GgufFile& file)
+    : pre_(PreTokenizer::from_name(require_gpt2(file).get_string(kPreKey, ""))),
+      vocab_(file, VocabDefaults{.add_bos = pre_.default_add_bos()}) {
+  const int32_t n_tokens = vocab_.size();
+  for (int b = 0; b < 256; ++b)
+    byte_tokens_[b] = vocab_.find(bytes_.encode(std::string_view(reinterpret_cast<const char*>(&b), 1)));
 
   if (!file.has(kMergesKey)) throw GgufError(fmt::format("{}: missing metadata key '{}'", file.path(), kMergesKey));
   const std::vector<std::string> merges = file.get_string_array(kMergesKey);
@@ -106,61 +60,24 @@ BpeTokenizer::BpeTokenizer(const GgufFile& file) {
     if (space == std::string::npos)
       throw GgufError(fmt::format("{}: {}[{}] = '{}' is not two tokens separated by a space", file.path(), kMergesKey,
                                   rank, m));
-    const auto left = ids_.find(m.substr(0, space));
-    const auto right = ids_.find(m.substr(space + 1));
-    const auto result = ids_.find(m.substr(0, space) + m.substr(space + 1));
-    if (left == ids_.end() || right == ids_.end() || result == ids_.end()) {
+    const int32_t left = vocab_.find(std::string_view(m).substr(0, space));
+    const int32_t right = vocab_.find(std::string_view(m).substr(space + 1));
+    const int32_t result = vocab_.find(m.substr(0, space) + m.substr(space + 1));
+    if (left < 0 || right < 0 || result < 0) {
       ++unusable_merges_;
       continue;
     }
-    const uint64_t key = (static_cast<uint64_t>(left->second) << 32) | static_cast<uint32_t>(right->second);
-    merges_.try_emplace(key, Merge{static_cast<int32_t>(rank), result->second});  // first (best) rank wins
+    const uint64_t key = (static_cast<uint64_t>(left) << 32) | static_cast<uint32_t>(right);
+    merges_.try_emplace(key, Merge{static_cast<int32_t>(rank), result});  // first (best) rank wins
   }
 
-  auto read_id = [&](const char* key) -> int32_t {
-    if (!file.has(key)) return -1;
-    const int64_t id = file.get_int(key);
-    if (id < 0 || id >= n_tokens)
-      throw GgufError(fmt::format("{}: {} = {} is outside the vocabulary (0..{})", file.path(), key, id, n_tokens - 1));
-    return static_cast<int32_t>(id);
-  };
-  bos_ = read_id("tokenizer.ggml.bos_token_id");
-  eos_ = read_id("tokenizer.ggml.eos_token_id");
-  eot_ = read_id("tokenizer.ggml.eot_token_id");
-  eom_ = read_id("tokenizer.ggml.eom_token_id");
-  add_bos_ = file.get_bool("tokenizer.ggml.add_bos_token", pre_.default_add_bos());
-  add_eos_ = file.get_bool("tokenizer.ggml.add_eos_token", false);
-  if (add_bos_ && bos_ < 0)
-    throw GgufError(fmt::format("{}: tokenizer.ggml.add_bos_token is set but there is no bos_token_id", file.path()));
-  if (add_eos_ && eos_ < 0)
-    throw GgufError(fmt::format("{}: tokenizer.ggml.add_eos_token is set but there is no eos_token_id", file.path()));
-  chat_template_ = file.get_string("tokenizer.chat_template", "");
-
-  eog_.assign(texts_.size(), false);
+  pieces_.resize(static_cast<size_t>(n_tokens));
   for (int32_t id = 0; id < n_tokens; ++id) {
-    const bool ends_generation = contains(kEndOfGenerationTexts, texts_[id]);
-    if (ends_generation || contains(kFimTexts, texts_[id])) types_[id] = TokenType::Control;
-    if (ends_generation) eog_[id] = true;
-  }
-  for (int32_t id : {eos_, eot_, eom_, read_id("tokenizer.ggml.fim_pad_token_id"),
-                     read_id("tokenizer.ggml.fim_rep_token_id"), read_id("tokenizer.ggml.fim_sep_token_id")}) {
-    if (id >= 0) eog_[id] = true;
-  }
-  if (eot_ < 0) {
-    for (std::string_view text : {"<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>"}) {
-      if (int32_t id = token_id(text); id >= 0) {
-        eot_ = id;
-        break;
-      }
-    }
-  }
-
-  pieces_.resize(texts_.size());
-  for (int32_t id = 0; id < n_tokens; ++id) {
-    if (types_[id] != TokenType::Normal && types_[id] != TokenType::Byte) continue;
+    const TokenType type = vocab_.type(id);
+    if (type != TokenType::Normal && type != TokenType::Byte) continue;
     std::string& piece = pieces_[id];
-    const std::string& text = texts_[id];
-    if (types_[id] == TokenType::Byte && text.size() == 6 && text.starts_with("<0x") && text.back() == '>' &&
+    const std::string& text = vocab_.text(id);
+    if (type == TokenType::Byte && text.size() == 6 && text.starts_with("<0x") && text.back() == '>' &&
         std::isxdigit(static_cast<unsigned char>(text[3])) && std::isxdigit(static_cast<unsigned char>(text[4]))) {
       piece.push_back(static_cast<char>(std::stoi(text.substr(3, 2), nullptr, 16)));  // "<0x0A>" style
       continue;
@@ -174,47 +91,26 @@ BpeTokenizer::BpeTokenizer(const GgufFile& file) {
       }
     }
   }
-
-  for (int32_t id = 0; id < n_tokens; ++id) {
-    const TokenType t = types_[id];
-    if (t == TokenType::Control || t == TokenType::UserDefined || t == TokenType::Unknown) specials_.push_back(id);
-  }
-  std::stable_sort(specials_.begin(), specials_.end(),
-                   [&](int32_t a, int32_t b) { return texts_[a].size() > texts_[b].size(); });
-}
-
-void BpeTokenizer::check_id(int32_t id) const {
-  if (id < 0 || id >= n_vocab())
-    throw std::out_of_range(fmt::format("token id {} is outside the vocabulary (0..{})", id, n_vocab() - 1));
 }
 
 TokenType BpeTokenizer::token_type(int32_t id) const {
-  check_id(id);
-  return types_[id];
-}
-
-bool BpeTokenizer::is_eog(int32_t id) const { return id >= 0 && id < n_vocab() && eog_[id]; }
-
-bool BpeTokenizer::is_control(int32_t id) const { return id >= 0 && id < n_vocab() && types_[id] == TokenType::Control; }
-
-int32_t BpeTokenizer::token_id(std::string_view text) const {
-  const auto it = ids_.find(std::string(text));
-  return it == ids_.end() ? -1 : it->second;
+  vocab_.check_id(id);
+  return vocab_.type(id);
 }
 
 const std::string& BpeTokenizer::token_text(int32_t id) const {
-  check_id(id);
-  return texts_[id];
+  vocab_.check_id(id);
+  return vocab_.text(id);
 }
 
 std::string BpeTokenizer::token_to_piece(int32_t id, bool special) const {
-  check_id(id);
-  switch (types_[id]) {
+  vocab_.check_id(id);
+  switch (vocab_.type(id)) {
     case TokenType::Normal:
     case TokenType::Byte: return pieces_[id];
-    case TokenType::UserDefined: return texts_[id];
+    case TokenType::UserDefined: return vocab_.text(id);
     case TokenType::Control:
-    case TokenType::Unknown: return special ? texts_[id] : std::string();
+    case TokenType::Unknown: return special ? vocab_.text(id) : std::string();
     case TokenType::Unused:
     case TokenType::Undefined: return {};
   }
@@ -229,8 +125,8 @@ const BpeTokenizer::Merge* BpeTokenizer::find_merge(int32_t left, int32_t right)
 
 void BpeTokenizer::merge_word(const std::string& word, std::vector<int32_t>& out) const {
   if (pre_.ignore_merges()) {
-    if (const auto it = ids_.find(bytes_.encode(word)); it != ids_.end()) {
-      out.push_back(it->second);
+    if (const int32_t id = vocab_.find(bytes_.encode(word)); id >= 0) {
+      out.push_back(id);
       return;
     }
   }
@@ -297,7 +193,7 @@ void BpeTokenizer::merge_word(const std::string& word, std::vector<int32_t>& out
     // its encoded form and drop what is not in the vocabulary.
     const std::string encoded = bytes_.encode(word.substr(i, 1));
     for (char ch : encoded) {
-      if (const auto it = ids_.find(std::string(1, ch)); it != ids_.end()) out.push_back(it->second);
+      if (const int32_t id = vocab_.find(std::string_view(&ch, 1)); id >= 0) out.push_back(id);
     }
   }
 }
@@ -326,51 +222,15 @@ void BpeTokenizer::encode_text(std::string_view text, std::vector<int32_t>& out)
 
 std::vector<int32_t> BpeTokenizer::encode(std::string_view text, bool add_special, bool parse_special) const {
   std::vector<int32_t> out;
-  if (add_special && add_bos_) out.push_back(bos_);
-
-  // Cut special-token texts out of the text first, longest token first; each
-  // occurrence becomes that token. Control tokens count only when
-  // parse_special is set; user-defined ones always do.
-  struct Fragment {
-    int32_t token;  // -1: text still to tokenize
-    size_t offset, length;
-  };
-  std::vector<Fragment> fragments;
-  if (!text.empty()) fragments.push_back({-1, 0, text.size()});
-  std::vector<Fragment> next;
-  for (int32_t special : specials_) {
-    if (!parse_special && types_[special] != TokenType::UserDefined) continue;
-    const std::string& needle = texts_[special];
-    bool found_any = false;
-    next.clear();
-    for (const Fragment& f : fragments) {
-      if (f.token >= 0) {
-        next.push_back(f);
-        continue;
-      }
-      const std::string_view hay = text.substr(0, f.offset + f.length);
-      size_t pos = f.offset;
-      while (true) {
-        const size_t match = hay.find(needle, pos);
-        if (match == std::string_view::npos) break;
-        found_any = true;
-        if (match > pos) next.push_back({-1, pos, match - pos});
-        next.push_back({special, match, needle.size()});
-        pos = match + needle.size();
-      }
-      if (pos < f.offset + f.length) next.push_back({-1, pos, f.offset + f.length - pos});
-    }
-    if (found_any) fragments.swap(next);
-  }
-
-  for (const Fragment& f : fragments) {
+  if (add_special && vocab_.add_bos()) out.push_back(vocab_.bos());
+  for (const Vocabulary::Fragment& f : vocab_.partition(text, parse_special)) {
     if (f.token >= 0) {
       out.push_back(f.token);
     } else {
       encode_text(text.substr(f.offset, f.length), out);
     }
   }
-  if (add_special && add_eos_) out.push_back(eos_);
+  if (add_special && vocab_.add_eos()) out.push_back(vocab_.eos());
   return out;
 }
 

@@ -6,20 +6,59 @@
 #include <fmt/format.h>
 
 #include "tokenizer/bpe_tokenizer.h"
+#include "tokenizer/spm_tokenizer.h"
 #include "tokenizer/unicode.h"
 
 namespace skim {
 namespace {
 
-constexpr std::string_view kImStart = "<|im_start|>";
-constexpr std::string_view kImEnd = "<|im_end|>";
+// A chat format as llama.cpp's llm_chat_apply_template writes it: each turn
+// is START role\n content END\n, and the generation prompt START assistant\n.
+struct ChatFormat {
+  std::string_view name;
+  std::string_view start, end;      // vocabulary texts that open and close a turn
+  std::string_view assistant_role;  // how the "assistant" role is written
+  bool merge_system;                // no system turn: its text opens the next user turn
+  bool trim;                        // contents lose surrounding whitespace
+};
+constexpr ChatFormat kChatMl{"ChatML", "<|im_start|>", "<|im_end|>", "assistant", false, false};
+constexpr ChatFormat kGemma{"Gemma", "<start_of_turn>", "<end_of_turn>", "model", true, true};
+constexpr const ChatFormat* kChatFormats[] = {&kChatMl, &kGemma};  // llama.cpp's detection order
+
+// The format of tokenizer.chat_template (recognised by its turn marker, as
+// llm_chat_detect_template does) or, without one, of the vocabulary's turn tokens.
+const ChatFormat& chat_format(const Tokenizer& tok) {
+  const std::string_view tmpl = tok.chat_template();
+  auto has_tokens = [&](const ChatFormat& f) { return tok.token_id(f.start) >= 0 && tok.token_id(f.end) >= 0; };
+  for (const ChatFormat* f : kChatFormats) {
+    if (tmpl.empty() ? !has_tokens(*f) : tmpl.find(f->start) == std::string_view::npos) continue;
+    if (!has_tokens(*f))
+      throw std::runtime_error(fmt::format(
+          "chat template: the model's template is {} but the vocabulary has no {}/{} tokens", f->name, f->start, f->end));
+    return *f;
+  }
+  if (tmpl.empty())
+    throw std::runtime_error(
+        "chat template: the model has no tokenizer.chat_template and its vocabulary has no ChatML "
+        "(<|im_start|>/<|im_end|>) or Gemma (<start_of_turn>/<end_of_turn>) turn tokens");
+  throw std::runtime_error(
+      "chat template: the model's tokenizer.chat_template is neither ChatML nor Gemma, the formats skim supports");
+}
+
+// llama-chat.cpp's trim: C-locale whitespace off both ends.
+std::string_view trim(std::string_view s) {
+  auto space = [](char c) { return c == ' ' || (c >= '\t' && c <= '\r'); };
+  while (!s.empty() && space(s.front())) s.remove_prefix(1);
+  while (!s.empty() && space(s.back())) s.remove_suffix(1);
+  return s;
+}
 
 // The default system prompt of a ChatML template: the text of a string
 // literal '<|im_start|>system\n...<|im_end|>\n' that the template emits when
 // the conversation does not start with a system message (SmolLM2, Qwen2.5).
 // A literal interrupted by an expression (messages[0]['content']) is not one.
 std::optional<std::string> default_system_prompt(std::string_view tmpl) {
-  const std::string marker = std::string(kImStart) + "system";
+  const std::string marker = std::string(kChatMl.start) + "system";
   for (size_t at = tmpl.find(marker); at != std::string_view::npos; at = tmpl.find(marker, at + 1)) {
     size_t pos = at + marker.size();
     if (tmpl.substr(pos, 1) == "\n") {
@@ -29,7 +68,7 @@ std::optional<std::string> default_system_prompt(std::string_view tmpl) {
     } else {
       continue;
     }
-    const size_t end = tmpl.find(kImEnd, pos);
+    const size_t end = tmpl.find(kChatMl.end, pos);
     if (end == std::string_view::npos) continue;
     std::string text;
     bool literal = true;
@@ -56,23 +95,18 @@ std::unique_ptr<Tokenizer> Tokenizer::from_gguf(const GgufFile& file) {
     throw GgufError(fmt::format("{}: no vocabulary (metadata key 'tokenizer.ggml.model' is missing)", file.path()));
   const std::string model = file.get_string("tokenizer.ggml.model");
   if (model == "gpt2") return std::make_unique<BpeTokenizer>(file);
-  if (model == "llama")
-    throw GgufError(fmt::format("{}: SentencePiece vocabularies (tokenizer.ggml.model = 'llama') are not supported yet; "
-                                "skim supports byte-level BPE ('gpt2')",
-                                file.path()));
+  if (model == "llama") return std::make_unique<SpmTokenizer>(file);
+  constexpr std::string_view kSupported = "skim supports byte-level BPE ('gpt2') and SentencePiece ('llama')";
   if (model == "t5")
-    throw GgufError(fmt::format("{}: Unigram vocabularies (tokenizer.ggml.model = 't5') are not supported yet; "
-                                "skim supports byte-level BPE ('gpt2')",
-                                file.path()));
+    throw GgufError(fmt::format("{}: Unigram vocabularies (tokenizer.ggml.model = 't5') are not supported yet; {}",
+                                file.path(), kSupported));
   if (model == "bert")
-    throw GgufError(fmt::format("{}: WordPiece vocabularies (tokenizer.ggml.model = 'bert') are not supported yet; "
-                                "skim supports byte-level BPE ('gpt2')",
-                                file.path()));
+    throw GgufError(fmt::format("{}: WordPiece vocabularies (tokenizer.ggml.model = 'bert') are not supported yet; {}",
+                                file.path(), kSupported));
   if (model == "no_vocab" || model == "none")
     throw GgufError(fmt::format("{}: the model has no vocabulary (tokenizer.ggml.model = '{}')", file.path(), model));
-  throw GgufError(fmt::format("{}: unknown tokenizer model '{}' (tokenizer.ggml.model); skim supports byte-level BPE "
-                              "('gpt2')",
-                              file.path(), model));
+  throw GgufError(
+      fmt::format("{}: unknown tokenizer model '{}' (tokenizer.ggml.model); {}", file.path(), model, kSupported));
 }
 
 std::string Tokenizer::decode(const std::vector<int32_t>& ids, bool special) const {
@@ -82,33 +116,45 @@ std::string Tokenizer::decode(const std::vector<int32_t>& ids, bool special) con
 }
 
 std::string Tokenizer::apply_chat_template(const std::vector<ChatMessage>& messages, bool add_generation_prompt) const {
-  if (token_id(kImStart) < 0 || token_id(kImEnd) < 0)
-    throw std::runtime_error("chat template: the vocabulary has no <|im_start|>/<|im_end|> tokens; only ChatML is supported");
-  const std::string_view tmpl = chat_template();
-  if (!tmpl.empty() && tmpl.find(kImStart) == std::string_view::npos)
-    throw std::runtime_error("chat template: the model's tokenizer.chat_template is not ChatML; only ChatML is supported");
+  const ChatFormat& f = chat_format(*this);
   for (const ChatMessage& m : messages) {
     if (m.role != "system" && m.role != "user" && m.role != "assistant")
       throw std::invalid_argument(fmt::format("chat template: unsupported role '{}' (system, user or assistant)", m.role));
   }
 
   std::string out;
-  auto append_turn = [&](std::string_view role, std::string_view content) {
-    out += kImStart;
+  auto open_turn = [&](std::string_view role) {
+    out += f.start;
     out += role;
     out += '\n';
-    out += content;
-    out += kImEnd;
-    out += '\n';
   };
-  if (!messages.empty() && messages.front().role != "system") {
-    if (const auto system = default_system_prompt(tmpl)) append_turn("system", *system);
+  auto content = [&](const ChatMessage& m) { return f.trim ? trim(m.content) : std::string_view(m.content); };
+  if (&f == &kChatMl && !messages.empty() && messages.front().role != "system") {
+    if (const auto system = default_system_prompt(chat_template())) {
+      open_turn("system");
+      out += *system;
+      out += f.end;
+      out += '\n';
+    }
   }
-  for (const ChatMessage& m : messages) append_turn(m.role, m.content);
-  if (add_generation_prompt) {
-    out += kImStart;
-    out += "assistant\n";
+  std::string system;  // merged system text waiting for its user turn
+  for (const ChatMessage& m : messages) {
+    if (f.merge_system && m.role == "system") {
+      system += content(m);
+      continue;
+    }
+    const std::string_view role = m.role == "assistant" ? f.assistant_role : std::string_view(m.role);
+    open_turn(role);
+    if (!system.empty() && role != f.assistant_role) {
+      out += system;
+      out += "\n\n";
+      system.clear();
+    }
+    out += content(m);
+    out += f.end;
+    out += '\n';
   }
+  if (add_generation_prompt) open_turn(f.assistant_role);
   return out;
 }
 
