@@ -186,6 +186,16 @@ class GoodInputs(ModelTest):
         warnings = [line for line in r.stderr.splitlines() if "warning" in line]
         self.assertEqual(len(warnings), 1, r.stderr)
         self.assertIn(f"trained context of {trained}", warnings[0])
+        # RoPE scaling that stretches the trained context that far: no warning.
+        r = skim("run", "-m", MODEL, "-p", "Hi", "-n", 1, "-c", 2 * trained, "--temp", 0,
+                 "--rope-scaling", "yarn", "--rope-scale", 2)
+        self.assert_ok(r)
+        self.assertNotIn("warning", r.stderr)
+
+    def test_info_reports_rope_scaling(self):
+        r = skim("info", "-m", MODEL, "--rope-scaling", "yarn", "--rope-scale", 4)
+        self.assert_ok(r)
+        self.assertRegex(r.stdout, r"scaling yarn \(factor 4, original context %d, mscale 1\.1386\)" % self.meta["context"])
 
     def test_tokenize_matches_the_vocabulary(self):
         vocab = self.meta["tokens"]
@@ -425,6 +435,10 @@ class BadInputs(ModelTest):
             (["bench", "-m", MODEL, "--peer", "none", "-r", 0], "--repetitions: 0"),
             (["eval", "-m", MODEL, "--out", self.tmp, "--samples", 0], "--samples: 0"),
             (["calibrate", "-m", MODEL, "--len", 10], "--len: 10"),
+            (["run", "-m", MODEL, "-p", "Hi", "--rope-scaling", "ntk"], "--rope-scaling"),
+            (["run", "-m", MODEL, "-p", "Hi", "--rope-scale", 0], "--rope-scale: 0"),
+            (["perplexity", "-m", MODEL, "-f", TEXT_FILE, "--yarn-orig-ctx", 0], "--yarn-orig-ctx: 0"),
+            (["serve", "-m", MODEL, "--yarn-ext-factor", -1], "--yarn-ext-factor: -1"),
         ])
 
     def test_attention_specs(self):

@@ -61,6 +61,25 @@ TEST(Elementwise, SwigluMatchesDoubleReferenceIncludingExtremes) {
   });
 }
 
+TEST(Elementwise, GegluMatchesDoubleReferenceIncludingExtremes) {
+  test::for_each_simd_target([] {
+    for (int64_t n : {1, 5, 8, 31, 2048, 100003}) {
+      std::vector<float> gate = random_values(n, 4.0f, 7);
+      const std::vector<float> up = random_values(n, 1.0f, 8);
+      const float extremes[] = {0.0f, -0.0f, 9.0f, -9.0f, 200.0f, -200.0f, 1e30f, -1e30f};
+      for (size_t e = 0; e < std::size(extremes) && e < gate.size(); ++e) gate[e * 3 % gate.size()] = extremes[e];
+      const std::vector<float> g0 = gate;
+      kernels::geglu(gate.data(), up.data(), n);
+      for (int64_t i = 0; i < n; ++i) {
+        const double g = g0[i];
+        const double want = 0.5 * g * (1.0 + std::tanh(std::sqrt(2.0 / M_PI) * (g + 0.044715 * g * g * g))) * up[i];
+        ASSERT_TRUE(std::isfinite(gate[i])) << "g=" << g;
+        ASSERT_NEAR(gate[i], want, 4e-6 * std::abs(want) + 1e-6 * std::abs(up[i])) << "n=" << n << " g=" << g;
+      }
+    }
+  });
+}
+
 TEST(Elementwise, AddMatchesOnEverySize) {
   test::for_each_simd_target([] {
     for (int64_t n : {1, 7, 8, 9, 4096, 70001}) {

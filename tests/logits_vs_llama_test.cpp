@@ -75,6 +75,7 @@ void Agreement::add_row(const float* ref, const float* other, int n_vocab) {
 struct Comparison {
   Agreement skim;         // llama.cpp (defaults: f16 KV) vs skim
   Agreement peer_noise;   // llama.cpp (defaults) vs llama.cpp with an f32 KV cache
+  Agreement skim_f32kv;   // llama.cpp with an f32 KV cache vs skim (reported)
 };
 
 Comparison compare_with_peer(const Model& model, const std::string& path, const std::vector<int32_t>& ids) {
@@ -86,7 +87,10 @@ Comparison compare_with_peer(const Model& model, const std::string& path, const 
     c.peer_noise.add_row(ref.data() + i * n_vocab, ref_f32kv.data() + i * n_vocab, n_vocab);
   Context ctx(model, {static_cast<int>(ids.size()), 512});
   ctx.decode_streaming(ids, 0, [&](int64_t row0, int64_t rows, const float* logits) {
-    for (int64_t i = 0; i < rows; ++i) c.skim.add_row(ref.data() + (row0 + i) * n_vocab, logits + i * n_vocab, n_vocab);
+    for (int64_t i = 0; i < rows; ++i) {
+      c.skim.add_row(ref.data() + (row0 + i) * n_vocab, logits + i * n_vocab, n_vocab);
+      c.skim_f32kv.add_row(ref_f32kv.data() + (row0 + i) * n_vocab, logits + i * n_vocab, n_vocab);
+    }
   });
   return c;
 }
@@ -104,7 +108,9 @@ std::vector<std::vector<int32_t>> prompts(const Tokenizer& tok, const std::vecto
   return out;
 }
 
-void check_model(const std::string& name, const std::vector<int>& lengths) {
+// Bars: skim's mean KL against llama.cpp at most max_kl, or (max_kl < 0) at
+// most llama.cpp's against itself; the noise floor itself at most noise_max_kl.
+void check_model(const std::string& name, const std::vector<int>& lengths, double max_kl = 0.005, double noise_max_kl = 0.01) {
   const std::string path = test::require_model(name);
   std::unique_ptr<Model> model = Model::load(path);
   Comparison total;
@@ -115,22 +121,30 @@ void check_model(const std::string& name, const std::vector<int>& lengths) {
                 c.peer_noise.mean_kl());
     total.skim.add(c.skim);
     total.peer_noise.add(c.peer_noise);
+    total.skim_f32kv.add(c.skim_f32kv);
   }
   std::printf("%s overall, %lld positions: skim vs llama.cpp top-1 %.4f, mean KL %.6f nats; "
               "llama.cpp vs itself (f32 KV) top-1 %.4f, mean KL %.6f nats\n",
               name.c_str(), static_cast<long long>(total.skim.positions), total.skim.top1(), total.skim.mean_kl(),
               total.peer_noise.top1(), total.peer_noise.mean_kl());
-  EXPECT_LE(total.skim.mean_kl(), 0.005);
+  std::printf("%s overall: skim vs llama.cpp with an f32 KV cache top-1 %.4f, mean KL %.6f nats\n", name.c_str(),
+              total.skim_f32kv.top1(), total.skim_f32kv.mean_kl());
+  EXPECT_LE(total.skim.mean_kl(), max_kl >= 0 ? max_kl : total.peer_noise.mean_kl());
   EXPECT_GE(total.skim.top1(), std::min(0.99, total.peer_noise.top1() - 0.01));
   // The noise floor itself is sane (measured: 95.5-97.6% top-1, 0.003-0.0045
   // nats): a broken f32-KV peer run must fail here, not lower skim's bar.
   EXPECT_GE(total.peer_noise.top1(), 0.93);
-  EXPECT_LE(total.peer_noise.mean_kl(), 0.01);
+  EXPECT_LE(total.peer_noise.mean_kl(), noise_max_kl);
 }
 
 TEST(LogitsVsLlamaCpp, SmolLM2FivePrompts) { check_model("smollm2-135m", {16, 100, 333, 1024, 2048}); }
 
 TEST(LogitsVsLlamaCpp, Qwen25Coder05B) { check_model("qwen2.5-coder-0.5b", {2048}); }
+
+// Five of its six layers see a 512-token window: the longer prompts run past
+// it. Its logits are far more sensitive to rounding than the others' (llama.cpp's
+// own f16-vs-f32 KV noise: ~0.017 nats), so the bar is that noise, as the issue sets it.
+TEST(LogitsVsLlamaCpp, Gemma3_270M_FivePrompts) { check_model("gemma3-270m", {16, 100, 333, 1024, 2048}, -1, 0.03); }
 
 }  // namespace
 }  // namespace skim

@@ -16,6 +16,7 @@
 #include "attention/method.h"
 #include "attention/planner.h"
 #include "kernels/attention.h"
+#include "kernels/attention_reference.h"
 #include "kernels/kv_codec.h"
 #include "kv/kv_pool.h"
 #include "kv/kv_sequence.h"
@@ -286,6 +287,72 @@ TEST(PagedAttention, PositionRulesFollowStoredPositions) {
         for (int64_t s = plan->ranges[r].begin; s < plan->ranges[r].end; ++s) got.push_back(s);
       EXPECT_EQ(got, want) << "head " << h << " tile " << t;
     }
+}
+
+TEST(PagedAttention, SlidingWindowSeesOnlyItsWindowAndSurvivesReleasedPages) {
+  // A window layer: row at position p sees positions (p - window, p]. After
+  // an erase the slots are not positions; then the pages before the window
+  // are given back and the same calls must give the same bits.
+  constexpr int32_t kWindow = 300;
+  kv::KvPool pool(kDim, {kernels::KvDType::F16, kernels::KvDType::F16}, 256);
+  kv::KvSequence seq(pool, 1, kHkv, 4096);
+  std::mt19937 rng(3);
+  fill(seq, seq.append(range(0, 1400)), 1400, rng);
+  seq.erase(100, 200);
+  fill(seq, seq.append(range(1400, 1600)), 200, rng);
+  const Chunk c(seq, 200, 9);
+  const auto in_window = [&](int32_t, int64_t i) {
+    std::vector<int64_t> slots;
+    const int64_t qpos = c.q_pos0() + i;
+    for (int64_t s = 0; s < seq.size(); ++s)
+      if (seq.position(s) > qpos - kWindow) slots.push_back(s);
+    return slots;
+  };
+  std::vector<float> out(c.q.size()), kept(c.q.size()), released(c.q.size());
+  kernels::AttnParams a = c.params(out.data());
+  a.window = kWindow;
+  kernels::attention_prefill(a);
+  EXPECT_LT(max_error_vs_reference(c, out, in_window), 2e-5);
+  // Decode: the chunk's last row alone.
+  const int64_t last = c.n_rows - 1;
+  kernels::AttnParams d = a;
+  d.n_rows = 1;
+  d.q_pos0 = a.q_pos0 + last;
+  d.q = c.q.data() + last * kHq * kDim;
+  d.out = kept.data();
+  kernels::attention_decode(d);
+  for (int64_t e = 0; e < kHq * kDim; ++e) EXPECT_NEAR(kept[e], out[last * kHq * kDim + e], 2e-6);
+
+  const int64_t first_needed = seq.view(0).first_slot_at(0, c.q_pos0() - kWindow + 1);
+  const int64_t in_use = pool.pages_in_use();
+  seq.release_before(0, first_needed);
+  EXPECT_EQ(pool.pages_in_use(), in_use - first_needed / kv::kPageRows * kHkv);
+  EXPECT_EQ(seq.view(0).first_key, first_needed / kv::kPageRows * kv::kPageRows);
+  a.kv = seq.view(0);
+  d.kv = a.kv;
+  a.out = released.data();
+  kernels::attention_prefill(a);
+  EXPECT_EQ(released, out);
+  d.out = released.data();
+  kernels::attention_decode(d);
+  EXPECT_EQ(std::vector<float>(released.begin(), released.begin() + kHq * kDim),
+            std::vector<float>(kept.begin(), kept.begin() + kHq * kDim));
+  std::vector<float> ref(c.q.size());
+  kernels::attention_reference(c.q.data(), static_cast<int>(c.n_rows), static_cast<int>(c.q_pos0()), seq.view(0), kHq, kHkv,
+                               kDim, ref.data(), kWindow);
+  for (size_t e = 0; e < ref.size(); ++e) ASSERT_NEAR(ref[e], out[e], 2e-5);
+
+  // The sequence keeps its positions through the layers that still hold them,
+  // refuses to cut below what it gave back, and a fork shares the rest.
+  EXPECT_EQ(seq.position(seq.size() - 1), 1599);
+  EXPECT_THROW(seq.truncate(seq.first_held()), std::out_of_range);
+  EXPECT_THROW(seq.erase(seq.size() - 2, seq.size() - 1), std::logic_error);
+  kv::KvSequence copy = seq.fork();
+  EXPECT_EQ(copy.view(0).first_key, seq.view(0).first_key);
+  copy.truncate(seq.size() - 10);
+  seq.clear();
+  EXPECT_EQ(seq.first_held(), 0);
+  EXPECT_EQ(copy.pages_held(), (copy.size() + kv::kPageRows - 1) / kv::kPageRows * kHkv - first_needed / kv::kPageRows * kHkv);
 }
 
 }  // namespace

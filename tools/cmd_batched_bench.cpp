@@ -129,7 +129,7 @@ void batched_bench(const BatchedBenchOptions& o) {
     for (int pp : pps)
       for (int tg : tgs)
         for (int pl : pls) n_kv_max = std::max(n_kv_max, kv_needed(pp, tg, pl, o.shared_prompt));
-  std::unique_ptr<Model> model = Model::load(path);
+  std::unique_ptr<Model> model = Model::load(path, o.model_options);
   std::vector<Row> rows = bench_skim(o, *model, pps, tgs, pls, n_kv_max);
   std::vector<Row> peer;
   if (o.peer == "llama.cpp") peer = bench_llama_cpp(o, path, threads, n_kv_max);
@@ -164,7 +164,7 @@ void register_batched_bench(CLI::App& app) {
   auto o = std::make_shared<BatchedBenchOptions>();
   CLI::App* cmd = app.add_subcommand(
       "batched-bench", "aggregate prefill and decode of several sequences at once, skim vs llama-batched-bench in one run");
-  add_shared_options_with_kv(*cmd, *o, {{Opt::Model}, {Opt::Threads}, {Opt::Ctx}, {Opt::Ubatch}, {Opt::Attn}, {Opt::Gemm}});
+  add_shared_options_with_kv(*cmd, *o, {{Opt::Model}, {Opt::Threads}, {Opt::Ctx}, {Opt::Ubatch}, {Opt::Attn}, {Opt::Gemm}, {Opt::Rope}});
   cmd->add_option("--npp", o->prompts, "prompt lengths, comma-separated (llama.cpp's -npp)");
   cmd->add_option("--ntg", o->gens, "generated tokens per sequence, comma-separated (-ntg)");
   cmd->add_option("--npl", o->parallel, "parallel sequences, comma-separated (-npl)");

@@ -260,7 +260,7 @@ void bench(const BenchOptions& o) {
   for (const std::string& a : opts.attn) validate_attention_spec(a);
   const std::vector<const Peer*> peers = parse_peers(o.peer);
   const std::vector<int> pp = parse_token_counts(o.prompts, "-p"), tg = parse_token_counts(o.gens, "-n");
-  std::unique_ptr<Model> model = Model::load(path);
+  std::unique_ptr<Model> model = Model::load(path, o.model_options);
   std::vector<BenchRow> rows = bench_skim(opts, *model, threads, pp, tg);
   for (const Peer* peer : peers) {
     std::vector<BenchRow> peer_rows = bench_peer(*peer, o, path, threads);
@@ -329,7 +329,7 @@ void register_bench(CLI::App& app) {
   auto o = std::make_shared<BenchOptions>();
   CLI::App* cmd = app.add_subcommand("bench", "prompt (pp) and generation (tg) throughput, skim vs llama.cpp in one run");
   add_shared_options_with_kv(*cmd, *o,
-                     {{Opt::Model}, {Opt::Threads}, {Opt::Ubatch}, {Opt::Gemm}, {.opt = Opt::Attn, .repeatable = true}});
+                     {{Opt::Model}, {Opt::Threads}, {Opt::Ubatch}, {Opt::Gemm}, {.opt = Opt::Attn, .repeatable = true}, {Opt::Rope}});
   cmd->add_option("-p,--n-prompt", o->prompts, "prompt lengths, comma-separated (e.g. 512,2048,8192)");
   cmd->add_option("-n,--n-gen", o->gens, "generation lengths, comma-separated (0: none)");
   cmd->add_option("-r,--repetitions", o->repetitions, "measured repetitions per test")->check(at_least(1));

@@ -201,10 +201,10 @@ class EvalRun {
     lengths_ = parse_lengths(o.lengths);
     depths_ = parse_depths(o.depths);
     const std::string path = resolve_model(o);
-    model_ = Model::load(path);
-    const int n_ctx_train = model_->config().n_ctx_train;
-    if (lengths_.back() > n_ctx_train)
-      throw std::runtime_error(fmt::format("--lengths: {} tokens exceed the model's context of {} tokens", lengths_.back(), n_ctx_train));
+    model_ = Model::load(path, o.model_options);
+    if (lengths_.back() > kMaxTokens)
+      throw std::runtime_error(fmt::format("--lengths: {} tokens exceed the most skim runs ({})", lengths_.back(), kMaxTokens));
+    warn_beyond_training(lengths_.back(), model_->config());
     corpus_ = Corpus::load();
     if (!corpus_.cached) fmt::print(stderr, "skim eval: haystack texts not fetched (scripts/fetch-haystack): using the built-in filler\n");
     if (wants_ppl() && corpus_.austen.empty()) throw std::runtime_error("--tasks ppl needs the Austen text: run scripts/fetch-haystack");
@@ -411,7 +411,7 @@ class EvalRun {
 void register_eval(CLI::App& app) {
   auto o = std::make_shared<EvalOptions>();
   CLI::App* cmd = app.add_subcommand("eval", "long-context quality of attention methods, paired with dense on identical samples");
-  add_shared_options(*cmd, *o, {{Opt::Model}, {Opt::Threads}, {Opt::Ubatch}, {Opt::Gemm}, {.opt = Opt::Attn, .repeatable = true}});
+  add_shared_options(*cmd, *o, {{Opt::Model}, {Opt::Threads}, {Opt::Ubatch}, {Opt::Gemm}, {.opt = Opt::Attn, .repeatable = true}, {Opt::Rope}});
   std::string task_help = "tasks, comma-separated:";
   for (const eval::TaskInfo& t : eval::tasks()) task_help += fmt::format("\n  {:<16} {}", t.name, t.summary);
   task_help += fmt::format("\n  {:<16} {}", "ppl", "perplexity, KL(dense||method) and top-1 agreement on Austen windows");

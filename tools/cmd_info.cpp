@@ -49,7 +49,7 @@ void info(const InfoOptions& o) {
   if (o.list_attn) return list_attention_methods();
   if (o.list_kv) return list_kv_types();
   const std::string path = resolve_model(o);
-  std::unique_ptr<Model> model = Model::load(path);
+  std::unique_ptr<Model> model = Model::load(path, o.model_options);
   const GgufFile& f = model->file();
   const ModelConfig& c = model->config();
 
@@ -74,8 +74,11 @@ void info(const InfoOptions& o) {
   fmt::print("feed-forward:    {}\n", c.n_ff);
   fmt::print("vocabulary:      {} ({} pre-tokenizer)\n", c.n_vocab, model->tokenizer().pre_tokenizer());
   fmt::print("context length:  {}\n", c.n_ctx_train);
-  fmt::print("rope:            base {}, {}, linear scale {}\n", c.rope_base,
-             c.rope_style == RopeStyle::Interleaved ? "interleaved pairs" : "half-split pairs", c.rope_linear_scale);
+  static constexpr const char* kScalings[] = {"none", "linear", "yarn"};
+  fmt::print("rope:            base {}, {}, scaling {} (factor {}, original context {}, mscale {:.4f})\n", c.rope_base,
+             c.rope_style == RopeStyle::Interleaved ? "interleaved pairs" : "half-split pairs",
+             kScalings[static_cast<int>(c.rope_scaling.kind)], c.rope_scaling.factor, c.rope_scaling.orig_ctx,
+             c.rope_scaling.mscale);
   fmt::print("output:          {}\n", c.tied_output ? "tied to token embedding" : "separate");
   fmt::print("tensor types:\n");
   for (const auto& [name, h] : histogram)
@@ -91,7 +94,7 @@ void info(const InfoOptions& o) {
 void register_info(CLI::App& app) {
   auto o = std::make_shared<InfoOptions>();
   CLI::App* cmd = app.add_subcommand("info", "describe a model: architecture, sizes, tensor types, context");
-  add_shared_options(*cmd, *o, {{Opt::Model}, {Opt::Threads}});
+  add_shared_options(*cmd, *o, {{Opt::Model}, {Opt::Threads}, {Opt::Rope}});
   cmd->add_flag("--metadata", o->metadata, "also print every metadata key");
   cmd->add_flag("--attn", o->list_attn, "list the attention methods, their parameters and defaults (no model needed)");
   cmd->add_flag("--kv", o->list_kv, "list the KV cache formats and selection policies (no model needed)");

@@ -61,7 +61,7 @@ void run_kl_vs_f16(const PerplexityOptions& o, const Model& model, Context& ctx,
 }
 
 void run_perplexity(const PerplexityOptions& o) {
-  std::unique_ptr<Model> model = Model::load(resolve_model(o));
+  std::unique_ptr<Model> model = Model::load(resolve_model(o), o.model_options);
   const Tokenizer& tok = model->tokenizer();
   std::vector<int32_t> tokens = tok.encode(read_file(o.file), true, false);
   if (o.max_windows > 0 && tokens.size() > static_cast<size_t>(o.max_windows) * o.n_ctx)
@@ -70,7 +70,7 @@ void run_perplexity(const PerplexityOptions& o) {
   ContextParams cp{.n_ctx = o.n_ctx, .n_ubatch = o.n_ubatch, .n_threads = resolve_threads(o.threads)};
   apply_kv_options(o, cp);
   Context ctx(*model, cp);
-  warn_beyond_training(o.n_ctx, model->config().n_ctx_train);
+  warn_beyond_training(o.n_ctx, model->config());
   if (o.kl_f16) return run_kl_vs_f16(o, *model, ctx, tokens, tok.add_bos() ? tok.bos() : -1);
   fmt::print(stderr, "perplexity: {} tokens, {} windows of {} tokens, scoring the second half of each\n", tokens.size(),
              n_windows, o.n_ctx);
@@ -90,7 +90,7 @@ void register_perplexity(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand("perplexity", "perplexity of a text file (llama-perplexity's method)");
   // -c is the window scored, which cannot be empty.
   add_shared_options_with_kv(*cmd, *o,
-                     {{Opt::Model}, {Opt::Threads}, {.opt = Opt::Ctx, .range = Range{1, kMaxTokens}}, {Opt::Ubatch}, {Opt::Gemm}});
+                     {{Opt::Model}, {Opt::Threads}, {.opt = Opt::Ctx, .range = Range{1, kMaxTokens}}, {Opt::Ubatch}, {Opt::Gemm}, {Opt::Rope}});
   cmd->add_option("-f,--file", o->file, "text file")->required()->check(CLI::ExistingFile);
   cmd->add_flag("--kl-f16", o->kl_f16, "also run an f16 cache on the same windows: mean KL, top-1 agreement, PPL change");
   cmd->add_option("--chunks", o->max_windows, "score at most this many windows (0: all)")->check(at_least(0));

@@ -69,7 +69,7 @@ void run(const RunOptions& o) {
   if (o.prompt.empty() == o.file.empty()) throw std::runtime_error("give exactly one of -p TEXT or -f FILE");
   if (!o.prompt_cache.empty() && o.parallel > 1)
     throw std::runtime_error("--prompt-cache keeps one sequence; it does not combine with --parallel");
-  std::unique_ptr<Model> model = Model::load(path);
+  std::unique_ptr<Model> model = Model::load(path, o.model_options);
   const Tokenizer& tok = model->tokenizer();
   ContextParams cp;
   cp.n_ctx = o.n_ctx;
@@ -95,7 +95,7 @@ void run(const RunOptions& o) {
   if (static_cast<int>(prompt.size()) >= ctx.n_ctx())
     throw std::runtime_error(fmt::format("prompt has {} tokens, the context holds {} (raise -c up to the model's {}, or shorten it)",
                                          prompt.size(), ctx.n_ctx(), model->config().n_ctx_train));
-  warn_beyond_training(ctx.n_ctx(), model->config().n_ctx_train);
+  warn_beyond_training(ctx.n_ctx(), model->config());
 
   // A prompt cache is read before anything is printed: a refused file is the one error line.
   size_t cached_prefix = 0;  // prompt tokens the cache file already held
@@ -105,6 +105,7 @@ void run(const RunOptions& o) {
     Stopwatch clock;
     const Context::SavedSequence saved = ctx.load_sequence(0, o.prompt_cache);
     n_reused = reused_from_cache(ctx, saved, prompt, cached_prefix);
+    if (n_reused < ctx.min_kept_rows(0)) n_reused = 0;  // a window layer no longer holds what it needs
     ctx.truncate_sequence(0, n_reused);
     cache_note = fmt::format("skim: prompt cache {}: {} of {} prompt tokens reused (file: {} tokens, {:.1f} MiB, read in {:.0f} ms)\n",
                              o.prompt_cache, n_reused, prompt.size(), saved.tokens.size(), saved.bytes / 1048576.0, clock.ms());
@@ -182,7 +183,7 @@ void run(const RunOptions& o) {
 void register_run(CLI::App& app) {
   auto o = std::make_shared<RunOptions>();
   CLI::App* cmd = app.add_subcommand("run", "generate text from a prompt (-p) or a file (-f)");
-  add_shared_options_with_kv(*cmd, *o, {{Opt::Model}, {Opt::Threads}, {Opt::Ctx}, {Opt::Ubatch}, {Opt::Attn}, {Opt::Gemm}});
+  add_shared_options_with_kv(*cmd, *o, {{Opt::Model}, {Opt::Threads}, {Opt::Ctx}, {Opt::Ubatch}, {Opt::Attn}, {Opt::Gemm}, {Opt::Rope}});
   cmd->add_option("-p,--prompt", o->prompt, "prompt text");
   cmd->add_option("-f,--file", o->file, "read the prompt from a file")->check(CLI::ExistingFile);
   cmd->add_flag("--chat", o->chat, "wrap the prompt in the model's chat template (ChatML) as a user message");

@@ -47,12 +47,12 @@ void serve(const ServeOptions& o) {
   const std::string path = resolve_model(o);
   const std::string& attn = o.attn.front();
   validate_attention_spec(attn);
-  std::unique_ptr<Model> model = Model::load(path);
+  std::unique_ptr<Model> model = Model::load(path, o.model_options);
   const int total_ctx = o.n_ctx > 0 ? o.n_ctx : model->config().n_ctx_train;
   // -c is the whole context, each of the -np slots gets an equal part (as llama-server).
   const int slot_ctx = total_ctx / o.parallel;
   if (slot_ctx < 1) throw std::runtime_error(fmt::format("-c {} leaves nothing for each of {} slots", total_ctx, o.parallel));
-  warn_beyond_training(slot_ctx, model->config().n_ctx_train);
+  warn_beyond_training(slot_ctx, model->config());
 
   SchedulerParams sp;
   sp.context.n_ctx = slot_ctx;
@@ -112,7 +112,7 @@ void serve(const ServeOptions& o) {
 void register_serve(CLI::App& app) {
   auto o = std::make_shared<ServeOptions>();
   CLI::App* cmd = app.add_subcommand("serve", "OpenAI-compatible HTTP server: continuous batching, prefix reuse, chat page at /");
-  add_shared_options_with_kv(*cmd, *o, {{Opt::Model}, {Opt::Threads}, {Opt::Ctx}, {Opt::Attn}, {Opt::Gemm}});
+  add_shared_options_with_kv(*cmd, *o, {{Opt::Model}, {Opt::Threads}, {Opt::Ctx}, {Opt::Attn}, {Opt::Gemm}, {Opt::Rope}});
   cmd->add_option("--host", o->host, "address to listen on")->capture_default_str();
   cmd->add_option("--port", o->port, "port to listen on (0: any free one)")->check(in_range(0, 65535))->capture_default_str();
   cmd->add_option("--parallel", o->parallel, "slots: sequences generated at once (-np); -c is split between them")

@@ -56,8 +56,29 @@ const SharedOption kSharedOptions[] = {
 };
 }  // namespace
 
+namespace {
+void add_rope_options(CLI::App& cmd, ModelOptions& m) {
+  cmd.add_option("--rope-scaling", m.rope_scaling, "RoPE scaling: none, linear or yarn (default: the model's rope.scaling.type)")
+      ->check(CLI::IsMember({"none", "linear", "yarn"}));
+  cmd.add_option("--rope-scale", m.rope_scale, "RoPE context scaling factor: stretch the trained context N times (default: the model's)")
+      ->check(in_range(1e-3f, 1e3f));
+  cmd.add_option("--yarn-orig-ctx", m.yarn_orig_ctx, "YaRN: original context size of the model (default: its trained context)")
+      ->check(in_range(1, kMaxTokens));
+  cmd.add_option("--yarn-ext-factor", m.yarn_ext_factor, "YaRN: extrapolation mix factor (default: 1 with yarn; 0 = full interpolation)")
+      ->check(in_range(0.f, 1e3f));
+  cmd.add_option("--yarn-attn-factor", m.yarn_attn_factor, "YaRN: scale of the attention magnitude (default: 0.1 ln(factor) + 1)")
+      ->check(in_range(0.f, 1e3f));
+  cmd.add_option("--yarn-beta-fast", m.yarn_beta_fast, "YaRN: low correction dim or beta (default: 32)")->check(in_range(0.f, 1e4f));
+  cmd.add_option("--yarn-beta-slow", m.yarn_beta_slow, "YaRN: high correction dim or alpha (default: 1)")->check(in_range(0.f, 1e4f));
+}
+}  // namespace
+
 void add_shared_options(CLI::App& cmd, SharedOptions& o, std::initializer_list<Use> uses) {
   for (const Use& use : uses) {
+    if (use.opt == Opt::Rope) {
+      add_rope_options(cmd, o.model_options);
+      continue;
+    }
     const SharedOption& flag = *std::ranges::find(kSharedOptions, use.opt, &SharedOption::opt);
     const std::optional<Range> range = use.range ? use.range : flag.range;
     std::string help = flag.help;
@@ -132,10 +153,14 @@ std::string read_file(const std::string& path) {
   return ss.str();
 }
 
-void warn_beyond_training(int n_ctx, int n_ctx_train) {
-  if (n_ctx > n_ctx_train)
-    fmt::print(stderr, "skim: warning: context of {} tokens exceeds the model's trained context of {}; output past it may degrade\n",
-               n_ctx, n_ctx_train);
+void warn_beyond_training(int n_ctx, const ModelConfig& c) {
+  const double reach = static_cast<double>(c.n_ctx_train) * c.rope_scaling.factor;
+  if (n_ctx > reach)
+    fmt::print(stderr,
+               "skim: warning: context of {} tokens exceeds the model's trained context of {}{}; output past it may degrade "
+               "(--rope-scaling yarn --rope-scale N stretches it)\n",
+               n_ctx, c.n_ctx_train,
+               c.rope_scaling.factor != 1.f ? fmt::format(" (x{} by RoPE scaling)", c.rope_scaling.factor) : "");
 }
 
 double peak_rss_mib() {

@@ -59,8 +59,10 @@ struct SharedOptions {
   int kv_center_keys = 1;
   std::string kv_policy;
   std::string gemm = "int8";  // applied process-wide as it is parsed
+  ModelOptions model_options;  // --rope-scaling, --rope-scale, --yarn-*
 };
-enum class Opt { Model, Threads, Ctx, Ubatch, Attn, Gemm, KvTypeK, KvTypeV, KvF16Layers, KvRotation, KvCenterKeys, KvPolicy };
+// Rope: the RoPE scaling flags as a group (llama.cpp's names).
+enum class Opt { Model, Threads, Ctx, Ubatch, Attn, Gemm, KvTypeK, KvTypeV, KvF16Layers, KvRotation, KvCenterKeys, KvPolicy, Rope };
 // The KV flags, for commands that build a context.
 inline constexpr Opt kKvOpts[] = {Opt::KvTypeK, Opt::KvTypeV, Opt::KvF16Layers, Opt::KvRotation, Opt::KvCenterKeys,
                                   Opt::KvPolicy};
@@ -93,8 +95,9 @@ std::vector<int> parse_token_counts(const std::string& list, const char* what);
 // Random ids like llama-bench's (the content does not change the work done).
 std::vector<int32_t> random_tokens(int n, int n_vocab, uint32_t seed);
 // A context beyond the model's training length runs, but RoPE positions past it
-// are untrained: say so, as llama.cpp does.
-void warn_beyond_training(int n_ctx, int n_ctx_train);
+// are untrained: say so, as llama.cpp does, unless RoPE scaling stretches the
+// trained length that far.
+void warn_beyond_training(int n_ctx, const ModelConfig& c);
 // One llama.cpp-style line: prefill attention density, planning and kernel time.
 void print_attention_report(const AttentionReport& r);
 double peak_rss_mib();

@@ -122,8 +122,13 @@ class Context {
   // "" keeps every row): ContextParams::kv_policy until set.
   void set_kv_policy(int seq, const std::string& spec);
   std::string kv_policy(int seq) const;
-  // Keeps the first n_rows rows of the sequence's cache (a prefix to reuse).
+  // Keeps the first n_rows rows of the sequence's cache (a prefix to reuse):
+  // 0, or at least min_kept_rows(seq) (else std::invalid_argument).
   void truncate_sequence(int seq, int n_rows);
+  // Sliding-window layers give back the pages their window has left behind
+  // (docs/architecture.md), so a prefix shorter than this cannot be resumed:
+  // the next token's window would reach rows no longer held. 1 when nothing was given back.
+  int min_kept_rows(int seq) const;
   // Sequence `to` (cleared first) holds what `from` holds, sharing its KV pages
   // until either writes (copy-on-write).
   void copy_sequence(int from, int to);
@@ -169,6 +174,9 @@ class Context {
   void forward_ubatch(Ubatch& ub, float* logits_out);
   void run(const Batch& batch, const LogitsFn& on_logits, const ProgressFn& progress);
   kv::KvSequence& sequence(int seq) const;
+  // Gives back the pages of the window layers that no later position of the sequence can see.
+  void release_window_pages(kv::KvSequence& kv) const;
+  int max_window() const;  // the widest sliding window of the model's layers (0: none)
 
   const Model& model_;
   ContextParams params_;

@@ -1,5 +1,5 @@
 // A decoder-only transformer loaded from GGUF: its architecture family
-// (llama, qwen2; src/model/arch.h) maps the metadata and tensors to a config,
+// (llama, qwen2, gemma3; src/model/arch.h) maps the metadata and tensors to a config,
 // the weights of every layer and a spec of what every layer computes.
 #pragma once
 
@@ -19,6 +19,31 @@ enum class RopeStyle {
   HalfSplit,    // rotate pairs (x[i], x[i+d/2]): qwen2 ("neox" in ggml)
 };
 
+// How RoPE positions are stretched past the trained context (llama.cpp's
+// rope scaling): Linear divides every frequency by `factor`; YaRN (docs/length-extension.md)
+// interpolates the low frequencies, keeps the high ones, ramps between the
+// dimensions [low, high] that turn beta_fast and beta_slow times within
+// orig_ctx, and scales cos/sin by `mscale`.
+enum class RopeScalingKind { None, Linear, Yarn };
+struct RopeScaling {
+  RopeScalingKind kind = RopeScalingKind::None;
+  float factor = 1.f;       // context stretch (1 / llama.cpp's rope_freq_scale)
+  int orig_ctx = 0;         // the context the model was trained at (YaRN)
+  float ext_factor = 0.f;   // YaRN's extrapolation mix (1 for YaRN, 0 otherwise)
+  float beta_fast = 32.f, beta_slow = 1.f;
+  float mscale = 1.f;       // cos and sin are multiplied by it
+};
+// Overrides of the GGUF's rope-scaling keys, as llama.cpp's flags name them
+// (--rope-scaling, --rope-scale, --yarn-*). Unset fields keep the model's.
+struct ModelOptions {
+  std::string rope_scaling;      // "", "none", "linear" or "yarn"
+  float rope_scale = 0.f;        // 0: the model's factor
+  int yarn_orig_ctx = 0;         // 0: the model's (or its trained context)
+  float yarn_ext_factor = -1.f;  // < 0: 1 for YaRN
+  float yarn_attn_factor = -1.f; // < 0: YaRN's 0.1 ln(factor) + 1
+  float yarn_beta_fast = -1.f, yarn_beta_slow = -1.f;
+};
+
 struct ModelConfig {
   std::string arch;
   std::string name;
@@ -32,10 +57,12 @@ struct ModelConfig {
   int n_ctx_train = 0;
   float rms_eps = 1e-5f;
   float rope_base = 10000.f;  // rope.freq_base; what each layer uses is in its LayerSpec
-  float rope_linear_scale = 1.f;  // positions are divided by this (rope.scaling.type = linear)
+  RopeScaling rope_scaling;  // of the global layers (window layers of gemma3 are never scaled)
   RopeStyle rope_style = RopeStyle::Interleaved;
   bool qkv_bias = false;
   bool tied_output = false;
+  float embedding_scale = 1.f;  // token embeddings are multiplied by it (gemma: sqrt(n_embd))
+  float logit_softcap = 0.f;    // > 0: logits become cap * tanh(logits / cap) (final_logit_softcapping)
 };
 
 enum class AttentionKind {
@@ -48,15 +75,20 @@ struct LayerSpec {
   AttentionKind attention = AttentionKind::Full;
   int window = 0;  // keys per query of a SlidingWindow layer
   float rope_base = 10000.f;
-  std::vector<float> rope_inv_freq;  // per dimension pair (head_dim / 2 values)
+  std::vector<float> rope_inv_freq;  // per dimension pair (head_dim / 2 values), scaling included
+  float rope_mscale = 1.f;           // cos and sin are multiplied by it (YaRN)
 };
 
+// Null pointers are parts a family does not have.
 struct LayerWeights {
   const TensorInfo* attn_norm;
   const TensorInfo *wq, *wk, *wv, *wo;
   const TensorInfo *bq = nullptr, *bk = nullptr, *bv = nullptr;
+  const TensorInfo *q_norm = nullptr, *k_norm = nullptr;  // RMSNorm of each head of Q and K, before RoPE
+  const TensorInfo* attn_post_norm = nullptr;  // RMSNorm of the attention output, before the residual add
   const TensorInfo* ffn_norm;
   const TensorInfo *w_gate, *w_up, *w_down;
+  const TensorInfo* ffn_post_norm = nullptr;   // RMSNorm of the FFN output, before the residual add
 };
 
 struct Arch;  // src/model/arch.h
@@ -66,7 +98,7 @@ class Model {
   // Loads and validates; throws GgufError with a clear message on any problem
   // (unknown architecture, missing tensor, wrong shape, unsupported type, a
   // layer kind skim does not run yet).
-  static std::unique_ptr<Model> load(const std::string& path);
+  static std::unique_ptr<Model> load(const std::string& path, const ModelOptions& options = {});
 
   const ModelConfig& config() const { return cfg_; }
   const GgufFile& file() const { return *file_; }

@@ -285,7 +285,7 @@ void Scheduler::place(std::shared_ptr<Job> job) {
   for (Slot& s : slots_) {
     if (!s.reusable || s.methods != methods) continue;
     const size_t n = reusable_prefix(*ctx_, s.cached, s.gemm_rows, prompt);
-    if (n > reuse) reuse = n, donor = &s;
+    if (n > reuse && n >= static_cast<size_t>(ctx_->min_kept_rows(s.seq))) reuse = n, donor = &s;
   }
   std::string file;  // the path, not the entry: spilling below may grow disk_
   for (const DiskPrefix& d : disk_) {
@@ -315,6 +315,7 @@ void Scheduler::place(std::shared_ptr<Job> job) {
       reuse = saved.tokens.size() == static_cast<size_t>(ctx_->n_cached(target->seq))
                   ? reusable_prefix(*ctx_, saved.tokens, gemm_rows, prompt)
                   : 0;
+      if (reuse < static_cast<size_t>(ctx_->min_kept_rows(target->seq))) reuse = 0;
       for (DiskPrefix& d : disk_)
         if (d.path == file) d.tokens = std::move(saved.tokens), d.gemm_rows = gemm_rows;
       std::error_code ignored;  // a hit is a use: the file's time orders --kv-dir-size's evictions
@@ -493,6 +494,10 @@ void Scheduler::run(Pass& pass) {
     if (gemm && s.gemm_rows == s.cached.size()) s.gemm_rows += r.count;
     s.cached.insert(s.cached.end(), batch.tokens.begin() + static_cast<std::ptrdiff_t>(r.first),
                     batch.tokens.begin() + static_cast<std::ptrdiff_t>(r.first + r.count));
+    // Once sliding-window layers gave rows back, no shorter prefix can be
+    // resumed: the shareable rows then include decoded ones (docs/server.md).
+    const size_t resumable = static_cast<size_t>(ctx_->min_kept_rows(s.seq));
+    if (resumable > 1) s.gemm_rows = std::max(s.gemm_rows, std::min(resumable, s.cached.size()));
     if (s.job->prefilling()) {
       s.job->n_prefilled += r.count;
       prompt_rows += r.count;

@@ -93,6 +93,8 @@ Call resolve(const AttnParams& in) {
   c.g = p.n_q_heads / p.n_kv_heads;
   c.q_slot0 = p.kv.slots_through(0, p.q_pos0 - 1);
   if (p.split_key_tiles < 0) bad("split_key_tiles is negative");
+  if (p.window < 0) bad("window is negative");
+  if (p.kv.first_key < 0 || p.kv.first_key > p.kv.n_keys) bad("kv.first_key is outside the keys");
   return c;
 }
 
@@ -153,14 +155,18 @@ std::string build_spans(const Plan& plan, int64_t item, float theta, const KvVie
                         std::vector<KeySpan>& spans, std::vector<int32_t>& sorted_keys, std::vector<int64_t>& order) {
   spans.clear();
   const int64_t n_keys = kv.n_keys;
-  const auto max_position = [&](const int32_t* keys, int32_t count) {
-    int32_t m = std::numeric_limits<int32_t>::min();
-    for (int32_t j = 0; j < count; ++j) m = std::max(m, kv.position(kv_head, keys[j]));
-    return m;
+  const auto set_positions = [&](KeySpan& s) {
+    s.min_pos = std::numeric_limits<int32_t>::max();
+    s.max_pos = std::numeric_limits<int32_t>::min();
+    for (int32_t j = 0; j < s.count; ++j) {
+      const int32_t p = kv.position(kv_head, s.keys[j]);
+      s.min_pos = std::min(s.min_pos, p);
+      s.max_pos = std::max(s.max_pos, p);
+    }
   };
   const int64_t c0 = plan.col_ptr[item], c1 = plan.col_ptr[item + 1];
   for (int64_t c = c0; c < c1; ++c)
-    if (plan.cols[c] < 0 || plan.cols[c] >= n_keys)
+    if (plan.cols[c] < kv.first_key || plan.cols[c] >= n_keys)
       return "column " + std::to_string(plan.cols[c]) + " is outside the " + std::to_string(n_keys) + " keys";
   const bool ordered = plan_ordered(plan);
   if (!ordered) {
@@ -168,7 +174,7 @@ std::string build_spans(const Plan& plan, int64_t item, float theta, const KvVie
       KeySpan s;
       s.count = static_cast<int32_t>(std::min<int64_t>(kKeyTile, c1 - c));
       s.keys = plan.cols.data() + c;
-      s.max_pos = max_position(s.keys, s.count);
+      set_positions(s);
       spans.push_back(s);
     }
   } else {
@@ -191,7 +197,7 @@ std::string build_spans(const Plan& plan, int64_t item, float theta, const KvVie
       KeySpan s;
       s.count = static_cast<int32_t>(e - i);
       s.keys = sorted_keys.data() + i;
-      s.max_pos = max_position(s.keys, s.count);
+      set_positions(s);
       s.score = plan.col_scores[order[e - 1]];
       spans.push_back(s);
       i = e;
@@ -199,14 +205,15 @@ std::string build_spans(const Plan& plan, int64_t item, float theta, const KvVie
   }
   for (int64_t r = plan.range_ptr[item]; r < plan.range_ptr[item + 1]; ++r) {
     const KeyRange kr = plan.ranges[r];
-    if (kr.begin < 0 || kr.end > n_keys || kr.begin >= kr.end)
+    if (kr.begin < kv.first_key || kr.end > n_keys || kr.begin >= kr.end)
       return "range [" + std::to_string(kr.begin) + ", " + std::to_string(kr.end) + ") is empty or outside the " +
              std::to_string(n_keys) + " keys";
     for (int64_t b = kr.begin; b < kr.end; b += kKeyTile) {
       KeySpan s;
       s.begin = static_cast<int32_t>(b);
       s.count = static_cast<int32_t>(std::min<int64_t>(kKeyTile, kr.end - b));
-      s.max_pos = kv.position(kv_head, s.begin + s.count - 1);  // positions increase with the slot
+      s.min_pos = kv.position(kv_head, s.begin);  // positions increase with the slot
+      s.max_pos = kv.position(kv_head, s.begin + s.count - 1);
       s.score = ordered ? plan.range_scores[r] : 0.0f;
       spans.push_back(s);
     }
@@ -417,6 +424,7 @@ void run(const Call& call, const Plan& plan) {
       job.head_dim = p.head_dim;
       job.q_scale = call.q_scale;
       job.causal = p.causal;
+      job.window = p.window;
       const float lambda = plan.skip_lambda.empty() ? 0.0f : plan.skip_lambda[static_cast<size_t>(h)];
       job.log2_lambda = lambda > 0.0f ? std::log2(lambda) : kNegInf;
       job.early_stop = plan_ordered(plan) && plan_theta(plan, h) > kNegInf;
@@ -473,7 +481,22 @@ Plan default_plan(const Call& call, int32_t tile_rows) {
   shape.n_rows = call.p.n_rows;
   shape.q_pos0 = call.p.q_pos0;
   shape.q_slot0 = call.q_slot0;
-  return make_dense_plan(shape, call.p.causal, call.p.kv.n_keys);
+  Plan plan = make_dense_plan(shape, call.p.causal, call.p.kv.n_keys);
+  // Each tile starts at the key tile holding the first key its first row's
+  // window reaches (or the first key held); the kernel masks the rest of the
+  // window per row. Key tiles stay aligned to slot 0, as in the dense plan, so
+  // a row sums the same tiles whichever query tile it falls in (batch invariance).
+  const KvView& kv = call.p.kv;
+  for (int32_t h = 0; h < plan.n_heads; ++h)
+    for (int64_t t = 0; t < plan.head_tiles(h); ++t) {
+      KeyRange& r = plan.ranges[static_cast<size_t>(plan.range_ptr[plan.head_item_begin[h] + t])];
+      int64_t first = kv.first_key;
+      if (call.p.window > 0)
+        first = kv.first_slot_at(kv_head_of(call, plan, h), plan.tile_first_position(h, t) - call.p.window + 1);
+      first = std::max(kv.first_key, first / kKeyTile * kKeyTile);
+      if (r.end > r.begin) r.begin = static_cast<int32_t>(std::clamp<int64_t>(first, r.begin, r.end - 1));
+    }
+  return plan;
 }
 
 void check_dense_fits(const Call& call) {

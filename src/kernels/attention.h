@@ -76,6 +76,9 @@ struct AttnParams {
 
   float scale = 0.0f;   // 0 = 1/sqrt(head_dim)
   bool causal = true;   // mask keys after the query's position
+  // > 0: a sliding-window layer: the row at position p sees only keys at
+  // positions > p - window (llama.cpp's standard SWA mask), the plan's keys included.
+  int32_t window = 0;
 
   AttnStats* stats = nullptr;  // optional counters (overwritten)
 

@@ -298,10 +298,13 @@ void RunTileJob(const TileJob& job, float* HWY_RESTRICT scratch, TileCounters& c
   float* tmax = alpha + kMaxTileCols;                     // tile max
 
   HWY_ALIGN int32_t qpos[kMaxTileCols];
-  int32_t min_qpos = std::numeric_limits<int32_t>::max();
+  HWY_ALIGN int32_t qlow[kMaxTileCols];  // window: the lowest key position a column sees
+  int32_t min_qpos = std::numeric_limits<int32_t>::max(), max_qlow = std::numeric_limits<int32_t>::min();
   for (int32_t i = 0; i < ldq; ++i) {
     qpos[i] = i < n_cols ? job.cols[i].pos : std::numeric_limits<int32_t>::max();
+    qlow[i] = i < n_cols && job.window > 0 ? job.cols[i].pos - job.window + 1 : std::numeric_limits<int32_t>::min();
     if (i < n_cols) min_qpos = std::min(min_qpos, qpos[i]);
+    max_qlow = std::max(max_qlow, qlow[i]);
   }
 
   // Q, scaled into base-2 logits.
@@ -352,6 +355,20 @@ void RunTileJob(const TileJob& job, float* HWY_RESTRICT scratch, TileCounters& c
         float* sj = s + j * ldq;
         for (int32_t b = 0; b < n_blocks; ++b) {
           const auto masked = hn::RebindMask(df, hn::Gt(kpv, hn::Load(di, qpos + b * N)));
+          hn::Store(hn::IfThenElse(masked, neg_inf, hn::Load(df, sj + b * N)), df, sj + b * N);
+        }
+      }
+    }
+
+    // Window mask: keys stored before a column's window get -inf.
+    if (span.min_pos < max_qlow) {
+      for (int32_t j = 0; j < count; ++j) {
+        const int32_t kp = job.kv->position(job.kv_head, SpanSlot(span, j));
+        if (kp >= max_qlow) continue;
+        const auto kpv = hn::Set(di, kp);
+        float* sj = s + j * ldq;
+        for (int32_t b = 0; b < n_blocks; ++b) {
+          const auto masked = hn::RebindMask(df, hn::Lt(kpv, hn::Load(di, qlow + b * N)));
           hn::Store(hn::IfThenElse(masked, neg_inf, hn::Load(df, sj + b * N)), df, sj + b * N);
         }
       }

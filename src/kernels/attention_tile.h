@@ -30,6 +30,7 @@ struct QueryColumn {
 struct KeySpan {
   int32_t begin = 0;              // first slot when keys == nullptr
   int32_t count = 0;
+  int32_t min_pos = 0;            // smallest stored position in the tile (window test)
   int32_t max_pos = 0;            // largest stored position in the tile (causal test)
   const int32_t* keys = nullptr;  // gathered slots, or nullptr
   float score = 0.0f;             // visit score (ordered plans)
@@ -39,6 +40,7 @@ struct TileJob {
   int32_t head_dim = 0;
   float q_scale = 0.0f;       // softmax scale * log2(e): the kernel works in base 2
   bool causal = true;
+  int32_t window = 0;         // AttnParams::window
   float log2_lambda = 0.0f;   // BLASST threshold in base 2; -inf = never skip
   bool early_stop = false;    // stop at the first span with score < stop_theta
   float stop_theta = 0.0f;

@@ -66,6 +66,27 @@ void SwigluSpan(float* gate, const float* up, int64_t n) {
   }
 }
 
+// gate = gelu(gate) * up, gelu(g) = 0.5 g (1 + tanh(sqrt(2/pi) (g + 0.044715 g^3))),
+// the tanh form Gemma was trained with (ggml_gelu).
+void GegluSpan(float* gate, const float* up, int64_t n) {
+  const hn::ScalableTag<float> df;
+  const int64_t nf = static_cast<int64_t>(hn::Lanes(df));
+  constexpr float kSqrt2OverPi = 0.7978845608028654f, kCubic = 0.044715f;
+  const auto half = hn::Set(df, 0.5f), one = hn::Set(df, 1.0f), c0 = hn::Set(df, kSqrt2OverPi),
+             c1 = hn::Set(df, kCubic * kSqrt2OverPi);
+  int64_t i = 0;
+  for (; i + nf <= n; i += nf) {
+    const auto g = hn::LoadU(df, gate + i);
+    const auto inner = hn::Mul(g, hn::MulAdd(hn::Mul(g, g), c1, c0));
+    const auto gelu = hn::Mul(hn::Mul(half, g), hn::Add(one, hn::Tanh(df, inner)));
+    hn::StoreU(hn::Mul(gelu, hn::LoadU(df, up + i)), df, gate + i);
+  }
+  for (; i < n; ++i) {
+    const float g = gate[i];
+    gate[i] = 0.5f * g * (1.0f + std::tanh(kSqrt2OverPi * (g + kCubic * g * g * g))) * up[i];
+  }
+}
+
 void AddSpan(float* y, const float* x, int64_t n) {
   const hn::ScalableTag<float> df;
   const int64_t nf = static_cast<int64_t>(hn::Lanes(df));
@@ -83,6 +104,7 @@ namespace skim::kernels {
 namespace elementwise_detail {
 HWY_EXPORT(RmsNormRow);
 HWY_EXPORT(SwigluSpan);
+HWY_EXPORT(GegluSpan);
 HWY_EXPORT(AddSpan);
 
 // Below this many values a parallel region costs more than it saves (decode).
@@ -147,6 +169,11 @@ void hadamard(float* x, int64_t n, int32_t block) {
 
 void swiglu(float* gate, const float* up, int64_t n) {
   const auto span = HWY_DYNAMIC_DISPATCH(SwigluSpan);
+  for_span_pieces(n, [&](int64_t at, int64_t len) { span(gate + at, up + at, len); });
+}
+
+void geglu(float* gate, const float* up, int64_t n) {
+  const auto span = HWY_DYNAMIC_DISPATCH(GegluSpan);
   for_span_pieces(n, [&](int64_t at, int64_t len) { span(gate + at, up + at, len); });
 }
 

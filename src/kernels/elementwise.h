@@ -27,6 +27,9 @@ void hadamard(float* x, int64_t n, int32_t block);
 // gate[i] = silu(gate[i]) * up[i]
 void swiglu(float* gate, const float* up, int64_t n);
 
+// gate[i] = gelu(gate[i]) * up[i], GELU in its tanh form
+void geglu(float* gate, const float* up, int64_t n);
+
 void add_inplace(float* y, const float* x, int64_t n);
 
 }  // namespace skim::kernels

@@ -61,6 +61,9 @@ struct KvView {
   const int32_t* positions = nullptr;  // null: position == slot
   int64_t pos_page_stride = 0;         // positions between consecutive pages
   int64_t n_keys = 0;                  // slots [0, n_keys) hold keys
+  // Slots [0, first_key) are not held (the pages a sliding-window layer gave
+  // back): no reader may touch them, and slots_through counts them as earlier.
+  int64_t first_key = 0;
 
   // [head][rows][row_stride] arrays of `type`, K and V alike (head_stride, row_stride
   // in elements), at most 1024 heads. positions: one per slot, shared by all heads (null: position == slot).
@@ -84,8 +87,8 @@ struct KvView {
   }
   // Number of slots of `head` whose position is <= pos (a prefix: positions increase).
   int64_t slots_through(int32_t head, int64_t pos) const {
-    if (!positions) return std::clamp<int64_t>(pos + 1, 0, n_keys);
-    int64_t lo = 0, hi = n_keys;
+    if (!positions) return std::clamp<int64_t>(pos + 1, first_key, n_keys);
+    int64_t lo = first_key, hi = n_keys;
     while (lo < hi) {
       const int64_t mid = (lo + hi) / 2;
       if (position(head, mid) <= pos) {

@@ -101,11 +101,14 @@ void write_tensors(Sink& w, KvSequence& seq, std::span<const int32_t> tokens) {
   for (int32_t l = 0; l < seq.n_layer(); ++l) {
     for (const bool keys : {true, false}) {
       const int64_t row_bytes = keys ? seq.k_row_bytes(l) : seq.v_row_bytes(l);
-      // Rows of a page are contiguous: one write per page.
+      // Rows of a page are contiguous: one write per page. Pages a window
+      // layer gave back are written as zeros (no reader reaches them).
+      const int64_t first_key = seq.view(l).first_key;
+      const std::vector<uint8_t> zeros(first_key > 0 ? static_cast<size_t>(kPageRows * row_bytes) : 0);
       for (int32_t h = 0; h < seq.n_head_kv(); ++h)
         for (int64_t s = 0; s < rows; s += kPageRows) {
           const int64_t n = std::min<int64_t>(kPageRows, rows - s);
-          w(keys ? seq.k_row(l, h, s) : seq.v_row(l, h, s), static_cast<size_t>(n * row_bytes));
+          w(s < first_key ? zeros.data() : keys ? seq.k_row(l, h, s) : seq.v_row(l, h, s), static_cast<size_t>(n * row_bytes));
         }
     }
     if (seq.has_key_offset(l))

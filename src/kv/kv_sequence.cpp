@@ -16,6 +16,7 @@ KvSequence::KvSequence(std::vector<KvPool*> layer_pools, int32_t n_head_kv, int6
   tables_.assign(static_cast<size_t>(n_layer_), std::vector<PageId>(static_cast<size_t>(n_head_kv * table_pages())));
   offsets_.assign(static_cast<size_t>(n_layer_) * n_head_kv * pools_.front()->head_dim(), 0.0f);
   offset_set_.assign(static_cast<size_t>(n_layer_), 0);
+  first_page_.assign(static_cast<size_t>(n_layer_), 0);
 }
 
 KvSequence::KvSequence(KvPool& pool, int32_t n_layer, int32_t n_head_kv, int64_t max_slots)
@@ -28,7 +29,8 @@ KvSequence::~KvSequence() {
 KvSequence::KvSequence(KvSequence&& other) noexcept
     : pools_(std::move(other.pools_)), n_layer_(other.n_layer_), n_head_kv_(other.n_head_kv_),
       max_slots_(other.max_slots_), size_(other.size_), tables_(std::move(other.tables_)),
-      offsets_(std::move(other.offsets_)), offset_set_(std::move(other.offset_set_)) {
+      offsets_(std::move(other.offsets_)), offset_set_(std::move(other.offset_set_)),
+      first_page_(std::move(other.first_page_)) {
   other.pools_.clear();
   other.size_ = 0;
 }
@@ -38,15 +40,17 @@ KvSequence KvSequence::fork() const {
   copy.tables_ = tables_;
   copy.offsets_ = offsets_;
   copy.offset_set_ = offset_set_;
+  copy.first_page_ = first_page_;
   copy.size_ = size_;
   for (int32_t l = 0; l < n_layer_; ++l)
     for (int32_t h = 0; h < n_head_kv_; ++h)
-      for (int64_t i = 0; i < pages_for(size_); ++i) pool(l).retain(page(l, h, i));
+      for (int64_t i = first_page(l); i < pages_for(size_); ++i) pool(l).retain(page(l, h, i));
   return copy;
 }
 
 void KvSequence::own_pages(int64_t index) {
   for (int32_t l = 0; l < n_layer_; ++l) {
+    if (index < first_page(l)) continue;  // released: no one reads it again
     KvPool& p = pool(l);
     const size_t bytes = kPageRows * static_cast<size_t>(p.k_row_bytes() + p.v_row_bytes());
     for (int32_t h = 0; h < n_head_kv_; ++h) {
@@ -99,11 +103,33 @@ int64_t KvSequence::append(std::span<const int32_t> positions) {
 
 void KvSequence::truncate(int64_t n) {
   if (n < 0 || n > size_) throw std::out_of_range(fmt::format("KV sequence holds {} slots, asked to keep {}", size_, n));
-  for (int64_t i = pages_for(n); i < pages_for(size_); ++i)
-    for (int32_t l = 0; l < n_layer_; ++l)
+  if (n > 0 && n <= first_held())
+    throw std::out_of_range(fmt::format("KV sequence: slots before {} were released, asked to keep {}", first_held(), n));
+  for (int32_t l = 0; l < n_layer_; ++l)
+    for (int64_t i = std::max(pages_for(n), first_page(l)); i < pages_for(size_); ++i)
       for (int32_t h = 0; h < n_head_kv_; ++h) pool(l).release(page(l, h, i));
   size_ = n;
-  if (n == 0) std::fill(offset_set_.begin(), offset_set_.end(), 0);
+  if (n == 0) {
+    std::fill(offset_set_.begin(), offset_set_.end(), 0);
+    std::fill(first_page_.begin(), first_page_.end(), 0);
+  }
+}
+
+void KvSequence::release_before(int32_t layer, int64_t slot) {
+  // Whole pages only, and never the last slot (it carries the sequence's last position).
+  const int64_t end = std::min(slot, size_ - 1) >> kPageShift;
+  int64_t& first = first_page_[static_cast<size_t>(layer)];
+  for (; first < end; ++first)
+    for (int32_t h = 0; h < n_head_kv_; ++h) pool(layer).release(page(layer, h, first));
+}
+
+int64_t KvSequence::first_held() const {
+  return *std::max_element(first_page_.begin(), first_page_.end()) * kPageRows;
+}
+
+void KvSequence::require_all_held(const char* what) const {
+  if (first_held() > 0)
+    throw std::logic_error(fmt::format("KV sequence: cannot {} rows of a sequence whose sliding-window layers released pages", what));
 }
 
 void KvSequence::move_row(int32_t layer, int32_t head, int64_t from, int64_t to) {
@@ -120,6 +146,7 @@ void KvSequence::erase(int64_t begin, int64_t end) {
   if (begin < 0 || begin > end || end > size_)
     throw std::out_of_range(fmt::format("KV sequence holds {} slots, asked to erase [{}, {})", size_, begin, end));
   if (begin == end) return;
+  require_all_held("erase");
   const int64_t kept = size_ - (end - begin);
   for (int64_t i = begin / kPageRows; i < pages_for(kept); ++i) own_pages(i);
   for (int32_t l = 0; l < n_layer_; ++l)
@@ -129,6 +156,7 @@ void KvSequence::erase(int64_t begin, int64_t end) {
 }
 
 void KvSequence::compact(int32_t layer, int32_t head, std::span<const int64_t> slots) {
+  require_all_held("compact");
   for (size_t i = 0; i < slots.size(); ++i) {
     const int64_t from = slots[i], to = static_cast<int64_t>(i);
     if (from < to || from >= size_ || (i > 0 && from <= slots[i - 1]))
@@ -140,7 +168,10 @@ void KvSequence::compact(int32_t layer, int32_t head, std::span<const int64_t> s
 }
 
 int32_t KvSequence::position(int64_t slot) const {
-  return pool(0).positions(page(0, 0, slot >> kPageShift))[slot & (kPageRows - 1)];
+  for (int32_t l = 0; l < n_layer_; ++l)  // a layer that still holds the slot
+    if ((slot >> kPageShift) >= first_page(l))
+      return pool(l).positions(page(l, 0, slot >> kPageShift))[slot & (kPageRows - 1)];
+  throw std::out_of_range(fmt::format("KV sequence: slot {} was released by every layer", slot));
 }
 
 void* KvSequence::k_row(int32_t layer, int32_t head, int64_t slot) {
@@ -158,14 +189,20 @@ kernels::KvView KvSequence::view(int32_t layer) const {
   v.page_ids = tables_[static_cast<size_t>(layer)].data();
   v.pages_per_head = table_pages();
   v.n_keys = size_;
+  v.first_key = std::min(first_page(layer) * kPageRows, size_);
   return v;
 }
 
-int64_t KvSequence::pages_held() const { return pages_for(size_) * n_layer_ * n_head_kv_; }
+int64_t KvSequence::pages_held() const {
+  int64_t pages = 0;
+  for (int32_t l = 0; l < n_layer_; ++l) pages += (pages_for(size_) - first_page(l)) * n_head_kv_;
+  return pages;
+}
 
 size_t KvSequence::held_bytes() const {
   size_t bytes = 0;
-  for (const KvPool* p : pools_) bytes += static_cast<size_t>(pages_for(size_) * n_head_kv_) * p->page_bytes();
+  for (int32_t l = 0; l < n_layer_; ++l)
+    bytes += static_cast<size_t>((pages_for(size_) - first_page(l)) * n_head_kv_) * pool(l).page_bytes();
   return bytes;
 }
 

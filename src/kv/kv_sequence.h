@@ -50,6 +50,13 @@ class KvSequence {
   // Removes slots [begin, end): later slots move down, keeping their positions.
   void erase(int64_t begin, int64_t end);
   void clear() { truncate(0); }
+  // Gives back layer l's pages that lie wholly before `slot` (a sliding-window
+  // layer's keys no later query can see); the last slot is always kept. Its
+  // view then starts at first_key; the slots stay numbered as in every layer.
+  void release_before(int32_t layer, int64_t slot);
+  // The first slot every layer still holds (0 when nothing was released).
+  // truncate keeps more than it (or nothing); erase and compact need it 0.
+  int64_t first_held() const;
   // Moves the rows at `slots` (ascending) of one (layer, head) to slots 0, 1, ...,
   // with their positions. An eviction policy compacts every (layer, head) to
   // the same count, then truncates to it.
@@ -95,6 +102,8 @@ class KvSequence {
   KvPool& pool(int32_t layer) const { return *pools_[static_cast<size_t>(layer)]; }
   // Page `index` of every (layer, head) becomes this sequence's own.
   void own_pages(int64_t index);
+  int64_t first_page(int32_t layer) const { return first_page_[static_cast<size_t>(layer)]; }
+  void require_all_held(const char* what) const;
   void move_row(int32_t layer, int32_t head, int64_t from, int64_t to);
 
   std::vector<KvPool*> pools_;  // per layer; empty once moved from
@@ -104,6 +113,7 @@ class KvSequence {
   std::vector<std::vector<PageId>> tables_;  // [layer][head * table_pages() + page index]
   std::vector<float> offsets_;               // [layer][head][head_dim]: key_offset
   std::vector<uint8_t> offset_set_;          // [layer]
+  std::vector<int64_t> first_page_;          // [layer]: pages before it were released (release_before)
 };
 
 }  // namespace skim::kv

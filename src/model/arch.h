@@ -24,12 +24,15 @@ struct Arch {
 };
 
 extern const Arch kLlamaArch, kQwen2Arch;  // arch_llama.cpp
+extern const Arch kGemma3Arch;             // arch_gemma3.cpp
 
 // Loading helpers for the families: a tensor of the given shape in a type skim
 // computes with, and an F32 vector of n values.
 const TensorInfo& require_weight(const GgufFile& f, const std::string& name, std::initializer_list<int64_t> dims);
 const TensorInfo& require_f32(const GgufFile& f, const std::string& name, int64_t n);
-// RoPE inverse frequencies per dimension pair of c.head_dim for a base.
-std::vector<float> rope_inv_freq(const GgufFile& f, const ModelConfig& c, float base);
+// The spec of a layer with RoPE at `base` stretched by `scaling`: inverse
+// frequencies per dimension pair of c.head_dim (rope_freqs.weight factors
+// included) and the cos/sin scale.
+LayerSpec rope_layer_spec(const GgufFile& f, const ModelConfig& c, float base, const RopeScaling& scaling);
 
 }  // namespace skim

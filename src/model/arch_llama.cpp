@@ -14,7 +14,7 @@ void load(const GgufFile& f, ModelConfig& c, std::vector<LayerWeights>& layers, 
   c.rope_style = kRopeStyle;
   c.qkv_bias = kQkvBias;
   const int64_t d = c.n_embd, q_dim = c.n_head * c.head_dim, kv_dim = c.n_head_kv * c.head_dim;
-  const LayerSpec spec{AttentionKind::Full, 0, c.rope_base, rope_inv_freq(f, c, c.rope_base)};
+  const LayerSpec spec = rope_layer_spec(f, c, c.rope_base, c.rope_scaling);
   for (int i = 0; i < c.n_layer; ++i) {
     const std::string b = fmt::format("blk.{}.", i);
     LayerWeights L{};
@@ -39,7 +39,7 @@ void load(const GgufFile& f, ModelConfig& c, std::vector<LayerWeights>& layers, 
 
 void layer(Forward& f, int l) {
   blocks::attention(f, l);
-  blocks::ffn_swiglu(f, l);
+  blocks::ffn_gated(f, l, blocks::Gate::Silu);
 }
 
 }  // namespace

@@ -55,18 +55,23 @@ void add_bias(float* y, const TensorInfo* bias, int rows, int n) {
   for (int r = 0; r < rows; ++r) kernels::add_inplace(y + static_cast<size_t>(r) * n, f32_data(*bias), n);
 }
 
-// The rows' RoPE angles for a layer's frequencies; layers with the same
-// frequencies as the previous one reuse its angles.
-void rope_angles(Forward& f, const std::vector<float>& inv_freq) {
-  if (f.rope_angles_of && *f.rope_angles_of == inv_freq) return;
+// The rows' RoPE angles for a layer's frequencies (cos and sin scaled by its
+// mscale); layers with the same as the previous one reuse its angles.
+void rope_angles(Forward& f, const LayerSpec& spec) {
+  if (f.rope_angles_of && f.rope_angles_of->rope_inv_freq == spec.rope_inv_freq &&
+      f.rope_angles_of->rope_mscale == spec.rope_mscale)
+    return;
   const int hd = f.model.config().head_dim, half = hd / 2;
   for (const SequenceRows& sr : f.seqs)
     for (int j = 0; j < sr.n; ++j) {
       const size_t i = static_cast<size_t>(sr.row0 + j);
-      kernels::rope_angles(static_cast<float>(sr.pos0 + j), inv_freq.data(), hd, f.s.rope_cos.data() + i * half,
-                           f.s.rope_sin.data() + i * half);
+      float* cos = f.s.rope_cos.data() + i * half;
+      float* sin = f.s.rope_sin.data() + i * half;
+      kernels::rope_angles(static_cast<float>(sr.pos0 + j), spec.rope_inv_freq.data(), hd, cos, sin);
+      if (spec.rope_mscale != 1.f)
+        for (int e = 0; e < half; ++e) cos[e] *= spec.rope_mscale, sin[e] *= spec.rope_mscale;
     }
-  f.rope_angles_of = &inv_freq;
+  f.rope_angles_of = &spec;
 }
 
 // The sequence micro-batch row i belongs to.
@@ -89,13 +94,15 @@ const float* packed_rows(const Forward& f, const float* src, int dim, float* scr
   return scratch;
 }
 
-// Active rows of x += w * in (in packed).
-void add_projection(Forward& f, const TensorInfo& w, const float* in) {
-  const int rows = static_cast<int>(f.active.size()), d = f.model.config().n_embd;
+// Active rows of x += w * in (in packed), or x += RMSNorm(w * in) with a post-norm.
+void add_projection(Forward& f, const TensorInfo& w, const float* in, const TensorInfo* post_norm) {
+  const ModelConfig& c = f.model.config();
+  const int rows = static_cast<int>(f.active.size()), d = c.n_embd;
   {
     const ScopedTimer timer(f.times.weight_gemm_ms);
     kernels::matmul(w, in, rows, f.s.proj.data(), blocks::gemv_rows(f, f.active));
   }
+  if (post_norm) kernels::rms_norm(f.s.proj.data(), f32_data(*post_norm), f.s.proj.data(), rows, d, c.rms_eps);
   if (active_is_range(f)) {
     kernels::add_inplace(f.s.x.data() + static_cast<size_t>(f.active.front()) * d, f.s.proj.data(), static_cast<int64_t>(rows) * d);
     return;
@@ -111,6 +118,8 @@ void attend(Forward& f, int l) {
   Activations& s = f.s;
   const int hd = c.head_dim, q_dim = c.n_head * hd;
   const int n_active = static_cast<int>(f.active.size());
+  const LayerSpec& spec = f.model.layer_spec(l);
+  const int window = spec.attention == AttentionKind::SlidingWindow ? spec.window : 0;
   // Single-row runs (decode steps of several sequences) run after the loop, one
   // sequence per thread: a team per sequence and layer would cost more than
   // their work. The kernel makes the same choices inside, so each result is
@@ -126,15 +135,21 @@ void attend(Forward& f, int l) {
     k0 = k1;
     const kernels::KvView kv = sr.kv->view(l);
     if (f.observer.reference_attention) {
-      kernels::attention_reference(q, rows, q_pos0, kv, c.n_head, c.n_head_kv, hd, out);
+      kernels::attention_reference(q, rows, q_pos0, kv, c.n_head, c.n_head_kv, hd, out, window);
       continue;
     }
-    const kernels::AttnParams a{
+    kernels::AttnParams a{
         .n_q_heads = c.n_head, .n_kv_heads = c.n_head_kv, .head_dim = hd, .n_rows = rows, .q_pos0 = q_pos0,
         .q = q, .q_head_stride = hd, .q_row_stride = q_dim, .kv = kv,
         .out = out, .out_head_stride = hd, .out_row_stride = q_dim};
+    a.window = window;
     if (rows == 1) {
       decodes.push_back(a);
+      continue;
+    }
+    if (window > 0) {
+      // A window layer is already sparse: the sparse-prefill methods plan the full layers only.
+      kernels::attention_prefill(a);
       continue;
     }
     const attention::PlanRequest r{
@@ -239,7 +254,9 @@ void attention(Forward& f, int l) {
   add_bias(s.q.data(), L.bq, rows, q_dim);
   add_bias(s.k.data(), L.bk, n, kv_dim);
   add_bias(s.v.data(), L.bv, n, kv_dim);
-  rope_angles(f, f.model.layer_spec(l).rope_inv_freq);
+  if (L.q_norm) kernels::rms_norm(s.q.data(), f32_data(*L.q_norm), s.q.data(), static_cast<int64_t>(rows) * c.n_head, hd, c.rms_eps);
+  if (L.k_norm) kernels::rms_norm(s.k.data(), f32_data(*L.k_norm), s.k.data(), static_cast<int64_t>(n) * c.n_head_kv, hd, c.rms_eps);
+  rope_angles(f, f.model.layer_spec(l));
   const bool interleaved = c.rope_style == RopeStyle::Interleaved;
   const kv::KvFormat format = f.seqs.front().kv->format(l);
   const int32_t k_rot = f.kv_rotation ? kv_rotation_block(format.k, hd, true) : 0;
@@ -295,10 +312,10 @@ void attention(Forward& f, int l) {
 #pragma omp parallel for schedule(static) if (rows >= 16)
     for (int k = 0; k < rows; ++k) kernels::hadamard(s.attn.data() + static_cast<size_t>(k) * q_dim, q_dim, v_rot);
   }
-  add_projection(f, *L.wo, s.attn.data());
+  add_projection(f, *L.wo, s.attn.data(), L.attn_post_norm);
 }
 
-void ffn_swiglu(Forward& f, int l) {
+void ffn_gated(Forward& f, int l, Gate act) {
   const ModelConfig& c = f.model.config();
   const LayerWeights& L = f.model.layer(l);
   Activations& s = f.s;
@@ -311,8 +328,12 @@ void ffn_swiglu(Forward& f, int l) {
     const ScopedTimer timer(f.times.weight_gemm_ms);
     kernels::matmul_shared_input(gate_up, s.xn.data(), rows, blocks::gemv_rows(f, f.active));
   }
-  kernels::swiglu(s.gate.data(), s.up.data(), static_cast<int64_t>(rows) * c.n_ff);
-  add_projection(f, *L.w_down, s.gate.data());
+  if (act == Gate::Silu) {
+    kernels::swiglu(s.gate.data(), s.up.data(), static_cast<int64_t>(rows) * c.n_ff);
+  } else {
+    kernels::geglu(s.gate.data(), s.up.data(), static_cast<int64_t>(rows) * c.n_ff);
+  }
+  add_projection(f, *L.w_down, s.gate.data(), L.ffn_post_norm);
 }
 
 }  // namespace blocks

@@ -71,7 +71,7 @@ struct Forward {
   bool kv_rotation = true;        // Hadamard-rotate Q/K/V of layers with quantized K/V (ContextParams)
   bool kv_center_keys = true;     // subtract the sequence's key offset before storing quantized keys
   std::vector<KvSelection>* selections = nullptr;  // filled for sequences whose rows name one
-  const std::vector<float>* rope_angles_of = nullptr;  // the RoPE frequencies s.rope_cos/sin hold angles for
+  const LayerSpec* rope_angles_of = nullptr;  // the layer whose RoPE s.rope_cos/sin hold
 };
 
 inline const float* f32_data(const TensorInfo& t) { return reinterpret_cast<const float*>(t.data); }
@@ -99,11 +99,15 @@ int32_t kv_rotation_block(kernels::KvDType type, int head_dim, bool keys);
 // all of them when no sequence brings more than the default (a batch of
 // decodes: each sequence then gets the products it gets alone), else the default.
 int64_t gemv_rows(const Forward& f, std::span<const int> rows);
-// x += Wo Attention(RoPE(Wq n), RoPE(Wk n), Wv n), n = RMSNorm(x) (biases when
-// the layer has them); every row's K/V go into the layer's cache.
+// x += Wo Attention(RoPE(Wq n), RoPE(Wk n), Wv n), n = RMSNorm(x), with the
+// parts the layer has: Q/K/V biases, RMSNorm of each Q and K head before RoPE,
+// RMSNorm of the output before the add. The layer's spec says full or
+// sliding-window attention. Every row's K/V go into the layer's cache.
 void attention(Forward& f, int layer);
-// x += Wdown (SiLU(Wgate n) * Wup n), n = RMSNorm(x).
-void ffn_swiglu(Forward& f, int layer);
+enum class Gate { Silu, Gelu };
+// x += Wdown (act(Wgate n) * Wup n), n = RMSNorm(x) (and RMSNorm of the
+// output before the add when the layer has ffn_post_norm).
+void ffn_gated(Forward& f, int layer, Gate act);
 }  // namespace blocks
 
 }  // namespace skim

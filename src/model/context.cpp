@@ -3,6 +3,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cmath>
 #include <map>
 #include <numeric>
 #include <stdexcept>
@@ -92,7 +93,42 @@ void Context::truncate_sequence(int seq, int n_rows) {
   kv::KvSequence& kv = sequence(seq);
   if (n_rows < 0 || n_rows > kv.size())
     throw std::invalid_argument(fmt::format("truncate_sequence: {} rows, sequence {} holds {}", n_rows, seq, kv.size()));
+  if (n_rows > 0 && n_rows < min_kept_rows(seq))
+    throw std::invalid_argument(fmt::format("truncate_sequence: the sliding-window layers of sequence {} no longer hold "
+                                            "the rows a prefix of {} needs (at least {})",
+                                            seq, n_rows, min_kept_rows(seq)));
   kv.truncate(n_rows);
+}
+int Context::max_window() const {
+  int w = 0;
+  for (int l = 0; l < model_.config().n_layer; ++l) {
+    const LayerSpec& spec = model_.layer_spec(l);
+    if (spec.attention == AttentionKind::SlidingWindow) w = std::max(w, spec.window);
+  }
+  return w;
+}
+int Context::min_kept_rows(int seq) const {
+  const kv::KvSequence& kv = sequence(seq);
+  const int64_t released = kv.first_held();
+  if (released == 0) return 1;
+  // A prefix of n rows resumes at position(n - 1) + 1, whose window reaches back
+  // to position(n - 1) + 2 - window: past the last released row.
+  const int64_t reach = static_cast<int64_t>(kv.position(released - 1)) + max_window() - 1;
+  int64_t n = released + 1;
+  while (n < kv.size() && kv.position(n - 1) < reach) ++n;
+  return static_cast<int>(n);
+}
+void Context::release_window_pages(kv::KvSequence& kv) const {
+  const int window = max_window();
+  if (window == 0 || kv.size() == 0) return;
+  const int64_t next = kv.position(kv.size() - 1) + 1;
+  for (int l = 0; l < model_.config().n_layer; ++l) {
+    const LayerSpec& spec = model_.layer_spec(l);
+    if (spec.attention != AttentionKind::SlidingWindow) continue;
+    // One page more than the window needs, so that a prefix a little shorter can still be resumed.
+    const int64_t needed = kv.view(l).first_slot_at(0, next - spec.window + 1);
+    kv.release_before(l, needed - kv::kPageRows);
+  }
 }
 void Context::copy_sequence(int from, int to) {
   kv::KvSequence& src = sequence(from);
@@ -118,6 +154,10 @@ attention::AttentionMethod& Context::method_for(const std::string& spec) {
 }
 const kvpolicy::KvPolicy* Context::policy_for(const std::string& spec) {
   if (spec.empty()) return nullptr;
+  if (max_window() > 0)
+    throw std::invalid_argument(fmt::format("KV selection policy '{}': {} has sliding-window layers, which KV policies "
+                                            "do not run on yet (their window already bounds the cache)",
+                                            spec, model_.config().arch));
   auto it = policies_.find(spec);
   if (it == policies_.end()) it = policies_.emplace(spec, std::make_unique<kvpolicy::KvPolicy>(spec)).first;
   return it->second.get();
@@ -328,8 +368,12 @@ void Context::forward_ubatch(Ubatch& ub, float* logits_out) {
   Activations& s = *s_;
 
   const TensorInfo& embd = model_.token_embd();
-  for (int i = 0; i < n; ++i)
-    kernels::dequantize_row(embd.type, embd.row(ub.batch.tokens[ub.begin + i]), s.x.data() + static_cast<size_t>(i) * d, d);
+  for (int i = 0; i < n; ++i) {
+    float* x = s.x.data() + static_cast<size_t>(i) * d;
+    kernels::dequantize_row(embd.type, embd.row(ub.batch.tokens[ub.begin + i]), x, d);
+    if (c.embedding_scale != 1.f)
+      for (int e = 0; e < d; ++e) x[e] *= c.embedding_scale;
+  }
 
   // The last layer only feeds the logits: past its K/V (cached for later
   // tokens), only the rows that want logits are computed, as llama.cpp does,
@@ -355,6 +399,7 @@ void Context::forward_ubatch(Ubatch& ub, float* logits_out) {
         sel.kv->compact(l, g, sel.layers[static_cast<size_t>(l)][static_cast<size_t>(g)]);
     sel.kv->truncate(sel.target);
   }
+  for (const SequenceRows& sr : seqs) release_window_pages(*sr.kv);
 
   if (ub.logit_rows.empty()) return;
   const int rows = static_cast<int>(ub.logit_rows.size());
@@ -363,6 +408,9 @@ void Context::forward_ubatch(Ubatch& ub, float* logits_out) {
   kernels::rms_norm(s.proj.data(), f32_data(model_.output_norm()), s.xn.data(), rows, d, c.rms_eps);
   const ScopedTimer timer(op_times_.weight_gemm_ms);
   kernels::matmul(model_.output(), s.xn.data(), rows, logits_out, blocks::gemv_rows(f, ub.logit_rows));
+  if (c.logit_softcap > 0.f)
+    for (int64_t i = 0; i < static_cast<int64_t>(rows) * c.n_vocab; ++i)
+      logits_out[i] = c.logit_softcap * std::tanh(logits_out[i] / c.logit_softcap);
 }
 
 }  // namespace skim

@@ -25,7 +25,10 @@ std::map<std::string, std::string> Context::cache_fingerprint(int seq) const {
   return {
       {"skim.model_hash", model_hash_},
       {"skim.arch", fmt::format("{} layers {} kv_heads {} head_dim {}", c.arch, c.n_layer, c.n_head_kv, c.head_dim)},
-      {"skim.rope", fmt::format("base {} linear_scale {} style {}", c.rope_base, c.rope_linear_scale, static_cast<int>(c.rope_style))},
+      {"skim.rope", fmt::format("base {} style {} scaling {} factor {} orig_ctx {} ext {} beta {} {} mscale {}", c.rope_base,
+                                static_cast<int>(c.rope_style), static_cast<int>(c.rope_scaling.kind), c.rope_scaling.factor,
+                                c.rope_scaling.orig_ctx, c.rope_scaling.ext_factor, c.rope_scaling.beta_fast,
+                                c.rope_scaling.beta_slow, c.rope_scaling.mscale)},
       {"skim.kv", fmt::format("k {} v {} f16_layers [{}] rotation {} center_keys {}", params_.kv_type_k, params_.kv_type_v,
                               f16_layers, params_.kv_rotation, params_.kv_center_keys)},
       {"skim.attention", attention(seq)},
@@ -59,6 +62,7 @@ Context::SavedSequence Context::load_sequence(int seq, const std::string& path) 
   kv::KvSequence& kv = sequence(seq);
   try {
     kv::load_kv_file(file, kv);
+    release_window_pages(kv);
   } catch (...) {
     kv.clear();
     throw;
