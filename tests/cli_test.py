@@ -186,7 +186,10 @@ class GoodInputs(ModelTest):
         warnings = [line for line in r.stderr.splitlines() if "warning" in line]
         self.assertEqual(len(warnings), 1, r.stderr)
         self.assertIn(f"trained context of {trained}", warnings[0])
-        # RoPE scaling that stretches the trained context that far: no warning.
+        # Dual chunk attention, or RoPE scaling that stretches the trained context that far: no warning.
+        r = skim("run", "-m", MODEL, "-p", "Hi", "-n", 1, "-c", 2 * trained, "--temp", 0, "--dca", trained)
+        self.assert_ok(r)
+        self.assertNotIn("warning", r.stderr)
         r = skim("run", "-m", MODEL, "-p", "Hi", "-n", 1, "-c", 2 * trained, "--temp", 0,
                  "--rope-scaling", "yarn", "--rope-scale", 2)
         self.assert_ok(r)
@@ -439,6 +442,10 @@ class BadInputs(ModelTest):
             (["run", "-m", MODEL, "-p", "Hi", "--rope-scale", 0], "--rope-scale: 0"),
             (["perplexity", "-m", MODEL, "-f", TEXT_FILE, "--yarn-orig-ctx", 0], "--yarn-orig-ctx: 0"),
             (["serve", "-m", MODEL, "--yarn-ext-factor", -1], "--yarn-ext-factor: -1"),
+            (["run", "-m", MODEL, "-p", "Hi", "--dca", -1], "--dca: -1"),
+            (["run", "-m", MODEL, "-p", "Hi", "--dca", 1 << 20], "dual chunk attention"),
+            (["run", "-m", MODEL, "-p", "Hi", "--dca", 512, "--dca-local", 512], "dual chunk attention"),
+            (["run", "-m", MODEL, "-p", "Hi", "--dca", 512, "--kv", "snapkv:keep=0.5"], "dual chunk attention"),
         ])
 
     def test_attention_specs(self):

@@ -179,6 +179,64 @@ TEST_F(ModelTest, SparseMethodsAtFullBudgetAreDenseInChunkedPrefill) {
   EXPECT_LT(report.density(), 0.6);
 }
 
+// Dual Chunk Attention in the model (docs/length-extension.md): a chunk
+// longer than the prompt changes nothing; chunks of 224 positions (256 - 32)
+// give the same rows however the prompt is cut into micro-batches, decode
+// steps continue them, and a sparse method's plans run through it.
+TEST_F(ModelTest, DualChunkAttentionInTheModel) {
+  const std::vector<int32_t> ids = text_tokens(700);
+  auto run = [&](int chunk, int ubatch, const std::string& attn = "dense", AttentionReport* report = nullptr) {
+    ContextParams p;
+    p.n_ctx = 1024;
+    p.n_ubatch = ubatch;
+    p.attention = attn;
+    p.dca_chunk = chunk;
+    p.dca_local = 32;
+    Context ctx(*model_, p);
+    std::vector<float> logits = ctx.decode(ids, true);
+    if (report) *report = ctx.attention_report();
+    return logits;
+  };
+  const size_t n_vocab = static_cast<size_t>(model_->config().n_vocab);
+  const std::vector<float> plain = run(0, 512);
+  EXPECT_EQ(run(4096, 512), plain);
+  const std::vector<float> dca = run(256, 512);
+  EXPECT_NE(dca, plain);
+  EXPECT_EQ(run(256, 64), dca);
+  // Within the first chunk (224 positions) DCA is plain attention.
+  EXPECT_EQ(std::memcmp(dca.data(), plain.data(), 200 * n_vocab * sizeof(float)), 0);
+  // The model still predicts its text: close to plain RoPE, which is trained this far.
+  const Closeness c = compare(plain.data(), dca.data(), 700, static_cast<int>(n_vocab));
+  std::printf("DCA chunk 256 vs plain at 700 tokens: mean KL %.3g, top-1 %d/%d\n", c.mean_kl, c.same_top1, c.rows);
+  EXPECT_LT(c.mean_kl, 0.1);
+
+  // Decode steps past two chunk boundaries continue the prefill.
+  ContextParams p;
+  p.n_ctx = 1024;
+  p.dca_chunk = 256;
+  p.dca_local = 32;
+  Context stepwise(*model_, p);
+  stepwise.decode(std::span(ids).first(440));
+  std::vector<float> stepped;
+  for (size_t i = 440; i < 460; ++i) {
+    const std::vector<float> l = stepwise.decode(std::span(ids).subspan(i, 1));
+    stepped.insert(stepped.end(), l.begin(), l.end());
+  }
+  const Closeness d = compare(dca.data() + 440 * n_vocab, stepped.data(), 20, static_cast<int>(n_vocab));
+  EXPECT_LT(d.mean_kl, 5e-3);
+  EXPECT_GE(d.same_top1, 18);
+
+  // A sparse method composes: its plans run over the three regions.
+  AttentionReport report;
+  const std::vector<float> sparse = run(256, 128, "streaming:sink=16,local=128,min_len=0", &report);
+  EXPECT_GT(report.sparse_calls, 0);
+  EXPECT_LT(report.density(), 0.8);
+  EXPECT_NE(sparse, dca);
+  EXPECT_THROW(Context(*model_, ContextParams{.n_ctx = 1024, .kv_policy = "snapkv:keep=0.5", .dca_chunk = 256}),
+               std::invalid_argument);
+  EXPECT_THROW(Context(*model_, ContextParams{.n_ctx = 1024, .dca_chunk = 1 << 20}), std::invalid_argument);
+}
+
 TEST_F(ModelTest, GreedyAnswerIsParis) {
   Context ctx(*model_, {256, 512});
   SamplingParams sp;

@@ -204,7 +204,7 @@ class EvalRun {
     model_ = Model::load(path, o.model_options);
     if (lengths_.back() > kMaxTokens)
       throw std::runtime_error(fmt::format("--lengths: {} tokens exceed the most skim runs ({})", lengths_.back(), kMaxTokens));
-    warn_beyond_training(lengths_.back(), model_->config());
+    warn_beyond_training(lengths_.back(), model_->config(), o.dca_chunk);
     corpus_ = Corpus::load();
     if (!corpus_.cached) fmt::print(stderr, "skim eval: haystack texts not fetched (scripts/fetch-haystack): using the built-in filler\n");
     if (wants_ppl() && corpus_.austen.empty()) throw std::runtime_error("--tasks ppl needs the Austen text: run scripts/fetch-haystack");
@@ -213,7 +213,8 @@ class EvalRun {
     const Tokenizer& tok = model_->tokenizer();
     const bool chat = !o.no_chat && !tok.chat_template().empty();
     format_.emplace(tok, chat);
-    store_.emplace(o.out, RunConfig{fs::path(path).filename().string(), o.seed, chat, depths_, corpus_.cached ? "cache" : "builtin"});
+    store_.emplace(o.out, RunConfig{fs::path(path).filename().string(), o.seed, chat, depths_, corpus_.cached ? "cache" : "builtin",
+                                    positions_label(model_->config(), o.dca_chunk, o.dca_local)});
     fidelity_.emplace(model_->config().n_layer, model_->config().n_head);
     // Every (task, length) can be generated: fail now rather than hours into the run.
     for (const std::string& task : tasks_)
@@ -224,6 +225,8 @@ class EvalRun {
       p.n_ctx = lengths_.back();
       p.n_ubatch = o.n_ubatch;
       p.n_threads = resolve_threads(o.threads);
+      p.dca_chunk = o.dca_chunk;
+      p.dca_local = o.dca_local;
       const std::optional<KvMethod> kv = kv_method(m);
       p.attention = kv ? "dense" : m;
       if (kv) {
@@ -411,7 +414,7 @@ class EvalRun {
 void register_eval(CLI::App& app) {
   auto o = std::make_shared<EvalOptions>();
   CLI::App* cmd = app.add_subcommand("eval", "long-context quality of attention methods, paired with dense on identical samples");
-  add_shared_options(*cmd, *o, {{Opt::Model}, {Opt::Threads}, {Opt::Ubatch}, {Opt::Gemm}, {.opt = Opt::Attn, .repeatable = true}, {Opt::Rope}});
+  add_shared_options(*cmd, *o, {{Opt::Model}, {Opt::Threads}, {Opt::Ubatch}, {Opt::Gemm}, {.opt = Opt::Attn, .repeatable = true}, {Opt::Rope}, {Opt::Dca}, {Opt::DcaLocal}});
   std::string task_help = "tasks, comma-separated:";
   for (const eval::TaskInfo& t : eval::tasks()) task_help += fmt::format("\n  {:<16} {}", t.name, t.summary);
   task_help += fmt::format("\n  {:<16} {}", "ppl", "perplexity, KL(dense||method) and top-1 agreement on Austen windows");

@@ -74,10 +74,9 @@ void info(const InfoOptions& o) {
   fmt::print("feed-forward:    {}\n", c.n_ff);
   fmt::print("vocabulary:      {} ({} pre-tokenizer)\n", c.n_vocab, model->tokenizer().pre_tokenizer());
   fmt::print("context length:  {}\n", c.n_ctx_train);
-  static constexpr const char* kScalings[] = {"none", "linear", "yarn"};
   fmt::print("rope:            base {}, {}, scaling {} (factor {}, original context {}, mscale {:.4f})\n", c.rope_base,
              c.rope_style == RopeStyle::Interleaved ? "interleaved pairs" : "half-split pairs",
-             kScalings[static_cast<int>(c.rope_scaling.kind)], c.rope_scaling.factor, c.rope_scaling.orig_ctx,
+             rope_scaling_name(c.rope_scaling.kind), c.rope_scaling.factor, c.rope_scaling.orig_ctx,
              c.rope_scaling.mscale);
   fmt::print("output:          {}\n", c.tied_output ? "tied to token embedding" : "separate");
   fmt::print("tensor types:\n");

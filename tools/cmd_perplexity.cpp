@@ -70,7 +70,7 @@ void run_perplexity(const PerplexityOptions& o) {
   ContextParams cp{.n_ctx = o.n_ctx, .n_ubatch = o.n_ubatch, .n_threads = resolve_threads(o.threads)};
   apply_kv_options(o, cp);
   Context ctx(*model, cp);
-  warn_beyond_training(o.n_ctx, model->config());
+  warn_beyond_training(o.n_ctx, model->config(), o.dca_chunk);
   if (o.kl_f16) return run_kl_vs_f16(o, *model, ctx, tokens, tok.add_bos() ? tok.bos() : -1);
   fmt::print(stderr, "perplexity: {} tokens, {} windows of {} tokens, scoring the second half of each\n", tokens.size(),
              n_windows, o.n_ctx);

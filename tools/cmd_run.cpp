@@ -95,7 +95,7 @@ void run(const RunOptions& o) {
   if (static_cast<int>(prompt.size()) >= ctx.n_ctx())
     throw std::runtime_error(fmt::format("prompt has {} tokens, the context holds {} (raise -c up to the model's {}, or shorten it)",
                                          prompt.size(), ctx.n_ctx(), model->config().n_ctx_train));
-  warn_beyond_training(ctx.n_ctx(), model->config());
+  warn_beyond_training(ctx.n_ctx(), model->config(), o.dca_chunk);
 
   // A prompt cache is read before anything is printed: a refused file is the one error line.
   size_t cached_prefix = 0;  // prompt tokens the cache file already held
@@ -186,7 +186,7 @@ void register_run(CLI::App& app) {
   add_shared_options_with_kv(*cmd, *o, {{Opt::Model}, {Opt::Threads}, {Opt::Ctx}, {Opt::Ubatch}, {Opt::Attn}, {Opt::Gemm}, {Opt::Rope}});
   cmd->add_option("-p,--prompt", o->prompt, "prompt text");
   cmd->add_option("-f,--file", o->file, "read the prompt from a file")->check(CLI::ExistingFile);
-  cmd->add_flag("--chat", o->chat, "wrap the prompt in the model's chat template (ChatML) as a user message");
+  cmd->add_flag("--chat", o->chat, "wrap the prompt in the model's chat template (ChatML or Gemma's) as a user message");
   cmd->add_option("--system-prompt", o->system, "system message for --chat");
   cmd->add_option("-n,--n-predict", o->n_predict, "tokens to generate (-1: until end of generation)")
       ->check(in_range(-1, kMaxTokens));

@@ -52,7 +52,7 @@ void serve(const ServeOptions& o) {
   // -c is the whole context, each of the -np slots gets an equal part (as llama-server).
   const int slot_ctx = total_ctx / o.parallel;
   if (slot_ctx < 1) throw std::runtime_error(fmt::format("-c {} leaves nothing for each of {} slots", total_ctx, o.parallel));
-  warn_beyond_training(slot_ctx, model->config());
+  warn_beyond_training(slot_ctx, model->config(), o.dca_chunk);
 
   SchedulerParams sp;
   sp.context.n_ctx = slot_ctx;

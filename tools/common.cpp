@@ -53,6 +53,10 @@ const SharedOption kSharedOptions[] = {
      &SharedOptions::kv_center_keys, Range{0, 1}},
     {Opt::KvPolicy, "--kv", "KV selection policy NAME[:key=value,...], e.g. snapkv:keep=0.5 (skim info --kv lists them)",
      &SharedOptions::kv_policy},
+    {Opt::Dca, "--dca", "dual chunk attention with chunks of N tokens, at most the trained context: runs past it",
+     &SharedOptions::dca_chunk, Range{0, kMaxTokens}, "off"},
+    {Opt::DcaLocal, "--dca-local", "dual chunk attention: keys of the previous chunk seen at their true distance (-1: N/16)",
+     &SharedOptions::dca_local, Range{-1, kMaxTokens}},
 };
 }  // namespace
 
@@ -106,6 +110,8 @@ void apply_kv_options(const SharedOptions& o, ContextParams& cp) {
   cp.kv_rotation = o.kv_rotation != 0;
   cp.kv_center_keys = o.kv_center_keys != 0;
   cp.kv_policy = o.kv_policy;
+  cp.dca_chunk = o.dca_chunk;
+  cp.dca_local = o.dca_local;
   std::stringstream ss(o.kv_f16_layers);
   std::string item;
   cp.kv_f16_layers.clear();
@@ -119,14 +125,12 @@ void apply_kv_options(const SharedOptions& o, ContextParams& cp) {
 }
 
 std::string kv_held_summary(const Context& ctx, const SharedOptions& o) {
-  const double held = ctx.kv_held_bytes() / 1048576.0, f16 = ctx.kv_held_f16_bytes() / 1048576.0;
+  const double held = ctx.kv_held_bytes() / 1048576.0, full = ctx.kv_full_f16_bytes() / 1048576.0;
   int64_t past = 0, cached = 0;
   for (int seq = 0; seq < ctx.n_seq_max(); ++seq) {
     past += ctx.n_past(seq);
     cached += ctx.n_cached(seq);
   }
-  // The f16 cache of every token seen, had no policy evicted any.
-  const double full = cached > 0 ? f16 * static_cast<double>(past) / static_cast<double>(cached) : 0.0;
   return fmt::format("KV cache {:.1f} MiB held for {} of {} tokens (K {}, V {}{}{}): {:.2f}x less than the full f16 cache "
                      "({:.1f} MiB), cap {:.1f} MiB",
                      held, cached, past, o.kv_type_k, o.kv_type_v,
@@ -153,14 +157,24 @@ std::string read_file(const std::string& path) {
   return ss.str();
 }
 
-void warn_beyond_training(int n_ctx, const ModelConfig& c) {
+void warn_beyond_training(int n_ctx, const ModelConfig& c, int dca_chunk) {
   const double reach = static_cast<double>(c.n_ctx_train) * c.rope_scaling.factor;
-  if (n_ctx > reach)
+  if (n_ctx > reach && dca_chunk == 0)
     fmt::print(stderr,
                "skim: warning: context of {} tokens exceeds the model's trained context of {}{}; output past it may degrade "
-               "(--rope-scaling yarn --rope-scale N stretches it)\n",
+               "(--dca N or --rope-scaling yarn --rope-scale N reach past it)\n",
                n_ctx, c.n_ctx_train,
                c.rope_scaling.factor != 1.f ? fmt::format(" (x{} by RoPE scaling)", c.rope_scaling.factor) : "");
+}
+
+std::string positions_label(const ModelConfig& c, int dca_chunk, int dca_local) {
+  std::string label;
+  if (c.rope_scaling.kind != RopeScalingKind::None)
+    label = fmt::format("rope {} x{} orig {}", rope_scaling_name(c.rope_scaling.kind), c.rope_scaling.factor,
+                        c.rope_scaling.orig_ctx);
+  if (dca_chunk > 0)
+    label += fmt::format("{}dca {} local {}", label.empty() ? "" : ", ", dca_chunk, dca_local < 0 ? dca_chunk / 16 : dca_local);
+  return label;
 }
 
 double peak_rss_mib() {

@@ -60,12 +60,15 @@ struct SharedOptions {
   std::string kv_policy;
   std::string gemm = "int8";  // applied process-wide as it is parsed
   ModelOptions model_options;  // --rope-scaling, --rope-scale, --yarn-*
+  int dca_chunk = 0;           // --dca
+  int dca_local = -1;          // --dca-local
 };
 // Rope: the RoPE scaling flags as a group (llama.cpp's names).
-enum class Opt { Model, Threads, Ctx, Ubatch, Attn, Gemm, KvTypeK, KvTypeV, KvF16Layers, KvRotation, KvCenterKeys, KvPolicy, Rope };
-// The KV flags, for commands that build a context.
+enum class Opt { Model, Threads, Ctx, Ubatch, Attn, Gemm, KvTypeK, KvTypeV, KvF16Layers, KvRotation, KvCenterKeys, KvPolicy,
+                 Dca, DcaLocal, Rope };
+// The KV flags (what the cache holds and how keys are placed), for commands that build a context.
 inline constexpr Opt kKvOpts[] = {Opt::KvTypeK, Opt::KvTypeV, Opt::KvF16Layers, Opt::KvRotation, Opt::KvCenterKeys,
-                                  Opt::KvPolicy};
+                                  Opt::KvPolicy, Opt::Dca, Opt::DcaLocal};
 struct Range { int min, max; };
 // A shared flag as one command takes it: the table's range unless the flag means something
 // narrower there; a list (--attn) takes one value unless repeatable.
@@ -96,8 +99,11 @@ std::vector<int> parse_token_counts(const std::string& list, const char* what);
 std::vector<int32_t> random_tokens(int n, int n_vocab, uint32_t seed);
 // A context beyond the model's training length runs, but RoPE positions past it
 // are untrained: say so, as llama.cpp does, unless RoPE scaling stretches the
-// trained length that far.
-void warn_beyond_training(int n_ctx, const ModelConfig& c);
+// trained length that far or dual chunk attention (dca_chunk > 0) is on.
+void warn_beyond_training(int n_ctx, const ModelConfig& c, int dca_chunk = 0);
+// How positions reach past the trained context in a run, for result files:
+// "" (plain RoPE), else the RoPE scaling and/or "dca CHUNK local L".
+std::string positions_label(const ModelConfig& c, int dca_chunk, int dca_local);
 // One llama.cpp-style line: prefill attention density, planning and kernel time.
 void print_attention_report(const AttentionReport& r);
 double peak_rss_mib();

@@ -50,6 +50,11 @@ struct ContextParams {
   bool kv_center_keys = true;
   // KV selection policy "NAME[:key=value,...]" (skim info --kv); empty: every row stays.
   std::string kv_policy;
+  // Dual Chunk Attention (docs/length-extension.md): chunk size in tokens (0:
+  // off; at most the trained context) and the part of it a query sees of the
+  // previous chunk at true distances (-1: a sixteenth of the chunk).
+  int dca_chunk = 0;
+  int dca_local = -1;
 };
 
 // The tokens of one decode call, of one or more sequences (what llama_batch
@@ -136,8 +141,10 @@ class Context {
   size_t kv_cap_bytes() const;   // the KV pools' cap: n_ctx tokens in whole pages (nothing held up front)
   size_t kv_held_bytes() const;  // the pages in use: the tokens held, rounded up to 64-token pages
   int64_t kv_pages_held() const;  // pages in use, each 64 rows of one layer and KV head
-  // What the pages in use would take in f16 (the compression ratio's numerator).
-  size_t kv_held_f16_bytes() const;
+  // What an f16 cache of every position each sequence has seen, in every
+  // layer, would take (no eviction, no window pages given back): the
+  // compression ratio's numerator.
+  size_t kv_full_f16_bytes() const;
   // Batch invariance (docs/server.md): a micro-batch in which some sequence
   // has gemm_rows() rows or more runs its weight products as GEMMs, any other
   // as matrix-vector products, for at most gemv_batch_rows() rows. A row's

@@ -25,6 +25,9 @@ enum class RopeStyle {
 // dimensions [low, high] that turn beta_fast and beta_slow times within
 // orig_ctx, and scales cos/sin by `mscale`.
 enum class RopeScalingKind { None, Linear, Yarn };
+inline const char* rope_scaling_name(RopeScalingKind k) {
+  return k == RopeScalingKind::Yarn ? "yarn" : k == RopeScalingKind::Linear ? "linear" : "none";
+}
 struct RopeScaling {
   RopeScalingKind kind = RopeScalingKind::None;
   float factor = 1.f;       // context stretch (1 / llama.cpp's rope_freq_scale)

@@ -102,7 +102,7 @@ std::optional<Plan> AttentionMethod::make_plan(const PlanRequest& request, Atten
 }
 
 void AttentionMethod::prefill(const PlanRequest& request, const kernels::AttnParams& params, AttentionReport& report,
-                              int fidelity_rows) {
+                              int fidelity_rows, const PlanRunner& run) {
   const size_t n_layers = static_cast<size_t>(request.n_layers);
   if (report.layer_pairs_dense.size() < n_layers) {
     report.layer_pairs_dense.resize(n_layers, 0);
@@ -137,15 +137,19 @@ void AttentionMethod::prefill(const PlanRequest& request, const kernels::AttnPar
   kernels::AttnStats stats;
   a.stats = &stats;
   t0 = std::chrono::steady_clock::now();
-  kernels::attention_prefill(a, plan ? &*plan : nullptr);
+  if (run) {
+    run(a, plan ? &*plan : nullptr);
+  } else {
+    kernels::attention_prefill(a, plan ? &*plan : nullptr);
+  }
   report.kernel_ms += ms_since(t0);
   report.key_tiles += stats.key_tiles;
   report.key_tiles_computed += stats.key_tiles_computed;
-  if (fidelity) measure_fidelity(request, a, lse.data(), fidelity_rows, report);
+  if (fidelity) measure_fidelity(request, a, lse.data(), fidelity_rows, report, run);
 }
 
 void AttentionMethod::measure_fidelity(const PlanRequest& request, const kernels::AttnParams& params, const float* lse,
-                                       int fidelity_rows, AttentionReport& report) const {
+                                       int fidelity_rows, AttentionReport& report, const PlanRunner& run) const {
   const std::vector<int32_t> rows = sampled_rows(request.n_rows, fidelity_rows);
   const Plan dense = dense_plan_for_rows(request, rows);
   const int64_t hq = request.n_q_heads, n = request.n_rows, d = request.head_dim;
@@ -157,7 +161,11 @@ void AttentionMethod::measure_fidelity(const PlanRequest& request, const kernels
   a.lse = dense_lse.data();
   a.lse_head_stride = n;
   a.stats = nullptr;
-  kernels::attention_prefill(a, &dense);
+  if (run) {
+    run(a, &dense);
+  } else {
+    kernels::attention_prefill(a, &dense);
+  }
 
   const size_t n_heads = static_cast<size_t>(request.n_layers * hq);
   if (report.fidelity.size() < n_heads) report.fidelity.resize(n_heads);
@@ -194,32 +202,15 @@ Plan dense_plan_for_rows(const PlanRequest& request, const std::vector<int32_t>&
 }
 
 Plan densify_rows_from(const Plan& plan, int64_t first_dense_row) {
-  PlanBuilder b({plan.n_heads, plan.group_size, plan.tile_rows, plan.n_rows, plan.q_pos0, plan.q_slot0}, plan.has_scores());
   const float top = std::numeric_limits<float>::max();
-  for (int32_t h = 0; h < plan.n_heads; ++h) {
-    if (plan.has_row_map()) {
-      const auto first = plan.row_map.begin() + plan.row_map_ptr[h];
-      b.set_row_map({&*first, static_cast<size_t>(plan.row_map_ptr[h + 1] - plan.row_map_ptr[h])});
+  return kernels::rebuild_plan(plan, [&](kernels::PlanBuilder& b, int32_t h, int64_t t) {
+    const int64_t last_row = plan.row_of(h, std::min(plan.head_rows(h), (t + 1) * plan.tile_rows) - 1);
+    if (last_row >= first_dense_row) {
+      b.add_range(0, plan.tile_last_slot(h, t) + 1, top);
+    } else {
+      kernels::copy_item_keys(plan, plan.head_item_begin[h] + t, b);
     }
-    for (int64_t t = 0; t < plan.head_tiles(h); ++t) {
-      const int64_t item = plan.head_item_begin[h] + t;
-      const int64_t last_row = plan.row_of(h, std::min(plan.head_rows(h), (t + 1) * plan.tile_rows) - 1);
-      if (last_row >= first_dense_row) {
-        b.add_range(0, plan.tile_last_slot(h, t) + 1, top);
-      } else {
-        for (int64_t r = plan.range_ptr[item]; r < plan.range_ptr[item + 1]; ++r)
-          b.add_range(plan.ranges[r].begin, plan.ranges[r].end, plan.range_scores.empty() ? 0.0f : plan.range_scores[r]);
-        for (int64_t c = plan.col_ptr[item]; c < plan.col_ptr[item + 1]; ++c)
-          b.add_column(plan.cols[c], plan.col_scores.empty() ? 0.0f : plan.col_scores[c]);
-      }
-      b.end_tile();
-    }
-  }
-  for (int32_t h = 0; h < plan.n_heads; ++h) {
-    if (!plan.skip_lambda.empty()) b.set_skip_lambda(h, plan.skip_lambda[h]);
-    if (!plan.stop_theta.empty()) b.set_stop_theta(h, plan.stop_theta[h]);
-  }
-  return b.finish();
+  });
 }
 
 }  // namespace skim::attention

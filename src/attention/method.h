@@ -12,6 +12,7 @@
 // and the bookkeeping of the AttentionReport (density, timings, fidelity).
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -29,16 +30,21 @@ class AttentionMethod {
   const std::string& name() const { return name_; }
   bool is_dense() const { return !planner_ && lambda_ == 0.0f; }
 
+  // Executes a plan (null: dense) into params.out: kernels::attention_prefill,
+  // or a caller's runner over the same plans (Dual Chunk Attention runs each
+  // plan over its three key regions, src/model/dca.h).
+  using PlanRunner = std::function<void(const kernels::AttnParams&, const Plan*)>;
+
   // Runs one layer's attention for a prefill chunk: plans, executes into
-  // params.out and accounts for it in `report`. With fidelity_rows > 0 a
-  // sparse call is also compared with dense attention on sampled rows.
+  // params.out (through `run` when given) and accounts for it in `report`. With
+  // fidelity_rows > 0 a sparse call is also compared with dense attention on sampled rows.
   void prefill(const PlanRequest& request, const kernels::AttnParams& params, AttentionReport& report,
-               int fidelity_rows);
+               int fidelity_rows, const PlanRunner& run = {});
 
  private:
   std::optional<Plan> make_plan(const PlanRequest& request, AttentionReport& report);
   void measure_fidelity(const PlanRequest& request, const kernels::AttnParams& params, const float* lse,
-                        int fidelity_rows, AttentionReport& report) const;
+                        int fidelity_rows, AttentionReport& report, const PlanRunner& run) const;
 
   std::string name_;
   std::unique_ptr<Planner> planner_;

@@ -15,6 +15,7 @@ std::string ppl_key(int length, int window, const std::string& method) { return 
 
 void to_json(nlohmann::json& j, const RunConfig& c) {
   j = {{"model", c.model}, {"seed", c.seed}, {"chat", c.chat}, {"depths", c.depths}, {"haystack", c.haystack}};
+  if (!c.positions.empty()) j["positions"] = c.positions;  // absent from files of runs before it existed
 }
 void from_json(const nlohmann::json& j, RunConfig& c) {
   j.at("model").get_to(c.model);
@@ -22,6 +23,7 @@ void from_json(const nlohmann::json& j, RunConfig& c) {
   j.at("chat").get_to(c.chat);
   j.at("depths").get_to(c.depths);
   j.at("haystack").get_to(c.haystack);
+  c.positions = j.value("positions", "");
 }
 
 void to_json(nlohmann::json& j, const TaskRecord& r) {
@@ -80,7 +82,7 @@ ResultStore::ResultStore(std::filesystem::path dir, RunConfig config) : path_(di
     const nlohmann::json j = nlohmann::json::parse(in);
     const nlohmann::json before = j.at("config"), now = config_;
     for (const auto& [key, value] : now.items())
-      if (before.at(key) != value)
+      if (before.value(key, nlohmann::json()) != value)
         throw std::runtime_error(fmt::format("it was made with {} {} and this run has {}; use another --out or the same settings", key,
                                              before.at(key).dump(), value.dump()));
     for (const TaskRecord& r : j.at("records").get<std::vector<TaskRecord>>()) add(r);

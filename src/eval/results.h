@@ -21,6 +21,7 @@ struct RunConfig {
   bool chat = true;             // chat template applied
   std::vector<double> depths;   // the depth grid of passkey/niah
   std::string haystack;         // "cache" or "builtin"
+  std::string positions;        // RoPE scaling and dual chunk attention ("": neither)
 };
 
 struct TaskRecord {

@@ -348,4 +348,38 @@ Plan PlanBuilder::finish() {
   return std::move(plan_);
 }
 
+Plan rebuild_plan(const Plan& plan, const std::function<void(PlanBuilder&, int32_t, int64_t)>& add_keys) {
+  PlanBuilder b({plan.n_heads, plan.group_size, plan.tile_rows, plan.n_rows, plan.q_pos0, plan.q_slot0}, plan.has_scores());
+  for (int32_t h = 0; h < plan.n_heads; ++h) {
+    if (plan.has_row_map()) {
+      const auto first = plan.row_map.begin() + plan.row_map_ptr[h];
+      b.set_row_map({&*first, static_cast<size_t>(plan.row_map_ptr[h + 1] - plan.row_map_ptr[h])});
+    }
+    for (int64_t t = 0; t < plan.head_tiles(h); ++t) {
+      add_keys(b, h, t);
+      b.end_tile();
+    }
+  }
+  for (int32_t h = 0; h < plan.n_heads; ++h) {
+    if (!plan.skip_lambda.empty()) b.set_skip_lambda(h, plan.skip_lambda[h]);
+    if (!plan.stop_theta.empty()) b.set_stop_theta(h, plan.stop_theta[h]);
+  }
+  return b.finish();
+}
+
+void copy_item_keys(const Plan& plan, int64_t item, PlanBuilder& b, int64_t begin, int64_t end) {
+  for (int64_t r = plan.range_ptr[item]; r < plan.range_ptr[item + 1]; ++r) {
+    const int64_t lo = std::max<int64_t>(plan.ranges[r].begin, begin), hi = std::min<int64_t>(plan.ranges[r].end, end);
+    if (lo < hi) b.add_range(lo, hi, plan.range_scores.empty() ? 0.0f : plan.range_scores[r]);
+  }
+  for (int64_t c = plan.col_ptr[item]; c < plan.col_ptr[item + 1]; ++c)
+    if (plan.cols[c] >= begin && plan.cols[c] < end) b.add_column(plan.cols[c], plan.col_scores.empty() ? 0.0f : plan.col_scores[c]);
+}
+
+Plan clip_plan(const Plan& plan, int64_t begin, int64_t end) {
+  return rebuild_plan(plan, [&](PlanBuilder& b, int32_t h, int64_t t) {
+    copy_item_keys(plan, plan.head_item_begin[h] + t, b, begin, end);
+  });
+}
+
 }  // namespace skim::kernels

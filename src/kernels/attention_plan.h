@@ -37,6 +37,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <limits>
 #include <span>
 #include <stdexcept>
@@ -176,5 +177,15 @@ class PlanBuilder {
   std::vector<std::pair<KeyRange, float>> pending_ranges_;
   std::vector<std::pair<int32_t, float>> pending_cols_;
 };
+
+// A plan of the same shape, row maps and per-head options as `plan`, whose
+// tile t of head h gets the keys add_keys(builder, h, t) adds.
+Plan rebuild_plan(const Plan& plan, const std::function<void(PlanBuilder&, int32_t, int64_t)>& add_keys);
+// The keys of item `item` of `plan` into the builder's open tile, those in
+// slots [begin, end) only (ranges cut, columns outside dropped), with their scores.
+void copy_item_keys(const Plan& plan, int64_t item, PlanBuilder& b, int64_t begin = 0,
+                    int64_t end = std::numeric_limits<int64_t>::max());
+// The plan restricted to key slots [begin, end) (a tile may end up with no keys).
+Plan clip_plan(const Plan& plan, int64_t begin, int64_t end);
 
 }  // namespace skim::kernels

@@ -57,9 +57,10 @@ void add_bias(float* y, const TensorInfo* bias, int rows, int n) {
 
 // The rows' RoPE angles for a layer's frequencies (cos and sin scaled by its
 // mscale); layers with the same as the previous one reuse its angles.
-void rope_angles(Forward& f, const LayerSpec& spec) {
+// With DCA the positions are the intra-chunk ones (dca.h).
+void rope_angles(Forward& f, const LayerSpec& spec, bool dca) {
   if (f.rope_angles_of && f.rope_angles_of->rope_inv_freq == spec.rope_inv_freq &&
-      f.rope_angles_of->rope_mscale == spec.rope_mscale)
+      f.rope_angles_of->rope_mscale == spec.rope_mscale && f.rope_angles_dca == dca)
     return;
   const int hd = f.model.config().head_dim, half = hd / 2;
   for (const SequenceRows& sr : f.seqs)
@@ -67,11 +68,18 @@ void rope_angles(Forward& f, const LayerSpec& spec) {
       const size_t i = static_cast<size_t>(sr.row0 + j);
       float* cos = f.s.rope_cos.data() + i * half;
       float* sin = f.s.rope_sin.data() + i * half;
-      kernels::rope_angles(static_cast<float>(sr.pos0 + j), spec.rope_inv_freq.data(), hd, cos, sin);
+      const int64_t pos = sr.pos0 + j;
+      kernels::rope_angles(static_cast<float>(dca ? f.dca.intra_position(pos) : pos), spec.rope_inv_freq.data(), hd, cos, sin);
       if (spec.rope_mscale != 1.f)
         for (int e = 0; e < half; ++e) cos[e] *= spec.rope_mscale, sin[e] *= spec.rope_mscale;
     }
   f.rope_angles_of = &spec;
+  f.rope_angles_dca = dca;
+}
+
+// Whether layer l runs Dual Chunk Attention: the full layers, when it is on.
+bool uses_dca(const Forward& f, int l) {
+  return f.dca.on() && f.model.layer_spec(l).attention == AttentionKind::Full;
 }
 
 // The sequence micro-batch row i belongs to.
@@ -111,6 +119,23 @@ void add_projection(Forward& f, const TensorInfo& w, const float* in, const Tens
     kernels::add_inplace(f.s.x.data() + static_cast<size_t>(f.active[k]) * d, f.s.proj.data() + static_cast<size_t>(k) * d, d);
 }
 
+// Turns query rows (RoPE'd, maybe Hadamard-turned) in place as they would be
+// shift[i] positions later: RoPE rotations compose, R(p + shift) = R(shift) R(p),
+// and the Hadamard turn is its own inverse, so undo it, rotate, redo it.
+void turn_queries(const Forward& f, int l, float* q, int64_t rows, int64_t row_stride, const int32_t* shift) {
+  const ModelConfig& c = f.model.config();
+  const int hd = c.head_dim, q_dim = c.n_head * hd;
+  const int32_t k_rot = f.kv_rotation ? kv_rotation_block(f.seqs.front().kv->format(l).k, hd, true) : 0;
+  std::vector<float> cos(static_cast<size_t>(hd / 2)), sin(cos.size());
+  for (int64_t i = 0; i < rows; ++i) {
+    float* row = q + i * row_stride;
+    kernels::rope_angles(static_cast<float>(shift[i]), f.model.layer_spec(l).rope_inv_freq.data(), hd, cos.data(), sin.data());
+    if (k_rot) kernels::hadamard(row, q_dim, k_rot);
+    kernels::rope(row, c.n_head, hd, cos.data(), sin.data(), c.rope_style == RopeStyle::Interleaved);
+    if (k_rot) kernels::hadamard(row, q_dim, k_rot);
+  }
+}
+
 // s.attn = attention of the active rows (packed in s.q), each sequence's rows
 // over its own cache, one call per run of consecutive rows.
 void attend(Forward& f, int l) {
@@ -120,6 +145,13 @@ void attend(Forward& f, int l) {
   const int n_active = static_cast<int>(f.active.size());
   const LayerSpec& spec = f.model.layer_spec(l);
   const int window = spec.attention == AttentionKind::SlidingWindow ? spec.window : 0;
+  const bool dca = uses_dca(f, l);
+  const QueryTurn turn = [&](float* q, int64_t rows, int64_t stride, const int32_t* shift) {
+    turn_queries(f, l, q, rows, stride, shift);
+  };
+  const attention::AttentionMethod::PlanRunner dca_runner = [&](const kernels::AttnParams& p, const kernels::Plan* plan) {
+    dca_attention(p, f.dca, turn, plan);
+  };
   // Single-row runs (decode steps of several sequences) run after the loop, one
   // sequence per thread: a team per sequence and layer would cost more than
   // their work. The kernel makes the same choices inside, so each result is
@@ -128,13 +160,21 @@ void attend(Forward& f, int l) {
   for (int k0 = 0; k0 < n_active;) {
     const SequenceRows& sr = sequence_of(f, f.active[k0]);
     int k1 = k0 + 1;
-    while (k1 < n_active && f.active[k1] == f.active[k1 - 1] + 1 && f.active[k1] < sr.row0 + sr.n) ++k1;
-    const int rows = k1 - k0, q_pos0 = sr.pos0 + (f.active[k0] - sr.row0);
+    // A run stays within one sequence and, with DCA, within one DCA chunk.
+    const auto position = [&](int k) { return sr.pos0 + (f.active[k] - sr.row0); };
+    while (k1 < n_active && f.active[k1] == f.active[k1 - 1] + 1 && f.active[k1] < sr.row0 + sr.n &&
+           (!dca || f.dca.chunk_of(position(k1)) == f.dca.chunk_of(position(k0))))
+      ++k1;
+    const int rows = k1 - k0, q_pos0 = position(k0);
     float* q = s.q.data() + static_cast<size_t>(k0) * q_dim;
     float* out = s.attn.data() + static_cast<size_t>(k0) * q_dim;
     k0 = k1;
-    const kernels::KvView kv = sr.kv->view(l);
+    // Keys up to the run's last row: a planner takes the chunk's own keys to
+    // be the view's last slots, and a run cut short (DCA) is followed by more.
+    kernels::KvView kv = sr.kv->view(l);
+    kv.n_keys = sr.slot0 + (f.active[k1 - 1] - sr.row0) + 1;
     if (f.observer.reference_attention) {
+      if (dca) throw std::logic_error("the reference attention does not run dual chunk attention");
       kernels::attention_reference(q, rows, q_pos0, kv, c.n_head, c.n_head_kv, hd, out, window);
       continue;
     }
@@ -143,6 +183,10 @@ void attend(Forward& f, int l) {
         .q = q, .q_head_stride = hd, .q_row_stride = q_dim, .kv = kv,
         .out = out, .out_head_stride = hd, .out_row_stride = q_dim};
     a.window = window;
+    if (dca && rows == 1) {
+      dca_attention(a, f.dca, turn);
+      continue;
+    }
     if (rows == 1) {
       decodes.push_back(a);
       continue;
@@ -158,7 +202,7 @@ void attend(Forward& f, int l) {
         .q = a.q, .q_head_stride = a.q_head_stride, .q_row_stride = a.q_row_stride, .kv = a.kv,
         .scale = 1.0f / std::sqrt(static_cast<float>(hd))};
     if (f.observer.on_prefill_attention) f.observer.on_prefill_attention(r);
-    sr.method->prefill(r, a, f.report, f.observer.fidelity_rows);
+    sr.method->prefill(r, a, f.report, f.observer.fidelity_rows, dca ? dca_runner : attention::AttentionMethod::PlanRunner{});
   }
   const int64_t n_decodes = static_cast<int64_t>(decodes.size());
   if (n_decodes == 1) {
@@ -167,24 +211,6 @@ void attend(Forward& f, int l) {
   }
 #pragma omp parallel for schedule(dynamic, 1)
   for (int64_t i = 0; i < n_decodes; ++i) kernels::attention_decode(decodes[static_cast<size_t>(i)]);
-}
-
-// Query rows (RoPE'd, maybe Hadamard-turned) as they would be `shift`
-// positions later: RoPE rotations compose, R(p + shift) = R(shift) R(p), and
-// the Hadamard turn is its own inverse, so undo it, rotate, redo it.
-std::vector<float> shifted_queries(const Forward& f, int l, const float* q, int rows, int32_t shift) {
-  const ModelConfig& c = f.model.config();
-  const int hd = c.head_dim, q_dim = c.n_head * hd;
-  const int32_t k_rot = f.kv_rotation ? kv_rotation_block(f.seqs.front().kv->format(l).k, hd, true) : 0;
-  std::vector<float> out(q, q + static_cast<size_t>(rows) * q_dim), cos(static_cast<size_t>(hd / 2)), sin(cos.size());
-  kernels::rope_angles(static_cast<float>(shift), f.model.layer_spec(l).rope_inv_freq.data(), hd, cos.data(), sin.data());
-  for (int i = 0; i < rows; ++i) {
-    float* row = out.data() + static_cast<size_t>(i) * q_dim;
-    if (k_rot) kernels::hadamard(row, q_dim, k_rot);
-    kernels::rope(row, c.n_head, hd, cos.data(), sin.data(), c.rope_style == RopeStyle::Interleaved);
-    if (k_rot) kernels::hadamard(row, q_dim, k_rot);
-  }
-  return out;
 }
 
 // The rows the KV policy keeps of layer l, for each sequence that asks: scored
@@ -204,7 +230,9 @@ void select_rows(Forward& f, int l) {
                              .scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim))};
     std::vector<float> moved;
     if (const int32_t shift = sr.kv_policy->query_shift(); shift > 0) {
-      moved = shifted_queries(f, l, r.q, rows, shift);
+      moved.assign(r.q, r.q + static_cast<size_t>(rows) * q_dim);
+      const std::vector<int32_t> shifts(static_cast<size_t>(rows), shift);
+      turn_queries(f, l, moved.data(), rows, q_dim, shifts.data());
       r.q = moved.data();
       r.q_pos0 += shift;
     }
@@ -256,7 +284,7 @@ void attention(Forward& f, int l) {
   add_bias(s.v.data(), L.bv, n, kv_dim);
   if (L.q_norm) kernels::rms_norm(s.q.data(), f32_data(*L.q_norm), s.q.data(), static_cast<int64_t>(rows) * c.n_head, hd, c.rms_eps);
   if (L.k_norm) kernels::rms_norm(s.k.data(), f32_data(*L.k_norm), s.k.data(), static_cast<int64_t>(n) * c.n_head_kv, hd, c.rms_eps);
-  rope_angles(f, f.model.layer_spec(l));
+  rope_angles(f, f.model.layer_spec(l), uses_dca(f, l));
   const bool interleaved = c.rope_style == RopeStyle::Interleaved;
   const kv::KvFormat format = f.seqs.front().kv->format(l);
   const int32_t k_rot = f.kv_rotation ? kv_rotation_block(format.k, hd, true) : 0;

@@ -34,6 +34,13 @@ Context::Context(const Model& model, ContextParams params)
   if (params_.n_seq_max <= 0) throw std::invalid_argument("the number of sequences must be positive");
   if (params_.n_threads < 0) throw std::invalid_argument("the thread count must not be negative");
   params_.n_ubatch = std::min(params_.n_ubatch, params_.n_ctx * params_.n_seq_max);
+  if (params_.dca_chunk != 0) {
+    if (params_.dca_local < 0) params_.dca_local = params_.dca_chunk / 16;
+    if (params_.dca_chunk < 2 || params_.dca_local >= params_.dca_chunk || params_.dca_chunk > c.n_ctx_train)
+      throw std::invalid_argument(fmt::format("dual chunk attention: chunk {} with local {} must satisfy 0 <= local < chunk <= "
+                                              "the trained context ({})",
+                                              params_.dca_chunk, params_.dca_local, c.n_ctx_train));
+  }
   seq_methods_.assign(static_cast<size_t>(params_.n_seq_max), &method_for(params_.attention));
   // Each layer's format; a pool per distinct format, capped at n_ctx tokens
   // of every sequence in each (layer, KV head) it serves, in whole pages.
@@ -154,6 +161,8 @@ attention::AttentionMethod& Context::method_for(const std::string& spec) {
 }
 const kvpolicy::KvPolicy* Context::policy_for(const std::string& spec) {
   if (spec.empty()) return nullptr;
+  if (params_.dca_chunk > 0)
+    throw std::invalid_argument(fmt::format("KV selection policy '{}' does not run with dual chunk attention yet", spec));
   if (max_window() > 0)
     throw std::invalid_argument(fmt::format("KV selection policy '{}': {} has sliding-window layers, which KV policies "
                                             "do not run on yet (their window already bounds the cache)",
@@ -199,8 +208,11 @@ int64_t Context::kv_pages_held() const {
   for (const auto& p : pools_) pages += p->pages_in_use();
   return pages;
 }
-size_t Context::kv_held_f16_bytes() const {
-  return static_cast<size_t>(kv_pages_held()) * kv::KvPool::page_bytes(model_.config().head_dim, kv::KvFormat{});
+size_t Context::kv_full_f16_bytes() const {
+  const ModelConfig& c = model_.config();
+  int64_t pages = 0;
+  for (int seq = 0; seq < params_.n_seq_max; ++seq) pages += (n_past(seq) + kv::kPageRows - 1) / kv::kPageRows;
+  return static_cast<size_t>(pages * c.n_layer * c.n_head_kv) * kv::KvPool::page_bytes(c.head_dim, kv::KvFormat{});
 }
 const AttentionReport& Context::attention_report() const { return report_; }
 void Context::reset_attention_report() { report_ = {}; }
@@ -365,6 +377,7 @@ void Context::forward_ubatch(Ubatch& ub, float* logits_out) {
   std::iota(all_rows.begin(), all_rows.end(), 0);
   Forward f{model_, *s_, report_, op_times_, *observer_, n, seqs, {}, all_rows, params_.kv_rotation, params_.kv_center_keys,
             ub.selections.empty() ? nullptr : &ub.selections};
+  f.dca = {params_.dca_chunk, std::max(params_.dca_local, 0)};
   Activations& s = *s_;
 
   const TensorInfo& embd = model_.token_embd();

@@ -33,6 +33,7 @@ std::map<std::string, std::string> Context::cache_fingerprint(int seq) const {
                               f16_layers, params_.kv_rotation, params_.kv_center_keys)},
       {"skim.attention", attention(seq)},
       {"skim.kv_policy", kv_policy(seq)},
+      {"skim.dca", fmt::format("chunk {} local {}", params_.dca_chunk, params_.dca_chunk ? params_.dca_local : 0)},
   };
 }
 
