@@ -30,6 +30,10 @@ extern const Arch kGemma3Arch;             // arch_gemma3.cpp
 // computes with, and an F32 vector of n values.
 const TensorInfo& require_weight(const GgufFile& f, const std::string& name, std::initializer_list<int64_t> dims);
 const TensorInfo& require_f32(const GgufFile& f, const std::string& name, int64_t n);
+// The weights every family's attention and gated FFN have, of the layer whose
+// tensors start with `prefix` ("blk.N."): attn_norm, Q/K/V/O, ffn_norm, gate/up/down.
+void require_attention_weights(const GgufFile& f, const ModelConfig& c, const std::string& prefix, LayerWeights& L);
+void require_ffn_weights(const GgufFile& f, const ModelConfig& c, const std::string& prefix, LayerWeights& L);
 // The spec of a layer with RoPE at `base` stretched by `scaling`: inverse
 // frequencies per dimension pair of c.head_dim (rope_freqs.weight factors
 // included) and the cos/sin scale.

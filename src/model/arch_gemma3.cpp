@@ -51,22 +51,15 @@ void load(const GgufFile& f, ModelConfig& c, std::vector<LayerWeights>& layers, 
   local.attention = AttentionKind::SlidingWindow;
   local.window = window;
 
-  const int64_t d = c.n_embd, q_dim = c.n_head * c.head_dim, kv_dim = c.n_head_kv * c.head_dim;
+  const int64_t d = c.n_embd;
   for (int i = 0; i < c.n_layer; ++i) {
     const std::string b = fmt::format("blk.{}.", i);
     LayerWeights L{};
-    L.attn_norm = &require_f32(f, b + "attn_norm.weight", d);
-    L.wq = &require_weight(f, b + "attn_q.weight", {d, q_dim});
-    L.wk = &require_weight(f, b + "attn_k.weight", {d, kv_dim});
-    L.wv = &require_weight(f, b + "attn_v.weight", {d, kv_dim});
-    L.wo = &require_weight(f, b + "attn_output.weight", {q_dim, d});
+    require_attention_weights(f, c, b, L);
     L.q_norm = &require_f32(f, b + "attn_q_norm.weight", c.head_dim);
     L.k_norm = &require_f32(f, b + "attn_k_norm.weight", c.head_dim);
     L.attn_post_norm = &require_f32(f, b + "post_attention_norm.weight", d);
-    L.ffn_norm = &require_f32(f, b + "ffn_norm.weight", d);
-    L.w_gate = &require_weight(f, b + "ffn_gate.weight", {d, c.n_ff});
-    L.w_up = &require_weight(f, b + "ffn_up.weight", {d, c.n_ff});
-    L.w_down = &require_weight(f, b + "ffn_down.weight", {c.n_ff, d});
+    require_ffn_weights(f, c, b, L);
     L.ffn_post_norm = &require_f32(f, b + "post_ffw_norm.weight", d);
     layers.push_back(L);
     specs.push_back(sliding[static_cast<size_t>(i)] && window > 0 ? local : global);

@@ -13,25 +13,18 @@ template <RopeStyle kRopeStyle, bool kQkvBias>
 void load(const GgufFile& f, ModelConfig& c, std::vector<LayerWeights>& layers, std::vector<LayerSpec>& specs) {
   c.rope_style = kRopeStyle;
   c.qkv_bias = kQkvBias;
-  const int64_t d = c.n_embd, q_dim = c.n_head * c.head_dim, kv_dim = c.n_head_kv * c.head_dim;
+  const int64_t q_dim = c.n_head * c.head_dim, kv_dim = c.n_head_kv * c.head_dim;
   const LayerSpec spec = rope_layer_spec(f, c, c.rope_base, c.rope_scaling);
   for (int i = 0; i < c.n_layer; ++i) {
     const std::string b = fmt::format("blk.{}.", i);
     LayerWeights L{};
-    L.attn_norm = &require_f32(f, b + "attn_norm.weight", d);
-    L.wq = &require_weight(f, b + "attn_q.weight", {d, q_dim});
-    L.wk = &require_weight(f, b + "attn_k.weight", {d, kv_dim});
-    L.wv = &require_weight(f, b + "attn_v.weight", {d, kv_dim});
-    L.wo = &require_weight(f, b + "attn_output.weight", {q_dim, d});
+    require_attention_weights(f, c, b, L);
     if (kQkvBias) {
       L.bq = &require_f32(f, b + "attn_q.bias", q_dim);
       L.bk = &require_f32(f, b + "attn_k.bias", kv_dim);
       L.bv = &require_f32(f, b + "attn_v.bias", kv_dim);
     }
-    L.ffn_norm = &require_f32(f, b + "ffn_norm.weight", d);
-    L.w_gate = &require_weight(f, b + "ffn_gate.weight", {d, c.n_ff});
-    L.w_up = &require_weight(f, b + "ffn_up.weight", {d, c.n_ff});
-    L.w_down = &require_weight(f, b + "ffn_down.weight", {c.n_ff, d});
+    require_ffn_weights(f, c, b, L);
     layers.push_back(L);
     specs.push_back(spec);
   }

@@ -72,7 +72,7 @@ struct Forward {
   bool kv_rotation = true;        // Hadamard-rotate Q/K/V of layers with quantized K/V (ContextParams)
   bool kv_center_keys = true;     // subtract the sequence's key offset before storing quantized keys
   std::vector<KvSelection>* selections = nullptr;  // filled for sequences whose rows name one
-  DcaLayout dca;                  // Dual Chunk Attention on the full-attention layers (off by default)
+  DcaLayout dca{};                // Dual Chunk Attention on the full-attention layers (off by default)
   const LayerSpec* rope_angles_of = nullptr;  // the layer whose RoPE s.rope_cos/sin hold
   bool rope_angles_dca = false;               // ... at DCA's intra-chunk positions
 };

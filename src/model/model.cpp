@@ -29,6 +29,23 @@ const TensorInfo& require_f32(const GgufFile& f, const std::string& name, int64_
   return t;
 }
 
+void require_attention_weights(const GgufFile& f, const ModelConfig& c, const std::string& prefix, LayerWeights& L) {
+  const int64_t d = c.n_embd, q_dim = c.n_head * c.head_dim, kv_dim = c.n_head_kv * c.head_dim;
+  L.attn_norm = &require_f32(f, prefix + "attn_norm.weight", d);
+  L.wq = &require_weight(f, prefix + "attn_q.weight", {d, q_dim});
+  L.wk = &require_weight(f, prefix + "attn_k.weight", {d, kv_dim});
+  L.wv = &require_weight(f, prefix + "attn_v.weight", {d, kv_dim});
+  L.wo = &require_weight(f, prefix + "attn_output.weight", {q_dim, d});
+}
+
+void require_ffn_weights(const GgufFile& f, const ModelConfig& c, const std::string& prefix, LayerWeights& L) {
+  const int64_t d = c.n_embd;
+  L.ffn_norm = &require_f32(f, prefix + "ffn_norm.weight", d);
+  L.w_gate = &require_weight(f, prefix + "ffn_gate.weight", {d, c.n_ff});
+  L.w_up = &require_weight(f, prefix + "ffn_up.weight", {d, c.n_ff});
+  L.w_down = &require_weight(f, prefix + "ffn_down.weight", {c.n_ff, d});
+}
+
 // theta_i = base^(-2i/d), divided by llama 3 style per-pair factors, then
 // stretched as ggml's rope_yarn does (every step is linear in the position,
 // so it folds into the frequency).
