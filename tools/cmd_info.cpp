@@ -78,6 +78,15 @@ void info(const InfoOptions& o) {
              c.rope_style == RopeStyle::Interleaved ? "interleaved pairs" : "half-split pairs",
              rope_scaling_name(c.rope_scaling.kind), c.rope_scaling.factor, c.rope_scaling.orig_ctx,
              c.rope_scaling.mscale);
+  int windowed = 0, first_windowed = -1;
+  for (int l = 0; l < c.n_layer; ++l)
+    if (model->layer_spec(l).attention == AttentionKind::SlidingWindow) {
+      ++windowed;
+      if (first_windowed < 0) first_windowed = l;
+    }
+  if (windowed > 0)
+    fmt::print("attention:       {} sliding-window layers (window {}, RoPE base {}), {} full\n", windowed,
+               model->layer_spec(first_windowed).window, model->layer_spec(first_windowed).rope_base, c.n_layer - windowed);
   fmt::print("output:          {}\n", c.tied_output ? "tied to token embedding" : "separate");
   fmt::print("tensor types:\n");
   for (const auto& [name, h] : histogram)
