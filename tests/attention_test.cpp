@@ -650,6 +650,48 @@ TEST(Attention, OrderedPlansStopAtTheta) {
   expect_matches(pr, run_prefill(pr, &plan), &plan, true, kTol, "ordered, no stop");
 }
 
+TEST(Attention, OrderedPlansStopOnRunningMass) {
+  // Key tiles (64 keys each) with logits 0, 0, -8, +2, visited in that order
+  // (scores 2, 0.9, 0.8, 0.7; theta 1.5 forces only the first). The third
+  // tile adds ~e^-8 / 2 of the running sum (< eps = 0.01), so the kernel stops
+  // there: the fourth, heaviest tile is never visited (the price of an
+  // estimate that orders it last).
+  std::vector<float> logits;
+  for (float c : {0.0f, 0.0f, -8.0f, 2.0f}) logits.insert(logits.end(), 64, c);
+  const Problem pr = controlled_problem(logits, 1, 16);
+  auto scored_plan = [&](float theta, float eps) {
+    PlanBuilder b(shape_of(pr, true, 1), true);
+    const float scores[] = {2.0f, 0.9f, 0.8f, 0.7f};
+    for (int t = 0; t < 4; ++t) b.add_range(64 * t, 64 * (t + 1), scores[t]);
+    b.end_tile();
+    b.set_stop_theta(0, theta);
+    b.set_stop_mass(0, eps);
+    return b.finish();
+  };
+  PlanBuilder kept(shape_of(pr, true, 1));
+  kept.add_range(0, 192);
+  kept.end_tile();
+  const Plan kept_plan = kept.finish();
+  for (int32_t split : {0, 1}) {  // the stop needs the whole stream: never split
+    const Plan plan = scored_plan(1.5f, 0.01f);
+    AttnStats st;
+    const Output out = run_prefill(pr, &plan, true, &st, split);
+    EXPECT_EQ(st.key_tiles_stopped, 1) << split;
+    EXPECT_EQ(st.pairs_stopped, 64 * pr.g()) << split;
+    EXPECT_EQ(st.split_items, 0) << split;
+    expect_matches(pr, out, &kept_plan, true, kTol, "running-mass stop");
+  }
+  // A smaller eps visits everything.
+  const Plan all = scored_plan(1.5f, 1e-6f);
+  AttnStats st;
+  expect_matches(pr, run_prefill(pr, &all, true, &st), &all, true, kTol, "eps below every tile");
+  EXPECT_EQ(st.key_tiles_stopped, 0);
+  // stop_mass must be a share.
+  Plan bad = all;
+  bad.stop_mass.assign(1, 1.5f);
+  EXPECT_THROW(validate_plan(bad, pr.n_keys, true), PlanError);
+}
+
 // ---------------------------------------------------------------------------
 // Splitting and merging
 

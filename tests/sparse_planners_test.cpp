@@ -210,6 +210,42 @@ TEST(Estimate, AntidiagMatchesDoubleReference) {
   }
 }
 
+TEST(Estimate, SampledMatchesDoubleReference) {
+  for (auto [hq, hkv, d, n, pos0, stride] : {std::tuple{4, 2, 64, 50, 37, 8}, std::tuple{3, 1, 32, 130, 0, 16},
+                                             std::tuple{2, 2, 64, 200, 300, 1}, std::tuple{2, 1, 64, 64, 64, 100}}) {
+    PlannerProblem p(hq, hkv, d, n, pos0, 9, 2.0f);
+    const attention::PlanRequest r = p.request();
+    KeysF32 keys;
+    keys.load(r);
+    BlockScores est;
+    attention::estimate_sampled(r, keys, stride, est);
+    const int64_t nk = p.n_keys(), n_qb = (n + 63) / 64, n_kb = (nk + 63) / 64;
+    ASSERT_EQ(est.n_qb, n_qb);
+    ASSERT_EQ(est.n_kb, n_kb);
+    for (int32_t h = 0; h < hq; ++h) {
+      for (int64_t qb = 0; qb < n_qb; ++qb) {
+        const int64_t i0 = qb * 64, i1 = std::min<int64_t>(n, i0 + 64);
+        std::vector<int64_t> rows;
+        for (int64_t i = i0 + stride - 1; i < i1; i += stride) rows.push_back(i);
+        if (rows.empty() || rows.back() != i1 - 1) rows.push_back(i1 - 1);
+        std::vector<double> want(static_cast<size_t>(n_kb), 0.0);
+        for (int64_t i : rows) {
+          std::vector<double> logits;
+          for (int64_t j = 0; j <= pos0 + i; ++j) logits.push_back(r.scale * dot_qk(p, h, i, j));
+          const std::vector<double> w = softmax(logits);
+          for (size_t j = 0; j < w.size(); ++j) want[j / 64] += w[j] / static_cast<double>(rows.size());
+        }
+        double sum = 0;
+        for (int64_t c = 0; c < n_kb; ++c) {
+          EXPECT_NEAR(est.row(h, qb)[c], want[c], 1e-5) << h << " " << qb << " " << c;
+          sum += est.row(h, qb)[c];
+        }
+        EXPECT_NEAR(sum, 1.0, 1e-5);
+      }
+    }
+  }
+}
+
 TEST(Estimate, TopKAndCoverage) {
   std::mt19937 rng(4);
   for (int trial = 0; trial < 200; ++trial) {
@@ -253,7 +289,13 @@ const char* const kSparseSpecs[] = {"minference:v=64,s=128",
                                     "flexprefill:min_budget=128,tau=0",
                                     "flexprefill:min_budget=128,tau=0,budget=cover",
                                     "xattention",
-                                    "xattention:block=128,stride=16,tau=0.5,gqa=head"};
+                                    "xattention:block=128,stride=16,tau=0.5,gqa=head",
+                                    "s2o",
+                                    "s2o:cover=0.8,eps=0.05,stride=4,gqa=head",
+                                    "s2o:eps=0",
+                                    "xattention:target=0.9",
+                                    "block_sparse:target=0.8,gqa=head",
+                                    "s2o:target=0.9"};
 
 double plan_density(const attention::Plan& plan, const PlannerProblem& p) {
   const double dense = static_cast<double>(p.hq) * (p.n_rows * p.q_pos0 + p.n_rows * (p.n_rows + 1) / 2);
@@ -299,7 +341,8 @@ TEST(SparsePlanners, FullBudgetIsDenseBitForBit) {
           std::pair{"flexprefill:gamma=1,tau=1,min_budget=0", 257},
           std::pair{"flexprefill:gamma=1,tau=0,min_budget=0,budget=cover", 257},
           std::pair{"flexprefill:gamma=1,tau=0.2,min_budget=0,block=256", 513}, std::pair{"xattention:tau=1", 0},
-          std::pair{"xattention:tau=1,block=128,stride=16", 0}}) {
+          std::pair{"xattention:tau=1,block=128,stride=16", 0}, std::pair{"xattention:target=1", 0},
+          std::pair{"block_sparse:target=1", 0}, std::pair{"s2o:target=1", 0}}) {
       AttentionReport report;
       EXPECT_TRUE(bitwise_equal(p.run(as_planned(spec), &report), dense)) << spec << " n=" << n << " pos0=" << pos0;
       EXPECT_DOUBLE_EQ(report.density(), 1.0) << spec << " n=" << n << " pos0=" << pos0;
@@ -307,8 +350,10 @@ TEST(SparsePlanners, FullBudgetIsDenseBitForBit) {
       if (p.n_keys() >= min_keys) EXPECT_EQ(report.sparse_calls, 1) << spec << " n=" << n << " pos0=" << pos0;
     }
     // One plan per q head: dense key sets, tiled per head (equal up to rounding).
+    // S2O's full cover is an ordered plan: every key, visited in another order.
     for (const char* spec : {"minference:v=1000000,s=1000000,gqa=head", "block_sparse:topk=1000000,gqa=head",
-                             "flexprefill:gamma=1,min_budget=0,gqa=head", "xattention:tau=1,gqa=head"}) {
+                             "flexprefill:gamma=1,min_budget=0,gqa=head", "xattention:tau=1,gqa=head",
+                             "s2o:cover=1,eps=0", "s2o:cover=1,eps=0,gqa=head"}) {
       AttentionReport report;
       const std::vector<float> out = p.run(as_planned(spec), &report);
       EXPECT_DOUBLE_EQ(report.density(), 1.0) << spec;
@@ -396,6 +441,15 @@ TEST(SparsePlanners, EstimatesFindHeavyColumns) {
     EXPECT_LT(measure(p, "flexprefill").mean, 0.9);
     expect_found(p, "scattered keys", "flexprefill:budget=cover", 0.9);
     expect_found(p, "scattered keys", "xattention", 0.35);
+    // The recall-targeted policy and S2O reach the target at the blocks that hold the keys.
+    expect_found(p, "scattered keys", "s2o", 0.35);
+    expect_found(p, "scattered keys", "s2o:target=0.95", 0.35);
+    expect_found(p, "scattered keys", "xattention:target=0.95", 0.35);
+    // S2O's running-mass stop computes fewer keys than its list, at the same recall.
+    const Recall listed = measure(p, "s2o:cover=1,eps=0"), stopped = measure(p, "s2o:cover=1,eps=0.02");
+    EXPECT_GE(stopped.mean, 0.9);
+    EXPECT_LT(stopped.density, listed.density);
+    EXPECT_GT(stopped.mean, listed.mean - 0.02);
   }
 }
 
@@ -449,7 +503,10 @@ TEST(SparsePlanners, BadParametersAreRejected) {
         std::string("flexprefill:block=100"), std::string("flexprefill:block=32"),
         std::string("flexprefill:min_budget=1024,max_budget=512"), std::string("flexprefill:budget=all"), std::string("xattention:stride=3"),
         std::string("xattention:stride=128"), std::string("xattention:block=96"), std::string("xattention:tau=2"),
-        std::string("xattention:tau=nan")}) {
+        std::string("xattention:tau=nan"), std::string("s2o:stride=0"), std::string("s2o:cover=1.5"),
+        std::string("s2o:eps=-1"), std::string("xattention:target=1.1"), std::string("streaming:target=0.9"),
+        std::string("minference:target=0.9"), std::string("xattention:block=128,target=0.9"),
+        std::string("s2o:dense_layers=x"), std::string("s2o:dense_layers=1//2")}) {
     EXPECT_THROW(validate_attention_spec(spec), std::invalid_argument) << spec;
   }
   try {

@@ -20,9 +20,9 @@ namespace skim::cli {
 namespace {
 
 struct CalibrateOptions : SharedOptions {
-  std::string file, out, reuse_planner, blasst_targets = "0.5,0.7";
+  std::string file, out, reuse_planner, blasst_targets = "0.5,0.7", route;
   int64_t len = 4096;
-  double target = 0.95, sale_target = 0.95;
+  double target = 0.95, sale_target = 0.95, route_target = 0.95, route_density = 0.5;
   int reuse_layers = 0;
   bool quiet = false;
 };
@@ -104,6 +104,12 @@ void print_summary(const calibration::CalibrationResult& r, const std::string& p
                                           : "");
     fmt::print("\n");
   }
+  if (!r.route_method.empty()) {
+    fmt::print("      | route {}: layer (recall, density):", r.route_method);
+    for (size_t l = 0; l < r.route.size(); ++l)
+      fmt::print(" {}{} ({:.3f}, {:.3f})", l, r.route[l].dense ? " dense" : "", r.route[l].recall, r.route[l].density);
+    fmt::print("\n");
+  }
   fmt::print("        blasst measured (keys, lambda: skipped):");
   for (const auto& p : r.blasst_points) fmt::print(" ({}, {:g}: {:.2f})", p.keys, p.lambda, p.skipped);
   fmt::print("\n\nwrote {} ({:.1f} s)\n\nuse it with:\n", path, r.seconds);
@@ -112,6 +118,11 @@ void print_summary(const calibration::CalibrationResult& r, const std::string& p
       {"minference:config=" + path, "vertical-slash with these per-head budgets"},
       {"sale:config=" + path, "SALE with these per-head thetas"},
       {with_key(r.reuse_planner, "reuse=" + r.reuse_value()), "IndexCache: only the listed layers plan"}};
+  if (!r.route_method.empty())
+    specs.push_back({r.route.empty() || r.route_value().empty() ? r.route_method
+                                                                 : with_key(r.route_method, "dense_layers=" + r.route_value()),
+                     fmt::format("routed: layers below recall {:g} or above density {:g} run dense", r.route_target,
+                                 r.route_density)});
   for (const auto& [t, lambda] : r.blasst_lambda_4096)
     specs.push_back({fmt::format("blasst:lambda={:.3g},lambda_per_len=1", lambda), fmt::format("~{:g} of tiles skipped", t)});
   for (const auto& [spec, what] : specs) {
@@ -148,6 +159,9 @@ void calibrate(const CalibrateOptions& o) {
   co.reuse_planner = o.reuse_planner;
   co.reuse_layers = o.reuse_layers;
   co.blasst_targets = parse_list(o.blasst_targets);
+  co.route_method = o.route;
+  co.route_target = o.route_target;
+  co.route_density = o.route_density;
   if (!o.quiet)
     co.log = [](const std::string& line) {
       std::fprintf(stderr, "%s\n", line.c_str());
@@ -190,6 +204,12 @@ void register_calibrate(CLI::App& app) {
   cmd->add_option("--reuse-layers", o->reuse_layers, "planning layers to choose (0: n_layers / 4)")
       ->check(at_least(0));
   cmd->add_option("--blasst-targets", o->blasst_targets, "tile-skip fractions to give BLASST lambdas for");
+  cmd->add_option("--route", o->route,
+                  "method spec to route layers for (e.g. s2o:target=0.95): layers it cannot make sparse at the "
+                  "target recall and density run dense (dense_layers=)");
+  cmd->add_option("--route-target", o->route_target, "recall a routed layer must keep")->check(in_range(0.01, 1.0));
+  cmd->add_option("--route-density", o->route_density, "density above which a layer runs dense")
+      ->check(in_range(0.01, 1.0));
   cmd->add_flag("-q,--quiet", o->quiet, "no progress lines");
   cmd->callback([o] { calibrate(*o); });
 }

@@ -15,6 +15,13 @@ class BlockTopkPlanner : public Planner {
  public:
   explicit BlockTopkPlanner(int64_t topk) : topk_(topk) {}
 
+  // The mass estimate is the pooled blocks' softmax at the attention scale.
+  bool estimates_mass() const override { return true; }
+  void estimate_mass(const PlanRequest& r, BlockScores& mass) override {
+    keys_.load(r);
+    estimate_pooled(r, keys_, KeySelection::kBlock, r.scale, true, mass);
+  }
+
   std::optional<Plan> plan(const PlanRequest& r) override {
     constexpr int64_t B = KeySelection::kBlock;
     keys_.load(r);

@@ -342,6 +342,61 @@ void estimate_antidiag(const PlanRequest& r, const KeysF32& keys, int64_t stride
   }
 }
 
+void normalize_rows(BlockScores& s) {
+  for (int32_t h = 0; h < s.n_heads; ++h)
+    for (int64_t qb = 0; qb < s.n_qb; ++qb) {
+      float* row = s.row(h, qb);
+      const int64_t vis = s.visible(qb);
+      double sum = 0;
+      for (int64_t c = 0; c < vis; ++c) sum += row[c];
+      if (sum > 0)
+        for (int64_t c = 0; c < vis; ++c) row[c] = static_cast<float>(row[c] / sum);
+    }
+}
+
+void estimate_sampled(const PlanRequest& r, const KeysF32& keys, int64_t stride, BlockScores& out) {
+  if (stride < 1) throw std::invalid_argument("estimate_sampled: stride < 1");
+  if (keys.n_keys() != r.n_keys() || keys.n_heads() != r.n_kv_heads || keys.head_dim() != r.head_dim)
+    throw std::logic_error("estimate_sampled: keys not loaded for this request");
+  single_threaded_blas();
+  constexpr int64_t B = kTileRows;
+  const int64_t n = r.n_keys(), d = r.head_dim, g = r.group();
+  shape_scores(r, B, (n + B - 1) / B, out);
+  std::fill(out.s.begin(), out.s.end(), 0.0f);
+  const int64_t n_qb = out.n_qb;
+#pragma omp parallel for collapse(2) schedule(dynamic, 1) if (worth_threads(double(r.n_q_heads) * r.n_rows * n * d / stride))
+  for (int32_t h = 0; h < r.n_q_heads; ++h) {
+    for (int64_t qb = 0; qb < n_qb; ++qb) {
+      const int64_t i0 = qb * B, i1 = std::min(r.n_rows, i0 + B);
+      int32_t rows[B + 1];
+      int64_t m = 0;
+      for (int64_t i = i0 + stride - 1; i < i1; i += stride) rows[m++] = static_cast<int32_t>(i);
+      if (m == 0 || rows[m - 1] != i1 - 1) rows[m++] = static_cast<int32_t>(i1 - 1);
+      const int64_t vis = out.last_slot(qb) + 1;  // keys the block's last row sees
+      float* qs = scratch(0, static_cast<size_t>(m * d));
+      float* s = scratch(1, static_cast<size_t>(m * vis));
+      for (int64_t a = 0; a < m; ++a) std::memcpy(qs + a * d, r.q_row(h, rows[a]), sizeof(float) * d);
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(m), static_cast<int>(vis),
+                  static_cast<int>(d), r.scale, qs, static_cast<int>(d), keys.head(static_cast<int32_t>(h / g)),
+                  static_cast<int>(d), 0.0f, s, static_cast<int>(vis));
+      float* e = out.row(h, qb);
+      const float share = 1.0f / static_cast<float>(m);
+      for (int64_t a = 0; a < m; ++a) {
+        float* row = s + a * vis;
+        const int64_t own = r.q_slot0() + rows[a] + 1;  // slots [0, the row's own]
+        const float mx = row_max(row, own);
+        const float inv = share / exp_shifted(row, own, mx);
+        for (int64_t c = 0; c * B < own; ++c) {
+          const int64_t j1 = std::min(own, (c + 1) * B);
+          float sum = 0.0f;
+          for (int64_t j = c * B; j < j1; ++j) sum += row[j];
+          e[c] += sum * inv;
+        }
+      }
+    }
+  }
+}
+
 }  // namespace skim::attention
 
 namespace skim::attention {

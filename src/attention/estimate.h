@@ -15,6 +15,10 @@
 //                     keys, the mean logit along the antidiagonal of their
 //                     S x S block, row softmax over key groups, summed per
 //                     (B-row query block, B-key key block). Cost Nq*N*d/S.
+//   E4 Sampled(S)     every S-th query row of each 64-row block (and its last
+//                     row), exact softmax over all its visible keys, mass per
+//                     64-key block averaged over the block's sampled rows.
+//                     Cost Nq*N*d/S.
 //
 // Block geometry everywhere: query block qb covers chunk rows
 // [qb*B, min(n_rows, (qb+1)*B)) (aligned with the chunk, like KeySelection's
@@ -116,6 +120,16 @@ void estimate_pooled(const PlanRequest& r, const KeysF32& keys, int64_t block, f
 // block c (a row of blocks sums to the number of query groups in it).
 // `stride` must divide `block`; `keys` must be loaded with pad = stride.
 void estimate_antidiag(const PlanRequest& r, const KeysF32& keys, int64_t stride, int64_t block, BlockScores& out);
+
+// E4: out[h][qb][c] = the mean, over the sampled rows of query block qb (rows
+// qb*B + S-1, qb*B + 2S-1, ... and the block's last row; B = 64), of the
+// row's exact softmax weight on key block c (keys [c*B, (c+1)*B)); each row of
+// `out` sums to 1 over the visible blocks, 0 past them. `keys` must be loaded
+// for this request.
+void estimate_sampled(const PlanRequest& r, const KeysF32& keys, int64_t stride, BlockScores& out);
+
+// Scales each row of `s` (its visible blocks) to sum to 1; an all-zero row stays 0.
+void normalize_rows(BlockScores& s);
 
 // Numerically stable softmax of x[0, n) in place (vector exp); n >= 1.
 void softmax_inplace(float* x, int64_t n);

@@ -1,5 +1,7 @@
 #include "attention/method.h"
 
+#include "attention/selection.h"
+
 #include <chrono>
 #include <cmath>
 #include <limits>
@@ -17,6 +19,26 @@ double ms_since(std::chrono::steady_clock::time_point t0) {
 
 // (query row, key) pairs of dense causal attention for the chunk, per q head.
 int64_t dense_pairs(const PlanRequest& r) { return r.n_rows * r.q_slot0() + r.n_rows * (r.n_rows + 1) / 2; }
+
+// A '/'-separated layer list ("0/4/8") as flags per layer; empty if not given.
+std::vector<bool> layer_list(const MethodParams& params, const std::string& key, int32_t n_layers) {
+  const std::string text = params.text(key);
+  std::vector<bool> layers;
+  if (text.empty()) return layers;
+  layers.assign(static_cast<size_t>(std::max(n_layers, 1)), false);
+  std::stringstream ss(text);
+  std::string item;
+  while (std::getline(ss, item, '/')) {
+    char* end = nullptr;
+    const long l = std::strtol(item.c_str(), &end, 10);
+    if (item.empty() || *end != '\0' || l < 0 || (n_layers > 0 && l >= n_layers))
+      throw std::invalid_argument(fmt::format("{}: {}={}: '{}' is not a layer (0..{})", params.method(), key, text,
+                                              item, n_layers - 1));
+    if (static_cast<size_t>(l) >= layers.size()) layers.resize(l + 1, false);
+    layers[l] = true;
+  }
+  return layers;
+}
 
 std::vector<int32_t> sampled_rows(int64_t n_rows, int count) {
   const int64_t k = std::min<int64_t>(count, n_rows);
@@ -49,23 +71,20 @@ AttentionMethod::AttentionMethod(const std::string& spec, int32_t n_layers) {
   const std::string gqa = params.text("gqa");
   if (gqa != "union" && gqa != "head") throw std::invalid_argument(fmt::format("{}: gqa={} (use union or head)", name_, gqa));
   group_union_ = gqa == "union";
-  const std::string reuse = params.text("reuse");
-  if (!reuse.empty()) {
-    std::stringstream ss(reuse);
-    std::string item;
-    plans_layer_.assign(static_cast<size_t>(std::max(n_layers, 1)), false);
-    while (std::getline(ss, item, '/')) {
-      char* end = nullptr;
-      const long l = std::strtol(item.c_str(), &end, 10);
-      if (item.empty() || *end != '\0' || l < 0 || (n_layers > 0 && l >= n_layers))
-        throw std::invalid_argument(fmt::format("{}: reuse={}: '{}' is not a layer (0..{})", name_, reuse, item,
-                                                n_layers - 1));
-      if (static_cast<size_t>(l) >= plans_layer_.size()) plans_layer_.resize(l + 1, false);
-      plans_layer_[l] = true;
-    }
-    if (!plans_layer_[0]) throw std::invalid_argument(fmt::format("{}: reuse must include layer 0", name_));
-  }
+  plans_layer_ = layer_list(params, "reuse", n_layers);
+  if (!plans_layer_.empty() && !plans_layer_[0])
+    throw std::invalid_argument(fmt::format("{}: reuse must include layer 0", name_));
+  dense_layer_ = layer_list(params, "dense_layers", n_layers);
+  target_ = params.number("target", 0.0, 1.0);
   if (def) planner_ = def->make(params);
+  if (target_ > 0 && !(planner_ && planner_->estimates_mass())) {
+    std::string estimating;
+    for (const MethodDef& m : sparse_methods())
+      if (const std::unique_ptr<Planner> p = m.make(MethodParams(&m.info, m.info.name, {})); p && p->estimates_mass())
+        estimating += (estimating.empty() ? "" : ", ") + m.info.name;
+    throw std::invalid_argument(fmt::format("{}: target= needs a method that estimates attention mass ({})", name_,
+                                            estimating));
+  }
   params.reject_unread();
 }
 
@@ -73,7 +92,8 @@ AttentionMethod::~AttentionMethod() = default;
 
 std::optional<Plan> AttentionMethod::make_plan(const PlanRequest& request, AttentionReport& report) {
   if (!planner_ || request.n_keys() < min_len_ || request.layer < dense_first_ ||
-      request.layer >= request.n_layers - dense_last_)
+      request.layer >= request.n_layers - dense_last_ ||
+      (static_cast<size_t>(request.layer) < dense_layer_.size() && dense_layer_[request.layer]))
     return std::nullopt;
   const bool plans_here = plans_layer_.empty() || (static_cast<size_t>(request.layer) < plans_layer_.size() &&
                                                    plans_layer_[request.layer]);
@@ -84,7 +104,15 @@ std::optional<Plan> AttentionMethod::make_plan(const PlanRequest& request, Atten
   }
   PlanRequest r = request;
   r.group_union = group_union_;
-  std::optional<Plan> plan = planner_->plan(r);
+  std::optional<Plan> plan;
+  if (target_ > 0) {
+    planner_->estimate_mass(r, mass_);
+    KeySelection sel(r);
+    select_to_target(mass_, target_, sel);
+    plan = sel.build();
+  } else {
+    plan = planner_->plan(r);
+  }
   if (plan && last_q_ > 0 && request.final_chunk && request.n_rows > 0)
     plan = densify_rows_from(*plan, std::max<int64_t>(0, request.n_rows - last_q_));
   // Near-dense plans run as dense: the kernel's sparse path costs about
@@ -99,6 +127,11 @@ std::optional<Plan> AttentionMethod::make_plan(const PlanRequest& request, Atten
     reusable_rows_ = request.n_rows;
   }
   return plan;
+}
+
+std::optional<Plan> AttentionMethod::plan(const PlanRequest& request) {
+  AttentionReport unused;
+  return make_plan(request, unused);
 }
 
 void AttentionMethod::prefill(const PlanRequest& request, const kernels::AttnParams& params, AttentionReport& report,
@@ -118,14 +151,6 @@ void AttentionMethod::prefill(const PlanRequest& request, const kernels::AttnPar
     plan->skip_lambda.assign(static_cast<size_t>(plan->n_heads), std::min(lambda, 1.0f));
   }
 
-  const int64_t dense = dense_pairs(request) * request.n_q_heads;
-  const int64_t listed = plan ? plan->listed_pairs() : dense;
-  report.pairs_dense += dense;
-  report.pairs_listed += listed;
-  report.layer_pairs_dense[request.layer] += dense;
-  report.layer_pairs_listed[request.layer] += listed;
-  ++(plan ? report.sparse_calls : report.dense_calls);
-
   kernels::AttnParams a = params;
   std::vector<float> lse;
   const bool fidelity = plan && fidelity_rows > 0;
@@ -143,6 +168,14 @@ void AttentionMethod::prefill(const PlanRequest& request, const kernels::AttnPar
     kernels::attention_prefill(a, plan ? &*plan : nullptr);
   }
   report.kernel_ms += ms_since(t0);
+  // Pairs computed: an ordered plan's early stop leaves some listed ones out.
+  const int64_t dense = dense_pairs(request) * request.n_q_heads;
+  const int64_t computed = plan ? plan->listed_pairs() - stats.pairs_stopped : dense;
+  report.pairs_dense += dense;
+  report.pairs_listed += computed;
+  report.layer_pairs_dense[request.layer] += dense;
+  report.layer_pairs_listed[request.layer] += computed;
+  ++(plan ? report.sparse_calls : report.dense_calls);
   report.key_tiles += stats.key_tiles;
   report.key_tiles_computed += stats.key_tiles_computed;
   if (fidelity) measure_fidelity(request, a, lse.data(), fidelity_rows, report, run);

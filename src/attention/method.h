@@ -9,6 +9,10 @@
 //   reuse        IndexCache-style: only the listed layers plan; every other
 //                layer reuses the plan of the nearest planning layer before it
 //   gqa          union (one plan per KV group) or head (one plan per q head)
+//   target       recall-targeted: the fewest key blocks whose estimated mass
+//                reaches this share, on the planner's estimate, in place of
+//                its own rule (docs/methods.md#recall-targeted-policy)
+//   dense_layers layers that always run dense (skim calibrate --route)
 // and the bookkeeping of the AttentionReport (density, timings, fidelity).
 #pragma once
 
@@ -17,6 +21,7 @@
 #include <string>
 #include <vector>
 
+#include "attention/estimate.h"
 #include "attention/planner.h"
 
 namespace skim::attention {
@@ -41,6 +46,9 @@ class AttentionMethod {
   void prefill(const PlanRequest& request, const kernels::AttnParams& params, AttentionReport& report,
                int fidelity_rows, const PlanRunner& run = {});
 
+  // The plan prefill would run for this request (nullopt: dense), not run.
+  std::optional<Plan> plan(const PlanRequest& request);
+
  private:
   std::optional<Plan> make_plan(const PlanRequest& request, AttentionReport& report);
   void measure_fidelity(const PlanRequest& request, const kernels::AttnParams& params, const float* lse,
@@ -55,6 +63,9 @@ class AttentionMethod {
   float lambda_ = 0.0f;
   bool lambda_per_length_ = false;  // lambda given at 4096 keys, scaled by 4096 / n_keys
   bool group_union_ = true;
+  double target_ = 0;               // recall target (0: the planner's own rule)
+  BlockScores mass_;                // its estimate, reused between calls
+  std::vector<bool> dense_layer_;   // dense_layers (empty = none)
   std::vector<bool> plans_layer_;   // reuse: which layers compute plans (empty = all)
   std::optional<Plan> reusable_;    // the latest planning layer's plan (nullopt: dense)
   int32_t reusable_seq_ = -1;       // ... and the chunk it was made for

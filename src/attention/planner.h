@@ -88,11 +88,19 @@ class MethodParams {
   mutable std::vector<std::string> read_;
 };
 
+struct BlockScores;  // attention/estimate.h
+
 class Planner {
  public:
   virtual ~Planner() = default;
   // The plan for this chunk, or nullopt to run it dense.
   virtual std::optional<Plan> plan(const PlanRequest& request) = 0;
+  // Estimating planners: the estimated attention mass of every (q head,
+  // 64-row query block, 64-key block) of the chunk, each row summing to 1 over
+  // its visible key blocks, for the recall-targeted policy
+  // (docs/methods.md#recall-targeted-policy).
+  virtual bool estimates_mass() const { return false; }
+  virtual void estimate_mass(const PlanRequest& request, BlockScores& mass);
 };
 
 struct MethodDef {
@@ -118,6 +126,7 @@ MethodDef block_sparse_method();  // block_topk.cpp
 MethodDef flexprefill_method();
 MethodDef xattention_method();
 MethodDef sale_method();
+MethodDef s2o_method();
 
 // The registry in listing order (dense is not a planner and is not listed here).
 const std::vector<MethodDef>& sparse_methods();

@@ -95,10 +95,15 @@ void MethodParams::reject_unread() const {
       bad(fmt::format("{}: unknown parameter '{}' (see skim info --attn)", method_, key));
 }
 
+void Planner::estimate_mass(const PlanRequest&, BlockScores&) {
+  throw std::logic_error("this planner has no attention-mass estimate");
+}
+
 const std::vector<MethodDef>& sparse_methods() {
   static const std::vector<MethodDef> methods = {
       streaming_method(),   trishape_method(),  power_method(),       blasst_method(),     minference_method(),
-      block_sparse_method(), flexprefill_method(), xattention_method(), sale_method()};
+      block_sparse_method(), flexprefill_method(), xattention_method(), sale_method(),
+      s2o_method()};
   return methods;
 }
 
@@ -118,6 +123,10 @@ const std::vector<AttentionParamInfo>& attention_policy_params() {
       {"reuse", "", "IndexCache: layers that plan, '/'-separated (e.g. 0/4/8/12); the others reuse the "
                     "nearest planning layer before them (empty: every layer plans)"},
       {"gqa", "union", "union: one plan per KV head over its q heads' key sets; head: one plan per q head"},
+      {"target", "0", "recall-targeted: per q head and query block, the fewest key blocks whose estimated "
+                      "attention mass reaches this share, on the method's estimate (0: the method's own rule)"},
+      {"dense_layers", "", "layers run dense, '/'-separated (skim calibrate --route picks those a target "
+                           "cannot make sparse cheaply)"},
   };
   return params;
 }

@@ -1,8 +1,13 @@
 #include "attention/selection.h"
 
+#include <numeric>
+#include <stdexcept>
+
+#include "attention/estimate.h"
+
 namespace skim::attention {
 
-KeySelection::KeySelection(const PlanRequest& r)
+KeySelection::KeySelection(const PlanRequest& r, bool ordered)
     : kv_(r.kv),
       n_q_heads_(r.n_q_heads),
       n_kv_heads_(r.n_kv_heads),
@@ -11,12 +16,23 @@ KeySelection::KeySelection(const PlanRequest& r)
       q_slot0_(r.q_slot0()),
       n_blocks_((r.n_rows + kBlock - 1) / kBlock),
       group_union_(r.group_union),
+      scored_(ordered),
       keys_(static_cast<size_t>(r.n_q_heads * n_blocks_)) {}
 
 void KeySelection::add_range(int32_t q_head, int64_t qb, int64_t begin, int64_t end) {
   begin = std::max<int64_t>(begin, 0);
   end = std::min(end, block_last(qb) + 1);
-  if (begin < end) at(q_head, qb).ranges.push_back({static_cast<int32_t>(begin), static_cast<int32_t>(end)});
+  if (begin >= end) return;
+  Keys& k = at(q_head, qb);
+  k.ranges.push_back({static_cast<int32_t>(begin), static_cast<int32_t>(end)});
+  k.range_scores.push_back(kForcedScore);
+}
+
+void KeySelection::add_scored_block(int32_t q_head, int64_t qb, int64_t key_block, float score) {
+  if (!scored_) throw std::logic_error("add_scored_block: the selection is not ordered");
+  const size_t before = at(q_head, qb).ranges.size();
+  add_range(q_head, qb, key_block * kBlock, (key_block + 1) * kBlock);
+  if (at(q_head, qb).ranges.size() > before) at(q_head, qb).range_scores.back() = score;
 }
 
 void KeySelection::add_positions(int32_t q_head, int64_t qb, int64_t begin, int64_t end) {
@@ -35,7 +51,7 @@ Plan KeySelection::build() const {
   const int32_t per_plan_head = group_union_ ? g : 1;
   const int32_t tile_rows = group_union_ ? kernels::default_tile_rows(g) : static_cast<int32_t>(kBlock);
   const int64_t n_tiles = (n_rows_ + tile_rows - 1) / tile_rows;
-  PlanBuilder b({plan_heads, per_plan_head, tile_rows, n_rows_, q_pos0_, q_slot0_});
+  PlanBuilder b({plan_heads, per_plan_head, tile_rows, n_rows_, q_pos0_, q_slot0_}, scored_);
   for (int32_t h = 0; h < plan_heads; ++h) {
     for (int64_t t = 0; t < n_tiles; ++t) {
       const int64_t first_row = t * tile_rows, last_row = std::min(n_rows_, first_row + tile_rows) - 1;
@@ -43,17 +59,50 @@ Plan KeySelection::build() const {
       for (int64_t qb = first_row / kBlock; qb <= last_row / kBlock; ++qb) {
         for (int32_t j = 0; j < per_plan_head; ++j) {
           const Keys& k = keys_[static_cast<size_t>((h * per_plan_head + j) * n_blocks_ + qb)];
-          for (const KeyRange& r : k.ranges)
-            if (r.begin < limit) b.add_range(r.begin, std::min<int64_t>(r.end, limit));
+          for (size_t i = 0; i < k.ranges.size(); ++i)
+            if (k.ranges[i].begin < limit)
+              b.add_range(k.ranges[i].begin, std::min<int64_t>(k.ranges[i].end, limit), k.range_scores[i]);
           for (int32_t c : k.cols)
-            if (c < limit) b.add_column(c);
+            if (c < limit) b.add_column(c, kForcedScore);
         }
       }
-      b.add_range(q_slot0_ + first_row, limit);
+      b.add_range(q_slot0_ + first_row, limit, kForcedScore);
       b.end_tile();
     }
   }
   return b.finish();
+}
+
+void select_to_target(const BlockScores& mass, double target, KeySelection& sel) {
+  if (mass.block != KeySelection::kBlock) throw std::logic_error("select_to_target: mass needs 64-key blocks");
+  constexpr int64_t B = KeySelection::kBlock;
+#pragma omp parallel if (worth_threads(double(mass.n_heads) * mass.n_qb * mass.n_kb * 16))
+  {
+    std::vector<int32_t> order;
+#pragma omp for collapse(2) schedule(dynamic, 4)
+    for (int32_t h = 0; h < mass.n_heads; ++h) {
+      for (int64_t qb = 0; qb < mass.n_qb; ++qb) {
+        const float* m = mass.row(h, qb);
+        const int64_t diag = sel.block_first(qb) / B, vis = mass.visible(qb);
+        sel.add_range(h, qb, 0, B);
+        sel.add_range(h, qb, diag * B, sel.block_last(qb) + 1);
+        double kept = m[0];
+        for (int64_t c = std::max<int64_t>(diag, 1); c < vis; ++c) kept += m[c];
+        order.resize(static_cast<size_t>(std::max<int64_t>(diag - 1, 0)));
+        std::iota(order.begin(), order.end(), 1);  // candidates: blocks 1 .. diag-1
+        std::sort(order.begin(), order.end(), [m](int32_t a, int32_t b) { return m[a] > m[b] || (m[a] == m[b] && a < b); });
+        for (int32_t c : order) {
+          if (target < 1.0 && kept >= target) break;
+          kept += m[c];
+          if (sel.ordered()) {
+            sel.add_scored_block(h, qb, c, m[c]);
+          } else {
+            sel.add_key_block(h, qb, c, B);
+          }
+        }
+      }
+    }
+  }
 }
 
 }  // namespace skim::attention

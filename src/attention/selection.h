@@ -19,11 +19,16 @@
 
 namespace skim::attention {
 
+struct BlockScores;  // attention/estimate.h
+
 class KeySelection {
  public:
   static constexpr int64_t kBlock = kTileRows;
 
-  explicit KeySelection(const PlanRequest& request);
+  // `ordered`: key blocks carry visit scores (add_scored_block) and build()
+  // makes an ordered plan.
+  explicit KeySelection(const PlanRequest& request, bool ordered = false);
+  bool ordered() const { return scored_; }
 
   int64_t n_blocks() const { return n_blocks_; }
   // Slots of the keys of a query block's first and last rows.
@@ -34,6 +39,10 @@ class KeySelection {
   int64_t block_last_pos(int64_t qb) const { return q_pos0_ + std::min(n_rows_, (qb + 1) * kBlock) - 1; }
 
   void add_range(int32_t q_head, int64_t qb, int64_t begin, int64_t end);
+  // An ordered plan (docs/plan.md): a key block with a visit score; build()
+  // then scores every range (the diagonal and unscored ranges get kForcedScore).
+  void add_scored_block(int32_t q_head, int64_t qb, int64_t key_block, float score);
+  static constexpr float kForcedScore = 2.0f;  // above any attention-mass score
   // The keys stored at positions [begin, end).
   void add_positions(int32_t q_head, int64_t qb, int64_t begin, int64_t end);
   // Keys [key_block * size, (key_block + 1) * size).
@@ -47,6 +56,7 @@ class KeySelection {
  private:
   struct Keys {
     std::vector<KeyRange> ranges;
+    std::vector<float> range_scores;  // aligned with ranges when the selection is scored
     std::vector<int32_t> cols;
   };
   Keys& at(int32_t q_head, int64_t qb) { return keys_[static_cast<size_t>(q_head * n_blocks_ + qb)]; }
@@ -55,7 +65,16 @@ class KeySelection {
   int32_t n_q_heads_, n_kv_heads_;
   int64_t n_rows_, q_pos0_, q_slot0_, n_blocks_;
   bool group_union_;
+  bool scored_;
   std::vector<Keys> keys_;
 };
+
+// The recall-targeted choice (docs/methods.md#recall-targeted-policy): per
+// (q head, query block), the sink block and the blocks holding the block's own
+// rows, then key blocks by descending estimated mass until the kept mass
+// reaches `target`. `mass` has 64-key blocks (BlockScores::block == kBlock).
+// In an ordered selection each chosen block carries its mass as a visit score
+// (S2O's ordered visit; the forced blocks come first).
+void select_to_target(const BlockScores& mass, double target, KeySelection& sel);
 
 }  // namespace skim::attention

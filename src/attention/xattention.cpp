@@ -19,6 +19,13 @@ class XAttentionPlanner : public Planner {
  public:
   XAttentionPlanner(int64_t stride, int64_t block, double tau) : stride_(stride), block_(block), tau_(tau) {}
 
+  bool estimates_mass() const override { return block_ == KeySelection::kBlock; }
+  void estimate_mass(const PlanRequest& r, BlockScores& mass) override {
+    keys_.load(r, stride_);
+    estimate_antidiag(r, keys_, stride_, KeySelection::kBlock, mass);
+    normalize_rows(mass);
+  }
+
   std::optional<Plan> plan(const PlanRequest& r) override {
     const int64_t B = block_, sel_per_block = B / KeySelection::kBlock;
     keys_.load(r, stride_);

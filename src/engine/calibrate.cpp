@@ -247,10 +247,12 @@ struct Calibrator::State {
   int64_t chunk_pos0 = -1;
   std::vector<std::optional<Plan>> chunk_plans;
   std::vector<Acc> reuse_density;  // per layer: pairs of its own reference plans
+  std::unique_ptr<AttentionMethod> route_method;
+  std::vector<Acc> route;  // per layer: recall and pairs of the routed method's plans
 
   sale::Estimator estimator;
   MassTable mass;  // the current (layer, chunk)
-  double ms_mass = 0, ms_minference = 0, ms_sale = 0, ms_reuse = 0, ms_blasst = 0;
+  double ms_mass = 0, ms_minference = 0, ms_sale = 0, ms_reuse = 0, ms_blasst = 0, ms_route = 0;
   std::vector<float> out, lse;
 
   Acc& vs_at(int32_t l, int32_t h, size_t c) { return vs[(static_cast<size_t>(l) * n_heads + h) * candidates.size() + c]; }
@@ -276,6 +278,7 @@ struct Calibrator::State {
   void sale_thetas(const PlanRequest& r);
   void reuse_plans(const PlanRequest& r);
   void blasst_skips(const PlanRequest& r);
+  void route_layer(const PlanRequest& r);
 };
 
 Calibrator::Calibrator(int32_t n_layers, int32_t n_heads, int64_t len, const CalibrationOptions& options)
@@ -329,6 +332,15 @@ Calibrator::Calibrator(int32_t n_layers, int32_t n_heads, int64_t len, const Cal
   s.reuse.resize(static_cast<size_t>(n_layers) * n_layers);
   s.chunk_plans.resize(static_cast<size_t>(n_layers));
   s.reuse_density.resize(static_cast<size_t>(n_layers));
+  if (!options.route_method.empty()) {
+    if (!(options.route_target > 0.0 && options.route_target <= 1.0))
+      bad(fmt::format("route target recall {} is outside (0, 1]", options.route_target));
+    if (!(options.route_density > 0.0 && options.route_density <= 1.0))
+      bad(fmt::format("route density {} is outside (0, 1]", options.route_density));
+    s.route_method = std::make_unique<AttentionMethod>(options.route_method, n_layers);
+    if (s.route_method->is_dense()) bad(fmt::format("--route {}: dense attention has no layers to route", options.route_method));
+    s.route.resize(static_cast<size_t>(n_layers));
+  }
 }
 
 Calibrator::~Calibrator() = default;
@@ -397,6 +409,18 @@ void Calibrator::State::reuse_plans(const PlanRequest& r) {
   }
 }
 
+void Calibrator::State::route_layer(const PlanRequest& r) {
+  const std::optional<Plan> plan = route_method->plan(r);
+  Acc& a = route[static_cast<size_t>(r.layer)];
+  const double dense = static_cast<double>(dense_pairs_per_head(r)) * r.n_q_heads;
+  a.dense_pairs += dense;
+  a.pairs += plan ? static_cast<double>(plan->listed_pairs()) : dense;
+  for (int32_t h = 0; h < r.n_q_heads; ++h) {
+    for (size_t ri = 0; ri < mass.n_rows(); ++ri) a.recall_sum += plan ? mass.recall(*plan, h, ri) : 1.0;
+    a.rows += static_cast<int64_t>(mass.n_rows());
+  }
+}
+
 void Calibrator::State::blasst_skips(const PlanRequest& r) {
   // Whole 64-row tiles (every 8th; the last when fewer), as the policy runs a
   // lambda on the dense plan.
@@ -442,6 +466,8 @@ void Calibrator::observe(const PlanRequest& r) {
   lap(s.ms_sale);
   s.reuse_plans(r);
   lap(s.ms_reuse);
+  if (s.route_method) s.route_layer(r);
+  lap(s.ms_route);
   if (s.o.log && r.layer == s.n_layers - 1)
     s.o.log(fmt::format("calibrate: measured the chunk at {}..{} (so far: attention mass {:.1f} s, minference "
                         "{:.1f} s, sale {:.1f} s, reuse {:.1f} s, blasst {:.1f} s)",
@@ -577,7 +603,21 @@ CalibrationResult Calibrator::finish() const {
     for (double t : s.o.blasst_targets)
       res.blasst_lambda_4096.emplace_back(t, std::min(1.0, res.blasst_a * std::exp(res.blasst_b * t) / 4096.0));
   }
+  if (s.route_method) {
+    res.route_method = s.o.route_method;
+    res.route_target = s.o.route_target;
+    res.route_density = s.o.route_density;
+    for (const Acc& a : s.route)
+      res.route.push_back({a.recall(), a.density(), a.recall() < s.o.route_target || a.density() > s.o.route_density});
+  }
   return res;
+}
+
+std::string CalibrationResult::route_value() const {
+  std::vector<int32_t> dense;
+  for (size_t l = 0; l < route.size(); ++l)
+    if (route[l].dense) dense.push_back(static_cast<int32_t>(l));
+  return join(dense, '/');
 }
 
 nlohmann::json CalibrationResult::to_json() const {
@@ -622,6 +662,12 @@ nlohmann::json CalibrationResult::to_json() const {
                  {"lambda_4096", lambdas},
                  {"max_skipped_measured", blasst_max_skipped},
                  {"points", points}};
+  if (!route_method.empty()) {
+    json layers = json::array();
+    for (const RouteLayer& l : route) layers.push_back({{"recall", l.recall}, {"density", l.density}, {"dense", l.dense}});
+    j["route"] = {{"method", route_method}, {"target_recall", route_target}, {"max_density", route_density},
+                  {"dense_layers", route_value()}, {"layers", layers}};
+  }
   j["seconds"] = seconds;
   return j;
 }

@@ -22,6 +22,11 @@
 //               planning (else reusing a diffuse layer's near-dense plan would
 //               win on recall while saving no work); while none can, the
 //               addition that lowers density most is taken.
+//   route       (with route_method) Flux-style layer routing without training
+//               (docs/methods.md#recall-targeted-policy): each layer's plan
+//               under that method (e.g. s2o:target=0.95) is measured for
+//               density and recall; a layer whose recall stays below the
+//               target or whose density exceeds route_density runs dense.
 //   blasst      lambda = a exp(b target) / L (docs/methods.md#blasst):
 //               tile-skip sparsity of the dense plan measured for a lambda grid
 //               at 2-3 key lengths and fitted by least squares on
@@ -64,6 +69,9 @@ struct CalibrationOptions {
   std::string reuse_planner;        // spec of the reference planner; empty: xattention if built in, else sale
   int32_t reuse_layers = 0;         // planning layers K; 0: max(1, n_layers / 4)
   std::vector<double> blasst_targets = {0.5, 0.7};  // tile-skip fractions to give lambdas for
+  std::string route_method;         // method spec to route layers for (empty: no routing)
+  double route_target = 0.95;       // recall a routed layer must keep
+  double route_density = 0.5;       // ... at most this density
   std::function<void(const std::string&)> log;      // progress lines (optional)
 };
 
@@ -89,6 +97,11 @@ struct BlasstPoint {
   double lambda = 0, skipped = 0;  // fraction of key tiles skipped
 };
 
+struct RouteLayer {
+  double recall = 0, density = 0;
+  bool dense = false;
+};
+
 struct CalibrationResult {
   std::string model;  // model name (metadata)
   int64_t tokens = 0;
@@ -111,6 +124,10 @@ struct CalibrationResult {
   std::vector<BlasstPoint> blasst_points;
   double blasst_max_skipped = 0;  // the most skipping measured at 4096 keys (or the longest length)
   attention::sale::Shape sale_shape;         // the SALE shape the thetas were chosen for
+  std::string route_method;                  // empty: no routing asked for
+  double route_target = 0, route_density = 0;
+  std::vector<RouteLayer> route;             // per layer
+  std::string route_value() const;           // the dense layers: "1/7"
   double seconds = 0;
 
   std::string reuse_value() const;  // "0/5/9"

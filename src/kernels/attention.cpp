@@ -337,7 +337,10 @@ void run(const Call& call, const Plan& plan) {
   {
     for (const Unit& u : units) {
       const int64_t spans = u.span_end;
-      const int64_t parts = p.split_key_tiles > 0 ? std::max<int64_t>(1, (spans + p.split_key_tiles - 1) / p.split_key_tiles) : 1;
+      const bool whole = !plan.stop_mass.empty() && plan.stop_mass[static_cast<size_t>(u.head)] > 0.0f;
+      const int64_t parts = p.split_key_tiles > 0 && !whole
+                                ? std::max<int64_t>(1, (spans + p.split_key_tiles - 1) / p.split_key_tiles)
+                                : 1;
       if (parts <= 1) {
         split_units.push_back(u);
         continue;
@@ -429,6 +432,7 @@ void run(const Call& call, const Plan& plan) {
       job.log2_lambda = lambda > 0.0f ? std::log2(lambda) : kNegInf;
       job.early_stop = plan_ordered(plan) && plan_theta(plan, h) > kNegInf;
       job.stop_theta = plan_theta(plan, h);
+      job.stop_mass = plan.stop_mass.empty() ? 0.0f : plan.stop_mass[static_cast<size_t>(h)];
       job.kv = &p.kv;
       job.kv_head = kv_head;
       job.cols = cols.data();
@@ -466,6 +470,7 @@ void run(const Call& call, const Plan& plan) {
       st.key_tiles_computed += tc.computed;
       st.key_tiles_skipped += tc.skipped;
       st.key_tiles_stopped += tc.stopped;
+      st.pairs_stopped += tc.stopped_pairs;
     }
     st.split_items = static_cast<int64_t>(groups.size());
     *p.stats = st;

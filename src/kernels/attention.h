@@ -48,6 +48,7 @@ struct AttnStats {
   int64_t key_tiles_computed = 0; // tiles that went through the softmax and P.V
   int64_t key_tiles_skipped = 0;  // skipped by the lambda (BLASST) test
   int64_t key_tiles_stopped = 0;  // never visited because of the early stop
+  int64_t pairs_stopped = 0;      // (query row, key) pairs in those tiles, per q head
   int64_t split_items = 0;        // work items whose key stream was split across threads
 };
 

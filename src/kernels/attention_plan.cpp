@@ -123,6 +123,11 @@ void validate_plan_structure(const Plan& p) {
     for (float t : p.stop_theta)
       if (std::isnan(t)) fail("stop_theta must not be NaN");
   }
+  if (!p.stop_mass.empty()) {
+    if (p.stop_mass.size() != heads) fail("stop_mass must be empty or have one value per head");
+    for (float e : p.stop_mass)
+      if (!(e >= 0.0f && e <= 1.0f)) fail("stop_mass must be in [0, 1]");
+  }
 }
 
 void validate_plan(const Plan& p, int64_t n_keys, bool causal) {
@@ -258,12 +263,15 @@ void PlanBuilder::add_column(int64_t key, float score) {
 
 void PlanBuilder::end_tile() {
   require_open_tile("end_tile");
-  // Ranges: sort by begin, merge overlapping or touching ones (max score).
+  // Ranges: sort by begin, merge overlapping ones (max score), and touching
+  // ones unless their scores differ (an ordered plan visits them apart).
   std::sort(pending_ranges_.begin(), pending_ranges_.end(),
             [](const auto& a, const auto& b) { return a.first.begin < b.first.begin; });
   const size_t range_start = plan_.ranges.size();
   for (const auto& [r, s] : pending_ranges_) {
-    if (plan_.ranges.size() > range_start && r.begin <= plan_.ranges.back().end) {
+    const bool touches = plan_.ranges.size() > range_start && r.begin == plan_.ranges.back().end;
+    if (plan_.ranges.size() > range_start && (r.begin < plan_.ranges.back().end ||
+                                              (touches && (!scored_ || plan_.range_scores.back() == s)))) {
       plan_.ranges.back().end = std::max(plan_.ranges.back().end, r.end);
       if (scored_) plan_.range_scores.back() = std::max(plan_.range_scores.back(), s);
       continue;
@@ -311,6 +319,13 @@ void PlanBuilder::set_stop_theta(int32_t head, float theta) {
   if (plan_.stop_theta.empty())
     plan_.stop_theta.assign(static_cast<size_t>(plan_.n_heads), -std::numeric_limits<float>::infinity());
   plan_.stop_theta[head] = theta;
+}
+
+void PlanBuilder::set_stop_mass(int32_t head, float epsilon) {
+  if (head < 0 || head >= plan_.n_heads) fail("set_stop_mass: head " + std::to_string(head) + " out of range");
+  if (!(epsilon >= 0.0f && epsilon <= 1.0f)) fail("set_stop_mass: epsilon must be in [0, 1]");
+  if (plan_.stop_mass.empty()) plan_.stop_mass.assign(static_cast<size_t>(plan_.n_heads), 0.0f);
+  plan_.stop_mass[head] = epsilon;
 }
 
 std::vector<int64_t> PlanBuilder::current_tile_rows() const {
@@ -363,6 +378,7 @@ Plan rebuild_plan(const Plan& plan, const std::function<void(PlanBuilder&, int32
   for (int32_t h = 0; h < plan.n_heads; ++h) {
     if (!plan.skip_lambda.empty()) b.set_skip_lambda(h, plan.skip_lambda[h]);
     if (!plan.stop_theta.empty()) b.set_stop_theta(h, plan.stop_theta[h]);
+    if (!plan.stop_mass.empty()) b.set_stop_mass(h, plan.stop_mass[h]);
   }
   return b.finish();
 }

@@ -32,6 +32,12 @@
 //                    exp(tile_max - running_max) < lambda for every row of the
 //                    query tile, running_max taken before the tile (0 = never skip).
 //   stop_theta[h]    see scores; -inf = never stop.
+//   stop_mass[h]     with scores, S2O's running-mass stop instead of the fixed
+//                    one: tiles scored >= stop_theta are always visited; past
+//                    them the kernel stops once a visited tile added less than
+//                    stop_mass x the running softmax sum for every row of the
+//                    query tile (0 = the fixed stop). Items are then never
+//                    split across threads (the stop needs the whole stream).
 //   row_map          per head (CSR by row_map_ptr): strictly increasing query rows
 //                    to process; rows not listed get output 0 and LSE -inf.
 #pragma once
@@ -78,6 +84,7 @@ struct Plan {
   std::vector<float> col_scores;    // empty, or one per column
   std::vector<float> skip_lambda;   // empty, or one per head
   std::vector<float> stop_theta;    // empty, or one per head
+  std::vector<float> stop_mass;     // empty, or one per head
 
   std::vector<int64_t> row_map_ptr;  // empty, or n_heads + 1
   std::vector<int32_t> row_map;
@@ -155,6 +162,7 @@ class PlanBuilder {
   // Per-head options (any time before finish()).
   void set_skip_lambda(int32_t head, float lambda);
   void set_stop_theta(int32_t head, float theta);
+  void set_stop_mass(int32_t head, float epsilon);
 
   // Rows of the current tile, as query-row indices in the chunk.
   std::vector<int64_t> current_tile_rows() const;

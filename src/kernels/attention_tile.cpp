@@ -276,6 +276,12 @@ HWY_INLINE void PV(DF df, const float* p, int32_t ldq, const float* v, int64_t l
   for (; i < n_cols; ++i) PVRows<1>(df, p, ldq, v, ldv, count, alpha, o, d, i);
 }
 
+// The spans [first, n_spans) the early stop leaves unvisited.
+void count_stopped(const TileJob& job, int64_t first, int32_t n_cols, TileCounters& counters) {
+  counters.stopped += job.n_spans - first;
+  for (int64_t si = first; si < job.n_spans; ++si) counters.stopped_pairs += int64_t{job.spans[si].count} * n_cols;
+}
+
 void RunTileJob(const TileJob& job, float* HWY_RESTRICT scratch, TileCounters& counters) {
   const DF df;
   const DI di;
@@ -330,8 +336,8 @@ void RunTileJob(const TileJob& job, float* HWY_RESTRICT scratch, TileCounters& c
   const VF neg_inf = hn::Set(df, kNegInf);
   for (int64_t si = 0; si < job.n_spans; ++si) {
     const KeySpan& span = job.spans[si];
-    if (job.early_stop && span.score < job.stop_theta) {
-      counters.stopped += job.n_spans - si;
+    if (job.early_stop && job.stop_mass == 0.0f && span.score < job.stop_theta) {
+      count_stopped(job, si, n_cols, counters);
       break;
     }
     const int32_t count = span.count;
@@ -421,7 +427,9 @@ void RunTileJob(const TileJob& job, float* HWY_RESTRICT scratch, TileCounters& c
         hn::Store(p0, df, sb + j * ldq);
         sum0 = hn::Add(sum0, p0);
       }
-      hn::Store(hn::MulAdd(hn::Load(df, l + b * N), a, hn::Add(sum0, sum1)), df, l + b * N);
+      const VF span_sum = hn::Add(sum0, sum1);
+      hn::Store(hn::MulAdd(hn::Load(df, l + b * N), a, span_sum), df, l + b * N);
+      hn::Store(span_sum, df, tmax + b * N);  // the tile max is used up: keep the span's mass
       hn::Store(m_new, df, m + b * N);
       hn::Store(a, df, alpha + b * N);
     }
@@ -430,6 +438,17 @@ void RunTileJob(const TileJob& job, float* HWY_RESTRICT scratch, TileCounters& c
     const float* vt = SpanRows(df, job, true, span, d, vf, ldv);
     PV(df, s, ldq, vt, ldv, count, alpha, o, d, n_cols);
     ++counters.computed;
+
+    // S2O's running-mass stop: the spans left are scored lower than this one,
+    // which already mattered to no row.
+    if (job.early_stop && job.stop_mass > 0.0f && span.score < job.stop_theta) {
+      bool negligible = true;
+      for (int32_t i = 0; i < n_cols && negligible; ++i) negligible = tmax[i] < job.stop_mass * l[i];
+      if (negligible) {
+        count_stopped(job, si + 1, n_cols, counters);
+        break;
+      }
+    }
   }
 
   // Finalise: O / l and LSE = ln2 * (m + log2 l); rows without keys: 0 and -inf.

@@ -44,6 +44,8 @@ struct TileJob {
   float log2_lambda = 0.0f;   // BLASST threshold in base 2; -inf = never skip
   bool early_stop = false;    // stop at the first span with score < stop_theta
   float stop_theta = 0.0f;
+  float stop_mass = 0.0f;     // > 0: past the spans scored >= stop_theta, stop after a span that added
+                              // less than this share of the running sum for every column
   // K/V rows (and stored positions) of this unit's KV head.
   const KvView* kv = nullptr;
   int32_t kv_head = 0;
@@ -57,6 +59,7 @@ struct TileCounters {
   int64_t computed = 0;
   int64_t skipped = 0;
   int64_t stopped = 0;
+  int64_t stopped_pairs = 0;  // (column, key) pairs of the stopped spans
 };
 
 // Floats of per-thread scratch run_tile_job needs for head_dim (64-byte aligned).
