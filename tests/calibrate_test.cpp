@@ -95,6 +95,34 @@ TEST(Calibrate, SearchesOnSyntheticLayers) {
   EXPECT_EQ(j["reuse"], r.reuse_value());
 }
 
+// Routing: two layers whose attention has heavy keys (a 0.95 target is cheap)
+// and two near-uniform ones (the target needs most blocks): the latter run dense.
+TEST(Calibrate, RouteSendsLayersThatStayDenseToDense) {
+  PlannerProblem peaked(6, 2, 64, 512, 3584, 12);
+  peaked.add_heavy_keys(300, 1900, 100, 1.0f);
+  const PlannerProblem flat(6, 2, 64, 512, 3584, 13);
+  calibration::CalibrationOptions o;
+  o.reuse_layers = 1;
+  o.route_method = "s2o:target=0.95,gqa=head";
+  calibration::Calibrator cal(4, 6, peaked.n_keys(), o);
+  for (int32_t l = 0; l < 4; ++l) cal.observe((l < 2 ? peaked : flat).request(l, 4));
+  const calibration::CalibrationResult r = cal.finish();
+  ASSERT_EQ(r.route.size(), 4u);
+  for (int32_t l = 0; l < 2; ++l) {
+    EXPECT_FALSE(r.route[l].dense) << l;
+    EXPECT_GE(r.route[l].recall, 0.95 - 1e-6) << l;  // E4 samples exactly the rows recall is measured on
+    EXPECT_LT(r.route[l].density, 0.5) << l;
+  }
+  for (int32_t l = 2; l < 4; ++l) {
+    EXPECT_TRUE(r.route[l].dense) << l;
+    EXPECT_GT(r.route[l].density, 0.5) << l;
+  }
+  EXPECT_EQ(r.route_value(), "2/3");
+  const nlohmann::json j = nlohmann::json::parse(r.to_json().dump());
+  EXPECT_EQ(j["route"]["dense_layers"], "2/3");
+  EXPECT_EQ(j["route"]["layers"].size(), 4u);
+}
+
 TEST(Calibrate, BadOptionsAreClearErrors) {
   calibration::CalibrationOptions o;
   EXPECT_THROW(calibration::Calibrator(4, 6, 100, o), std::invalid_argument);  // too short
@@ -107,7 +135,11 @@ TEST(Calibrate, BadOptionsAreClearErrors) {
        {with([](auto& c) { c.minference_target = 1.5; }), with([](auto& c) { c.sale_target = 0; }),
         with([](auto& c) { c.reuse_layers = 5; }), with([](auto& c) { c.reuse_planner = "nosuch"; }),
         with([](auto& c) { c.reuse_planner = "blasst"; }), with([](auto& c) { c.reuse_planner = "sale:theta=7"; }),
-        with([](auto& c) { c.blasst_targets = {1.0}; }), with([](auto& c) { c.n_ubatch = 8; })}) {
+        with([](auto& c) { c.blasst_targets = {1.0}; }), with([](auto& c) { c.n_ubatch = 8; }),
+        with([](auto& c) { c.route_method = "nosuch"; }), with([](auto& c) { c.route_method = "dense"; }),
+        with([](auto& c) { c.route_method = "s2o:target=2"; }),
+        with([](auto& c) { c.route_method = "s2o"; c.route_target = 0; }),
+        with([](auto& c) { c.route_method = "s2o"; c.route_density = 1.5; })}) {
     try {
       calibration::Calibrator cal(4, 6, 4096, bad);
       ADD_FAILURE() << "accepted";

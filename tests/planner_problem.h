@@ -61,6 +61,17 @@ struct PlannerProblem {
 
   int64_t n_keys() const { return q_pos0 + n_rows; }
 
+  // Heavy keys (all components `value`, queries made positive): runs of
+  // `width` keys starting at first, first + spacing, ... They carry nearly all
+  // the attention mass.
+  void add_heavy_keys(int64_t first, int64_t spacing, int64_t width, float value) {
+    for (int32_t h = 0; h < hkv; ++h)
+      for (int64_t j0 = first; j0 < n_keys(); j0 += spacing)
+        for (int64_t j = j0; j < std::min(n_keys(), j0 + width); ++j)
+          for (int32_t c = 0; c < d; ++c) k[(h * n_keys() + j) * d + c] = kernels::f32_to_f16(value);
+    for (float& x : q) x = std::abs(x);
+  }
+
   attention::PlanRequest request(int32_t layer = 0, int32_t n_layers = 1) const {
     attention::PlanRequest r;
     r.layer = layer;

@@ -211,15 +211,16 @@ TEST(Estimate, AntidiagMatchesDoubleReference) {
 }
 
 TEST(Estimate, SampledMatchesDoubleReference) {
-  for (auto [hq, hkv, d, n, pos0, stride] : {std::tuple{4, 2, 64, 50, 37, 8}, std::tuple{3, 1, 32, 130, 0, 16},
-                                             std::tuple{2, 2, 64, 200, 300, 1}, std::tuple{2, 1, 64, 64, 64, 100}}) {
+  for (auto [hq, hkv, d, n, pos0, stride, kblock] :
+       {std::tuple{4, 2, 64, 50, 37, 8, 64}, std::tuple{3, 1, 32, 130, 0, 16, 16}, std::tuple{2, 2, 64, 200, 300, 1, 32},
+        std::tuple{2, 1, 64, 64, 64, 100, 64}}) {
     PlannerProblem p(hq, hkv, d, n, pos0, 9, 2.0f);
     const attention::PlanRequest r = p.request();
     KeysF32 keys;
     keys.load(r);
     BlockScores est;
-    attention::estimate_sampled(r, keys, stride, est);
-    const int64_t nk = p.n_keys(), n_qb = (n + 63) / 64, n_kb = (nk + 63) / 64;
+    attention::estimate_sampled(r, keys, stride, kblock, est);
+    const int64_t nk = p.n_keys(), n_qb = (n + 63) / 64, n_kb = (nk + kblock - 1) / kblock;
     ASSERT_EQ(est.n_qb, n_qb);
     ASSERT_EQ(est.n_kb, n_kb);
     for (int32_t h = 0; h < hq; ++h) {
@@ -233,7 +234,7 @@ TEST(Estimate, SampledMatchesDoubleReference) {
           std::vector<double> logits;
           for (int64_t j = 0; j <= pos0 + i; ++j) logits.push_back(r.scale * dot_qk(p, h, i, j));
           const std::vector<double> w = softmax(logits);
-          for (size_t j = 0; j < w.size(); ++j) want[j / 64] += w[j] / static_cast<double>(rows.size());
+          for (size_t j = 0; j < w.size(); ++j) want[j / kblock] += w[j] / static_cast<double>(rows.size());
         }
         double sum = 0;
         for (int64_t c = 0; c < n_kb; ++c) {
@@ -295,7 +296,9 @@ const char* const kSparseSpecs[] = {"minference:v=64,s=128",
                                     "s2o:eps=0",
                                     "xattention:target=0.9",
                                     "block_sparse:target=0.8,gqa=head",
-                                    "s2o:target=0.9"};
+                                    "s2o:target=0.9",
+                                    "s2o:kblock=16,target=0.9,gqa=head",
+                                    "s2o:kblock=32"};
 
 double plan_density(const attention::Plan& plan, const PlannerProblem& p) {
   const double dense = static_cast<double>(p.hq) * (p.n_rows * p.q_pos0 + p.n_rows * (p.n_rows + 1) / 2);
@@ -342,7 +345,8 @@ TEST(SparsePlanners, FullBudgetIsDenseBitForBit) {
           std::pair{"flexprefill:gamma=1,tau=0,min_budget=0,budget=cover", 257},
           std::pair{"flexprefill:gamma=1,tau=0.2,min_budget=0,block=256", 513}, std::pair{"xattention:tau=1", 0},
           std::pair{"xattention:tau=1,block=128,stride=16", 0}, std::pair{"xattention:target=1", 0},
-          std::pair{"block_sparse:target=1", 0}, std::pair{"s2o:target=1", 0}}) {
+          std::pair{"block_sparse:target=1", 0}, std::pair{"s2o:target=1", 0},
+          std::pair{"s2o:target=1,kblock=16", 0}}) {
       AttentionReport report;
       EXPECT_TRUE(bitwise_equal(p.run(as_planned(spec), &report), dense)) << spec << " n=" << n << " pos0=" << pos0;
       EXPECT_DOUBLE_EQ(report.density(), 1.0) << spec << " n=" << n << " pos0=" << pos0;
@@ -366,17 +370,6 @@ TEST(SparsePlanners, FullBudgetIsDenseBitForBit) {
       EXPECT_LT(std::sqrt(err / ref), 1e-6) << spec;
     }
   }
-}
-
-// Heavy keys (all components `value`, queries made positive): runs of
-// `width` keys starting at first, first + spacing, ... They carry nearly all
-// the attention mass.
-void add_heavy_keys(PlannerProblem& p, int64_t first, int64_t spacing, int64_t width, float value) {
-  for (int32_t h = 0; h < p.hkv; ++h)
-    for (int64_t j0 = first; j0 < p.n_keys(); j0 += spacing)
-      for (int64_t j = j0; j < std::min(p.n_keys(), j0 + width); ++j)
-        for (int32_t c = 0; c < p.d; ++c) p.k[(h * p.n_keys() + j) * p.d + c] = kernels::f32_to_f16(value);
-  for (float& x : p.q) x = std::abs(x);
 }
 
 struct Recall {
@@ -418,7 +411,7 @@ TEST(SparsePlanners, EstimatesFindHeavyColumns) {
   // keeps them at a modest density.
   {
     PlannerProblem p(6, 2, 64, 512, 7680, 33);
-    add_heavy_keys(p, 300, 1900, 100, 1.0f);
+    p.add_heavy_keys(300, 1900, 100, 1.0f);
     expect_found(p, "heavy runs", "minference:v=600,s=100", 0.15);
     expect_found(p, "heavy runs", "block_sparse", 0.25);
     // The reference budget keeps count / 128 + 1 = 4 blocks here (the runs
@@ -431,7 +424,7 @@ TEST(SparsePlanners, EstimatesFindHeavyColumns) {
   // Scattered single heavy keys (one key block in six holds one).
   {
     PlannerProblem p(6, 2, 64, 512, 7680, 35);
-    add_heavy_keys(p, 194, 389, 1, 8.0f);
+    p.add_heavy_keys(194, 389, 1, 8.0f);
     expect_found(p, "scattered keys", "minference:v=100,s=100", 0.1);
     expect_found(p, "scattered keys", "block_sparse:topk=24", 0.3);
     // FlexPrefill's reference budget (count / block + 1 blocks) assumes the
@@ -504,7 +497,7 @@ TEST(SparsePlanners, BadParametersAreRejected) {
         std::string("flexprefill:min_budget=1024,max_budget=512"), std::string("flexprefill:budget=all"), std::string("xattention:stride=3"),
         std::string("xattention:stride=128"), std::string("xattention:block=96"), std::string("xattention:tau=2"),
         std::string("xattention:tau=nan"), std::string("s2o:stride=0"), std::string("s2o:cover=1.5"),
-        std::string("s2o:eps=-1"), std::string("xattention:target=1.1"), std::string("streaming:target=0.9"),
+        std::string("s2o:eps=-1"), std::string("s2o:kblock=48"), std::string("xattention:target=1.1"), std::string("streaming:target=0.9"),
         std::string("minference:target=0.9"), std::string("xattention:block=128,target=0.9"),
         std::string("s2o:dense_layers=x"), std::string("s2o:dense_layers=1//2")}) {
     EXPECT_THROW(validate_attention_spec(spec), std::invalid_argument) << spec;

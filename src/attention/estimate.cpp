@@ -247,6 +247,7 @@ namespace {
 void shape_scores(const PlanRequest& r, int64_t block, int64_t n_kb, BlockScores& out) {
   out.n_heads = r.n_q_heads;
   out.block = block;
+  out.kblock = block;
   out.n_rows = r.n_rows;
   out.q_slot0 = r.q_slot0();
   out.n_qb = (r.n_rows + block - 1) / block;
@@ -354,14 +355,16 @@ void normalize_rows(BlockScores& s) {
     }
 }
 
-void estimate_sampled(const PlanRequest& r, const KeysF32& keys, int64_t stride, BlockScores& out) {
+void estimate_sampled(const PlanRequest& r, const KeysF32& keys, int64_t stride, int64_t kblock, BlockScores& out) {
   if (stride < 1) throw std::invalid_argument("estimate_sampled: stride < 1");
+  if (kblock < 1 || kTileRows % kblock != 0) throw std::invalid_argument("estimate_sampled: kblock must divide 64");
   if (keys.n_keys() != r.n_keys() || keys.n_heads() != r.n_kv_heads || keys.head_dim() != r.head_dim)
     throw std::logic_error("estimate_sampled: keys not loaded for this request");
   single_threaded_blas();
   constexpr int64_t B = kTileRows;
   const int64_t n = r.n_keys(), d = r.head_dim, g = r.group();
-  shape_scores(r, B, (n + B - 1) / B, out);
+  shape_scores(r, B, (n + kblock - 1) / kblock, out);
+  out.kblock = kblock;
   std::fill(out.s.begin(), out.s.end(), 0.0f);
   const int64_t n_qb = out.n_qb;
 #pragma omp parallel for collapse(2) schedule(dynamic, 1) if (worth_threads(double(r.n_q_heads) * r.n_rows * n * d / stride))
@@ -386,10 +389,10 @@ void estimate_sampled(const PlanRequest& r, const KeysF32& keys, int64_t stride,
         const int64_t own = r.q_slot0() + rows[a] + 1;  // slots [0, the row's own]
         const float mx = row_max(row, own);
         const float inv = share / exp_shifted(row, own, mx);
-        for (int64_t c = 0; c * B < own; ++c) {
-          const int64_t j1 = std::min(own, (c + 1) * B);
+        for (int64_t c = 0; c * kblock < own; ++c) {
+          const int64_t j1 = std::min(own, (c + 1) * kblock);
           float sum = 0.0f;
-          for (int64_t j = c * B; j < j1; ++j) sum += row[j];
+          for (int64_t j = c * kblock; j < j1; ++j) sum += row[j];
           e[c] += sum * inv;
         }
       }

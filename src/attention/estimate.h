@@ -15,9 +15,9 @@
 //                     keys, the mean logit along the antidiagonal of their
 //                     S x S block, row softmax over key groups, summed per
 //                     (B-row query block, B-key key block). Cost Nq*N*d/S.
-//   E4 Sampled(S)     every S-th query row of each 64-row block (and its last
+//   E4 Sampled(S, b)  every S-th query row of each 64-row block (and its last
 //                     row), exact softmax over all its visible keys, mass per
-//                     64-key block averaged over the block's sampled rows.
+//                     b-key block averaged over the block's sampled rows.
 //                     Cost Nq*N*d/S.
 //
 // Block geometry everywhere: query block qb covers chunk rows
@@ -85,10 +85,11 @@ struct LastQEstimate {
 // w is clipped to [1, n_rows]. `keys` must be loaded for this request.
 void estimate_last_q(const PlanRequest& r, const KeysF32& keys, int64_t w, LastQEstimate& out);
 
-// A per-head (query block x key block) matrix.
+// A per-head (query block x key block) matrix. Key blocks have kblock keys
+// (the query block size, except for E4 with finer key blocks).
 struct BlockScores {
   int32_t n_heads = 0;
-  int64_t block = 0, n_qb = 0, n_kb = 0;
+  int64_t block = 0, kblock = 0, n_qb = 0, n_kb = 0;
   int64_t n_rows = 0, q_slot0 = 0;
   std::vector<float> s;  // [h][qb][kb]
   float* row(int32_t h, int64_t qb) { return s.data() + (static_cast<size_t>(h) * n_qb + qb) * n_kb; }
@@ -96,7 +97,7 @@ struct BlockScores {
   // Slot of the last row of query block qb.
   int64_t last_slot(int64_t qb) const;
   // Key blocks [0, visible(qb)) are causally visible to query block qb.
-  int64_t visible(int64_t qb) const { return last_slot(qb) / block + 1; }
+  int64_t visible(int64_t qb) const { return last_slot(qb) / kblock + 1; }
 };
 
 // Mean of every `block` keys of each KV head: [kv][n_kb][d] (the last block
@@ -123,10 +124,10 @@ void estimate_antidiag(const PlanRequest& r, const KeysF32& keys, int64_t stride
 
 // E4: out[h][qb][c] = the mean, over the sampled rows of query block qb (rows
 // qb*B + S-1, qb*B + 2S-1, ... and the block's last row; B = 64), of the
-// row's exact softmax weight on key block c (keys [c*B, (c+1)*B)); each row of
-// `out` sums to 1 over the visible blocks, 0 past them. `keys` must be loaded
-// for this request.
-void estimate_sampled(const PlanRequest& r, const KeysF32& keys, int64_t stride, BlockScores& out);
+// row's exact softmax weight on key block c (keys [c*kblock, (c+1)*kblock),
+// kblock dividing 64); each row of `out` sums to 1 over the visible blocks, 0
+// past them. `keys` must be loaded for this request.
+void estimate_sampled(const PlanRequest& r, const KeysF32& keys, int64_t stride, int64_t kblock, BlockScores& out);
 
 // Scales each row of `s` (its visible blocks) to sum to 1; an all-zero row stays 0.
 void normalize_rows(BlockScores& s);

@@ -6,6 +6,8 @@
 // it, each scored by its mass; the kernel visits them in that order and stops
 // once a visited block added less than `eps` of the running softmax sum for
 // every row of the query tile (attention_plan.h: stop_mass).
+#include <fmt/format.h>
+
 #include "attention/estimate.h"
 #include "attention/selection.h"
 
@@ -17,12 +19,13 @@ constexpr float kVisitAlways = 0.5f * (1.0f + KeySelection::kForcedScore);
 
 class S2OPlanner : public Planner {
  public:
-  S2OPlanner(int64_t stride, double cover, double eps) : stride_(stride), cover_(cover), eps_(eps) {}
+  S2OPlanner(int64_t stride, int64_t kblock, double cover, double eps)
+      : stride_(stride), kblock_(kblock), cover_(cover), eps_(eps) {}
 
   bool estimates_mass() const override { return true; }
   void estimate_mass(const PlanRequest& r, BlockScores& mass) override {
     keys_.load(r);
-    estimate_sampled(r, keys_, stride_, mass);
+    estimate_sampled(r, keys_, stride_, kblock_, mass);
   }
 
   std::optional<Plan> plan(const PlanRequest& r) override {
@@ -38,7 +41,7 @@ class S2OPlanner : public Planner {
   }
 
  private:
-  int64_t stride_;
+  int64_t stride_, kblock_;
   double cover_, eps_;
   KeysF32 keys_;
   BlockScores est_;
@@ -51,12 +54,16 @@ MethodDef s2o_method() {
                            "S2O: key blocks visited by estimated importance (exact softmax of strided query rows), "
                            "early stop on the running softmax mass",
                            {{"stride", "8", "estimate from every stride-th query row of each 64-row block (cost 1/stride of Q.K)"},
+                            {"kblock", "64", "key block of the estimate and the selection (16, 32 or 64)"},
                             {"cover", "0.99", "list the blocks of largest estimated mass until they hold this share"},
                             {"eps", "0.01", "stop once a visited block adds less than this share of the running sum "
                                             "for every row (0: visit every listed block)"},
                             crossover_param("2048")}};
   return {info, [](const MethodParams& p) -> std::unique_ptr<Planner> {
-            return std::make_unique<S2OPlanner>(p.integer("stride", 1, 64), p.number("cover", 0.0, 1.0),
+            const int64_t kblock = p.integer("kblock", 16, 64);
+            if (kblock != 16 && kblock != 32 && kblock != 64)
+              throw std::invalid_argument(fmt::format("s2o: kblock={} (use 16, 32 or 64)", kblock));
+            return std::make_unique<S2OPlanner>(p.integer("stride", 1, 64), kblock, p.number("cover", 0.0, 1.0),
                                                 p.number("eps", 0.0, 1.0));
           }};
 }

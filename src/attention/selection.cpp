@@ -28,10 +28,10 @@ void KeySelection::add_range(int32_t q_head, int64_t qb, int64_t begin, int64_t 
   k.range_scores.push_back(kForcedScore);
 }
 
-void KeySelection::add_scored_block(int32_t q_head, int64_t qb, int64_t key_block, float score) {
-  if (!scored_) throw std::logic_error("add_scored_block: the selection is not ordered");
+void KeySelection::add_scored_range(int32_t q_head, int64_t qb, int64_t begin, int64_t end, float score) {
+  if (!scored_) throw std::logic_error("add_scored_range: the selection is not ordered");
   const size_t before = at(q_head, qb).ranges.size();
-  add_range(q_head, qb, key_block * kBlock, (key_block + 1) * kBlock);
+  add_range(q_head, qb, begin, end);
   if (at(q_head, qb).ranges.size() > before) at(q_head, qb).range_scores.back() = score;
 }
 
@@ -74,8 +74,10 @@ Plan KeySelection::build() const {
 }
 
 void select_to_target(const BlockScores& mass, double target, KeySelection& sel) {
-  if (mass.block != KeySelection::kBlock) throw std::logic_error("select_to_target: mass needs 64-key blocks");
+  if (mass.block != KeySelection::kBlock || KeySelection::kBlock % mass.kblock != 0)
+    throw std::logic_error("select_to_target: mass needs 64-row query blocks and key blocks dividing 64");
   constexpr int64_t B = KeySelection::kBlock;
+  const int64_t kb = mass.kblock, sink = B / kb;  // key blocks in the forced sink
 #pragma omp parallel if (worth_threads(double(mass.n_heads) * mass.n_qb * mass.n_kb * 16))
   {
     std::vector<int32_t> order;
@@ -83,21 +85,23 @@ void select_to_target(const BlockScores& mass, double target, KeySelection& sel)
     for (int32_t h = 0; h < mass.n_heads; ++h) {
       for (int64_t qb = 0; qb < mass.n_qb; ++qb) {
         const float* m = mass.row(h, qb);
-        const int64_t diag = sel.block_first(qb) / B, vis = mass.visible(qb);
+        // Forced: the sink (keys [0, 64)) and the keys from the block's first row on.
+        const int64_t diag = sel.block_first(qb) / kb, vis = mass.visible(qb);
         sel.add_range(h, qb, 0, B);
-        sel.add_range(h, qb, diag * B, sel.block_last(qb) + 1);
-        double kept = m[0];
-        for (int64_t c = std::max<int64_t>(diag, 1); c < vis; ++c) kept += m[c];
-        order.resize(static_cast<size_t>(std::max<int64_t>(diag - 1, 0)));
-        std::iota(order.begin(), order.end(), 1);  // candidates: blocks 1 .. diag-1
+        sel.add_range(h, qb, diag * kb, sel.block_last(qb) + 1);
+        double kept = 0;
+        for (int64_t c = 0; c < vis; ++c)
+          if (c < sink || c >= diag) kept += m[c];
+        order.resize(static_cast<size_t>(std::max<int64_t>(diag - sink, 0)));
+        std::iota(order.begin(), order.end(), static_cast<int32_t>(sink));  // candidates: blocks sink .. diag-1
         std::sort(order.begin(), order.end(), [m](int32_t a, int32_t b) { return m[a] > m[b] || (m[a] == m[b] && a < b); });
         for (int32_t c : order) {
           if (target < 1.0 && kept >= target) break;
           kept += m[c];
           if (sel.ordered()) {
-            sel.add_scored_block(h, qb, c, m[c]);
+            sel.add_scored_range(h, qb, c * kb, (c + 1) * kb, m[c]);
           } else {
-            sel.add_key_block(h, qb, c, B);
+            sel.add_key_block(h, qb, c, kb);
           }
         }
       }

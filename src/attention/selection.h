@@ -39,9 +39,9 @@ class KeySelection {
   int64_t block_last_pos(int64_t qb) const { return q_pos0_ + std::min(n_rows_, (qb + 1) * kBlock) - 1; }
 
   void add_range(int32_t q_head, int64_t qb, int64_t begin, int64_t end);
-  // An ordered plan (docs/plan.md): a key block with a visit score; build()
-  // then scores every range (the diagonal and unscored ranges get kForcedScore).
-  void add_scored_block(int32_t q_head, int64_t qb, int64_t key_block, float score);
+  // An ordered plan (docs/plan.md): keys with a visit score; build() then
+  // scores every range (the diagonal and unscored ranges get kForcedScore).
+  void add_scored_range(int32_t q_head, int64_t qb, int64_t begin, int64_t end, float score);
   static constexpr float kForcedScore = 2.0f;  // above any attention-mass score
   // The keys stored at positions [begin, end).
   void add_positions(int32_t q_head, int64_t qb, int64_t begin, int64_t end);
@@ -72,7 +72,7 @@ class KeySelection {
 // The recall-targeted choice (docs/methods.md#recall-targeted-policy): per
 // (q head, query block), the sink block and the blocks holding the block's own
 // rows, then key blocks by descending estimated mass until the kept mass
-// reaches `target`. `mass` has 64-key blocks (BlockScores::block == kBlock).
+// reaches `target`. `mass` has 64-row query blocks and key blocks dividing 64.
 // In an ordered selection each chosen block carries its mass as a visit score
 // (S2O's ordered visit; the forced blocks come first).
 void select_to_target(const BlockScores& mass, double target, KeySelection& sel);

@@ -36,7 +36,8 @@
 //                    one: tiles scored >= stop_theta are always visited; past
 //                    them the kernel stops once a visited tile added less than
 //                    stop_mass x the running softmax sum for every row of the
-//                    query tile (0 = the fixed stop). Items are then never
+//                    query tile, pro rata for a tile of fewer than 64 keys
+//                    (0 = the fixed stop). Items are then never
 //                    split across threads (the stop needs the whole stream).
 //   row_map          per head (CSR by row_map_ptr): strictly increasing query rows
 //                    to process; rows not listed get output 0 and LSE -inf.

@@ -440,10 +440,12 @@ void RunTileJob(const TileJob& job, float* HWY_RESTRICT scratch, TileCounters& c
     ++counters.computed;
 
     // S2O's running-mass stop: the spans left are scored lower than this one,
-    // which already mattered to no row.
+    // which already mattered to no row (its share per kKeyTile keys, so that
+    // short spans are judged like full tiles).
     if (job.early_stop && job.stop_mass > 0.0f && span.score < job.stop_theta) {
+      const float limit = job.stop_mass * static_cast<float>(count) / static_cast<float>(kKeyTile);
       bool negligible = true;
-      for (int32_t i = 0; i < n_cols && negligible; ++i) negligible = tmax[i] < job.stop_mass * l[i];
+      for (int32_t i = 0; i < n_cols && negligible; ++i) negligible = tmax[i] < limit * l[i];
       if (negligible) {
         count_stopped(job, si + 1, n_cols, counters);
         break;

@@ -45,7 +45,7 @@ struct TileJob {
   bool early_stop = false;    // stop at the first span with score < stop_theta
   float stop_theta = 0.0f;
   float stop_mass = 0.0f;     // > 0: past the spans scored >= stop_theta, stop after a span that added
-                              // less than this share of the running sum for every column
+                              // less than this share (per kKeyTile keys) of the running sum for every column
   // K/V rows (and stored positions) of this unit's KV head.
   const KvView* kv = nullptr;
   int32_t kv_head = 0;
