@@ -345,8 +345,7 @@ TEST(SparsePlanners, FullBudgetIsDenseBitForBit) {
           std::pair{"flexprefill:gamma=1,tau=0,min_budget=0,budget=cover", 257},
           std::pair{"flexprefill:gamma=1,tau=0.2,min_budget=0,block=256", 513}, std::pair{"xattention:tau=1", 0},
           std::pair{"xattention:tau=1,block=128,stride=16", 0}, std::pair{"xattention:target=1", 0},
-          std::pair{"block_sparse:target=1", 0}, std::pair{"s2o:target=1", 0},
-          std::pair{"s2o:target=1,kblock=16", 0}}) {
+          std::pair{"block_sparse:target=1", 0}, std::pair{"s2o:target=1", 0}}) {
       AttentionReport report;
       EXPECT_TRUE(bitwise_equal(p.run(as_planned(spec), &report), dense)) << spec << " n=" << n << " pos0=" << pos0;
       EXPECT_DOUBLE_EQ(report.density(), 1.0) << spec << " n=" << n << " pos0=" << pos0;
@@ -354,10 +353,11 @@ TEST(SparsePlanners, FullBudgetIsDenseBitForBit) {
       if (p.n_keys() >= min_keys) EXPECT_EQ(report.sparse_calls, 1) << spec << " n=" << n << " pos0=" << pos0;
     }
     // One plan per q head: dense key sets, tiled per head (equal up to rounding).
-    // S2O's full cover is an ordered plan: every key, visited in another order.
+    // S2O's full cover is an ordered plan, and 16-key blocks are gathered as
+    // columns: every key, visited in another order.
     for (const char* spec : {"minference:v=1000000,s=1000000,gqa=head", "block_sparse:topk=1000000,gqa=head",
                              "flexprefill:gamma=1,min_budget=0,gqa=head", "xattention:tau=1,gqa=head",
-                             "s2o:cover=1,eps=0", "s2o:cover=1,eps=0,gqa=head"}) {
+                             "s2o:cover=1,eps=0", "s2o:cover=1,eps=0,gqa=head", "s2o:target=1,kblock=16"}) {
       AttentionReport report;
       const std::vector<float> out = p.run(as_planned(spec), &report);
       EXPECT_DOUBLE_EQ(report.density(), 1.0) << spec;
