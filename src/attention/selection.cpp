@@ -42,18 +42,11 @@ void KeySelection::add_positions(int32_t q_head, int64_t qb, int64_t begin, int6
 }
 
 void KeySelection::add_column(int32_t q_head, int64_t qb, int64_t key) {
-  if (key >= 0 && key <= block_last(qb)) {
-    at(q_head, qb).cols.push_back(static_cast<int32_t>(key));
-    at(q_head, qb).col_scores.push_back(kForcedScore);
-  }
+  if (key >= 0 && key <= block_last(qb)) at(q_head, qb).cols.push_back(static_cast<int32_t>(key));
 }
 
-void KeySelection::add_columns(int32_t q_head, int64_t qb, int64_t begin, int64_t end, float score) {
-  Keys& k = at(q_head, qb);
-  for (int64_t key = std::max<int64_t>(begin, 0); key < std::min(end, block_last(qb) + 1); ++key) {
-    k.cols.push_back(static_cast<int32_t>(key));
-    k.col_scores.push_back(score);
-  }
+void KeySelection::add_columns(int32_t q_head, int64_t qb, int64_t begin, int64_t end) {
+  for (int64_t key = begin; key < end; ++key) add_column(q_head, qb, key);
 }
 
 Plan KeySelection::build() const {
@@ -73,8 +66,8 @@ Plan KeySelection::build() const {
           for (size_t i = 0; i < k.ranges.size(); ++i)
             if (k.ranges[i].begin < limit)
               b.add_range(k.ranges[i].begin, std::min<int64_t>(k.ranges[i].end, limit), k.range_scores[i]);
-          for (size_t i = 0; i < k.cols.size(); ++i)
-            if (k.cols[i] < limit) b.add_column(k.cols[i], k.col_scores[i]);
+          for (int32_t c : k.cols)
+            if (c < limit) b.add_column(c, kForcedScore);
         }
       }
       b.add_range(q_slot0_ + first_row, limit, kForcedScore);
@@ -109,10 +102,10 @@ void select_to_target(const BlockScores& mass, double target, KeySelection& sel)
         for (int32_t c : order) {
           if (target < 1.0 && kept >= target) break;
           kept += m[c];
-          if (kb < B) {
-            sel.add_columns(h, qb, c * kb, (c + 1) * kb, m[c]);
-          } else if (sel.ordered()) {
+          if (sel.ordered()) {
             sel.add_scored_range(h, qb, c * kb, (c + 1) * kb, m[c]);
+          } else if (kb < B) {
+            sel.add_columns(h, qb, c * kb, (c + 1) * kb);
           } else {
             sel.add_key_block(h, qb, c, kb);
           }

@@ -43,9 +43,8 @@ class KeySelection {
   // scores every range (the diagonal and unscored ranges get kForcedScore).
   void add_scored_range(int32_t q_head, int64_t qb, int64_t begin, int64_t end, float score);
   // The keys [begin, end) as columns: the kernel gathers columns kKeyTile at a
-  // time (by descending score in an ordered plan), so short runs of keys from
-  // far apart still make full tiles.
-  void add_columns(int32_t q_head, int64_t qb, int64_t begin, int64_t end, float score = kForcedScore);
+  // time, so short runs of keys from far apart still make full tiles.
+  void add_columns(int32_t q_head, int64_t qb, int64_t begin, int64_t end);
   static constexpr float kForcedScore = 2.0f;  // above any attention-mass score
   // The keys stored at positions [begin, end).
   void add_positions(int32_t q_head, int64_t qb, int64_t begin, int64_t end);
@@ -62,7 +61,6 @@ class KeySelection {
     std::vector<KeyRange> ranges;
     std::vector<float> range_scores;  // aligned with ranges when the selection is scored
     std::vector<int32_t> cols;
-    std::vector<float> col_scores;  // aligned with cols
   };
   Keys& at(int32_t q_head, int64_t qb) { return keys_[static_cast<size_t>(q_head * n_blocks_ + qb)]; }
 
@@ -79,8 +77,10 @@ class KeySelection {
 // rows, then key blocks by descending estimated mass until the kept mass
 // reaches `target`. `mass` has 64-row query blocks and key blocks dividing 64.
 // In an ordered selection each chosen block carries its mass as a visit score
-// (S2O's ordered visit; the forced blocks come first). Blocks shorter than 64
-// keys are added as columns, which the kernel packs into full tiles.
+// (S2O's ordered visit; the forced blocks come first), and the kernel's
+// running-mass stop judges each block on its own. In an unordered selection,
+// blocks shorter than 64 keys are added as columns, which the kernel packs
+// into full tiles.
 void select_to_target(const BlockScores& mass, double target, KeySelection& sel);
 
 }  // namespace skim::attention
