@@ -475,6 +475,16 @@ TEST(SparsePlanners, MinferenceConfigSetsPerHeadBudgets) {
   EXPECT_THROW(p.run("minference:config=" + layer1, nullptr, 0, 1), std::invalid_argument);
 }
 
+TEST(SparsePlanners, DenseLayersRunDense) {
+  const PlannerProblem p(6, 2, 64, 256, 3840, 43, 4.0f);
+  for (int32_t layer : {0, 1, 2}) {
+    AttentionReport report;
+    p.run("s2o:dense_layers=0/2,min_len=0", &report, layer, 3);
+    EXPECT_EQ(report.dense_calls, layer == 1 ? 0 : 1) << layer;
+    EXPECT_EQ(report.sparse_calls, layer == 1 ? 1 : 0) << layer;
+  }
+}
+
 TEST(SparsePlanners, BadParametersAreRejected) {
   const std::string bad_json = write_temp("bad.json", "{\"minference\": {\"heads\": [");
   const std::string no_heads = write_temp("noheads.json", R"({"model": "x", "minference": {}})");
