@@ -355,7 +355,8 @@ void normalize_rows(BlockScores& s) {
     }
 }
 
-void estimate_sampled(const PlanRequest& r, const KeysF32& keys, int64_t stride, int64_t kblock, BlockScores& out) {
+void estimate_sampled(const PlanRequest& r, const KeysF32& keys, int64_t stride, int64_t kblock, BlockScores& out,
+                      BlockScores* peak) {
   if (stride < 1) throw std::invalid_argument("estimate_sampled: stride < 1");
   if (kblock < 1 || kTileRows % kblock != 0) throw std::invalid_argument("estimate_sampled: kblock must divide 64");
   if (keys.n_keys() != r.n_keys() || keys.n_heads() != r.n_kv_heads || keys.head_dim() != r.head_dim)
@@ -366,6 +367,9 @@ void estimate_sampled(const PlanRequest& r, const KeysF32& keys, int64_t stride,
   shape_scores(r, B, (n + kblock - 1) / kblock, out);
   out.kblock = kblock;
   std::fill(out.s.begin(), out.s.end(), 0.0f);
+  if (peak) {
+    *peak = out;  // shape and zeros
+  }
   const int64_t n_qb = out.n_qb;
 #pragma omp parallel for collapse(2) schedule(dynamic, 1) if (worth_threads(double(r.n_q_heads) * r.n_rows * n * d / stride))
   for (int32_t h = 0; h < r.n_q_heads; ++h) {
@@ -383,17 +387,19 @@ void estimate_sampled(const PlanRequest& r, const KeysF32& keys, int64_t stride,
                   static_cast<int>(d), r.scale, qs, static_cast<int>(d), keys.head(static_cast<int32_t>(h / g)),
                   static_cast<int>(d), 0.0f, s, static_cast<int>(vis));
       float* e = out.row(h, qb);
+      float* top = peak ? peak->row(h, qb) : nullptr;
       const float share = 1.0f / static_cast<float>(m);
       for (int64_t a = 0; a < m; ++a) {
         float* row = s + a * vis;
         const int64_t own = r.q_slot0() + rows[a] + 1;  // slots [0, the row's own]
         const float mx = row_max(row, own);
-        const float inv = share / exp_shifted(row, own, mx);
+        const float inv = 1.0f / exp_shifted(row, own, mx);
         for (int64_t c = 0; c * kblock < own; ++c) {
           const int64_t j1 = std::min(own, (c + 1) * kblock);
           float sum = 0.0f;
           for (int64_t j = c * kblock; j < j1; ++j) sum += row[j];
-          e[c] += sum * inv;
+          e[c] += sum * inv * share;
+          if (top) top[c] = std::max(top[c], sum * inv);
         }
       }
     }

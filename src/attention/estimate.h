@@ -126,8 +126,10 @@ void estimate_antidiag(const PlanRequest& r, const KeysF32& keys, int64_t stride
 // qb*B + S-1, qb*B + 2S-1, ... and the block's last row; B = 64), of the
 // row's exact softmax weight on key block c (keys [c*kblock, (c+1)*kblock),
 // kblock dividing 64); each row of `out` sums to 1 over the visible blocks, 0
-// past them. `keys` must be loaded for this request.
-void estimate_sampled(const PlanRequest& r, const KeysF32& keys, int64_t stride, int64_t kblock, BlockScores& out);
+// past them. With `peak`, also the largest of those rows' weights on each key
+// block. `keys` must be loaded for this request.
+void estimate_sampled(const PlanRequest& r, const KeysF32& keys, int64_t stride, int64_t kblock, BlockScores& out,
+                      BlockScores* peak = nullptr);
 
 // Scales each row of `s` (its visible blocks) to sum to 1; an all-zero row stays 0.
 void normalize_rows(BlockScores& s);

@@ -77,7 +77,7 @@ Plan KeySelection::build() const {
   return b.finish();
 }
 
-void select_to_target(const BlockScores& mass, double target, KeySelection& sel) {
+void select_to_target(const BlockScores& mass, double target, KeySelection& sel, const BlockScores* rank) {
   if (mass.block != KeySelection::kBlock || KeySelection::kBlock % mass.kblock != 0)
     throw std::logic_error("select_to_target: mass needs 64-row query blocks and key blocks dividing 64");
   constexpr int64_t B = KeySelection::kBlock;
@@ -89,6 +89,7 @@ void select_to_target(const BlockScores& mass, double target, KeySelection& sel)
     for (int32_t h = 0; h < mass.n_heads; ++h) {
       for (int64_t qb = 0; qb < mass.n_qb; ++qb) {
         const float* m = mass.row(h, qb);
+        const float* by = rank ? rank->row(h, qb) : m;
         // Forced: the sink (keys [0, 64)) and the keys from the block's first row on.
         const int64_t diag = sel.block_first(qb) / kb, vis = mass.visible(qb);
         sel.add_range(h, qb, 0, B);
@@ -98,12 +99,12 @@ void select_to_target(const BlockScores& mass, double target, KeySelection& sel)
           if (c < sink || c >= diag) kept += m[c];
         order.resize(static_cast<size_t>(std::max<int64_t>(diag - sink, 0)));
         std::iota(order.begin(), order.end(), static_cast<int32_t>(sink));  // candidates: blocks sink .. diag-1
-        std::sort(order.begin(), order.end(), [m](int32_t a, int32_t b) { return m[a] > m[b] || (m[a] == m[b] && a < b); });
+        std::sort(order.begin(), order.end(), [by](int32_t a, int32_t b) { return by[a] > by[b] || (by[a] == by[b] && a < b); });
         for (int32_t c : order) {
           if (target < 1.0 && kept >= target) break;
           kept += m[c];
           if (sel.ordered()) {
-            sel.add_scored_range(h, qb, c * kb, (c + 1) * kb, m[c]);
+            sel.add_scored_range(h, qb, c * kb, (c + 1) * kb, by[c]);
           } else if (kb < B) {
             sel.add_columns(h, qb, c * kb, (c + 1) * kb);
           } else {

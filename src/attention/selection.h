@@ -81,6 +81,8 @@ class KeySelection {
 // running-mass stop judges each block on its own. In an unordered selection,
 // blocks shorter than 64 keys are added as columns, which the kernel packs
 // into full tiles.
-void select_to_target(const BlockScores& mass, double target, KeySelection& sel);
+// With `rank`, the candidates are taken (and scored) by it instead of by mass,
+// while the kept mass still counts `mass`.
+void select_to_target(const BlockScores& mass, double target, KeySelection& sel, const BlockScores* rank = nullptr);
 
 }  // namespace skim::attention
