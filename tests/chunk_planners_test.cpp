@@ -136,13 +136,13 @@ TEST(ChunkPlanners, EstimatesFindHeavyKeys) {
   }
   // Scattered single heavy keys (one in 389): the tree search and the chunk
   // scores must find a key wherever it lies in its span. Chunk budgets must
-  // allow a chunk per key: DHSA's default 1024 keys hold about 16 chunks of up
-  // to 128 keys, LongHeads' 4 chunks of 256 far fewer than the 20 keys.
+  // allow a chunk per key (20 keys): DHSA's default 768 keys hold 12 to 24
+  // chunks of 32 to 64 keys, LongHeads' default 6 chunks far fewer.
   {
     PlannerProblem p(6, 2, 64, 512, 7680, 35);
     add_heavy_keys(p, 194, 389, 1, 8.0f);
     expect_beats_static(p, "scattered keys", "hip", 0.25);
-    expect_beats_static(p, "scattered keys", "dhsa:max_chunk=64", 0.25);
+    expect_beats_static(p, "scattered keys", "dhsa:budget=1280", 0.25);
     expect_beats_static(p, "scattered keys", "longheads:chunk=64,k=24", 0.25);
   }
 }

@@ -122,10 +122,10 @@ MethodDef dhsa_method() {
   AttentionMethodInfo info{"dhsa",
                            "DHSA: content-cut key chunks (lowest adjacent-key cosine), length-normalised mean "
                            "keys, top chunks per query block up to a key budget + sink + local window",
-                           {{"budget", "1024", "keys kept per query block besides sink and window: > 1 a count, "
+                           {{"budget", "768", "keys kept per query block besides sink and window: > 1 a count, "
                                                "<= 1 a fraction of the block's visible keys"},
                             {"min_chunk", "32", "shortest key chunk"},
-                            {"max_chunk", "128", "longest key chunk"},
+                            {"max_chunk", "64", "longest key chunk"},
                             {"sink", "64", "first keys every query attends to"},
                             {"local", "256", "local window in keys"},
                             crossover_param("2048")}};

@@ -107,8 +107,8 @@ MethodDef hip_method() {
   AttentionMethodInfo info{"hip",
                            "HiP: per query block, a top-k tree search over key spans (halved each round, scored "
                            "by max over queries of q . mean key) + sink + local window",
-                           {{"k", "1024", "keys kept per query block by the tree search (k / chunk chunks)"},
-                            {"chunk", "32", "final span width in keys"},
+                           {{"k", "512", "keys kept per query block by the tree search (k / chunk chunks)"},
+                            {"chunk", "16", "final span width in keys"},
                             {"sink", "64", "first keys every query attends to"},
                             {"local", "256", "local window in keys"},
                             {"q_stride", "4", "score spans with every q_stride-th query of the 64-row block"},

@@ -5,7 +5,7 @@
 // block's first row and the one before it (the local context), and its top k
 // other chunks by the block's mean query against the chunk's keys. A chunk is
 // scored by its best 64-key block (mean-pooled, E2): the mean of a whole
-// 256-key chunk dilutes a short relevant passage fourfold.
+// chunk dilutes a short relevant passage chunk / 64 times.
 #include <algorithm>
 
 #include <fmt/format.h>
@@ -62,8 +62,8 @@ MethodDef longheads_method() {
   AttentionMethodInfo info{"longheads",
                            "LongHeads: each q head keeps its top-k key chunks per query block (scored by the best "
                            "64-key block of the chunk) + the first chunk + the local chunks",
-                           {{"chunk", "256", "chunk size in keys (a multiple of 64)"},
-                            {"k", "4", "chunks per query block and head, besides the first and local chunks"},
+                           {{"chunk", "128", "chunk size in keys (a multiple of 64)"},
+                            {"k", "6", "chunks per query block and head, besides the first and local chunks"},
                             crossover_param("2048")}};
   return {info, [](const MethodParams& p) -> std::unique_ptr<Planner> {
             const int64_t chunk = p.integer("chunk", KeySelection::kBlock, int64_t{1} << 20);
