@@ -6,8 +6,11 @@
 // spans are single chunks. A child's score is the max over every q_stride-th
 // query of the block of q . (the child's mean key): the mean sees every key of
 // the span, where HiP's first (or random) key sees one. Means of any span of
-// chunks come from prefix sums of the chunk means, so a score costs
-// (64 / q_stride + 1) * d and a block log2(N / k) rounds of 2k / chunk scores.
+// chunks come from prefix sums of the chunk means, so a score costs about
+// (64 / q_stride) * d multiply-adds and a block log2(N / k) rounds of
+// 2k / chunk scores.
+#include <immintrin.h>
+
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -24,6 +27,22 @@ namespace {
 struct Span {
   int64_t begin, end;
 };
+
+// max over queries t of q_t . v, with the queries transposed: queries[j * n + t]
+// is component j of query t, n a multiple of 8. Eight queries per vector, and
+// four partial sums over j so the FMAs do not wait on each other.
+float max_dot(const float* queries, int64_t n, const float* v, int64_t d) {
+  __m256 best = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+  for (int64_t t = 0; t < n; t += 8) {
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    for (int64_t j = 0; j < d; ++j)
+      acc[j % 4] = _mm256_fmadd_ps(_mm256_loadu_ps(queries + j * n + t), _mm256_set1_ps(v[j]), acc[j % 4]);
+    best = _mm256_max_ps(best, _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+  }
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, best);
+  return *std::max_element(lanes, lanes + 8);
+}
 
 class HipPlanner : public Planner {
  public:
@@ -49,7 +68,7 @@ class HipPlanner : public Planner {
 #pragma omp parallel if (worth_threads(work))
     {
       std::vector<Span> spans, children;
-      std::vector<float> mean(static_cast<size_t>(d)), scores;
+      std::vector<float> queries, sum(static_cast<size_t>(d)), scores;
       std::vector<int32_t> picked;
 #pragma omp for schedule(dynamic, 1)
       for (int32_t h = 0; h < r.n_q_heads; ++h) {
@@ -67,7 +86,13 @@ class HipPlanner : public Planner {
           while ((c1 - c0 + width - 1) / width > keep_) width *= 2;
           spans.clear();
           for (int64_t b = c0; b < c1; b += width) spans.push_back({b, std::min(c1, b + width)});
+          // The scoring queries, transposed for max_dot, padded to a multiple
+          // of 8 by repeating the last (the max does not change).
           const int64_t row0 = qb * kTileRows, row1 = std::min(r.n_rows, row0 + kTileRows);
+          const int64_t n_q = (row1 - row0 + q_stride_ - 1) / q_stride_, n_pad = (n_q + 7) / 8 * 8;
+          queries.resize(static_cast<size_t>(d * n_pad));
+          for (int64_t t = 0; t < n_pad; ++t)
+            for (int64_t j = 0; j < d; ++j) queries[j * n_pad + t] = r.q_row(h, row0 + std::min(t, n_q - 1) * q_stride_)[j];
           while (width > 1) {
             width /= 2;
             children.clear();
@@ -77,12 +102,10 @@ class HipPlanner : public Planner {
             }
             scores.resize(children.size());
             for (size_t i = 0; i < children.size(); ++i) {
+              // q . (sum of the span's chunk means), divided by its chunk count after the max.
               const Span& s = children[i];
-              const float inv = 1.0f / static_cast<float>(s.end - s.begin);
-              for (int64_t j = 0; j < d; ++j) mean[j] = (pre[s.end * d + j] - pre[s.begin * d + j]) * inv;
-              float best = -std::numeric_limits<float>::infinity();
-              for (int64_t row = row0; row < row1; row += q_stride_) best = std::max(best, dot(r.q_row(h, row), mean.data(), d));
-              scores[i] = best;
+              for (int64_t j = 0; j < d; ++j) sum[j] = pre[s.end * d + j] - pre[s.begin * d + j];
+              scores[i] = max_dot(queries.data(), n_pad, sum.data(), d) / static_cast<float>(s.end - s.begin);
             }
             top_k(scores.data(), static_cast<int64_t>(children.size()), keep_, picked);
             spans.clear();
