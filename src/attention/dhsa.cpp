@@ -19,6 +19,14 @@
 namespace skim::attention {
 namespace {
 
+// a . b over n floats (vectorised: the sum may be reordered).
+float dot(const float* a, const float* b, int64_t n) {
+  float s = 0;
+#pragma omp simd reduction(+ : s)
+  for (int64_t i = 0; i < n; ++i) s += a[i] * b[i];
+  return s;
+}
+
 class DhsaPlanner : public Planner {
  public:
   DhsaPlanner(double budget, int64_t min_chunk, int64_t max_chunk, int64_t sink, int64_t local)

@@ -119,15 +119,6 @@ void add_scaled2(float* a, float* b, const float* x, int64_t n, float c) {
 }
 }  // namespace
 
-float dot(const float* a, const float* b, int64_t n) {
-  __m256 acc = _mm256_setzero_ps();
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc);
-  float s = hsum8(acc);
-  for (; i < n; ++i) s += a[i] * b[i];
-  return s;
-}
-
 void softmax_inplace(float* x, int64_t n) {
   const float m = row_max(x, n);
   if (m == kNegInf) {  // nothing finite: leave zeros

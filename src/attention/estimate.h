@@ -117,9 +117,6 @@ void estimate_pooled(const PlanRequest& r, const KeysF32& keys, int64_t block, f
 // `stride` must divide `block`; `keys` must be loaded with pad = stride.
 void estimate_antidiag(const PlanRequest& r, const KeysF32& keys, int64_t stride, int64_t block, BlockScores& out);
 
-// a . b over n floats (AVX2 FMA), for planners scoring a few vectors each.
-float dot(const float* a, const float* b, int64_t n);
-
 // Numerically stable softmax of x[0, n) in place (vector exp); n >= 1.
 void softmax_inplace(float* x, int64_t n);
 
