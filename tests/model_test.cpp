@@ -155,6 +155,10 @@ TEST_F(ModelTest, SparseMethodsAtFullBudgetAreDenseInChunkedPrefill) {
       {"flexprefill", "gamma=1,tau=0,min_budget=0"},
       {"xattention", "tau=1"},
       {"sale", "theta=0"},
+      {"s2o", "target=1"},  // its own ordered plan visits keys in another order
+      {"hip", "k=1000000"},
+      {"dhsa", "budget=1"},
+      {"longheads", "k=1000000"},
   };
   for (const AttentionMethodInfo& m : attention_methods()) {
     if (m.name == "dense") continue;

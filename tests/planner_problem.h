@@ -5,6 +5,7 @@
 // problems.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -16,6 +17,7 @@
 #include "attention/planner.h"
 #include "kernels/attention.h"
 #include "kernels/f16.h"
+#include "skim/attention.h"
 
 namespace skim::testing {
 
@@ -145,6 +147,24 @@ struct PlannerProblem {
     throw std::invalid_argument("no sparse method " + parsed.name);
   }
 };
+
+struct Recall {
+  double mean = 0, min = 1, density = 0;
+};
+
+// Recall exp(LSE_sparse - LSE_dense) on 32 sampled rows per chunk (all rows
+// planned, and every plan run as planned: last_q=0, max_density=1).
+inline Recall measure(const PlannerProblem& p, const std::string& spec) {
+  AttentionReport report;
+  p.run(with_keys(spec, "last_q=0,max_density=1"), &report, 0, 1, 32);
+  Recall r;
+  r.density = report.density();
+  for (const HeadFidelity& f : report.fidelity) {
+    r.mean += f.recall_mean() / static_cast<double>(report.fidelity.size());
+    r.min = std::min(r.min, f.recall_min);
+  }
+  return r;
+}
 
 inline bool bitwise_equal(const std::vector<float>& a, const std::vector<float>& b) {
   return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;

@@ -27,7 +27,9 @@ using attention::KeysF32;
 using attention::LastQEstimate;
 using testing::as_planned;
 using testing::bitwise_equal;
+using testing::measure;
 using testing::PlannerProblem;
+using testing::Recall;
 using testing::with_keys;
 
 // Key j of KV head h as the estimate sees it (f16 widened).
@@ -370,24 +372,6 @@ TEST(SparsePlanners, FullBudgetIsDenseBitForBit) {
       EXPECT_LT(std::sqrt(err / ref), 1e-6) << spec;
     }
   }
-}
-
-struct Recall {
-  double mean = 0, min = 1, density = 0;
-};
-
-// Recall exp(LSE_sparse - LSE_dense) on 32 sampled rows per chunk (all rows
-// planned, and every plan run as planned: last_q=0, max_density=1).
-Recall measure(const PlannerProblem& p, const std::string& spec) {
-  AttentionReport report;
-  p.run(with_keys(spec, "last_q=0,max_density=1"), &report, 0, 1, 32);
-  Recall r;
-  r.density = report.density();
-  for (const HeadFidelity& f : report.fidelity) {
-    r.mean += f.recall_mean() / static_cast<double>(report.fidelity.size());
-    r.min = std::min(r.min, f.recall_min);
-  }
-  return r;
 }
 
 void expect_found(const PlannerProblem& p, const char* what, const char* spec, double max_density) {

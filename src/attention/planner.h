@@ -127,6 +127,9 @@ MethodDef flexprefill_method();
 MethodDef xattention_method();
 MethodDef sale_method();
 MethodDef s2o_method();
+MethodDef hip_method();
+MethodDef dhsa_method();
+MethodDef longheads_method();
 
 // The registry in listing order (dense is not a planner and is not listed here).
 const std::vector<MethodDef>& sparse_methods();

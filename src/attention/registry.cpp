@@ -101,9 +101,9 @@ void Planner::estimate_mass(const PlanRequest&, BlockScores&) {
 
 const std::vector<MethodDef>& sparse_methods() {
   static const std::vector<MethodDef> methods = {
-      streaming_method(),   trishape_method(),  power_method(),       blasst_method(),     minference_method(),
-      block_sparse_method(), flexprefill_method(), xattention_method(), sale_method(),
-      s2o_method()};
+      streaming_method(),    trishape_method(),    power_method(),      blasst_method(), minference_method(),
+      block_sparse_method(), flexprefill_method(), xattention_method(), sale_method(),   s2o_method(),
+      hip_method(),          dhsa_method(),        longheads_method()};
   return methods;
 }
 
