@@ -5,6 +5,7 @@
 // problems.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -134,6 +135,35 @@ struct PlannerProblem {
     throw std::invalid_argument("no sparse method " + parsed.name);
   }
 };
+
+// Heavy keys (all components `value`, queries made positive): runs of
+// `width` keys starting at first, first + spacing, ... They carry nearly all
+// the attention mass.
+inline void add_heavy_keys(PlannerProblem& p, int64_t first, int64_t spacing, int64_t width, float value) {
+  for (int32_t h = 0; h < p.hkv; ++h)
+    for (int64_t j0 = first; j0 < p.n_keys(); j0 += spacing)
+      for (int64_t j = j0; j < std::min(p.n_keys(), j0 + width); ++j)
+        for (int32_t c = 0; c < p.d; ++c) p.k[(h * p.n_keys() + j) * p.d + c] = kernels::f32_to_f16(value);
+  for (float& x : p.q) x = std::abs(x);
+}
+
+struct Recall {
+  double mean = 0, min = 1, density = 0;
+};
+
+// Recall exp(LSE_sparse - LSE_dense) on 32 sampled rows per chunk (all rows
+// planned, and every plan run as planned: last_q=0, max_density=1).
+inline Recall measure(const PlannerProblem& p, const std::string& spec) {
+  AttentionReport report;
+  p.run(with_keys(spec, "last_q=0,max_density=1"), &report, 0, 1, 32);
+  Recall r;
+  r.density = report.density();
+  for (const HeadFidelity& f : report.fidelity) {
+    r.mean += f.recall_mean() / static_cast<double>(report.fidelity.size());
+    r.min = std::min(r.min, f.recall_min);
+  }
+  return r;
+}
 
 inline bool bitwise_equal(const std::vector<float>& a, const std::vector<float>& b) {
   return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;

@@ -25,9 +25,12 @@ namespace {
 using attention::BlockScores;
 using attention::KeysF32;
 using attention::LastQEstimate;
+using testing::add_heavy_keys;
 using testing::as_planned;
 using testing::bitwise_equal;
+using testing::measure;
 using testing::PlannerProblem;
+using testing::Recall;
 using testing::with_keys;
 
 // Key j of KV head h as the estimate sees it (f16 widened).
@@ -321,35 +324,6 @@ TEST(SparsePlanners, FullBudgetIsDenseBitForBit) {
       EXPECT_LT(std::sqrt(err / ref), 1e-6) << spec;
     }
   }
-}
-
-// Heavy keys (all components `value`, queries made positive): runs of
-// `width` keys starting at first, first + spacing, ... They carry nearly all
-// the attention mass.
-void add_heavy_keys(PlannerProblem& p, int64_t first, int64_t spacing, int64_t width, float value) {
-  for (int32_t h = 0; h < p.hkv; ++h)
-    for (int64_t j0 = first; j0 < p.n_keys(); j0 += spacing)
-      for (int64_t j = j0; j < std::min(p.n_keys(), j0 + width); ++j)
-        for (int32_t c = 0; c < p.d; ++c) p.k[(h * p.n_keys() + j) * p.d + c] = kernels::f32_to_f16(value);
-  for (float& x : p.q) x = std::abs(x);
-}
-
-struct Recall {
-  double mean = 0, min = 1, density = 0;
-};
-
-// Recall exp(LSE_sparse - LSE_dense) on 32 sampled rows per chunk (all rows
-// planned, and every plan run as planned: last_q=0, max_density=1).
-Recall measure(const PlannerProblem& p, const std::string& spec) {
-  AttentionReport report;
-  p.run(with_keys(spec, "last_q=0,max_density=1"), &report, 0, 1, 32);
-  Recall r;
-  r.density = report.density();
-  for (const HeadFidelity& f : report.fidelity) {
-    r.mean += f.recall_mean() / static_cast<double>(report.fidelity.size());
-    r.min = std::min(r.min, f.recall_min);
-  }
-  return r;
 }
 
 void expect_found(const PlannerProblem& p, const char* what, const char* spec, double max_density) {
