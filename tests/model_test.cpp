@@ -155,6 +155,7 @@ TEST_F(ModelTest, SparseMethodsAtFullBudgetAreDenseInChunkedPrefill) {
       {"flexprefill", "gamma=1,tau=0,min_budget=0"},
       {"xattention", "tau=1"},
       {"sale", "theta=0"},
+      {"token_sparse", "coverage=0,min_tokens=0"},
   };
   for (const AttentionMethodInfo& m : attention_methods()) {
     if (m.name == "dense") continue;

@@ -118,6 +118,7 @@ MethodDef block_sparse_method();  // block_topk.cpp
 MethodDef flexprefill_method();
 MethodDef xattention_method();
 MethodDef sale_method();
+MethodDef token_sparse_method();
 
 // The registry in listing order (dense is not a planner and is not listed here).
 const std::vector<MethodDef>& sparse_methods();
