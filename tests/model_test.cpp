@@ -156,6 +156,7 @@ TEST_F(ModelTest, SparseMethodsAtFullBudgetAreDenseInChunkedPrefill) {
       {"xattention", "tau=1"},
       {"sale", "theta=0"},
       {"token_sparse", "coverage=0,min_tokens=0"},
+      {"tca", "target=1"},
   };
   for (const AttentionMethodInfo& m : attention_methods()) {
     if (m.name == "dense") continue;

@@ -21,7 +21,10 @@ using testing::Recall;
 
 const char* const kTokenSpecs[] = {"token_sparse:min_tokens=16,window=32",
                                    "token_sparse:min_tokens=0,window=64,coverage=0.3,kernel=1,gqa=head",
-                                   "token_sparse"};
+                                   "token_sparse",
+                                   "tca:min_budget=16,sink=16,local=64",
+                                   "tca:target=0.5,min_budget=0,max_budget=40,redundancy=0.2,gqa=head",
+                                   "tca"};
 
 TEST(TokenPlanners, PlansAreValidOnManyShapes) {
   int sparse_plans = 0;
@@ -38,7 +41,7 @@ TEST(TokenPlanners, PlansAreValidOnManyShapes) {
             EXPECT_GT(plan->listed_pairs(), 0) << spec;
           }
         }
-  EXPECT_GE(sparse_plans, 150);
+  EXPECT_GE(sparse_plans, 440);
   // The kernel runs them (with plan validation on) as the model would.
   for (auto [hq, hkv, d, n, pos0] : {std::tuple{6, 2, 64, 333, 517}, std::tuple{7, 1, 128, 65, 1000},
                                      std::tuple{2, 2, 64, 600, 2000}}) {
@@ -60,14 +63,17 @@ TEST(TokenPlanners, FullBudgetIsDenseBitForBit) {
     // Whether the planner plans this chunk: token_sparse needs more keys
     // than its window.
     for (auto [spec, plans] : {std::pair{"token_sparse:coverage=0,min_tokens=0", p.n_keys() > 128},
-                               std::pair{"token_sparse:coverage=0.5,min_tokens=1000000000", false}}) {
+                               std::pair{"token_sparse:coverage=0.5,min_tokens=1000000000", false},
+                               std::pair{"tca:target=1,min_budget=0", true},
+                               std::pair{"tca:target=1,redundancy=0.5", true}}) {
       AttentionReport report;
       EXPECT_TRUE(bitwise_equal(p.run(as_planned(spec), &report), dense)) << spec << " n=" << n << " pos0=" << pos0;
       EXPECT_DOUBLE_EQ(report.density(), 1.0) << spec << " n=" << n << " pos0=" << pos0;
       EXPECT_EQ(report.sparse_calls, plans ? 1 : 0) << spec << " n=" << n << " pos0=" << pos0;
     }
     // One plan per q head: dense key sets, tiled per head (equal up to rounding).
-    for (const char* spec : {"token_sparse:coverage=0,min_tokens=0,gqa=head"}) {
+    for (const char* spec : {"token_sparse:coverage=0,min_tokens=0,gqa=head",
+                             "tca:target=1,gqa=head"}) {
       AttentionReport report;
       const std::vector<float> out = p.run(as_planned(spec), &report);
       EXPECT_DOUBLE_EQ(report.density(), 1.0) << spec;
@@ -93,16 +99,37 @@ TEST(TokenPlanners, FindScatteredHeavyKeys) {
   PlannerProblem p(6, 2, 64, 512, 7680, 35);
   add_heavy_keys(p, 194, 389, 1, 8.0f);
   expect_found(p, "scattered keys", "token_sparse", 0.25);
+  expect_found(p, "scattered keys", "tca", 0.15);
   // A static pattern of similar density misses them.
   EXPECT_LT(measure(p, "streaming:sink=64,local=1024").mean, 0.5);
   // token_sparse's count comes from the mass: with nothing droppable it keeps everything.
   EXPECT_GT(measure(p, "token_sparse:coverage=0").density, 0.95);
 }
 
+TEST(TokenPlanners, TcaRedundancySkipsStayWithinTheTarget) {
+  // Pairs of identical adjacent heavy keys: each pair is maximally redundant,
+  // and together the pairs hold nearly all the mass. Skipping one key of
+  // every pair would halve recall; skips are capped at 1 - target of the mass.
+  PlannerProblem p(6, 2, 64, 512, 7680, 37);
+  add_heavy_keys(p, 150, 401, 2, 8.0f);
+  const Recall plain = measure(p, "tca");
+  // redundancy=0: every kept neighbour with a positive cosine makes a key
+  // redundant (about half the random keys).
+  const Recall skipping = measure(p, "tca:redundancy=0");
+  EXPECT_GE(plain.mean, 0.95);
+  EXPECT_GE(skipping.mean, 0.9);
+  EXPECT_LE(skipping.density, plain.density * 1.5);
+  // Light redundant keys (within the slack) are skipped: the same budget then
+  // holds other keys.
+  EXPECT_NE(p.plan("tca:redundancy=0,gqa=head")->cols, p.plan("tca:gqa=head")->cols);
+}
+
 TEST(TokenPlanners, BadParametersAreRejected) {
   for (const char* spec :
        {"token_sparse:coverage=1", "token_sparse:coverage=-0.1", "token_sparse:kernel=4", "token_sparse:kernel=0",
-        "token_sparse:window=0", "token_sparse:min_tokens=-1", "token_sparse:w=64"}) {
+        "token_sparse:window=0", "token_sparse:min_tokens=-1", "token_sparse:w=64",
+        "tca:target=0", "tca:target=1.5", "tca:min_budget=100,max_budget=50", "tca:redundancy=2", "tca:sink=-1",
+        "tca:local=x"}) {
     EXPECT_THROW(validate_attention_spec(spec), std::invalid_argument) << spec;
   }
   try {
@@ -111,6 +138,7 @@ TEST(TokenPlanners, BadParametersAreRejected) {
     EXPECT_NE(std::string(e.what()).find("odd"), std::string::npos) << e.what();
   }
   EXPECT_NO_THROW(validate_attention_spec("token_sparse"));
+  EXPECT_NO_THROW(validate_attention_spec("tca"));
 }
 
 }  // namespace

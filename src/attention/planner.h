@@ -119,6 +119,7 @@ MethodDef flexprefill_method();
 MethodDef xattention_method();
 MethodDef sale_method();
 MethodDef token_sparse_method();
+MethodDef tca_method();
 
 // The registry in listing order (dense is not a planner and is not listed here).
 const std::vector<MethodDef>& sparse_methods();
