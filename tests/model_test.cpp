@@ -157,6 +157,7 @@ TEST_F(ModelTest, SparseMethodsAtFullBudgetAreDenseInChunkedPrefill) {
       {"sale", "theta=0"},
       {"token_sparse", "coverage=0,min_tokens=0"},
       {"tca", "target=1"},
+      {"squeezed", "target=1"},
   };
   for (const AttentionMethodInfo& m : attention_methods()) {
     if (m.name == "dense") continue;

@@ -117,6 +117,11 @@ void estimate_pooled(const PlanRequest& r, const KeysF32& keys, int64_t block, f
 // `stride` must divide `block`; `keys` must be loaded with pad = stride.
 void estimate_antidiag(const PlanRequest& r, const KeysF32& keys, int64_t stride, int64_t block, BlockScores& out);
 
+// OpenBLAS on one thread, once per process: callers' OpenMP loops over heads
+// provide the parallelism (OpenBLAS threads would oversubscribe). Call before
+// cblas products.
+void single_threaded_blas();
+
 // Numerically stable softmax of x[0, n) in place (vector exp); n >= 1.
 void softmax_inplace(float* x, int64_t n);
 

@@ -120,6 +120,7 @@ MethodDef xattention_method();
 MethodDef sale_method();
 MethodDef token_sparse_method();
 MethodDef tca_method();
+MethodDef squeezed_method();
 
 // The registry in listing order (dense is not a planner and is not listed here).
 const std::vector<MethodDef>& sparse_methods();
