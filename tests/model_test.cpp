@@ -159,6 +159,9 @@ TEST_F(ModelTest, SparseMethodsAtFullBudgetAreDenseInChunkedPrefill) {
       {"hip", "k=1000000"},
       {"dhsa", "budget=1"},
       {"longheads", "k=1000000"},
+      {"token_sparse", "coverage=0,min_tokens=0"},
+      {"tca", "target=1"},
+      {"squeezed", "target=1"},
   };
   for (const AttentionMethodInfo& m : attention_methods()) {
     if (m.name == "dense") continue;

@@ -170,7 +170,10 @@ const char* const kSpecs[] = {"streaming:sink=4,local=96",
                               "sale:theta=0.02,sink=16,local=64",
                               "hip:k=128,chunk=16,sink=16,local=64",
                               "dhsa:budget=128,sink=16,local=64",
-                              "longheads:chunk=64,k=2"};
+                              "longheads:chunk=64,k=2",
+                              "token_sparse:min_tokens=64,window=32,coverage=0.3",
+                              "tca:target=0.5,min_budget=16,sink=4,local=64",
+                              "squeezed:target=0.5,sink=4,local=64"};
 
 std::optional<attention::Plan> plan_of(const Chunk& c, const std::string& spec) {
   const attention::MethodSpec parsed = attention::parse_method_spec(spec);

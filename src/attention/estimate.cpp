@@ -26,12 +26,6 @@ float* scratch(int slot, size_t n) {
   return b.data();
 }
 
-void single_threaded_blas() {
-  // Our OpenMP loops provide the parallelism; OpenBLAS threads would oversubscribe.
-  static std::once_flag once;
-  std::call_once(once, [] { openblas_set_num_threads(1); });
-}
-
 // e^x for 8 lanes (Cephes expf polynomial, ~1 ulp); x <= 0 here, below -87 gives 0.
 inline __m256 exp8(__m256 x) {
   const __m256 lo = _mm256_set1_ps(-87.33654f);
@@ -118,6 +112,11 @@ void add_scaled2(float* a, float* b, const float* x, int64_t n, float c) {
   }
 }
 }  // namespace
+
+void single_threaded_blas() {
+  static std::once_flag once;
+  std::call_once(once, [] { openblas_set_num_threads(1); });
+}
 
 void softmax_inplace(float* x, int64_t n) {
   const float m = row_max(x, n);

@@ -134,6 +134,11 @@ void estimate_sampled(const PlanRequest& r, const KeysF32& keys, int64_t stride,
 // Scales each row of `s` (its visible blocks) to sum to 1; an all-zero row stays 0.
 void normalize_rows(BlockScores& s);
 
+// OpenBLAS on one thread, once per process: callers' OpenMP loops over heads
+// provide the parallelism (OpenBLAS threads would oversubscribe). Call before
+// cblas products.
+void single_threaded_blas();
+
 // Numerically stable softmax of x[0, n) in place (vector exp); n >= 1.
 void softmax_inplace(float* x, int64_t n);
 

@@ -130,6 +130,9 @@ MethodDef s2o_method();
 MethodDef hip_method();
 MethodDef dhsa_method();
 MethodDef longheads_method();
+MethodDef token_sparse_method();
+MethodDef tca_method();
+MethodDef squeezed_method();
 
 // The registry in listing order (dense is not a planner and is not listed here).
 const std::vector<MethodDef>& sparse_methods();

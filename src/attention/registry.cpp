@@ -103,7 +103,8 @@ const std::vector<MethodDef>& sparse_methods() {
   static const std::vector<MethodDef> methods = {
       streaming_method(),    trishape_method(),    power_method(),      blasst_method(), minference_method(),
       block_sparse_method(), flexprefill_method(), xattention_method(), sale_method(),   s2o_method(),
-      hip_method(),          dhsa_method(),        longheads_method()};
+      hip_method(),          dhsa_method(),        longheads_method(),  token_sparse_method(), tca_method(),
+      squeezed_method()};
   return methods;
 }
 

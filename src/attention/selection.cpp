@@ -49,6 +49,20 @@ void KeySelection::add_columns(int32_t q_head, int64_t qb, int64_t begin, int64_
   for (int64_t key = begin; key < end; ++key) add_column(q_head, qb, key);
 }
 
+void KeySelection::add_keys(int32_t q_head, int64_t qb, std::span<const int32_t> sorted_keys) {
+  const int64_t last = block_last(qb);
+  for (size_t i = 0; i < sorted_keys.size() && sorted_keys[i] <= last;) {
+    size_t end = i + 1;
+    while (end < sorted_keys.size() && sorted_keys[end] == sorted_keys[end - 1] + 1) ++end;
+    if (static_cast<int64_t>(end - i) >= kMinRangeRun) {
+      add_range(q_head, qb, sorted_keys[i], sorted_keys[end - 1] + 1);
+    } else {
+      for (size_t k = i; k < end; ++k) add_column(q_head, qb, sorted_keys[k]);
+    }
+    i = end;
+  }
+}
+
 Plan KeySelection::build() const {
   const int32_t g = n_q_heads_ / n_kv_heads_;
   const int32_t plan_heads = group_union_ ? n_kv_heads_ : n_q_heads_;

@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <span>
 #include <vector>
 
 #include "attention/planner.h"
@@ -53,6 +54,11 @@ class KeySelection {
     add_range(q_head, qb, key_block * size, (key_block + 1) * size);
   }
   void add_column(int32_t q_head, int64_t qb, int64_t key);
+  // Token-level key sets (sorted ascending, unique): runs of at least
+  // kMinRangeRun consecutive slots become ranges (streamed as contiguous
+  // tiles), the rest columns (gathered); keys after the block are dropped.
+  static constexpr int64_t kMinRangeRun = 16;
+  void add_keys(int32_t q_head, int64_t qb, std::span<const int32_t> sorted_keys);
 
   Plan build() const;
 
