@@ -492,7 +492,7 @@ TEST(SparsePlanners, BadParametersAreRejected) {
         std::string("xattention:stride=128"), std::string("xattention:block=96"), std::string("xattention:tau=2"),
         std::string("xattention:tau=nan"), std::string("s2o:stride=0"), std::string("s2o:cover=1.5"),
         std::string("s2o:eps=-1"), std::string("s2o:kblock=48"), std::string("xattention:target=1.1"), std::string("streaming:target=0.9"),
-        std::string("minference:target=0.9"), std::string("xattention:block=128,target=0.9"),
+        std::string("minference:target=0.9"), std::string("hip:target=0.9"), std::string("xattention:block=128,target=0.9"),
         std::string("s2o:dense_layers=x"), std::string("s2o:dense_layers=1//2")}) {
     EXPECT_THROW(validate_attention_spec(spec), std::invalid_argument) << spec;
   }

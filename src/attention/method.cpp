@@ -2,6 +2,7 @@
 
 #include "attention/selection.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <limits>
@@ -75,7 +76,10 @@ AttentionMethod::AttentionMethod(const std::string& spec, int32_t n_layers) {
   if (!plans_layer_.empty() && !plans_layer_[0])
     throw std::invalid_argument(fmt::format("{}: reuse must include layer 0", name_));
   dense_layer_ = layer_list(params, "dense_layers", n_layers);
-  target_ = params.number("target", 0.0, 1.0);
+  // A method whose own rule is a mass target (tca, squeezed) takes target= itself.
+  const bool own_target = def && std::any_of(def->info.params.begin(), def->info.params.end(),
+                                             [](const AttentionParamInfo& p) { return p.name == "target"; });
+  if (!own_target) target_ = params.number("target", 0.0, 1.0);
   if (def) planner_ = def->make(params);
   if (target_ > 0 && !(planner_ && planner_->estimates_mass())) {
     std::string estimating;

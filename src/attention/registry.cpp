@@ -125,7 +125,8 @@ const std::vector<AttentionParamInfo>& attention_policy_params() {
                     "nearest planning layer before them (empty: every layer plans)"},
       {"gqa", "union", "union: one plan per KV head over its q heads' key sets; head: one plan per q head"},
       {"target", "0", "recall-targeted: per q head and query block, the fewest key blocks whose estimated "
-                      "attention mass reaches this share, on the method's estimate (0: the method's own rule)"},
+                      "attention mass reaches this share, on the method's estimate (0: the method's own rule; "
+                      "tca and squeezed read it as their own target)"},
       {"dense_layers", "", "layers run dense, '/'-separated (skim calibrate --route picks those a target "
                            "cannot make sparse cheaply)"},
   };
