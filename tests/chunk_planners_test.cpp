@@ -31,38 +31,10 @@ const char* const kChunkSpecs[] = {"hip",
                                    "longheads:chunk=64,k=2",
                                    "longheads:chunk=128,k=1,gqa=head"};
 
-double plan_density(const attention::Plan& plan, const PlannerProblem& p) {
-  const double dense = static_cast<double>(p.hq) * (p.n_rows * p.q_pos0 + p.n_rows * (p.n_rows + 1) / 2);
-  return static_cast<double>(plan.listed_pairs()) / dense;
-}
-
 TEST(ChunkPlanners, PlansAreValidOnManyShapes) {
-  int plans = 0;
-  for (int32_t d : {64, 128})
-    for (auto [hq, hkv] : {std::pair{2, 2}, std::pair{6, 2}, std::pair{7, 1}})
-      for (int64_t n : {1, 2, 63, 64, 65, 130, 333, 600})
-        for (int64_t pos0 : {0, 517}) {
-          PlannerProblem p(hq, hkv, d, n, pos0, static_cast<uint32_t>(n + pos0 + d + hq));
-          for (const char* spec : kChunkSpecs) {
-            std::optional<attention::Plan> plan;
-            ASSERT_NO_THROW(plan = p.plan(spec)) << spec << " d " << d << " hq " << hq << " n " << n << " pos0 " << pos0;
-            ASSERT_TRUE(plan.has_value()) << spec;  // these planners always plan
-            ++plans;
-            EXPECT_GT(plan->listed_pairs(), 0) << spec;
-            EXPECT_LE(plan_density(*plan, p), 1.0 + 1e-12) << spec;
-          }
-        }
-  EXPECT_EQ(plans, 2 * 3 * 8 * 2 * static_cast<int>(std::size(kChunkSpecs)));
-  // The kernel runs them (with plan validation on) as the model would.
-  for (auto [hq, hkv, d, n, pos0] : {std::tuple{6, 2, 64, 333, 517}, std::tuple{7, 1, 128, 65, 1000},
-                                     std::tuple{2, 2, 64, 600, 3000}}) {
-    PlannerProblem p(hq, hkv, d, n, pos0, 21);
-    for (const char* spec : kChunkSpecs) {
-      std::vector<float> out;
-      ASSERT_NO_THROW(out = p.run(spec)) << spec;
-      for (float x : out) ASSERT_TRUE(std::isfinite(x)) << spec;
-    }
-  }
+  // These planners always plan.
+  EXPECT_EQ(testing::plan_on_many_shapes(kChunkSpecs), 2 * 3 * 8 * 2 * static_cast<int>(std::size(kChunkSpecs)));
+  testing::run_to_finite_outputs(kChunkSpecs, 3000);
 }
 
 TEST(ChunkPlanners, KeysPerTileStayWithinTheBudget) {
@@ -102,12 +74,7 @@ TEST(ChunkPlanners, FullBudgetIsDenseBitForBit) {
       const std::vector<float> out = p.run(as_planned(spec), &report);
       EXPECT_DOUBLE_EQ(report.density(), 1.0) << spec;
       EXPECT_EQ(report.sparse_calls, 1) << spec;
-      double err = 0, ref = 0;
-      for (size_t i = 0; i < out.size(); ++i) {
-        err += std::pow(double(out[i]) - dense[i], 2);
-        ref += std::pow(double(dense[i]), 2);
-      }
-      EXPECT_LT(std::sqrt(err / ref), 1e-6) << spec;
+      EXPECT_LT(testing::rel_l2(out, dense), 1e-6) << spec;
     }
   }
 }

@@ -18,12 +18,8 @@ namespace {
 
 using testing::as_planned;
 using testing::bitwise_equal;
+using testing::plan_density;
 using testing::PlannerProblem;
-
-double plan_density(const attention::Plan& plan, const PlannerProblem& p) {
-  const double per_head = static_cast<double>(p.n_rows) * p.q_pos0 + p.n_rows * (p.n_rows + 1) / 2.0;
-  return static_cast<double>(plan.listed_pairs()) / (per_head * p.hq);
-}
 
 TEST(Sale, PlansAreValidOnManyShapes) {
   for (auto [hq, hkv, d, n, pos0] :

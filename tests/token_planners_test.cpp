@@ -28,32 +28,8 @@ const char* const kTokenSpecs[] = {"token_sparse:min_tokens=16,window=32",
                                    "squeezed:clusters=20,target=0.5,sink=0,local=0,gqa=head"};
 
 TEST(TokenPlanners, PlansAreValidOnManyShapes) {
-  int sparse_plans = 0;
-  for (int32_t d : {64, 128})
-    for (auto [hq, hkv] : {std::pair{2, 2}, std::pair{6, 2}, std::pair{7, 1}})
-      for (int64_t n : {1, 2, 63, 64, 65, 130, 333, 600})
-        for (int64_t pos0 : {0, 517}) {
-          PlannerProblem p(hq, hkv, d, n, pos0, static_cast<uint32_t>(n + pos0 + d + hq));
-          for (const char* spec : kTokenSpecs) {
-            std::optional<attention::Plan> plan;
-            ASSERT_NO_THROW(plan = p.plan(spec)) << spec << " d " << d << " hq " << hq << " n " << n << " pos0 " << pos0;
-            if (!plan) continue;
-            ++sparse_plans;
-            EXPECT_GT(plan->listed_pairs(), 0) << spec;
-          }
-        }
-  EXPECT_GE(sparse_plans, 530);
-  // The kernel runs them (with plan validation on) as the model would.
-  for (auto [hq, hkv, d, n, pos0] : {std::tuple{6, 2, 64, 333, 517}, std::tuple{7, 1, 128, 65, 1000},
-                                     std::tuple{2, 2, 64, 600, 2000}}) {
-    PlannerProblem p(hq, hkv, d, n, pos0, 21);
-    for (const char* spec : kTokenSpecs) {
-      AttentionReport report;
-      std::vector<float> out;
-      ASSERT_NO_THROW(out = p.run(spec, &report)) << spec;
-      for (float x : out) ASSERT_TRUE(std::isfinite(x)) << spec;
-    }
-  }
+  EXPECT_GE(testing::plan_on_many_shapes(kTokenSpecs), 530);
+  testing::run_to_finite_outputs(kTokenSpecs, 2000);
 }
 
 TEST(TokenPlanners, FullBudgetIsDenseBitForBit) {
@@ -82,12 +58,7 @@ TEST(TokenPlanners, FullBudgetIsDenseBitForBit) {
       AttentionReport report;
       const std::vector<float> out = p.run(as_planned(spec), &report);
       EXPECT_DOUBLE_EQ(report.density(), 1.0) << spec;
-      double err = 0, ref = 0;
-      for (size_t i = 0; i < out.size(); ++i) {
-        err += std::pow(double(out[i]) - dense[i], 2);
-        ref += std::pow(double(dense[i]), 2);
-      }
-      EXPECT_LT(std::sqrt(err / ref), 1e-6) << spec;
+      EXPECT_LT(testing::rel_l2(out, dense), 1e-6) << spec;
     }
   }
 }

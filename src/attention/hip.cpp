@@ -75,9 +75,7 @@ class HipPlanner : public Planner {
         const int32_t kv = h / g;
         const float* pre = prefix_.data() + static_cast<size_t>(kv) * (n_kc + 1) * d;
         for (int64_t qb = 0; qb < sel.n_blocks(); ++qb) {
-          const int64_t window_pos = sel.block_first_pos(qb) - local_ + 1;
-          sel.add_positions(h, qb, 0, sink_);
-          sel.add_positions(h, qb, window_pos, sel.block_last_pos(qb) + 1);
+          const int64_t window_pos = sel.add_sink_and_window(h, qb, sink_, local_);
           // Candidate chunks: those holding a key between the sink and the window.
           const int64_t lo = r.first_slot_at(kv, sink_), hi = r.first_slot_at(kv, window_pos);
           if (lo >= hi) continue;

@@ -17,8 +17,7 @@ class PowerPlanner : public Planner {
       // Blocks of positions: the one holding the query block's end, and those 2^k before it.
       const int64_t kb = sel.block_last_pos(qb) / block_;
       for (int32_t h = 0; h < r.n_q_heads; ++h) {
-        sel.add_positions(h, qb, 0, sink_);
-        sel.add_positions(h, qb, sel.block_first_pos(qb) - local_ + 1, sel.block_last_pos(qb) + 1);
+        sel.add_sink_and_window(h, qb, sink_, local_);
         for (int64_t dist = 1; dist <= kb; dist *= 2)
           sel.add_positions(h, qb, (kb - dist) * block_, (kb - dist + 1) * block_);
       }

@@ -45,6 +45,13 @@ void KeySelection::add_column(int32_t q_head, int64_t qb, int64_t key) {
   if (key >= 0 && key <= block_last(qb)) at(q_head, qb).cols.push_back(static_cast<int32_t>(key));
 }
 
+int64_t KeySelection::add_sink_and_window(int32_t q_head, int64_t qb, int64_t sink, int64_t local) {
+  const int64_t window_pos = block_first_pos(qb) - local + 1;
+  add_positions(q_head, qb, 0, sink);
+  add_positions(q_head, qb, window_pos, block_last_pos(qb) + 1);
+  return window_pos;
+}
+
 void KeySelection::add_columns(int32_t q_head, int64_t qb, int64_t begin, int64_t end) {
   for (int64_t key = begin; key < end; ++key) add_column(q_head, qb, key);
 }

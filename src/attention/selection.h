@@ -54,6 +54,10 @@ class KeySelection {
     add_range(q_head, qb, key_block * size, (key_block + 1) * size);
   }
   void add_column(int32_t q_head, int64_t qb, int64_t key);
+  // The sink (positions [0, sink)) and the local window: the `local`
+  // positions before the block's first row and the block's own rows. Returns
+  // the window's first position.
+  int64_t add_sink_and_window(int32_t q_head, int64_t qb, int64_t sink, int64_t local);
   // Token-level key sets (sorted ascending, unique): runs of at least
   // kMinRangeRun consecutive slots become ranges (streamed as contiguous
   // tiles), the rest columns (gathered); keys after the block are dropped.

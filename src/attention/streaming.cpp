@@ -15,8 +15,7 @@ class StreamingPlanner : public Planner {
     KeySelection sel(r);
     for (int32_t h = 0; h < r.n_q_heads; ++h) {
       for (int64_t qb = 0; qb < sel.n_blocks(); ++qb) {
-        sel.add_positions(h, qb, 0, sink_);
-        sel.add_positions(h, qb, sel.block_first_pos(qb) - local_ + 1, sel.block_last_pos(qb) + 1);
+        sel.add_sink_and_window(h, qb, sink_, local_);
       }
     }
     return sel.build();
