@@ -314,6 +314,14 @@ class GoodInputs(ModelTest):
         self.assertEqual(calibration["layers"], self.meta["layers"])
         self.assertEqual(len(calibration["minference"]["heads"]), self.meta["layers"] * calibration["heads"])
         self.assertIn(f"wrote {out}", r.stdout)
+        # Routing: one entry per layer, and the spec to use printed.
+        r = skim("calibrate", "-m", MODEL, "-f", TEXT_FILE, "--len", 256, "--ubatch-size", 128, "-o", out, "-q",
+                 "--route", "s2o:target=0.9,min_len=0")
+        self.assert_ok(r)
+        with open(out) as f:
+            route = json.load(f)["route"]
+        self.assertEqual(len(route["layers"]), self.meta["layers"])
+        self.assertIn("--attn s2o:target=0.9,min_len=0", r.stdout)
 
 
 class BadInputs(ModelTest):
@@ -438,6 +446,10 @@ class BadInputs(ModelTest):
             (["bench", "-m", MODEL, "--peer", "none", "-r", 0], "--repetitions: 0"),
             (["eval", "-m", MODEL, "--out", self.tmp, "--samples", 0], "--samples: 0"),
             (["calibrate", "-m", MODEL, "--len", 10], "--len: 10"),
+            (["calibrate", "-m", MODEL, "--len", 256, "--route", "nosuch"], "unknown attention method 'nosuch'"),
+            (["calibrate", "-m", MODEL, "--route", "s2o", "--route-density", 2], "--route-density: 2"),
+            (["run", "-m", MODEL, "-p", "Hi", "--attn", "power:target=0.9"], "target= needs a method"),
+            (["run", "-m", MODEL, "-p", "Hi", "--attn", "s2o:dense_layers=99"], "dense_layers=99"),
             (["run", "-m", MODEL, "-p", "Hi", "--rope-scaling", "ntk"], "--rope-scaling"),
             (["run", "-m", MODEL, "-p", "Hi", "--rope-scale", 0], "--rope-scale: 0"),
             (["perplexity", "-m", MODEL, "-f", TEXT_FILE, "--yarn-orig-ctx", 0], "--yarn-orig-ctx: 0"),

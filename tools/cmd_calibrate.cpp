@@ -138,6 +138,7 @@ void print_summary(const calibration::CalibrationResult& r, const std::string& p
 
 void calibrate(const CalibrateOptions& o) {
   Stopwatch clock;
+  if (!o.route.empty()) validate_attention_spec(o.route);  // before the model loads and progress starts
   const std::string path = resolve_model(o);
   std::unique_ptr<Model> model = Model::load(path, o.model_options);
   std::string source = o.file;
