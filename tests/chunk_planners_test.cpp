@@ -9,6 +9,7 @@
 #include <random>
 #include <string>
 
+#include "planner_checks.h"
 #include "planner_problem.h"
 #include "skim/attention.h"
 

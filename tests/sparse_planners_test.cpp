@@ -15,6 +15,7 @@
 #include <random>
 
 #include "attention/estimate.h"
+#include "planner_checks.h"
 #include "planner_problem.h"
 #include "skim/attention.h"
 #include "test_support.h"

@@ -6,6 +6,7 @@
 
 #include <cmath>
 
+#include "planner_checks.h"
 #include "planner_problem.h"
 #include "skim/attention.h"
 
