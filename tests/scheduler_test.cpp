@@ -22,8 +22,9 @@ class SchedulerTest : public ::testing::Test {
   std::vector<int32_t> tokens(const std::string& text) const { return model_->tokenizer().encode(text, true, false); }
 
   // The greedy tokens of a fresh context running the prompt alone.
-  std::vector<int32_t> cold(const std::vector<int32_t>& prompt, int n) const {
-    Context ctx(*model_, {.n_ctx = 2048});
+  std::vector<int32_t> cold(const std::vector<int32_t>& prompt, int n, const std::string& attention = "dense",
+                            int n_ubatch = 512) const {
+    Context ctx(*model_, {.n_ctx = 2048, .n_ubatch = n_ubatch, .attention = attention});
     Sampler greedy({.temp = 0});
     GenerationOptions opts;
     opts.n_predict = n;
@@ -108,6 +109,60 @@ TEST_F(SchedulerTest, ASharedPrefixIsReusedAndGivesTheColdAnswer) {
   EXPECT_EQ(scheduler.stats().cache_hits, 1);
 }
 
+// With one slot, each new document takes it: the previous one's whole pages
+// stay in memory (--cache-ram) and a question on it later prefills only the rest.
+TEST_F(SchedulerTest, AKeptPrefixOutlivesItsSlot) {
+  const std::vector<int32_t> text = tokens(test::long_english_text());
+  const std::vector<int32_t> doc_a(text.begin(), text.begin() + 600), doc_b(text.begin() + 1000, text.begin() + 1600);
+  auto ask = [&](const std::vector<int32_t>& doc, const std::string& question) {
+    std::vector<int32_t> p = doc;
+    const std::vector<int32_t> q = model_->tokenizer().encode(question, false, false);
+    p.insert(p.end(), q.begin(), q.end());
+    return p;
+  };
+  SchedulerParams p = params(1, 256);
+  p.cache_ram_bytes = 64u << 20;
+  Scheduler scheduler(*model_, p);
+  EXPECT_EQ(scheduler.n_slots(), 1);
+  EXPECT_EQ(wait(*scheduler.submit(greedy(ask(doc_a, "\nQuestion: who wrote this?"), 6))).stats.n_cached, 0);
+  EXPECT_EQ(wait(*scheduler.submit(greedy(ask(doc_b, "\nQuestion: who wrote this?"), 6))).stats.n_cached, 0);
+  EXPECT_EQ(scheduler.stats().kept_prefixes, 1);
+  EXPECT_EQ(scheduler.stats().kept_tokens, 576);  // doc A's 9 whole pages
+  const std::vector<int32_t> again = ask(doc_a, "\nQuestion: what is it for?");
+  const CompletionUpdate u = wait(*scheduler.submit(greedy(again, 6)));
+  EXPECT_EQ(u.stats.n_cached, 576);
+  EXPECT_EQ(ids(u), cold(again, 6));
+  EXPECT_EQ(scheduler.stats().memory_hits, 1);
+  EXPECT_EQ(scheduler.stats().kept_prefixes, 2);  // doc B's pages too, now that A took the slot
+}
+
+// A pool with room for one slot's context and about one kept document: the
+// oldest kept prefix gives its pages back when a prompt needs them, and the
+// one it kept longest is gone first.
+TEST_F(SchedulerTest, KeptPrefixesGiveWayLeastRecentlyUsed) {
+  const std::vector<int32_t> text = tokens(test::long_english_text());
+  auto doc = [&](size_t i) { return std::vector<int32_t>(text.begin() + 700 * i, text.begin() + 700 * i + 700); };
+  SchedulerParams p = params(1, 256);
+  p.context.n_ctx = 1024;
+  p.cache_ram_bytes = 16u << 20;  // 12 pages of SmolLM2's f16 rows per (layer, head); a document takes 10
+  Scheduler scheduler(*model_, p);
+  for (size_t i = 0; i < 3; ++i) EXPECT_EQ(wait(*scheduler.submit(greedy(doc(i), 4))).stats.n_cached, 0);
+  // B was kept when C took the slot; keeping A as well would have left C no room.
+  EXPECT_EQ(scheduler.stats().kept_prefixes, 1);
+  EXPECT_EQ(scheduler.stats().kept_tokens, 640);
+  std::vector<int32_t> b = doc(1);
+  b.resize(690);
+  const CompletionUpdate hit = wait(*scheduler.submit(greedy(b, 4)));
+  EXPECT_EQ(hit.stats.n_cached, 640);
+  EXPECT_EQ(ids(hit), cold(b, 4));
+  std::vector<int32_t> a = doc(0);
+  a.resize(690);
+  const CompletionUpdate miss = wait(*scheduler.submit(greedy(a, 4)));
+  EXPECT_EQ(miss.stats.n_cached, 0);
+  EXPECT_EQ(ids(miss), cold(a, 4));
+  EXPECT_EQ(scheduler.stats().requests_failed, 0);
+}
+
 TEST_F(SchedulerTest, ACancelledRequestFreesItsSlot) {
   Scheduler scheduler(*model_, params(1, 64));
   CompletionRequest endless = greedy(tokens("Tell me a story."), 100000);
@@ -165,6 +220,37 @@ TEST_F(SchedulerTest, EachRequestRunsItsOwnMethods) {
   bad.kv_policy.clear();
   bad.attention = "nosuch";
   EXPECT_THROW(scheduler.submit(bad), std::invalid_argument);
+}
+
+// A sparse method plans each micro-batch: the server cuts its prompts where
+// a cold run with -ub = -b cuts them, whatever else is waiting, and shares
+// only whole such micro-batches of a cached prefix.
+TEST_F(SchedulerTest, ASparseMethodGetsTheColdAnswerWhateverTheChunking) {
+  const std::string sparse = "xattention:tau=0.8";
+  const std::vector<int32_t> text = tokens(test::long_english_text());
+  const std::vector<int32_t> doc(text.begin(), text.begin() + 700);
+  auto ask = [&](const std::string& question) {
+    std::vector<int32_t> p = doc;
+    const std::vector<int32_t> q = model_->tokenizer().encode(question, false, false);
+    p.insert(p.end(), q.begin(), q.end());
+    return p;
+  };
+  std::vector<std::vector<int32_t>> prompts = {ask("\nQuestion: who wrote this?"), {text.begin() + 90, text.begin() + 500},
+                                               ask("\nQuestion: what is it for?"), {text.begin() + 33, text.begin() + 290}};
+  SchedulerParams p = params(2, 128);
+  p.context.attention = sparse;
+  Scheduler scheduler(*model_, p);
+  std::vector<std::shared_ptr<CompletionHandle>> handles;
+  for (const auto& prompt : prompts) handles.push_back(scheduler.submit(greedy(prompt, 10)));
+  int cached = 0;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    const CompletionUpdate u = wait(*handles[i]);
+    EXPECT_EQ(u.error, "");
+    EXPECT_EQ(ids(u), cold(prompts[i], 10, sparse, 128)) << "request " << i;
+    EXPECT_EQ(u.stats.n_cached % 128, 0) << "request " << i;
+    cached += u.stats.n_cached;
+  }
+  EXPECT_GE(cached, 512);  // the second question shares the document's whole micro-batches
 }
 
 TEST_F(SchedulerTest, RequestsThatCannotRunAreRefused) {

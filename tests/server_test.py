@@ -359,7 +359,7 @@ class Robustness(unittest.TestCase):
         ask = lambda doc, q, **kw: {"messages": [{"role": "user", "content": f"{doc}\n\nQuestion: {q}"}],
                                     "max_tokens": 8, "temperature": 0, **kw}
         with tempfile.TemporaryDirectory() as kv_dir:
-            server = Server("-np", 1, "-c", 4096, "--kv-dir", kv_dir)
+            server = Server("-np", 1, "-c", 4096, "--kv-dir", kv_dir, "--cache-ram", 0)  # the disk tier alone
             try:
                 status, cold = server.request("POST", "/v1/chat/completions", ask(docs[0], "what is it?"))
                 self.assertEqual(status, 200, cold)
@@ -377,7 +377,7 @@ class Robustness(unittest.TestCase):
                     self.assertError(*server.request("POST", "/v1/chat/completions", ask("x", "y", session=bad)), 400)
             finally:
                 self.assertEqual(server.stop(), 0)
-            server = Server("-np", 1, "-c", 4096, "--kv-dir", kv_dir)  # a restart keeps the files
+            server = Server("-np", 1, "-c", 4096, "--kv-dir", kv_dir, "--cache-ram", 0)  # a restart keeps the files
             try:
                 status, again = server.request("POST", "/v1/chat/completions", ask(docs[1], "what is it?"))
                 self.assertGreater(again["usage"]["prompt_tokens_details"]["cached_tokens"], 1000, again["usage"])
@@ -388,13 +388,33 @@ class Robustness(unittest.TestCase):
                 self.assertEqual(server.stop(), 0)
         self.assertError(*SERVER.request("POST", "/v1/chat/completions", ask("x", "y", session="s1")), 400)
 
+    def test_prefixes_stay_in_memory_after_their_slot_moves_on(self):
+        text = document(30000)
+        docs = [text[:6000], text[10000:16000]]
+        ask = lambda doc, q: {"messages": [{"role": "user", "content": f"{doc}\n\nQuestion: {q}"}], "max_tokens": 8,
+                              "temperature": 0}
+        server = Server("-np", 1, "-c", 4096, "--cache-ram", 64)
+        try:
+            status, cold = server.request("POST", "/v1/chat/completions", ask(docs[0], "who is it about?"))
+            self.assertEqual(status, 200, cold)
+            server.request("POST", "/v1/chat/completions", ask(docs[1], "what is it?"))  # takes the only slot
+            status, warm = server.request("POST", "/v1/chat/completions", ask(docs[0], "who is it about?"))
+            self.assertGreater(warm["usage"]["prompt_tokens_details"]["cached_tokens"],
+                               cold["usage"]["prompt_tokens"] - 80, warm["usage"])  # all whole pages
+            self.assertEqual(warm["choices"][0]["message"]["content"], cold["choices"][0]["message"]["content"])
+            metrics = server.metrics()
+            self.assertEqual(metrics["skim_cache_memory_hits_total"], 1)
+            self.assertEqual(metrics["skim_cache_kept_prefixes"], 2)
+        finally:
+            self.assertEqual(server.stop(), 0)
+
     def test_kv_dir_size_drops_the_least_recently_used_files(self):
         text = document(30000)
         docs = [text[i * 7000:i * 7000 + 6000] for i in range(4)]
         ask = lambda doc: {"messages": [{"role": "user", "content": f"{doc}\n\nQuestion: what?"}], "max_tokens": 2,
                            "temperature": 0}
         with tempfile.TemporaryDirectory() as kv_dir:
-            server = Server("-np", 1, "-c", 4096, "--kv-dir", kv_dir, "--kv-dir-size", 40)
+            server = Server("-np", 1, "-c", 4096, "--kv-dir", kv_dir, "--kv-dir-size", 40, "--cache-ram", 0)
             try:
                 for doc in docs:  # each takes the slot: the previous prefix (~35 MiB of f16 rows) goes to the folder
                     self.assertEqual(server.request("POST", "/v1/chat/completions", ask(doc))[0], 200)

@@ -32,6 +32,7 @@ struct ServeOptions : SharedOptions {
   std::string slot_save_path;
   std::string kv_dir;
   int kv_dir_mib = 0;
+  int cache_ram_mib = 1024;
 };
 
 // SIGINT/SIGTERM write a byte to this pipe; a thread waiting on it stops the
@@ -63,6 +64,7 @@ void serve(const ServeOptions& o) {
   sp.n_batch = o.n_batch;
   sp.kv_dir = o.kv_dir;
   sp.kv_dir_max_bytes = static_cast<uint64_t>(o.kv_dir_mib) << 20;
+  sp.cache_ram_bytes = static_cast<uint64_t>(o.cache_ram_mib) << 20;
 
   server::ServerParams hp;
   hp.host = o.host;
@@ -134,6 +136,11 @@ void register_serve(CLI::App& app) {
   cmd->add_option("--kv-dir-size", o->kv_dir_mib,
                   "MiB the --kv-dir files may take; past it the least recently used go (0: no cap)")
       ->check(in_range(0, 1 << 24));
+  cmd->add_option("--cache-ram", o->cache_ram_mib,
+                  "MiB of KV memory beyond the slots' contexts for prefixes kept after their slot took another "
+                  "prompt; they give it back least recently used first (0: none kept)")
+      ->check(in_range(0, 1 << 24))
+      ->capture_default_str();
   cmd->add_option("--slot-save-path", o->slot_save_path,
                   "directory of POST /slots/ID?action=save|restore files (a slot's KV cache, safetensors)")
       ->check(CLI::ExistingDirectory);

@@ -33,6 +33,11 @@ struct ContextParams {
   int n_ctx = 0;       // KV capacity per sequence in tokens; 0 = the model's training context
   int n_ubatch = 512;  // tokens per forward micro-batch during prefill
   int n_seq_max = 1;   // sequences (ids 0..n_seq_max-1); the KV pool's cap is n_ctx tokens for each
+  // The pool's cap counts n_ctx tokens for this many sequences only (0: every
+  // one), plus room for kv_extra_bytes: the server's retained prefixes live
+  // in sequences beyond its slots and give their pages back when slots need them.
+  int kv_cap_sequences = 0;
+  size_t kv_extra_bytes = 0;
   // Threads of this context's calls (0: OpenMP's default). Set for the calling
   // thread only while a call runs, so contexts on different threads keep their own.
   int n_threads = 0;
@@ -123,6 +128,9 @@ class Context {
   // std::invalid_argument for a bad spec.
   void set_attention(int seq, const std::string& spec);
   const std::string& attention(int seq) const;
+  // Whether the method plans each micro-batch (a sparse one): its rows then
+  // depend on where a prompt is cut (docs/server.md, batch invariance).
+  bool plans_per_micro_batch(const std::string& spec);
   // The KV selection policy of a sequence ("NAME[:key=value,...]", skim/kv.h;
   // "" keeps every row): ContextParams::kv_policy until set.
   void set_kv_policy(int seq, const std::string& spec);
@@ -141,6 +149,9 @@ class Context {
   size_t kv_cap_bytes() const;   // the KV pools' cap: n_ctx tokens in whole pages (nothing held up front)
   size_t kv_held_bytes() const;  // the pages in use: the tokens held, rounded up to 64-token pages
   int64_t kv_pages_held() const;  // pages in use, each 64 rows of one layer and KV head
+  // Pages each (layer, KV head) can still take: what `n` more rows in one
+  // sequence need is n / 64 + 2 (a partial page, and a shared one copied on write).
+  int64_t kv_free_pages_per_head() const;
   // What an f16 cache of every position each sequence has seen, in every
   // layer, would take (no eviction, no window pages given back): the
   // compression ratio's numerator.
@@ -193,6 +204,7 @@ class Context {
   AttentionReport report_;
   OpTimes op_times_;
   std::vector<std::unique_ptr<kv::KvPool>> pools_;  // one per format some layer uses
+  std::vector<int64_t> pool_heads_;                 // per pool: the (layer, KV head) pairs it serves
   const kvpolicy::KvPolicy* policy_for(const std::string& spec);  // null for ""
   std::map<std::string, std::unique_ptr<kvpolicy::KvPolicy>> policies_;  // by spec
   std::vector<const kvpolicy::KvPolicy*> seq_policies_;                   // per sequence; null: none

@@ -14,6 +14,7 @@
 
 #include "engine/stop_strings.h"
 #include "kv/kv_file.h"
+#include "kv/kv_pool.h"
 #include "skim/generate.h"
 #include "skim/kv.h"
 
@@ -77,6 +78,7 @@ struct Scheduler::Slot {
   size_t gemm_rows = 0;         // leading rows computed by GEMM passes, as a cold prefill computes them
   std::string methods;          // the methods that computed its rows (methods_key)
   bool reusable = true;         // false once a KV policy evicted rows: they no longer match `cached`
+  bool cold_cuts = false;       // its method plans per micro-batch: prompts are cut where a cold run cuts them
   int64_t last_used = -1;
   std::shared_ptr<Job> job;     // null: idle
 };
@@ -88,7 +90,14 @@ Scheduler::Scheduler(const Model& model, SchedulerParams params) : model_(model)
     throw std::invalid_argument(fmt::format("batch size {} is below {} tokens", params_.n_batch, kMinBatch));
   // A step's prompt chunks run as one micro-batch (a GEMM pass, see step()).
   params_.context.n_ubatch = params_.n_batch;
-  ctx_ = std::make_unique<Context>(model_, params_.context);
+  // Kept prefixes are sequences after the slots', in room beyond the slots' contexts.
+  const int n_kept = params_.cache_ram_bytes > 0 ? kKeptPrefixesPerSlot * n_slots : 0;
+  ContextParams cp = params_.context;
+  cp.n_seq_max = n_slots + n_kept;
+  cp.kv_cap_sequences = n_slots;
+  cp.kv_extra_bytes = params_.cache_ram_bytes;
+  ctx_ = std::make_unique<Context>(model_, cp);
+  if (n_kept > 0) kept_ = std::make_unique<PrefixCache>(*ctx_, n_slots, n_kept);
   params_.context.n_ctx = ctx_->n_ctx();
   slots_.resize(static_cast<size_t>(n_slots));
   for (int i = 0; i < n_slots; ++i) {
@@ -171,6 +180,8 @@ std::shared_ptr<CompletionHandle> Scheduler::submit(CompletionRequest request) {
   cv_.notify_all();
   return handle;
 }
+
+int Scheduler::n_slots() const { return static_cast<int>(slots_.size()); }
 
 SchedulerStats Scheduler::stats() const {
   std::lock_guard lock(mu_);
@@ -263,6 +274,8 @@ Scheduler::SlotFile Scheduler::restore_slot(int slot, const std::string& path) {
     Slot& s = idle_slot(slot);
     s.cached.clear();
     s.gemm_rows = 0;
+    ctx_->clear_sequence(s.seq);
+    if (kept_) kept_->make_room(ctx_->n_ctx() / kv::kPageRows + 2);  // the most a slot's file can hold
     Context::SavedSequence saved = ctx_->load_sequence(s.seq, path);
     const size_t rows = static_cast<size_t>(ctx_->n_cached(s.seq));
     s.reusable = saved.tokens.size() == rows;
@@ -284,14 +297,20 @@ void Scheduler::place(std::shared_ptr<Job> job) {
   const std::string methods = methods_key(job->req.attention, job->req.kv_policy);
   for (Slot& s : slots_) {
     if (!s.reusable || s.methods != methods) continue;
-    const size_t n = reusable_prefix(*ctx_, s.cached, s.gemm_rows, prompt);
+    const size_t n = reusable_prefix(*ctx_, s.cached, shareable_rows(s), prompt);
     if (n > reuse && n >= static_cast<size_t>(ctx_->min_kept_rows(s.seq))) reuse = n, donor = &s;
+  }
+  PrefixCache::Hit kept;  // a prefix kept in memory
+  if (kept_) {
+    const PrefixCache::Hit hit = kept_->find(prompt, methods);
+    const size_t n = hit.seq < 0 ? 0 : reusable_prefix(*ctx_, hit.tokens, hit.tokens.size(), prompt);
+    if (n > reuse && n >= static_cast<size_t>(ctx_->min_kept_rows(hit.seq))) reuse = n, kept = hit, donor = nullptr;
   }
   std::string file;  // the path, not the entry: spilling below may grow disk_
   for (const DiskPrefix& d : disk_) {
     if (d.methods != methods) continue;
     const size_t n = reusable_prefix(*ctx_, d.tokens, d.gemm_rows, prompt);
-    if (n > reuse) reuse = n, file = d.path, donor = nullptr;
+    if (n > reuse) reuse = n, file = d.path, donor = nullptr, kept = {};
   }
   // The donor itself when idle; else an empty slot, else the least recently used.
   Slot* target = nullptr;
@@ -303,18 +322,27 @@ void Scheduler::place(std::shared_ptr<Job> job) {
                      (s.cached.empty() == target->cached.empty() && s.last_used < target->last_used)))
         target = &s;
   }
+  // A method that plans per micro-batch resumes only where a cold run cut the prompt.
+  const bool cold_cuts = ctx_->plans_per_micro_batch(job->req.attention);
+  if (cold_cuts) reuse = reuse / static_cast<size_t>(params_.n_batch) * static_cast<size_t>(params_.n_batch);
+  keep_in_memory(*target, target == donor ? reuse : 0, kept.seq);
   spill(*target, target == donor ? reuse : 0, file);
   ctx_->set_attention(target->seq, job->req.attention);
   ctx_->set_kv_policy(target->seq, job->req.kv_policy);
   target->methods = methods;
   if (!file.empty()) {
     try {
+      if (kept_) {
+        const auto d = std::find_if(disk_.begin(), disk_.end(), [&](const DiskPrefix& p) { return p.path == file; });
+        kept_->make_room(static_cast<int64_t>(d->tokens.size()) / kv::kPageRows + 2);
+      }
       // Another process may have rewritten the file since it was indexed: its own tokens count.
       Context::SavedSequence saved = ctx_->load_sequence(target->seq, file);
       const size_t gemm_rows = saved_gemm_rows(saved.meta, static_cast<size_t>(ctx_->n_cached(target->seq)));
       reuse = saved.tokens.size() == static_cast<size_t>(ctx_->n_cached(target->seq))
                   ? reusable_prefix(*ctx_, saved.tokens, gemm_rows, prompt)
                   : 0;
+      if (cold_cuts) reuse = reuse / static_cast<size_t>(params_.n_batch) * static_cast<size_t>(params_.n_batch);
       if (reuse < static_cast<size_t>(ctx_->min_kept_rows(target->seq))) reuse = 0;
       for (DiskPrefix& d : disk_)
         if (d.path == file) d.tokens = std::move(saved.tokens), d.gemm_rows = gemm_rows;
@@ -327,6 +355,9 @@ void Scheduler::place(std::shared_ptr<Job> job) {
       refused_.insert(file);
       reuse = 0;
     }
+  } else if (kept.seq >= 0) {
+    ctx_->copy_sequence(kept.seq, target->seq);
+    ++memory_hits_;
   } else if (reuse > 0 && donor != target) {
     ctx_->copy_sequence(donor->seq, target->seq);
   }
@@ -337,6 +368,7 @@ void Scheduler::place(std::shared_ptr<Job> job) {
   target->cached.assign(prompt.begin(), prompt.begin() + static_cast<std::ptrdiff_t>(reuse));
   target->gemm_rows = reuse;
   target->reusable = true;
+  target->cold_cuts = cold_cuts;
 
   job->n_prefilled = reuse;
   job->n_reused = static_cast<int>(reuse);
@@ -349,15 +381,48 @@ void Scheduler::place(std::shared_ptr<Job> job) {
   stats_.cached_tokens += static_cast<int64_t>(reuse);
   if (reuse > 0) ++stats_.cache_hits;
   stats_.disk_hits = disk_hits_;
+  stats_.memory_hits = memory_hits_;
+  if (kept_) stats_.kept_prefixes = kept_->entries(), stats_.kept_tokens = kept_->tokens_held();
   ++stats_.slots_busy;
   target->job = std::move(job);
+}
+
+// A slot's cache about to be cut to `keep` rows stays in memory, as far as
+// whole pages of rows a GEMM computed reach past `keep` (docs/server.md).
+void Scheduler::keep_in_memory(const Slot& slot, size_t keep, int protect_seq) {
+  const size_t rows = shareable_rows(slot);
+  if (!kept_ || !slot.reusable || rows / kv::kPageRows * kv::kPageRows <= keep) return;
+  kept_->retain(slot.seq, slot.cached, rows, slot.methods, protect_seq);
+}
+
+// Rows another prompt may share: those a GEMM pass computed, as a cold
+// prefill computes them. With a method that plans per micro-batch, only the
+// micro-batches a cold run with -ub = -b cuts the same way: up to the last
+// multiple of -b before the prompt's end (or before its last micro-batch,
+// when Context::decode moved that cut to keep the tail GEMM-sized).
+size_t Scheduler::shareable_rows(const Slot& slot) const {
+  if (!slot.cold_cuts) return slot.gemm_rows;
+  const size_t u = static_cast<size_t>(params_.n_batch), n = slot.gemm_rows, tail = n % u;
+  if (tail == 0 || tail >= static_cast<size_t>(ctx_->gemm_rows())) return n - tail;
+  return n - tail >= u ? n - tail - u : 0;
+}
+
+// The prompt rows of a cold run's next micro-batch for this slot (Context::decode's
+// cut; the rows done end one of its micro-batches).
+size_t Scheduler::next_chunk(const Slot& slot) const {
+  const size_t u = static_cast<size_t>(params_.n_batch), g = static_cast<size_t>(ctx_->gemm_rows());
+  const size_t done = slot.job->n_prefilled, n = slot.job->req.prompt.size();
+  size_t end = std::min(n, done + u);
+  if (end < n && n - end < g && n - g > done) end = n - g;
+  return end - done;
 }
 
 // A slot's cache about to be cut to `keep` rows goes to --kv-dir, named by a
 // hash of its tokens, when what is lost is worth a file (docs/server.md).
 void Scheduler::spill(Slot& slot, size_t keep, const std::string& file_in_use) {
-  if (params_.kv_dir.empty() || !slot.reusable || slot.gemm_rows < keep + kMinSpillTokens) return;
-  const std::span<const int32_t> tokens(slot.cached.data(), slot.gemm_rows);
+  const size_t rows = shareable_rows(slot);
+  if (params_.kv_dir.empty() || !slot.reusable || rows < keep + kMinSpillTokens) return;
+  const std::span<const int32_t> tokens(slot.cached.data(), rows);
   const std::string path =
       (std::filesystem::path(params_.kv_dir) / fmt::format("prefix-{:016x}.kv", XXH3_64bits(tokens.data(), tokens.size_bytes())))
           .string();
@@ -440,14 +505,26 @@ void Scheduler::step() {
     const size_t left = s->job->req.prompt.size() - s->job->n_prefilled;
     size_t take = std::min(left, budget);
     if (take < left && left - take < gemm_rows) take = left - gemm_rows;  // the rest stays GEMM-sized
+    if (s->cold_cuts) {
+      take = next_chunk(*s);
+      if (take > budget) continue;  // waits for a step with room for the whole micro-batch
+    }
     if (take < gemm_rows) break;
     // The logits rows of one pass stay few enough for the matrix-vector kernel.
     if (take == left && ++completing > gemv_rows) break;
     add_rows(chunks, *s, take);
     budget -= take;
   }
-  for (Pass& pass : passes)
-    if (pass.batch.size() > 0) run(pass);
+  for (Pass& pass : passes) {
+    if (pass.batch.size() == 0) continue;
+    if (kept_) {
+      // Kept prefixes make room for the pass's new pages (or the pass fails as without them).
+      int64_t pages = 0;
+      for (const Pass::Rows& r : pass.rows) pages += static_cast<int64_t>(r.count) / kv::kPageRows + 2;
+      kept_->make_room(pages);
+    }
+    run(pass);
+  }
 }
 
 void Scheduler::add_rows(Pass& pass, Slot& slot, size_t n) {
@@ -517,6 +594,7 @@ void Scheduler::run(Pass& pass) {
   stats_.prompt_tokens += static_cast<int64_t>(prompt_rows);
   stats_.kv_held_bytes = ctx_->kv_held_bytes();
   stats_.kv_pages = ctx_->kv_pages_held();
+  if (kept_) stats_.kept_prefixes = kept_->entries(), stats_.kept_tokens = kept_->tokens_held();
 }
 
 void Scheduler::sample(Slot& slot, const float* logits) {
@@ -565,7 +643,7 @@ void Scheduler::sample(Slot& slot, const float* logits) {
   // A session's cache is on disk before its client hears the end.
   if (!job.req.session_id.empty() && slot.reusable)
     save_to_disk(slot, (std::filesystem::path(params_.kv_dir) / ("session-" + job.req.session_id + ".kv")).string(),
-                 slot.gemm_rows);
+                 shareable_rows(slot));
   job.handle->post(std::move(u));
   std::shared_ptr<Job> done = std::move(slot.job);
   slot.last_used = ++clock_;

@@ -22,6 +22,7 @@
 #include <thread>
 #include <vector>
 
+#include "engine/prefix_cache.h"
 #include "skim/context.h"
 #include "skim/sampling.h"
 
@@ -99,7 +100,14 @@ struct SchedulerParams {
   // Bytes the files in kv_dir may take (0: no cap): past it, the least
   // recently used files go first (a hit counts as a use).
   uint64_t kv_dir_max_bytes = 0;
+  // KV memory beyond the slots' contexts for prefixes kept after their slot
+  // took another prompt (0: none kept). The pool never holds more than the
+  // slots' contexts plus this; kept prefixes give their pages back, least
+  // recently used first, whenever a slot needs them (engine/prefix_cache.h).
+  uint64_t cache_ram_bytes = 0;
 };
+// Kept prefixes per slot at most (each a context sequence holding whole pages).
+inline constexpr int kKeptPrefixesPerSlot = 8;
 // Shorter prefixes are not worth a file.
 inline constexpr size_t kMinSpillTokens = 64;
 // A session id names a file: letters, digits, '_' and '-' only (no path).
@@ -115,6 +123,9 @@ struct SchedulerStats {
   int64_t cached_tokens = 0;  // prompt tokens reused from the cache
   int64_t cache_hits = 0;     // requests that reused at least one cached token
   int64_t disk_hits = 0;      // of them, from a --kv-dir file
+  int64_t memory_hits = 0;    // of them, from a kept prefix (SchedulerParams::cache_ram_bytes)
+  int kept_prefixes = 0;      // prefixes kept in memory now
+  int64_t kept_tokens = 0;    // and their rows
   int64_t generated_tokens = 0;
   int64_t steps = 0;
   double prefill_ms = 0, decode_ms = 0;  // step time split by the rows of each kind
@@ -145,7 +156,7 @@ class Scheduler {
   SlotFile save_slot(int slot, const std::string& path);
   SlotFile restore_slot(int slot, const std::string& path);
 
-  int n_slots() const { return params_.context.n_seq_max; }
+  int n_slots() const;
   int slot_context() const { return params_.context.n_ctx; }
   const std::string& attention() const { return params_.context.attention; }
   SchedulerStats stats() const;
@@ -159,6 +170,9 @@ class Scheduler {
   Slot& idle_slot(int slot);
   void place(std::shared_ptr<Job> job);  // into an idle slot, from the best cached prefix
   void spill(Slot& slot, size_t keep, const std::string& file_in_use = {});
+  void keep_in_memory(const Slot& slot, size_t keep, int protect_seq);
+  size_t shareable_rows(const Slot& slot) const;
+  size_t next_chunk(const Slot& slot) const;
   void index_kv_dir();
   void cap_kv_dir(const std::vector<std::string>& keep);
   void save_to_disk(Slot& slot, const std::string& path, size_t n_tokens, const std::string& file_in_use = {});
@@ -191,10 +205,11 @@ class Scheduler {
   SchedulerParams params_;
   std::unique_ptr<Context> ctx_;
   std::vector<Slot> slots_;
+  std::unique_ptr<PrefixCache> kept_;  // null without cache_ram_bytes
   int64_t clock_ = 0;  // step counter: a slot's last use, for least-recently-used reuse
   std::vector<DiskPrefix> disk_;
   std::set<std::string> refused_;  // --kv-dir files that did not load: not indexed again
-  int64_t disk_hits_ = 0;
+  int64_t disk_hits_ = 0, memory_hits_ = 0;
 
   mutable std::mutex mu_;
   std::condition_variable cv_;

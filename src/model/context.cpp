@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <map>
 #include <numeric>
 #include <stdexcept>
@@ -57,18 +58,26 @@ Context::Context(const Model& model, ContextParams params)
         throw std::invalid_argument(fmt::format("KV type {} needs the Hadamard rotation: a head size that is a multiple "
                                                 "of 64 (this model's is {}) and the rotation on",
                                                 kv::kv_type_name(t), c.head_dim));
-  const int64_t pages_per_layer =
-      (params_.n_ctx + kv::kPageRows - 1) / kv::kPageRows * c.n_head_kv * params_.n_seq_max;
-  std::vector<kv::KvPool*> layer_pools;
-  double cap = 0;
+  if (params_.kv_cap_sequences < 0 || params_.kv_cap_sequences > params_.n_seq_max)
+    throw std::invalid_argument(fmt::format("the KV cap's sequence count {} is outside 0..{}", params_.kv_cap_sequences,
+                                            params_.n_seq_max));
+  double page_bytes_all_layers = 0;  // one page of every layer and KV head
   for (const kv::KvFormat& f : layer_formats)
-    cap += static_cast<double>(pages_per_layer) * static_cast<double>(kv::KvPool::page_bytes(c.head_dim, f));
+    page_bytes_all_layers += static_cast<double>(c.n_head_kv) * static_cast<double>(kv::KvPool::page_bytes(c.head_dim, f));
+  const int64_t pages_per_head =
+      (params_.n_ctx + kv::kPageRows - 1) / kv::kPageRows *
+          (params_.kv_cap_sequences > 0 ? params_.kv_cap_sequences : params_.n_seq_max) +
+      static_cast<int64_t>(std::ceil(static_cast<double>(params_.kv_extra_bytes) / page_bytes_all_layers));
+  const int64_t pages_per_layer = pages_per_head * c.n_head_kv;
+  std::vector<kv::KvPool*> layer_pools;
+  const double cap = static_cast<double>(pages_per_head) * page_bytes_all_layers;
   kv::check_kv_cap(cap);
   for (const kv::KvFormat& f : layer_formats) {
     auto same = std::find_if(pools_.begin(), pools_.end(), [&](const auto& p) { return p->format() == f; });
     if (same == pools_.end()) {
       const int64_t layers = std::count(layer_formats.begin(), layer_formats.end(), f);
       pools_.push_back(std::make_unique<kv::KvPool>(c.head_dim, f, pages_per_layer * layers));
+      pool_heads_.push_back(layers * c.n_head_kv);
       same = pools_.end() - 1;
     }
     layer_pools.push_back(same->get());
@@ -153,6 +162,7 @@ size_t Context::kv_held_bytes() const {
   for (const auto& p : pools_) bytes += p->held_bytes();
   return bytes;
 }
+bool Context::plans_per_micro_batch(const std::string& spec) { return !method_for(spec).is_dense(); }
 attention::AttentionMethod& Context::method_for(const std::string& spec) {
   auto it = methods_.find(spec);
   if (it == methods_.end())
@@ -207,6 +217,12 @@ int64_t Context::kv_pages_held() const {
   int64_t pages = 0;
   for (const auto& p : pools_) pages += p->pages_in_use();
   return pages;
+}
+int64_t Context::kv_free_pages_per_head() const {
+  int64_t free = std::numeric_limits<int64_t>::max();
+  for (size_t i = 0; i < pools_.size(); ++i)
+    free = std::min(free, (pools_[i]->max_pages() - pools_[i]->pages_in_use()) / pool_heads_[i]);
+  return free;
 }
 size_t Context::kv_full_f16_bytes() const {
   const ModelConfig& c = model_.config();

@@ -20,6 +20,10 @@ std::string prometheus_text(const SchedulerStats& s) {
          static_cast<double>(s.cached_tokens));
   metric("cache_hits_total", "counter", "Requests that reused a cached prefix.", static_cast<double>(s.cache_hits));
   metric("cache_disk_hits_total", "counter", "Of them, prefixes loaded from a --kv-dir file.", static_cast<double>(s.disk_hits));
+  metric("cache_memory_hits_total", "counter", "Of them, prefixes kept in memory after their slot moved on (--cache-ram).",
+         static_cast<double>(s.memory_hits));
+  metric("cache_kept_prefixes", "gauge", "Prefixes kept in memory (--cache-ram).", static_cast<double>(s.kept_prefixes));
+  metric("cache_kept_tokens", "gauge", "Their tokens.", static_cast<double>(s.kept_tokens));
   metric("tokens_predicted_total", "counter", "Tokens generated.", static_cast<double>(s.generated_tokens));
   metric("prompt_seconds_total", "counter", "Step time spent on prompt rows.", prefill_s);
   metric("tokens_predicted_seconds_total", "counter", "Step time spent on decode rows.", decode_s);
