@@ -22,9 +22,8 @@ class SchedulerTest : public ::testing::Test {
   std::vector<int32_t> tokens(const std::string& text) const { return model_->tokenizer().encode(text, true, false); }
 
   // The greedy tokens of a fresh context running the prompt alone.
-  std::vector<int32_t> cold(const std::vector<int32_t>& prompt, int n, const std::string& attention = "dense",
-                            int n_ubatch = 512) const {
-    Context ctx(*model_, {.n_ctx = 2048, .n_ubatch = n_ubatch, .attention = attention});
+  std::vector<int32_t> cold(const std::vector<int32_t>& prompt, int n, ContextParams cp = {.n_ctx = 2048}) const {
+    Context ctx(*model_, cp);
     Sampler greedy({.temp = 0});
     GenerationOptions opts;
     opts.n_predict = n;
@@ -246,11 +245,57 @@ TEST_F(SchedulerTest, ASparseMethodGetsTheColdAnswerWhateverTheChunking) {
   for (size_t i = 0; i < prompts.size(); ++i) {
     const CompletionUpdate u = wait(*handles[i]);
     EXPECT_EQ(u.error, "");
-    EXPECT_EQ(ids(u), cold(prompts[i], 10, sparse, 128)) << "request " << i;
+    EXPECT_EQ(ids(u), cold(prompts[i], 10, {.n_ctx = 2048, .n_ubatch = 128, .attention = sparse})) << "request " << i;
     EXPECT_EQ(u.stats.n_cached % 128, 0) << "request " << i;
     cached += u.stats.n_cached;
   }
   EXPECT_GE(cached, 512);  // the second question shares the document's whole micro-batches
+}
+
+// Each request may store its rows in its own KV types: the scheduler runs
+// sequences of different layouts in different passes, and shares a prefix
+// only between requests of the same layout.
+TEST_F(SchedulerTest, EachRequestStoresItsOwnKvTypes) {
+  const std::vector<int32_t> text = tokens(test::long_english_text());
+  const std::vector<int32_t> doc(text.begin(), text.begin() + 400);
+  auto ask = [&](const std::string& question) {
+    std::vector<int32_t> p = doc;
+    const std::vector<int32_t> q = model_->tokenizer().encode(question, false, false);
+    p.insert(p.end(), q.begin(), q.end());
+    return p;
+  };
+  struct Case {
+    std::string k, v;
+    std::vector<int32_t> prompt;
+  };
+  const std::vector<Case> cases = {{"f16", "f16", ask("\nQuestion: who?")},
+                                   {"q8_0", "q8_0", ask("\nQuestion: who?")},
+                                   {"q4_0", "f16", {text.begin() + 50, text.begin() + 300}},
+                                   {"q8_0", "q8_0", ask("\nQuestion: why?")}};
+  Scheduler scheduler(*model_, params(4, 128));
+  std::vector<std::shared_ptr<CompletionHandle>> handles;
+  for (const Case& c : cases) {
+    CompletionRequest r = greedy(c.prompt, 8);
+    r.kv_type_k = c.k;
+    r.kv_type_v = c.v;
+    handles.push_back(scheduler.submit(r));
+  }
+  std::vector<CompletionUpdate> answers;
+  for (size_t i = 0; i < cases.size(); ++i) {
+    answers.push_back(wait(*handles[i]));
+    EXPECT_EQ(answers[i].error, "");
+    EXPECT_EQ(ids(answers[i]), cold(cases[i].prompt, 8, {.n_ctx = 2048, .n_ubatch = 128, .kv_type_k = cases[i].k, .kv_type_v = cases[i].v}))
+        << cases[i].k << "/" << cases[i].v;
+  }
+  // The f16 request answered first; a new q8_0 question shares the q8_0 rows, an f16 one the f16 rows.
+  CompletionRequest again = greedy(ask("\nQuestion: when?"), 8);
+  again.kv_type_k = again.kv_type_v = "q8_0";
+  const CompletionUpdate q8 = wait(*scheduler.submit(again));
+  EXPECT_EQ(q8.stats.n_cached, 384);  // whole micro-batches: centered q8_0 keys depend on the first cut
+  EXPECT_EQ(ids(q8), cold(again.prompt, 8, {.n_ctx = 2048, .n_ubatch = 128, .kv_type_k = "q8_0", .kv_type_v = "q8_0"}));
+  CompletionRequest bad = greedy(doc, 4);
+  bad.kv_type_k = "q3_x";
+  EXPECT_THROW(scheduler.submit(bad), std::invalid_argument);
 }
 
 TEST_F(SchedulerTest, RequestsThatCannotRunAreRefused) {

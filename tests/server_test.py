@@ -228,6 +228,20 @@ class Api(unittest.TestCase):
             status, body = SERVER.request("POST", "/v1/completions", {"prompt": "hi", "kv": bad})
             self.assertEqual(status, 400, body)
 
+    def test_kv_types_per_request(self):
+        question = "Name three colours."
+        r = chat(self.client, question, max_tokens=12, extra_body={"cache_type_k": "q8_0", "cache_type_v": "q4_0"})
+        self.assertEqual(r.model_extra["timings"]["kv"], "q8_0/q4_0")
+        run = subprocess.run([SKIM, "run", "-m", MODEL, "-t", "2", "--chat", "-p", question, "--temp", "0", "-n", "12",
+                              "-ctk", "q8_0", "-ctv", "q4_0", "-ub", "512"], capture_output=True, text=True, timeout=120)
+        self.assertEqual(run.returncode, 0, run.stderr)
+        self.assertEqual(r.choices[0].message.content, run.stdout[:-1])  # skim run ends with a newline
+        self.assertEqual(chat(self.client, question, max_tokens=2).model_extra["timings"]["kv"], "f16/f16")
+        for bad in ({"cache_type_k": "q3_x"}, {"cache_type_v": 4}, {"cache_type_k": "tq3", "cache_type_v": "nosuch"}):
+            status, body = SERVER.request("POST", "/v1/completions", {"prompt": "hi", **bad})
+            self.assertEqual(status, 400, body)
+            self.assertIn("message", body["error"])
+
     def test_concurrent_clients_get_their_single_client_answers(self):
         prompts = [f"Write a sentence about the number {i}." for i in range(8)]
         alone = [chat(self.client, p, max_tokens=16).choices[0].message.content for p in prompts]

@@ -9,6 +9,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "skim/attention.h"
@@ -19,6 +20,7 @@ namespace skim {
 namespace kv {
 class KvPool;
 class KvSequence;
+struct KvFormat;
 }  // namespace kv
 struct Activations;        // src/model/blocks.h
 struct AttentionObserver;  // src/model/attention_observer.h
@@ -128,13 +130,25 @@ class Context {
   // std::invalid_argument for a bad spec.
   void set_attention(int seq, const std::string& spec);
   const std::string& attention(int seq) const;
-  // Whether the method plans each micro-batch (a sparse one): its rows then
-  // depend on where a prompt is cut (docs/server.md, batch invariance).
-  bool plans_per_micro_batch(const std::string& spec);
+  // Whether a prompt's rows depend on where it is cut into micro-batches
+  // (docs/server.md, batch invariance): with an attention method that plans
+  // each micro-batch (a sparse one), or with quantized keys centered on the
+  // mean key of the sequence's first micro-batch.
+  bool rows_depend_on_cuts(const std::string& attention, const std::string& kv_type_k);
   // The KV selection policy of a sequence ("NAME[:key=value,...]", skim/kv.h;
   // "" keeps every row): ContextParams::kv_policy until set.
   void set_kv_policy(int seq, const std::string& spec);
   std::string kv_policy(int seq) const;
+  // The KV types of a sequence's rows (kv_f16_layers stay f16):
+  // ContextParams::kv_type_k/v until set. Setting other types empties the
+  // sequence. Throw std::invalid_argument for a type this context cannot
+  // store (skim/kv.h), std::length_error when their pools would not fit in memory.
+  void set_kv_types(int seq, const std::string& k, const std::string& v);
+  std::pair<std::string, std::string> kv_types(int seq) const;
+  void check_kv_types(const std::string& k, const std::string& v) const;
+  // What a cache's rows depend on in the KV layout with types (k, v): also the
+  // f16 layers, the rotation and the key centering (a cache file's "skim.kv").
+  std::string kv_layout(const std::string& k, const std::string& v) const;
   // Keeps the first n_rows rows of the sequence's cache (a prefix to reuse):
   // 0, or at least min_kept_rows(seq) (else std::invalid_argument).
   void truncate_sequence(int seq, int n_rows);
@@ -205,6 +219,11 @@ class Context {
   OpTimes op_times_;
   std::vector<std::unique_ptr<kv::KvPool>> pools_;  // one per format some layer uses
   std::vector<int64_t> pool_heads_;                 // per pool: the (layer, KV head) pairs it serves
+  int64_t pages_per_head_ = 0;                      // each pool's cap per (layer, KV head) it serves
+  std::map<std::pair<std::string, std::string>, std::vector<kv::KvPool*>> kv_groups_;  // (k, v) types -> per-layer pools
+  std::vector<std::pair<std::string, std::string>> seq_kv_types_;                      // per sequence
+  std::vector<kv::KvFormat> layer_formats(const std::string& k, const std::string& v) const;
+  std::vector<kv::KvPool*> kv_pools_for(const std::string& k, const std::string& v);
   const kvpolicy::KvPolicy* policy_for(const std::string& spec);  // null for ""
   std::map<std::string, std::unique_ptr<kvpolicy::KvPolicy>> policies_;  // by spec
   std::vector<const kvpolicy::KvPolicy*> seq_policies_;                   // per sequence; null: none

@@ -138,34 +138,43 @@ def haystack_ids(args, port, n_tokens, offset_chars):
 
 
 def reuse(args):
-    """Prefix reuse: the same document, two questions."""
+    """Prefix reuse: the same document, two questions; then another document takes
+    the only slot, and a third question on the first comes from its kept prefix."""
     ctx = args.doc_tokens + 512
     server = skim_server(args, ["-np", "1", "-c", str(ctx)])
     try:
         doc = haystack_ids(args, server.port, args.doc_tokens, 200000)
+        other = haystack_ids(args, server.port, args.doc_tokens, 400000)
         questions = ["\n\nQuestion: Who is the main character of this text?\nAnswer:",
-                     "\n\nQuestion: Where does the story take place?\nAnswer:"]
+                     "\n\nQuestion: Where does the story take place?\nAnswer:",
+                     "\n\nQuestion: Who is speaking at the end?\nAnswer:"]
         q_ids = [request(server.port, "POST", "/tokenize", {"content": q})[1]["tokens"] for q in questions]
-        body = lambda q: {"prompt": doc + q, "max_tokens": 16, "temperature": 0}
-        ttft1, _, a1, t1 = stream_completion(server.port, body(q_ids[0]))
-        ttft2, _, a2, t2 = stream_completion(server.port, body(q_ids[1]))
+        body = lambda q, d=doc: {"prompt": d + q, "max_tokens": 16, "temperature": 0}
+        rows = [("question 1 (cold)", *stream_completion(server.port, body(q_ids[0]))),
+                ("question 2 (prefix reused)", *stream_completion(server.port, body(q_ids[1]))),
+                ("another document takes the slot (cold)", *stream_completion(server.port, body(q_ids[0], other))),
+                ("question 3 (kept prefix, --cache-ram)", *stream_completion(server.port, body(q_ids[2])))]
     finally:
         server.stop()
-    # The second question cold, in a fresh server.
-    server = skim_server(args, ["-np", "1", "-c", str(ctx)])
-    try:
-        ttft_cold, _, cold, _ = stream_completion(server.port, body(q_ids[1]))
-    finally:
-        server.stop()
-    print(f"CPU: {cpu_name()}; model {os.path.basename(args.model)}, {args.threads} threads; document {len(doc)} tokens")
+    # The second and third questions cold, each in a fresh server.
+    cold = {}
+    for i in (1, 2):
+        server = skim_server(args, ["-np", "1", "-c", str(ctx)])
+        try:
+            cold[i] = stream_completion(server.port, body(q_ids[i]))
+        finally:
+            server.stop()
+    ttft1 = rows[0][1]
+    print(f"CPU: {cpu_name()}; model {os.path.basename(args.model)}, {args.threads} threads; documents {len(doc)} tokens")
     print("| request | prompt tokens | cached | time to first token (ms) | vs first |")
     print("|---|---:|---:|---:|---:|")
-    print(f"| question 1 (cold) | {t1['prompt_n'] + t1['cache_n']} | {t1['cache_n']} | {ttft1 * 1000:.0f} | 1.00 |")
-    print(f"| question 2 (prefix reused) | {t2['prompt_n'] + t2['cache_n']} | {t2['cache_n']} | {ttft2 * 1000:.0f} | "
-          f"{ttft2 / ttft1:.3f} |")
-    print(f"| question 2 (cold, fresh server) | {len(doc) + len(q_ids[1])} | 0 | {ttft_cold * 1000:.0f} | "
-          f"{ttft_cold / ttft1:.2f} |")
-    print(f"\nsecond answer with reuse == cold answer: {a2 == cold} ({a2!r})")
+    for name, ttft, _, _, t in rows:
+        print(f"| {name} | {t['prompt_n'] + t['cache_n']} | {t['cache_n']} | {ttft * 1000:.0f} | {ttft / ttft1:.3f} |")
+    for i in (1, 2):
+        print(f"| question {i + 1} (cold, fresh server) | {len(doc) + len(q_ids[i])} | 0 | {cold[i][0] * 1000:.0f} | "
+              f"{cold[i][0] / ttft1:.2f} |")
+    print(f"\nsecond answer with reuse == cold answer: {rows[1][3] == cold[1][2]} ({rows[1][3]!r})")
+    print(f"third answer from the kept prefix == cold answer: {rows[3][3] == cold[2][2]} ({rows[3][3]!r})")
 
 
 def persist(args):

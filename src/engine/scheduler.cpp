@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <future>
+#include <limits>
 #include <regex>
 #include <stdexcept>
 #include <utility>
@@ -78,7 +79,7 @@ struct Scheduler::Slot {
   size_t gemm_rows = 0;         // leading rows computed by GEMM passes, as a cold prefill computes them
   std::string methods;          // the methods that computed its rows (methods_key)
   bool reusable = true;         // false once a KV policy evicted rows: they no longer match `cached`
-  bool cold_cuts = false;       // its method plans per micro-batch: prompts are cut where a cold run cuts them
+  bool cold_cuts = false;       // its rows depend on the cuts: prompts are cut where a cold run cuts them
   int64_t last_used = -1;
   std::shared_ptr<Job> job;     // null: idle
 };
@@ -102,7 +103,9 @@ Scheduler::Scheduler(const Model& model, SchedulerParams params) : model_(model)
   slots_.resize(static_cast<size_t>(n_slots));
   for (int i = 0; i < n_slots; ++i) {
     slots_[static_cast<size_t>(i)].seq = i;
-    slots_[static_cast<size_t>(i)].methods = methods_key(params_.context.attention, params_.context.kv_policy);
+    slots_[static_cast<size_t>(i)].methods =
+        methods_key(params_.context.attention, params_.context.kv_policy,
+                    ctx_->kv_layout(params_.context.kv_type_k, params_.context.kv_type_v));
   }
   stats_.kv_cap_bytes = ctx_->kv_cap_bytes();
   thread_ = std::thread([this] { loop(); });
@@ -118,7 +121,9 @@ Scheduler::~Scheduler() {
 }
 
 // Rows are shared only between requests whose methods computed them alike.
-std::string methods_key(const std::string& attention, const std::string& kv_policy) { return attention + "\n" + kv_policy; }
+std::string methods_key(const std::string& attention, const std::string& kv_policy, const std::string& kv_layout) {
+  return attention + "\n" + kv_policy + "\n" + kv_layout;
+}
 
 bool valid_session_id(const std::string& id) {
   static const std::regex kId("[A-Za-z0-9_-]{1,128}");
@@ -142,7 +147,8 @@ void Scheduler::index_kv_dir() {
         const auto it = header.meta.find(key);
         return it == header.meta.end() ? std::string() : it->second;
       };
-      disk_.push_back({path, std::move(header.tokens), gemm_rows, methods_key(meta("skim.attention"), meta("skim.kv_policy"))});
+      disk_.push_back({path, std::move(header.tokens), gemm_rows,
+                       methods_key(meta("skim.attention"), meta("skim.kv_policy"), meta("skim.kv"))});
     } catch (const std::exception& e) {
       std::fprintf(stderr, "skim serve: ignoring %s: %s\n", path.c_str(), e.what());
       refused_.insert(path);
@@ -157,6 +163,9 @@ std::shared_ptr<CompletionHandle> Scheduler::submit(CompletionRequest request) {
   if (request.kv_policy.empty()) request.kv_policy = params_.context.kv_policy;
   if (request.kv_policy == "none") request.kv_policy.clear();
   if (!request.kv_policy.empty()) validate_kv_policy_spec(request.kv_policy);
+  if (request.kv_type_k.empty()) request.kv_type_k = params_.context.kv_type_k;
+  if (request.kv_type_v.empty()) request.kv_type_v = params_.context.kv_type_v;
+  ctx_->check_kv_types(request.kv_type_k, request.kv_type_v);
   if (!request.session_id.empty()) {
     if (params_.kv_dir.empty()) throw std::invalid_argument("a session id needs a server started with --kv-dir");
     if (!valid_session_id(request.session_id))
@@ -294,7 +303,8 @@ void Scheduler::place(std::shared_ptr<Job> job) {
   Slot* donor = nullptr;
   size_t reuse = 0;
   // Rows computed by other methods differ.
-  const std::string methods = methods_key(job->req.attention, job->req.kv_policy);
+  const std::string methods =
+      methods_key(job->req.attention, job->req.kv_policy, ctx_->kv_layout(job->req.kv_type_k, job->req.kv_type_v));
   for (Slot& s : slots_) {
     if (!s.reusable || s.methods != methods) continue;
     const size_t n = reusable_prefix(*ctx_, s.cached, shareable_rows(s), prompt);
@@ -322,11 +332,19 @@ void Scheduler::place(std::shared_ptr<Job> job) {
                      (s.cached.empty() == target->cached.empty() && s.last_used < target->last_used)))
         target = &s;
   }
-  // A method that plans per micro-batch resumes only where a cold run cut the prompt.
-  const bool cold_cuts = ctx_->plans_per_micro_batch(job->req.attention);
+  // Rows that depend on the cuts resume only where a cold run cut the prompt.
+  const bool cold_cuts = ctx_->rows_depend_on_cuts(job->req.attention, job->req.kv_type_k);
   if (cold_cuts) reuse = reuse / static_cast<size_t>(params_.n_batch) * static_cast<size_t>(params_.n_batch);
   keep_in_memory(*target, target == donor ? reuse : 0, kept.seq);
   spill(*target, target == donor ? reuse : 0, file);
+  try {
+    ctx_->set_kv_types(target->seq, job->req.kv_type_k, job->req.kv_type_v);
+  } catch (const std::exception& e) {  // its pools would not fit in memory: this request fails, the rest go on
+    job->handle->post(failed(e.what()));
+    std::lock_guard lock(mu_);
+    ++stats_.requests_failed;
+    return;
+  }
   ctx_->set_attention(target->seq, job->req.attention);
   ctx_->set_kv_policy(target->seq, job->req.kv_policy);
   target->methods = methods;
@@ -396,7 +414,7 @@ void Scheduler::keep_in_memory(const Slot& slot, size_t keep, int protect_seq) {
 }
 
 // Rows another prompt may share: those a GEMM pass computed, as a cold
-// prefill computes them. With a method that plans per micro-batch, only the
+// prefill computes them. Where rows depend on the cuts, only the
 // micro-batches a cold run with -ub = -b cuts the same way: up to the last
 // multiple of -b before the prompt's end (or before its last micro-batch,
 // when Context::decode moved that cut to keep the tail GEMM-sized).
@@ -485,21 +503,28 @@ void Scheduler::step() {
   const size_t gemm_rows = static_cast<size_t>(ctx_->gemm_rows());
   const size_t gemv_rows = static_cast<size_t>(ctx_->gemv_batch_rows());
 
-  std::vector<Pass> passes(1);
+  // Passes hold sequences of one KV layout each; decode passes up to gemv_rows rows.
+  std::vector<Pass> passes;
+  auto pass_for = [&](const Slot& s, size_t rows, size_t limit, size_t first = 0) -> Pass& {
+    const auto types = ctx_->kv_types(s.seq);
+    for (size_t i = first; i < passes.size(); ++i)
+      if (passes[i].kv_types == types && passes[i].batch.size() + rows <= limit) return passes[i];
+    passes.emplace_back().kv_types = types;
+    return passes.back();
+  };
   for (Slot& s : slots_) {
     if (!s.job) continue;
     const size_t left = s.job->req.prompt.size() - s.job->n_prefilled;
     if (s.job->prefilling() && left >= gemm_rows) continue;
     const size_t rows = s.job->prefilling() ? left : 1;
-    if (passes.back().batch.size() + rows > gemv_rows) passes.emplace_back();
-    add_rows(passes.back(), s, rows);
+    add_rows(pass_for(s, rows, gemv_rows), s, rows);
   }
+  const size_t decode_passes = passes.size();
 
   std::vector<Slot*> waiting;
   for (Slot& s : slots_)
     if (s.job && s.job->req.prompt.size() - s.job->n_prefilled >= gemm_rows) waiting.push_back(&s);
   std::sort(waiting.begin(), waiting.end(), [](Slot* a, Slot* b) { return a->job->submitted < b->job->submitted; });
-  Pass& chunks = passes.emplace_back();
   size_t budget = static_cast<size_t>(params_.n_batch), completing = 0;
   for (Slot* s : waiting) {
     const size_t left = s->job->req.prompt.size() - s->job->n_prefilled;
@@ -512,7 +537,7 @@ void Scheduler::step() {
     if (take < gemm_rows) break;
     // The logits rows of one pass stay few enough for the matrix-vector kernel.
     if (take == left && ++completing > gemv_rows) break;
-    add_rows(chunks, *s, take);
+    add_rows(pass_for(*s, take, std::numeric_limits<size_t>::max(), decode_passes), *s, take);
     budget -= take;
   }
   for (Pass& pass : passes) {

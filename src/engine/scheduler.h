@@ -42,6 +42,7 @@ struct CompletionRequest {
   // The methods that shape the prompt's cache; empty: the server's.
   std::string attention;  // attention method (skim/attention.h)
   std::string kv_policy;  // KV selection policy (skim/kv.h); "none" keeps every row
+  std::string kv_type_k, kv_type_v;  // formats of its KV rows (skim/kv.h); empty: the server's
 };
 
 struct GeneratedToken {
@@ -112,8 +113,9 @@ inline constexpr int kKeptPrefixesPerSlot = 8;
 inline constexpr size_t kMinSpillTokens = 64;
 // A session id names a file: letters, digits, '_' and '-' only (no path).
 bool valid_session_id(const std::string& id);
-// What a cache's rows depend on beyond the tokens: the attention method and the KV policy.
-std::string methods_key(const std::string& attention, const std::string& kv_policy);
+// What a cache's rows depend on beyond the tokens: the attention method, the
+// KV policy and the KV layout (Context::kv_layout).
+std::string methods_key(const std::string& attention, const std::string& kv_policy, const std::string& kv_layout);
 inline constexpr int kMinBatch = 16;
 
 // Totals since start, for /metrics.
@@ -193,6 +195,7 @@ class Scheduler {
     Batch batch;
     std::vector<Rows> rows;
     std::vector<Slot*> sampled;
+    std::pair<std::string, std::string> kv_types;  // of every sequence in it: the forward pass stores one layout
   };
   void step();
   void add_rows(Pass& pass, Slot& slot, size_t n);

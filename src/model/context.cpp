@@ -43,52 +43,90 @@ Context::Context(const Model& model, ContextParams params)
                                               params_.dca_chunk, params_.dca_local, c.n_ctx_train));
   }
   seq_methods_.assign(static_cast<size_t>(params_.n_seq_max), &method_for(params_.attention));
-  // Each layer's format; a pool per distinct format, capped at n_ctx tokens
-  // of every sequence in each (layer, KV head) it serves, in whole pages.
-  const kv::KvFormat chosen{kv::parse_kv_type(params_.kv_type_k), kv::parse_kv_type(params_.kv_type_v)};
-  std::vector<kv::KvFormat> layer_formats(static_cast<size_t>(c.n_layer), chosen);
-  for (int l : params_.kv_f16_layers) {
-    if (l < -c.n_layer || l >= c.n_layer)
-      throw std::invalid_argument(fmt::format("f16 KV layer {}: the model has layers 0..{}", l, c.n_layer - 1));
-    layer_formats[static_cast<size_t>(l < 0 ? c.n_layer + l : l)] = kv::KvFormat{};
-  }
-  for (const kv::KvFormat& f : layer_formats)
-    for (const kernels::KvDType t : {f.k, f.v})
-      if (kernels::kv_tq_bits(t) != 0 && (!params_.kv_rotation || c.head_dim % 64 != 0))
-        throw std::invalid_argument(fmt::format("KV type {} needs the Hadamard rotation: a head size that is a multiple "
-                                                "of 64 (this model's is {}) and the rotation on",
-                                                kv::kv_type_name(t), c.head_dim));
   if (params_.kv_cap_sequences < 0 || params_.kv_cap_sequences > params_.n_seq_max)
     throw std::invalid_argument(fmt::format("the KV cap's sequence count {} is outside 0..{}", params_.kv_cap_sequences,
                                             params_.n_seq_max));
+  // Every pool holds n_ctx tokens of each sequence the cap counts, in whole
+  // pages, in each (layer, KV head) it serves, plus kv_extra_bytes counted in
+  // pages of the default KV types.
   double page_bytes_all_layers = 0;  // one page of every layer and KV head
-  for (const kv::KvFormat& f : layer_formats)
+  for (const kv::KvFormat& f : layer_formats(params_.kv_type_k, params_.kv_type_v))
     page_bytes_all_layers += static_cast<double>(c.n_head_kv) * static_cast<double>(kv::KvPool::page_bytes(c.head_dim, f));
-  const int64_t pages_per_head =
-      (params_.n_ctx + kv::kPageRows - 1) / kv::kPageRows *
-          (params_.kv_cap_sequences > 0 ? params_.kv_cap_sequences : params_.n_seq_max) +
-      static_cast<int64_t>(std::ceil(static_cast<double>(params_.kv_extra_bytes) / page_bytes_all_layers));
-  const int64_t pages_per_layer = pages_per_head * c.n_head_kv;
-  std::vector<kv::KvPool*> layer_pools;
-  const double cap = static_cast<double>(pages_per_head) * page_bytes_all_layers;
-  kv::check_kv_cap(cap);
-  for (const kv::KvFormat& f : layer_formats) {
-    auto same = std::find_if(pools_.begin(), pools_.end(), [&](const auto& p) { return p->format() == f; });
-    if (same == pools_.end()) {
-      const int64_t layers = std::count(layer_formats.begin(), layer_formats.end(), f);
-      pools_.push_back(std::make_unique<kv::KvPool>(c.head_dim, f, pages_per_layer * layers));
-      pool_heads_.push_back(layers * c.n_head_kv);
-      same = pools_.end() - 1;
-    }
-    layer_pools.push_back(same->get());
-  }
+  pages_per_head_ = (params_.n_ctx + kv::kPageRows - 1) / kv::kPageRows *
+                        (params_.kv_cap_sequences > 0 ? params_.kv_cap_sequences : params_.n_seq_max) +
+                    static_cast<int64_t>(std::ceil(static_cast<double>(params_.kv_extra_bytes) / page_bytes_all_layers));
+  const std::vector<kv::KvPool*> layer_pools = kv_pools_for(params_.kv_type_k, params_.kv_type_v);
   for (int i = 0; i < params_.n_seq_max; ++i)
     seqs_.push_back(std::make_unique<kv::KvSequence>(layer_pools, c.n_head_kv, params_.n_ctx));
+  seq_kv_types_.assign(static_cast<size_t>(params_.n_seq_max), {params_.kv_type_k, params_.kv_type_v});
   seq_policies_.assign(static_cast<size_t>(params_.n_seq_max), policy_for(params_.kv_policy));
   s_ = std::make_unique<Activations>(c, params_.n_ubatch);
 }
 
 Context::~Context() = default;
+
+// Each layer's format for KV types (k, v): kv_f16_layers stay f16.
+std::vector<kv::KvFormat> Context::layer_formats(const std::string& k, const std::string& v) const {
+  const ModelConfig& c = model_.config();
+  const kv::KvFormat chosen{kv::parse_kv_type(k), kv::parse_kv_type(v)};
+  std::vector<kv::KvFormat> formats(static_cast<size_t>(c.n_layer), chosen);
+  for (int l : params_.kv_f16_layers) {
+    if (l < -c.n_layer || l >= c.n_layer)
+      throw std::invalid_argument(fmt::format("f16 KV layer {}: the model has layers 0..{}", l, c.n_layer - 1));
+    formats[static_cast<size_t>(l < 0 ? c.n_layer + l : l)] = kv::KvFormat{};
+  }
+  for (const kv::KvFormat& f : formats)
+    for (const kernels::KvDType t : {f.k, f.v})
+      if (kernels::kv_tq_bits(t) != 0 && (!params_.kv_rotation || c.head_dim % 64 != 0))
+        throw std::invalid_argument(fmt::format("KV type {} needs the Hadamard rotation: a head size that is a multiple "
+                                                "of 64 (this model's is {}) and the rotation on",
+                                                kv::kv_type_name(t), c.head_dim));
+  return formats;
+}
+
+// Each layer's pool for KV types (k, v): one pool per distinct format among
+// the layers, made on first use (a request's own types in the server).
+std::vector<kv::KvPool*> Context::kv_pools_for(const std::string& k, const std::string& v) {
+  const auto key = std::make_pair(k, v);
+  if (const auto it = kv_groups_.find(key); it != kv_groups_.end()) return it->second;
+  const ModelConfig& c = model_.config();
+  const std::vector<kv::KvFormat> formats = layer_formats(k, v);
+  double cap = static_cast<double>(kv_cap_bytes());
+  for (const kv::KvFormat& f : formats)
+    cap += static_cast<double>(pages_per_head_ * c.n_head_kv) * static_cast<double>(kv::KvPool::page_bytes(c.head_dim, f));
+  kv::check_kv_cap(cap);
+  std::vector<kv::KvPool*> layer_pools;
+  std::vector<std::pair<kv::KvFormat, kv::KvPool*>> made;
+  for (const kv::KvFormat& f : formats) {
+    auto same = std::find_if(made.begin(), made.end(), [&](const auto& m) { return m.first == f; });
+    if (same == made.end()) {
+      const int64_t layers = std::count(formats.begin(), formats.end(), f);
+      pools_.push_back(std::make_unique<kv::KvPool>(c.head_dim, f, pages_per_head_ * c.n_head_kv * layers));
+      pool_heads_.push_back(layers * c.n_head_kv);
+      made.emplace_back(f, pools_.back().get());
+      same = made.end() - 1;
+    }
+    layer_pools.push_back(same->second);
+  }
+  return kv_groups_.emplace(key, std::move(layer_pools)).first->second;
+}
+
+void Context::set_kv_types(int seq, const std::string& k, const std::string& v) {
+  sequence(seq);  // checks the id
+  auto& types = seq_kv_types_[static_cast<size_t>(seq)];
+  if (types.first == k && types.second == v) return;
+  const std::vector<kv::KvPool*> layer_pools = kv_pools_for(k, v);
+  seqs_[static_cast<size_t>(seq)] =
+      std::make_unique<kv::KvSequence>(layer_pools, model_.config().n_head_kv, params_.n_ctx);
+  types = {k, v};
+}
+
+std::pair<std::string, std::string> Context::kv_types(int seq) const {
+  sequence(seq);  // checks the id
+  return seq_kv_types_[static_cast<size_t>(seq)];
+}
+
+void Context::check_kv_types(const std::string& k, const std::string& v) const { layer_formats(k, v); }
 
 kv::KvSequence& Context::sequence(int seq) const {
   if (seq < 0 || seq >= params_.n_seq_max)
@@ -151,6 +189,7 @@ void Context::copy_sequence(int from, int to) {
   if (from == to) return;
   sequence(to).clear();
   seqs_[static_cast<size_t>(to)] = std::make_unique<kv::KvSequence>(src.fork());
+  seq_kv_types_[static_cast<size_t>(to)] = seq_kv_types_[static_cast<size_t>(from)];
 }
 size_t Context::kv_cap_bytes() const {
   size_t bytes = 0;
@@ -162,7 +201,9 @@ size_t Context::kv_held_bytes() const {
   for (const auto& p : pools_) bytes += p->held_bytes();
   return bytes;
 }
-bool Context::plans_per_micro_batch(const std::string& spec) { return !method_for(spec).is_dense(); }
+bool Context::rows_depend_on_cuts(const std::string& attention, const std::string& kv_type_k) {
+  return !method_for(attention).is_dense() || (params_.kv_center_keys && kernels::kv_quantized(kv::parse_kv_type(kv_type_k)));
+}
 attention::AttentionMethod& Context::method_for(const std::string& spec) {
   auto it = methods_.find(spec);
   if (it == methods_.end())

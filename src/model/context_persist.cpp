@@ -20,8 +20,6 @@ std::map<std::string, std::string> Context::cache_fingerprint(int seq) const {
   const ModelConfig& c = model_.config();
   if (model_hash_.empty())
     model_hash_ = fmt::format("{:016x}", XXH3_64bits(model_.file().file_bytes(), model_.file().file_size()));
-  std::string f16_layers;
-  for (int l : params_.kv_f16_layers) f16_layers += fmt::format("{}{}", f16_layers.empty() ? "" : ",", l);
   return {
       {"skim.model_hash", model_hash_},
       {"skim.arch", fmt::format("{} layers {} kv_heads {} head_dim {}", c.arch, c.n_layer, c.n_head_kv, c.head_dim)},
@@ -29,12 +27,18 @@ std::map<std::string, std::string> Context::cache_fingerprint(int seq) const {
                                 static_cast<int>(c.rope_style), static_cast<int>(c.rope_scaling.kind), c.rope_scaling.factor,
                                 c.rope_scaling.orig_ctx, c.rope_scaling.ext_factor, c.rope_scaling.beta_fast,
                                 c.rope_scaling.beta_slow, c.rope_scaling.mscale)},
-      {"skim.kv", fmt::format("k {} v {} f16_layers [{}] rotation {} center_keys {}", params_.kv_type_k, params_.kv_type_v,
-                              f16_layers, params_.kv_rotation, params_.kv_center_keys)},
+      {"skim.kv", kv_layout(kv_types(seq).first, kv_types(seq).second)},
       {"skim.attention", attention(seq)},
       {"skim.kv_policy", kv_policy(seq)},
       {"skim.dca", fmt::format("chunk {} local {}", params_.dca_chunk, params_.dca_chunk ? params_.dca_local : 0)},
   };
+}
+
+std::string Context::kv_layout(const std::string& k, const std::string& v) const {
+  std::string f16_layers;
+  for (int l : params_.kv_f16_layers) f16_layers += fmt::format("{}{}", f16_layers.empty() ? "" : ",", l);
+  return fmt::format("k {} v {} f16_layers [{}] rotation {} center_keys {}", k, v, f16_layers, params_.kv_rotation,
+                     params_.kv_center_keys);
 }
 
 size_t Context::save_sequence(int seq, std::span<const int32_t> tokens, const std::string& path,

@@ -42,8 +42,15 @@ struct HttpServer::Impl {
   const int64_t started = static_cast<int64_t>(std::time(nullptr));
 
   // "f16/f16" or "q8_0/q8_0, snapkv:keep=0.5": formats, then the policy if any.
-  std::string kv_setting(const std::string& policy) const {
-    return policy.empty() || policy == "none" ? params.kv_types : params.kv_types + ", " + policy;
+  // "K/V types[, policy]" of a request: the server's where it names none.
+  std::string kv_setting(const std::string& policy, const CompletionRequest* request = nullptr) const {
+    std::string types = params.kv_types;
+    if (request && (!request->kv_type_k.empty() || !request->kv_type_v.empty())) {
+      const size_t slash = types.find('/');
+      types = (request->kv_type_k.empty() ? types.substr(0, slash) : request->kv_type_k) + "/" +
+              (request->kv_type_v.empty() ? types.substr(slash + 1) : request->kv_type_v);
+    }
+    return policy.empty() || policy == "none" ? types : types + ", " + policy;
   }
 
   ResponseContext response_context(Endpoint endpoint, bool logprobs) {
@@ -70,7 +77,7 @@ struct HttpServer::Impl {
     }
     ResponseContext rc = response_context(endpoint, parsed.completion.logprobs);
     if (!parsed.completion.attention.empty()) rc.attention = parsed.completion.attention;
-    if (!parsed.completion.kv_policy.empty()) rc.kv = kv_setting(parsed.completion.kv_policy);
+    rc.kv = kv_setting(parsed.completion.kv_policy.empty() ? params.kv_policy : parsed.completion.kv_policy, &parsed.completion);
     if (parsed.stream)
       stream(res, std::move(handle), rc, parsed.include_usage);
     else

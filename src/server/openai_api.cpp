@@ -208,6 +208,11 @@ ParsedRequest parse_completion_request(const json& body, Endpoint endpoint, cons
       bad(e.what());
     }
   }
+  for (auto [name, type] : {std::pair{"cache_type_k", &c.kv_type_k}, std::pair{"cache_type_v", &c.kv_type_v}})
+    if (const json* t = field(body, name)) {
+      if (!t->is_string()) bad(fmt::format("'{}' must be a KV type name, e.g. \"q8_0\" (skim info --kv)", name));
+      *type = t->get<std::string>();
+    }
   if (const json* id = field(body, "session")) {
     if (!id->is_string() || !valid_session_id(id->get<std::string>()))
       bad("'session' must be 1 to 128 letters, digits, '_' or '-'");
