@@ -3,7 +3,7 @@
 // bench is built against the peer ggml (SKIM_HAVE_GGML).
 //
 //   attention_bench [--threads N] [--min-seconds S] [--sizes 2048,8192]
-//                   [--clock wall|cpu] [--no-ggml] [--no-sparse] [--no-decode]
+//                   [--clock wall|cpu] [--no-ggml] [--no-bf16] [--no-sparse] [--no-decode]
 //
 // Shapes: d = 64 with 9 query / 3 KV heads (SmolLM2-135M) and d = 128 with
 // 12 / 2 heads; K/V in f16 as in the KV cache; Q and O in f32.
@@ -27,6 +27,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <memory>
 #include <random>
 #include <stdexcept>
 #include <string>
@@ -53,7 +54,7 @@ struct Options {
   int threads = 0;
   double min_seconds = 1.0;
   std::vector<int64_t> sizes = {2048, 8192};
-  bool ggml = true, sparse = true, decode = true;
+  bool ggml = true, sparse = true, decode = true, bf16 = true;
   bool cpu_clock = false;
 };
 
@@ -267,6 +268,52 @@ Plan column_plan(const Data& data, double density, uint64_t seed) {
   return b.finish();
 }
 
+// The same dense prefill with bf16 arithmetic (skim::kernels::AttnMath) against
+// f32 and ggml in one timing loop; rel diff of the bf16 output vs f32's.
+void bench_bf16(const Options& opt) {
+  using skim::kernels::AttnMath;
+  std::printf("\n== Dense causal prefill, bf16 arithmetic (%s dot products), %d threads, GFLOP/s\n",
+              skim::kernels::cpu_has_bf16_dot() ? "AVX512-BF16" : "emulated", opt.threads);
+  std::printf("%-20s %6s %10s %10s %9s %7s %10s %9s %10s\n", "shape", "n", "f32 ms", "bf16 ms", "GFLOP/s", "bf16/f32",
+              "ggml ms", "vs ggml", "rel diff");
+  for (const HeadShape& s : kShapes) {
+    for (int64_t n : opt.sizes) {
+      Data data(s, n, n, 1);
+      AttnParams p = data.params();
+      auto with = [&](AttnMath math) {
+        return [&, math] {
+          skim::kernels::set_attention_math(math);
+          skim::kernels::attention_prefill(p);
+        };
+      };
+      std::vector<std::function<void()>> runs = {with(AttnMath::kF32), with(AttnMath::kBf16)};
+#ifdef SKIM_HAVE_GGML
+      std::unique_ptr<GgmlAttention> g;
+      if (opt.ggml) {
+        g = std::make_unique<GgmlAttention>(data, true, opt.threads);
+        runs.push_back([&] { g->run(); });
+      }
+#endif
+      const std::vector<double> t = best_times(opt, runs);
+      with(AttnMath::kF32)();
+      const std::vector<float> f32 = data.out;
+      with(AttnMath::kBf16)();
+      skim::kernels::set_attention_math(AttnMath::kF32);
+      char label[64];
+      std::snprintf(label, sizeof label, "d%d %dq/%dkv", s.d, s.hq, s.hkv);
+      char ggml_ms[32] = "-", vs_ggml[32] = "-";
+      if (t.size() > 2) {
+        std::snprintf(ggml_ms, sizeof ggml_ms, "%.2f", t[2] * 1e3);
+        std::snprintf(vs_ggml, sizeof vs_ggml, "%.2fx", t[2] / t[1]);
+      }
+      std::printf("%-20s %6lld %10.2f %10.2f %9.1f %6.2fx %10s %9s %10.2e\n", label, static_cast<long long>(n),
+                  t[0] * 1e3, t[1] * 1e3, causal_flops(s, n) / t[1] / 1e9, t[0] / t[1], ggml_ms, vs_ggml,
+                  rel_l2(data.out.data(), f32.data(), f32.size()));
+      std::fflush(stdout);
+    }
+  }
+}
+
 void bench_sparse(const Options& opt) {
   const int64_t n = opt.sizes.back();
   std::printf("\n== Sparse plans, n = %lld: time / (density * dense time); 1.00 = proportional\n",
@@ -361,11 +408,13 @@ Options parse(int argc, char** argv) {
       opt.ggml = false;
     } else if (a == "--no-sparse") {
       opt.sparse = false;
+    } else if (a == "--no-bf16") {
+      opt.bf16 = false;
     } else if (a == "--no-decode") {
       opt.decode = false;
     } else if (a == "-h" || a == "--help") {
       std::printf("attention_bench [--threads N] [--min-seconds S] [--sizes 2048,8192] [--clock wall|cpu] "
-                  "[--no-ggml] [--no-sparse] [--no-decode]\n");
+                  "[--no-ggml] [--no-bf16] [--no-sparse] [--no-decode]\n");
       std::exit(0);
     } else {
       throw std::invalid_argument("unknown argument: " + a);
@@ -391,6 +440,7 @@ int main(int argc, char** argv) {
                 opt.cpu_clock ? "cpu" : "wall");
 #endif
     bench_dense(opt);
+    if (opt.bf16) bench_bf16(opt);
     if (opt.sparse) bench_sparse(opt);
     if (opt.decode) bench_decode(opt);
   } catch (const std::exception& e) {

@@ -164,7 +164,7 @@ void register_batched_bench(CLI::App& app) {
   auto o = std::make_shared<BatchedBenchOptions>();
   CLI::App* cmd = app.add_subcommand(
       "batched-bench", "aggregate prefill and decode of several sequences at once, skim vs llama-batched-bench in one run");
-  add_shared_options_with_kv(*cmd, *o, {{Opt::Model}, {Opt::Threads}, {Opt::Ctx}, {Opt::Ubatch}, {Opt::Attn}, {Opt::Gemm}, {Opt::Rope}});
+  add_shared_options_with_kv(*cmd, *o, {{Opt::Model}, {Opt::Threads}, {Opt::Ctx}, {Opt::Ubatch}, {Opt::Attn}, {Opt::Gemm}, {Opt::AttnMath}, {Opt::Rope}});
   cmd->add_option("--npp", o->prompts, "prompt lengths, comma-separated (llama.cpp's -npp)");
   cmd->add_option("--ntg", o->gens, "generated tokens per sequence, comma-separated (-ntg)");
   cmd->add_option("--npl", o->parallel, "parallel sequences, comma-separated (-npl)");

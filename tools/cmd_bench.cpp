@@ -329,7 +329,7 @@ void register_bench(CLI::App& app) {
   auto o = std::make_shared<BenchOptions>();
   CLI::App* cmd = app.add_subcommand("bench", "prompt (pp) and generation (tg) throughput, skim vs llama.cpp in one run");
   add_shared_options_with_kv(*cmd, *o,
-                     {{Opt::Model}, {Opt::Threads}, {Opt::Ubatch}, {Opt::Gemm}, {.opt = Opt::Attn, .repeatable = true}, {Opt::Rope}});
+                     {{Opt::Model}, {Opt::Threads}, {Opt::Ubatch}, {Opt::Gemm}, {Opt::AttnMath}, {.opt = Opt::Attn, .repeatable = true}, {Opt::Rope}});
   cmd->add_option("-p,--n-prompt", o->prompts, "prompt lengths, comma-separated (e.g. 512,2048,8192)");
   cmd->add_option("-n,--n-gen", o->gens, "generation lengths, comma-separated (0: none)");
   cmd->add_option("-r,--repetitions", o->repetitions, "measured repetitions per test")->check(at_least(1));

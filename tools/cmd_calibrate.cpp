@@ -194,7 +194,7 @@ void register_calibrate(CLI::App& app) {
       "calibrate", "choose per-model sparse-attention settings on calibration text (MInference budgets, SALE "
                    "thetas, reuse layers, BLASST lambda) and write them to a JSON file");
   // The calibrator refuses chunks under 64 tokens.
-  add_shared_options(*cmd, *o, {{Opt::Model}, {Opt::Threads}, {Opt::Gemm}, {.opt = Opt::Ubatch, .range = Range{64, 1 << 20}}, {Opt::Rope}});
+  add_shared_options(*cmd, *o, {{Opt::Model}, {Opt::Threads}, {Opt::Gemm}, {Opt::AttnMath}, {.opt = Opt::Ubatch, .range = Range{64, 1 << 20}}, {Opt::Rope}});
   cmd->add_option("-f,--file", o->file, "calibration text (default: a cached long English text)")->check(CLI::ExistingFile);
   cmd->add_option("--len", o->len, "calibration tokens")->check(in_range(int64_t{256}, int64_t{kMaxTokens}));
   cmd->add_option("-o,--out", o->out, "output file (default: <cache>/calibration/<model file stem>.json)");

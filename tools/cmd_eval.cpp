@@ -414,7 +414,7 @@ class EvalRun {
 void register_eval(CLI::App& app) {
   auto o = std::make_shared<EvalOptions>();
   CLI::App* cmd = app.add_subcommand("eval", "long-context quality of attention methods, paired with dense on identical samples");
-  add_shared_options(*cmd, *o, {{Opt::Model}, {Opt::Threads}, {Opt::Ubatch}, {Opt::Gemm}, {.opt = Opt::Attn, .repeatable = true}, {Opt::Rope}, {Opt::Dca}, {Opt::DcaLocal}});
+  add_shared_options(*cmd, *o, {{Opt::Model}, {Opt::Threads}, {Opt::Ubatch}, {Opt::Gemm}, {Opt::AttnMath}, {.opt = Opt::Attn, .repeatable = true}, {Opt::Rope}, {Opt::Dca}, {Opt::DcaLocal}});
   std::string task_help = "tasks, comma-separated:";
   for (const eval::TaskInfo& t : eval::tasks()) task_help += fmt::format("\n  {:<16} {}", t.name, t.summary);
   task_help += fmt::format("\n  {:<16} {}", "ppl", "perplexity, KL(dense||method) and top-1 agreement on Austen windows");

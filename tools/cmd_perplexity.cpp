@@ -90,7 +90,7 @@ void register_perplexity(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand("perplexity", "perplexity of a text file (llama-perplexity's method)");
   // -c is the window scored, which cannot be empty.
   add_shared_options_with_kv(*cmd, *o,
-                     {{Opt::Model}, {Opt::Threads}, {.opt = Opt::Ctx, .range = Range{1, kMaxTokens}}, {Opt::Ubatch}, {Opt::Gemm}, {Opt::Rope}});
+                     {{Opt::Model}, {Opt::Threads}, {.opt = Opt::Ctx, .range = Range{1, kMaxTokens}}, {Opt::Ubatch}, {Opt::Gemm}, {Opt::AttnMath}, {Opt::Rope}});
   cmd->add_option("-f,--file", o->file, "text file")->required()->check(CLI::ExistingFile);
   cmd->add_flag("--kl-f16", o->kl_f16, "also run an f16 cache on the same windows: mean KL, top-1 agreement, PPL change");
   cmd->add_option("--chunks", o->max_windows, "score at most this many windows (0: all)")->check(at_least(0));

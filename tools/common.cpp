@@ -43,6 +43,8 @@ const SharedOption kSharedOptions[] = {
     {Opt::Attn, "--attn", "attention method NAME[:key=value,...] (skim info --attn lists them)", &SharedOptions::attn},
     {Opt::Gemm, "--gemm", "arithmetic of the prefill weight GEMMs: int8 (activations rounded per 32) or f32",
      &SharedOptions::gemm},
+    {Opt::AttnMath, "--attn-math", "arithmetic of the prefill attention kernel: f32, or bf16 (Q, K, P, V rounded to bf16, f32 sums)",
+     &SharedOptions::attn_math},
     {Opt::KvTypeK, "--cache-type-k", "format of the K cache (-ctk; skim info --kv lists them)", &SharedOptions::kv_type_k},
     {Opt::KvTypeV, "--cache-type-v", "format of the V cache (-ctv)", &SharedOptions::kv_type_v},
     {Opt::KvF16Layers, "--kv-f16-layers", "layers whose K/V stay f16 whatever -ctk/-ctv say, e.g. 0,-1 (-1: the last)",
@@ -95,6 +97,10 @@ void add_shared_options(CLI::App& cmd, SharedOptions& o, std::initializer_list<U
     if (use.opt == Opt::Gemm) {
       opt->check(CLI::IsMember(gemm_paths()))->capture_default_str();
       opt->each([](const std::string& name) { set_gemm(name); });
+    }
+    if (use.opt == Opt::AttnMath) {
+      opt->check(CLI::IsMember(attention_math_names()))->capture_default_str();
+      opt->each([](const std::string& name) { set_attention_math(name); });
     }
   }
 }

@@ -59,12 +59,13 @@ struct SharedOptions {
   int kv_center_keys = 1;
   std::string kv_policy;
   std::string gemm = "int8";  // applied process-wide as it is parsed
+  std::string attn_math = "f32";  // likewise
   ModelOptions model_options;  // --rope-scaling, --rope-scale, --yarn-*
   int dca_chunk = 0;           // --dca
   int dca_local = -1;          // --dca-local
 };
 // Rope: the RoPE scaling flags as a group (llama.cpp's names).
-enum class Opt { Model, Threads, Ctx, Ubatch, Attn, Gemm, KvTypeK, KvTypeV, KvF16Layers, KvRotation, KvCenterKeys, KvPolicy,
+enum class Opt { Model, Threads, Ctx, Ubatch, Attn, Gemm, AttnMath, KvTypeK, KvTypeV, KvF16Layers, KvRotation, KvCenterKeys, KvPolicy,
                  Dca, DcaLocal, Rope };
 // The KV flags (what the cache holds and how keys are placed), for commands that build a context.
 inline constexpr Opt kKvOpts[] = {Opt::KvTypeK, Opt::KvTypeV, Opt::KvF16Layers, Opt::KvRotation, Opt::KvCenterKeys,

@@ -16,6 +16,14 @@ const std::vector<std::string>& gemm_paths();
 void set_gemm(const std::string& name);
 std::string gemm();
 
+// Arithmetic of the attention kernel's prefill (process-wide): what
+// --attn-math accepts. "f32" (the default), or "bf16": Q, K, P and V rounded
+// to bf16 with f32 sums, on AVX512-BF16 dot products where the CPU has them.
+const std::vector<std::string>& attention_math_names();
+// Throws std::invalid_argument for a name not in attention_math_names().
+void set_attention_math(const std::string& name);
+std::string attention_math();
+
 // The SIMD target run-time dispatch runs here (Highway's name, e.g. AVX3_DL:
 // AVX-512 with VNNI) and the CPU's model name, for benchmark headers.
 std::string simd_target();

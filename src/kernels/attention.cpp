@@ -18,7 +18,11 @@
 #include <tuple>
 #include <vector>
 
+#include <fmt/format.h>
+
+#include "hwy/targets.h"
 #include "kernels/attention_tile.h"
+#include "skim/gemm.h"
 
 namespace skim::kernels {
 namespace {
@@ -278,9 +282,15 @@ ColumnRef column_of(const Call& call, const Plan& plan, int32_t h, int64_t t, in
   return {q_head, row};
 }
 
+AttnMath& attention_math_setting() {
+  static AttnMath math = AttnMath::kF32;
+  return math;
+}
+
 void run(const Call& call, const Plan& plan) {
   const AttnParams& p = call.p;
   const int64_t d = p.head_dim;
+  const bool bf16 = attention_math() == AttnMath::kBf16, native_bf16 = bf16 && cpu_has_bf16_dot();
   const int n_threads = std::max(1, omp_get_max_threads());
 
   // Rows outside every item (row maps) are written now: O = 0, LSE = -inf.
@@ -433,6 +443,8 @@ void run(const Call& call, const Plan& plan) {
       job.early_stop = plan_ordered(plan) && plan_theta(plan, h) > kNegInf;
       job.stop_theta = plan_theta(plan, h);
       job.stop_mass = plan.stop_mass.empty() ? 0.0f : plan.stop_mass[static_cast<size_t>(h)];
+      job.bf16 = bf16;
+      job.native_bf16 = native_bf16;
       job.kv = &p.kv;
       job.kv_head = kv_head;
       job.cols = cols.data();
@@ -515,6 +527,13 @@ void check_dense_fits(const Call& call) {
 
 }  // namespace
 
+AttnMath attention_math() { return attention_math_setting(); }
+void set_attention_math(AttnMath math) { attention_math_setting() = math; }
+bool cpu_has_bf16_dot() {
+  static const bool has = __builtin_cpu_supports("avx512bf16") && hwy::SupportedTargets() & HWY_AVX3_DL;
+  return has;
+}
+
 int32_t default_tile_rows(int32_t group_size) { return std::max(1, kDefaultTileCols / std::max(1, group_size)); }
 
 void attention_prefill(const AttnParams& params, const Plan* plan) {
@@ -575,3 +594,23 @@ void merge_partial(int64_t n_rows, int32_t head_dim, float* o, int64_t o_row_str
 }
 
 }  // namespace skim::kernels
+
+namespace skim {
+
+const std::vector<std::string>& attention_math_names() {
+  static const std::vector<std::string> names = {"f32", "bf16"};
+  return names;
+}
+
+void set_attention_math(const std::string& name) {
+  if (name == "f32")
+    kernels::set_attention_math(kernels::AttnMath::kF32);
+  else if (name == "bf16")
+    kernels::set_attention_math(kernels::AttnMath::kBf16);
+  else
+    throw std::invalid_argument(fmt::format("unknown attention arithmetic '{}' (f32, bf16)", name));
+}
+
+std::string attention_math() { return kernels::attention_math() == kernels::AttnMath::kBf16 ? "bf16" : "f32"; }
+
+}  // namespace skim

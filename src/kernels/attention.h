@@ -41,6 +41,16 @@
 
 namespace skim::kernels {
 
+// Arithmetic of the prefill micro-kernels (process-wide; decode-shaped units
+// always run f32): kF32, or kBf16: Q, K, P and V rounded to bf16 (8-bit
+// mantissa) with f32 sums, on AVX512-BF16 dot products where the CPU has them
+// (elsewhere emulated with f32 FMAs, same rounding of the operands).
+enum class AttnMath { kF32, kBf16 };
+AttnMath attention_math();
+// Not thread-safe: call it between attention calls only.
+void set_attention_math(AttnMath math);
+bool cpu_has_bf16_dot();
+
 // Counters of one call (optional output). Key tiles are counted per work unit:
 // an item cut into column chunks counts its stream once per chunk.
 struct AttnStats {

@@ -12,6 +12,8 @@
 //   Narrow units (decode: one row per head, or the g rows of a KV group):
 //     qt [n_cols][d]     Q rows; S via dot products along d, 8 keys reduced at once.
 //   Both: o [ldq][d] accumulator, kf/vf [kKeyTile][d] widened K/V tiles.
+//   bf16 arithmetic (wide units): q2, k2, p2, v2, the same operands rounded to
+//   bf16 and packed in pairs along the summed dimension.
 // Scores are in base 2 (exp2), so LSE = ln 2 * (m + log2 l).
 #include <cmath>
 #include <cstring>
@@ -276,13 +278,177 @@ HWY_INLINE void PV(DF df, const float* p, int32_t ldq, const float* v, int64_t l
   for (; i < n_cols; ++i) PVRows<1>(df, p, ldq, v, ldv, count, alpha, o, d, i);
 }
 
+// ---------------------------------------------------------------------------
+// bf16 arithmetic (TileJob::bf16, wide units): Q, K, P and V rounded to bf16,
+// products summed in f32. Operands are packed in pairs along the summed
+// dimension, one pair per 32-bit lane (first element in the low half), so one
+// dot-pair instruction does two multiply-adds per lane: AVX512-BF16's
+// vdpbf16ps where the CPU has it, else two f32 FMAs on the widened halves.
+using DU = hn::RebindToUnsigned<DF>;
+using VU = hn::Vec<DU>;
+
+// bf16 bits of each lane, rounded to nearest even, in the low (kHigh: high) half.
+template <bool kHigh>
+HWY_INLINE VU RoundToBf16(DU du, VF x) {
+  const VU bits = hn::BitCast(du, x);
+  const VU rounded = hn::Add(bits, hn::Add(hn::Set(du, 0x7FFFu), hn::And(hn::ShiftRight<16>(bits), hn::Set(du, 1u))));
+  if constexpr (kHigh) return hn::And(rounded, hn::Set(du, 0xFFFF0000u));
+  else return hn::ShiftRight<16>(rounded);
+}
+HWY_INLINE VU PackPair(DU du, VF first, VF second) {
+  return hn::Or(RoundToBf16<false>(du, first), RoundToBf16<true>(du, second));
+}
+
+// acc + a.lo * b.lo + a.hi * b.hi per lane.
+template <bool kNative>
+HWY_INLINE VF DotPair(DF df, VU a, VU b, VF acc) {
+#if HWY_TARGET == HWY_AVX3_DL
+  if constexpr (kNative) {
+    asm("vdpbf16ps %2, %1, %0" : "+v"(acc.raw) : "v"(a.raw), "v"(b.raw));
+    return acc;
+  }
+#endif
+  const DU du;
+  const VU high = hn::Set(du, 0xFFFF0000u);
+  acc = hn::MulAdd(hn::BitCast(df, hn::ShiftLeft<16>(a)), hn::BitCast(df, hn::ShiftLeft<16>(b)), acc);
+  return hn::MulAdd(hn::BitCast(df, hn::And(a, high)), hn::BitCast(df, hn::And(b, high)), acc);
+}
+
+// dst[m][i] = (src[2m][i], src[2m+1][i]) for i < cols (a multiple of N), m < ceil(rows / 2);
+// an odd last row pairs with 0.
+HWY_INLINE void PackRowPairs(DF df, const float* src, int64_t ld_src, int32_t rows, int32_t cols, uint32_t* dst,
+                             int64_t ld_dst) {
+  const DU du;
+  const int32_t N = static_cast<int32_t>(hn::Lanes(df));
+  for (int32_t r = 0; r < rows; r += 2) {
+    const float* a = src + r * ld_src;
+    uint32_t* out = dst + (r / 2) * ld_dst;
+    for (int32_t c = 0; c < cols; c += N) {
+      const VF second = r + 1 < rows ? hn::LoadU(df, a + ld_src + c) : hn::Zero(df);
+      hn::StoreU(PackPair(du, hn::LoadU(df, a + c), second), du, out + c);
+    }
+  }
+}
+
+// dst[r][m] = (src[r][2m], src[r][2m+1]) for r < rows: pairs of neighbours in each row of d.
+HWY_INLINE void PackColumnPairs(DF df, const float* src, int64_t ld_src, int32_t rows, int32_t d, uint32_t* dst) {
+  const DU du;
+  const int32_t N = static_cast<int32_t>(hn::Lanes(df));
+  for (int32_t r = 0; r < rows; ++r)
+    for (int32_t c = 0; c < d; c += 2 * N) {
+      const VF lo = hn::LoadU(df, src + r * ld_src + c), hi = hn::LoadU(df, src + r * ld_src + c + N);
+      hn::StoreU(PackPair(du, hn::ConcatEven(df, hi, lo), hn::ConcatOdd(df, hi, lo)), du, dst + r * (d / 2) + c / 2);
+    }
+}
+
+// s[r][i0 ..] = sum_m k2[r][m] . q2[m][i0 ..] for MR key rows (pairs along d).
+template <bool kNative, int MR, int NV>
+HWY_INLINE void QKBlockBf16(DF df, const uint32_t* HWY_RESTRICT k2, const uint32_t* HWY_RESTRICT q2, int32_t ldq,
+                            int32_t d, float* HWY_RESTRICT s, int32_t i0) {
+  const DU du;
+  const size_t N = hn::Lanes(df);
+  VF acc[MR][NV];
+  HWY_UNROLL(16)
+  for (int r = 0; r < MR; ++r) {
+    HWY_UNROLL(16)
+    for (int t = 0; t < NV; ++t) acc[r][t] = hn::Zero(df);
+  }
+  const int32_t pairs = d / 2;
+  for (int32_t m = 0; m < pairs; ++m) {
+    VU q[NV];
+    HWY_UNROLL(16)
+    for (int t = 0; t < NV; ++t) q[t] = hn::Load(du, q2 + m * ldq + i0 + t * N);
+    HWY_UNROLL(16)
+    for (int r = 0; r < MR; ++r) {
+      const VU kk = hn::Set(du, k2[r * pairs + m]);
+      HWY_UNROLL(16)
+      for (int t = 0; t < NV; ++t) acc[r][t] = DotPair<kNative>(df, kk, q[t], acc[r][t]);
+    }
+  }
+  HWY_UNROLL(16)
+  for (int r = 0; r < MR; ++r) {
+    HWY_UNROLL(16)
+    for (int t = 0; t < NV; ++t) hn::Store(acc[r][t], df, s + r * ldq + i0 + t * N);
+  }
+}
+
+template <bool kNative>
+HWY_INLINE void QKWideBf16(DF df, const uint32_t* k2, const uint32_t* q2, int32_t ldq, int32_t d, int32_t count,
+                           float* s) {
+  const int32_t N = static_cast<int32_t>(hn::Lanes(df));
+  const int32_t pairs = d / 2;
+  for (int32_t i0 = 0; i0 < ldq;) {
+    const bool four = i0 + kQkVecs * N <= ldq;
+    int32_t j = 0;
+    for (; j + kQkRows <= count; j += kQkRows) {
+      if (four) QKBlockBf16<kNative, kQkRows, kQkVecs>(df, k2 + j * pairs, q2, ldq, d, s + j * ldq, i0);
+      else QKBlockBf16<kNative, kQkRows, 2>(df, k2 + j * pairs, q2, ldq, d, s + j * ldq, i0);
+    }
+    for (; j < count; ++j) {
+      if (four) QKBlockBf16<kNative, 1, kQkVecs>(df, k2 + j * pairs, q2, ldq, d, s + j * ldq, i0);
+      else QKBlockBf16<kNative, 1, 2>(df, k2 + j * pairs, q2, ldq, d, s + j * ldq, i0);
+    }
+    i0 += (four ? kQkVecs : 2) * N;
+  }
+}
+
+// o[i0+r][c0 ..] = alpha * o + sum_m p2[m][i0+r] . v2[m][c0 ..]  (pairs of key rows).
+template <bool kNative, int MR, int NV>
+HWY_INLINE void PVBlockBf16(DF df, const uint32_t* HWY_RESTRICT p2, int32_t ldq, const uint32_t* HWY_RESTRICT v2,
+                            int32_t pairs, const float* HWY_RESTRICT alpha, float* HWY_RESTRICT o, int32_t d,
+                            int32_t i0, int32_t c0) {
+  const DU du;
+  const size_t N = hn::Lanes(df);
+  VF acc[MR][NV];
+  HWY_UNROLL(16)
+  for (int r = 0; r < MR; ++r) {
+    const VF a = hn::Set(df, alpha[i0 + r]);
+    HWY_UNROLL(16)
+    for (int t = 0; t < NV; ++t) acc[r][t] = hn::Mul(hn::Load(df, o + (i0 + r) * d + c0 + t * N), a);
+  }
+  for (int32_t m = 0; m < pairs; ++m) {
+    VU vv[NV];
+    HWY_UNROLL(16)
+    for (int t = 0; t < NV; ++t) vv[t] = hn::LoadU(du, v2 + m * d + c0 + t * N);
+    HWY_UNROLL(16)
+    for (int r = 0; r < MR; ++r) {
+      const VU pp = hn::Set(du, p2[m * ldq + i0 + r]);
+      HWY_UNROLL(16)
+      for (int t = 0; t < NV; ++t) acc[r][t] = DotPair<kNative>(df, pp, vv[t], acc[r][t]);
+    }
+  }
+  HWY_UNROLL(16)
+  for (int r = 0; r < MR; ++r)
+    HWY_UNROLL(16)
+    for (int t = 0; t < NV; ++t) hn::Store(acc[r][t], df, o + (i0 + r) * d + c0 + t * N);
+}
+
+template <bool kNative, int MR>
+HWY_INLINE void PVRowsBf16(DF df, const uint32_t* p2, int32_t ldq, const uint32_t* v2, int32_t pairs,
+                           const float* alpha, float* o, int32_t d, int32_t i0) {
+  const int32_t N = static_cast<int32_t>(hn::Lanes(df));
+  int32_t c0 = 0;
+  for (; c0 + kPvVecs * N <= d; c0 += kPvVecs * N)
+    PVBlockBf16<kNative, MR, kPvVecs>(df, p2, ldq, v2, pairs, alpha, o, d, i0, c0);
+  for (; c0 < d; c0 += N) PVBlockBf16<kNative, MR, 1>(df, p2, ldq, v2, pairs, alpha, o, d, i0, c0);
+}
+
+template <bool kNative>
+HWY_INLINE void PVBf16(DF df, const uint32_t* p2, int32_t ldq, const uint32_t* v2, int32_t pairs,
+                       const float* alpha, float* o, int32_t d, int32_t n_cols) {
+  int32_t i = 0;
+  for (; i + kPvRows <= n_cols; i += kPvRows) PVRowsBf16<kNative, kPvRows>(df, p2, ldq, v2, pairs, alpha, o, d, i);
+  for (; i < n_cols; ++i) PVRowsBf16<kNative, 1>(df, p2, ldq, v2, pairs, alpha, o, d, i);
+}
+
 // The spans [first, n_spans) the early stop leaves unvisited.
 void count_stopped(const TileJob& job, int64_t first, int32_t n_cols, TileCounters& counters) {
   counters.stopped += job.n_spans - first;
   for (int64_t si = first; si < job.n_spans; ++si) counters.stopped_pairs += int64_t{job.spans[si].count} * n_cols;
 }
 
-void RunTileJob(const TileJob& job, float* HWY_RESTRICT scratch, TileCounters& counters) {
+template <bool kNative>
+void RunTile(const TileJob& job, float* HWY_RESTRICT scratch, TileCounters& counters) {
   const DF df;
   const DI di;
   const int32_t N = static_cast<int32_t>(hn::Lanes(df));
@@ -302,6 +468,12 @@ void RunTileJob(const TileJob& job, float* HWY_RESTRICT scratch, TileCounters& c
   float* l = m + kMaxTileCols;                            // running sum
   float* alpha = l + kMaxTileCols;                        // rescale factor of the current tile
   float* tmax = alpha + kMaxTileCols;                     // tile max
+  // bf16 operands, packed in pairs (wide units with TileJob::bf16)
+  const bool bf16 = job.bf16 && !narrow && d % (2 * N) == 0;
+  auto* q2 = reinterpret_cast<uint32_t*>(tmax + kMaxTileCols);   // [d/2][ldq]
+  uint32_t* k2 = q2 + static_cast<size_t>(d / 2) * kMaxTileCols;  // [kKeyTile][d/2]
+  uint32_t* v2 = k2 + static_cast<size_t>(kKeyTile) * (d / 2);    // [kKeyTile/2][d]
+  uint32_t* p2 = v2 + static_cast<size_t>(kKeyTile / 2) * d;      // [kKeyTile/2][ldq]
 
   HWY_ALIGN int32_t qpos[kMaxTileCols];
   HWY_ALIGN int32_t qlow[kMaxTileCols];  // window: the lowest key position a column sees
@@ -326,6 +498,7 @@ void RunTileJob(const TileJob& job, float* HWY_RESTRICT scratch, TileCounters& c
       for (int32_t i = 0; i < n_cols; ++i) row[i] = job.cols[i].q[c] * job.q_scale;
       for (int32_t i = n_cols; i < ldq; ++i) row[i] = 0.0f;
     }
+    if (bf16) PackRowPairs(df, qt, ldq, d, ldq, q2, ldq);
   }
   for (int32_t i = 0; i < ldq; ++i) {
     m[i] = kNegInf;
@@ -348,6 +521,9 @@ void RunTileJob(const TileJob& job, float* HWY_RESTRICT scratch, TileCounters& c
 
     if (narrow) {
       QKNarrow(df, kt, ldk, qt, n_cols, d, count, s, ldq);
+    } else if (bf16) {
+      PackColumnPairs(df, kt, ldk, count, d, k2);
+      QKWideBf16<kNative>(df, k2, q2, ldq, d, count, s);
     } else {
       QKWide(df, kt, ldk, qt, ldq, d, count, s);
     }
@@ -436,7 +612,13 @@ void RunTileJob(const TileJob& job, float* HWY_RESTRICT scratch, TileCounters& c
 
     int64_t ldv = 0;
     const float* vt = SpanRows(df, job, true, span, d, vf, ldv);
-    PV(df, s, ldq, vt, ldv, count, alpha, o, d, n_cols);
+    if (bf16) {
+      PackRowPairs(df, s, ldq, count, ldq, p2, ldq);
+      PackRowPairs(df, vt, ldv, count, d, v2, d);
+      PVBf16<kNative>(df, p2, ldq, v2, (count + 1) / 2, alpha, o, d, n_cols);
+    } else {
+      PV(df, s, ldq, vt, ldv, count, alpha, o, d, n_cols);
+    }
     ++counters.computed;
 
     // S2O's running-mass stop: the spans left are scored lower than this one,
@@ -468,6 +650,11 @@ void RunTileJob(const TileJob& job, float* HWY_RESTRICT scratch, TileCounters& c
   }
 }
 
+void RunTileJob(const TileJob& job, float* HWY_RESTRICT scratch, TileCounters& counters) {
+  if (job.bf16 && job.native_bf16) RunTile<true>(job, scratch, counters);
+  else RunTile<false>(job, scratch, counters);
+}
+
 }  // namespace HWY_NAMESPACE
 }  // namespace skim::kernels::attn_detail
 HWY_AFTER_NAMESPACE();
@@ -479,8 +666,11 @@ HWY_EXPORT(RunTileJob);
 
 size_t tile_scratch_floats(int32_t head_dim) {
   const size_t d = static_cast<size_t>(head_dim);
-  return d * kMaxTileCols + static_cast<size_t>(kKeyTile) * kMaxTileCols + kMaxTileCols * d +
-         2 * static_cast<size_t>(kKeyTile) * d + 4 * static_cast<size_t>(kMaxTileCols);
+  const size_t f32 = d * kMaxTileCols + static_cast<size_t>(kKeyTile) * kMaxTileCols + kMaxTileCols * d +
+                    2 * static_cast<size_t>(kKeyTile) * d + 4 * static_cast<size_t>(kMaxTileCols);
+  const size_t pairs = d / 2 * kMaxTileCols + static_cast<size_t>(kKeyTile) * (d / 2) + kKeyTile / 2 * d +
+                       static_cast<size_t>(kKeyTile / 2) * kMaxTileCols;
+  return f32 + pairs;
 }
 
 void run_tile_job(const TileJob& job, float* scratch, TileCounters& counters) {

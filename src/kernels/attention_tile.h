@@ -44,6 +44,8 @@ struct TileJob {
   float log2_lambda = 0.0f;   // BLASST threshold in base 2; -inf = never skip
   bool early_stop = false;    // stop at the first span with score < stop_theta
   float stop_theta = 0.0f;
+  bool bf16 = false;          // wide units: Q.K^T and P.V on bf16 operands, f32 sums (AttnMath::kBf16)
+  bool native_bf16 = false;   // with AVX512-BF16 dot products (the CPU has them)
   float stop_mass = 0.0f;     // > 0: past the spans scored >= stop_theta, stop after a span that added
                               // less than this share (per kKeyTile keys) of the running sum for every column
   // K/V rows (and stored positions) of this unit's KV head.
