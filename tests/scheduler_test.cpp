@@ -20,6 +20,13 @@ class SchedulerTest : public ::testing::Test {
   void SetUp() override { model_ = &test::shared_model("smollm2-135m"); }
 
   std::vector<int32_t> tokens(const std::string& text) const { return model_->tokenizer().encode(text, true, false); }
+  // A document's tokens followed by a question's.
+  std::vector<int32_t> ask(const std::vector<int32_t>& doc, const std::string& question) const {
+    std::vector<int32_t> p = doc;
+    const std::vector<int32_t> q = model_->tokenizer().encode(question, false, false);
+    p.insert(p.end(), q.begin(), q.end());
+    return p;
+  }
 
   // The greedy tokens of a fresh context running the prompt alone.
   std::vector<int32_t> cold(const std::vector<int32_t>& prompt, int n, ContextParams cp = {.n_ctx = 2048}) const {
@@ -91,16 +98,10 @@ TEST_F(SchedulerTest, ConcurrentRequestsGetTheTokensTheyGetAlone) {
 TEST_F(SchedulerTest, ASharedPrefixIsReusedAndGivesTheColdAnswer) {
   const std::vector<int32_t> text = tokens(test::long_english_text());
   const std::vector<int32_t> doc(text.begin(), text.begin() + 600);
-  auto ask = [&](const std::string& question) {
-    std::vector<int32_t> p = doc;
-    const std::vector<int32_t> q = model_->tokenizer().encode(question, false, false);
-    p.insert(p.end(), q.begin(), q.end());
-    return p;
-  };
   Scheduler scheduler(*model_, params(2, 256));
-  const CompletionUpdate first = wait(*scheduler.submit(greedy(ask("\nQuestion: who wrote this?"), 8)));
+  const CompletionUpdate first = wait(*scheduler.submit(greedy(ask(doc, "\nQuestion: who wrote this?"), 8)));
   EXPECT_EQ(first.stats.n_cached, 0);
-  const std::vector<int32_t> second_prompt = ask("\nQuestion: what is it for?");
+  const std::vector<int32_t> second_prompt = ask(doc, "\nQuestion: what is it for?");
   const CompletionUpdate second = wait(*scheduler.submit(greedy(second_prompt, 8)));
   EXPECT_GE(second.stats.n_cached, static_cast<int>(doc.size()) - 1);
   EXPECT_LE(second.stats.n_cached, static_cast<int>(second_prompt.size()) - 5);
@@ -113,12 +114,6 @@ TEST_F(SchedulerTest, ASharedPrefixIsReusedAndGivesTheColdAnswer) {
 TEST_F(SchedulerTest, AKeptPrefixOutlivesItsSlot) {
   const std::vector<int32_t> text = tokens(test::long_english_text());
   const std::vector<int32_t> doc_a(text.begin(), text.begin() + 600), doc_b(text.begin() + 1000, text.begin() + 1600);
-  auto ask = [&](const std::vector<int32_t>& doc, const std::string& question) {
-    std::vector<int32_t> p = doc;
-    const std::vector<int32_t> q = model_->tokenizer().encode(question, false, false);
-    p.insert(p.end(), q.begin(), q.end());
-    return p;
-  };
   SchedulerParams p = params(1, 256);
   p.cache_ram_bytes = 64u << 20;
   Scheduler scheduler(*model_, p);
@@ -228,14 +223,8 @@ TEST_F(SchedulerTest, ASparseMethodGetsTheColdAnswerWhateverTheChunking) {
   const std::string sparse = "xattention:tau=0.8";
   const std::vector<int32_t> text = tokens(test::long_english_text());
   const std::vector<int32_t> doc(text.begin(), text.begin() + 700);
-  auto ask = [&](const std::string& question) {
-    std::vector<int32_t> p = doc;
-    const std::vector<int32_t> q = model_->tokenizer().encode(question, false, false);
-    p.insert(p.end(), q.begin(), q.end());
-    return p;
-  };
-  std::vector<std::vector<int32_t>> prompts = {ask("\nQuestion: who wrote this?"), {text.begin() + 90, text.begin() + 500},
-                                               ask("\nQuestion: what is it for?"), {text.begin() + 33, text.begin() + 290}};
+  std::vector<std::vector<int32_t>> prompts = {ask(doc, "\nQuestion: who wrote this?"), {text.begin() + 90, text.begin() + 500},
+                                               ask(doc, "\nQuestion: what is it for?"), {text.begin() + 33, text.begin() + 290}};
   SchedulerParams p = params(2, 128);
   p.context.attention = sparse;
   Scheduler scheduler(*model_, p);
@@ -258,20 +247,14 @@ TEST_F(SchedulerTest, ASparseMethodGetsTheColdAnswerWhateverTheChunking) {
 TEST_F(SchedulerTest, EachRequestStoresItsOwnKvTypes) {
   const std::vector<int32_t> text = tokens(test::long_english_text());
   const std::vector<int32_t> doc(text.begin(), text.begin() + 400);
-  auto ask = [&](const std::string& question) {
-    std::vector<int32_t> p = doc;
-    const std::vector<int32_t> q = model_->tokenizer().encode(question, false, false);
-    p.insert(p.end(), q.begin(), q.end());
-    return p;
-  };
   struct Case {
     std::string k, v;
     std::vector<int32_t> prompt;
   };
-  const std::vector<Case> cases = {{"f16", "f16", ask("\nQuestion: who?")},
-                                   {"q8_0", "q8_0", ask("\nQuestion: who?")},
+  const std::vector<Case> cases = {{"f16", "f16", ask(doc, "\nQuestion: who?")},
+                                   {"q8_0", "q8_0", ask(doc, "\nQuestion: who?")},
                                    {"q4_0", "f16", {text.begin() + 50, text.begin() + 300}},
-                                   {"q8_0", "q8_0", ask("\nQuestion: why?")}};
+                                   {"q8_0", "q8_0", ask(doc, "\nQuestion: why?")}};
   Scheduler scheduler(*model_, params(4, 128));
   std::vector<std::shared_ptr<CompletionHandle>> handles;
   for (const Case& c : cases) {
@@ -288,7 +271,7 @@ TEST_F(SchedulerTest, EachRequestStoresItsOwnKvTypes) {
         << cases[i].k << "/" << cases[i].v;
   }
   // The f16 request answered first; a new q8_0 question shares the q8_0 rows, an f16 one the f16 rows.
-  CompletionRequest again = greedy(ask("\nQuestion: when?"), 8);
+  CompletionRequest again = greedy(ask(doc, "\nQuestion: when?"), 8);
   again.kv_type_k = again.kv_type_v = "q8_0";
   const CompletionUpdate q8 = wait(*scheduler.submit(again));
   EXPECT_EQ(q8.stats.n_cached, 384);  // whole micro-batches: centered q8_0 keys depend on the first cut

@@ -136,17 +136,44 @@ HWY_INLINE void PrefetchRows(const TileJob& job, const KeySpan& span) {
   }
 }
 
+// Accumulator tiles of the micro-kernels: MR rows x NV vectors, row r at dst + r * ld.
+template <int MR, int NV>
+HWY_INLINE void ZeroTile(DF df, VF (&acc)[MR][NV]) {
+  HWY_UNROLL(16)
+  for (int r = 0; r < MR; ++r) {
+    HWY_UNROLL(16)
+    for (int t = 0; t < NV; ++t) acc[r][t] = hn::Zero(df);
+  }
+}
+template <int MR, int NV>
+HWY_INLINE void StoreTile(DF df, const VF (&acc)[MR][NV], float* HWY_RESTRICT dst, int64_t ld) {
+  const size_t N = hn::Lanes(df);
+  HWY_UNROLL(16)
+  for (int r = 0; r < MR; ++r) {
+    HWY_UNROLL(16)
+    for (int t = 0; t < NV; ++t) hn::Store(acc[r][t], df, dst + r * ld + t * N);
+  }
+}
+// acc[r] = scale[r] * src row r (the running O rescaled by alpha).
+template <int MR, int NV>
+HWY_INLINE void LoadScaledTile(DF df, VF (&acc)[MR][NV], const float* HWY_RESTRICT src, int64_t ld,
+                               const float* HWY_RESTRICT scale) {
+  const size_t N = hn::Lanes(df);
+  HWY_UNROLL(16)
+  for (int r = 0; r < MR; ++r) {
+    const VF a = hn::Set(df, scale[r]);
+    HWY_UNROLL(16)
+    for (int t = 0; t < NV; ++t) acc[r][t] = hn::Mul(hn::Load(df, src + r * ld + t * N), a);
+  }
+}
+
 // s[r][i0 .. i0+NV*N) = sum_p k[r][p] * qt[p][i0 ..]  for MR key rows.
 template <int MR, int NV>
 HWY_INLINE void QKBlock(DF df, const float* HWY_RESTRICT k, int64_t ldk, const float* HWY_RESTRICT qt, int32_t ldq,
                         int32_t d, float* HWY_RESTRICT s, int32_t i0) {
   const size_t N = hn::Lanes(df);
   VF acc[MR][NV];
-  HWY_UNROLL(16)
-  for (int r = 0; r < MR; ++r) {
-    HWY_UNROLL(16)
-    for (int t = 0; t < NV; ++t) acc[r][t] = hn::Zero(df);
-  }
+  ZeroTile(df, acc);
   const float* qp = qt + i0;
   for (int32_t p = 0; p < d; ++p, qp += ldq) {
     VF q[NV];
@@ -159,11 +186,7 @@ HWY_INLINE void QKBlock(DF df, const float* HWY_RESTRICT k, int64_t ldk, const f
       for (int t = 0; t < NV; ++t) acc[r][t] = hn::MulAdd(kk, q[t], acc[r][t]);
     }
   }
-  HWY_UNROLL(16)
-  for (int r = 0; r < MR; ++r) {
-    HWY_UNROLL(16)
-    for (int t = 0; t < NV; ++t) hn::Store(acc[r][t], df, s + r * ldq + i0 + t * N);
-  }
+  StoreTile(df, acc, s + i0, ldq);
 }
 
 template <int NV>
@@ -222,12 +245,7 @@ HWY_INLINE void PVBlock(DF df, const float* HWY_RESTRICT p, int32_t ldq, const f
                         int32_t c0) {
   const size_t N = hn::Lanes(df);
   VF acc[MR][NV];
-  HWY_UNROLL(16)
-  for (int r = 0; r < MR; ++r) {
-    const VF a = hn::Set(df, alpha[i0 + r]);
-    HWY_UNROLL(16)
-    for (int t = 0; t < NV; ++t) acc[r][t] = hn::Mul(hn::Load(df, o + (i0 + r) * d + c0 + t * N), a);
-  }
+  LoadScaledTile(df, acc, o + i0 * d + c0, d, alpha + i0);
   for (int32_t j = 0; j < count; ++j) {
     VF vv[NV];
     HWY_UNROLL(16)
@@ -240,10 +258,7 @@ HWY_INLINE void PVBlock(DF df, const float* HWY_RESTRICT p, int32_t ldq, const f
       for (int t = 0; t < NV; ++t) acc[r][t] = hn::MulAdd(pp, vv[t], acc[r][t]);
     }
   }
-  HWY_UNROLL(16)
-  for (int r = 0; r < MR; ++r)
-    HWY_UNROLL(16)
-    for (int t = 0; t < NV; ++t) hn::Store(acc[r][t], df, o + (i0 + r) * d + c0 + t * N);
+  StoreTile(df, acc, o + i0 * d + c0, d);
 }
 
 // Register blocking of P.V for wide units: MR query rows x NV vectors along d
@@ -348,11 +363,7 @@ HWY_INLINE void QKBlockBf16(DF df, const uint32_t* HWY_RESTRICT k2, const uint32
   const DU du;
   const size_t N = hn::Lanes(df);
   VF acc[MR][NV];
-  HWY_UNROLL(16)
-  for (int r = 0; r < MR; ++r) {
-    HWY_UNROLL(16)
-    for (int t = 0; t < NV; ++t) acc[r][t] = hn::Zero(df);
-  }
+  ZeroTile(df, acc);
   const int32_t pairs = d / 2;
   for (int32_t m = 0; m < pairs; ++m) {
     VU q[NV];
@@ -365,11 +376,7 @@ HWY_INLINE void QKBlockBf16(DF df, const uint32_t* HWY_RESTRICT k2, const uint32
       for (int t = 0; t < NV; ++t) acc[r][t] = DotPair<kNative>(df, kk, q[t], acc[r][t]);
     }
   }
-  HWY_UNROLL(16)
-  for (int r = 0; r < MR; ++r) {
-    HWY_UNROLL(16)
-    for (int t = 0; t < NV; ++t) hn::Store(acc[r][t], df, s + r * ldq + i0 + t * N);
-  }
+  StoreTile(df, acc, s + i0, ldq);
 }
 
 template <bool kNative>
@@ -400,12 +407,7 @@ HWY_INLINE void PVBlockBf16(DF df, const uint32_t* HWY_RESTRICT p2, int32_t ldq,
   const DU du;
   const size_t N = hn::Lanes(df);
   VF acc[MR][NV];
-  HWY_UNROLL(16)
-  for (int r = 0; r < MR; ++r) {
-    const VF a = hn::Set(df, alpha[i0 + r]);
-    HWY_UNROLL(16)
-    for (int t = 0; t < NV; ++t) acc[r][t] = hn::Mul(hn::Load(df, o + (i0 + r) * d + c0 + t * N), a);
-  }
+  LoadScaledTile(df, acc, o + i0 * d + c0, d, alpha + i0);
   for (int32_t m = 0; m < pairs; ++m) {
     VU vv[NV];
     HWY_UNROLL(16)
@@ -417,10 +419,7 @@ HWY_INLINE void PVBlockBf16(DF df, const uint32_t* HWY_RESTRICT p2, int32_t ldq,
       for (int t = 0; t < NV; ++t) acc[r][t] = DotPair<kNative>(df, pp, vv[t], acc[r][t]);
     }
   }
-  HWY_UNROLL(16)
-  for (int r = 0; r < MR; ++r)
-    HWY_UNROLL(16)
-    for (int t = 0; t < NV; ++t) hn::Store(acc[r][t], df, o + (i0 + r) * d + c0 + t * N);
+  StoreTile(df, acc, o + i0 * d + c0, d);
 }
 
 template <bool kNative, int MR>
