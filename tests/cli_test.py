@@ -265,10 +265,11 @@ class GoodInputs(ModelTest):
         self.assertIn("1 windows of 128 tokens", r.stderr)
 
     def test_bench_prints_its_table(self):
-        for gemm in ("int8", "f32"):
-            r = skim("bench", "-m", MODEL, "--peer", "none", "-p", 64, "-n", 8, "-r", 1, "--gemm", gemm, "--profile")
+        for gemm, math in (("int8", "f32"), ("f32", "bf16")):
+            r = skim("bench", "-m", MODEL, "--peer", "none", "-p", 64, "-n", 8, "-r", 1, "--gemm", gemm,
+                     "--attn-math", math, "--profile")
             self.assert_ok(r)
-            self.assertIn(f"prefill GEMM {gemm}", r.stdout)
+            self.assertIn(f"prefill GEMM {gemm}, attention {math}", r.stdout)
             lines = r.stdout.splitlines()
             header = lines.index("| model | engine | attn | threads | test | t/s | vs dense | density | plan ms "
                                  "| attn ms | peak RSS MiB |")
@@ -485,6 +486,8 @@ class BadInputs(ModelTest):
             (["bench", "-m", MODEL, "--peer", "llama.cpp,llama.cpp"], "--peer"),
             (["bench", "-m", MODEL, "--gemm", "int4"], "--gemm"),
             (["run", "-m", MODEL, "-p", "Hi", "--gemm", "bf16"], "--gemm"),
+            (["run", "-m", MODEL, "-p", "Hi", "--attn-math", "f16"], "--attn-math"),
+            (["serve", "-m", MODEL, "--cache-ram", "-5"], "--cache-ram"),
             (["eval", "-m", MODEL], "--out is required"),
         ])
 

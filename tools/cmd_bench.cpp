@@ -298,7 +298,8 @@ void bench(const BenchOptions& o) {
     return 0.0;
   };
   auto ratio = [](double a, double b) { return b > 0 ? fmt::format("{:.2f}x", a / b) : std::string(); };
-  fmt::print("CPU: {}; skim: SIMD {}, prefill GEMM {}\n\n", cpu_name(), simd_target(), gemm());
+  fmt::print("CPU: {}; skim: SIMD {}, prefill GEMM {}, attention {}\n\n", cpu_name(), simd_target(), gemm(),
+             attention_math());
   std::string peer_columns, peer_rule;
   for (const Peer* peer : peers) {
     peer_columns += fmt::format(" vs {} |", peer->name);
