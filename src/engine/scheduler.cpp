@@ -352,7 +352,7 @@ void Scheduler::place(std::shared_ptr<Job> job) {
     try {
       if (kept_) {
         const auto d = std::find_if(disk_.begin(), disk_.end(), [&](const DiskPrefix& p) { return p.path == file; });
-        kept_->make_room(static_cast<int64_t>(d->tokens.size()) / kv::kPageRows + 2);
+        if (d != disk_.end()) kept_->make_room(static_cast<int64_t>(d->tokens.size()) / kv::kPageRows + 2);
       }
       // Another process may have rewritten the file since it was indexed: its own tokens count.
       Context::SavedSequence saved = ctx_->load_sequence(target->seq, file);
