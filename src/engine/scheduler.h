@@ -4,7 +4,8 @@
 // chunk of every waiting prompt, up to a token budget, so a long prompt never
 // stalls the other streams and short prompts that arrive together share one
 // forward pass. A new request starts from the longest cached prefix of its
-// prompt held by any slot (copy-on-write pages) and prefills only the rest.
+// prompt held by any slot, kept prefix (prefix_cache.h) or --kv-dir file
+// (copy-on-write pages) and prefills only the rest.
 // Batch invariant: greedy answers do not depend on what else runs or what was
 // cached (docs/server.md). Tokens in, tokens and text out: HTTP and JSON live in server/.
 #pragma once
