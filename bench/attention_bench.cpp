@@ -131,6 +131,16 @@ struct Data {
 
 double causal_flops(const HeadShape& s, int64_t n) { return 2.0 * 2.0 * (static_cast<double>(n) * n / 2.0) * s.d * s.hq; }
 
+// Relative L2 error of a against b.
+double rel_l2(const float* a, const float* b, size_t n) {
+  double e = 0.0, r = 0.0;
+  for (size_t i = 0; i < n; ++i) {
+    e += (static_cast<double>(a[i]) - b[i]) * (static_cast<double>(a[i]) - b[i]);
+    r += static_cast<double>(b[i]) * b[i];
+  }
+  return std::sqrt(e / std::max(r, 1e-300));
+}
+
 #ifdef SKIM_HAVE_GGML
 // One ggml_flash_attn_ext graph over copies of the same data.
 class GgmlAttention {
@@ -180,14 +190,6 @@ class GgmlAttention {
   ggml_tensor* out_ = nullptr;
 };
 
-double rel_l2(const float* a, const float* b, size_t n) {
-  double e = 0.0, r = 0.0;
-  for (size_t i = 0; i < n; ++i) {
-    e += (static_cast<double>(a[i]) - b[i]) * (static_cast<double>(a[i]) - b[i]);
-    r += static_cast<double>(b[i]) * b[i];
-  }
-  return std::sqrt(e / std::max(r, 1e-300));
-}
 #endif
 
 // ---------------------------------------------------------------------------
