@@ -395,6 +395,10 @@ class BadInputs(ModelTest):
             (["serve", "-m", MODEL, "-c", 4, "-np", 8], "-c 4"),
             (["run", "-m", MODEL, "-p", "Hi", "--prompt-cache", self.files["random.gguf"]], "not a cache file"),
             (["run", "-m", MODEL, "-p", "Hi", "-np", 2, "--prompt-cache", os.path.join(self.tmp, "c.kv")], "--parallel"),
+            (["run", "-m", MODEL, "-p", "Hi", "--kv", "snapkv:keep=0.5", "--prompt-cache", os.path.join(self.tmp, "c.kv")],
+             "--kv policy"),
+            (["run", "-m", MODEL, "-p", "Hi", "--kv", "zipvl:tau=2"], "tau"),
+            (["run", "-m", MODEL, "-p", "Hi", "--kv", "pyramid:beta=0.5"], "beta"),
         ])
 
     def test_bad_model_files(self):

@@ -141,7 +141,7 @@ struct Problem {
   }
 };
 
-QueryTurn turn_by_rope() {
+kernels::QueryTurn turn_by_rope() {
   return [](float* q, int64_t rows, int64_t stride, const int32_t* shift) { rope_rows(q, rows, stride, kHq, shift); };
 }
 

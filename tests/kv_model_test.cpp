@@ -47,7 +47,7 @@ TEST_F(KvModel, KeepingEverythingChangesNothing) {
   const std::vector<int32_t> ids = text_tokens(308);
   const std::vector<int32_t> prompt(ids.begin(), ids.begin() + 300), next(ids.begin() + 300, ids.end());
   const std::vector<float> full = run({}, prompt, next);
-  for (const std::string& policy : {"snapkv", "streaming:keep=1", "tova:budget=4096"})
+  for (const std::string& policy : {"snapkv", "streaming:keep=1", "tova:budget=4096", "pyramid"})
     EXPECT_EQ(run({.kv_policy = policy}, prompt, next), full) << policy;
   // Quantized types on no layer (every layer kept f16) are the f16 cache.
   std::vector<int> every(static_cast<size_t>(model_->config().n_layer));
@@ -62,10 +62,15 @@ TEST_F(KvModel, EvictionAfterThePromptKeepsItsShareAndPositionsGoOn) {
   const int n_vocab = model_->config().n_vocab;
   std::vector<ContextParams> cases;
   for (const std::string& policy :
-       {"snapkv:keep=0.5", "streaming:keep=0.5", "tova:keep=0.5", "keydiff:keep=0.5", "dapq:keep=0.5"})
+       {"snapkv:keep=0.5", "streaming:keep=0.5", "tova:keep=0.5", "keydiff:keep=0.5", "dapq:keep=0.5", "expected:keep=0.5"})
     cases.push_back({.kv_policy = policy});
-  // DapQ over quantized keys: its queries are moved in the Hadamard basis the keys are stored in.
+  // DapQ and Expected Attention over quantized keys: their queries are moved
+  // in the Hadamard basis the keys are stored in.
   cases.push_back({.kv_type_k = "q8_0", .kv_type_v = "q8_0", .kv_policy = "dapq:keep=0.5"});
+  cases.push_back({.kv_type_k = "q8_0", .kv_type_v = "q8_0", .kv_policy = "expected:keep=0.5"});
+  // Evicted rows merged into kept ones (LOOK-M), over f16 and over quantized pages.
+  cases.push_back({.kv_policy = "snapkv:keep=0.5,merge=average"});
+  cases.push_back({.kv_type_k = "q8_0", .kv_type_v = "q8_0", .kv_policy = "tova:keep=0.5,merge=pivot"});
   for (const ContextParams& params : cases) {
     SCOPED_TRACE(params.kv_policy + " K " + params.kv_type_k);
     Context* ctx = nullptr;
@@ -82,6 +87,44 @@ TEST_F(KvModel, EvictionAfterThePromptKeepsItsShareAndPositionsGoOn) {
     EXPECT_TRUE(std::isfinite(kl));
     EXPECT_GT(kl, 0.0);  // later tokens do see the smaller cache
   }
+}
+
+// Per-layer budgets: each layer keeps its own count (PyramidKV: falling with
+// depth; ZipVL: what its attention needs), the bytes held follow the average,
+// the prompt's logits are the full cache's and decoding goes on.
+TEST_F(KvModel, PerLayerBudgetsHoldTheirShareOfBytes) {
+  const std::vector<int32_t> ids = text_tokens(604);
+  const std::vector<int32_t> prompt(ids.begin(), ids.begin() + 600), next(ids.begin() + 600, ids.end());
+  const std::vector<float> full = run({}, prompt, next);
+  const int n_vocab = model_->config().n_vocab;
+  for (const std::string& policy : {"pyramid:keep=0.5", "zipvl:tau=0.9"}) {
+    SCOPED_TRACE(policy);
+    Context* ctx = nullptr;
+    const std::vector<float> got = run({.kv_policy = policy}, prompt, next, &ctx);
+    EXPECT_LT(test::kl_divergence(full.data(), got.data(), n_vocab), 1e-3);
+    EXPECT_TRUE(ctx->kv_evicted());
+    EXPECT_EQ(ctx->n_past(), 604);
+    const double share = static_cast<double>(ctx->kv_held_bytes()) / static_cast<double>(ctx->kv_full_f16_bytes());
+    if (policy.starts_with("pyramid")) {
+      // The first layer keeps about twice the mean, 2 x 276 + 36 of 600 rows: the
+      // sequence's slots follow it, while the bytes follow the mean (page-rounded).
+      EXPECT_GT(ctx->n_cached(), 500);
+      EXPECT_GT(share, 0.45);
+      EXPECT_LT(share, 0.62);
+    } else {
+      EXPECT_LT(share, 0.95);
+    }
+    for (size_t r = 1; r < full.size() / n_vocab; ++r)
+      EXPECT_TRUE(std::isfinite(test::kl_divergence(full.data() + r * n_vocab, got.data() + r * n_vocab, n_vocab)));
+  }
+
+  // ZipVL keeping all of the mass keeps every row: the cache is the full one
+  // (the prompt's own row differs only by the last layer's row count).
+  Context* all = nullptr;
+  const std::vector<float> kept = run({.kv_policy = "zipvl:tau=1"}, prompt, next, &all);
+  EXPECT_FALSE(all->kv_evicted());
+  EXPECT_EQ(std::vector<float>(kept.begin() + n_vocab, kept.end()), std::vector<float>(full.begin() + n_vocab, full.end()));
+
 }
 
 // The server prefills a prompt in chunks (batches whose last row wants no

@@ -7,6 +7,7 @@
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <optional>
 #include <random>
@@ -331,7 +332,7 @@ TEST(PagedAttention, SlidingWindowSeesOnlyItsWindowAndSurvivesReleasedPages) {
 
   const int64_t first_needed = seq.view(0).first_slot_at(0, c.q_pos0() - kWindow + 1);
   const int64_t in_use = pool.pages_in_use();
-  seq.release_before(0, first_needed);
+  seq.release_before(0, first_needed / kv::kPageRows * kv::kPageRows);  // whole pages, as a window layer does
   EXPECT_EQ(pool.pages_in_use(), in_use - first_needed / kv::kPageRows * kHkv);
   EXPECT_EQ(seq.view(0).first_key, first_needed / kv::kPageRows * kv::kPageRows);
   a.kv = seq.view(0);
@@ -359,6 +360,131 @@ TEST(PagedAttention, SlidingWindowSeesOnlyItsWindowAndSurvivesReleasedPages) {
   seq.clear();
   EXPECT_EQ(seq.first_held(), 0);
   EXPECT_EQ(copy.pages_held(), (copy.size() + kv::kPageRows - 1) / kv::kPageRows * kHkv - first_needed / kv::kPageRows * kHkv);
+}
+
+// Per-layer budgets (KvSequence::keep_rows): every layer keeps its own count
+// of rows per head, moved with their positions to end at the largest count;
+// a layer keeping fewer gives back the pages before its first row. Attention over such a layer (its view starts mid-page) equals the
+// float64 reference over the rows it kept, and later rows append to every
+// layer; a second cut works on what each layer still holds.
+TEST(PagedAttention, PerLayerBudgetsKeepEachLayersOwnRows) {
+  constexpr int32_t kLayers = 3;
+  kv::KvPool pool(kDim, {kernels::KvDType::F16, kernels::KvDType::F16}, 512);
+  kv::KvSequence seq(pool, kLayers, kHkv, 4096);
+  std::mt19937 rng(11);
+  std::normal_distribution<float> gauss(0.0f, 1.0f);
+  std::vector<float> row(kDim);
+  const auto fill_all = [&](int64_t first, int64_t n) {
+    for (int32_t l = 0; l < kLayers; ++l)
+      for (int32_t h = 0; h < kHkv; ++h)
+        for (int64_t s = first; s < first + n; ++s) {
+          for (float& x : row) x = gauss(rng);
+          kernels::encode_kv_row(row.data(), kernels::KvDType::F16, kDim, seq.k_row(l, h, s));
+          for (float& x : row) x = gauss(rng);
+          kernels::encode_kv_row(row.data(), kernels::KvDType::F16, kDim, seq.v_row(l, h, s));
+        }
+  };
+  fill_all(seq.append(range(0, 500)), 500);
+  // One (layer, head)'s held rows: K then V values, and positions.
+  struct Rows {
+    std::vector<float> k, v;
+    std::vector<int32_t> pos;
+  };
+  const auto rows_of = [&](int32_t l, int32_t h) {
+    const kernels::KvView view = seq.view(l);
+    const int64_t first = view.first_key, n = view.n_keys - first;
+    Rows r{std::vector<float>(static_cast<size_t>(n * kDim)), std::vector<float>(static_cast<size_t>(n * kDim)), {}};
+    kernels::read_k_rows(view, h, first, n, kDim, r.k.data());
+    kernels::read_v_rows(view, h, first, n, kDim, r.v.data());
+    for (int64_t s = first; s < view.n_keys; ++s) r.pos.push_back(view.position(h, s));
+    return r;
+  };
+  // Random ascending picks of `count` held slots per head, the last one always kept (a policy's window).
+  const auto cut = [&](const std::vector<int64_t>& counts) {
+    std::vector<std::vector<std::vector<int64_t>>> kept(kLayers);
+    std::vector<std::vector<Rows>> before(kLayers);
+    for (int32_t l = 0; l < kLayers; ++l)
+      for (int32_t h = 0; h < kHkv; ++h) {
+        const kernels::KvView view = seq.view(l);
+        std::vector<int64_t> held;
+        for (int64_t s = view.first_key; s < view.n_keys - 1; ++s) held.push_back(s);
+        std::shuffle(held.begin(), held.end(), rng);
+        held.resize(static_cast<size_t>(counts[l] - 1));
+        held.push_back(view.n_keys - 1);
+        std::sort(held.begin(), held.end());
+        kept[l].push_back(held);
+        before[l].push_back(rows_of(l, h));
+      }
+    std::vector<int64_t> first_before(kLayers);
+    for (int32_t l = 0; l < kLayers; ++l) first_before[l] = seq.view(l).first_key;
+    seq.keep_rows(kept);
+    const int64_t end = *std::max_element(counts.begin(), counts.end());
+    ASSERT_EQ(seq.size(), end);
+    int64_t pages = 0;
+    for (int32_t l = 0; l < kLayers; ++l) {
+      const kernels::KvView view = seq.view(l);
+      ASSERT_EQ(view.first_key, end - counts[l]) << "layer " << l;
+      pages += ((end + kv::kPageRows - 1) / kv::kPageRows - view.first_key / kv::kPageRows) * kHkv;
+      for (int32_t h = 0; h < kHkv; ++h) {
+        const Rows after = rows_of(l, h);
+        const Rows& was = before[l][h];
+        for (int64_t i = 0; i < counts[l]; ++i) {
+          const int64_t from = kept[l][h][i] - first_before[l];
+          ASSERT_EQ(after.pos[i], was.pos[from]) << "layer " << l << " head " << h << " row " << i;
+          for (int e = 0; e < kDim; ++e) {
+            ASSERT_EQ(after.k[i * kDim + e], was.k[from * kDim + e]);
+            ASSERT_EQ(after.v[i * kDim + e], was.v[from * kDim + e]);
+          }
+        }
+      }
+    }
+    EXPECT_EQ(pool.pages_in_use(), pages);
+    EXPECT_EQ(seq.pages_held(), pages);
+  };
+  cut({500, 200, 77});
+  EXPECT_TRUE(seq.evicted());
+  EXPECT_EQ(seq.first_held(), 500 - 77);
+  EXPECT_THROW(seq.erase(0, 1), std::logic_error);
+
+  // A decode step over the smallest layer, whose rows start mid-page.
+  fill_all(seq.append(range(500, 510)), 10);
+  const kernels::KvView view = seq.view(2);
+  ASSERT_EQ(view.first_key, 500 - 77);
+  ASSERT_EQ(view.n_keys, 510);
+  std::vector<float> q(static_cast<size_t>(kHq * kDim)), out(q.size()), ref(q.size());
+  for (float& x : q) x = gauss(rng);
+  kernels::AttnParams d;
+  d.n_q_heads = kHq;
+  d.n_kv_heads = kHkv;
+  d.head_dim = kDim;
+  d.n_rows = 1;
+  d.q_pos0 = 509;
+  d.q = q.data();
+  d.q_head_stride = kDim;
+  d.q_row_stride = kHq * kDim;
+  d.kv = view;
+  d.out = out.data();
+  d.out_head_stride = kDim;
+  d.out_row_stride = kHq * kDim;
+  kernels::attention_decode(d);
+  kernels::attention_reference(q.data(), 1, 509, view, kHq, kHkv, kDim, ref.data(), 0);
+  for (size_t e = 0; e < ref.size(); ++e) ASSERT_NEAR(ref[e], out[e], 2e-5);
+
+  // The second cut's largest count is below the first's: every layer's rows
+  // move down, the smaller layers' into pages taken back.
+  cut({300, 150, 60});
+  EXPECT_EQ(seq.size(), 300);
+  EXPECT_EQ(seq.position(seq.size() - 1), 509);
+  // A bad choice is refused: heads of one layer keeping different counts, or a slot the layer gave back.
+  std::vector<std::vector<std::vector<int64_t>>> uneven(kLayers, {{seq.size() - 1}, {seq.size() - 1}});
+  uneven[1][0].insert(uneven[1][0].begin(), seq.size() - 2);
+  EXPECT_THROW(seq.keep_rows(uneven), std::invalid_argument);
+  std::vector<std::vector<std::vector<int64_t>>> released(kLayers, {{0, seq.size() - 1}, {0, seq.size() - 1}});
+  EXPECT_THROW(seq.keep_rows(released), std::invalid_argument);
+  seq.clear();
+  EXPECT_FALSE(seq.evicted());
+  EXPECT_EQ(seq.first_held(), 0);
+  EXPECT_EQ(pool.pages_in_use(), 0);
 }
 
 }  // namespace

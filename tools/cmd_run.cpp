@@ -57,7 +57,7 @@ int reused_from_cache(const Context& ctx, const Context::SavedSequence& saved, c
   common = static_cast<size_t>(std::mismatch(saved.tokens.begin(), saved.tokens.begin() + n, prompt.begin()).first -
                                saved.tokens.begin());
   const size_t rows = static_cast<size_t>(ctx.n_cached(0));
-  if (saved.tokens.size() != rows) return 0;  // a KV policy evicted rows: they no longer match tokens
+  if (saved.tokens.size() != rows) return 0;
   return static_cast<int>(reusable_prefix(ctx, saved.tokens, saved_gemm_rows(saved.meta, rows), prompt));
 }
 
@@ -69,6 +69,8 @@ void run(const RunOptions& o) {
   if (o.prompt.empty() == o.file.empty()) throw std::runtime_error("give exactly one of -p TEXT or -f FILE");
   if (!o.prompt_cache.empty() && o.parallel > 1)
     throw std::runtime_error("--prompt-cache keeps one sequence; it does not combine with --parallel");
+  if (!o.prompt_cache.empty() && !o.kv_policy.empty())
+    throw std::runtime_error("--prompt-cache saves one row per token; a --kv policy drops rows, so they do not combine");
   std::unique_ptr<Model> model = Model::load(path, o.model_options);
   const Tokenizer& tok = model->tokenizer();
   ContextParams cp;

@@ -121,6 +121,9 @@ class Context {
 
   int n_past(int seq = 0) const;    // the next position of the sequence: its last one + 1 (0 when empty)
   int n_cached(int seq = 0) const;  // the rows its cache holds (fewer than n_past once a policy evicted)
+  // Whether a KV policy dropped rows of the sequence: its rows then no longer
+  // stand for its tokens (a layer may hold fewer than n_cached).
+  bool kv_evicted(int seq = 0) const;
   int n_ctx() const { return params_.n_ctx; }
   int n_seq_max() const { return params_.n_seq_max; }
   void clear();                   // forget all tokens of every sequence

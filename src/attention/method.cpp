@@ -95,7 +95,9 @@ AttentionMethod::AttentionMethod(const std::string& spec, int32_t n_layers) {
 AttentionMethod::~AttentionMethod() = default;
 
 std::optional<Plan> AttentionMethod::make_plan(const PlanRequest& request, AttentionReport& report) {
-  if (!planner_ || request.n_keys() < min_len_ || request.layer < dense_first_ ||
+  // A layer that gave back its first slots (a KV policy's per-layer budget)
+  // runs dense: the estimators read keys from slot 0.
+  if (!planner_ || request.kv.first_key > 0 || request.n_keys() < min_len_ || request.layer < dense_first_ ||
       request.layer >= request.n_layers - dense_last_ ||
       (static_cast<size_t>(request.layer) < dense_layer_.size() && dense_layer_[request.layer]))
     return std::nullopt;

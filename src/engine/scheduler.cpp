@@ -606,7 +606,7 @@ void Scheduler::run(Pass& pass) {
     } else {
       ++s.job->n_decoded;
     }
-    if (ctx_->n_cached(s.seq) != static_cast<int>(s.cached.size())) s.reusable = false;
+    if (ctx_->kv_evicted(s.seq)) s.reusable = false;
   }
   const size_t n_vocab = static_cast<size_t>(model_.config().n_vocab);
   for (size_t k = 0; k < pass.sampled.size(); ++k) sample(*pass.sampled[k], logits.data() + k * n_vocab);

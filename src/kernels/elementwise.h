@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 
 namespace skim::kernels {
 
@@ -16,6 +17,9 @@ void rope_angles(float pos, const float* inv_freq, int head_dim, float* cos_out,
 // token's angles (rope_angles). Pairs are (2i, 2i+1) when interleaved, else
 // (i, i + head_dim/2).
 void rope(float* x, int n_heads, int head_dim, const float* cos, const float* sin, bool interleaved);
+// Turns query rows in place by RoPE, as the model rotates them: row i by
+// shift[i] positions (rows of row_stride floats, every head of the row).
+using QueryTurn = std::function<void(float* q, int64_t rows, int64_t row_stride, const int32_t* shift)>;
 
 // Each run of `block` values of x[0, n) (block a power of two dividing n)
 // multiplied by the orthonormal Walsh-Hadamard matrix of that size (Sylvester

@@ -7,6 +7,8 @@
 
 #include <fmt/format.h>
 
+#include "kernels/kv_codec.h"
+
 namespace skim::kv {
 
 KvSequence::KvSequence(std::vector<KvPool*> layer_pools, int32_t n_head_kv, int64_t max_slots)
@@ -16,7 +18,7 @@ KvSequence::KvSequence(std::vector<KvPool*> layer_pools, int32_t n_head_kv, int6
   tables_.assign(static_cast<size_t>(n_layer_), std::vector<PageId>(static_cast<size_t>(n_head_kv * table_pages())));
   offsets_.assign(static_cast<size_t>(n_layer_) * n_head_kv * pools_.front()->head_dim(), 0.0f);
   offset_set_.assign(static_cast<size_t>(n_layer_), 0);
-  first_page_.assign(static_cast<size_t>(n_layer_), 0);
+  first_slot_.assign(static_cast<size_t>(n_layer_), 0);
 }
 
 KvSequence::KvSequence(KvPool& pool, int32_t n_layer, int32_t n_head_kv, int64_t max_slots)
@@ -30,7 +32,7 @@ KvSequence::KvSequence(KvSequence&& other) noexcept
     : pools_(std::move(other.pools_)), n_layer_(other.n_layer_), n_head_kv_(other.n_head_kv_),
       max_slots_(other.max_slots_), size_(other.size_), tables_(std::move(other.tables_)),
       offsets_(std::move(other.offsets_)), offset_set_(std::move(other.offset_set_)),
-      first_page_(std::move(other.first_page_)) {
+      first_slot_(std::move(other.first_slot_)), evicted_(other.evicted_) {
   other.pools_.clear();
   other.size_ = 0;
 }
@@ -40,7 +42,8 @@ KvSequence KvSequence::fork() const {
   copy.tables_ = tables_;
   copy.offsets_ = offsets_;
   copy.offset_set_ = offset_set_;
-  copy.first_page_ = first_page_;
+  copy.first_slot_ = first_slot_;
+  copy.evicted_ = evicted_;
   copy.size_ = size_;
   for (int32_t l = 0; l < n_layer_; ++l)
     for (int32_t h = 0; h < n_head_kv_; ++h)
@@ -111,25 +114,26 @@ void KvSequence::truncate(int64_t n) {
   size_ = n;
   if (n == 0) {
     std::fill(offset_set_.begin(), offset_set_.end(), 0);
-    std::fill(first_page_.begin(), first_page_.end(), 0);
+    std::fill(first_slot_.begin(), first_slot_.end(), 0);
+    evicted_ = false;
   }
 }
 
 void KvSequence::release_before(int32_t layer, int64_t slot) {
-  // Whole pages only, and never the last slot (it carries the sequence's last position).
-  const int64_t end = std::min(slot, size_ - 1) >> kPageShift;
-  int64_t& first = first_page_[static_cast<size_t>(layer)];
-  for (; first < end; ++first)
-    for (int32_t h = 0; h < n_head_kv_; ++h) pool(layer).release(page(layer, h, first));
+  // Never the last slot: it carries the sequence's last position.
+  const int64_t to = std::min(slot, size_ - 1);
+  int64_t& first = first_slot_[static_cast<size_t>(layer)];
+  if (to <= first) return;
+  for (int64_t i = first >> kPageShift; i < to >> kPageShift; ++i)
+    for (int32_t h = 0; h < n_head_kv_; ++h) pool(layer).release(page(layer, h, i));
+  first = to;
 }
 
-int64_t KvSequence::first_held() const {
-  return *std::max_element(first_page_.begin(), first_page_.end()) * kPageRows;
-}
+int64_t KvSequence::first_held() const { return *std::max_element(first_slot_.begin(), first_slot_.end()); }
 
 void KvSequence::require_all_held(const char* what) const {
   if (first_held() > 0)
-    throw std::logic_error(fmt::format("KV sequence: cannot {} rows of a sequence whose sliding-window layers released pages", what));
+    throw std::logic_error(fmt::format("KV sequence: cannot {} rows of a sequence some of whose layers gave back their first slots", what));
 }
 
 void KvSequence::move_row(int32_t layer, int32_t head, int64_t from, int64_t to) {
@@ -155,21 +159,78 @@ void KvSequence::erase(int64_t begin, int64_t end) {
   truncate(kept);
 }
 
-void KvSequence::compact(int32_t layer, int32_t head, std::span<const int64_t> slots) {
-  require_all_held("compact");
-  for (size_t i = 0; i < slots.size(); ++i) {
-    const int64_t from = slots[i], to = static_cast<int64_t>(i);
-    if (from < to || from >= size_ || (i > 0 && from <= slots[i - 1]))
-      throw std::invalid_argument("KV sequence: compact needs ascending slots it holds");
-    if (from == to) continue;
+void KvSequence::move_rows(int32_t layer, int32_t head, std::span<const int64_t> slots, int64_t first) {
+  const int64_t n = static_cast<int64_t>(slots.size());
+  const auto move = [&](int64_t i) {
+    const int64_t from = slots[static_cast<size_t>(i)], to = first + i;
+    if (from == to) return;
     if (pool(layer).refs(page(layer, head, to >> kPageShift)) > 1) own_pages(to >> kPageShift);
     move_row(layer, head, from, to);
+  };
+  // slots[i] - (first + i) never decreases: rows moving down go first, in
+  // order, then rows moving up, from the last; neither overwrites a row still to move.
+  int64_t up = 0;
+  while (up < n && slots[static_cast<size_t>(up)] < first + up) ++up;
+  for (int64_t i = up; i < n; ++i) move(i);
+  for (int64_t i = up - 1; i >= 0; --i) move(i);
+}
+
+void KvSequence::keep_rows(const std::vector<std::vector<std::vector<int64_t>>>& kept) {
+  if (static_cast<int32_t>(kept.size()) != n_layer_) throw std::invalid_argument("KV sequence: keep_rows needs every layer");
+  std::vector<int64_t> count(static_cast<size_t>(n_layer_));
+  int64_t end = 0;
+  for (int32_t l = 0; l < n_layer_; ++l) {
+    const auto& heads = kept[static_cast<size_t>(l)];
+    if (static_cast<int32_t>(heads.size()) != n_head_kv_)
+      throw std::invalid_argument("KV sequence: keep_rows needs every KV head of a layer");
+    count[l] = static_cast<int64_t>(heads.front().size());
+    for (const auto& h : heads) {
+      if (static_cast<int64_t>(h.size()) != count[l] || (size_ > 0 && h.empty()))
+        throw std::invalid_argument("KV sequence: keep_rows keeps the same number of rows, at least one, in every head of a layer");
+      for (size_t i = 0; i < h.size(); ++i)
+        if (h[i] < first_slot(l) || h[i] >= size_ || (i > 0 && h[i] <= h[i - 1]))
+          throw std::invalid_argument("KV sequence: keep_rows needs ascending slots the layer holds");
+    }
+    end = std::max(end, count[l]);
   }
+  // Every layer's rows end at `end`, the largest count: a layer whose rows
+  // then start before its first held slot takes pages back for them (all its
+  // rows move down), checked first, so a full pool changes nothing.
+  std::map<const KvPool*, int64_t> pages_needed;
+  for (int32_t l = 0; l < n_layer_; ++l)
+    pages_needed[pools_[static_cast<size_t>(l)]] += std::max<int64_t>(0, first_page(l) - ((end - count[l]) >> kPageShift)) * n_head_kv_;
+  for (const auto& [p, needed] : pages_needed)
+    if (p->pages_in_use() + needed > p->max_pages())
+      throw std::length_error(fmt::format("the KV pool is full: {} more pages of {} tokens needed, {} of {} in use", needed,
+                                          kPageRows, p->pages_in_use(), p->max_pages()));
+  for (int32_t l = 0; l < n_layer_; ++l) {
+    if (count[l] < size_ - first_slot(l)) evicted_ = true;
+    const int64_t dst = end - count[l];
+    if (dst < first_slot(l)) {
+      for (int64_t i = dst >> kPageShift; i < first_page(l); ++i)
+        for (int32_t h = 0; h < n_head_kv_; ++h) page(l, h, i) = pool(l).allocate();
+      first_slot_[static_cast<size_t>(l)] = dst;
+    }
+    for (int32_t h = 0; h < n_head_kv_; ++h) move_rows(l, h, kept[static_cast<size_t>(l)][static_cast<size_t>(h)], end - count[l]);
+    for (int64_t i = std::max(pages_for(end), first_page(l)); i < pages_for(size_); ++i)
+      for (int32_t h = 0; h < n_head_kv_; ++h) pool(l).release(page(l, h, i));
+  }
+  size_ = end;
+  for (int32_t l = 0; l < n_layer_; ++l) release_before(l, end - count[l]);
+}
+
+void KvSequence::write_row(int32_t layer, int32_t head, int64_t slot, const float* k, const float* v) {
+  if (slot < first_slot(layer) || slot >= size_)
+    throw std::out_of_range(fmt::format("KV sequence: layer {} does not hold slot {}", layer, slot));
+  if (pool(layer).refs(page(layer, head, slot >> kPageShift)) > 1) own_pages(slot >> kPageShift);
+  const KvFormat f = format(layer);
+  kernels::encode_kv_row(k, f.k, head_dim(layer), k_row(layer, head, slot));
+  kernels::encode_kv_row(v, f.v, head_dim(layer), v_row(layer, head, slot));
 }
 
 int32_t KvSequence::position(int64_t slot) const {
   for (int32_t l = 0; l < n_layer_; ++l)  // a layer that still holds the slot
-    if ((slot >> kPageShift) >= first_page(l))
+    if (slot >= first_slot(l))
       return pool(l).positions(page(l, 0, slot >> kPageShift))[slot & (kPageRows - 1)];
   throw std::out_of_range(fmt::format("KV sequence: slot {} was released by every layer", slot));
 }
@@ -189,7 +250,7 @@ kernels::KvView KvSequence::view(int32_t layer) const {
   v.page_ids = tables_[static_cast<size_t>(layer)].data();
   v.pages_per_head = table_pages();
   v.n_keys = size_;
-  v.first_key = std::min(first_page(layer) * kPageRows, size_);
+  v.first_key = std::min(first_slot(layer), size_);
   return v;
 }
 

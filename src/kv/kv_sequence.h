@@ -3,7 +3,9 @@
 // (layers may store K and V in different formats). Slot s is row s % 64 of page s / 64; every
 // layer and head holds the same slots at the same positions, stored in the
 // pages. Positions strictly increase with the slot (append enforces it), which
-// is what KvView promises its readers.
+// is what KvView promises its readers. A layer may hold fewer rows than the
+// others (a sliding window, a KV policy's per-layer budget): its rows are the
+// last slots, and the slots before its first one are not held.
 //
 // Pages may be shared with other sequences (fork): a sequence writes only
 // pages it alone holds, copying a shared page first (copy-on-write), so a
@@ -50,17 +52,24 @@ class KvSequence {
   // Removes slots [begin, end): later slots move down, keeping their positions.
   void erase(int64_t begin, int64_t end);
   void clear() { truncate(0); }
-  // Gives back layer l's pages that lie wholly before `slot` (a sliding-window
-  // layer's keys no later query can see); the last slot is always kept. Its
-  // view then starts at first_key; the slots stay numbered as in every layer.
+  // Layer l no longer holds the slots before `slot` (a sliding-window layer's
+  // keys no later query can see); the last slot is always kept. Its view then
+  // starts there, its pages wholly before are given back, and the slots stay
+  // numbered as in every layer.
   void release_before(int32_t layer, int64_t slot);
   // The first slot every layer still holds (0 when nothing was released).
-  // truncate keeps more than it (or nothing); erase and compact need it 0.
+  // truncate keeps more than it (or nothing); erase needs it 0.
   int64_t first_held() const;
-  // Moves the rows at `slots` (ascending) of one (layer, head) to slots 0, 1, ...,
-  // with their positions. An eviction policy compacts every (layer, head) to
-  // the same count, then truncates to it.
-  void compact(int32_t layer, int32_t head, std::span<const int64_t> slots);
+  // Keeps, of each (layer, KV head), the rows at kept[layer][head] (ascending
+  // slots it holds), with their positions: the same count for every head of a
+  // layer, any count per layer. The sequence then holds as many slots as the
+  // largest count; every layer's rows end there, and a layer keeping fewer
+  // gives back the slots before its first (release_before). Throws
+  // std::length_error, changing nothing, when a layer needs pages back and the pool is full.
+  void keep_rows(const std::vector<std::vector<std::vector<int64_t>>>& kept);
+  // Whether keep_rows dropped rows since the sequence was last empty: its
+  // slots then no longer stand for the tokens it saw.
+  bool evicted() const { return evicted_; }
 
   // A vector per (layer, KV head) subtracted from every key before it is
   // stored (SageAttention's key smoothing): it changes each query's scores by
@@ -77,6 +86,9 @@ class KvSequence {
   int64_t k_row_bytes(int32_t layer) const { return pool(layer).k_row_bytes(); }
   int64_t v_row_bytes(int32_t layer) const { return pool(layer).v_row_bytes(); }
   int32_t head_dim(int32_t layer) const { return pool(layer).head_dim(); }
+  // Rewrites a held row (K and V, head_dim values each) in the layer's formats,
+  // copying its page first when another sequence shares it.
+  void write_row(int32_t layer, int32_t head, int64_t slot, const float* k, const float* v);
   // Rows of a slot this sequence owns (written after append), head_dim values in the layer's format.
   void* k_row(int32_t layer, int32_t head, int64_t slot);
   void* v_row(int32_t layer, int32_t head, int64_t slot);
@@ -102,9 +114,13 @@ class KvSequence {
   KvPool& pool(int32_t layer) const { return *pools_[static_cast<size_t>(layer)]; }
   // Page `index` of every (layer, head) becomes this sequence's own.
   void own_pages(int64_t index);
-  int64_t first_page(int32_t layer) const { return first_page_[static_cast<size_t>(layer)]; }
+  int64_t first_slot(int32_t layer) const { return first_slot_[static_cast<size_t>(layer)]; }
+  int64_t first_page(int32_t layer) const { return first_slot(layer) >> kPageShift; }
   void require_all_held(const char* what) const;
   void move_row(int32_t layer, int32_t head, int64_t from, int64_t to);
+  // Moves the rows at `slots` (ascending) of one (layer, head) to slots
+  // first, first + 1, ..., copying shared pages before writing them.
+  void move_rows(int32_t layer, int32_t head, std::span<const int64_t> slots, int64_t first);
 
   std::vector<KvPool*> pools_;  // per layer; empty once moved from
   int32_t n_layer_, n_head_kv_;
@@ -113,7 +129,8 @@ class KvSequence {
   std::vector<std::vector<PageId>> tables_;  // [layer][head * table_pages() + page index]
   std::vector<float> offsets_;               // [layer][head][head_dim]: key_offset
   std::vector<uint8_t> offset_set_;          // [layer]
-  std::vector<int64_t> first_page_;          // [layer]: pages before it were released (release_before)
+  std::vector<int64_t> first_slot_;          // [layer]: slots before it are not held (release_before)
+  bool evicted_ = false;
 };
 
 }  // namespace skim::kv

@@ -6,14 +6,27 @@
 // window's length), so the scores reflect keys as the coming tokens see them.
 #include "kvpolicy/policy.h"
 
+#include <algorithm>
+
 namespace skim::kvpolicy {
 namespace {
 
 class FutureQueries final : public Scorer {
  public:
   explicit FutureQueries(int32_t kernel) : snapkv_(make_snapkv_scorer(kernel)) {}
-  void score(const ScoreRequest& r, std::vector<float>& scores) const override { snapkv_->score(r, scores); }
-  int32_t query_shift(int32_t window) const override { return window; }
+  void score(const ScoreRequest& r, std::vector<float>& scores) const override {
+    const int64_t q_dim = static_cast<int64_t>(r.n_q_heads) * r.head_dim;
+    std::vector<float> moved(static_cast<size_t>(r.q_rows * q_dim));
+    for (int32_t i = 0; i < r.q_rows; ++i)
+      std::copy_n(r.q + i * r.q_row_stride, q_dim, moved.data() + i * q_dim);
+    const std::vector<int32_t> shifts(static_cast<size_t>(r.q_rows), r.q_rows);
+    r.turn(moved.data(), r.q_rows, q_dim, shifts.data());
+    ScoreRequest ahead = r;
+    ahead.q = moved.data();
+    ahead.q_row_stride = q_dim;
+    ahead.q_pos0 += r.q_rows;
+    snapkv_->score(ahead, scores);
+  }
 
  private:
   std::unique_ptr<Scorer> snapkv_;

@@ -15,15 +15,15 @@ namespace {
 class KeyDiff final : public Scorer {
  public:
   void score(const ScoreRequest& r, std::vector<float>& scores) const override {
-    const int64_t n = r.kv.n_keys;
+    const int64_t n = r.kv.n_keys, first = r.kv.first_key;
     const int32_t d = r.head_dim;
-    scores.resize(static_cast<size_t>(r.n_kv_heads) * n);
+    scores.assign(static_cast<size_t>(r.n_kv_heads) * n, 0.0f);
     std::vector<float> keys(static_cast<size_t>(n) * d), mean(static_cast<size_t>(d));
     std::vector<double> norms(static_cast<size_t>(n));
     for (int32_t g = 0; g < r.n_kv_heads; ++g) {
-      kernels::read_k_rows(r.kv, g, 0, n, d, keys.data());
+      kernels::read_k_rows(r.kv, g, first, n - first, d, keys.data() + first * d);
       std::fill(mean.begin(), mean.end(), 0.0f);
-      for (int64_t s = 0; s < n; ++s) {
+      for (int64_t s = first; s < n; ++s) {
         const float* k = keys.data() + s * d;
         double norm2 = 0.0;
         for (int32_t e = 0; e < d; ++e) norm2 += static_cast<double>(k[e]) * k[e];
@@ -33,7 +33,7 @@ class KeyDiff final : public Scorer {
       double mean_norm2 = 0.0;
       for (float m : mean) mean_norm2 += static_cast<double>(m) * m;
       const double mean_norm = std::sqrt(mean_norm2) + 1e-12;
-      for (int64_t s = 0; s < n; ++s) {
+      for (int64_t s = first; s < n; ++s) {
         const float* k = keys.data() + s * d;
         double dot = 0.0;
         for (int32_t e = 0; e < d; ++e) dot += static_cast<double>(k[e]) * mean[e];

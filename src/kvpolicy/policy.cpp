@@ -17,7 +17,8 @@ namespace {
 
 const std::vector<PolicyDef>& registry() {
   static const std::vector<PolicyDef> defs = {streaming_policy(), snapkv_policy(), tova_policy(), keydiff_policy(),
-                                              dapq_policy()};
+                                              dapq_policy(),      expected_attention_policy(),
+                                              pyramid_policy(),   zipvl_policy()};
   return defs;
 }
 
@@ -28,6 +29,9 @@ const std::vector<AttentionParamInfo>& shared_params() {
       {"budget", "0", "rows kept at most while decoding: past it by a 64-row page, the cache is cut back (0: none)"},
       {"sink", "4", "the first positions, always kept (attention sinks)"},
       {"window", "32", "the last rows, always kept; their queries are the observation window of scoring policies"},
+      {"merge", "none",
+       "evicted rows: none (dropped), average (each kept row becomes the mean of itself and the evicted rows whose key "
+       "is closest to its in cosine; LOOK-M), pivot (each evicted row first averaged with that row)"},
   };
   return p;
 }
@@ -62,6 +66,9 @@ KvPolicy::KvPolicy(const std::string& spec) {
   budget_ = p.integer("budget", 0, int64_t{1} << 30);
   sink_ = static_cast<int32_t>(p.integer("sink", 0, 1 << 20));
   window_ = static_cast<int32_t>(p.integer("window", 1, 1 << 16));
+  merge_ = p.text("merge");
+  if (merge_ != "none" && merge_ != "average" && merge_ != "pivot")
+    throw std::invalid_argument(fmt::format("KV policy {}: merge={} (none, average or pivot)", name_, merge_));
   scorer_ = registry()[static_cast<size_t>(it - infos.begin())].make(p);
   p.reject_unread();
   if (budget_ > 0 && budget_ < sink_ + window_)
@@ -79,27 +86,32 @@ int64_t KvPolicy::target_after_prompt(int64_t n) const {
 }
 
 std::vector<std::vector<int64_t>> KvPolicy::select(const ScoreRequest& r, int64_t target) const {
-  const int64_t n = r.kv.n_keys;
+  const int64_t n = r.kv.n_keys, first = r.kv.first_key, held = n - first;
   std::vector<std::vector<int64_t>> kept(static_cast<size_t>(r.n_kv_heads));
-  if (target >= n) {
+  const auto keep_all = [&] {
     for (auto& k : kept) {
-      k.resize(static_cast<size_t>(n));
-      std::iota(k.begin(), k.end(), 0);
+      k.resize(static_cast<size_t>(held));
+      std::iota(k.begin(), k.end(), first);
     }
     return kept;
-  }
+  };
+  target = std::min(target, held);
+  if (target >= held && !scorer_->adaptive()) return keep_all();
   std::vector<float> scores;
   scorer_->score(r, scores);
+  const int64_t reserved = std::min<int64_t>(held, sink_ + window_);
+  target = std::clamp(scorer_->layer_target(r, scores, target, sink_, window_), reserved, held);
+  if (target >= held) return keep_all();
   const int64_t recent = std::min<int64_t>(window_, target);
   for (int32_t g = 0; g < r.n_kv_heads; ++g) {
     std::vector<int64_t>& k = kept[static_cast<size_t>(g)];
-    const int64_t sinks = std::min(r.kv.first_slot_at(g, sink_), target - recent);
+    const int64_t sink_end = first + std::min(r.kv.first_slot_at(g, sink_) - first, target - recent);
     const int64_t first_recent = n - recent;
-    for (int64_t s = 0; s < sinks; ++s) k.push_back(s);
+    for (int64_t s = first; s < sink_end; ++s) k.push_back(s);
     // The rest by score among the slots between the sinks and the window.
-    std::vector<int64_t> middle(static_cast<size_t>(std::max<int64_t>(0, first_recent - sinks)));
-    std::iota(middle.begin(), middle.end(), sinks);
-    const int64_t take = std::min<int64_t>(target - sinks - recent, static_cast<int64_t>(middle.size()));
+    std::vector<int64_t> middle(static_cast<size_t>(std::max<int64_t>(0, first_recent - sink_end)));
+    std::iota(middle.begin(), middle.end(), sink_end);
+    const int64_t take = std::min<int64_t>(target - (sink_end - first) - recent, static_cast<int64_t>(middle.size()));
     const float* sg = scores.data() + static_cast<size_t>(g) * n;
     std::partial_sort(middle.begin(), middle.begin() + take, middle.end(), [&](int64_t a, int64_t b) {
       return sg[a] > sg[b] || (sg[a] == sg[b] && a > b);  // ties: the more recent
@@ -111,8 +123,12 @@ std::vector<std::vector<int64_t>> KvPolicy::select(const ScoreRequest& r, int64_
   return kept;
 }
 
+std::vector<MergedRow> KvPolicy::merge(const ScoreRequest& r, const std::vector<std::vector<int64_t>>& kept) const {
+  return merges() ? merge_evicted(r, kept, merge_ == "pivot") : std::vector<MergedRow>{};
+}
+
 void window_attention(const ScoreRequest& r, std::vector<float>& probs) {
-  const int64_t n = r.kv.n_keys;
+  const int64_t n = r.kv.n_keys, first = r.kv.first_key;
   const int32_t d = r.head_dim, rows = r.q_rows;
   probs.assign(static_cast<size_t>(r.n_q_heads) * rows * n, 0.0f);
 #pragma omp parallel
@@ -123,7 +139,7 @@ void window_attention(const ScoreRequest& r, std::vector<float>& probs) {
     for (int32_t h = 0; h < r.n_q_heads; ++h) {
       const int32_t g = h / r.group();
       if (g != loaded) {
-        kernels::read_k_rows(r.kv, g, 0, n, d, keys.data());
+        kernels::read_k_rows(r.kv, g, first, n - first, d, keys.data() + first * d);
         loaded = g;
       }
       for (int32_t i = 0; i < rows; ++i) {
@@ -131,7 +147,7 @@ void window_attention(const ScoreRequest& r, std::vector<float>& probs) {
         float* p = probs.data() + (static_cast<size_t>(h) * rows + i) * n;
         const int64_t visible = r.kv.slots_through(g, r.q_pos0 + i);
         float mx = -INFINITY;
-        for (int64_t s = 0; s < visible; ++s) {
+        for (int64_t s = first; s < visible; ++s) {
           const float* k = keys.data() + s * d;
           float dot = 0.0f;
           for (int32_t e = 0; e < d; ++e) dot += q[e] * k[e];
@@ -139,10 +155,24 @@ void window_attention(const ScoreRequest& r, std::vector<float>& probs) {
           mx = std::max(mx, p[s]);
         }
         double sum = 0.0;
-        for (int64_t s = 0; s < visible; ++s) sum += p[s] = std::exp(p[s] - mx);
+        for (int64_t s = first; s < visible; ++s) sum += p[s] = std::exp(p[s] - mx);
         const float inv = static_cast<float>(1.0 / sum);
-        for (int64_t s = 0; s < visible; ++s) p[s] *= inv;
+        for (int64_t s = first; s < visible; ++s) p[s] *= inv;
       }
+    }
+  }
+}
+
+void window_attention_mass(const ScoreRequest& r, std::vector<float>& mass) {
+  std::vector<float> probs;
+  window_attention(r, probs);
+  const int64_t n = r.kv.n_keys;
+  mass.assign(static_cast<size_t>(r.n_kv_heads) * n, 0.0f);
+  for (int32_t h = 0; h < r.n_q_heads; ++h) {
+    float* out = mass.data() + static_cast<size_t>(h / r.group()) * n;
+    for (int32_t i = 0; i < r.q_rows; ++i) {
+      const float* p = probs.data() + (static_cast<size_t>(h) * r.q_rows + i) * n;
+      for (int64_t s = r.kv.first_key; s < n; ++s) out[s] += p[s];
     }
   }
 }

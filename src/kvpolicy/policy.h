@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "attention/planner.h"
+#include "kernels/elementwise.h"
 #include "kernels/kv_view.h"
 #include "skim/attention.h"
 
@@ -22,6 +23,7 @@ namespace skim::kvpolicy {
 // One layer of one sequence, after its attention ran on the chunk that ends
 // the prompt (or on a decode step).
 struct ScoreRequest {
+  int32_t layer = 0, n_layers = 1;
   int32_t n_q_heads = 0, n_kv_heads = 0, head_dim = 0;
   // The observation window: the last query rows of the chunk, [q_rows][n_q_heads * head_dim]
   // (row stride q_row_stride), at positions q_pos0 .., in the basis the keys are stored in.
@@ -29,22 +31,39 @@ struct ScoreRequest {
   int64_t q_row_stride = 0;
   int32_t q_rows = 0;
   int32_t q_pos0 = 0;
-  kernels::KvView kv;  // the layer's cache, every slot (the window's keys included)
+  kernels::KvView kv;  // the layer's cache (the window's keys included): it holds slots [kv.first_key, kv.n_keys)
   float scale = 0;     // of q.k in the softmax
+  // Turns rows laid out like q by RoPE (the model's rotation, in the keys'
+  // basis): scorers that ask what later queries will see move queries with it.
+  kernels::QueryTurn turn;
   int32_t group() const { return n_q_heads / n_kv_heads; }
 };
 
-// Scores per KV head and slot, higher = keep: scores[g * kv.n_keys + slot].
+// Scores per KV head and slot, higher = keep: scores[g * kv.n_keys + slot]
+// (slots before kv.first_key are not held and not scored).
 class Scorer {
  public:
   virtual ~Scorer() = default;
   virtual void score(const ScoreRequest& r, std::vector<float>& scores) const = 0;
-  // Positions the window's queries are moved forward by before scoring (RoPE
-  // turned on by this many positions): 0 scores with the queries as they are.
-  virtual int32_t query_shift(int32_t window) const {
-    (void)window;
-    return 0;
+  // The rows layer r.layer keeps when the policy keeps `target` rows per
+  // layer, always the first `sink` positions and the last `window` rows: a
+  // per-layer budget (PyramidKV, ZipVL) answers its own count; by default
+  // every layer keeps `target`.
+  virtual int64_t layer_target(const ScoreRequest& r, const std::vector<float>& scores, int64_t target,
+                               int32_t sink, int32_t window) const {
+    (void)r, (void)scores, (void)sink, (void)window;
+    return target;
   }
+  // Whether layer_target reads the scores: such a policy judges every prompt,
+  // even when `keep` asks for no cut.
+  virtual bool adaptive() const { return false; }
+};
+
+// A kept row's new K and V once evicted rows were merged into it (merge=).
+struct MergedRow {
+  int32_t head = 0;
+  int64_t slot = 0;
+  std::vector<float> k, v;
 };
 
 class KvPolicy {
@@ -59,8 +78,14 @@ class KvPolicy {
   // The decode-time cap (0: none): past it by a page, the cache is cut back to it.
   int64_t budget() const { return budget_; }
   int32_t window() const { return window_; }
-  int32_t query_shift() const { return scorer_->query_shift(window_); }
-  // Per KV head, the `target` slots to keep, ascending.
+  // Whether the policy decides its counts from scores, even with nothing to cut (Scorer::adaptive).
+  bool adaptive() const { return scorer_->adaptive(); }
+  // Whether evicted rows are merged into their closest kept row (merge=average|pivot).
+  bool merges() const { return merge_ != "none"; }
+  // The kept rows that absorb evicted ones (not in `kept`), with their merged values (merge.cpp).
+  std::vector<MergedRow> merge(const ScoreRequest& r, const std::vector<std::vector<int64_t>>& kept) const;
+  // Per KV head, the slots to keep, ascending: `target` of them (at most the
+  // layer's held rows), or the layer's own count under a per-layer budget.
   std::vector<std::vector<int64_t>> select(const ScoreRequest& r, int64_t target) const;
 
  private:
@@ -69,15 +94,18 @@ class KvPolicy {
   double keep_ = 1.0;
   int64_t budget_ = 0;
   int32_t sink_ = 4, window_ = 32;
+  std::string merge_ = "none";
 };
 
 // Every policy, for skim info --kv.
 const std::vector<AttentionMethodInfo>& policy_infos();
 
 // Helpers for scorers.
-// probs[(h * q_rows + i) * n_keys + slot]: softmax over the keys window row i
-// may see (stored position <= its own), per q head h; 0 for the others.
+// probs[(h * q_rows + i) * n_keys + slot]: softmax over the held keys window
+// row i may see (stored position <= its own), per q head h; 0 for the others.
 void window_attention(const ScoreRequest& r, std::vector<float>& probs);
+// Per KV head, the window's attention summed over its rows and the group's q heads.
+void window_attention_mass(const ScoreRequest& r, std::vector<float>& mass);
 
 // A policy's registration: its info (parameters with defaults) and a factory
 // reading its own parameters.
@@ -90,6 +118,13 @@ PolicyDef snapkv_policy();
 PolicyDef tova_policy();
 PolicyDef keydiff_policy();
 PolicyDef dapq_policy();
+PolicyDef expected_attention_policy();
+PolicyDef pyramid_policy();
+PolicyDef zipvl_policy();
+// LOOK-M's merge of every held row not in `kept` into the kept row of the
+// same head whose key is closest in cosine (merge.cpp); `pivot`: each absorbed
+// row first averaged with that row.
+std::vector<MergedRow> merge_evicted(const ScoreRequest& r, const std::vector<std::vector<int64_t>>& kept, bool pivot);
 // SnapKV's scores from any window of queries (snapkv.cpp; DapQ reuses it).
 std::unique_ptr<Scorer> make_snapkv_scorer(int32_t kernel);
 int32_t pool_kernel(const attention::MethodParams& p);  // its "kernel" parameter, checked

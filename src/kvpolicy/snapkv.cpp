@@ -14,18 +14,12 @@ class SnapKv final : public Scorer {
  public:
   explicit SnapKv(int32_t kernel) : kernel_(kernel) {}
   void score(const ScoreRequest& r, std::vector<float>& scores) const override {
-    std::vector<float> probs;
-    window_attention(r, probs);
+    std::vector<float> mass;
+    window_attention_mass(r, mass);
     const int64_t n = r.kv.n_keys;
-    std::vector<float> summed(static_cast<size_t>(n));
     scores.assign(static_cast<size_t>(r.n_kv_heads) * n, 0.0f);
     for (int32_t g = 0; g < r.n_kv_heads; ++g) {
-      std::fill(summed.begin(), summed.end(), 0.0f);
-      for (int32_t h = g * r.group(); h < (g + 1) * r.group(); ++h)
-        for (int32_t i = 0; i < r.q_rows; ++i) {
-          const float* p = probs.data() + (static_cast<size_t>(h) * r.q_rows + i) * n;
-          for (int64_t s = 0; s < n; ++s) summed[s] += p[s];
-        }
+      const float* summed = mass.data() + static_cast<size_t>(g) * n;
       // Average pool with zero padding (PyTorch's avg_pool1d, count_include_pad).
       float* out = scores.data() + static_cast<size_t>(g) * n;
       const int32_t half = kernel_ / 2;

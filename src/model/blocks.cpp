@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <numeric>
 #include <optional>
 
 #include "attention/method.h"
@@ -146,7 +147,7 @@ void attend(Forward& f, int l) {
   const LayerSpec& spec = f.model.layer_spec(l);
   const int window = spec.attention == AttentionKind::SlidingWindow ? spec.window : 0;
   const bool dca = uses_dca(f, l);
-  const QueryTurn turn = [&](float* q, int64_t rows, int64_t stride, const int32_t* shift) {
+  const kernels::QueryTurn turn = [&](float* q, int64_t rows, int64_t stride, const int32_t* shift) {
     turn_queries(f, l, q, rows, stride, shift);
   };
   const attention::AttentionMethod::PlanRunner dca_runner = [&](const kernels::AttnParams& p, const kernels::Plan* plan) {
@@ -218,26 +219,31 @@ void attend(Forward& f, int l) {
 void select_rows(Forward& f, int l) {
   const ModelConfig& c = f.model.config();
   const int q_dim = c.n_head * c.head_dim;
+  const bool window_layer = f.model.layer_spec(l).attention == AttentionKind::SlidingWindow;
   for (const SequenceRows& sr : f.seqs) {
     if (sr.selection < 0) continue;
+    KvSelection& sel = (*f.selections)[static_cast<size_t>(sr.selection)];
+    if (window_layer) {  // its window already bounds it: every row it holds stays
+      const kernels::KvView kv = sr.kv->view(l);
+      std::vector<int64_t> held(static_cast<size_t>(kv.n_keys - kv.first_key));
+      std::iota(held.begin(), held.end(), kv.first_key);
+      sel.layers[static_cast<size_t>(l)].assign(static_cast<size_t>(c.n_head_kv), held);
+      continue;
+    }
     const int rows = std::min(sr.n, sr.kv_policy->window());
     const int first = sr.row0 + sr.n - rows;
     // Active rows hold the window (context.cpp), consecutive in the packed order too.
     const auto packed = std::lower_bound(f.active.begin(), f.active.end(), first) - f.active.begin();
-    kvpolicy::ScoreRequest r{.n_q_heads = c.n_head, .n_kv_heads = c.n_head_kv, .head_dim = c.head_dim,
+    kvpolicy::ScoreRequest r{.layer = l, .n_layers = c.n_layer, .n_q_heads = c.n_head, .n_kv_heads = c.n_head_kv, .head_dim = c.head_dim,
                              .q = f.s.q.data() + static_cast<size_t>(packed) * q_dim, .q_row_stride = q_dim,
                              .q_rows = rows, .q_pos0 = sr.pos0 + (first - sr.row0), .kv = sr.kv->view(l),
-                             .scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim))};
-    std::vector<float> moved;
-    if (const int32_t shift = sr.kv_policy->query_shift(); shift > 0) {
-      moved.assign(r.q, r.q + static_cast<size_t>(rows) * q_dim);
-      const std::vector<int32_t> shifts(static_cast<size_t>(rows), shift);
-      turn_queries(f, l, moved.data(), rows, q_dim, shifts.data());
-      r.q = moved.data();
-      r.q_pos0 += shift;
-    }
-    KvSelection& sel = (*f.selections)[static_cast<size_t>(sr.selection)];
+                             .scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim)),
+                             .turn = [&f, l](float* q, int64_t n, int64_t stride, const int32_t* shift) {
+                               turn_queries(f, l, q, n, stride, shift);
+                             }};
     sel.layers[static_cast<size_t>(l)] = sr.kv_policy->select(r, sel.target);
+    for (const kvpolicy::MergedRow& m : sr.kv_policy->merge(r, sel.layers[static_cast<size_t>(l)]))
+      sr.kv->write_row(l, m.head, m.slot, m.k.data(), m.v.data());
   }
 }
 

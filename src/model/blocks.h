@@ -46,8 +46,9 @@ struct SequenceRows {
   const kvpolicy::KvPolicy* kv_policy = nullptr;  // its KV selection policy; null: none
 };
 
-// The rows a KV policy keeps of one sequence: per layer, per KV head, `target`
-// ascending slots; applied once every layer has run.
+// The rows a KV policy keeps of one sequence: per layer, per KV head,
+// ascending slots (`target` of them, or the layer's own count under a
+// per-layer budget); applied once every layer has run.
 struct KvSelection {
   kv::KvSequence* kv;
   int64_t target;

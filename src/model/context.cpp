@@ -139,6 +139,7 @@ int Context::n_past(int seq) const {
   return kv.size() > 0 ? kv.position(kv.size() - 1) + 1 : 0;
 }
 int Context::n_cached(int seq) const { return static_cast<int>(sequence(seq).size()); }
+bool Context::kv_evicted(int seq) const { return sequence(seq).evicted(); }
 void Context::clear() {
   for (auto& seq : seqs_) seq->clear();
 }
@@ -181,7 +182,9 @@ void Context::release_window_pages(kv::KvSequence& kv) const {
     if (spec.attention != AttentionKind::SlidingWindow) continue;
     // One page more than the window needs, so that a prefix a little shorter can still be resumed.
     const int64_t needed = kv.view(l).first_slot_at(0, next - spec.window + 1);
-    kv.release_before(l, needed - kv::kPageRows);
+    // Whole pages: the key tiles of the layer's attention then start where they did before.
+    const int64_t slot = std::min<int64_t>(needed - kv::kPageRows, kv.size() - 1);
+    if (slot > 0) kv.release_before(l, slot / kv::kPageRows * kv::kPageRows);
   }
 }
 void Context::copy_sequence(int from, int to) {
@@ -214,10 +217,6 @@ const kvpolicy::KvPolicy* Context::policy_for(const std::string& spec) {
   if (spec.empty()) return nullptr;
   if (params_.dca_chunk > 0)
     throw std::invalid_argument(fmt::format("KV selection policy '{}' does not run with dual chunk attention yet", spec));
-  if (max_window() > 0)
-    throw std::invalid_argument(fmt::format("KV selection policy '{}': {} has sliding-window layers, which KV policies "
-                                            "do not run on yet (their window already bounds the cache)",
-                                            spec, model_.config().arch));
   auto it = policies_.find(spec);
   if (it == policies_.end()) it = policies_.emplace(spec, std::make_unique<kvpolicy::KvPolicy>(spec)).first;
   return it->second.get();
@@ -378,7 +377,8 @@ void Context::run(const Batch& b, const LogitsFn& on_logits, const ProgressFn& p
                            : policy->budget() > 0 && after > policy->budget() + kv::kPageRows
                                ? policy->budget()
                                : after;
-    if (target < after) cut_to[static_cast<size_t>(seq)] = target;
+    // An adaptive policy (a count from the scores) judges every prompt.
+    if (target < after || (rows > 1 && policy->adaptive())) cut_to[static_cast<size_t>(seq)] = target;
   }
 
   // The widest observation window of the policies that cut a sequence in this call.
@@ -461,13 +461,10 @@ void Context::forward_ubatch(Ubatch& ub, float* logits_out) {
     model_.arch().layer(f, l);
   }
 
-  // The policy's choice, layer by layer, then every (layer, head) holds `target` rows.
+  // The policy's choice, layer by layer: each (layer, head) keeps the rows it chose.
   for (KvSelection& sel : ub.selections) {
     const ScopedTimer timer(op_times_.kv_store_ms);
-    for (int l = 0; l < c.n_layer; ++l)
-      for (int g = 0; g < c.n_head_kv; ++g)
-        sel.kv->compact(l, g, sel.layers[static_cast<size_t>(l)][static_cast<size_t>(g)]);
-    sel.kv->truncate(sel.target);
+    sel.kv->keep_rows(sel.layers);
   }
   for (const SequenceRows& sr : seqs) release_window_pages(*sr.kv);
 

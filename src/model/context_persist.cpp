@@ -43,6 +43,9 @@ std::string Context::kv_layout(const std::string& k, const std::string& v) const
 
 size_t Context::save_sequence(int seq, std::span<const int32_t> tokens, const std::string& path,
                               const std::map<std::string, std::string>& extra) {
+  if (kv_evicted(seq))
+    throw std::runtime_error(fmt::format("sequence {}: a KV policy evicted rows, so its cache no longer holds a row per "
+                                         "token and is not saved", seq));
   std::map<std::string, std::string> meta = extra;
   for (auto& [k, v] : cache_fingerprint(seq)) meta[k] = v;
   meta["skim.model_file"] = std::filesystem::path(model_.file().path()).filename().string();

@@ -5,7 +5,7 @@
 
 namespace skim {
 
-void dca_attention(const kernels::AttnParams& a, const DcaLayout& dca, const QueryTurn& turn, const kernels::Plan* plan) {
+void dca_attention(const kernels::AttnParams& a, const DcaLayout& dca, const kernels::QueryTurn& turn, const kernels::Plan* plan) {
   const int64_t n = a.n_rows;
   if (n == 0) return;
   const int64_t chunk = dca.chunk_of(a.q_pos0);

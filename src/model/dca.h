@@ -13,9 +13,9 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <functional>
 
 #include "kernels/attention.h"
+#include "kernels/elementwise.h"
 
 namespace skim {
 
@@ -34,15 +34,11 @@ struct DcaLayout {
   int64_t inter_position() const { return std::min<int64_t>(2 * chunk_len() - 1, chunk_size); }
 };
 
-// Turns query rows in place by RoPE: row i by shift[i] positions (rows of
-// row_stride floats, every head of the row).
-using QueryTurn = std::function<void(float* q, int64_t rows, int64_t row_stride, const int32_t* shift)>;
-
 // Attention of a chunk of query rows lying in one DCA chunk, Q rotated at the
 // rows' intra positions, keys stored at theirs (the KV view's stored positions
 // are the true ones: they decide causality). `plan` (null: dense) lists the
 // keys; each region runs it cut to its slots. Writes a.out (and a.lse when set).
-void dca_attention(const kernels::AttnParams& a, const DcaLayout& dca, const QueryTurn& turn,
+void dca_attention(const kernels::AttnParams& a, const DcaLayout& dca, const kernels::QueryTurn& turn,
                    const kernels::Plan* plan = nullptr);
 
 }  // namespace skim
