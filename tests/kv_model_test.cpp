@@ -12,6 +12,7 @@
 
 #include "skim/context.h"
 #include "skim/model.h"
+#include "skim/perplexity.h"
 #include "test_support.h"
 
 namespace skim {
@@ -125,6 +126,21 @@ TEST_F(KvModel, PerLayerBudgetsHoldTheirShareOfBytes) {
   EXPECT_FALSE(all->kv_evicted());
   EXPECT_EQ(std::vector<float>(kept.begin() + n_vocab, kept.end()), std::vector<float>(full.begin() + n_vocab, full.end()));
 
+}
+
+// Perplexity under a policy scores the window's second half on the cache the
+// policy cut from its first half (decode_scored); keeping everything scores
+// as the full cache does.
+TEST_F(KvModel, PerplexityScoresOnTheCutCache) {
+  const std::vector<int32_t> tokens = text_tokens(1024);
+  const auto ppl = [&](const std::string& policy) {
+    Context ctx(*model_, {.n_ctx = 1024, .n_threads = 2, .kv_policy = policy});
+    return perplexity(ctx, tokens, -1).ppl;
+  };
+  const double full = ppl("");
+  EXPECT_NEAR(ppl("snapkv"), full, 1e-9 * full);
+  const double cut = ppl("snapkv:keep=0.25");
+  EXPECT_GT(std::abs(cut - full), 1e-4 * full) << "cut " << cut << " full " << full;
 }
 
 // The server prefills a prompt in chunks (batches whose last row wants no

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <span>
 #include <vector>
 
 #include "skim/context.h"
@@ -22,6 +23,12 @@ struct PerplexityResult {
 
 // Windows of n_ctx tokens that `n_tokens` tokens give; throws when none can be scored.
 int64_t perplexity_windows(size_t n_tokens, int n_ctx);
+
+// Decodes `window` into ctx's sequence 0 (empty) and hands on the logits of
+// rows first.. (first > 0). With a KV policy the rows before `first` are a
+// prompt the policy cuts, and the scored rows see the cut cache, as later
+// tokens do when decoding (docs/kv-policies.md); without one, a single pass.
+void decode_scored(Context& ctx, std::span<const int32_t> window, int64_t first, const Context::LogitsFn& on_logits);
 
 // Calls on_window(window index, running ppl) after each window.
 PerplexityResult perplexity(Context& ctx, const std::vector<int32_t>& tokens, int bos_token,

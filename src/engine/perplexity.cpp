@@ -24,6 +24,14 @@ int64_t perplexity_windows(size_t n_tokens, int n_ctx) {
   return n_windows;
 }
 
+void decode_scored(Context& ctx, std::span<const int32_t> window, int64_t first, const Context::LogitsFn& on_logits) {
+  if (ctx.kv_policy(0).empty()) return ctx.decode_streaming(window, first, on_logits);
+  // The prompt's last row wants logits, so the policy cuts once the prompt is in.
+  ctx.decode_streaming(window.first(static_cast<size_t>(first)), first - 1, [](int64_t, int64_t, const float*) {});
+  ctx.decode_streaming(window.subspan(static_cast<size_t>(first)), 0,
+                       [&](int64_t row0, int64_t rows, const float* logits) { on_logits(first + row0, rows, logits); });
+}
+
 PerplexityResult perplexity(Context& ctx, const std::vector<int32_t>& tokens, int bos_token,
                             const std::function<void(int, double)>& on_window) {
   const int n_ctx = ctx.n_ctx();
@@ -38,7 +46,7 @@ PerplexityResult perplexity(Context& ctx, const std::vector<int32_t>& tokens, in
     if (bos_token >= 0) window[0] = bos_token;
     ctx.clear();
     // Position j predicts token j+1; positions first .. n_ctx-2 are scored.
-    ctx.decode_streaming(window, first, [&](int64_t row0, int64_t rows, const float* logits) {
+    decode_scored(ctx, window, first, [&](int64_t row0, int64_t rows, const float* logits) {
       for (int64_t i = 0; i < rows; ++i) {
         const int64_t j = row0 + i;
         if (j + 1 >= n_ctx) break;

@@ -5,6 +5,8 @@
 #include <cmath>
 #include <stdexcept>
 
+#include "skim/perplexity.h"
+
 namespace skim::eval {
 namespace {
 
@@ -85,7 +87,7 @@ PplRecord compare_window(Context& dense, Context* method, std::span<const int32_
   int64_t dense_done = 0;
   std::vector<float> dense_rows;
   double outside_ms = 0;  // dense and scoring, run from inside the method's prefill
-  method->decode_streaming(window, first, [&](int64_t row0, int64_t rows, const float* method_logits) {
+  decode_scored(*method, window, first, [&](int64_t row0, int64_t rows, const float* method_logits) {
     const Clock::time_point t_in = Clock::now();
     dense_rows.resize(static_cast<size_t>(rows) * n_vocab);
     const int64_t base = dense_done;
