@@ -255,6 +255,16 @@ class GoodInputs(ModelTest):
         self.assertTrue(0.45 * seen <= kept <= 0.55 * seen + 2, (kept, seen))  # half the prompt, then the decoded tokens
         self.assertGreater(ratio, 4.0)  # half the rows, each about a third of f16's bytes
 
+    def test_run_with_a_per_layer_budget_reports_the_rows_each_layer_kept(self):
+        prompt = " ".join(["The quick brown fox jumps over the lazy dog."] * 40)
+        r = skim("run", "-m", MODEL, "-p", prompt, "-n", 2, "--temp", 0, "--kv", "pyramid:keep=0.5")
+        self.assert_ok(r)
+        match = re.search(r"held for (\d+) \(per layer (\d+)\.\.(\d+)\) of (\d+) tokens", r.stderr)
+        self.assertIsNotNone(match, r.stderr)
+        mean, fewest, most, seen = (int(g) for g in match.groups())
+        self.assertTrue(fewest < mean < most, match.groups())  # budgets fall from the first layer to the last
+        self.assertTrue(0.45 * seen <= mean <= 0.55 * seen + 2, (mean, seen))
+
     def test_perplexity_is_finite_and_sane(self):
         r = skim("perplexity", "-m", MODEL, "-f", TEXT_FILE, "-c", 128, "--chunks", 1)
         self.assert_ok(r)

@@ -124,6 +124,9 @@ class Context {
   // Whether a KV policy dropped rows of the sequence: its rows then no longer
   // stand for its tokens (a layer may hold fewer than n_cached).
   bool kv_evicted(int seq = 0) const;
+  // Rows each layer holds for the sequence (per KV head): n_cached, or fewer
+  // where a per-layer budget or a sliding window gave slots back.
+  std::vector<int64_t> kv_layer_rows(int seq = 0) const;
   int n_ctx() const { return params_.n_ctx; }
   int n_seq_max() const { return params_.n_seq_max; }
   void clear();                   // forget all tokens of every sequence

@@ -41,8 +41,12 @@ std::vector<AccuracyCell> accuracy_cells(const ResultStore& store, const std::ve
     c.density = 0;
     double dense_ms = 0, method_ms = 0;
     PairedCounts paired;
+    double kv_share = 0;
+    bool all_shares = true;
     for (const TaskRecord* r : records) {
       c.n++;
+      all_shares = all_shares && r->kv_share.has_value();
+      kv_share += r->kv_share.value_or(0.0);
       c.correct += r->correct;
       c.score += r->score;
       c.density += r->density;
@@ -55,6 +59,7 @@ std::vector<AccuracyCell> accuracy_cells(const ResultStore& store, const std::ve
       method_ms += r->prefill_ms;
     }
     c.density /= c.n;
+    if (all_shares) c.kv_share = kv_share / c.n;
     c.score /= c.n;
     c.prefill_ms /= c.n;
     c.ci = wilson(c.correct, c.n);
@@ -157,6 +162,7 @@ nlohmann::json to_json(const Summary& s) {
                         {"n", c.n},             {"correct", c.correct},       {"accuracy", static_cast<double>(c.correct) / c.n},
                         {"ci", {c.ci.lo, c.ci.hi}}, {"score", c.score},       {"density", c.density},
                         {"prefill_ms", c.prefill_ms}, {"speedup", c.speedup}};
+    if (c.kv_share) j["kv_share"] = *c.kv_share;
     if (c.paired) {
       j["diff"] = c.paired->difference();
       j["diff_ci"] = {c.diff_ci.lo, c.diff_ci.hi};

@@ -22,6 +22,7 @@ struct AccuracyCell {
   double score = 0;        // mean string_match_all
   Interval ci;             // Wilson, of correct / n
   double density = 1, prefill_ms = 0;  // means
+  std::optional<double> kv_share;      // mean, when every record has it
   // Against dense on the samples both ran (absent for dense itself).
   std::optional<PairedCounts> paired;
   Interval diff_ci;        // Newcombe, of the accuracy difference

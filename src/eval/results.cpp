@@ -40,6 +40,7 @@ void to_json(nlohmann::json& j, const TaskRecord& r) {
        {"prefill_ms", r.prefill_ms},
        {"decode_ms", r.decode_ms},
        {"density", r.density}};
+  if (r.kv_share) j["kv_share"] = *r.kv_share;
 }
 void from_json(const nlohmann::json& j, TaskRecord& r) {
   j.at("task").get_to(r.task);
@@ -55,6 +56,7 @@ void from_json(const nlohmann::json& j, TaskRecord& r) {
   j.at("prefill_ms").get_to(r.prefill_ms);
   j.at("decode_ms").get_to(r.decode_ms);
   j.at("density").get_to(r.density);
+  if (j.contains("kv_share")) r.kv_share = j.at("kv_share").get<double>();
 }
 
 void to_json(nlohmann::json& j, const PplRecord& r) {

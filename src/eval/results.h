@@ -37,6 +37,9 @@ struct TaskRecord {
   bool correct = false;          // score == 1
   double prefill_ms = 0, decode_ms = 0;
   double density = 1;            // attention pairs computed / dense pairs, over the prefill
+  // KV bytes held once the prompt is in, over the full f16 cache's (pages,
+  // measured); absent in records written before it was kept.
+  std::optional<double> kv_share;
 };
 
 // One perplexity window through one method (tier T2). Dense records carry only nll.

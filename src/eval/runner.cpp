@@ -10,8 +10,11 @@ TaskRecord run_sample(Context& ctx, const std::string& method, const Sample& sam
   ctx.reset_attention_report();
   GenerationOptions g;
   g.n_predict = sample.answer_tokens;
+  std::optional<double> kv_share;
   g.on_prefill = [&](int64_t done, int64_t total) {
-    if (done == total) prefill_report = ctx.attention_report();
+    if (done != total) return;
+    prefill_report = ctx.attention_report();
+    kv_share = static_cast<double>(ctx.kv_held_bytes()) / static_cast<double>(ctx.kv_full_f16_bytes());
   };
   SamplingParams greedy;
   greedy.temp = 0;
@@ -31,6 +34,7 @@ TaskRecord run_sample(Context& ctx, const std::string& method, const Sample& sam
   r.prefill_ms = gen.timings.prompt_ms;
   r.decode_ms = gen.timings.gen_ms;
   r.density = prefill_report.density();
+  r.kv_share = kv_share;
   return r;
 }
 

@@ -140,6 +140,15 @@ int Context::n_past(int seq) const {
 }
 int Context::n_cached(int seq) const { return static_cast<int>(sequence(seq).size()); }
 bool Context::kv_evicted(int seq) const { return sequence(seq).evicted(); }
+std::vector<int64_t> Context::kv_layer_rows(int seq) const {
+  const kv::KvSequence& kv = sequence(seq);
+  std::vector<int64_t> rows(static_cast<size_t>(kv.n_layer()));
+  for (int l = 0; l < kv.n_layer(); ++l) {
+    const kernels::KvView v = kv.view(l);
+    rows[static_cast<size_t>(l)] = v.n_keys - v.first_key;
+  }
+  return rows;
+}
 void Context::clear() {
   for (auto& seq : seqs_) seq->clear();
 }
