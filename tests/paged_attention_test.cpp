@@ -32,15 +32,15 @@ constexpr int32_t kHq = 4, kHkv = 2, kDim = 64;
 // direction so the dynamic planners find heavy columns.
 void fill(kv::KvSequence& seq, int64_t first, int64_t n, std::mt19937& rng) {
   std::normal_distribution<float> gauss(0.0f, 1.0f);
-  std::vector<float> row(kDim);
+  std::vector<float> k(kDim), v(kDim);
   for (int32_t h = 0; h < kHkv; ++h)
     for (int64_t s = first; s < first + n; ++s) {
       const bool heavy = seq.position(s) % 97 == 0;
-      for (float& x : row) x = heavy ? 2.0f : gauss(rng);
-      kernels::encode_kv_row(row.data(), seq.view(0).k_type, kDim, seq.k_row(0, h, s));
-      for (float& x : row) x = gauss(rng);
-      kernels::encode_kv_row(row.data(), seq.view(0).v_type, kDim, seq.v_row(0, h, s));
+      for (float& x : k) x = heavy ? 2.0f : gauss(rng);
+      for (float& x : v) x = gauss(rng);
+      seq.store_row(0, h, s, k.data(), v.data());
     }
+  seq.seal(0);
 }
 
 std::vector<int32_t> range(int32_t begin, int32_t end) {
@@ -220,24 +220,51 @@ void check_every_plan(const Chunk& c) {
   }
 }
 
+std::string format_name(kv::KvFormat f) { return fmt::format("K {} V {}", kv::kv_type_name(f.k), kv::kv_type_name(f.v)); }
+
+// A pool of `format` and a sequence in it holding positions [0, n), filled from rng.
+struct Filled {
+  kv::KvPool pool;
+  kv::KvSequence seq;
+  Filled(kv::KvFormat format, int32_t n, std::mt19937& rng) : pool(kDim, format, 1024), seq(pool, 1, kHkv, 4096) {
+    seq.append(range(0, n));
+    fill(seq, 0, n, rng);
+  }
+};
+
 // Every format, K and V alike or not: the kernel and every planner over the
 // stored (quantized) rows agree with the reference over their decoded values.
 TEST(PagedAttention, RowsRemovedFromTheMiddle) {
   using enum kernels::KvDType;
   for (const kv::KvFormat format : {kv::KvFormat{F16, F16}, kv::KvFormat{Q8_0, Q8_0}, kv::KvFormat{Q4_0, Q4_0},
                                     kv::KvFormat{TQ3, TQ4}, kv::KvFormat{Q8_0, TQ2}, kv::KvFormat{F32, BF16}}) {
-  SCOPED_TRACE(fmt::format("K {} V {}", kv::kv_type_name(format.k), kv::kv_type_name(format.v)));
-  kv::KvPool pool(kDim, format, 1024);
-  kv::KvSequence seq(pool, 1, kHkv, 4096);
+  SCOPED_TRACE(format_name(format));
   std::mt19937 rng(7);
-  seq.append(range(0, 1500));
-  fill(seq, 0, 1500, rng);
+  Filled filled(format, 1500, rng);
+  kv::KvSequence& seq = filled.seq;
   seq.erase(300, 900);  // positions 300..899 gone: slots 300.. hold 900..
   const int64_t first = seq.append(range(1500, 1800));  // the chunk
   fill(seq, first, 300, rng);
   ASSERT_EQ(seq.size(), 1200);
   ASSERT_EQ(seq.position(300), 900);
   check_every_plan(Chunk(seq, 300, 11));
+  }
+}
+
+// KIVI: sealed pages quantized per channel (keys) and per token (values), the
+// chunk's unfilled last page read from the f16 stage, a prefix shared by a fork.
+TEST(PagedAttention, KiviPagesAndTheirF16Stage) {
+  using enum kernels::KvDType;
+  for (const kv::KvFormat format : {kv::KvFormat{KIVI_K2, KIVI_V2}, kv::KvFormat{KIVI_K4, F16}}) {
+    SCOPED_TRACE(format_name(format));
+    std::mt19937 rng(9);
+    Filled base(format, 1000, rng);
+    kv::KvSequence seq = base.seq.fork();
+    const int64_t first = seq.append(range(1000, 1300));
+    fill(seq, first, 300, rng);
+    ASSERT_TRUE(seq.view(0).staged(1299));
+    ASSERT_FALSE(seq.view(0).staged(1279));
+    check_every_plan(Chunk(seq, 300, 13));
   }
 }
 

@@ -356,6 +356,7 @@ class EvalRun {
                                   kv.empty() ? "" : " --kv " + fmt::format("{}", fmt::join(kv, ",")), fmt::join(tasks_, ","),
                                   o_.lengths, samples, o_.seed, o_.depths, o_.out);
     if (!o_.model.empty()) cmd += " -m " + o_.model;
+    cmd += context_flags(o_);
     if (o_.fidelity) cmd += fmt::format(" --fidelity --fidelity-rows {}", o_.fidelity_rows);
     if (wants_ppl()) cmd += fmt::format(" --ppl-tokens {}", o_.ppl_tokens);
     if (o_.no_chat) cmd += " --no-chat";

@@ -190,6 +190,27 @@ std::string positions_label(const ModelConfig& c, int dca_chunk, int dca_local) 
   return label;
 }
 
+std::string context_flags(const SharedOptions& o) {
+  const ModelOptions& m = o.model_options;
+  std::string flags;
+  if (!m.rope_scaling.empty()) flags += " --rope-scaling " + m.rope_scaling;
+  if (m.rope_scale > 0.f) flags += fmt::format(" --rope-scale {}", m.rope_scale);
+  if (m.yarn_orig_ctx > 0) flags += fmt::format(" --yarn-orig-ctx {}", m.yarn_orig_ctx);
+  if (m.yarn_ext_factor >= 0.f) flags += fmt::format(" --yarn-ext-factor {}", m.yarn_ext_factor);
+  if (m.yarn_attn_factor >= 0.f) flags += fmt::format(" --yarn-attn-factor {}", m.yarn_attn_factor);
+  if (m.yarn_beta_fast >= 0.f) flags += fmt::format(" --yarn-beta-fast {}", m.yarn_beta_fast);
+  if (m.yarn_beta_slow >= 0.f) flags += fmt::format(" --yarn-beta-slow {}", m.yarn_beta_slow);
+  if (o.dca_chunk > 0) flags += fmt::format(" --dca {}", o.dca_chunk);
+  if (o.dca_local >= 0) flags += fmt::format(" --dca-local {}", o.dca_local);
+  const SharedOptions defaults;
+  if (o.kv_type_k != defaults.kv_type_k) flags += " -ctk " + o.kv_type_k;
+  if (o.kv_type_v != defaults.kv_type_v) flags += " -ctv " + o.kv_type_v;
+  if (!o.kv_f16_layers.empty()) flags += " --kv-f16-layers " + o.kv_f16_layers;
+  if (o.kv_rotation != defaults.kv_rotation) flags += fmt::format(" --kv-rotation {}", o.kv_rotation);
+  if (o.kv_center_keys != defaults.kv_center_keys) flags += fmt::format(" --kv-center-keys {}", o.kv_center_keys);
+  return flags;
+}
+
 double peak_rss_mib() {
   struct rusage ru {};
   getrusage(RUSAGE_SELF, &ru);

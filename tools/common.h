@@ -105,6 +105,9 @@ void warn_beyond_training(int n_ctx, const ModelConfig& c, int dca_chunk = 0);
 // How positions reach past the trained context in a run, for result files:
 // "" (plain RoPE), else the RoPE scaling and/or "dca CHUNK local L".
 std::string positions_label(const ModelConfig& c, int dca_chunk, int dca_local);
+// The position and KV-cache flags of `o` that differ from their defaults, as they
+// are typed (" --dca 4096 -ctk q8_0"), so that a report's command reproduces the run.
+std::string context_flags(const SharedOptions& o);
 // One llama.cpp-style line: prefill attention density, planning and kernel time.
 void print_attention_report(const AttentionReport& r);
 double peak_rss_mib();

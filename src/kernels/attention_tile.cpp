@@ -107,13 +107,14 @@ HWY_INLINE const float* SpanRows(DF df, const TileJob& job, bool values, const K
   const KvView& kv = *job.kv;
   const auto row = [&](int64_t slot) { return values ? kv.v_row(job.kv_head, slot) : kv.k_row(job.kv_head, slot); };
   const KvDType type = values ? kv.v_type : kv.k_type;
-  if (type == KvDType::F32 && span.keys == nullptr &&
+  if (type == KvDType::F32 && span.keys == nullptr && !kv.staged(span.begin + span.count - 1) &&
       (span.begin >> kv.page_shift) == ((span.begin + span.count - 1) >> kv.page_shift)) {
     ld = (values ? kv.v_row_bytes : kv.k_row_bytes) / static_cast<int64_t>(sizeof(float));
     return static_cast<const float*>(row(span.begin));
   }
   for (int32_t j = 0; j < span.count; ++j)
-    skim::kernels::HWY_NAMESPACE::DecodeKvRow(df, row(SpanSlot(span, j)), type, d, scratch + static_cast<int64_t>(j) * d);
+    skim::kernels::HWY_NAMESPACE::DecodeViewRow(df, kv, values, job.kv_head, SpanSlot(span, j), d,
+                                                scratch + static_cast<int64_t>(j) * d);
   ld = d;
   return scratch;
 }
@@ -129,6 +130,7 @@ HWY_INLINE void PrefetchRows(const TileJob& job, const KeySpan& span) {
   const KvView& kv = *job.kv;
   const int64_t k_bytes = kv_row_bytes(kv.k_type, job.head_dim), v_bytes = kv_row_bytes(kv.v_type, job.head_dim);
   for (int32_t j = 0; j < span.count; ++j) {
+    if (kv.staged(span.keys[j])) continue;  // the stage is a few recent rows, already in cache
     const auto* k = static_cast<const char*>(kv.k_row(job.kv_head, span.keys[j]));
     const auto* v = static_cast<const char*>(kv.v_row(job.kv_head, span.keys[j]));
     for (int64_t b = 0; b < k_bytes; b += 64) hwy::Prefetch(k + b);

@@ -21,10 +21,10 @@ HWY_BEFORE_NAMESPACE();
 namespace skim::kernels::HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 
-// TurboQuant rows: an f16 scale, then the index of value e at bit e * bits of
-// the packed little-endian index bits. UnpackTqIndices reads all d of them at
-// once: whole bytes (4 and 2 bits) or 3-byte groups of 8 (3 bits).
-HWY_INLINE void UnpackTqIndices(const uint8_t* HWY_RESTRICT p, int bits, int32_t d, int32_t* HWY_RESTRICT idx) {
+// Packed indices (TurboQuant and KIVI rows): the index of value e at bit
+// e * bits, little-endian. UnpackIndices reads all d of them at once: whole
+// bytes (4 and 2 bits) or 3-byte groups of 8 (3 bits).
+HWY_INLINE void UnpackIndices(const uint8_t* HWY_RESTRICT p, int bits, int32_t d, int32_t* HWY_RESTRICT idx) {
   if (bits == 4) {
     for (int32_t e = 0; e < d; e += 2, ++p) {
       idx[e] = *p & 15;
@@ -50,7 +50,7 @@ HWY_INLINE void DecodeTqRow(DF df, const uint8_t* HWY_RESTRICT src, int bits, in
   const auto vscale = hn::Set(df, f16_to_f32(half));
   const float* codebook = tq_codebook(bits);
   int32_t idx[kMaxKvRow];
-  UnpackTqIndices(src + 2, bits, d, idx);
+  UnpackIndices(src + 2, bits, d, idx);
   const int32_t levels = 1 << bits;
   if (levels <= N && N <= kTqCodebookFloats) {
     // The codebook fits in one vector: a lane permute instead of a gather.
@@ -61,6 +61,93 @@ HWY_INLINE void DecodeTqRow(DF df, const uint8_t* HWY_RESTRICT src, int bits, in
   } else {
     for (int32_t c = 0; c < d; c += N)
       hn::StoreU(hn::Mul(hn::GatherIndex(df, codebook, hn::LoadU(di, idx + c)), vscale), df, dst + c);
+  }
+}
+
+// KIVI: value = minimum + index * scale, with f16 scales and minima per
+// channel (keys: params holds a page's d scales, then its d minima) or per
+// 32 values (a value row: each block is scale, minimum, 32 indices).
+template <class DF>
+HWY_INLINE void DecodeKiviKeyRow(DF df, const uint8_t* HWY_RESTRICT src, const void* HWY_RESTRICT params, int bits,
+                                 int32_t d, float* HWY_RESTRICT dst) {
+  const int32_t N = static_cast<int32_t>(hn::Lanes(df));
+  const hn::Rebind<int32_t, DF> di;
+  const hn::Rebind<hwy::float16_t, DF> dh;
+  const auto* scale = static_cast<const hwy::float16_t*>(params);
+  int32_t idx[kMaxKvRow];
+  UnpackIndices(src, bits, d, idx);
+  for (int32_t c = 0; c < d; c += N)
+    hn::StoreU(hn::MulAdd(hn::ConvertTo(df, hn::LoadU(di, idx + c)), hn::PromoteTo(df, hn::LoadU(dh, scale + c)),
+                          hn::PromoteTo(df, hn::LoadU(dh, scale + d + c))),
+               df, dst + c);
+}
+
+template <class DF>
+HWY_INLINE void DecodeKiviValueRow(DF df, const uint8_t* HWY_RESTRICT src, int bits, int32_t d, float* HWY_RESTRICT dst) {
+  const int32_t N = static_cast<int32_t>(hn::Lanes(df));
+  const hn::Rebind<int32_t, DF> di;
+  int32_t idx[kKvBlock];
+  for (int32_t b = 0; b < d; b += kKvBlock, src += 4 + kKvBlock * bits / 8) {
+    uint16_t half[2];
+    std::memcpy(half, src, sizeof half);
+    const auto vscale = hn::Set(df, f16_to_f32(half[0])), vmin = hn::Set(df, f16_to_f32(half[1]));
+    UnpackIndices(src + 4, bits, kKvBlock, idx);
+    for (int32_t c = 0; c < kKvBlock; c += N)
+      hn::StoreU(hn::MulAdd(hn::ConvertTo(df, hn::LoadU(di, idx + c)), vscale, vmin), df, dst + b + c);
+  }
+}
+
+// Asymmetric integers of `bits` for n values x[i * stride]: the f16 scale
+// and minimum (their rounded values are what decoding uses, so the indices
+// are chosen against them) and the index of each value.
+HWY_INLINE void QuantizeKiviGroup(const float* HWY_RESTRICT x, int64_t stride, int32_t n, int bits, uint16_t& scale16,
+                                  uint16_t& min16, int32_t* HWY_RESTRICT idx) {
+  float lo = x[0], hi = x[0];
+  for (int32_t i = 1; i < n; ++i) {
+    lo = std::min(lo, x[i * stride]);
+    hi = std::max(hi, x[i * stride]);
+  }
+  const int32_t top = (1 << bits) - 1;
+  min16 = f32_to_f16(lo);
+  scale16 = f32_to_f16((hi - lo) / static_cast<float>(top));
+  const float m = f16_to_f32(min16), s = f16_to_f32(scale16);
+  const float inv = s > 0.0f ? 1.0f / s : 0.0f;
+  for (int32_t i = 0; i < n; ++i)
+    idx[i] = std::clamp(static_cast<int32_t>(std::lround((x[i * stride] - m) * inv)), 0, top);
+}
+
+HWY_INLINE void PackIndices(const int32_t* HWY_RESTRICT idx, int bits, int32_t n, uint8_t* HWY_RESTRICT dst) {
+  std::memset(dst, 0, static_cast<size_t>(n * bits / 8));
+  for (int32_t e = 0; e < n; ++e) dst[(e * bits) >> 3] |= static_cast<uint8_t>(idx[e] << ((e * bits) & 7));
+}
+
+HWY_INLINE void EncodeKiviValueRow(const float* HWY_RESTRICT src, int bits, int32_t d, uint8_t* HWY_RESTRICT dst) {
+  int32_t idx[kKvBlock];
+  for (int32_t b = 0; b < d; b += kKvBlock, dst += 4 + kKvBlock * bits / 8) {
+    uint16_t half[2];
+    QuantizeKiviGroup(src + b, 1, kKvBlock, bits, half[0], half[1], idx);
+    std::memcpy(dst, half, sizeof half);
+    PackIndices(idx, bits, kKvBlock, dst + 4);
+  }
+}
+
+// A page of KIVI keys: `rows` rows of d values (row i at src + i * d) become
+// rows of indices row_bytes apart at dst, and the channels' scales and minima at params.
+HWY_INLINE void EncodeKiviKeyPage(const float* HWY_RESTRICT src, int32_t rows, int bits, int32_t d, int64_t row_bytes,
+                                  uint8_t* HWY_RESTRICT dst, void* HWY_RESTRICT params) {
+  auto* scale = static_cast<uint16_t*>(params);
+  int32_t column[64 * 64];  // indices [channel][row] of one page, rows <= 64
+  int32_t row_idx[kMaxKvRow];
+  HWY_DASSERT(rows <= 64);
+  for (int32_t c0 = 0; c0 < d; c0 += 64) {
+    const int32_t width = std::min<int32_t>(64, d - c0);
+    for (int32_t c = 0; c < width; ++c)
+      QuantizeKiviGroup(src + c0 + c, d, rows, bits, scale[c0 + c], scale[d + c0 + c], column + c * 64);
+    for (int32_t i = 0; i < rows; ++i) {
+      for (int32_t c = 0; c < width; ++c) row_idx[c] = column[c * 64 + i];
+      // Whole bytes: 64 channels are a multiple of 8 values at 2 and 4 bits.
+      PackIndices(row_idx, bits, width, dst + i * row_bytes + c0 * bits / 8);
+    }
   }
 }
 
@@ -111,8 +198,10 @@ HWY_INLINE void EncodeTqRow(const float* HWY_RESTRICT src, int bits, int32_t d, 
 }
 
 // d values (a multiple of the f32 vector length) of a row of `type` at src, as f32.
+// params: a grouped format's page parameters (KvView::k_params), else unused.
 template <class DF>
-HWY_INLINE void DecodeKvRow(DF df, const void* HWY_RESTRICT src, KvDType type, int32_t d, float* HWY_RESTRICT dst) {
+HWY_INLINE void DecodeKvRow(DF df, const void* HWY_RESTRICT src, KvDType type, int32_t d, float* HWY_RESTRICT dst,
+                            const void* HWY_RESTRICT params = nullptr) {
   const int32_t N = static_cast<int32_t>(hn::Lanes(df));
   if (type == KvDType::F16) {
     const hn::Rebind<hwy::float16_t, DF> dh;
@@ -153,13 +242,31 @@ HWY_INLINE void DecodeKvRow(DF df, const void* HWY_RESTRICT src, KvDType type, i
     }
   } else if (kv_tq_bits(type) != 0) {
     DecodeTqRow(df, static_cast<const uint8_t*>(src), kv_tq_bits(type), d, dst);
+  } else if (kv_grouped(type)) {
+    DecodeKiviKeyRow(df, static_cast<const uint8_t*>(src), params, kv_kivi_bits(type), d, dst);
+  } else if (kv_kivi_bits(type) != 0) {
+    DecodeKiviValueRow(df, static_cast<const uint8_t*>(src), kv_kivi_bits(type), d, dst);
   } else {
     const auto* s = static_cast<const float*>(src);
     for (int32_t c = 0; c < d; c += N) hn::StoreU(hn::LoadU(df, s + c), df, dst + c);
   }
 }
 
-// The inverse, for writers of the cache: d f32 values stored as `type`.
+// Row `slot` of KV head `head` of a view, K or V, widened to f32: from the
+// f16 stage while the slot's page is unfilled, else in the view's format.
+template <class DF>
+HWY_INLINE void DecodeViewRow(DF df, const KvView& kv, bool values, int32_t head, int64_t slot, int32_t d,
+                              float* HWY_RESTRICT dst) {
+  if (kv.staged(slot)) {
+    DecodeKvRow(df, kv.stage_row(values, head, slot), KvDType::F16, d, dst);
+  } else if (values) {
+    DecodeKvRow(df, kv.v_row(head, slot), kv.v_type, d, dst);
+  } else {
+    DecodeKvRow(df, kv.k_row(head, slot), kv.k_type, d, dst, kv_grouped(kv.k_type) ? kv.k_params(head, slot) : nullptr);
+  }
+}
+
+// The inverse, for writers of the cache: d f32 values stored as `type` (not a grouped type: EncodeKiviKeyPage).
 template <class DF>
 HWY_INLINE void EncodeKvRow(DF df, const float* HWY_RESTRICT src, KvDType type, int32_t d, void* HWY_RESTRICT dst) {
   const int32_t N = static_cast<int32_t>(hn::Lanes(df));
@@ -191,6 +298,8 @@ HWY_INLINE void EncodeKvRow(DF df, const float* HWY_RESTRICT src, KvDType type, 
     EncodeQ4_0Row(src, d, static_cast<uint8_t*>(dst));
   } else if (kv_tq_bits(type) != 0) {
     EncodeTqRow(src, kv_tq_bits(type), d, static_cast<uint8_t*>(dst));
+  } else if (kv_kivi_bits(type) != 0 && !kv_grouped(type)) {
+    EncodeKiviValueRow(src, kv_kivi_bits(type), d, static_cast<uint8_t*>(dst));
   } else {
     auto* o = static_cast<float*>(dst);
     for (int32_t c = 0; c < d; c += N) hn::StoreU(hn::LoadU(df, src + c), df, o + c);

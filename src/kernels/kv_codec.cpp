@@ -18,13 +18,15 @@ namespace skim::kernels::HWY_NAMESPACE {
 
 void ReadRows(const KvView& kv, bool values, int32_t head, int64_t slot0, int64_t count, int32_t d, float* dst) {
   const hn::ScalableTag<float> df;
-  for (int64_t j = 0; j < count; ++j, dst += d)
-    DecodeKvRow(df, values ? kv.v_row(head, slot0 + j) : kv.k_row(head, slot0 + j), values ? kv.v_type : kv.k_type, d,
-                dst);
+  for (int64_t j = 0; j < count; ++j, dst += d) DecodeViewRow(df, kv, values, head, slot0 + j, d, dst);
 }
 
 void EncodeRow(const float* src, KvDType type, int32_t n, void* dst) {
   EncodeKvRow(hn::ScalableTag<float>(), src, type, n, dst);
+}
+
+void EncodeKeyPage(const float* src, int32_t rows, KvDType type, int32_t d, int64_t row_bytes, void* dst, void* params) {
+  EncodeKiviKeyPage(src, rows, kv_kivi_bits(type), d, row_bytes, static_cast<uint8_t*>(dst), params);
 }
 
 }  // namespace skim::kernels::HWY_NAMESPACE
@@ -35,6 +37,7 @@ namespace skim::kernels {
 
 HWY_EXPORT(ReadRows);
 HWY_EXPORT(EncodeRow);
+HWY_EXPORT(EncodeKeyPage);
 
 namespace {
 // Page ids of a contiguous view: head h is page h.
@@ -107,7 +110,15 @@ void read_v_rows(const KvView& kv, int32_t head, int64_t slot0, int64_t count, i
 }
 
 void encode_kv_row(const float* src, KvDType type, int32_t n, void* dst) {
+  if (kv_grouped(type)) throw std::logic_error("a grouped KV format is encoded a page at a time");
   HWY_DYNAMIC_DISPATCH(EncodeRow)(src, type, n, dst);
+}
+
+void encode_kv_key_page(const float* src, int32_t rows, KvDType type, int32_t n, int64_t row_bytes, void* dst,
+                        void* params) {
+  if (!kv_grouped(type) || rows > 64 || n % 64 != 0)
+    throw std::logic_error("encode_kv_key_page: a grouped format, at most 64 rows of a multiple of 64 values");
+  HWY_DYNAMIC_DISPATCH(EncodeKeyPage)(src, rows, type, n, row_bytes, dst, params);
 }
 
 }  // namespace skim::kernels

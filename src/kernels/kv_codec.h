@@ -14,8 +14,13 @@ namespace skim::kernels {
 void read_k_rows(const KvView& kv, int32_t head, int64_t slot0, int64_t count, int32_t head_dim, float* dst);
 void read_v_rows(const KvView& kv, int32_t head, int64_t slot0, int64_t count, int32_t head_dim, float* dst);
 
-// One row of n values (a multiple of 16) stored as `type` at dst.
+// One row of n values (a multiple of 16) stored as `type` at dst (not a grouped type).
 void encode_kv_row(const float* src, KvDType type, int32_t n, void* dst);
+// A page of keys in a grouped format (kv_grouped): `rows` (at most 64) rows of
+// n values (a multiple of 64), row i at src + i * n, stored as rows row_bytes
+// apart at dst and the page's parameters (kv_page_param_bytes) at params.
+void encode_kv_key_page(const float* src, int32_t rows, KvDType type, int32_t n, int64_t row_bytes, void* dst,
+                        void* params);
 
 // The longest row a codec handles.
 inline constexpr int32_t kMaxKvRow = 512;

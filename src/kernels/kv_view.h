@@ -27,8 +27,15 @@ namespace skim::kernels {
 // - TQ4, TQ3, TQ2 (TurboQuant, MSE variant): per row an f16 scale and a 4-, 3-
 //   or 2-bit index per value into a Lloyd-Max codebook for N(0, 1), for rows
 //   whose coordinates were made near Gaussian by a Hadamard rotation.
+// - KIVI_K4, KIVI_K2 (KIVI's keys): asymmetric 4- or 2-bit integers per
+//   channel, one f16 scale and minimum per channel for a page's rows (the
+//   page's parameters follow its K rows); a page is encoded once all its rows
+//   are in, so the rows of a sequence's last, unfilled page stay f16 (KIVI's
+//   full-precision window of recent tokens).
+// - KIVI_V4, KIVI_V2 (KIVI's values): asymmetric 4- or 2-bit integers per
+//   token, per 32 values an f16 scale, an f16 minimum and the packed indices.
 // Quantized rows need a row length that is a multiple of 32.
-enum class KvDType : uint8_t { F32, F16, BF16, Q8_0, Q4_0, TQ4, TQ3, TQ2 };
+enum class KvDType : uint8_t { F32, F16, BF16, Q8_0, Q4_0, TQ4, TQ3, TQ2, KIVI_K4, KIVI_K2, KIVI_V4, KIVI_V2 };
 inline constexpr int64_t kKvBlock = 32;
 
 inline bool kv_quantized(KvDType t) { return t >= KvDType::Q8_0; }
@@ -36,6 +43,14 @@ inline bool kv_quantized(KvDType t) { return t >= KvDType::Q8_0; }
 inline int kv_tq_bits(KvDType t) {
   return t == KvDType::TQ4 ? 4 : t == KvDType::TQ3 ? 3 : t == KvDType::TQ2 ? 2 : 0;
 }
+// Integer bits of a KIVI format (0 for the others).
+inline int kv_kivi_bits(KvDType t) {
+  return t == KvDType::KIVI_K4 || t == KvDType::KIVI_V4 ? 4 : t == KvDType::KIVI_K2 || t == KvDType::KIVI_V2 ? 2 : 0;
+}
+// A format quantized across the rows of a page (per channel), not row by row.
+inline bool kv_grouped(KvDType t) { return t == KvDType::KIVI_K4 || t == KvDType::KIVI_K2; }
+// Bytes of a page's parameters after its rows: per channel an f16 scale, then per channel an f16 minimum.
+inline int64_t kv_page_param_bytes(KvDType t, int64_t n) { return kv_grouped(t) ? 4 * n : 0; }
 
 // Bytes of one row of n values.
 inline int64_t kv_row_bytes(KvDType t, int64_t n) {
@@ -45,6 +60,10 @@ inline int64_t kv_row_bytes(KvDType t, int64_t n) {
     case KvDType::BF16: return 2 * n;
     case KvDType::Q8_0: return n / kKvBlock * (kKvBlock + 2);
     case KvDType::Q4_0: return n / kKvBlock * (kKvBlock / 2 + 2);
+    case KvDType::KIVI_K4:
+    case KvDType::KIVI_K2: return n * kv_kivi_bits(t) / 8;
+    case KvDType::KIVI_V4:
+    case KvDType::KIVI_V2: return n / kKvBlock * (4 + kKvBlock * kv_kivi_bits(t) / 8);
     default: return 2 + n * kv_tq_bits(t) / 8;
   }
 }
@@ -64,6 +83,16 @@ struct KvView {
   // Slots [0, first_key) are not held (the pages a sliding-window layer gave
   // back): no reader may touch them, and slots_through counts them as earlier.
   int64_t first_key = 0;
+  // Grouped K (kv_grouped): a page's parameters start k_params_offset bytes after its K rows.
+  int64_t k_params_offset = 0;
+  // Slots at or after stage_slot0 (a layer's unfilled last page while its
+  // format is grouped) are f16 rows outside the pages: slot s of head h at
+  // k_stage + (s - stage_slot0) * stage_row_stride + h * head_dim (v_stage alike).
+  int64_t stage_slot0 = INT64_MAX;
+  const uint16_t* k_stage = nullptr;
+  const uint16_t* v_stage = nullptr;
+  int64_t stage_row_stride = 0;  // halves between consecutive slots
+  int32_t stage_head_dim = 0;
 
   // [head][rows][row_stride] arrays of `type`, K and V alike (head_stride, row_stride
   // in elements), at most 1024 heads. positions: one per slot, shared by all heads (null: position == slot).
@@ -80,6 +109,13 @@ struct KvView {
   }
   const void* v_row(int32_t head, int64_t slot) const {
     return v + page_of(head, slot) * page_bytes + row_in_page(slot) * v_row_bytes;
+  }
+  bool staged(int64_t slot) const { return slot >= stage_slot0; }
+  const uint16_t* stage_row(bool values, int32_t head, int64_t slot) const {
+    return (values ? v_stage : k_stage) + (slot - stage_slot0) * stage_row_stride + static_cast<int64_t>(head) * stage_head_dim;
+  }
+  const void* k_params(int32_t head, int64_t slot) const {
+    return k + page_of(head, slot) * page_bytes + k_params_offset;
   }
   int32_t position(int32_t head, int64_t slot) const {
     if (!positions) return static_cast<int32_t>(slot);

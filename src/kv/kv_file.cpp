@@ -120,6 +120,7 @@ void write_tensors(Sink& w, KvSequence& seq, std::span<const int32_t> tokens) {
 }  // namespace
 
 size_t save_kv_file(const std::string& path, KvSequence& seq, std::span<const int32_t> tokens, const KvFileMeta& meta) {
+  seq.require_row_formats("save");
   const std::vector<Tensor> tensors = tensors_of(seq, tokens.size());
   // The checksum goes in the header, before the bytes it covers: a first pass computes it.
   XXH3_state_t state;

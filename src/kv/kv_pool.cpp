@@ -45,7 +45,10 @@ KvPool::KvPool(int32_t head_dim, KvFormat format, int64_t max_pages)
         fmt::format("a quantized KV cache needs a head size that is a multiple of {}, not {}", kernels::kKvBlock, head_dim));
   k_row_bytes_ = kernels::kv_row_bytes(format.k, head_dim);
   v_row_bytes_ = kernels::kv_row_bytes(format.v, head_dim);
-  page_bytes_ = kPageRows * (k_row_bytes_ + v_row_bytes_);
+  if ((kernels::kv_grouped(format.k) || kernels::kv_grouped(format.v)) && head_dim % 64 != 0)
+    throw std::invalid_argument(fmt::format("KIVI keys need a head size that is a multiple of 64, not {}", head_dim));
+  if (kernels::kv_grouped(format.v)) throw std::invalid_argument("KV pool: values are never grouped by channel");
+  page_bytes_ = values_offset() + kPageRows * v_row_bytes_;
   // A cap the machine could never fill is a mistake to report now, not when
   // the pages run out in the middle of a prompt.
   check_kv_cap(static_cast<double>(max_pages) * static_cast<double>(page_bytes()));
@@ -108,6 +111,7 @@ kernels::KvView KvPool::view_base() const {
   v.page_bytes = page_bytes_;
   v.k_row_bytes = k_row_bytes_;
   v.v_row_bytes = v_row_bytes_;
+  v.k_params_offset = kPageRows * k_row_bytes_;
   v.page_shift = kPageShift;
   v.positions = positions_;
   v.pos_page_stride = kPageRows;

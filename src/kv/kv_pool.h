@@ -65,11 +65,16 @@ class KvPool {
   int64_t v_row_bytes() const { return v_row_bytes_; }
   int64_t max_pages() const { return max_pages_; }
   int64_t pages_in_use() const { return in_use_; }
-  // Bytes of one page: K and V rows plus the positions.
+  // Bytes of one page: K rows (and a grouped format's parameters), V rows, the positions.
   static size_t page_bytes(int32_t head_dim, KvFormat format) {
     return kPageRows * static_cast<size_t>(kernels::kv_row_bytes(format.k, head_dim) +
-                                           kernels::kv_row_bytes(format.v, head_dim) + sizeof(int32_t));
+                                           kernels::kv_row_bytes(format.v, head_dim) + sizeof(int32_t)) +
+           static_cast<size_t>(kernels::kv_page_param_bytes(format.k, head_dim));
   }
+  // Bytes of a page's K and V storage (k_rows to the end of its V rows).
+  size_t rows_bytes() const { return static_cast<size_t>(page_bytes_); }
+  // Whether a sequence holds this pool's unfilled last page in f16 (KIVI's window of recent rows).
+  bool staged() const { return kernels::kv_kivi_bits(format_.k) != 0 || kernels::kv_kivi_bits(format_.v) != 0; }
   size_t page_bytes() const { return page_bytes(head_dim_, format_); }
   size_t held_bytes() const { return static_cast<size_t>(in_use_) * page_bytes(); }
 
@@ -77,7 +82,9 @@ class KvPool {
   kernels::KvView view_base() const;
 
  private:
-  int64_t values_offset() const { return kPageRows * k_row_bytes_; }
+  int64_t values_offset() const {
+    return kPageRows * k_row_bytes_ + kernels::kv_page_param_bytes(format_.k, head_dim_);
+  }
 
   int32_t head_dim_;
   KvFormat format_;

@@ -19,6 +19,9 @@ KvSequence::KvSequence(std::vector<KvPool*> layer_pools, int32_t n_head_kv, int6
   offsets_.assign(static_cast<size_t>(n_layer_) * n_head_kv * pools_.front()->head_dim(), 0.0f);
   offset_set_.assign(static_cast<size_t>(n_layer_), 0);
   first_slot_.assign(static_cast<size_t>(n_layer_), 0);
+  stage_slot0_.assign(static_cast<size_t>(n_layer_), 0);
+  stage_k_.resize(static_cast<size_t>(n_layer_));
+  stage_v_.resize(static_cast<size_t>(n_layer_));
 }
 
 KvSequence::KvSequence(KvPool& pool, int32_t n_layer, int32_t n_head_kv, int64_t max_slots)
@@ -32,7 +35,8 @@ KvSequence::KvSequence(KvSequence&& other) noexcept
     : pools_(std::move(other.pools_)), n_layer_(other.n_layer_), n_head_kv_(other.n_head_kv_),
       max_slots_(other.max_slots_), size_(other.size_), tables_(std::move(other.tables_)),
       offsets_(std::move(other.offsets_)), offset_set_(std::move(other.offset_set_)),
-      first_slot_(std::move(other.first_slot_)), evicted_(other.evicted_) {
+      first_slot_(std::move(other.first_slot_)), stage_slot0_(std::move(other.stage_slot0_)),
+      stage_k_(std::move(other.stage_k_)), stage_v_(std::move(other.stage_v_)), evicted_(other.evicted_) {
   other.pools_.clear();
   other.size_ = 0;
 }
@@ -43,6 +47,9 @@ KvSequence KvSequence::fork() const {
   copy.offsets_ = offsets_;
   copy.offset_set_ = offset_set_;
   copy.first_slot_ = first_slot_;
+  copy.stage_slot0_ = stage_slot0_;
+  copy.stage_k_ = stage_k_;
+  copy.stage_v_ = stage_v_;
   copy.evicted_ = evicted_;
   copy.size_ = size_;
   for (int32_t l = 0; l < n_layer_; ++l)
@@ -55,7 +62,7 @@ void KvSequence::own_pages(int64_t index) {
   for (int32_t l = 0; l < n_layer_; ++l) {
     if (index < first_page(l)) continue;  // released: no one reads it again
     KvPool& p = pool(l);
-    const size_t bytes = kPageRows * static_cast<size_t>(p.k_row_bytes() + p.v_row_bytes());
+    const size_t bytes = p.rows_bytes();
     for (int32_t h = 0; h < n_head_kv_; ++h) {
       PageId& id = page(l, h, index);
       if (p.refs(id) == 1) continue;
@@ -101,17 +108,103 @@ int64_t KvSequence::append(std::span<const int32_t> positions) {
         pool(l).positions(page(l, h, s >> kPageShift))[s & (kPageRows - 1)] = positions[static_cast<size_t>(j)];
       }
   size_ += n;
+  resize_stages();
   return first;
+}
+
+void KvSequence::resize_stages() {
+  for (int32_t l = 0; l < n_layer_; ++l) {
+    if (!staged(l)) continue;
+    const size_t halves = static_cast<size_t>((size_ - stage_slot0_[static_cast<size_t>(l)]) * stage_row_halves(l));
+    stage_k_[static_cast<size_t>(l)].resize(halves);
+    stage_v_[static_cast<size_t>(l)].resize(halves);
+  }
+}
+
+uint16_t* KvSequence::stage_row(int32_t layer, bool values, int32_t head, int64_t slot) {
+  auto& stage = values ? stage_v_[static_cast<size_t>(layer)] : stage_k_[static_cast<size_t>(layer)];
+  return stage.data() + (slot - stage_slot0_[static_cast<size_t>(layer)]) * stage_row_halves(layer) +
+         static_cast<int64_t>(head) * head_dim(layer);
+}
+
+void KvSequence::store_row(int32_t layer, int32_t head, int64_t slot, const float* k, const float* v) {
+  const KvFormat f = format(layer);
+  if (staged(layer) && slot >= stage_slot0_[static_cast<size_t>(layer)]) {
+    kernels::encode_kv_row(k, kernels::KvDType::F16, head_dim(layer), stage_row(layer, false, head, slot));
+    kernels::encode_kv_row(v, kernels::KvDType::F16, head_dim(layer), stage_row(layer, true, head, slot));
+    return;
+  }
+  kernels::encode_kv_row(k, f.k, head_dim(layer), k_row(layer, head, slot));
+  kernels::encode_kv_row(v, f.v, head_dim(layer), v_row(layer, head, slot));
+}
+
+void KvSequence::seal(int32_t layer) {
+  if (!staged(layer)) return;
+  int64_t& slot0 = stage_slot0_[static_cast<size_t>(layer)];
+  const int64_t first = slot0;
+  const int32_t d = head_dim(layer);
+  const KvFormat f = format(layer);
+  KvPool& p = pool(layer);
+  const kernels::KvView staged_view = view(layer);  // reads the stage's rows as f32
+  std::vector<float> k(static_cast<size_t>(kPageRows * d)), v(static_cast<size_t>(d));
+  for (; slot0 + kPageRows <= size_; slot0 += kPageRows) {
+    for (int32_t h = 0; h < n_head_kv_; ++h) {
+      const PageId id = page(layer, h, slot0 >> kPageShift);
+      kernels::read_k_rows(staged_view, h, slot0, kPageRows, d, k.data());
+      if (kernels::kv_grouped(f.k)) {
+        kernels::encode_kv_key_page(k.data(), kPageRows, f.k, d, p.k_row_bytes(), p.k_rows(id),
+                                    p.k_rows(id) + kPageRows * p.k_row_bytes());
+      } else {
+        for (int64_t r = 0; r < kPageRows; ++r)
+          kernels::encode_kv_row(k.data() + r * d, f.k, d, p.k_rows(id) + r * p.k_row_bytes());
+      }
+      for (int64_t r = 0; r < kPageRows; ++r) {
+        kernels::read_v_rows(staged_view, h, slot0 + r, 1, d, v.data());
+        kernels::encode_kv_row(v.data(), f.v, d, p.v_rows(id) + r * p.v_row_bytes());
+      }
+    }
+  }
+  if (slot0 == first) return;
+  const auto drop = static_cast<std::ptrdiff_t>((slot0 - first) * stage_row_halves(layer));
+  stage_k_[static_cast<size_t>(layer)].erase(stage_k_[static_cast<size_t>(layer)].begin(),
+                                             stage_k_[static_cast<size_t>(layer)].begin() + drop);
+  stage_v_[static_cast<size_t>(layer)].erase(stage_v_[static_cast<size_t>(layer)].begin(),
+                                             stage_v_[static_cast<size_t>(layer)].begin() + drop);
 }
 
 void KvSequence::truncate(int64_t n) {
   if (n < 0 || n > size_) throw std::out_of_range(fmt::format("KV sequence holds {} slots, asked to keep {}", size_, n));
   if (n > 0 && n <= first_held())
     throw std::out_of_range(fmt::format("KV sequence: slots before {} were released, asked to keep {}", first_held(), n));
+  for (int32_t l = 0; l < n_layer_; ++l) {
+    int64_t& slot0 = stage_slot0_[static_cast<size_t>(l)];
+    if (!staged(l) || n >= slot0) continue;
+    // The page that becomes the last one again goes back to the stage, its
+    // rows as decoded: the next seal quantizes them with the rows that follow.
+    const int64_t begin = n & ~static_cast<int64_t>(kPageRows - 1);
+    std::vector<uint16_t>& sk = stage_k_[static_cast<size_t>(l)];
+    std::vector<uint16_t>& sv = stage_v_[static_cast<size_t>(l)];
+    const int32_t d = head_dim(l);
+    std::vector<uint16_t> k(static_cast<size_t>((n - begin) * stage_row_halves(l))), v(k.size());
+    std::vector<float> row(static_cast<size_t>(d));
+    const kernels::KvView sealed = view(l);
+    for (int64_t s = begin; s < n; ++s)
+      for (int32_t h = 0; h < n_head_kv_; ++h) {
+        const size_t at = static_cast<size_t>((s - begin) * stage_row_halves(l) + static_cast<int64_t>(h) * d);
+        kernels::read_k_rows(sealed, h, s, 1, d, row.data());
+        kernels::encode_kv_row(row.data(), kernels::KvDType::F16, d, k.data() + at);
+        kernels::read_v_rows(sealed, h, s, 1, d, row.data());
+        kernels::encode_kv_row(row.data(), kernels::KvDType::F16, d, v.data() + at);
+      }
+    sk = std::move(k);
+    sv = std::move(v);
+    slot0 = begin;
+  }
   for (int32_t l = 0; l < n_layer_; ++l)
     for (int64_t i = std::max(pages_for(n), first_page(l)); i < pages_for(size_); ++i)
       for (int32_t h = 0; h < n_head_kv_; ++h) pool(l).release(page(l, h, i));
   size_ = n;
+  resize_stages();
   if (n == 0) {
     std::fill(offset_set_.begin(), offset_set_.end(), 0);
     std::fill(first_slot_.begin(), first_slot_.end(), 0);
@@ -130,6 +223,13 @@ void KvSequence::release_before(int32_t layer, int64_t slot) {
 }
 
 int64_t KvSequence::first_held() const { return *std::max_element(first_slot_.begin(), first_slot_.end()); }
+
+void KvSequence::require_row_formats(const char* what) const {
+  for (int32_t l = 0; l < n_layer_; ++l)
+    if (staged(l))
+      throw std::invalid_argument(fmt::format(
+          "KV cache: cannot {} rows of KIVI layers (their keys are quantized per channel over a page of rows)", what));
+}
 
 void KvSequence::require_all_held(const char* what) const {
   if (first_held() > 0)
@@ -151,6 +251,7 @@ void KvSequence::erase(int64_t begin, int64_t end) {
     throw std::out_of_range(fmt::format("KV sequence holds {} slots, asked to erase [{}, {})", size_, begin, end));
   if (begin == end) return;
   require_all_held("erase");
+  require_row_formats("erase");
   const int64_t kept = size_ - (end - begin);
   for (int64_t i = begin / kPageRows; i < pages_for(kept); ++i) own_pages(i);
   for (int32_t l = 0; l < n_layer_; ++l)
@@ -177,6 +278,7 @@ void KvSequence::move_rows(int32_t layer, int32_t head, std::span<const int64_t>
 
 void KvSequence::keep_rows(const std::vector<std::vector<std::vector<int64_t>>>& kept) {
   if (static_cast<int32_t>(kept.size()) != n_layer_) throw std::invalid_argument("KV sequence: keep_rows needs every layer");
+  require_row_formats("evict");
   std::vector<int64_t> count(static_cast<size_t>(n_layer_));
   int64_t end = 0;
   for (int32_t l = 0; l < n_layer_; ++l) {
@@ -222,6 +324,7 @@ void KvSequence::keep_rows(const std::vector<std::vector<std::vector<int64_t>>>&
 void KvSequence::write_row(int32_t layer, int32_t head, int64_t slot, const float* k, const float* v) {
   if (slot < first_slot(layer) || slot >= size_)
     throw std::out_of_range(fmt::format("KV sequence: layer {} does not hold slot {}", layer, slot));
+  require_row_formats("rewrite");
   if (pool(layer).refs(page(layer, head, slot >> kPageShift)) > 1) own_pages(slot >> kPageShift);
   const KvFormat f = format(layer);
   kernels::encode_kv_row(k, f.k, head_dim(layer), k_row(layer, head, slot));
@@ -251,6 +354,13 @@ kernels::KvView KvSequence::view(int32_t layer) const {
   v.pages_per_head = table_pages();
   v.n_keys = size_;
   v.first_key = std::min(first_slot(layer), size_);
+  if (staged(layer)) {
+    v.stage_slot0 = stage_slot0_[static_cast<size_t>(layer)];
+    v.k_stage = stage_k_[static_cast<size_t>(layer)].data();
+    v.v_stage = stage_v_[static_cast<size_t>(layer)].data();
+    v.stage_row_stride = stage_row_halves(layer);
+    v.stage_head_dim = head_dim(layer);
+  }
   return v;
 }
 
@@ -263,7 +373,8 @@ int64_t KvSequence::pages_held() const {
 size_t KvSequence::held_bytes() const {
   size_t bytes = 0;
   for (int32_t l = 0; l < n_layer_; ++l)
-    bytes += static_cast<size_t>((pages_for(size_) - first_page(l)) * n_head_kv_) * pool(l).page_bytes();
+    bytes += static_cast<size_t>((pages_for(size_) - first_page(l)) * n_head_kv_) * pool(l).page_bytes() +
+             2 * sizeof(uint16_t) * stage_k_[static_cast<size_t>(l)].size();
   return bytes;
 }
 

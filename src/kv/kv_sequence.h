@@ -70,6 +70,10 @@ class KvSequence {
   // Whether keep_rows dropped rows since the sequence was last empty: its
   // slots then no longer stand for the tokens it saw.
   bool evicted() const { return evicted_; }
+  // Throws std::invalid_argument naming `what` (erase, evict, save, ...) when a
+  // layer is staged (KIVI): its sealed pages are quantized per channel over
+  // their rows, so no row can move, change or be stored alone.
+  void require_row_formats(const char* what) const;
 
   // A vector per (layer, KV head) subtracted from every key before it is
   // stored (SageAttention's key smoothing): it changes each query's scores by
@@ -86,10 +90,20 @@ class KvSequence {
   int64_t k_row_bytes(int32_t layer) const { return pool(layer).k_row_bytes(); }
   int64_t v_row_bytes(int32_t layer) const { return pool(layer).v_row_bytes(); }
   int32_t head_dim(int32_t layer) const { return pool(layer).head_dim(); }
+  // Stores a row appended and not yet written (K and V, head_dim values each):
+  // in the layer's formats, or in f16 in the stage of a layer whose pool is
+  // staged (KvPool::staged) until seal encodes its page. Rows of different
+  // (head, slot) may be stored from different threads.
+  void store_row(int32_t layer, int32_t head, int64_t slot, const float* k, const float* v);
+  // Encodes every page of a staged layer whose rows are all stored (KIVI
+  // keys are quantized per channel over a page's rows): only the last,
+  // unfilled page stays f16. Nothing to do for other layers.
+  void seal(int32_t layer);
   // Rewrites a held row (K and V, head_dim values each) in the layer's formats,
   // copying its page first when another sequence shares it.
   void write_row(int32_t layer, int32_t head, int64_t slot, const float* k, const float* v);
-  // Rows of a slot this sequence owns (written after append), head_dim values in the layer's format.
+  // Rows of a slot this sequence owns (written after append), head_dim values in the layer's format
+  // (not for a staged layer, whose rows store_row places).
   void* k_row(int32_t layer, int32_t head, int64_t slot);
   void* v_row(int32_t layer, int32_t head, int64_t slot);
 
@@ -117,6 +131,11 @@ class KvSequence {
   int64_t first_slot(int32_t layer) const { return first_slot_[static_cast<size_t>(layer)]; }
   int64_t first_page(int32_t layer) const { return first_slot(layer) >> kPageShift; }
   void require_all_held(const char* what) const;
+  bool staged(int32_t layer) const { return pool(layer).staged(); }
+  int64_t stage_row_halves(int32_t layer) const { return static_cast<int64_t>(n_head_kv_) * head_dim(layer); }
+  uint16_t* stage_row(int32_t layer, bool values, int32_t head, int64_t slot);
+  // A staged layer's stage holds the slots [stage_slot0, size()): sized after append, refilled by truncate.
+  void resize_stages();
   void move_row(int32_t layer, int32_t head, int64_t from, int64_t to);
   // Moves the rows at `slots` (ascending) of one (layer, head) to slots
   // first, first + 1, ..., copying shared pages before writing them.
@@ -130,6 +149,8 @@ class KvSequence {
   std::vector<float> offsets_;               // [layer][head][head_dim]: key_offset
   std::vector<uint8_t> offset_set_;          // [layer]
   std::vector<int64_t> first_slot_;          // [layer]: slots before it are not held (release_before)
+  std::vector<int64_t> stage_slot0_;         // [layer]: staged layers' first slot not yet sealed (a page start)
+  std::vector<std::vector<uint16_t>> stage_k_, stage_v_;  // [layer][slot - stage_slot0][head][head_dim] f16
   bool evicted_ = false;
 };
 

@@ -4,6 +4,7 @@
 
 #include <fmt/format.h>
 
+#include "kv/kv_pool.h"
 #include "skim/kv.h"
 
 namespace skim {
@@ -24,7 +25,18 @@ constexpr TypeEntry kTypes[] = {
     {kernels::KvDType::TQ4, "tq4", "TurboQuant (MSE): Hadamard rotation, per row an f16 norm, 4-bit Lloyd-Max levels"},
     {kernels::KvDType::TQ3, "tq3", "TurboQuant (MSE): as tq4 with 3-bit levels"},
     {kernels::KvDType::TQ2, "tq2", "TurboQuant (MSE): as tq4 with 2-bit levels"},
+    {kernels::KvDType::KIVI_K4, "kivi4",
+     "KIVI: 4-bit asymmetric keys per channel over each 64-row page, values per token (per 32 an f16 scale and "
+     "minimum); the last, unfilled page f16; bytes: a key row with its share of the page's scales"},
+    {kernels::KvDType::KIVI_K2, "kivi2", "KIVI: as kivi4 with 2-bit integers"},
 };
+
+// The value format of a name that means a per-channel key format for -ctk.
+kernels::KvDType as_values(kernels::KvDType t) {
+  return t == kernels::KvDType::KIVI_K4 ? kernels::KvDType::KIVI_V4
+         : t == kernels::KvDType::KIVI_K2 ? kernels::KvDType::KIVI_V2
+                                           : t;
+}
 
 }  // namespace
 
@@ -32,7 +44,9 @@ const std::vector<KvTypeInfo>& kv_cache_types() {
   static const std::vector<KvTypeInfo> types = [] {
     std::vector<KvTypeInfo> out;
     for (const TypeEntry& t : kTypes)
-      out.push_back({t.name, t.summary, kernels::kv_row_bytes(t.type, 64), kernels::kv_row_bytes(t.type, 128)});
+      out.push_back({t.name, t.summary,
+                     kernels::kv_row_bytes(t.type, 64) + kernels::kv_page_param_bytes(t.type, 64) / kv::kPageRows,
+                     kernels::kv_row_bytes(t.type, 128) + kernels::kv_page_param_bytes(t.type, 128) / kv::kPageRows});
     return out;
   }();
   return types;
@@ -40,10 +54,10 @@ const std::vector<KvTypeInfo>& kv_cache_types() {
 
 namespace kv {
 
-kernels::KvDType parse_kv_type(const std::string& name) {
+kernels::KvDType parse_kv_type(const std::string& name, bool values) {
   std::string names;
   for (const TypeEntry& t : kTypes) {
-    if (name == t.name) return t.type;
+    if (name == t.name) return values ? as_values(t.type) : t.type;
     names += names.empty() ? t.name : std::string(", ") + t.name;
   }
   throw std::invalid_argument(fmt::format("KV cache type '{}': use one of {}", name, names));
@@ -51,7 +65,7 @@ kernels::KvDType parse_kv_type(const std::string& name) {
 
 const char* kv_type_name(kernels::KvDType type) {
   for (const TypeEntry& t : kTypes)
-    if (t.type == type) return t.name;
+    if (t.type == type || as_values(t.type) == type) return t.name;
   throw std::logic_error("KV type without a name");
 }
 

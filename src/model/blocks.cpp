@@ -35,8 +35,14 @@ Activations::Activations(const ModelConfig& c, size_t rows) {
 namespace blocks {
 
 int32_t kv_rotation_block(kernels::KvDType type, int head_dim, bool keys) {
-  if (!kernels::kv_quantized(type) || head_dim % 64 != 0) return 0;
+  // KIVI quantizes the channels as they are: its keys' scales follow the outlier channels a rotation would spread.
+  if (!kernels::kv_quantized(type) || kernels::kv_kivi_bits(type) != 0 || head_dim % 64 != 0) return 0;
   return keys ? head_dim & -head_dim : 64;
+}
+
+bool centers_keys(bool enabled, kernels::KvDType k) {
+  // A per-channel minimum already removes what centering would (docs/kv-formats.md).
+  return enabled && kernels::kv_quantized(k) && kernels::kv_kivi_bits(k) == 0;
 }
 
 int64_t gemv_rows(const Forward& f, std::span<const int> rows) {
@@ -308,7 +314,7 @@ void attention(Forward& f, int l) {
   for (int i = 0; i < n; ++i)
     kernels::rope(s.k.data() + static_cast<size_t>(i) * kv_dim, c.n_head_kv, hd, s.rope_cos.data() + static_cast<size_t>(i) * half,
                   s.rope_sin.data() + static_cast<size_t>(i) * half, interleaved);
-  const bool center = f.kv_center_keys && kernels::kv_quantized(format.k);
+  const bool center = centers_keys(f.kv_center_keys, format.k);
   timer.emplace(f.times.kv_store_ms);
   if (center)
     for (const SequenceRows& sr : f.seqs)
@@ -326,11 +332,10 @@ void attention(Forward& f, int l) {
     if (k_rot) kernels::hadamard(k, kv_dim, k_rot);
     if (v_rot) kernels::hadamard(v, kv_dim, v_rot);
     const int64_t slot = sr.slot0 + (i - sr.row0);
-    for (int g = 0; g < c.n_head_kv; ++g) {
-      kernels::encode_kv_row(k + static_cast<size_t>(g) * hd, format.k, hd, sr.kv->k_row(l, g, slot));
-      kernels::encode_kv_row(v + static_cast<size_t>(g) * hd, format.v, hd, sr.kv->v_row(l, g, slot));
-    }
+    for (int g = 0; g < c.n_head_kv; ++g)
+      sr.kv->store_row(l, g, slot, k + static_cast<size_t>(g) * hd, v + static_cast<size_t>(g) * hd);
   }
+  for (const SequenceRows& sr : f.seqs) sr.kv->seal(l);
   timer.reset();
   if (rows == 0) return;
   {

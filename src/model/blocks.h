@@ -95,10 +95,12 @@ class ScopedTimer {
 
 namespace blocks {
 // The Hadamard block a layer's keys (values) are rotated by before they are
-// stored: 0 (none) unless the format is quantized and the head size a multiple
+// stored: 0 (none) unless the format is quantized (not KIVI) and the head size a multiple
 // of 64, as llama.cpp does: keys by the largest power of two dividing the head
 // size, values by 64.
 int32_t kv_rotation_block(kernels::KvDType type, int head_dim, bool keys);
+// Whether keys of type k are stored minus the sequence's mean key (--kv-center-keys).
+bool centers_keys(bool enabled, kernels::KvDType k);
 // The GEMV row limit for products over these micro-batch rows (kernels/matmul.h):
 // all of them when no sequence brings more than the default (a batch of
 // decodes: each sequence then gets the products it gets alone), else the default.

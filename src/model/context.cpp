@@ -68,7 +68,7 @@ Context::~Context() = default;
 // Each layer's format for KV types (k, v): kv_f16_layers stay f16.
 std::vector<kv::KvFormat> Context::layer_formats(const std::string& k, const std::string& v) const {
   const ModelConfig& c = model_.config();
-  const kv::KvFormat chosen{kv::parse_kv_type(k), kv::parse_kv_type(v)};
+  const kv::KvFormat chosen{kv::parse_kv_type(k), kv::parse_kv_type(v, true)};
   std::vector<kv::KvFormat> formats(static_cast<size_t>(c.n_layer), chosen);
   for (int l : params_.kv_f16_layers) {
     if (l < -c.n_layer || l >= c.n_layer)
@@ -214,7 +214,7 @@ size_t Context::kv_held_bytes() const {
   return bytes;
 }
 bool Context::rows_depend_on_cuts(const std::string& attention, const std::string& kv_type_k) {
-  return !method_for(attention).is_dense() || (params_.kv_center_keys && kernels::kv_quantized(kv::parse_kv_type(kv_type_k)));
+  return !method_for(attention).is_dense() || blocks::centers_keys(params_.kv_center_keys, kv::parse_kv_type(kv_type_k));
 }
 attention::AttentionMethod& Context::method_for(const std::string& spec) {
   auto it = methods_.find(spec);
@@ -226,6 +226,11 @@ const kvpolicy::KvPolicy* Context::policy_for(const std::string& spec) {
   if (spec.empty()) return nullptr;
   if (params_.dca_chunk > 0)
     throw std::invalid_argument(fmt::format("KV selection policy '{}' does not run with dual chunk attention yet", spec));
+  for (const std::string& type : {params_.kv_type_k, params_.kv_type_v})
+    if (kernels::kv_kivi_bits(kv::parse_kv_type(type)) != 0)
+      throw std::invalid_argument(fmt::format("KV selection policy '{}' does not run on a KIVI cache (-ct{} {}): its keys are "
+                                              "quantized per channel over pages of rows, which eviction would split",
+                                              spec, type == params_.kv_type_k ? 'k' : 'v', type));
   auto it = policies_.find(spec);
   if (it == policies_.end()) it = policies_.emplace(spec, std::make_unique<kvpolicy::KvPolicy>(spec)).first;
   return it->second.get();
