@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <utility>
 #include <random>
 #include <vector>
 
@@ -169,6 +170,49 @@ TEST(KvCodec, TurboQuantRowsMatchAFloat64EncoderWithinThePaperBound) {
     }
     // A zero row stays zero.
     EXPECT_EQ(round_trip(std::vector<float>(kDim, 0.0f), KvDType::TQ3), std::vector<float>(kDim, 0.0f));
+  });
+}
+
+// QJL rows (tq4j, tq3j): the bytes of the tq3 (tq2) row first, then the
+// residual's sketch; the decoded row is the tq row plus sqrt(pi/2)/d |r| S^T s,
+// s = sign(S r), recomputed here in float64 from the same matrix; the matrix's
+// entries are standard normal (mean 0, variance 1 within sampling error).
+TEST(KvCodec, QjlRowsAddTheSketchedResidual) {
+  const float* S = qjl_matrix(kDim);
+  double mean = 0.0, var = 0.0;
+  for (int i = 0; i < kDim * kDim; ++i) mean += S[i] / (kDim * kDim);
+  for (int i = 0; i < kDim * kDim; ++i) var += (S[i] - mean) * (S[i] - mean) / (kDim * kDim);
+  EXPECT_LT(std::abs(mean), 4.0 / kDim);  // 4 standard errors of 4096 draws
+  EXPECT_NEAR(var, 1.0, 0.1);
+  test::for_each_simd_target([S] {
+    for (const auto& [type, base] : {std::pair{KvDType::TQ4J, KvDType::TQ3}, std::pair{KvDType::TQ3J, KvDType::TQ2}}) {
+      const int bits = kv_tq_bits(base);
+      ASSERT_EQ(kv_row_bytes(type, kDim), kv_row_bytes(base, kDim) + 2 + kDim / 8);
+      std::mt19937 rng(20 + bits);
+      for (int trial = 0; trial < 200; ++trial) {
+        const std::vector<float> row = gaussian_row(rng, 0.7f);
+        std::vector<uint8_t> stored, stored_base;
+        const std::vector<float> back = round_trip(row, type, &stored);
+        const std::vector<float> mse = round_trip(row, base, &stored_base);
+        ASSERT_TRUE(std::equal(stored_base.begin(), stored_base.end(), stored.begin()));
+        std::vector<double> r(kDim);
+        double r2 = 0.0;
+        for (int c = 0; c < kDim; ++c) {
+          r[c] = static_cast<double>(row[c]) - mse[c];
+          r2 += r[c] * r[c];
+        }
+        const double coef = std::sqrt(M_PI / 2.0) / kDim * f16_to_f32(f32_to_f16(static_cast<float>(std::sqrt(r2))));
+        for (int c = 0; c < kDim; ++c) {
+          double expect = mse[c];
+          for (int j = 0; j < kDim; ++j) {
+            double dot = 0.0;
+            for (int e = 0; e < kDim; ++e) dot += static_cast<double>(S[j * kDim + e]) * static_cast<float>(r[e]);
+            expect += (dot >= 0.0 ? coef : -coef) * S[j * kDim + c];
+          }
+          ASSERT_NEAR(back[c], expect, 1e-4 * (1.0 + std::abs(expect))) << "row " << trial << " value " << c;
+        }
+      }
+    }
   });
 }
 

@@ -237,7 +237,8 @@ struct Filled {
 TEST(PagedAttention, RowsRemovedFromTheMiddle) {
   using enum kernels::KvDType;
   for (const kv::KvFormat format : {kv::KvFormat{F16, F16}, kv::KvFormat{Q8_0, Q8_0}, kv::KvFormat{Q4_0, Q4_0},
-                                    kv::KvFormat{TQ3, TQ4}, kv::KvFormat{Q8_0, TQ2}, kv::KvFormat{F32, BF16}}) {
+                                    kv::KvFormat{TQ3, TQ4}, kv::KvFormat{Q8_0, TQ2}, kv::KvFormat{F32, BF16},
+                                    kv::KvFormat{TQ4J, TQ3J}}) {
   SCOPED_TRACE(format_name(format));
   std::mt19937 rng(7);
   Filled filled(format, 1500, rng);

@@ -73,7 +73,7 @@ Call resolve(const AttnParams& in) {
     bad("kv.k, kv.v and kv.page_ids must not be null");
   for (const auto& [type, row_bytes, name] : {std::tuple{p.kv.k_type, p.kv.k_row_bytes, "k"},
                                               std::tuple{p.kv.v_type, p.kv.v_row_bytes, "v"}}) {
-    if (type > KvDType::KIVI_V2) bad("unknown KV storage type");
+    if (type > kLastKvDType) bad("unknown KV storage type");
     if (kv_grouped(type) && (name[0] == 'v' || p.head_dim % 64 != 0)) bad("KIVI keys need K and head_dim a multiple of 64");
     if (kv_quantized(type) && p.head_dim % kKvBlock != 0) bad("quantized K/V needs head_dim a multiple of 32");
     if (row_bytes < kv_row_bytes(type, p.head_dim))

@@ -64,6 +64,44 @@ HWY_INLINE void DecodeTqRow(DF df, const uint8_t* HWY_RESTRICT src, int bits, in
   }
 }
 
+// QJL (TurboQuant's inner-product variant): a TQ row's residual r = x - x^
+// is sketched as s = sign(S r) with S the fixed Gaussian qjl_matrix, plus |r|.
+// For any q, E[(S q).s] = d sqrt(2 / pi) q.r / |r|, so decoding the residual as
+// sqrt(pi / 2) / d |r| S^T s makes q.(decoded row) QJL's unbiased estimate of q.x.
+// The sketch follows the row's indices: an f16 |r|, then d sign bits (bit j: row j of S).
+template <class DF>
+HWY_INLINE void AddQjlResidual(DF df, const uint8_t* HWY_RESTRICT sketch, int32_t d, float* HWY_RESTRICT dst) {
+  const int32_t N = static_cast<int32_t>(hn::Lanes(df));
+  uint16_t half;
+  std::memcpy(&half, sketch, sizeof half);
+  const float coef = std::sqrt(static_cast<float>(M_PI) / 2.0f) / static_cast<float>(d) * f16_to_f32(half);
+  const float* S = qjl_matrix(d);
+  for (int32_t j = 0; j < d; ++j) {
+    const auto v = hn::Set(df, (sketch[2 + (j >> 3)] >> (j & 7)) & 1 ? coef : -coef);
+    for (int32_t c = 0; c < d; c += N)
+      hn::StoreU(hn::MulAdd(v, hn::LoadU(df, S + static_cast<int64_t>(j) * d + c), hn::LoadU(df, dst + c)), df, dst + c);
+  }
+}
+
+HWY_INLINE void EncodeQjlSketch(const float* HWY_RESTRICT x, const float* HWY_RESTRICT decoded, int32_t d,
+                                uint8_t* HWY_RESTRICT sketch) {
+  float r[kMaxKvRow];
+  double norm2 = 0.0;
+  for (int32_t c = 0; c < d; ++c) {
+    r[c] = x[c] - decoded[c];
+    norm2 += static_cast<double>(r[c]) * r[c];
+  }
+  const uint16_t half = f32_to_f16(static_cast<float>(std::sqrt(norm2)));
+  std::memcpy(sketch, &half, sizeof half);
+  std::memset(sketch + 2, 0, static_cast<size_t>(d / 8));
+  const float* S = qjl_matrix(d);
+  for (int32_t j = 0; j < d; ++j) {
+    double dot = 0.0;
+    for (int32_t c = 0; c < d; ++c) dot += static_cast<double>(S[static_cast<int64_t>(j) * d + c]) * r[c];
+    if (dot >= 0.0) sketch[2 + (j >> 3)] |= static_cast<uint8_t>(1 << (j & 7));
+  }
+}
+
 // KIVI: value = minimum + index * scale, with f16 scales and minima per
 // channel (keys: params holds a page's d scales, then its d minima) or per
 // 32 values (a value row: each block is scale, minimum, 32 indices).
@@ -242,6 +280,7 @@ HWY_INLINE void DecodeKvRow(DF df, const void* HWY_RESTRICT src, KvDType type, i
     }
   } else if (kv_tq_bits(type) != 0) {
     DecodeTqRow(df, static_cast<const uint8_t*>(src), kv_tq_bits(type), d, dst);
+    if (kv_qjl(type)) AddQjlResidual(df, static_cast<const uint8_t*>(src) + 2 + d * kv_tq_bits(type) / 8, d, dst);
   } else if (kv_grouped(type)) {
     DecodeKiviKeyRow(df, static_cast<const uint8_t*>(src), params, kv_kivi_bits(type), d, dst);
   } else if (kv_kivi_bits(type) != 0) {
@@ -298,6 +337,11 @@ HWY_INLINE void EncodeKvRow(DF df, const float* HWY_RESTRICT src, KvDType type, 
     EncodeQ4_0Row(src, d, static_cast<uint8_t*>(dst));
   } else if (kv_tq_bits(type) != 0) {
     EncodeTqRow(src, kv_tq_bits(type), d, static_cast<uint8_t*>(dst));
+    if (kv_qjl(type)) {
+      float decoded[kMaxKvRow];
+      DecodeTqRow(df, static_cast<const uint8_t*>(dst), kv_tq_bits(type), d, decoded);
+      EncodeQjlSketch(src, decoded, d, static_cast<uint8_t*>(dst) + 2 + d * kv_tq_bits(type) / 8);
+    }
   } else if (kv_kivi_bits(type) != 0 && !kv_grouped(type)) {
     EncodeKiviValueRow(src, kv_kivi_bits(type), d, static_cast<uint8_t*>(dst));
   } else {

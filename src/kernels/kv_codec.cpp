@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <array>
+#include <mutex>
 #include <cmath>
 #include <stdexcept>
 #include <vector>
@@ -99,6 +100,32 @@ const float* tq_codebook(int bits) {
                                                           lloyd_max_gaussian(16)};
   if (bits < 2 || bits > 4) throw std::invalid_argument("TurboQuant codebooks have 2, 3 or 4 bits");
   return books[static_cast<size_t>(bits - 2)].data();
+}
+
+const float* qjl_matrix(int32_t n) {
+  if (n <= 0 || n > kMaxKvRow || n % 16 != 0)
+    throw std::invalid_argument("qjl_matrix: a row of a multiple of 16 values, at most 512");
+  // One matrix per row length, made on first use: standard normals from
+  // splitmix64 through Box-Muller, so every platform draws the same matrix.
+  static std::array<std::vector<float>, kMaxKvRow / 16 + 1> matrices;
+  static std::array<std::once_flag, kMaxKvRow / 16 + 1> made;
+  std::vector<float>& m = matrices[static_cast<size_t>(n / 16)];
+  std::call_once(made[static_cast<size_t>(n / 16)], [&m, n] {
+    uint64_t state = 0x51A7C0DEull + static_cast<uint64_t>(n);
+    const auto uniform = [&state] {  // (0, 1]
+      uint64_t z = (state += 0x9E3779B97F4A7C15ull);
+      z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+      z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+      return (static_cast<double>((z ^ (z >> 31)) >> 11) + 1.0) / 9007199254740992.0;
+    };
+    m.resize(static_cast<size_t>(n) * n);
+    for (size_t i = 0; i < m.size(); i += 2) {
+      const double radius = std::sqrt(-2.0 * std::log(uniform())), angle = 2.0 * M_PI * uniform();
+      m[i] = static_cast<float>(radius * std::cos(angle));
+      m[i + 1] = static_cast<float>(radius * std::sin(angle));
+    }
+  });
+  return m.data();
 }
 
 void read_k_rows(const KvView& kv, int32_t head, int64_t slot0, int64_t count, int32_t head_dim, float* dst) {

@@ -31,4 +31,8 @@ inline constexpr int32_t kMaxKvRow = 512;
 inline constexpr int32_t kTqCodebookFloats = 16;
 const float* tq_codebook(int bits);
 
+// The QJL projection for rows of n values: an n x n matrix [row][column] of
+// N(0, 1) draws from a fixed seed (so every process decodes a row alike).
+const float* qjl_matrix(int32_t n);
+
 }  // namespace skim::kernels

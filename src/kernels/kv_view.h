@@ -27,6 +27,10 @@ namespace skim::kernels {
 // - TQ4, TQ3, TQ2 (TurboQuant, MSE variant): per row an f16 scale and a 4-, 3-
 //   or 2-bit index per value into a Lloyd-Max codebook for N(0, 1), for rows
 //   whose coordinates were made near Gaussian by a Hadamard rotation.
+// - TQ4J, TQ3J (TurboQuant's inner-product variant): a TQ3 or TQ2 row, then
+//   the 1-bit QJL sketch of its residual: an f16 residual norm and the signs
+//   of the residual times a fixed Gaussian matrix (qjl_matrix), decoded so
+//   that a dot product with the row is QJL's unbiased estimate.
 // - KIVI_K4, KIVI_K2 (KIVI's keys): asymmetric 4- or 2-bit integers per
 //   channel, one f16 scale and minimum per channel for a page's rows (the
 //   page's parameters follow its K rows); a page is encoded once all its rows
@@ -35,14 +39,17 @@ namespace skim::kernels {
 // - KIVI_V4, KIVI_V2 (KIVI's values): asymmetric 4- or 2-bit integers per
 //   token, per 32 values an f16 scale, an f16 minimum and the packed indices.
 // Quantized rows need a row length that is a multiple of 32.
-enum class KvDType : uint8_t { F32, F16, BF16, Q8_0, Q4_0, TQ4, TQ3, TQ2, KIVI_K4, KIVI_K2, KIVI_V4, KIVI_V2 };
+enum class KvDType : uint8_t { F32, F16, BF16, Q8_0, Q4_0, TQ4, TQ3, TQ2, KIVI_K4, KIVI_K2, KIVI_V4, KIVI_V2, TQ4J, TQ3J };
+inline constexpr KvDType kLastKvDType = KvDType::TQ3J;
 inline constexpr int64_t kKvBlock = 32;
 
 inline bool kv_quantized(KvDType t) { return t >= KvDType::Q8_0; }
-// Index bits of a TurboQuant format (0 for the others).
+// Codebook index bits of a TurboQuant format (0 for the others).
 inline int kv_tq_bits(KvDType t) {
-  return t == KvDType::TQ4 ? 4 : t == KvDType::TQ3 ? 3 : t == KvDType::TQ2 ? 2 : 0;
+  return t == KvDType::TQ4 ? 4 : t == KvDType::TQ3 || t == KvDType::TQ4J ? 3 : t == KvDType::TQ2 || t == KvDType::TQ3J ? 2 : 0;
 }
+// Whether a TurboQuant row carries the QJL sketch of its residual.
+inline bool kv_qjl(KvDType t) { return t == KvDType::TQ4J || t == KvDType::TQ3J; }
 // Integer bits of a KIVI format (0 for the others).
 inline int kv_kivi_bits(KvDType t) {
   return t == KvDType::KIVI_K4 || t == KvDType::KIVI_V4 ? 4 : t == KvDType::KIVI_K2 || t == KvDType::KIVI_V2 ? 2 : 0;
@@ -64,7 +71,7 @@ inline int64_t kv_row_bytes(KvDType t, int64_t n) {
     case KvDType::KIVI_K2: return n * kv_kivi_bits(t) / 8;
     case KvDType::KIVI_V4:
     case KvDType::KIVI_V2: return n / kKvBlock * (4 + kKvBlock * kv_kivi_bits(t) / 8);
-    default: return 2 + n * kv_tq_bits(t) / 8;
+    default: return 2 + n * kv_tq_bits(t) / 8 + (kv_qjl(t) ? 2 + n / 8 : 0);
   }
 }
 

@@ -25,6 +25,8 @@ constexpr TypeEntry kTypes[] = {
     {kernels::KvDType::TQ4, "tq4", "TurboQuant (MSE): Hadamard rotation, per row an f16 norm, 4-bit Lloyd-Max levels"},
     {kernels::KvDType::TQ3, "tq3", "TurboQuant (MSE): as tq4 with 3-bit levels"},
     {kernels::KvDType::TQ2, "tq2", "TurboQuant (MSE): as tq4 with 2-bit levels"},
+    {kernels::KvDType::TQ4J, "tq4j", "TurboQuant (inner product): a tq3 row plus the QJL 1-bit sketch of its residual"},
+    {kernels::KvDType::TQ3J, "tq3j", "TurboQuant (inner product): a tq2 row plus the QJL 1-bit sketch of its residual"},
     {kernels::KvDType::KIVI_K4, "kivi4",
      "KIVI: 4-bit asymmetric keys per channel over each 64-row page, values per token (per 32 an f16 scale and "
      "minimum); the last, unfilled page f16; bytes: a key row with its share of the page's scales"},
