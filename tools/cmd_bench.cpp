@@ -164,6 +164,13 @@ const Peer kPeers[] = {{"llama.cpp", paths::peer_prefix, "scripts/build-llama-cp
                        {"ik_llama", paths::ik_peer_prefix, "scripts/build-ik-llama-cpp", PeerKind::kIkLlamaBench},
                        {"openvino", paths::openvino_prefix, "scripts/setup-openvino", PeerKind::kOpenVino}};
 
+// Whether llama-bench's -ctk/-ctv take this KV type (skim's tq and kivi formats are its own).
+bool llama_kv_type(const std::string& type) {
+  for (const char* t : {"f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1"})
+    if (type == t) return true;
+  return false;
+}
+
 std::vector<const Peer*> parse_peers(const std::string& list) {
   std::vector<const Peer*> peers;
   if (list == "none") return peers;
@@ -263,6 +270,10 @@ void bench(const BenchOptions& o) {
   std::unique_ptr<Model> model = Model::load(path, o.model_options);
   std::vector<BenchRow> rows = bench_skim(opts, *model, threads, pp, tg);
   for (const Peer* peer : peers) {
+    if (peer->kind != PeerKind::kOpenVino && !(llama_kv_type(o.kv_type_k) && llama_kv_type(o.kv_type_v))) {
+      fmt::print(stderr, "{}: no KV type {}/{} there, peer skipped\n", peer->name, o.kv_type_k, o.kv_type_v);
+      continue;
+    }
     std::vector<BenchRow> peer_rows = bench_peer(*peer, o, path, threads);
     rows.insert(rows.end(), peer_rows.begin(), peer_rows.end());
   }
