@@ -146,7 +146,7 @@ void KvSequence::seal(int32_t layer) {
   const KvFormat f = format(layer);
   KvPool& p = pool(layer);
   const kernels::KvView staged_view = view(layer);  // reads the stage's rows as f32
-  std::vector<float> k(static_cast<size_t>(kPageRows * d)), v(static_cast<size_t>(d));
+  std::vector<float> k(static_cast<size_t>(kPageRows * d)), v(k.size());
   for (; slot0 + kPageRows <= size_; slot0 += kPageRows) {
     for (int32_t h = 0; h < n_head_kv_; ++h) {
       const PageId id = page(layer, h, slot0 >> kPageShift);
@@ -158,10 +158,9 @@ void KvSequence::seal(int32_t layer) {
         for (int64_t r = 0; r < kPageRows; ++r)
           kernels::encode_kv_row(k.data() + r * d, f.k, d, p.k_rows(id) + r * p.k_row_bytes());
       }
-      for (int64_t r = 0; r < kPageRows; ++r) {
-        kernels::read_v_rows(staged_view, h, slot0 + r, 1, d, v.data());
-        kernels::encode_kv_row(v.data(), f.v, d, p.v_rows(id) + r * p.v_row_bytes());
-      }
+      kernels::read_v_rows(staged_view, h, slot0, kPageRows, d, v.data());
+      for (int64_t r = 0; r < kPageRows; ++r)
+        kernels::encode_kv_row(v.data() + r * d, f.v, d, p.v_rows(id) + r * p.v_row_bytes());
     }
   }
   if (slot0 == first) return;
@@ -182,8 +181,6 @@ void KvSequence::truncate(int64_t n) {
     // The page that becomes the last one again goes back to the stage, its
     // rows as decoded: the next seal quantizes them with the rows that follow.
     const int64_t begin = n & ~static_cast<int64_t>(kPageRows - 1);
-    std::vector<uint16_t>& sk = stage_k_[static_cast<size_t>(l)];
-    std::vector<uint16_t>& sv = stage_v_[static_cast<size_t>(l)];
     const int32_t d = head_dim(l);
     std::vector<uint16_t> k(static_cast<size_t>((n - begin) * stage_row_halves(l))), v(k.size());
     std::vector<float> row(static_cast<size_t>(d));
@@ -196,8 +193,8 @@ void KvSequence::truncate(int64_t n) {
         kernels::read_v_rows(sealed, h, s, 1, d, row.data());
         kernels::encode_kv_row(row.data(), kernels::KvDType::F16, d, v.data() + at);
       }
-    sk = std::move(k);
-    sv = std::move(v);
+    stage_k_[static_cast<size_t>(l)] = std::move(k);
+    stage_v_[static_cast<size_t>(l)] = std::move(v);
     slot0 = begin;
   }
   for (int32_t l = 0; l < n_layer_; ++l)
