@@ -4,6 +4,7 @@
 //
 //   attention_bench [--threads N] [--min-seconds S] [--sizes 2048,8192]
 //                   [--clock wall|cpu] [--no-ggml] [--no-bf16] [--no-sparse] [--no-decode]
+//                   [--decode-kv f16,q8_0,q4_0]
 //
 // Shapes: d = 64 with 9 query / 3 KV heads (SmolLM2-135M) and d = 128 with
 // 12 / 2 heads; K/V in f16 as in the KV cache; Q and O in f32.
@@ -12,7 +13,9 @@
 //   2. Sparse plans at densities 5/10/25/50% (random 64x64 block plans per q
 //      head and per KV group, and column-heavy plans), as time / (density *
 //      dense time): 1.0 means the sparse kernel costs exactly its share.
-//   3. Decode (one row per head) at an 8K context: time per call and KV GB/s.
+//   3. Decode (one row per head) at an 8K context: time per call and KV GB/s;
+//      then the same with K and V stored in each --decode-kv format, as a
+//      ratio to skim's f16 time in the same run.
 // Each time is the best of at least 3 runs (more until --min-seconds have
 // passed); skim and ggml runs alternate so both see the same machine load.
 // --clock cpu measures process CPU time instead of wall time: use it with
@@ -36,6 +39,8 @@
 #include "kernels/attention_plan.h"
 #include "kernels/attention.h"
 #include "kernels/f16.h"
+#include "kernels/kv_codec.h"
+#include "kv/kv_types.h"
 
 #ifdef SKIM_HAVE_GGML
 #include "ggml-cpu.h"
@@ -56,6 +61,7 @@ struct Options {
   std::vector<int64_t> sizes = {2048, 8192};
   bool ggml = true, sparse = true, decode = true, bf16 = true;
   bool cpu_clock = false;
+  std::vector<KvDType> decode_kv;  // formats of the per-format decode table
 };
 
 struct HeadShape {
@@ -374,6 +380,44 @@ void bench_decode(const Options& opt) {
     const double t = best_time(opt, skim_run);
     std::printf("%-14s %10.1f %9.1f %10s %9s %7s %10s\n", label, t * 1e6, kv_bytes / t / 1e9, "-", "-", "-", "-");
   }
+  if (opt.decode_kv.empty()) return;
+  std::printf("\n== Decode per KV format (K and V alike), %lld-token context\n", static_cast<long long>(ctx));
+  std::printf("%-14s %-7s %10s %9s %8s\n", "shape", "format", "skim us", "KV GB/s", "vs f16");
+  for (const HeadShape& s : kShapes) {
+    Data data(s, 1, ctx, 3);
+    AttnParams p = data.params();
+    // The same rows in each format, encoded from their f16 values.
+    std::vector<std::vector<uint8_t>> k(opt.decode_kv.size()), v(opt.decode_kv.size());
+    std::vector<float> row(static_cast<size_t>(s.d));
+    const int64_t rows = static_cast<int64_t>(s.hkv) * ctx;
+    for (size_t f = 0; f < opt.decode_kv.size(); ++f) {
+      const int64_t row_bytes = skim::kernels::kv_row_bytes(opt.decode_kv[f], s.d);
+      k[f].resize(static_cast<size_t>(rows * row_bytes));
+      v[f].resize(k[f].size());
+      for (int64_t r = 0; r < rows; ++r) {
+        for (int32_t c = 0; c < s.d; ++c) row[c] = skim::kernels::f16_to_f32(data.k[r * s.d + c]);
+        skim::kernels::encode_kv_row(row.data(), opt.decode_kv[f], s.d, k[f].data() + r * row_bytes);
+        for (int32_t c = 0; c < s.d; ++c) row[c] = skim::kernels::f16_to_f32(data.v[r * s.d + c]);
+        skim::kernels::encode_kv_row(row.data(), opt.decode_kv[f], s.d, v[f].data() + r * row_bytes);
+      }
+    }
+    std::vector<std::function<void()>> runs{[&] { skim::kernels::attention_decode(p); }};
+    std::vector<AttnParams> params(opt.decode_kv.size(), p);
+    for (size_t f = 0; f < opt.decode_kv.size(); ++f) {
+      params[f].kv = skim::kernels::KvView::contiguous(k[f].data(), v[f].data(), opt.decode_kv[f], ctx * s.d, s.d, ctx);
+      runs.push_back([&params, f] { skim::kernels::attention_decode(params[f]); });
+    }
+    const std::vector<double> t = best_times(opt, runs);
+    char label[64];
+    std::snprintf(label, sizeof label, "d%d %dq/%dkv", s.d, s.hq, s.hkv);
+    for (size_t f = 0; f <= opt.decode_kv.size(); ++f) {
+      const KvDType type = f == 0 ? KvDType::F16 : opt.decode_kv[f - 1];
+      const double bytes = 2.0 * static_cast<double>(rows) * static_cast<double>(skim::kernels::kv_row_bytes(type, s.d));
+      std::printf("%-14s %-7s %10.1f %9.1f %7.2fx\n", f == 0 ? label : "", skim::kv::kv_type_name(type), t[f] * 1e6,
+                  bytes / t[f] / 1e9, t[0] / t[f]);
+    }
+    std::fflush(stdout);
+  }
 }
 
 Options parse(int argc, char** argv) {
@@ -414,9 +458,18 @@ Options parse(int argc, char** argv) {
       opt.bf16 = false;
     } else if (a == "--no-decode") {
       opt.decode = false;
+    } else if (a == "--decode-kv") {
+      std::string list = value();
+      for (size_t pos = 0; pos <= list.size();) {
+        const size_t comma = std::min(list.find(',', pos), list.size());
+        const KvDType type = skim::kv::parse_kv_type(list.substr(pos, comma - pos));
+        if (skim::kernels::kv_grouped(type)) throw std::invalid_argument("--decode-kv: grouped formats need pages");
+        opt.decode_kv.push_back(type);
+        pos = comma + 1;
+      }
     } else if (a == "-h" || a == "--help") {
       std::printf("attention_bench [--threads N] [--min-seconds S] [--sizes 2048,8192] [--clock wall|cpu] "
-                  "[--no-ggml] [--no-bf16] [--no-sparse] [--no-decode]\n");
+                  "[--no-ggml] [--no-bf16] [--no-sparse] [--no-decode] [--decode-kv f16,q8_0,q4_0]\n");
       std::exit(0);
     } else {
       throw std::invalid_argument("unknown argument: " + a);

@@ -22,6 +22,7 @@
 #include "kv/kv_pool.h"
 #include "kv/kv_sequence.h"
 #include "kv/kv_types.h"
+#include "simd_targets.h"
 
 namespace skim {
 namespace {
@@ -266,6 +267,54 @@ TEST(PagedAttention, KiviPagesAndTheirF16Stage) {
     ASSERT_TRUE(seq.view(0).staged(1299));
     ASSERT_FALSE(seq.view(0).staged(1279));
     check_every_plan(Chunk(seq, 300, 13));
+  }
+}
+
+// Decode over q8_0 / q4_0 pages, on every SIMD target: dense decode (its key
+// stream split into parts and merged, as decode always does past 16 key tiles)
+// and a gathered sparse plan, one and two rows, equal the float64 reference
+// over the decoded rows.
+TEST(PagedAttention, DecodeOverQuantizedPages) {
+  using enum kernels::KvDType;
+  const int32_t g = kHq / kHkv;
+  for (const kv::KvFormat format : {kv::KvFormat{Q8_0, Q8_0}, kv::KvFormat{Q4_0, Q4_0}, kv::KvFormat{Q4_0, F16}}) {
+    SCOPED_TRACE(format_name(format));
+    std::mt19937 rng(5);
+    kv::KvPool pool(kDim, format, 1024);
+    kv::KvSequence seq(pool, 1, kHkv, 4096);
+    fill(seq, seq.append(range(0, 2000)), 2000, rng);
+    seq.erase(500, 700);  // slots are not positions
+    const kernels::KvView kv = seq.view(0);
+    for (const int64_t rows : {int64_t{1}, int64_t{2}}) {
+      const Chunk c(seq, rows, 17);
+      kernels::PlanBuilder sparse(c.request(true).shape(kHkv, g, static_cast<int32_t>(rows)));
+      for (int32_t h = 0; h < kHkv; ++h) {
+        sparse.add_range(0, 64);
+        sparse.add_range(1000 + 64 * h, 1200 + 64 * h);
+        for (int64_t col = 1300; col < 1700; col += 7 + h) sparse.add_column(col);
+        sparse.add_range(1750, kv.n_keys);
+        sparse.end_tile();
+      }
+      const attention::Plan plan = sparse.finish();
+      const auto all = [&](int32_t, int64_t) {
+        std::vector<int64_t> slots(static_cast<size_t>(kv.n_keys));
+        for (int64_t sl = 0; sl < kv.n_keys; ++sl) slots[static_cast<size_t>(sl)] = sl;
+        return slots;
+      };
+      const auto listed = [&](int32_t h, int64_t i) { return listed_slots(plan, h, i, g); };
+      std::vector<float> out(c.q.size());
+      const kernels::AttnParams a = c.params(out.data());
+      test::for_each_simd_target([&] {
+        kernels::AttnStats stats;
+        kernels::AttnParams dense = a;
+        dense.stats = &stats;
+        kernels::attention_decode(dense);
+        EXPECT_GT(stats.split_items, 0);
+        EXPECT_LT(max_error_vs_reference(c, out, all), 2e-5) << "dense, rows " << rows;
+        kernels::attention_decode(a, &plan);
+        EXPECT_LT(max_error_vs_reference(c, out, listed), 2e-5) << "sparse, rows " << rows;
+      });
+    }
   }
 }
 

@@ -103,8 +103,9 @@ struct AttnParams {
 #endif
   // Splitting of key streams across threads: n > 0 splits every work item
   // into parts of at most n key tiles, merged by LSE (for tests and tuning).
-  // 0 = never: a split changes the summation order, so a query row's result
-  // would depend on how many rows share its chunk (docs/server.md, batch invariance).
+  // 0 = the default: prefill never splits (a split changes the summation
+  // order, so a query row's result would depend on how many rows share its
+  // chunk: docs/server.md, batch invariance); decode splits every 16 tiles.
   int32_t split_key_tiles = 0;
 };
 
