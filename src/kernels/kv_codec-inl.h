@@ -22,23 +22,37 @@ namespace skim::kernels::HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 
 // Packed indices (TurboQuant and KIVI rows): the index of value e at bit
-// e * bits, little-endian. UnpackIndices reads all d of them at once: whole
-// bytes (4 and 2 bits) or 3-byte groups of 8 (3 bits).
-HWY_INLINE void UnpackIndices(const uint8_t* HWY_RESTRICT p, int bits, int32_t d, int32_t* HWY_RESTRICT idx) {
-  if (bits == 4) {
-    for (int32_t e = 0; e < d; e += 2, ++p) {
-      idx[e] = *p & 15;
-      idx[e + 1] = *p >> 4;
+// e * bits, little-endian. Every 8 indices are `bits` whole bytes, so one
+// word, shifted by a different multiple of `bits` in each lane, holds them.
+template <int kBits>
+HWY_INLINE void UnpackIndicesOf(const uint8_t* HWY_RESTRICT p, int32_t d, int32_t* HWY_RESTRICT idx) {
+  const hn::CappedTag<uint32_t, 8> du;
+  const hn::RebindToSigned<decltype(du)> di;
+  constexpr int32_t N = static_cast<int32_t>(HWY_MIN(8, HWY_LANES(uint32_t)));
+  static_assert(8 % N == 0, "lanes divide a group of 8 indices");
+  const auto mask = hn::Set(du, (1u << kBits) - 1);
+  decltype(hn::Zero(du)) shift[8 / N];
+  for (int32_t k = 0; k < 8 / N; ++k) shift[k] = hn::Mul(hn::Iota(du, static_cast<uint32_t>(k * N)), hn::Set(du, kBits));
+  for (int32_t e = 0; e < d; e += 8, p += kBits) {
+    // Whole-width loads: a 3-byte memcpy goes through the stack and stalls the broadcast.
+    uint32_t word;
+    if constexpr (kBits == 4) {
+      std::memcpy(&word, p, 4);
+    } else {
+      uint16_t low;
+      std::memcpy(&low, p, 2);
+      word = kBits == 3 ? low | static_cast<uint32_t>(p[2]) << 16 : low;
     }
-  } else if (bits == 2) {
-    for (int32_t e = 0; e < d; e += 4, ++p)
-      for (int32_t k = 0; k < 4; ++k) idx[e + k] = (*p >> (2 * k)) & 3;
-  } else {
-    for (int32_t e = 0; e < d; e += 8, p += 3) {
-      const uint32_t w = p[0] | (static_cast<uint32_t>(p[1]) << 8) | (static_cast<uint32_t>(p[2]) << 16);
-      for (int32_t k = 0; k < 8; ++k) idx[e + k] = static_cast<int32_t>((w >> (3 * k)) & 7);
-    }
+    const auto w = hn::Set(du, word);
+    for (int32_t k = 0; k < 8 / N; ++k) hn::StoreU(hn::BitCast(di, hn::And(hn::Shr(w, shift[k]), mask)), di, idx + e + k * N);
   }
+}
+
+// All d indices (d a multiple of 8) of 4, 3 or 2 bits.
+HWY_INLINE void UnpackIndices(const uint8_t* HWY_RESTRICT p, int bits, int32_t d, int32_t* HWY_RESTRICT idx) {
+  if (bits == 4) UnpackIndicesOf<4>(p, d, idx);
+  else if (bits == 3) UnpackIndicesOf<3>(p, d, idx);
+  else UnpackIndicesOf<2>(p, d, idx);
 }
 
 template <class DF>
@@ -58,6 +72,17 @@ HWY_INLINE void DecodeTqRow(DF df, const uint8_t* HWY_RESTRICT src, int bits, in
     for (int32_t c = 0; c < d; c += N)
       hn::StoreU(hn::Mul(hn::TableLookupLanes(table, hn::IndicesFromVec(df, hn::LoadU(di, idx + c))), vscale), df,
                  dst + c);
+  } else if (levels == 2 * N) {
+    // Two vectors (4 bits on AVX2): permute both halves, the index's top bit picks.
+    const auto low = hn::LoadU(df, codebook), high = hn::LoadU(df, codebook + N);
+    const auto lanes = hn::Set(di, N - 1), top = hn::Set(di, N);
+    for (int32_t c = 0; c < d; c += N) {
+      const auto i = hn::LoadU(di, idx + c);
+      const auto lane = hn::IndicesFromVec(df, hn::And(i, lanes));
+      const auto value = hn::IfThenElse(hn::RebindMask(df, hn::Eq(hn::And(i, top), top)),
+                                        hn::TableLookupLanes(high, lane), hn::TableLookupLanes(low, lane));
+      hn::StoreU(hn::Mul(value, vscale), df, dst + c);
+    }
   } else {
     for (int32_t c = 0; c < d; c += N)
       hn::StoreU(hn::Mul(hn::GatherIndex(df, codebook, hn::LoadU(di, idx + c)), vscale), df, dst + c);
