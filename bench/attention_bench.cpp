@@ -14,8 +14,8 @@
 //      head and per KV group, and column-heavy plans), as time / (density *
 //      dense time): 1.0 means the sparse kernel costs exactly its share.
 //   3. Decode (one row per head) at an 8K context: time per call and KV GB/s;
-//      then the same with K and V stored in each --decode-kv format, as a
-//      ratio to skim's f16 time in the same run.
+//      then the same with K and V stored in each --decode-kv format in a
+//      paged cache, as a ratio to skim's f16 time in the same run.
 // Each time is the best of at least 3 runs (more until --min-seconds have
 // passed); skim and ggml runs alternate so both see the same machine load.
 // --clock cpu measures process CPU time instead of wall time: use it with
@@ -40,6 +40,8 @@
 #include "kernels/attention.h"
 #include "kernels/f16.h"
 #include "kernels/kv_codec.h"
+#include "kv/kv_pool.h"
+#include "kv/kv_sequence.h"
 #include "kv/kv_types.h"
 
 #ifdef SKIM_HAVE_GGML
@@ -386,25 +388,29 @@ void bench_decode(const Options& opt) {
   for (const HeadShape& s : kShapes) {
     Data data(s, 1, ctx, 3);
     AttnParams p = data.params();
-    // The same rows in each format, encoded from their f16 values.
-    std::vector<std::vector<uint8_t>> k(opt.decode_kv.size()), v(opt.decode_kv.size());
+    // The same rows in each format, encoded from their f16 values into a paged cache.
+    std::vector<std::unique_ptr<skim::kv::KvPool>> pools;
+    std::vector<std::unique_ptr<skim::kv::KvSequence>> seqs;
+    std::vector<int32_t> positions(static_cast<size_t>(ctx));
+    for (int64_t i = 0; i < ctx; ++i) positions[static_cast<size_t>(i)] = static_cast<int32_t>(i);
     std::vector<float> row(static_cast<size_t>(s.d));
-    const int64_t rows = static_cast<int64_t>(s.hkv) * ctx;
-    for (size_t f = 0; f < opt.decode_kv.size(); ++f) {
-      const int64_t row_bytes = skim::kernels::kv_row_bytes(opt.decode_kv[f], s.d);
-      k[f].resize(static_cast<size_t>(rows * row_bytes));
-      v[f].resize(k[f].size());
-      for (int64_t r = 0; r < rows; ++r) {
-        for (int32_t c = 0; c < s.d; ++c) row[c] = skim::kernels::f16_to_f32(data.k[r * s.d + c]);
-        skim::kernels::encode_kv_row(row.data(), opt.decode_kv[f], s.d, k[f].data() + r * row_bytes);
-        for (int32_t c = 0; c < s.d; ++c) row[c] = skim::kernels::f16_to_f32(data.v[r * s.d + c]);
-        skim::kernels::encode_kv_row(row.data(), opt.decode_kv[f], s.d, v[f].data() + r * row_bytes);
-      }
-    }
     std::vector<std::function<void()>> runs{[&] { skim::kernels::attention_decode(p); }};
     std::vector<AttnParams> params(opt.decode_kv.size(), p);
     for (size_t f = 0; f < opt.decode_kv.size(); ++f) {
-      params[f].kv = skim::kernels::KvView::contiguous(k[f].data(), v[f].data(), opt.decode_kv[f], ctx * s.d, s.d, ctx);
+      const int64_t pages = s.hkv * (ctx / skim::kv::kPageRows + 1);
+      pools.push_back(std::make_unique<skim::kv::KvPool>(s.d, skim::kv::KvFormat{opt.decode_kv[f], opt.decode_kv[f]}, pages));
+      seqs.push_back(std::make_unique<skim::kv::KvSequence>(*pools.back(), 1, s.hkv, ctx));
+      skim::kv::KvSequence& seq = *seqs.back();
+      seq.append(positions);
+      for (int32_t h = 0; h < s.hkv; ++h)
+        for (int64_t j = 0; j < ctx; ++j) {
+          const int64_t at = (static_cast<int64_t>(h) * ctx + j) * s.d;
+          for (int32_t c = 0; c < s.d; ++c) row[c] = skim::kernels::f16_to_f32(data.k[at + c]);
+          skim::kernels::encode_kv_row(row.data(), opt.decode_kv[f], s.d, seq.k_row(0, h, j));
+          for (int32_t c = 0; c < s.d; ++c) row[c] = skim::kernels::f16_to_f32(data.v[at + c]);
+          skim::kernels::encode_kv_row(row.data(), opt.decode_kv[f], s.d, seq.v_row(0, h, j));
+        }
+      params[f].kv = seq.view(0);
       runs.push_back([&params, f] { skim::kernels::attention_decode(params[f]); });
     }
     const std::vector<double> t = best_times(opt, runs);
@@ -412,7 +418,7 @@ void bench_decode(const Options& opt) {
     std::snprintf(label, sizeof label, "d%d %dq/%dkv", s.d, s.hq, s.hkv);
     for (size_t f = 0; f <= opt.decode_kv.size(); ++f) {
       const KvDType type = f == 0 ? KvDType::F16 : opt.decode_kv[f - 1];
-      const double bytes = 2.0 * static_cast<double>(rows) * static_cast<double>(skim::kernels::kv_row_bytes(type, s.d));
+      const double bytes = 2.0 * s.hkv * ctx * static_cast<double>(skim::kernels::kv_row_bytes(type, s.d));
       std::printf("%-14s %-7s %10.1f %9.1f %7.2fx\n", f == 0 ? label : "", skim::kv::kv_type_name(type), t[f] * 1e6,
                   bytes / t[f] / 1e9, t[0] / t[f]);
     }
@@ -462,6 +468,7 @@ Options parse(int argc, char** argv) {
       std::string list = value();
       for (size_t pos = 0; pos <= list.size();) {
         const size_t comma = std::min(list.find(',', pos), list.size());
+        if (comma == pos) throw std::invalid_argument("--decode-kv: an empty format name in '" + list + "'");
         const KvDType type = skim::kv::parse_kv_type(list.substr(pos, comma - pos));
         if (skim::kernels::kv_grouped(type)) throw std::invalid_argument("--decode-kv: grouped formats need pages");
         opt.decode_kv.push_back(type);

@@ -270,10 +270,9 @@ TEST(PagedAttention, KiviPagesAndTheirF16Stage) {
   }
 }
 
-// Decode over q8_0 / q4_0 pages, on every SIMD target: dense decode (its key
-// stream split into parts and merged, as decode always does past 16 key tiles)
-// and a gathered sparse plan, one and two rows, equal the float64 reference
-// over the decoded rows.
+// Decode over q8_0 / q4_0 pages, on every SIMD target: dense decode (one row's
+// key stream split into parts of 16 key tiles and merged) and a gathered
+// sparse plan, one and two rows, equal the float64 reference over the decoded rows.
 TEST(PagedAttention, DecodeOverQuantizedPages) {
   using enum kernels::KvDType;
   const int32_t g = kHq / kHkv;
@@ -309,7 +308,7 @@ TEST(PagedAttention, DecodeOverQuantizedPages) {
         kernels::AttnParams dense = a;
         dense.stats = &stats;
         kernels::attention_decode(dense);
-        EXPECT_GT(stats.split_items, 0);
+        EXPECT_EQ(stats.split_items > 0, rows == 1);
         EXPECT_LT(max_error_vs_reference(c, out, all), 2e-5) << "dense, rows " << rows;
         kernels::attention_decode(a, &plan);
         EXPECT_LT(max_error_vs_reference(c, out, listed), 2e-5) << "sparse, rows " << rows;

@@ -42,10 +42,12 @@ constexpr int32_t kDefaultTileCols = 96;
 // Column chunks are cut at multiples of this (whole vectors of the widest target).
 constexpr int32_t kColumnQuantum = 32;
 constexpr int32_t kMaxDecodeRows = 16;
-// Decode splits each KV group's key stream into parts of at most this many key
-// tiles: a step has only n_kv_heads items per sequence (3 on SmolLM2), too few
-// to keep every thread busy. The parts depend on the stream alone, so a row's
-// result is the same whatever else is in the batch.
+// Dense decode of one row splits each KV group's key stream into parts of at
+// most this many key tiles: a step has only n_kv_heads items per sequence (3 on
+// SmolLM2), too few to keep every thread busy. The parts depend on the row's
+// own stream alone, so its result is the same whatever else is in the batch.
+// (With more rows in a call the stream would end at the last row's position;
+// plans may carry BLASST skips, which a part boundary would reset.)
 constexpr int32_t kDecodeSplitTiles = 16;
 
 [[noreturn]] void bad(const std::string& what) { throw std::invalid_argument("attention: " + what); }
@@ -562,7 +564,7 @@ void attention_prefill(const AttnParams& params, const Plan* plan) {
 
 void attention_decode(const AttnParams& params, const Plan* plan) {
   Call call = resolve(params);
-  if (call.p.split_key_tiles == 0) call.p.split_key_tiles = kDecodeSplitTiles;
+  if (call.p.split_key_tiles == 0 && plan == nullptr && call.p.n_rows == 1) call.p.split_key_tiles = kDecodeSplitTiles;
   if (call.p.n_rows < 1 || call.p.n_rows > kMaxDecodeRows)
     bad("decode takes 1.." + std::to_string(kMaxDecodeRows) + " query rows (got " + std::to_string(call.p.n_rows) +
         "); use attention_prefill");

@@ -105,7 +105,8 @@ struct AttnParams {
   // into parts of at most n key tiles, merged by LSE (for tests and tuning).
   // 0 = the default: prefill never splits (a split changes the summation
   // order, so a query row's result would depend on how many rows share its
-  // chunk: docs/server.md, batch invariance); decode splits every 16 tiles.
+  // chunk: docs/server.md, batch invariance); dense one-row decode splits
+  // every 16 tiles.
   int32_t split_key_tiles = 0;
 };
 
