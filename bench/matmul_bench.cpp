@@ -2,8 +2,8 @@
 //
 //   matmul_bench [--model smollm2|qwen0.5b] [--types T1,T2,...] [--min-seconds S] [--prefill-rows M]
 //
-// For each shape: prefill (m = 512, or M rows) in GFLOP/s on the f32 and the
-// int8 GEMM path, next to plain OpenBLAS sgemm on an f32 copy of the same
+// For each shape: prefill (m = 512, or M rows) in GFLOP/s on the f32, the
+// int8 and the bf16 GEMM path, next to plain OpenBLAS sgemm on an f32 copy of the same
 // weights (the ceiling the f32 panel path aims at), and
 // decode (m = 1) as time per call and weight GB/s, both with the weights hot in
 // cache (one matrix) and cold (rotating over copies larger than the L3), with
@@ -187,8 +187,9 @@ int main(int argc, char** argv) {
               "(median, best) and weight GB/s of the best call, hot (same matrix each call) and cold (rotating\n"
               "over copies larger than the L3). Last: OpenBLAS sgemm on f32 copies of the weights, for scale.\n",
               static_cast<long long>(m_prefill));
-  std::printf("%-12s %-5s %6s %6s %3s | %7s %7s | %7s %7s | %8s %8s %6s | %8s %8s %6s\n", "matrix", "type", "k", "n",
-              "thr", "f32", "best", "int8", "best", "hot us", "best", "GB/s", "cold us", "best", "GB/s");
+  std::printf("%-12s %-5s %6s %6s %3s | %7s %7s | %7s %7s | %7s %7s | %8s %8s %6s | %8s %8s %6s\n", "matrix", "type",
+              "k", "n", "thr", "f32", "best", "int8", "best", "bf16", "best", "hot us", "best", "GB/s", "cold us", "best",
+              "GB/s");
   struct Prepared {
     Shape shape;
     std::vector<uint8_t> w;
@@ -223,6 +224,9 @@ int main(int argc, char** argv) {
       skim::kernels::set_gemm_path(skim::kernels::GemmPath::kInt8);
       const Timing prefill_int8 =
           time_calls([&] { skim::kernels::matmul(t, p.x.data(), m_prefill, y.data()); }, min_seconds);
+      skim::kernels::set_gemm_path(skim::kernels::GemmPath::kBf16);
+      const Timing prefill_bf16 =
+          time_calls([&] { skim::kernels::matmul(t, p.x.data(), m_prefill, y.data()); }, min_seconds);
       const Timing gemv = time_calls([&] { skim::kernels::matmul(t, p.x.data(), 1, y.data()); }, min_seconds);
       size_t next = 0;
       skim::TensorInfo tc = t;
@@ -233,10 +237,11 @@ int main(int argc, char** argv) {
           },
           min_seconds);
       const double bytes = static_cast<double>(p.w.size());
-      std::printf("%-12s %-5s %6lld %6lld %3d | %7.1f %7.1f | %7.1f %7.1f | %8.1f %8.1f %6.1f | %8.1f %8.1f %6.1f\n",
+      std::printf("%-12s %-5s %6lld %6lld %3d | %7.1f %7.1f | %7.1f %7.1f | %7.1f %7.1f | %8.1f %8.1f %6.1f | %8.1f %8.1f %6.1f\n",
                   s.role, skim::traits(s.type).name, static_cast<long long>(s.k), static_cast<long long>(s.n),
                   threads, flops / prefill.median / 1e9, flops / prefill.best / 1e9,
-                  flops / prefill_int8.median / 1e9, flops / prefill_int8.best / 1e9, gemv.median * 1e6,
+                  flops / prefill_int8.median / 1e9, flops / prefill_int8.best / 1e9, flops / prefill_bf16.median / 1e9,
+                  flops / prefill_bf16.best / 1e9, gemv.median * 1e6,
                   gemv.best * 1e6,
                   bytes / gemv.best / 1e9, cold.median * 1e6, cold.best * 1e6, bytes / cold.best / 1e9);
       std::fflush(stdout);

@@ -838,7 +838,7 @@ TEST(Attention, EveryCompiledTargetMatchesReference) {
   });
 }
 
-// bf16 arithmetic: Q, K, P and V rounded to bf16 (unit roundoff 2^-9), f32
+// bf16 arithmetic: Q, K, P and V rounded to bf16 (unit roundoff 2^-8), f32
 // sums, on every target (AVX512-BF16 dot products on AVX3_DL where the CPU
 // has them, emulated elsewhere). Bounds: a few roundoffs of the output's
 // norm, and of the LSE (scores here reach |8| in base e).

@@ -275,7 +275,7 @@ class GoodInputs(ModelTest):
         self.assertIn("1 windows of 128 tokens", r.stderr)
 
     def test_bench_prints_its_table(self):
-        for gemm, math in (("int8", "f32"), ("f32", "bf16")):
+        for gemm, math in (("int8", "f32"), ("f32", "bf16"), ("bf16", "f32")):
             r = skim("bench", "-m", MODEL, "--peer", "none", "-p", 64, "-n", 8, "-r", 1, "--gemm", gemm,
                      "--attn-math", math, "--profile")
             self.assert_ok(r)

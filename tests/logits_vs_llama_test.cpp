@@ -139,6 +139,13 @@ void check_model(const std::string& name, const std::vector<int>& lengths, doubl
 
 TEST(LogitsVsLlamaCpp, SmolLM2FivePrompts) { check_model("smollm2-135m", {16, 100, 333, 1024, 2048}); }
 
+// The bf16 prefill GEMM (--gemm bf16) against the same bars: bf16 keeps 8
+// significant bits of every activation, int8 (the default) about 7 of a block's largest.
+TEST(LogitsVsLlamaCpp, SmolLM2Bf16Gemm) {
+  const test::ScopedGemmPath bf16(kernels::GemmPath::kBf16);
+  check_model("smollm2-135m", {100, 1024, 2048});
+}
+
 TEST(LogitsVsLlamaCpp, Qwen25Coder05B) { check_model("qwen2.5-coder-0.5b", {2048}); }
 
 // Five of its six layers see a 512-token window: the longer prompts run past

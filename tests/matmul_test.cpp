@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "kernels/dequant.h"
+#include "kernels/gemm_bf16.h"
 #include "kernels/gemm_int8.h"
 #include "kernels/matmul.h"
 #include "kernels/quant_dot.h"
@@ -64,6 +65,26 @@ class KernelStateGuard {
 bool takes_int8_gemm(GgmlType type, int64_t m, int64_t gemv_rows = kernels::kDefaultGemvRows) {
   return kernels::gemm_path() == GemmPath::kInt8 && !kernels::uses_gemv(type, m, gemv_rows) &&
          kernels::gemm_int8_supports(type);
+}
+
+// Whether a product of m rows takes the bf16 prefill GEMM now.
+bool takes_bf16_gemm(GgmlType type, int64_t m, int64_t gemv_rows = kernels::kDefaultGemvRows) {
+  return kernels::gemm_path() == GemmPath::kBf16 && !kernels::uses_gemv(type, m, gemv_rows) &&
+         kernels::gemm_bf16_supports(type);
+}
+
+// v rounded to bf16 (to nearest, ties to even), as f32.
+float round_to_bf16(float v) {
+  uint32_t bits;
+  std::memcpy(&bits, &v, sizeof bits);
+  bits = (bits + 0x7FFFu + ((bits >> 16) & 1u)) & 0xFFFF0000u;
+  std::memcpy(&v, &bits, sizeof v);
+  return v;
+}
+
+std::vector<float> rounded_to_bf16(std::vector<float> v) {
+  for (float& e : v) e = round_to_bf16(e);
+  return v;
 }
 
 // The int8 GEMM's activations: per row and 32 elements, d = max|x| / 127 and
@@ -177,17 +198,27 @@ TEST_P(MatmulVsReference, AllShapes) {
 
     // The default GEMV limit, and the batched-decode one where it changes the
     // path; each prefill GEMM path where the type has an int8 one.
-    for (const GemmPath path : {GemmPath::kF32, GemmPath::kInt8})
+    for (const GemmPath path : {GemmPath::kF32, GemmPath::kInt8, GemmPath::kBf16})
     for (const int64_t gemv_rows : {kernels::kDefaultGemvRows, kernels::kMaxBatchedGemvRows}) {
       if (gemv_rows != kernels::kDefaultGemvRows && kernels::uses_gemv(type, s.m, gemv_rows) == kernels::uses_gemv(type, s.m))
         continue;
       kernels::set_gemm_path(path);
       if (path == GemmPath::kInt8 && !takes_int8_gemm(type, s.m, gemv_rows)) continue;
-      SCOPED_TRACE(::testing::Message() << "gemv_rows=" << gemv_rows << (path == GemmPath::kInt8 ? " int8" : " f32"));
-      const bool int8_gemm = takes_int8_gemm(type, s.m, gemv_rows);
+      if (path == GemmPath::kBf16 && !takes_bf16_gemm(type, s.m, gemv_rows)) continue;
+      SCOPED_TRACE(::testing::Message() << "gemv_rows=" << gemv_rows
+                                        << (path == GemmPath::kInt8 ? " int8" : path == GemmPath::kBf16 ? " bf16" : " f32"));
+      const bool int8_gemm = takes_int8_gemm(type, s.m, gemv_rows), bf16_gemm = takes_bf16_gemm(type, s.m, gemv_rows);
       const bool integer_path = int8_gemm || (kernels::uses_gemv(type, s.m, gemv_rows) && format != ActivationFormat::kNone);
+      // Paths that round the operands: the product of the rounded operands
+      // (within f32 summation error) and the rounding's worst-case effect.
       std::vector<double> ref_quantized, bound;
-      if (int8_gemm) {
+      if (bf16_gemm) {
+        std::vector<double> unused;
+        reference(rounded_to_bf16(wf), rounded_to_bf16(x), s.m, s.n, s.k, ref_quantized, unused);
+        // Each product's two operands are off by at most 2^-8 of themselves.
+        bound.resize(scale.size());
+        for (size_t i = 0; i < scale.size(); ++i) bound[i] = scale[i] * (0x1p-7 + 0x1p-16);
+      } else if (int8_gemm) {
         std::vector<float> d;
         const std::vector<float> xq = int8_gemm_activations(x, s.m, s.k, d);
         std::vector<double> unused;
@@ -212,7 +243,7 @@ TEST_P(MatmulVsReference, AllShapes) {
 
       std::vector<KernelIsa> isas = {KernelIsa::kScalar};
       if (kernels::detected_isa() == KernelIsa::kAvx2) isas.push_back(KernelIsa::kAvx2);
-      if (int8_gemm) isas.resize(1);  // the int8 GEMM runs every SIMD target instead
+      if (int8_gemm || bf16_gemm) isas.resize(1);  // these GEMMs run every SIMD target instead
       for (KernelIsa isa : isas)
         for (int threads : {1, 2}) {
           SCOPED_TRACE(::testing::Message() << (isa == KernelIsa::kAvx2 ? "avx2" : "scalar") << " threads=" << threads);
@@ -224,7 +255,7 @@ TEST_P(MatmulVsReference, AllShapes) {
             kernels::matmul(t, x.data(), s.m, y.data(), gemv_rows);
             for (int64_t i = 0; i < s.m * s.n && failures < 5; ++i) {
               const double tol = 1e-5 * scale[i] + 1e-30;
-              if (integer_path) {
+              if (integer_path || bf16_gemm) {
                 const double err_q = std::fabs(y[i] - ref_quantized[i]);
                 const double err = std::fabs(y[i] - ref[i]);
                 if (!(err_q <= tol) || !(err <= bound[i] * 1.001 + tol)) {
@@ -240,7 +271,7 @@ TEST_P(MatmulVsReference, AllShapes) {
               }
             }
           };
-          if (int8_gemm)
+          if (int8_gemm || bf16_gemm)
             test::for_each_simd_target(run);
           else
             run();

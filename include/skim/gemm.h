@@ -8,8 +8,11 @@ namespace skim {
 
 // "int8" (the default): activations rounded to int8 per 32 elements, integer
 // multiply-adds with the quantized weights (VNNI where the CPU has it);
-// "f32": weights dequantized to f32, f32 FMAs. F32/F16/BF16 weights always
-// take f32. Decode (a few rows) uses its integer GEMV either way.
+// "bf16": activations and dequantized weights rounded to bf16, f32 sums
+// (AVX512-BF16 dot products where the CPU has them, emulated elsewhere);
+// "f32": weights dequantized to f32, f32 FMAs. F32/F16 weights always take
+// f32 (BF16 ones too under int8). Decode (a few rows) uses its integer GEMV
+// either way.
 const std::vector<std::string>& gemm_paths();
 // Throws std::invalid_argument for a name not in gemm_paths(). Not thread-safe:
 // call it before running a model.

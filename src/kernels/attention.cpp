@@ -20,8 +20,8 @@
 
 #include <fmt/format.h>
 
-#include "hwy/targets.h"
 #include "kernels/attention_tile.h"
+#include "kernels/f16.h"
 #include "skim/gemm.h"
 
 namespace skim::kernels {
@@ -537,11 +537,6 @@ void check_dense_fits(const Call& call) {
 
 AttnMath attention_math() { return attention_math_setting(); }
 void set_attention_math(AttnMath math) { attention_math_setting() = math; }
-bool cpu_has_bf16_dot() {
-  static const bool has = __builtin_cpu_supports("avx512bf16") && hwy::SupportedTargets() & HWY_AVX3_DL;
-  return has;
-}
-
 int32_t default_tile_rows(int32_t group_size) { return std::max(1, kDefaultTileCols / std::max(1, group_size)); }
 
 void attention_prefill(const AttnParams& params, const Plan* plan) {

@@ -49,7 +49,6 @@ enum class AttnMath { kF32, kBf16 };
 AttnMath attention_math();
 // Not thread-safe: call it between attention calls only.
 void set_attention_math(AttnMath math);
-bool cpu_has_bf16_dot();
 
 // Counters of one call (optional output). Key tiles are counted per work unit:
 // an item cut into column chunks counts its stream once per chunk.

@@ -26,6 +26,7 @@
 #include "hwy/highway.h"
 
 #include "kernels/attention_tile.h"
+#include "kernels/bf16-inl.h"
 #include "kernels/kv_codec-inl.h"
 
 HWY_BEFORE_NAMESPACE();
@@ -298,38 +299,12 @@ HWY_INLINE void PV(DF df, const float* p, int32_t ldq, const float* v, int64_t l
 // ---------------------------------------------------------------------------
 // bf16 arithmetic (TileJob::bf16, wide units): Q, K, P and V rounded to bf16,
 // products summed in f32. Operands are packed in pairs along the summed
-// dimension, one pair per 32-bit lane (first element in the low half), so one
-// dot-pair instruction does two multiply-adds per lane: AVX512-BF16's
-// vdpbf16ps where the CPU has it, else two f32 FMAs on the widened halves.
+// dimension (kernels/bf16-inl.h), so one dot-pair step does two multiply-adds
+// per lane.
 using DU = hn::RebindToUnsigned<DF>;
 using VU = hn::Vec<DU>;
-
-// bf16 bits of each lane, rounded to nearest even, in the low (kHigh: high) half.
-template <bool kHigh>
-HWY_INLINE VU RoundToBf16(DU du, VF x) {
-  const VU bits = hn::BitCast(du, x);
-  const VU rounded = hn::Add(bits, hn::Add(hn::Set(du, 0x7FFFu), hn::And(hn::ShiftRight<16>(bits), hn::Set(du, 1u))));
-  if constexpr (kHigh) return hn::And(rounded, hn::Set(du, 0xFFFF0000u));
-  else return hn::ShiftRight<16>(rounded);
-}
-HWY_INLINE VU PackPair(DU du, VF first, VF second) {
-  return hn::Or(RoundToBf16<false>(du, first), RoundToBf16<true>(du, second));
-}
-
-// acc + a.lo * b.lo + a.hi * b.hi per lane.
-template <bool kNative>
-HWY_INLINE VF DotPair(DF df, VU a, VU b, VF acc) {
-#if HWY_TARGET == HWY_AVX3_DL
-  if constexpr (kNative) {
-    asm("vdpbf16ps %2, %1, %0" : "+v"(acc.raw) : "v"(a.raw), "v"(b.raw));
-    return acc;
-  }
-#endif
-  const DU du;
-  const VU high = hn::Set(du, 0xFFFF0000u);
-  acc = hn::MulAdd(hn::BitCast(df, hn::ShiftLeft<16>(a)), hn::BitCast(df, hn::ShiftLeft<16>(b)), acc);
-  return hn::MulAdd(hn::BitCast(df, hn::And(a, high)), hn::BitCast(df, hn::And(b, high)), acc);
-}
+using skim::kernels::HWY_NAMESPACE::DotPair;
+using skim::kernels::HWY_NAMESPACE::PackPair;
 
 // dst[m][i] = (src[2m][i], src[2m+1][i]) for i < cols (a multiple of N), m < ceil(rows / 2);
 // an odd last row pairs with 0.

@@ -1,5 +1,7 @@
 #include "kernels/f16.h"
 
+#include <hwy/targets.h>
+
 namespace skim::kernels {
 
 void f16_to_f32_row(const uint16_t* src, float* dst, int64_t n) {
@@ -15,6 +17,11 @@ void f32_to_f16_row(const float* src, uint16_t* dst, int64_t n) {
     _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i),
                      _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
   for (; i < n; ++i) dst[i] = f32_to_f16(src[i]);
+}
+
+bool cpu_has_bf16_dot() {
+  static const bool has = __builtin_cpu_supports("avx512bf16") && hwy::SupportedTargets() & HWY_AVX3_DL;
+  return has;
 }
 
 }  // namespace skim::kernels

@@ -15,6 +15,7 @@
 #include <hwy/targets.h>
 
 #include "kernels/dequant.h"
+#include "kernels/gemm_bf16.h"
 #include "kernels/gemm_int8.h"
 #include "kernels/gemm_tasks.h"
 #include "kernels/quant_dot.h"
@@ -419,13 +420,17 @@ GemmPath& gemm_path_setting() {
   return path;
 }
 
-// The prefill GEMM for jobs that share x: the int8 GEMM for the weights it
-// supports when that path is chosen, the f32 one for the rest.
+// The prefill GEMM for jobs that share x: the chosen int8 or bf16 GEMM for
+// the weights it supports, the f32 one for the rest.
 void gemm(std::span<GemmJob> jobs, const float* x, int64_t m) {
-  if (gemm_path_setting() == GemmPath::kInt8) {
+  const GemmPath path = gemm_path_setting();
+  if (path != GemmPath::kF32) {
+    const auto supports = path == GemmPath::kInt8 ? gemm_int8_supports : gemm_bf16_supports;
     const auto f32_begin = std::stable_partition(jobs.begin(), jobs.end(),
-                                                 [](const GemmJob& j) { return gemm_int8_supports(j.w->type); });
-    gemm_int8(std::span(jobs.begin(), f32_begin), x, m, max_threads());
+                                                 [supports](const GemmJob& j) { return supports(j.w->type); });
+    const std::span<GemmJob> own(jobs.begin(), f32_begin);
+    if (path == GemmPath::kInt8) gemm_int8(own, x, m, max_threads());
+    else gemm_bf16(own, x, m, max_threads());
     jobs = std::span(f32_begin, jobs.end());
     if (jobs.empty()) return;
   }
@@ -494,7 +499,7 @@ void set_gemm_path(GemmPath path) { gemm_path_setting() = path; }
 namespace skim {
 
 const std::vector<std::string>& gemm_paths() {
-  static const std::vector<std::string> names = {"int8", "f32"};
+  static const std::vector<std::string> names = {"int8", "f32", "bf16"};
   return names;
 }
 
@@ -503,11 +508,20 @@ void set_gemm(const std::string& name) {
     kernels::set_gemm_path(kernels::GemmPath::kInt8);
   else if (name == "f32")
     kernels::set_gemm_path(kernels::GemmPath::kF32);
+  else if (name == "bf16")
+    kernels::set_gemm_path(kernels::GemmPath::kBf16);
   else
-    throw std::invalid_argument(fmt::format("unknown GEMM path '{}' (int8, f32)", name));
+    throw std::invalid_argument(fmt::format("unknown GEMM path '{}' (int8, f32, bf16)", name));
 }
 
-std::string gemm() { return kernels::gemm_path() == kernels::GemmPath::kInt8 ? "int8" : "f32"; }
+std::string gemm() {
+  switch (kernels::gemm_path()) {
+    case kernels::GemmPath::kInt8: return "int8";
+    case kernels::GemmPath::kBf16: return "bf16";
+    case kernels::GemmPath::kF32: break;
+  }
+  return "f32";
+}
 
 std::string simd_target() {
   const std::vector<int64_t> targets = hwy::SupportedAndGeneratedTargets();  // best first

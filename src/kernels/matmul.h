@@ -20,7 +20,9 @@
 //  - kInt8 (default) for quantized W: x quantized per 32 elements to int8,
 //    W in its exact integer form, integer multiply-adds (kernels/gemm_int8.h);
 //    the error is the decode GEMV's, at most half an activation step per element;
-//  - kF32, and for F32/F16/BF16 weights on either path: W dequantized to f32
+//  - kBf16 for every W but F32/F16: x and the dequantized W rounded to bf16,
+//    f32 sums (kernels/gemm_bf16.h); each element off by at most 2^-8 of itself;
+//  - kF32, and for the weights the chosen path does not take: W dequantized to f32
 //    (f32 accuracy), on AVX2 with a packed GEMM micro-kernel (the panel is
 //    dequantized straight into the packed layout), otherwise with OpenBLAS
 //    sgemm per panel (which sets OpenBLAS to one thread, once, process-wide).
@@ -35,7 +37,7 @@
 
 namespace skim::kernels {
 
-enum class GemmPath { kF32, kInt8 };
+enum class GemmPath { kF32, kInt8, kBf16 };
 GemmPath gemm_path();
 // Chooses the prefill GEMM process-wide. Not thread-safe: call it between matmuls only.
 void set_gemm_path(GemmPath path);
