@@ -64,7 +64,8 @@ TEST_F(KvModel, EvictionAfterThePromptKeepsItsShareAndPositionsGoOn) {
   const int n_vocab = model_->config().n_vocab;
   std::vector<ContextParams> cases;
   for (const std::string& policy :
-       {"snapkv:keep=0.5", "streaming:keep=0.5", "tova:keep=0.5", "keydiff:keep=0.5", "dapq:keep=0.5", "expected:keep=0.5"})
+       {"snapkv:keep=0.5", "streaming:keep=0.5", "tova:keep=0.5", "h2o:keep=0.5", "keydiff:keep=0.5", "dapq:keep=0.5",
+        "expected:keep=0.5"})
     cases.push_back({.kv_policy = policy});
   // DapQ and Expected Attention over quantized keys: their queries are moved
   // in the Hadamard basis the keys are stored in.
@@ -162,10 +163,13 @@ TEST_F(KvModel, ADecodeBudgetCapsTheCache) {
   const std::vector<int32_t> ids = text_tokens(300);
   const std::vector<int32_t> prompt(ids.begin(), ids.begin() + 100), next(ids.begin() + 100, ids.end());
   Context* ctx = nullptr;
-  run({.kv_policy = "streaming:budget=128"}, prompt, next, &ctx);
-  EXPECT_LE(ctx->n_cached(), 128 + 64);
-  EXPECT_GE(ctx->n_cached(), 128);
-  EXPECT_EQ(ctx->n_past(), 300);
+  for (const std::string policy : {"streaming:budget=128", "h2o:budget=128", "h2o:mean=1,budget=128"}) {
+    SCOPED_TRACE(policy);
+    run({.kv_policy = policy}, prompt, next, &ctx);
+    EXPECT_LE(ctx->n_cached(), 128 + 64);
+    EXPECT_GE(ctx->n_cached(), 128);
+    EXPECT_EQ(ctx->n_past(), 300);
+  }
   EXPECT_THROW(Context(*model_, {.kv_policy = "nosuch"}), std::invalid_argument);
 }
 

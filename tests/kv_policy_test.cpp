@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/attention_mass.h"
 #include "kernels/elementwise.h"
 #include "kernels/kv_codec.h"
 #include "kv/kv_pool.h"
@@ -59,24 +60,30 @@ struct Problem {
       }
     q.resize(static_cast<size_t>(kWindow) * kHq * kDim);
     for (size_t i = 0; i < q.size(); ++i) q[i] = direction[i % kDim] + 0.3f * gauss(rng);
+    // What the context accumulates for H2O, here from the window's queries alone.
+    for (int32_t g = 0; g < kHkv; ++g)
+      kernels::accumulate_attention_mass(q.data(), kHq * kDim, kWindow, q_pos0(), kHq, kHkv, kDim, seq.view(0), g, 0.125f,
+                                         seq.row_scores(0, g));
   }
+  int32_t q_pos0() const { return static_cast<int32_t>(2 * (seq.size() - kWindow)); }
   ScoreRequest request() const {
     const int64_t n = seq.size();
     return {.n_q_heads = kHq, .n_kv_heads = kHkv, .head_dim = kDim, .q = q.data(), .q_row_stride = kHq * kDim,
             .q_rows = kWindow, .q_pos0 = static_cast<int32_t>(2 * (n - kWindow)), .kv = seq.view(0), .scale = 0.125f,
             // The fixture's queries carry no rotation: turning them is the identity (theta = 0).
-            .turn = [](float*, int64_t, int64_t, const int32_t*) {}};
+            .turn = [](float*, int64_t, int64_t, const int32_t*) {},
+            .received = {seq.row_scores(0, 0), seq.row_scores(0, 1)}};
   }
 };
 
 // Per-layer budgets (pyramid, zipvl) keep their own count: the shared rules are checked on them below.
-const std::vector<std::string> kPolicies = {"streaming", "snapkv", "tova", "keydiff", "dapq", "expected"};
+const std::vector<std::string> kPolicies = {"streaming", "snapkv", "tova", "h2o", "h2o:mean=1", "keydiff", "dapq", "expected"};
 
 TEST(KvPolicy, EachKeepsItsBudgetTheSinksAndTheWindow) {
   Problem p(1000);
   for (const std::string& name : kPolicies) {
     SCOPED_TRACE(name);
-    const KvPolicy policy(name + ":sink=8,window=16");
+    const KvPolicy policy(name + (name.find(':') == std::string::npos ? ":" : ",") + "sink=8,window=16");
     for (int64_t target : {40, 300, 999}) {
       const auto kept = policy.select(p.request(), target);
       ASSERT_EQ(kept.size(), static_cast<size_t>(kHkv));
@@ -104,7 +111,8 @@ TEST(KvPolicy, EverythingKeptWhenTheBudgetIsEverything) {
 
 TEST(KvPolicy, AttentionScorersKeepTheKeysTheWindowAttendsTo) {
   Problem p(1000);
-  for (const std::string& name : {"snapkv:kernel=1", "snapkv", "tova", "dapq", "expected", "expected:cov=0,vnorm=0"}) {
+  for (const std::string& name :
+       {"snapkv:kernel=1", "snapkv", "tova", "h2o", "h2o:mean=1", "dapq", "expected", "expected:cov=0,vnorm=0"}) {
     SCOPED_TRACE(name);
     const auto kept = KvPolicy(name).select(p.request(), 60);  // 2 sink slots + 32 window + 26 chosen
     for (const auto& k : kept)
@@ -289,18 +297,32 @@ TEST(KvPolicy, TargetsFollowKeepAndBudget) {
   EXPECT_EQ(KvPolicy("snapkv:keep=0.1").target_after_prompt(30), 30);  // not more than sink + window: all stay
 }
 
-// Compaction moves each kept row, K, V and position, to the front of its
-// (layer, head); other heads choose their own rows.
+// Compaction moves each kept row, K, V, position and accumulated score, to
+// the front of its (layer, head); other heads choose their own rows. A fork
+// keeps the scores, and rows appended later start from zero.
 TEST(KvPolicy, CompactionMovesRowsWithTheirPositions) {
   Problem p(300);
   std::vector<float> before(static_cast<size_t>(300) * kDim), after(before.size());
   const std::vector<std::vector<int64_t>> kept = {{0, 5, 64, 65, 200, 299}, {1, 2, 3, 150, 298, 299}};
-  std::vector<std::vector<float>> rows_before;
+  std::vector<std::vector<float>> rows_before, scores_before;
   for (int32_t g = 0; g < kHkv; ++g) {
     kernels::read_k_rows(p.seq.view(0), g, 0, 300, kDim, before.data());
     rows_before.push_back(before);
+    scores_before.emplace_back(p.seq.row_scores(0, g), p.seq.row_scores(0, g) + 300);
   }
   p.seq.keep_rows({kept});
+  const kv::KvSequence fork = p.seq.fork();
+  p.seq.append(std::vector<int32_t>{1000, 1001});
+  for (int32_t g = 0; g < kHkv; ++g) {
+    for (int64_t i = 0; i < 6; ++i) {
+      const float score = scores_before[static_cast<size_t>(g)][static_cast<size_t>(kept[static_cast<size_t>(g)][static_cast<size_t>(i)])];
+      EXPECT_EQ(p.seq.row_scores(0, g)[i], score);
+      EXPECT_EQ(fork.row_scores(0, g)[i], score);
+    }
+    EXPECT_EQ(p.seq.row_scores(0, g)[6], 0.0f);
+    EXPECT_EQ(p.seq.row_scores(0, g)[7], 0.0f);
+  }
+  p.seq.truncate(6);
   ASSERT_EQ(p.seq.size(), 6);
   for (int32_t g = 0; g < kHkv; ++g) {
     const kernels::KvView view = p.seq.view(0);

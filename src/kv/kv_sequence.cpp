@@ -36,7 +36,8 @@ KvSequence::KvSequence(KvSequence&& other) noexcept
       max_slots_(other.max_slots_), size_(other.size_), tables_(std::move(other.tables_)),
       offsets_(std::move(other.offsets_)), offset_set_(std::move(other.offset_set_)),
       first_slot_(std::move(other.first_slot_)), stage_slot0_(std::move(other.stage_slot0_)),
-      stage_k_(std::move(other.stage_k_)), stage_v_(std::move(other.stage_v_)), evicted_(other.evicted_) {
+      stage_k_(std::move(other.stage_k_)), stage_v_(std::move(other.stage_v_)),
+      row_scores_(std::move(other.row_scores_)), evicted_(other.evicted_) {
   other.pools_.clear();
   other.size_ = 0;
 }
@@ -50,6 +51,7 @@ KvSequence KvSequence::fork() const {
   copy.stage_slot0_ = stage_slot0_;
   copy.stage_k_ = stage_k_;
   copy.stage_v_ = stage_v_;
+  copy.row_scores_ = row_scores_;
   copy.evicted_ = evicted_;
   copy.size_ = size_;
   for (int32_t l = 0; l < n_layer_; ++l)
@@ -107,6 +109,9 @@ int64_t KvSequence::append(std::span<const int32_t> positions) {
         const int64_t s = first + j;
         pool(l).positions(page(l, h, s >> kPageShift))[s & (kPageRows - 1)] = positions[static_cast<size_t>(j)];
       }
+  if (!row_scores_.empty())
+    for (int32_t l = 0; l < n_layer_; ++l)
+      for (int32_t h = 0; h < n_head_kv_; ++h) std::fill_n(row_scores(l, h) + first, n, 0.0f);
   size_ += n;
   resize_stages();
   return first;
@@ -241,6 +246,16 @@ void KvSequence::move_row(int32_t layer, int32_t head, int64_t from, int64_t to)
   std::memcpy(p.k_rows(dst) + rd * kb, p.k_rows(src) + rs * kb, kb);
   std::memcpy(p.v_rows(dst) + rd * vb, p.v_rows(src) + rs * vb, vb);
   p.positions(dst)[rd] = p.positions(src)[rs];
+  if (!row_scores_.empty()) row_scores(layer, head)[to] = row_scores(layer, head)[from];
+}
+
+float* KvSequence::row_scores(int32_t layer, int32_t head) {
+  if (row_scores_.empty()) row_scores_.assign(static_cast<size_t>(n_layer_) * n_head_kv_ * max_slots_, 0.0f);
+  return row_scores_.data() + (static_cast<size_t>(layer) * n_head_kv_ + head) * max_slots_;
+}
+
+const float* KvSequence::row_scores(int32_t layer, int32_t head) const {
+  return row_scores_.empty() ? nullptr : row_scores_.data() + (static_cast<size_t>(layer) * n_head_kv_ + head) * max_slots_;
 }
 
 void KvSequence::erase(int64_t begin, int64_t end) {

@@ -86,6 +86,13 @@ class KvSequence {
   }
   void mark_key_offset_set(int32_t layer) { offset_set_[static_cast<size_t>(layer)] = 1; }
 
+  // A float per (layer, KV head, slot) that a KV policy accumulates (H2O:
+  // the attention the row has received): zero for new slots, moved with its
+  // row (erase, keep_rows), copied by fork. Allocated on first use; the const
+  // form returns null until then.
+  float* row_scores(int32_t layer, int32_t head);
+  const float* row_scores(int32_t layer, int32_t head) const;
+
   int32_t position(int64_t slot) const;
   int64_t k_row_bytes(int32_t layer) const { return pool(layer).k_row_bytes(); }
   int64_t v_row_bytes(int32_t layer) const { return pool(layer).v_row_bytes(); }
@@ -151,6 +158,7 @@ class KvSequence {
   std::vector<int64_t> first_slot_;          // [layer]: slots before it are not held (release_before)
   std::vector<int64_t> stage_slot0_;         // [layer]: staged layers' first slot not yet sealed (a page start)
   std::vector<std::vector<uint16_t>> stage_k_, stage_v_;  // [layer][slot - stage_slot0][head][head_dim] f16
+  std::vector<float> row_scores_;                        // [layer][head][max_slots], or empty: row_scores
   bool evicted_ = false;
 };
 

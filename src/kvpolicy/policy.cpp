@@ -16,7 +16,7 @@ namespace skim::kvpolicy {
 namespace {
 
 const std::vector<PolicyDef>& registry() {
-  static const std::vector<PolicyDef> defs = {streaming_policy(), snapkv_policy(), tova_policy(), keydiff_policy(),
+  static const std::vector<PolicyDef> defs = {streaming_policy(), snapkv_policy(), tova_policy(), h2o_policy(), keydiff_policy(),
                                               dapq_policy(),      expected_attention_policy(),
                                               pyramid_policy(),   zipvl_policy()};
   return defs;

@@ -36,6 +36,9 @@ struct ScoreRequest {
   // Turns rows laid out like q by RoPE (the model's rotation, in the keys'
   // basis): scorers that ask what later queries will see move queries with it.
   kernels::QueryTurn turn;
+  // Per KV head, the attention each slot has received (kv::KvSequence::row_scores),
+  // for a policy that accumulates it (Scorer::accumulates); empty otherwise.
+  std::vector<const float*> received;
   int32_t group() const { return n_q_heads / n_kv_heads; }
 };
 
@@ -57,6 +60,9 @@ class Scorer {
   // Whether layer_target reads the scores: such a policy judges every prompt,
   // even when `keep` asks for no cut.
   virtual bool adaptive() const { return false; }
+  // Whether it scores from the attention rows have received from every query
+  // (ScoreRequest::received), which the context then accumulates.
+  virtual bool accumulates() const { return false; }
 };
 
 // A kept row's new K and V once evicted rows were merged into it (merge=).
@@ -80,6 +86,8 @@ class KvPolicy {
   int32_t window() const { return window_; }
   // Whether the policy decides its counts from scores, even with nothing to cut (Scorer::adaptive).
   bool adaptive() const { return scorer_->adaptive(); }
+  // Whether the context must accumulate the attention each row receives (Scorer::accumulates).
+  bool accumulates() const { return scorer_->accumulates(); }
   // Whether evicted rows are merged into their closest kept row (merge=average|pivot).
   bool merges() const { return merge_ != "none"; }
   // The kept rows that absorb evicted ones (not in `kept`), with their merged values (merge.cpp).
@@ -116,6 +124,7 @@ struct PolicyDef {
 PolicyDef streaming_policy();
 PolicyDef snapkv_policy();
 PolicyDef tova_policy();
+PolicyDef h2o_policy();
 PolicyDef keydiff_policy();
 PolicyDef dapq_policy();
 PolicyDef expected_attention_policy();

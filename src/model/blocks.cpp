@@ -7,6 +7,7 @@
 
 #include "attention/method.h"
 #include "kernels/attention.h"
+#include "kernels/attention_mass.h"
 #include "kernels/attention_reference.h"
 #include "kernels/elementwise.h"
 #include "kernels/f16.h"
@@ -220,6 +221,24 @@ void attend(Forward& f, int l) {
   for (int64_t i = 0; i < n_decodes; ++i) kernels::attention_decode(decodes[static_cast<size_t>(i)]);
 }
 
+// Adds the attention each row received in this micro-batch to its score, for
+// every sequence whose KV policy accumulates it (H2O); their rows are all
+// active (context.cpp). Sliding-window layers are never cut (select_rows).
+void accumulate_received(Forward& f, int l) {
+  const ModelConfig& c = f.model.config();
+  if (f.model.layer_spec(l).attention == AttentionKind::SlidingWindow) return;
+  const int q_dim = c.n_head * c.head_dim;
+  for (const SequenceRows& sr : f.seqs) {
+    if (!sr.kv_policy || !sr.kv_policy->accumulates()) continue;
+    const auto packed = std::lower_bound(f.active.begin(), f.active.end(), sr.row0) - f.active.begin();
+    const kernels::KvView kv = sr.kv->view(l);
+    for (int g = 0; g < c.n_head_kv; ++g)
+      kernels::accumulate_attention_mass(f.s.q.data() + static_cast<size_t>(packed) * q_dim, q_dim, sr.n, sr.pos0, c.n_head,
+                                         c.n_head_kv, c.head_dim, kv, g, 1.0f / std::sqrt(static_cast<float>(c.head_dim)),
+                                         sr.kv->row_scores(l, g));
+  }
+}
+
 // The rows the KV policy keeps of layer l, for each sequence that asks: scored
 // with the queries of its last `window` rows.
 void select_rows(Forward& f, int l) {
@@ -246,7 +265,10 @@ void select_rows(Forward& f, int l) {
                              .scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim)),
                              .turn = [&f, l](float* q, int64_t n, int64_t stride, const int32_t* shift) {
                                turn_queries(f, l, q, n, stride, shift);
-                             }};
+                             },
+                             .received = {}};
+    if (sr.kv_policy->accumulates())
+      for (int g = 0; g < c.n_head_kv; ++g) r.received.push_back(sr.kv->row_scores(l, g));
     sel.layers[static_cast<size_t>(l)] = sr.kv_policy->select(r, sel.target);
     for (const kvpolicy::MergedRow& m : sr.kv_policy->merge(r, sel.layers[static_cast<size_t>(l)]))
       sr.kv->write_row(l, m.head, m.slot, m.k.data(), m.v.data());
@@ -342,9 +364,10 @@ void attention(Forward& f, int l) {
     const ScopedTimer attention_timer(f.times.attention_ms);
     attend(f, l);
   }
-  if (f.selections) {
+  {
     const ScopedTimer policy_timer(f.times.kv_store_ms);
-    select_rows(f, l);
+    accumulate_received(f, l);
+    if (f.selections) select_rows(f, l);
   }
   if (v_rot) {
     // The attention output is a mix of rotated values: turn it back.

@@ -465,9 +465,13 @@ void Context::forward_ubatch(Ubatch& ub, float* logits_out) {
   // A KV policy's observation window needs its rows' queries there too.
   const bool prune_last = !observer_->keeps_every_row();
   std::vector<int> last_rows = ub.logit_rows;
-  for (const SequenceRows& sr : seqs)
-    if (sr.selection >= 0)
-      for (int i = std::max(0, sr.n - sr.kv_policy->window()); i < sr.n; ++i) last_rows.push_back(sr.row0 + i);
+  // One that accumulates the attention rows receive (H2O) needs every query.
+  for (const SequenceRows& sr : seqs) {
+    const int from = sr.kv_policy && sr.kv_policy->accumulates() ? 0
+                     : sr.selection >= 0                          ? std::max(0, sr.n - sr.kv_policy->window())
+                                                                  : sr.n;
+    for (int i = from; i < sr.n; ++i) last_rows.push_back(sr.row0 + i);
+  }
   std::sort(last_rows.begin(), last_rows.end());
   last_rows.erase(std::unique(last_rows.begin(), last_rows.end()), last_rows.end());
   for (int l = 0; l < c.n_layer; ++l) {

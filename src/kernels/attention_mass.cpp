@@ -1,0 +1,179 @@
+#include "kernels/attention_mass.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <stdexcept>
+#include <vector>
+
+#undef HWY_TARGET_INCLUDE
+#define HWY_TARGET_INCLUDE "kernels/attention_mass.cpp"
+#include "hwy/foreach_target.h"  // IWYU pragma: keep
+#include "hwy/highway.h"
+#include "hwy/contrib/math/math-inl.h"
+
+#include "kernels/kv_codec.h"
+
+HWY_BEFORE_NAMESPACE();
+namespace skim::kernels::HWY_NAMESPACE {
+namespace hn = hwy::HWY_NAMESPACE;
+
+using DF = hn::ScalableTag<float>;
+using VF = hn::Vec<DF>;
+
+// Keys per block: a block of transposed keys (head_dim x kBlock floats, 64 KiB
+// at d 64) stays in L2 while every query row passes over it.
+constexpr int64_t kBlock = 256;
+
+// Query rows scored together: each block of transposed keys loaded from L1
+// feeds this many rows' multiply-adds.
+constexpr int kItems = 4;
+
+// s[i][j] = scale * q_i . k_j for kItems query rows (null: none) and j < count,
+// rounded up to 2 vectors (kBlock is a multiple of that; the block's padding
+// keys are zero); keys transposed: kt[e * kBlock + j].
+void BlockScores(DF df, const float* const* q, const float* HWY_RESTRICT kt, int32_t d, int64_t count, float scale,
+                 float (*HWY_RESTRICT s)[kBlock]) {
+  static_assert(kBlock % (2 * HWY_MAX_BYTES / sizeof(float)) == 0);
+  const int64_t N = static_cast<int64_t>(hn::Lanes(df));
+  static const float kZero[kMaxKvRow] = {};
+  const float* rows[kItems];
+  for (int i = 0; i < kItems; ++i) rows[i] = q[i] ? q[i] : kZero;
+  const VF sc = hn::Set(df, scale);
+  for (int64_t j = 0; j < count; j += 2 * N) {
+    VF a[kItems][2];
+    for (int i = 0; i < kItems; ++i) a[i][0] = a[i][1] = hn::Zero(df);
+    for (int32_t e = 0; e < d; ++e) {
+      const float* k = kt + e * kBlock + j;
+      const VF k0 = hn::LoadU(df, k), k1 = hn::LoadU(df, k + N);
+      for (int i = 0; i < kItems; ++i) {
+        const VF qe = hn::Set(df, rows[i][e]);
+        a[i][0] = hn::MulAdd(qe, k0, a[i][0]);
+        a[i][1] = hn::MulAdd(qe, k1, a[i][1]);
+      }
+    }
+    for (int i = 0; i < kItems; ++i) {
+      hn::Store(hn::Mul(a[i][0], sc), df, s[i] + j);
+      hn::Store(hn::Mul(a[i][1], sc), df, s[i] + j + N);
+    }
+  }
+}
+
+void AccumulateAttentionMass(const float* q, int64_t q_row_stride, int32_t rows, int32_t q_pos0, int32_t n_q_heads,
+                             int32_t n_kv_heads, int32_t d, const KvView* kv_ptr, int32_t head, float scale,
+                             float* mass) {
+  const KvView& kv = *kv_ptr;
+  const DF df;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(df));
+  const int32_t group = n_q_heads / n_kv_heads;
+  const int64_t first = kv.first_key, n = kv.n_keys;
+  const int64_t blocks = (n - first + kBlock - 1) / kBlock;
+  const int64_t items = static_cast<int64_t>(group) * rows;  // (member, row), row-major by member
+  const int64_t item_groups = (items + kItems - 1) / kItems;
+  // Every block of keys transposed once; rows each see a prefix of the slots.
+  std::vector<float> kt(static_cast<size_t>(blocks * d * kBlock), 0.0f);
+  std::vector<int64_t> visible(static_cast<size_t>(rows));
+  std::vector<float> lse(static_cast<size_t>(items), -INFINITY), row_sum(static_cast<size_t>(items), 0.0f);
+  for (int32_t i = 0; i < rows; ++i) visible[static_cast<size_t>(i)] = kv.slots_through(head, q_pos0 + i);
+  // Item group t of block b: its queries (null past the last item) and each item's key count.
+  const auto prepare = [&](int64_t b, int64_t t, const float** qs, int64_t* counts) {
+    int64_t widest = 0;
+    for (int i = 0; i < kItems; ++i) {
+      const int64_t item = t * kItems + i;
+      counts[i] = item < items ? std::min<int64_t>(kBlock, visible[static_cast<size_t>(item % rows)] - (first + b * kBlock)) : 0;
+      qs[i] = counts[i] > 0 ? q + (item % rows) * q_row_stride + (static_cast<int64_t>(head) * group + item / rows) * d
+                            : nullptr;
+      widest = std::max(widest, counts[i]);
+    }
+    return widest;
+  };
+#pragma omp parallel
+  {
+    std::vector<float> keys(static_cast<size_t>(kBlock * d));
+    alignas(64) float s[kItems][kBlock];
+    const float* qs[kItems];
+    int64_t counts[kItems];
+#pragma omp for schedule(static)
+    for (int64_t b = 0; b < blocks; ++b) {
+      const int64_t c0 = first + b * kBlock, count = std::min(kBlock, n - c0);
+      read_k_rows(kv, head, c0, count, d, keys.data());
+      float* block = kt.data() + b * d * kBlock;
+      for (int64_t j = 0; j < count; ++j)
+        for (int32_t e = 0; e < d; ++e) block[e * kBlock + j] = keys[static_cast<size_t>(j * d + e)];
+    }
+    // Pass 1: each item's running max (in lse) and sum of exp. The static
+    // schedule gives a thread the same item groups in every block, so it
+    // alone updates their sums.
+    for (int64_t b = 0; b < blocks; ++b) {
+#pragma omp for schedule(static) nowait
+      for (int64_t t = 0; t < item_groups; ++t) {
+        const int64_t widest = prepare(b, t, qs, counts);
+        if (widest <= 0) continue;
+        BlockScores(df, qs, kt.data() + b * d * kBlock, d, widest, scale, s);
+        for (int i = 0; i < kItems; ++i) {
+          const int64_t count = counts[i];
+          if (count <= 0) continue;
+          float mx = -INFINITY;
+          for (int64_t j = 0; j < count; ++j) mx = std::max(mx, s[i][j]);
+          float& m = lse[static_cast<size_t>(t * kItems + i)];
+          float& l = row_sum[static_cast<size_t>(t * kItems + i)];
+          const float new_m = std::max(m, mx);
+          const VF shift = hn::Set(df, new_m);
+          VF sum = hn::Zero(df);
+          int64_t j = 0;
+          for (; j + N <= count; j += N) sum = hn::Add(sum, hn::Exp(df, hn::Sub(hn::Load(df, s[i] + j), shift)));
+          float block_sum = hn::GetLane(hn::SumOfLanes(df, sum));
+          for (; j < count; ++j) block_sum += std::exp(s[i][j] - new_m);
+          l = l * std::exp(m - new_m) + block_sum;
+          m = new_m;
+        }
+      }
+    }
+#pragma omp barrier
+#pragma omp for schedule(static)
+    for (int64_t item = 0; item < items; ++item)
+      if (row_sum[static_cast<size_t>(item)] > 0.0f) lse[static_cast<size_t>(item)] += std::log(row_sum[static_cast<size_t>(item)]);
+    // Pass 2: blocks split over threads (each writes its own slots of mass).
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t b = 0; b < blocks; ++b) {
+      float* out = mass + first + b * kBlock;
+      for (int64_t t = 0; t < item_groups; ++t) {
+        const int64_t widest = prepare(b, t, qs, counts);
+        if (widest <= 0) continue;
+        BlockScores(df, qs, kt.data() + b * d * kBlock, d, widest, scale, s);
+        for (int i = 0; i < kItems; ++i) {
+          const int64_t count = counts[i];
+          if (count <= 0) continue;
+          const float item_lse = lse[static_cast<size_t>(t * kItems + i)];
+          const VF shift = hn::Set(df, item_lse);
+          int64_t j = 0;
+          for (; j + N <= count; j += N)
+            hn::StoreU(hn::Add(hn::LoadU(df, out + j), hn::Exp(df, hn::Sub(hn::Load(df, s[i] + j), shift))), df, out + j);
+          for (; j < count; ++j) out[j] += std::exp(s[i][j] - item_lse);
+        }
+      }
+    }
+  }
+}
+
+}  // namespace skim::kernels::HWY_NAMESPACE
+HWY_AFTER_NAMESPACE();
+
+#if HWY_ONCE
+namespace skim::kernels {
+
+HWY_EXPORT(AccumulateAttentionMass);
+
+void accumulate_attention_mass(const float* q, int64_t q_row_stride, int32_t rows, int32_t q_pos0, int32_t n_q_heads,
+                               int32_t n_kv_heads, int32_t head_dim, const KvView& kv, int32_t head, float scale,
+                               float* mass) {
+  if (n_kv_heads <= 0 || n_q_heads % n_kv_heads != 0 || head < 0 || head >= n_kv_heads || head_dim % 16 != 0 || rows < 0)
+    throw std::invalid_argument("accumulate_attention_mass: bad head shape");
+  if (rows == 0 || kv.n_keys <= kv.first_key) return;
+  HWY_DYNAMIC_DISPATCH(AccumulateAttentionMass)(q, q_row_stride, rows, q_pos0, n_q_heads, n_kv_heads, head_dim, &kv,
+                                                head, scale, mass);
+}
+
+}  // namespace skim::kernels
+#endif  // HWY_ONCE

@@ -1,0 +1,99 @@
+// The attention each key receives (kernels/attention_mass.h, H2O's scores)
+// against a float64 softmax, on every SIMD target: paged f16 and quantized
+// keys with gaps in their positions, grouped query heads, rows that see a
+// prefix of the keys, and keys before the layer's first held slot untouched.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+#include <vector>
+
+#include "kernels/attention_mass.h"
+#include "kernels/kv_codec.h"
+#include "kv/kv_pool.h"
+#include "kv/kv_sequence.h"
+#include "simd_targets.h"
+
+namespace skim::kernels {
+namespace {
+
+constexpr int32_t kHq = 6, kHkv = 2;
+
+TEST(AttentionMass, MatchesAFloat64SoftmaxOnEveryTarget) {
+  for (const KvDType type : {KvDType::F16, KvDType::Q8_0}) {
+    for (const int32_t d : {64, 128}) {
+      SCOPED_TRACE(::testing::Message() << "d " << d << (type == KvDType::F16 ? " f16" : " q8_0"));
+      kv::KvPool pool(d, {type, type}, 64);
+      kv::KvSequence seq(pool, 1, kHkv, 2048);
+      const int64_t n = 700;
+      std::vector<int32_t> positions(static_cast<size_t>(n));
+      for (int64_t i = 0; i < n; ++i) positions[static_cast<size_t>(i)] = static_cast<int32_t>(i + i / 3);  // gaps
+      seq.append(positions);
+      std::mt19937 rng(11 + d);
+      std::normal_distribution<float> gauss(0.0f, 1.0f);
+      std::vector<float> row(static_cast<size_t>(d));
+      for (int32_t g = 0; g < kHkv; ++g)
+        for (int64_t s = 0; s < n; ++s) {
+          for (float& x : row) x = 2.0f * gauss(rng);
+          seq.store_row(0, g, s, row.data(), row.data());
+        }
+      seq.release_before(0, 64);  // the first page is no longer held
+      const KvView kv = seq.view(0);
+      std::vector<float> keys(static_cast<size_t>(n * d));
+      // 40 query rows from position 500 on: the first ones see a prefix of the keys.
+      const int32_t rows = 40, q_pos0 = 500;
+      std::vector<float> q(static_cast<size_t>(rows) * kHq * d);
+      for (float& x : q) x = gauss(rng);
+      const float scale = 1.0f / std::sqrt(static_cast<float>(d));
+      for (int32_t g = 0; g < kHkv; ++g) {
+        read_k_rows(kv, g, kv.first_key, n - kv.first_key, d, keys.data() + kv.first_key * d);
+        std::vector<double> want(static_cast<size_t>(n), 0.0);
+        for (int32_t member = 0; member < kHq / kHkv; ++member)
+          for (int32_t i = 0; i < rows; ++i) {
+            const float* qr = q.data() + (static_cast<int64_t>(i) * kHq + g * (kHq / kHkv) + member) * d;
+            const int64_t visible = kv.slots_through(g, q_pos0 + i);
+            std::vector<double> s(static_cast<size_t>(n));
+            double mx = -INFINITY, sum = 0.0;
+            for (int64_t j = kv.first_key; j < visible; ++j) {
+              double dot = 0.0;
+              for (int32_t e = 0; e < d; ++e) dot += static_cast<double>(qr[e]) * keys[static_cast<size_t>(j * d + e)];
+              s[static_cast<size_t>(j)] = dot * scale;
+              mx = std::max(mx, s[static_cast<size_t>(j)]);
+            }
+            for (int64_t j = kv.first_key; j < visible; ++j) sum += std::exp(s[static_cast<size_t>(j)] - mx);
+            for (int64_t j = kv.first_key; j < visible; ++j) want[static_cast<size_t>(j)] += std::exp(s[static_cast<size_t>(j)] - mx) / sum;
+          }
+        test::for_each_simd_target([&] {
+          std::vector<float> got(static_cast<size_t>(n), -1.0f);
+          std::fill(got.begin() + kv.first_key, got.end(), 0.0f);
+          accumulate_attention_mass(q.data(), static_cast<int64_t>(kHq) * d, rows, q_pos0, kHq, kHkv, d, kv, g, scale,
+                                    got.data());
+          double total = 0.0;
+          for (int64_t j = 0; j < n; ++j) {
+            if (j < kv.first_key) {
+              ASSERT_EQ(got[static_cast<size_t>(j)], -1.0f) << "slot " << j << " is not held";
+              continue;
+            }
+            ASSERT_NEAR(got[static_cast<size_t>(j)], want[static_cast<size_t>(j)], 1e-6 + 1e-5 * want[static_cast<size_t>(j)])
+                << "slot " << j;
+            total += got[static_cast<size_t>(j)];
+          }
+          EXPECT_NEAR(total, rows * (kHq / kHkv), 1e-3);  // every row's softmax sums to 1
+        });
+      }
+    }
+  }
+}
+
+TEST(AttentionMass, RejectsBadShapes) {
+  kv::KvPool pool(64, {KvDType::F16, KvDType::F16}, 4);
+  kv::KvSequence seq(pool, 1, kHkv, 64);
+  std::vector<float> q(kHq * 64), mass(64);
+  EXPECT_THROW(accumulate_attention_mass(q.data(), kHq * 64, 1, 0, kHq, 4, 64, seq.view(0), 0, 1.0f, mass.data()),
+               std::invalid_argument);
+  EXPECT_THROW(accumulate_attention_mass(q.data(), kHq * 64, 1, 0, kHq, kHkv, 64, seq.view(0), kHkv, 1.0f, mass.data()),
+               std::invalid_argument);
+}
+
+}  // namespace
+}  // namespace skim::kernels
