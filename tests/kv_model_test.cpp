@@ -11,6 +11,8 @@
 #include <string>
 #include <vector>
 
+#include "kv/kv_sequence.h"
+#include "model/attention_observer.h"
 #include "skim/context.h"
 #include "skim/model.h"
 #include "skim/perplexity.h"
@@ -173,6 +175,32 @@ TEST_F(KvModel, ADecodeBudgetCapsTheCache) {
   EXPECT_THROW(Context(*model_, {.kv_policy = "nosuch"}), std::invalid_argument);
 }
 
+// H2O's scores are what every query paid each row, and each query row's
+// softmax sums to 1: after a 300-token prompt in micro-batches of 128 and 4
+// decode steps, every layer's scores sum, per KV head, to 304 rows x the
+// group's query heads (the last layer computes every row too). Such a cache
+// depends on its queries, not only its tokens: it is not reused or saved.
+TEST_F(KvModel, H2oCountsEveryQueryOfEveryMicroBatch) {
+  const std::vector<int32_t> ids = text_tokens(304);
+  Context ctx(*model_, {.n_ctx = 2048, .n_ubatch = 128, .n_threads = 2, .kv_policy = "h2o"});
+  ctx.decode(std::span<const int32_t>(ids.data(), 300));
+  for (size_t i = 300; i < ids.size(); ++i) ctx.decode(std::span<const int32_t>(&ids[i], 1));
+  const kv::KvSequence& seq = ContextInternals::sequence(ctx, 0);
+  const ModelConfig& c = model_->config();
+  ASSERT_EQ(seq.size(), 304);
+  for (int32_t l = 0; l < c.n_layer; ++l)
+    for (int32_t g = 0; g < c.n_head_kv; ++g) {
+      double sum = 0.0;
+      for (int64_t s = 0; s < seq.size(); ++s) sum += seq.row_scores(l, g)[s];
+      EXPECT_NEAR(sum, 304.0 * (c.n_head / c.n_head_kv), 0.01) << "layer " << l << " head " << g;
+    }
+  EXPECT_FALSE(ctx.kv_reusable());
+  const test::TempDir dir;
+  EXPECT_THROW(ctx.save_sequence(0, ids, (dir / "h2o.kv").string()), std::runtime_error);
+  ctx.clear();
+  EXPECT_TRUE(ctx.kv_reusable());
+}
+
 // The bar for q8_0: mean KL against the f16 cache at most 0.002, over
 // every position of a 512-token prompt (f32 GEMMs: the cache's effect alone).
 TEST_F(KvModel, Q8_0StaysWithinTheKlBar) {
@@ -208,6 +236,23 @@ TEST_F(KvModel, KiviStaysNearerF16ThanQ4_0ThroughPromptAndDecode) {
   std::printf("mean KL vs f16 over 31 rows: kivi4 %.5f, q4_0 %.5f\n", kivi, q4);
   EXPECT_GT(kivi, 0.0);
   EXPECT_LT(kivi, q4);
+}
+
+// --kv-f16-sinks: a quantized layer's first rows are read from f16 copies.
+// With every row of the prompt and its 30 decode steps a sink (and the keys
+// stored as they come: no Hadamard turn, no centring), a q4_0 cache reads
+// exactly what the f16 cache holds, so every logit is the f16 cache's.
+// (Turned or centred rows rounded to f16 differ from the f16 cache's by
+// rounding alone; decode's 8-bit activations amplify that to a mean KL near
+// 2e-3, the same noise floor as any other change in the last bits.)
+TEST_F(KvModel, F16SinkRowsAreReadInF16) {
+  const std::vector<int32_t> ids = text_tokens(330);
+  const std::vector<int32_t> prompt(ids.begin(), ids.begin() + 300), next(ids.begin() + 300, ids.end());
+  const std::vector<float> reference = run({}, prompt, next);
+  ContextParams q4{.kv_type_k = "q4_0", .kv_type_v = "q4_0", .kv_rotation = false, .kv_center_keys = false};
+  EXPECT_NE(run(q4, prompt, next), reference);
+  q4.kv_f16_sinks = 400;
+  EXPECT_EQ(run(q4, prompt, next), reference);
 }
 
 }  // namespace

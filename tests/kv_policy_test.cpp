@@ -297,32 +297,18 @@ TEST(KvPolicy, TargetsFollowKeepAndBudget) {
   EXPECT_EQ(KvPolicy("snapkv:keep=0.1").target_after_prompt(30), 30);  // not more than sink + window: all stay
 }
 
-// Compaction moves each kept row, K, V, position and accumulated score, to
-// the front of its (layer, head); other heads choose their own rows. A fork
-// keeps the scores, and rows appended later start from zero.
+// Compaction moves each kept row, K, V and position, to the front of its
+// (layer, head); other heads choose their own rows.
 TEST(KvPolicy, CompactionMovesRowsWithTheirPositions) {
   Problem p(300);
   std::vector<float> before(static_cast<size_t>(300) * kDim), after(before.size());
   const std::vector<std::vector<int64_t>> kept = {{0, 5, 64, 65, 200, 299}, {1, 2, 3, 150, 298, 299}};
-  std::vector<std::vector<float>> rows_before, scores_before;
+  std::vector<std::vector<float>> rows_before;
   for (int32_t g = 0; g < kHkv; ++g) {
     kernels::read_k_rows(p.seq.view(0), g, 0, 300, kDim, before.data());
     rows_before.push_back(before);
-    scores_before.emplace_back(p.seq.row_scores(0, g), p.seq.row_scores(0, g) + 300);
   }
   p.seq.keep_rows({kept});
-  const kv::KvSequence fork = p.seq.fork();
-  p.seq.append(std::vector<int32_t>{1000, 1001});
-  for (int32_t g = 0; g < kHkv; ++g) {
-    for (int64_t i = 0; i < 6; ++i) {
-      const float score = scores_before[static_cast<size_t>(g)][static_cast<size_t>(kept[static_cast<size_t>(g)][static_cast<size_t>(i)])];
-      EXPECT_EQ(p.seq.row_scores(0, g)[i], score);
-      EXPECT_EQ(fork.row_scores(0, g)[i], score);
-    }
-    EXPECT_EQ(p.seq.row_scores(0, g)[6], 0.0f);
-    EXPECT_EQ(p.seq.row_scores(0, g)[7], 0.0f);
-  }
-  p.seq.truncate(6);
   ASSERT_EQ(p.seq.size(), 6);
   for (int32_t g = 0; g < kHkv; ++g) {
     const kernels::KvView view = p.seq.view(0);
@@ -334,6 +320,36 @@ TEST(KvPolicy, CompactionMovesRowsWithTheirPositions) {
     }
   }
   EXPECT_THROW(p.seq.keep_rows({{{3, 2}, {1, 2}}}), std::invalid_argument);
+}
+
+// Accumulated scores (H2O) move with their rows through compaction and
+// erase, a fork keeps them, and rows appended later start from zero.
+TEST(KvPolicy, RowScoresMoveWithTheirRows) {
+  Problem p(300);
+  const std::vector<std::vector<int64_t>> kept = {{0, 5, 64, 65, 200, 299}, {1, 2, 3, 150, 298, 299}};
+  std::vector<std::vector<float>> before;
+  for (int32_t g = 0; g < kHkv; ++g) before.emplace_back(p.seq.row_scores(0, g), p.seq.row_scores(0, g) + 300);
+  const auto score_of = [&](int32_t g, size_t i) {
+    return before[static_cast<size_t>(g)][static_cast<size_t>(kept[static_cast<size_t>(g)][i])];
+  };
+  p.seq.keep_rows({kept});
+  const kv::KvSequence fork = p.seq.fork();
+  p.seq.append(std::vector<int32_t>{1000, 1001});
+  for (int32_t g = 0; g < kHkv; ++g) {
+    for (size_t i = 0; i < 6; ++i) {
+      EXPECT_EQ(p.seq.row_scores(0, g)[i], score_of(g, i));
+      EXPECT_EQ(fork.row_scores(0, g)[i], score_of(g, i));
+    }
+    EXPECT_EQ(p.seq.row_scores(0, g)[6], 0.0f);
+    EXPECT_EQ(p.seq.row_scores(0, g)[7], 0.0f);
+  }
+  p.seq.erase(1, 3);  // later rows move down with their scores
+  for (int32_t g = 0; g < kHkv; ++g) {
+    EXPECT_EQ(p.seq.row_scores(0, g)[0], score_of(g, 0));
+    EXPECT_EQ(p.seq.row_scores(0, g)[1], score_of(g, 3));
+  }
+  p.seq.clear();  // an emptied sequence drops them
+  EXPECT_FALSE(p.seq.has_row_scores());
 }
 
 }  // namespace

@@ -12,6 +12,7 @@
 #include <random>
 #include <vector>
 
+#include "kernels/f16.h"
 #include "kernels/kv_codec.h"
 #include "kv/kv_pool.h"
 #include "kv/kv_sequence.h"
@@ -166,6 +167,62 @@ TEST(KvPool, EraseMovesLaterSlotsDownWithTheirPositions) {
   EXPECT_EQ(view.slots_through(0, 50), 10);  // positions 10..89 are gone
   EXPECT_EQ(view.slots_through(0, 90), 11);
   EXPECT_EQ(view.first_slot_at(0, 95), 15);
+}
+
+// --kv-f16-sinks: a quantized layer keeps f16 copies of its first rows, which
+// its view reads; the pages hold every row as well. A row moved into those
+// slots brings its page values, a fork copies the copies, and refresh_sinks
+// rebuilds them from the pages (after a cache file wrote only those).
+TEST(KvPool, F16SinkRowsShadowTheFirstQuantizedRows) {
+  KvPool pool(kDim, {kernels::KvDType::Q4_0, kernels::KvDType::Q4_0}, 16);
+  KvSequence seq(pool, 1, 2, 1000, 8);
+  seq.append(iota(0, 100));
+  std::mt19937 rng(5);
+  std::normal_distribution<float> gauss(0.0f, 3.0f);
+  std::vector<float> written(static_cast<size_t>(2 * 100 * kDim));
+  for (int h = 0; h < 2; ++h)
+    for (int64_t s = 0; s < 100; ++s) {
+      float* row = written.data() + (h * 100 + s) * kDim;
+      for (int c = 0; c < kDim; ++c) row[c] = gauss(rng);
+      seq.store_row(0, h, s, row, row);
+    }
+  const auto read = [](const kernels::KvView& view, int h, int64_t s, bool values) {
+    std::vector<float> row(kDim);
+    if (values) kernels::read_v_rows(view, h, s, 1, kDim, row.data());
+    else kernels::read_k_rows(view, h, s, 1, kDim, row.data());
+    return row;
+  };
+  const auto f16 = [](std::vector<float> row) {
+    for (float& x : row) x = kernels::f16_to_f32(kernels::f32_to_f16(x));
+    return row;
+  };
+  kernels::KvView view = seq.view(0);
+  ASSERT_EQ(view.sink_end, 8);
+  kernels::KvView pages = view;
+  pages.sink_end = 0;
+  for (int h = 0; h < 2; ++h)
+    for (int64_t s = 0; s < 100; ++s)
+      for (const bool values : {false, true}) {
+        const float* w = written.data() + (h * 100 + s) * kDim;
+        if (s < 8) EXPECT_EQ(read(view, h, s, values), f16(std::vector<float>(w, w + kDim))) << "sink slot " << s;
+        else EXPECT_EQ(read(view, h, s, values), read(pages, h, s, values)) << "slot " << s;
+        EXPECT_NE(read(pages, h, s, values), f16(std::vector<float>(w, w + kDim))) << "the page holds q4_0 rows";
+      }
+  std::vector<std::vector<float>> page_50 = {read(pages, 0, 50, false), read(pages, 1, 50, true)};
+  const std::vector<int64_t> kept = {0, 1, 2, 3, 50, 51, 52, 53, 60, 99};
+  seq.keep_rows({{kept, kept}});
+  view = seq.view(0);
+  EXPECT_EQ(read(view, 0, 4, false), f16(page_50[0]));  // slot 50 moved into the sinks: its q4_0 values
+  EXPECT_EQ(read(view, 1, 4, true), f16(page_50[1]));
+  const float* w0 = written.data();
+  EXPECT_EQ(read(view, 0, 0, false), f16(std::vector<float>(w0, w0 + kDim)));  // slot 0 kept its f16 copy
+  const KvSequence fork = seq.fork();
+  for (int64_t s = 0; s < 10; ++s) EXPECT_EQ(read(fork.view(0), 0, s, false), read(view, 0, s, false));
+  seq.refresh_sinks();
+  pages = seq.view(0);
+  pages.sink_end = 0;
+  EXPECT_EQ(read(seq.view(0), 0, 0, false), f16(read(pages, 0, 0, false)));
+  EXPECT_EQ(seq.held_bytes(), fork.held_bytes());
 }
 
 }  // namespace

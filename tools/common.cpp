@@ -41,7 +41,7 @@ const SharedOption kSharedOptions[] = {
     {Opt::Ctx, "-c,--ctx-size", "context size in tokens", &SharedOptions::n_ctx, Range{0, kMaxTokens}, "the model's"},
     {Opt::Ubatch, "--ubatch-size", "prefill micro-batch size", &SharedOptions::n_ubatch, Range{1, kMaxTokens}},
     {Opt::Attn, "--attn", "attention method NAME[:key=value,...] (skim info --attn lists them)", &SharedOptions::attn},
-    {Opt::Gemm, "--gemm", "arithmetic of the prefill weight GEMMs: int8 (activations rounded per 32) or f32",
+    {Opt::Gemm, "--gemm", "arithmetic of the prefill weight GEMMs: int8 (activations rounded per 32), f32, or bf16 (operands rounded to bf16)",
      &SharedOptions::gemm},
     {Opt::AttnMath, "--attn-math", "arithmetic of the prefill attention kernel: f32, or bf16 (Q, K, P, V rounded to bf16, f32 sums)",
      &SharedOptions::attn_math},
@@ -49,6 +49,8 @@ const SharedOption kSharedOptions[] = {
     {Opt::KvTypeV, "--cache-type-v", "format of the V cache (-ctv)", &SharedOptions::kv_type_v},
     {Opt::KvF16Layers, "--kv-f16-layers", "layers whose K/V stay f16 whatever -ctk/-ctv say, e.g. 0,-1 (-1: the last)",
      &SharedOptions::kv_f16_layers},
+    {Opt::KvF16Sinks, "--kv-f16-sinks", "the first N rows of layers with quantized K/V also kept in f16 (the attention sinks)",
+     &SharedOptions::kv_f16_sinks, Range{0, 4096}},
     {Opt::KvRotation, "--kv-rotation", "Hadamard-rotate Q/K/V of quantized K/V as llama.cpp does (0: off)",
      &SharedOptions::kv_rotation, Range{0, 1}},
     {Opt::KvCenterKeys, "--kv-center-keys", "store quantized keys minus the sequence's mean key (0: off)",
@@ -116,6 +118,7 @@ void apply_kv_options(const SharedOptions& o, ContextParams& cp) {
   cp.kv_rotation = o.kv_rotation != 0;
   cp.kv_center_keys = o.kv_center_keys != 0;
   cp.kv_policy = o.kv_policy;
+  cp.kv_f16_sinks = o.kv_f16_sinks;
   cp.dca_chunk = o.dca_chunk;
   cp.dca_local = o.dca_local;
   std::stringstream ss(o.kv_f16_layers);
@@ -147,7 +150,8 @@ std::string kv_held_summary(const Context& ctx, const SharedOptions& o) {
   return fmt::format("KV cache {:.1f} MiB held for {}{} of {} tokens (K {}, V {}{}{}): {:.2f}x less than the full f16 cache "
                      "({:.1f} MiB), cap {:.1f} MiB",
                      held, cached, spread, past, o.kv_type_k, o.kv_type_v,
-                     o.kv_f16_layers.empty() ? "" : ", f16 layers " + o.kv_f16_layers,
+                     (o.kv_f16_layers.empty() ? "" : ", f16 layers " + o.kv_f16_layers) +
+                         (o.kv_f16_sinks > 0 ? fmt::format(", {} f16 sink rows", o.kv_f16_sinks) : ""),
                      o.kv_policy.empty() ? "" : ", policy " + o.kv_policy, held > 0 ? full / held : 1.0, full,
                      ctx.kv_cap_bytes() / 1048576.0);
 }
@@ -206,6 +210,7 @@ std::string context_flags(const SharedOptions& o) {
   if (o.kv_type_k != defaults.kv_type_k) flags += " -ctk " + o.kv_type_k;
   if (o.kv_type_v != defaults.kv_type_v) flags += " -ctv " + o.kv_type_v;
   if (!o.kv_f16_layers.empty()) flags += " --kv-f16-layers " + o.kv_f16_layers;
+  if (o.kv_f16_sinks > 0) flags += fmt::format(" --kv-f16-sinks {}", o.kv_f16_sinks);
   if (o.kv_rotation != defaults.kv_rotation) flags += fmt::format(" --kv-rotation {}", o.kv_rotation);
   if (o.kv_center_keys != defaults.kv_center_keys) flags += fmt::format(" --kv-center-keys {}", o.kv_center_keys);
   return flags;

@@ -55,6 +55,7 @@ struct SharedOptions {
   std::vector<std::string> attn = {"dense"};  // one spec unless the command takes several
   std::string kv_type_k = "f16", kv_type_v = "f16";
   std::string kv_f16_layers;  // "0,-1": layers kept in f16
+  int kv_f16_sinks = 0;       // first rows of quantized layers kept in f16
   int kv_rotation = 1;
   int kv_center_keys = 1;
   std::string kv_policy;
@@ -65,10 +66,10 @@ struct SharedOptions {
   int dca_local = -1;          // --dca-local
 };
 // Rope: the RoPE scaling flags as a group (llama.cpp's names).
-enum class Opt { Model, Threads, Ctx, Ubatch, Attn, Gemm, AttnMath, KvTypeK, KvTypeV, KvF16Layers, KvRotation, KvCenterKeys, KvPolicy,
-                 Dca, DcaLocal, Rope };
+enum class Opt { Model, Threads, Ctx, Ubatch, Attn, Gemm, AttnMath, KvTypeK, KvTypeV, KvF16Layers, KvF16Sinks, KvRotation, KvCenterKeys,
+                 KvPolicy, Dca, DcaLocal, Rope };
 // The KV flags (what the cache holds and how keys are placed), for commands that build a context.
-inline constexpr Opt kKvOpts[] = {Opt::KvTypeK, Opt::KvTypeV, Opt::KvF16Layers, Opt::KvRotation, Opt::KvCenterKeys,
+inline constexpr Opt kKvOpts[] = {Opt::KvTypeK, Opt::KvTypeV, Opt::KvF16Layers, Opt::KvF16Sinks, Opt::KvRotation, Opt::KvCenterKeys,
                                   Opt::KvPolicy, Opt::Dca, Opt::DcaLocal};
 struct Range { int min, max; };
 // A shared flag as one command takes it: the table's range unless the flag means something

@@ -49,6 +49,9 @@ struct ContextParams {
   std::string kv_type_k = "f16", kv_type_v = "f16";
   // Layers kept in f16 whatever the types above (-1 is the last layer, -2 the one before).
   std::vector<int> kv_f16_layers;
+  // Layers with quantized K or V also keep their first this many rows in f16
+  // (the attention sinks: the first positions, whose keys stand out).
+  int kv_f16_sinks = 0;
   // Layers with quantized K (V) turn Q and K (V) by a Hadamard rotation before
   // storing, as llama.cpp does; false turns it off (the tq formats need it).
   bool kv_rotation = true;
@@ -124,6 +127,11 @@ class Context {
   // Whether a KV policy dropped rows of the sequence: its rows then no longer
   // stand for its tokens (a layer may hold fewer than n_cached).
   bool kv_evicted(int seq = 0) const;
+  // Whether the sequence's cache is a function of its tokens alone, so a
+  // prefix of it may be reused or saved: not once a policy evicted rows, nor
+  // while its rows carry attention accumulated from its queries (H2O), which
+  // truncating cannot take back.
+  bool kv_reusable(int seq = 0) const;
   // Rows each layer holds for the sequence (per KV head): n_cached, or fewer
   // where a per-layer budget or a sliding window gave slots back.
   std::vector<int64_t> kv_layer_rows(int seq = 0) const;

@@ -78,7 +78,7 @@ struct Scheduler::Slot {
   std::vector<int32_t> cached;  // the tokens whose rows the sequence holds, in order
   size_t gemm_rows = 0;         // leading rows computed by GEMM passes, as a cold prefill computes them
   std::string methods;          // the methods that computed its rows (methods_key)
-  bool reusable = true;         // false once a KV policy evicted rows: they no longer match `cached`
+  bool reusable = true;         // false once a KV policy evicted rows or accumulates attention: Context::kv_reusable
   bool cold_cuts = false;       // its rows depend on the cuts: prompts are cut where a cold run cuts them
   int64_t last_used = -1;
   std::shared_ptr<Job> job;     // null: idle
@@ -271,7 +271,9 @@ Scheduler::SlotFile Scheduler::save_slot(int slot, const std::string& path) {
   return between_steps([this, slot, path] {
     const auto t0 = Clock::now();
     Slot& s = idle_slot(slot);
-    if (!s.reusable) throw std::invalid_argument(fmt::format("slot {}: a KV policy evicted rows, its cache no longer matches tokens", slot));
+    if (!s.reusable)
+      throw std::invalid_argument(fmt::format("slot {}: a KV policy evicted rows or accumulates attention, its cache "
+                                              "no longer matches its tokens", slot));
     const size_t bytes = ctx_->save_sequence(s.seq, s.cached, path, gemm_rows_meta(s.gemm_rows));
     return SlotFile{static_cast<int>(s.cached.size()), bytes, ms_between(t0, Clock::now())};
   });
@@ -606,7 +608,7 @@ void Scheduler::run(Pass& pass) {
     } else {
       ++s.job->n_decoded;
     }
-    if (ctx_->kv_evicted(s.seq)) s.reusable = false;
+    if (!ctx_->kv_reusable(s.seq)) s.reusable = false;
   }
   const size_t n_vocab = static_cast<size_t>(model_.config().n_vocab);
   for (size_t k = 0; k < pass.sampled.size(); ++k) sample(*pass.sampled[k], logits.data() + k * n_vocab);

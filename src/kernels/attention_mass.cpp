@@ -168,7 +168,8 @@ HWY_EXPORT(AccumulateAttentionMass);
 void accumulate_attention_mass(const float* q, int64_t q_row_stride, int32_t rows, int32_t q_pos0, int32_t n_q_heads,
                                int32_t n_kv_heads, int32_t head_dim, const KvView& kv, int32_t head, float scale,
                                float* mass) {
-  if (n_kv_heads <= 0 || n_q_heads % n_kv_heads != 0 || head < 0 || head >= n_kv_heads || head_dim % 16 != 0 || rows < 0)
+  if (n_kv_heads <= 0 || n_q_heads % n_kv_heads != 0 || head < 0 || head >= n_kv_heads || head_dim % 16 != 0 ||
+      head_dim > kMaxKvRow || rows < 0)
     throw std::invalid_argument("accumulate_attention_mass: bad head shape");
   if (rows == 0 || kv.n_keys <= kv.first_key) return;
   HWY_DYNAMIC_DISPATCH(AccumulateAttentionMass)(q, q_row_stride, rows, q_pos0, n_q_heads, n_kv_heads, head_dim, &kv,

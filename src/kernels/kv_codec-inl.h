@@ -317,11 +317,14 @@ HWY_INLINE void DecodeKvRow(DF df, const void* HWY_RESTRICT src, KvDType type, i
 }
 
 // Row `slot` of KV head `head` of a view, K or V, widened to f32: from the
-// f16 stage while the slot's page is unfilled, else in the view's format.
+// f16 copies of the sink rows, or from the f16 stage while the slot's page is
+// unfilled, else in the view's format.
 template <class DF>
 HWY_INLINE void DecodeViewRow(DF df, const KvView& kv, bool values, int32_t head, int64_t slot, int32_t d,
                               float* HWY_RESTRICT dst) {
-  if (kv.staged(slot)) {
+  if (slot < kv.sink_end) {
+    DecodeKvRow(df, kv.sink_row(values, head, slot), KvDType::F16, d, dst);
+  } else if (kv.staged(slot)) {
     DecodeKvRow(df, kv.stage_row(values, head, slot), KvDType::F16, d, dst);
   } else if (values) {
     DecodeKvRow(df, kv.v_row(head, slot), kv.v_type, d, dst);

@@ -100,6 +100,12 @@ struct KvView {
   const uint16_t* v_stage = nullptr;
   int64_t stage_row_stride = 0;  // halves between consecutive slots
   int32_t stage_head_dim = 0;
+  // Slots before sink_end (a quantized layer's first rows, kept f16 by
+  // --kv-f16-sinks) are read from f16 copies: slot s of head h at
+  // k_sink + s * stage_row_stride + h * stage_head_dim (v_sink alike).
+  int64_t sink_end = 0;
+  const uint16_t* k_sink = nullptr;
+  const uint16_t* v_sink = nullptr;
 
   // [head][rows][row_stride] arrays of `type`, K and V alike (head_stride, row_stride
   // in elements), at most 1024 heads. positions: one per slot, shared by all heads (null: position == slot).
@@ -118,6 +124,9 @@ struct KvView {
     return v + page_of(head, slot) * page_bytes + row_in_page(slot) * v_row_bytes;
   }
   bool staged(int64_t slot) const { return slot >= stage_slot0; }
+  const uint16_t* sink_row(bool values, int32_t head, int64_t slot) const {
+    return (values ? v_sink : k_sink) + slot * stage_row_stride + static_cast<int64_t>(head) * stage_head_dim;
+  }
   const uint16_t* stage_row(bool values, int32_t head, int64_t slot) const {
     return (values ? v_stage : k_stage) + (slot - stage_slot0) * stage_row_stride + static_cast<int64_t>(head) * stage_head_dim;
   }

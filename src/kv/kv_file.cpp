@@ -271,6 +271,7 @@ void load_kv_file(const KvFile& file, KvSequence& seq) {
       seq.mark_key_offset_set(l);
     }
   }
+  seq.refresh_sinks();  // the file holds the page rows only
 }
 
 }  // namespace skim::kv

@@ -23,10 +23,13 @@ namespace skim::kv {
 
 class KvSequence {
  public:
-  // At most max_slots slots (the context, -c); layer l's pages come from layer_pools[l].
-  KvSequence(std::vector<KvPool*> layer_pools, int32_t n_head_kv, int64_t max_slots);
+  // At most max_slots slots (the context, -c); layer l's pages come from
+  // layer_pools[l]. A layer whose K or V is quantized also keeps its first
+  // f16_sinks slots' rows in f16 (the attention sinks), which readers use
+  // instead of the page rows (KvView::sink_end).
+  KvSequence(std::vector<KvPool*> layer_pools, int32_t n_head_kv, int64_t max_slots, int32_t f16_sinks = 0);
   // Every layer's pages from one pool.
-  KvSequence(KvPool& pool, int32_t n_layer, int32_t n_head_kv, int64_t max_slots);
+  KvSequence(KvPool& pool, int32_t n_layer, int32_t n_head_kv, int64_t max_slots, int32_t f16_sinks = 0);
   ~KvSequence();
   KvSequence(const KvSequence&) = delete;
   KvSequence& operator=(const KvSequence&) = delete;
@@ -88,9 +91,10 @@ class KvSequence {
 
   // A float per (layer, KV head, slot) that a KV policy accumulates (H2O:
   // the attention the row has received): zero for new slots, moved with its
-  // row (erase, keep_rows), copied by fork. Allocated on first use; the const
-  // form returns null until then.
+  // row (erase, keep_rows), copied by fork. Allocated on first use, dropped
+  // when the sequence is emptied; the const form returns null until then.
   float* row_scores(int32_t layer, int32_t head);
+  bool has_row_scores() const { return !row_scores_.empty(); }
   const float* row_scores(int32_t layer, int32_t head) const;
 
   int32_t position(int64_t slot) const;
@@ -102,6 +106,9 @@ class KvSequence {
   // staged (KvPool::staged) until seal encodes its page. Rows of different
   // (head, slot) may be stored from different threads.
   void store_row(int32_t layer, int32_t head, int64_t slot, const float* k, const float* v);
+  // Refills the f16 sink rows from the page rows (their quantized values):
+  // after the pages were written directly (a cache file read).
+  void refresh_sinks();
   // Encodes every page of a staged layer whose rows are all stored (KIVI
   // keys are quantized per channel over a page's rows): only the last,
   // unfilled page stays f16. Nothing to do for other layers.
@@ -139,6 +146,9 @@ class KvSequence {
   int64_t first_page(int32_t layer) const { return first_slot(layer) >> kPageShift; }
   void require_all_held(const char* what) const;
   bool staged(int32_t layer) const { return pool(layer).staged(); }
+  // Slots of the layer whose rows have f16 copies (0 for f16 layers).
+  int64_t sink_slots(int32_t layer) const { return sink_k_[static_cast<size_t>(layer)].empty() ? 0 : f16_sinks_; }
+  uint16_t* sink_row(int32_t layer, bool values, int32_t head, int64_t slot);
   int64_t stage_row_halves(int32_t layer) const { return static_cast<int64_t>(n_head_kv_) * head_dim(layer); }
   uint16_t* stage_row(int32_t layer, bool values, int32_t head, int64_t slot);
   // A staged layer's stage holds the slots [stage_slot0, size()): sized after append, refilled by truncate.
@@ -159,6 +169,8 @@ class KvSequence {
   std::vector<int64_t> stage_slot0_;         // [layer]: staged layers' first slot not yet sealed (a page start)
   std::vector<std::vector<uint16_t>> stage_k_, stage_v_;  // [layer][slot - stage_slot0][head][head_dim] f16
   std::vector<float> row_scores_;                        // [layer][head][max_slots], or empty: row_scores
+  int32_t f16_sinks_ = 0;
+  std::vector<std::vector<uint16_t>> sink_k_, sink_v_;   // [layer][slot < f16_sinks][head][head_dim] f16, or empty
   bool evicted_ = false;
 };
 

@@ -41,6 +41,8 @@ struct ContextInternals {
   // Replaces the context's observer (the default observes nothing); it applies
   // from the next micro-batch on.
   static void set_observer(Context& ctx, AttentionObserver observer);
+  // A sequence's cache, for tests that look at what the pool holds.
+  static const kv::KvSequence& sequence(const Context& ctx, int seq);
 };
 
 }  // namespace skim

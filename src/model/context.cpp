@@ -26,6 +26,7 @@
 namespace skim {
 
 void ContextInternals::set_observer(Context& ctx, AttentionObserver observer) { *ctx.observer_ = std::move(observer); }
+const kv::KvSequence& ContextInternals::sequence(const Context& ctx, int seq) { return ctx.sequence(seq); }
 
 Context::Context(const Model& model, ContextParams params)
     : model_(model), params_(params), observer_(std::make_unique<AttentionObserver>()) {
@@ -57,7 +58,7 @@ Context::Context(const Model& model, ContextParams params)
                     static_cast<int64_t>(std::ceil(static_cast<double>(params_.kv_extra_bytes) / page_bytes_all_layers));
   const std::vector<kv::KvPool*> layer_pools = kv_pools_for(params_.kv_type_k, params_.kv_type_v);
   for (int i = 0; i < params_.n_seq_max; ++i)
-    seqs_.push_back(std::make_unique<kv::KvSequence>(layer_pools, c.n_head_kv, params_.n_ctx));
+    seqs_.push_back(std::make_unique<kv::KvSequence>(layer_pools, c.n_head_kv, params_.n_ctx, params_.kv_f16_sinks));
   seq_kv_types_.assign(static_cast<size_t>(params_.n_seq_max), {params_.kv_type_k, params_.kv_type_v});
   seq_policies_.assign(static_cast<size_t>(params_.n_seq_max), policy_for(params_.kv_policy));
   s_ = std::make_unique<Activations>(c, params_.n_ubatch);
@@ -117,7 +118,7 @@ void Context::set_kv_types(int seq, const std::string& k, const std::string& v) 
   if (types.first == k && types.second == v) return;
   const std::vector<kv::KvPool*> layer_pools = kv_pools_for(k, v);
   seqs_[static_cast<size_t>(seq)] =
-      std::make_unique<kv::KvSequence>(layer_pools, model_.config().n_head_kv, params_.n_ctx);
+      std::make_unique<kv::KvSequence>(layer_pools, model_.config().n_head_kv, params_.n_ctx, params_.kv_f16_sinks);
   types = {k, v};
 }
 
@@ -140,6 +141,7 @@ int Context::n_past(int seq) const {
 }
 int Context::n_cached(int seq) const { return static_cast<int>(sequence(seq).size()); }
 bool Context::kv_evicted(int seq) const { return sequence(seq).evicted(); }
+bool Context::kv_reusable(int seq) const { return !sequence(seq).evicted() && !sequence(seq).has_row_scores(); }
 std::vector<int64_t> Context::kv_layer_rows(int seq) const {
   const kv::KvSequence& kv = sequence(seq);
   std::vector<int64_t> rows(static_cast<size_t>(kv.n_layer()));

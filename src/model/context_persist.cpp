@@ -37,15 +37,15 @@ std::map<std::string, std::string> Context::cache_fingerprint(int seq) const {
 std::string Context::kv_layout(const std::string& k, const std::string& v) const {
   std::string f16_layers;
   for (int l : params_.kv_f16_layers) f16_layers += fmt::format("{}{}", f16_layers.empty() ? "" : ",", l);
-  return fmt::format("k {} v {} f16_layers [{}] rotation {} center_keys {}", k, v, f16_layers, params_.kv_rotation,
-                     params_.kv_center_keys);
+  return fmt::format("k {} v {} f16_layers [{}] rotation {} center_keys {}{}", k, v, f16_layers, params_.kv_rotation,
+                     params_.kv_center_keys, params_.kv_f16_sinks > 0 ? fmt::format(" f16_sinks {}", params_.kv_f16_sinks) : "");
 }
 
 size_t Context::save_sequence(int seq, std::span<const int32_t> tokens, const std::string& path,
                               const std::map<std::string, std::string>& extra) {
-  if (kv_evicted(seq))
-    throw std::runtime_error(fmt::format("sequence {}: a KV policy evicted rows, so its cache no longer holds a row per "
-                                         "token and is not saved", seq));
+  if (!kv_reusable(seq))
+    throw std::runtime_error(fmt::format("sequence {}: a KV policy evicted rows or accumulates attention (h2o), so its "
+                                         "cache is not a function of its tokens and is not saved", seq));
   std::map<std::string, std::string> meta = extra;
   for (auto& [k, v] : cache_fingerprint(seq)) meta[k] = v;
   meta["skim.model_file"] = std::filesystem::path(model_.file().path()).filename().string();
