@@ -160,9 +160,11 @@ struct Shape {
 
 // Row lengths to test for a type: the model's sizes, rounded to the block size
 // where they are not multiples of it (K types need multiples of 256). 608 is
-// 19 blocks of 32: groups of 8, a pair and an unpaired last block.
+// 19 blocks of 32: groups of 8, a pair and an unpaired last block. Types with
+// blocks of one value also take an odd length (the bf16 GEMM's last pair).
 std::vector<int64_t> row_lengths(GgmlType type) {
   if (traits(type).block_size == 256) return {256, 768, 1536, 4864};
+  if (traits(type).block_size == 1) return {101, 576, 608, 896, 1536, 4864};
   return {576, 608, 896, 1536, 4864};
 }
 
@@ -374,8 +376,11 @@ TEST(MatmulSharedInput, EqualsSeparateProducts) {
     std::vector<std::pair<GgmlType, int64_t>> weights;  // type, rows
   };
   const Case cases[] = {{576, {{GgmlType::Q4_1, 576}, {GgmlType::Q8_0, 192}, {GgmlType::Q4_K, 37}}},
-                        {100, {{GgmlType::F16, 64}, {GgmlType::F32, 5}}}};
+                        {100, {{GgmlType::F16, 64}, {GgmlType::F32, 5}, {GgmlType::BF16, 19}}},
+                        {101, {{GgmlType::BF16, 40}, {GgmlType::F32, 3}}}};
+  for (const GemmPath path : {GemmPath::kInt8, GemmPath::kBf16, GemmPath::kF32})
   for (const Case& c : cases) {
+    kernels::set_gemm_path(path);
     std::vector<std::vector<uint8_t>> data;
     std::vector<TensorInfo> tensors;
     for (auto [type, rows] : c.weights) {

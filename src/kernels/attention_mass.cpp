@@ -71,10 +71,17 @@ void AccumulateAttentionMass(const float* q, int64_t q_row_stride, int32_t rows,
   const int64_t blocks = (n - first + kBlock - 1) / kBlock;
   const int64_t items = static_cast<int64_t>(group) * rows;  // (member, row), row-major by member
   const int64_t item_groups = (items + kItems - 1) / kItems;
-  // Every block of keys transposed once; rows each see a prefix of the slots.
-  std::vector<float> kt(static_cast<size_t>(blocks * d * kBlock), 0.0f);
+  // Every block of keys transposed once (reused across calls: a decode step
+  // makes one call per layer and KV head); rows each see a prefix of the slots.
+  thread_local std::vector<float> kt_storage, block_max, block_sum;
+  kt_storage.resize(static_cast<size_t>(blocks * d * kBlock));
+  block_max.assign(static_cast<size_t>(blocks * items), -INFINITY);
+  block_sum.assign(static_cast<size_t>(blocks * items), 0.0f);
+  float* kt = kt_storage.data();
+  float* bmax = block_max.data();
+  float* bsum = block_sum.data();
   std::vector<int64_t> visible(static_cast<size_t>(rows));
-  std::vector<float> lse(static_cast<size_t>(items), -INFINITY), row_sum(static_cast<size_t>(items), 0.0f);
+  std::vector<float> lse(static_cast<size_t>(items), -INFINITY);
   for (int32_t i = 0; i < rows; ++i) visible[static_cast<size_t>(i)] = kv.slots_through(head, q_pos0 + i);
   // Item group t of block b: its queries (null past the last item) and each item's key count.
   const auto prepare = [&](int64_t b, int64_t t, const float** qs, int64_t* counts) {
@@ -98,42 +105,47 @@ void AccumulateAttentionMass(const float* q, int64_t q_row_stride, int32_t rows,
     for (int64_t b = 0; b < blocks; ++b) {
       const int64_t c0 = first + b * kBlock, count = std::min(kBlock, n - c0);
       read_k_rows(kv, head, c0, count, d, keys.data());
-      float* block = kt.data() + b * d * kBlock;
-      for (int64_t j = 0; j < count; ++j)
-        for (int32_t e = 0; e < d; ++e) block[e * kBlock + j] = keys[static_cast<size_t>(j * d + e)];
+      float* block = kt + b * d * kBlock;
+      // Scores are computed in whole vector pairs: the keys past the last are zero.
+      const int64_t padded = std::min(kBlock, (count + 2 * N - 1) / (2 * N) * (2 * N));
+      for (int32_t e = 0; e < d; ++e) {
+        for (int64_t j = 0; j < count; ++j) block[e * kBlock + j] = keys[static_cast<size_t>(j * d + e)];
+        std::fill(block + e * kBlock + count, block + e * kBlock + padded, 0.0f);
+      }
     }
-    // Pass 1: each item's running max (in lse) and sum of exp. The static
-    // schedule gives a thread the same item groups in every block, so it
-    // alone updates their sums.
-    for (int64_t b = 0; b < blocks; ++b) {
-#pragma omp for schedule(static) nowait
+    // Pass 1, blocks split over threads: each item's max and sum of exp in the block.
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t b = 0; b < blocks; ++b)
       for (int64_t t = 0; t < item_groups; ++t) {
         const int64_t widest = prepare(b, t, qs, counts);
         if (widest <= 0) continue;
-        BlockScores(df, qs, kt.data() + b * d * kBlock, d, widest, scale, s);
+        BlockScores(df, qs, kt + b * d * kBlock, d, widest, scale, s);
         for (int i = 0; i < kItems; ++i) {
           const int64_t count = counts[i];
           if (count <= 0) continue;
           float mx = -INFINITY;
           for (int64_t j = 0; j < count; ++j) mx = std::max(mx, s[i][j]);
-          float& m = lse[static_cast<size_t>(t * kItems + i)];
-          float& l = row_sum[static_cast<size_t>(t * kItems + i)];
-          const float new_m = std::max(m, mx);
-          const VF shift = hn::Set(df, new_m);
+          const VF shift = hn::Set(df, mx);
           VF sum = hn::Zero(df);
           int64_t j = 0;
           for (; j + N <= count; j += N) sum = hn::Add(sum, hn::Exp(df, hn::Sub(hn::Load(df, s[i] + j), shift)));
-          float block_sum = hn::GetLane(hn::SumOfLanes(df, sum));
-          for (; j < count; ++j) block_sum += std::exp(s[i][j] - new_m);
-          l = l * std::exp(m - new_m) + block_sum;
-          m = new_m;
+          float block_total = hn::GetLane(hn::SumOfLanes(df, sum));
+          for (; j < count; ++j) block_total += std::exp(s[i][j] - mx);
+          bmax[b * items + t * kItems + i] = mx;
+          bsum[b * items + t * kItems + i] = block_total;
         }
       }
-    }
-#pragma omp barrier
+    // Each item's log-sum-exp from its blocks' (max, sum).
 #pragma omp for schedule(static)
-    for (int64_t item = 0; item < items; ++item)
-      if (row_sum[static_cast<size_t>(item)] > 0.0f) lse[static_cast<size_t>(item)] += std::log(row_sum[static_cast<size_t>(item)]);
+    for (int64_t item = 0; item < items; ++item) {
+      float m = -INFINITY;
+      for (int64_t b = 0; b < blocks; ++b) m = std::max(m, bmax[b * items + item]);
+      if (m == -INFINITY) continue;  // the row sees no key
+      double total = 0.0;
+      for (int64_t b = 0; b < blocks; ++b)
+        if (bmax[b * items + item] != -INFINITY) total += bsum[b * items + item] * std::exp(bmax[b * items + item] - m);
+      lse[static_cast<size_t>(item)] = m + static_cast<float>(std::log(total));
+    }
     // Pass 2: blocks split over threads (each writes its own slots of mass).
 #pragma omp for schedule(dynamic, 1)
     for (int64_t b = 0; b < blocks; ++b) {
@@ -141,7 +153,7 @@ void AccumulateAttentionMass(const float* q, int64_t q_row_stride, int32_t rows,
       for (int64_t t = 0; t < item_groups; ++t) {
         const int64_t widest = prepare(b, t, qs, counts);
         if (widest <= 0) continue;
-        BlockScores(df, qs, kt.data() + b * d * kBlock, d, widest, scale, s);
+        BlockScores(df, qs, kt + b * d * kBlock, d, widest, scale, s);
         for (int i = 0; i < kItems; ++i) {
           const int64_t count = counts[i];
           if (count <= 0) continue;
