@@ -1,5 +1,6 @@
 // The attention each key receives (kernels/attention_mass.h, H2O's scores)
-// against a float64 softmax, on every SIMD target: paged f16 and quantized
+// against a float64 softmax, on every SIMD target, in both its forms (scores
+// held, and two passes over transposed keys): paged f16 and quantized
 // keys with gaps in their positions, grouped query heads, rows that see a
 // prefix of the keys, and keys before the layer's first held slot untouched.
 #include <gtest/gtest.h>
@@ -23,9 +24,9 @@ TEST(AttentionMass, MatchesAFloat64SoftmaxOnEveryTarget) {
   for (const KvDType type : {KvDType::F16, KvDType::Q8_0}) {
     for (const int32_t d : {64, 128}) {
       SCOPED_TRACE(::testing::Message() << "d " << d << (type == KvDType::F16 ? " f16" : " q8_0"));
-      kv::KvPool pool(d, {type, type}, 64);
-      kv::KvSequence seq(pool, 1, kHkv, 2048);
-      const int64_t n = 700;
+      kv::KvPool pool(d, {type, type}, 80);
+      kv::KvSequence seq(pool, 1, kHkv, 4096);
+      const int64_t n = 2100;
       std::vector<int32_t> positions(static_cast<size_t>(n));
       for (int64_t i = 0; i < n; ++i) positions[static_cast<size_t>(i)] = static_cast<int32_t>(i + i / 3);  // gaps
       seq.append(positions);
@@ -41,9 +42,10 @@ TEST(AttentionMass, MatchesAFloat64SoftmaxOnEveryTarget) {
       const KvView kv = seq.view(0);
       std::vector<float> keys(static_cast<size_t>(n * d));
       // 39 query rows (groups of four rows straddle the query heads) from
-      // position 500, which see a prefix of the keys; then 9 from position
-      // 80, the first of which see no held key (slot 64 is at position 85).
-      for (const auto [rows, q_pos0] : {std::pair{39, 500}, std::pair{9, 80}}) {
+      // position 500, which see a prefix of the keys; 9 from position 80, the
+      // first of which see no held key (slot 64 is at position 85): few
+      // enough scores to hold. Then 200 rows, too many: the two-pass form.
+      for (const auto [rows, q_pos0] : {std::pair{39, 500}, std::pair{9, 80}, std::pair{200, 1500}}) {
       SCOPED_TRACE(::testing::Message() << rows << " rows from position " << q_pos0);
       std::vector<float> q(static_cast<size_t>(rows) * kHq * d);
       for (float& x : q) x = gauss(rng);

@@ -30,6 +30,7 @@ constexpr int64_t kBlock = 256;
 // feeds this many rows' multiply-adds.
 constexpr int kItems = 4;
 
+// The two-pass form, for many rows (a prefill micro-batch):
 // s[i][j] = scale * q_i . k_j for kItems query rows (null: none) and j < count,
 // rounded up to 2 vectors (kBlock is a multiple of that; the block's padding
 // keys are zero); keys transposed: kt[e * kBlock + j].
@@ -60,6 +61,79 @@ void BlockScores(DF df, const float* const* q, const float* HWY_RESTRICT kt, int
   }
 }
 
+// Up to this many (query row, key) scores, they are computed once and held
+// (a decode step's few rows): no transposed copy, no second q.k pass.
+constexpr int64_t kMaxHeldScores = int64_t{1} << 20;
+
+// The mass with every score held: keys read row by row, each score a dot
+// product, then each row's log-sum-exp, then exp(score - lse) summed per key.
+void HeldScoresMass(DF df, const float* q, int64_t q_row_stride, int32_t rows, int32_t group, int32_t d,
+                    const KvView& kv, int32_t head, float scale, const std::vector<int64_t>& visible, float* mass) {
+  const int64_t N = static_cast<int64_t>(hn::Lanes(df));
+  const int64_t first = kv.first_key, span = kv.n_keys - first;
+  const int64_t blocks = (span + kBlock - 1) / kBlock;
+  const int64_t items = static_cast<int64_t>(group) * rows;
+  thread_local std::vector<float> held_storage;
+  held_storage.resize(static_cast<size_t>(items * span));
+  float* held = held_storage.data();
+  std::vector<float> lse(static_cast<size_t>(items), -INFINITY);
+  // Keys of item (member, row) it sees: a prefix of the held slots.
+  const auto seen = [&](int64_t item) { return std::max<int64_t>(0, visible[static_cast<size_t>(item % rows)] - first); };
+#pragma omp parallel
+  {
+    std::vector<float> keys(static_cast<size_t>(kBlock * d));
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t b = 0; b < blocks; ++b) {
+      const int64_t c0 = b * kBlock, count = std::min(kBlock, span - c0);
+      read_k_rows(kv, head, first + c0, count, d, keys.data());
+      for (int64_t item = 0; item < items; ++item) {
+        const float* qi = q + (item % rows) * q_row_stride + (static_cast<int64_t>(head) * group + item / rows) * d;
+        const int64_t end = std::min(count, seen(item) - c0);
+        float* out = held + item * span + c0;
+        for (int64_t j = 0; j < end; ++j) {
+          const float* k = keys.data() + j * d;
+          VF acc0 = hn::Zero(df), acc1 = hn::Zero(df);
+          int32_t e = 0;
+          for (; e + 2 * N <= d; e += 2 * static_cast<int32_t>(N)) {
+            acc0 = hn::MulAdd(hn::LoadU(df, qi + e), hn::LoadU(df, k + e), acc0);
+            acc1 = hn::MulAdd(hn::LoadU(df, qi + e + N), hn::LoadU(df, k + e + N), acc1);
+          }
+          for (; e < d; e += static_cast<int32_t>(N)) acc0 = hn::MulAdd(hn::LoadU(df, qi + e), hn::LoadU(df, k + e), acc0);
+          out[j] = scale * hn::GetLane(hn::SumOfLanes(df, hn::Add(acc0, acc1)));
+        }
+      }
+    }
+#pragma omp for schedule(static)
+    for (int64_t item = 0; item < items; ++item) {
+      const int64_t end = seen(item);
+      if (end == 0) continue;  // the row sees no key
+      const float* s = held + item * span;
+      const float m = *std::max_element(s, s + end);
+      const VF shift = hn::Set(df, m);
+      VF sum = hn::Zero(df);
+      int64_t j = 0;
+      for (; j + N <= end; j += N) sum = hn::Add(sum, hn::Exp(df, hn::Sub(hn::LoadU(df, s + j), shift)));
+      double total = hn::GetLane(hn::SumOfLanes(df, sum));
+      for (; j < end; ++j) total += std::exp(s[j] - m);
+      lse[static_cast<size_t>(item)] = m + static_cast<float>(std::log(total));
+    }
+#pragma omp for schedule(static)
+    for (int64_t b = 0; b < blocks; ++b) {
+      const int64_t c0 = b * kBlock, count = std::min(kBlock, span - c0);
+      float* out = mass + first + c0;
+      for (int64_t item = 0; item < items; ++item) {
+        const int64_t end = std::min(count, seen(item) - c0);
+        const float* s = held + item * span + c0;
+        const VF shift = hn::Set(df, lse[static_cast<size_t>(item)]);
+        int64_t j = 0;
+        for (; j + N <= end; j += N)
+          hn::StoreU(hn::Add(hn::LoadU(df, out + j), hn::Exp(df, hn::Sub(hn::LoadU(df, s + j), shift))), df, out + j);
+        for (; j < end; ++j) out[j] += std::exp(s[j] - lse[static_cast<size_t>(item)]);
+      }
+    }
+  }
+}
+
 void AccumulateAttentionMass(const float* q, int64_t q_row_stride, int32_t rows, int32_t q_pos0, int32_t n_q_heads,
                              int32_t n_kv_heads, int32_t d, const KvView* kv_ptr, int32_t head, float scale,
                              float* mass) {
@@ -71,6 +145,12 @@ void AccumulateAttentionMass(const float* q, int64_t q_row_stride, int32_t rows,
   const int64_t blocks = (n - first + kBlock - 1) / kBlock;
   const int64_t items = static_cast<int64_t>(group) * rows;  // (member, row), row-major by member
   const int64_t item_groups = (items + kItems - 1) / kItems;
+  std::vector<int64_t> visible(static_cast<size_t>(rows));
+  for (int32_t i = 0; i < rows; ++i) visible[static_cast<size_t>(i)] = kv.slots_through(head, q_pos0 + i);
+  if (items * (n - first) <= kMaxHeldScores) {
+    HeldScoresMass(df, q, q_row_stride, rows, group, d, kv, head, scale, visible, mass);
+    return;
+  }
   // Every block of keys transposed once (reused across calls: a decode step
   // makes one call per layer and KV head); rows each see a prefix of the slots.
   thread_local std::vector<float> kt_storage, block_max, block_sum;
@@ -80,9 +160,7 @@ void AccumulateAttentionMass(const float* q, int64_t q_row_stride, int32_t rows,
   float* kt = kt_storage.data();
   float* bmax = block_max.data();
   float* bsum = block_sum.data();
-  std::vector<int64_t> visible(static_cast<size_t>(rows));
   std::vector<float> lse(static_cast<size_t>(items), -INFINITY);
-  for (int32_t i = 0; i < rows; ++i) visible[static_cast<size_t>(i)] = kv.slots_through(head, q_pos0 + i);
   // Item group t of block b: its queries (null past the last item) and each item's key count.
   const auto prepare = [&](int64_t b, int64_t t, const float** qs, int64_t* counts) {
     int64_t widest = 0;
