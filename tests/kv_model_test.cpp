@@ -191,7 +191,12 @@ TEST_F(KvModel, H2oCountsEveryQueryOfEveryMicroBatch) {
   for (int32_t l = 0; l < c.n_layer; ++l)
     for (int32_t g = 0; g < c.n_head_kv; ++g) {
       double sum = 0.0;
-      for (int64_t s = 0; s < seq.size(); ++s) sum += seq.row_scores(l, g)[s];
+      for (int64_t s = 0; s < seq.size(); ++s) {
+        sum += seq.row_scores(l, g)[s];
+        // Only the rows at or after it (its position is its slot) paid it anything.
+        ASSERT_LE(seq.row_scores(l, g)[s], (304.0 - static_cast<double>(s)) * (c.n_head / c.n_head_kv) + 1e-3)
+            << "layer " << l << " slot " << s;
+      }
       EXPECT_NEAR(sum, 304.0 * (c.n_head / c.n_head_kv), 0.01) << "layer " << l << " head " << g;
     }
   EXPECT_FALSE(ctx.kv_reusable());

@@ -171,11 +171,12 @@ TEST(KvPool, EraseMovesLaterSlotsDownWithTheirPositions) {
 
 // --kv-f16-sinks: a quantized layer keeps f16 copies of its first rows, which
 // its view reads; the pages hold every row as well. A row moved into those
-// slots brings its page values, a fork copies the copies, and refresh_sinks
-// rebuilds them from the pages (after a cache file wrote only those).
+// slots brings its page values, a fork copies the copies, and an emptied
+// sequence holds none. A full-precision side keeps no copies.
 TEST(KvPool, F16SinkRowsShadowTheFirstQuantizedRows) {
   KvPool pool(kDim, {kernels::KvDType::Q4_0, kernels::KvDType::Q4_0}, 16);
   KvSequence seq(pool, 1, 2, 1000, 8);
+  EXPECT_EQ(seq.held_bytes(), 0u);
   seq.append(iota(0, 100));
   std::mt19937 rng(5);
   std::normal_distribution<float> gauss(0.0f, 3.0f);
@@ -218,11 +219,20 @@ TEST(KvPool, F16SinkRowsShadowTheFirstQuantizedRows) {
   EXPECT_EQ(read(view, 0, 0, false), f16(std::vector<float>(w0, w0 + kDim)));  // slot 0 kept its f16 copy
   const KvSequence fork = seq.fork();
   for (int64_t s = 0; s < 10; ++s) EXPECT_EQ(read(fork.view(0), 0, s, false), read(view, 0, s, false));
-  seq.refresh_sinks();
-  pages = seq.view(0);
-  pages.sink_end = 0;
-  EXPECT_EQ(read(seq.view(0), 0, 0, false), f16(read(pages, 0, 0, false)));
-  EXPECT_EQ(seq.held_bytes(), fork.held_bytes());
+  seq.clear();
+  EXPECT_EQ(seq.sink_bytes(0), 0u);
+
+  // f32 keys, q4_0 values: the keys are read as stored, the values from their copies.
+  KvPool mixed_pool(kDim, {kernels::KvDType::F32, kernels::KvDType::Q4_0}, 4);
+  KvSequence mixed(mixed_pool, 1, 2, 1000, 8);
+  mixed.append(iota(0, 10));
+  const float* w = written.data();
+  mixed.store_row(0, 0, 0, w, w);
+  const kernels::KvView mv = mixed.view(0);
+  EXPECT_EQ(mv.k_sink, nullptr);
+  ASSERT_NE(mv.v_sink, nullptr);
+  EXPECT_EQ(read(mv, 0, 0, false), std::vector<float>(w, w + kDim));
+  EXPECT_EQ(read(mv, 0, 0, true), f16(std::vector<float>(w, w + kDim)));
 }
 
 }  // namespace

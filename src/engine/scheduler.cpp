@@ -272,8 +272,8 @@ Scheduler::SlotFile Scheduler::save_slot(int slot, const std::string& path) {
     const auto t0 = Clock::now();
     Slot& s = idle_slot(slot);
     if (!s.reusable)
-      throw std::invalid_argument(fmt::format("slot {}: a KV policy evicted rows or accumulates attention, its cache "
-                                              "no longer matches its tokens", slot));
+      throw std::invalid_argument(fmt::format("slot {}: its cache no longer matches its tokens (a KV policy evicted rows "
+                                              "or accumulates attention, or a restored file's rows did not match)", slot));
     const size_t bytes = ctx_->save_sequence(s.seq, s.cached, path, gemm_rows_meta(s.gemm_rows));
     return SlotFile{static_cast<int>(s.cached.size()), bytes, ms_between(t0, Clock::now())};
   });

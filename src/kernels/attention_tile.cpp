@@ -108,7 +108,7 @@ HWY_INLINE const float* SpanRows(DF df, const TileJob& job, bool values, const K
   const KvView& kv = *job.kv;
   const auto row = [&](int64_t slot) { return values ? kv.v_row(job.kv_head, slot) : kv.k_row(job.kv_head, slot); };
   const KvDType type = values ? kv.v_type : kv.k_type;
-  if (type == KvDType::F32 && span.keys == nullptr && !kv.staged(span.begin + span.count - 1) && span.begin >= kv.sink_end &&
+  if (type == KvDType::F32 && span.keys == nullptr && !kv.staged(span.begin + span.count - 1) &&
       (span.begin >> kv.page_shift) == ((span.begin + span.count - 1) >> kv.page_shift)) {
     ld = (values ? kv.v_row_bytes : kv.k_row_bytes) / static_cast<int64_t>(sizeof(float));
     return static_cast<const float*>(row(span.begin));

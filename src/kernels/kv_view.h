@@ -100,9 +100,9 @@ struct KvView {
   const uint16_t* v_stage = nullptr;
   int64_t stage_row_stride = 0;  // halves between consecutive slots
   int32_t stage_head_dim = 0;
-  // Slots before sink_end (a quantized layer's first rows, kept f16 by
-  // --kv-f16-sinks) are read from f16 copies: slot s of head h at
-  // k_sink + s * stage_row_stride + h * stage_head_dim (v_sink alike).
+  // Slots before sink_end (a layer's first rows, kept f16 by --kv-f16-sinks)
+  // are read from f16 copies where the side has them (a quantized side; null
+  // otherwise): slot s of head h at k_sink + s * stage_row_stride + h * stage_head_dim (v_sink alike).
   int64_t sink_end = 0;
   const uint16_t* k_sink = nullptr;
   const uint16_t* v_sink = nullptr;

@@ -33,7 +33,12 @@ struct Tensor {
   size_t bytes;
 };
 
-std::vector<Tensor> tensors_of(const KvSequence& seq, size_t n_tokens) {
+// Bytes of one side's f16 sink copies (--kv-f16-sinks), all of its slots.
+size_t sink_copy_bytes(const KvSequence& seq, int32_t l) {
+  return static_cast<size_t>(seq.sink_slots(l) * seq.n_head_kv() * seq.head_dim(l)) * sizeof(uint16_t);
+}
+
+std::vector<Tensor> tensors_of(KvSequence& seq, size_t n_tokens) {
   const int64_t rows = seq.size();
   std::vector<Tensor> t = {{"positions", "I32", {rows}, static_cast<size_t>(rows) * 4},
                            {"tokens", "I32", {static_cast<int64_t>(n_tokens)}, n_tokens * 4}};
@@ -43,6 +48,10 @@ std::vector<Tensor> tensors_of(const KvSequence& seq, size_t n_tokens) {
     t.push_back({fmt::format("l{}.v", l), "U8", {h, rows, seq.v_row_bytes(l)}, static_cast<size_t>(h * rows * seq.v_row_bytes(l))});
     if (seq.has_key_offset(l))
       t.push_back({fmt::format("l{}.key_offset", l), "F32", {h, seq.head_dim(l)}, static_cast<size_t>(h * seq.head_dim(l)) * 4});
+    for (const bool values : {false, true})
+      if (seq.sink_rows(l, values))
+        t.push_back({fmt::format("l{}.{}_sink", l, values ? "v" : "k"), "F16", {seq.sink_slots(l), h, seq.head_dim(l)},
+                     sink_copy_bytes(seq, l)});
   }
   return t;
 }
@@ -114,6 +123,8 @@ void write_tensors(Sink& w, KvSequence& seq, std::span<const int32_t> tokens) {
     if (seq.has_key_offset(l))
       for (int32_t h = 0; h < seq.n_head_kv(); ++h)
         w(seq.key_offset(l, h), static_cast<size_t>(seq.head_dim(l)) * sizeof(float));
+    for (const bool values : {false, true})
+      if (const uint16_t* copies = seq.sink_rows(l, values)) w(copies, sink_copy_bytes(seq, l));
   }
 }
 
@@ -270,8 +281,11 @@ void load_kv_file(const KvFile& file, KvSequence& seq) {
       for (int32_t h = 0; h < seq.n_head_kv(); ++h) std::memcpy(seq.key_offset(l, h), src + h * n, n * sizeof(float));
       seq.mark_key_offset_set(l);
     }
+    for (const bool values : {false, true})
+      if (uint16_t* copies = seq.sink_rows(l, values))
+        std::memcpy(copies, tensor(fmt::format("l{}.{}_sink", l, values ? "v" : "k"), sink_copy_bytes(seq, l)),
+                    sink_copy_bytes(seq, l));
   }
-  seq.refresh_sinks();  // the file holds the page rows only
 }
 
 }  // namespace skim::kv

@@ -13,8 +13,9 @@ namespace skim::kv {
 
 KvSequence::KvSequence(std::vector<KvPool*> layer_pools, int32_t n_head_kv, int64_t max_slots, int32_t f16_sinks)
     : pools_(std::move(layer_pools)), n_layer_(static_cast<int32_t>(pools_.size())), n_head_kv_(n_head_kv),
-      max_slots_(max_slots), f16_sinks_(f16_sinks) {
-  if (n_layer_ <= 0 || n_head_kv <= 0 || max_slots <= 0 || f16_sinks < 0) throw std::invalid_argument("KV sequence: bad shape");
+      max_slots_(max_slots), f16_sinks_(static_cast<int32_t>(std::min<int64_t>(f16_sinks, max_slots))) {
+  if (n_layer_ <= 0 || n_head_kv <= 0 || max_slots <= 0) throw std::invalid_argument("KV sequence: bad shape");
+  if (f16_sinks < 0) throw std::invalid_argument(fmt::format("f16 sink rows: {} is negative", f16_sinks));
   tables_.assign(static_cast<size_t>(n_layer_), std::vector<PageId>(static_cast<size_t>(n_head_kv * table_pages())));
   offsets_.assign(static_cast<size_t>(n_layer_) * n_head_kv * pools_.front()->head_dim(), 0.0f);
   offset_set_.assign(static_cast<size_t>(n_layer_), 0);
@@ -24,15 +25,13 @@ KvSequence::KvSequence(std::vector<KvPool*> layer_pools, int32_t n_head_kv, int6
   stage_v_.resize(static_cast<size_t>(n_layer_));
   sink_k_.resize(static_cast<size_t>(n_layer_));
   sink_v_.resize(static_cast<size_t>(n_layer_));
-  const auto full_precision = [](kernels::KvDType t) {
-    return t == kernels::KvDType::F16 || t == kernels::KvDType::BF16 || t == kernels::KvDType::F32;
+  const auto quantized = [](kernels::KvDType t) {
+    return t != kernels::KvDType::F16 && t != kernels::KvDType::BF16 && t != kernels::KvDType::F32;
   };
-  for (int32_t l = 0; l < n_layer_ && f16_sinks > 0; ++l)
-    if (!full_precision(format(l).k) || !full_precision(format(l).v)) {
-      const size_t halves = static_cast<size_t>(f16_sinks) * n_head_kv * head_dim(l);
-      sink_k_[static_cast<size_t>(l)].assign(halves, 0);
-      sink_v_[static_cast<size_t>(l)].assign(halves, 0);
-    }
+  for (int32_t l = 0; l < n_layer_; ++l) {
+    quantized_k_.push_back(f16_sinks_ > 0 && quantized(format(l).k));
+    quantized_v_.push_back(f16_sinks_ > 0 && quantized(format(l).v));
+  }
 }
 
 KvSequence::KvSequence(KvPool& pool, int32_t n_layer, int32_t n_head_kv, int64_t max_slots, int32_t f16_sinks)
@@ -49,8 +48,9 @@ KvSequence::KvSequence(KvSequence&& other) noexcept
       offsets_(std::move(other.offsets_)), offset_set_(std::move(other.offset_set_)),
       first_slot_(std::move(other.first_slot_)), stage_slot0_(std::move(other.stage_slot0_)),
       stage_k_(std::move(other.stage_k_)), stage_v_(std::move(other.stage_v_)),
-      row_scores_(std::move(other.row_scores_)), f16_sinks_(other.f16_sinks_), sink_k_(std::move(other.sink_k_)),
-      sink_v_(std::move(other.sink_v_)), evicted_(other.evicted_) {
+      row_scores_(std::move(other.row_scores_)), f16_sinks_(other.f16_sinks_), quantized_k_(std::move(other.quantized_k_)),
+      quantized_v_(std::move(other.quantized_v_)), sink_k_(std::move(other.sink_k_)), sink_v_(std::move(other.sink_v_)),
+      evicted_(other.evicted_) {
   other.pools_.clear();
   other.size_ = 0;
 }
@@ -129,6 +129,7 @@ int64_t KvSequence::append(std::span<const int32_t> positions) {
       for (int32_t h = 0; h < n_head_kv_; ++h) std::fill_n(row_scores(l, h) + first, n, 0.0f);
   size_ += n;
   resize_stages();
+  resize_sinks();
   return first;
 }
 
@@ -147,17 +148,35 @@ uint16_t* KvSequence::stage_row(int32_t layer, bool values, int32_t head, int64_
          static_cast<int64_t>(head) * head_dim(layer);
 }
 
-uint16_t* KvSequence::sink_row(int32_t layer, bool values, int32_t head, int64_t slot) {
+uint16_t* KvSequence::sink_rows(int32_t layer, bool values) {
   auto& rows = values ? sink_v_[static_cast<size_t>(layer)] : sink_k_[static_cast<size_t>(layer)];
-  return rows.data() + (slot * n_head_kv_ + head) * head_dim(layer);
+  return rows.empty() ? nullptr : rows.data();
+}
+
+uint16_t* KvSequence::sink_row(int32_t layer, bool values, int32_t head, int64_t slot) {
+  uint16_t* rows = sink_rows(layer, values);
+  return rows ? rows + (slot * n_head_kv_ + head) * head_dim(layer) : nullptr;
+}
+
+void KvSequence::resize_sinks() {
+  for (int32_t l = 0; l < n_layer_; ++l) {
+    const size_t halves = size_ > 0 ? static_cast<size_t>(f16_sinks_) * n_head_kv_ * head_dim(l) : 0;
+    if (quantized_k_[static_cast<size_t>(l)]) sink_k_[static_cast<size_t>(l)].resize(halves);
+    if (quantized_v_[static_cast<size_t>(l)]) sink_v_[static_cast<size_t>(l)].resize(halves);
+  }
+}
+
+// A slot's row in the f16 copies of the sides that keep them (and in the page
+// as well, for when the row moves past the sinks).
+void KvSequence::store_sink_row(int32_t layer, int32_t head, int64_t slot, const float* k, const float* v) {
+  if (slot >= sink_slots(layer)) return;
+  if (uint16_t* row = sink_row(layer, false, head, slot)) kernels::encode_kv_row(k, kernels::KvDType::F16, head_dim(layer), row);
+  if (uint16_t* row = sink_row(layer, true, head, slot)) kernels::encode_kv_row(v, kernels::KvDType::F16, head_dim(layer), row);
 }
 
 void KvSequence::store_row(int32_t layer, int32_t head, int64_t slot, const float* k, const float* v) {
   const KvFormat f = format(layer);
-  if (slot < sink_slots(layer)) {  // and in the page as well, for when the row moves past the sinks
-    kernels::encode_kv_row(k, kernels::KvDType::F16, head_dim(layer), sink_row(layer, false, head, slot));
-    kernels::encode_kv_row(v, kernels::KvDType::F16, head_dim(layer), sink_row(layer, true, head, slot));
-  }
+  store_sink_row(layer, head, slot, k, v);
   if (staged(layer) && slot >= stage_slot0_[static_cast<size_t>(layer)]) {
     kernels::encode_kv_row(k, kernels::KvDType::F16, head_dim(layer), stage_row(layer, false, head, slot));
     kernels::encode_kv_row(v, kernels::KvDType::F16, head_dim(layer), stage_row(layer, true, head, slot));
@@ -231,6 +250,7 @@ void KvSequence::truncate(int64_t n) {
       for (int32_t h = 0; h < n_head_kv_; ++h) pool(l).release(page(l, h, i));
   size_ = n;
   resize_stages();
+  resize_sinks();
   if (n == 0) {
     std::fill(offset_set_.begin(), offset_set_.end(), 0);
     std::fill(first_slot_.begin(), first_slot_.end(), 0);
@@ -275,16 +295,18 @@ void KvSequence::move_row(int32_t layer, int32_t head, int64_t from, int64_t to)
   if (to < sink_slots(layer)) {
     // A row moving into the sinks: its f16 copy, or its page row's values.
     const int32_t d = head_dim(layer);
-    if (from < sink_slots(layer)) {
-      std::memcpy(sink_row(layer, false, head, to), sink_row(layer, false, head, from), d * sizeof(uint16_t));
-      std::memcpy(sink_row(layer, true, head, to), sink_row(layer, true, head, from), d * sizeof(uint16_t));
-    } else {
-      std::vector<float> row(static_cast<size_t>(d));
-      const kernels::KvView pages = view(layer);
-      kernels::read_k_rows(pages, head, from, 1, d, row.data());
-      kernels::encode_kv_row(row.data(), kernels::KvDType::F16, d, sink_row(layer, false, head, to));
-      kernels::read_v_rows(pages, head, from, 1, d, row.data());
-      kernels::encode_kv_row(row.data(), kernels::KvDType::F16, d, sink_row(layer, true, head, to));
+    std::vector<float> row(static_cast<size_t>(d));
+    const kernels::KvView pages = view(layer);
+    for (const bool values : {false, true}) {
+      uint16_t* dst_copy = sink_row(layer, values, head, to);
+      if (!dst_copy) continue;
+      if (from < sink_slots(layer)) {
+        std::memcpy(dst_copy, sink_row(layer, values, head, from), d * sizeof(uint16_t));
+        continue;
+      }
+      if (values) kernels::read_v_rows(pages, head, from, 1, d, row.data());
+      else kernels::read_k_rows(pages, head, from, 1, d, row.data());
+      kernels::encode_kv_row(row.data(), kernels::KvDType::F16, d, dst_copy);
     }
   }
 }
@@ -381,27 +403,7 @@ void KvSequence::write_row(int32_t layer, int32_t head, int64_t slot, const floa
   const KvFormat f = format(layer);
   kernels::encode_kv_row(k, f.k, head_dim(layer), k_row(layer, head, slot));
   kernels::encode_kv_row(v, f.v, head_dim(layer), v_row(layer, head, slot));
-  if (slot < sink_slots(layer)) {
-    kernels::encode_kv_row(k, kernels::KvDType::F16, head_dim(layer), sink_row(layer, false, head, slot));
-    kernels::encode_kv_row(v, kernels::KvDType::F16, head_dim(layer), sink_row(layer, true, head, slot));
-  }
-}
-
-void KvSequence::refresh_sinks() {
-  for (int32_t l = 0; l < n_layer_; ++l) {
-    const int64_t end = std::min(sink_slots(l), size_);
-    if (end <= first_slot(l)) continue;
-    kernels::KvView pages = view(l);
-    pages.sink_end = 0;
-    std::vector<float> row(static_cast<size_t>(head_dim(l)));
-    for (int32_t h = 0; h < n_head_kv_; ++h)
-      for (int64_t s = first_slot(l); s < end; ++s)
-        for (const bool values : {false, true}) {
-          if (values) kernels::read_v_rows(pages, h, s, 1, head_dim(l), row.data());
-          else kernels::read_k_rows(pages, h, s, 1, head_dim(l), row.data());
-          kernels::encode_kv_row(row.data(), kernels::KvDType::F16, head_dim(l), sink_row(l, values, h, s));
-        }
-  }
+  store_sink_row(layer, head, slot, k, v);
 }
 
 int32_t KvSequence::position(int64_t slot) const {
@@ -434,8 +436,8 @@ kernels::KvView KvSequence::view(int32_t layer) const {
   }
   if (sink_slots(layer) > 0) {
     v.sink_end = std::min(sink_slots(layer), size_);
-    v.k_sink = sink_k_[static_cast<size_t>(layer)].data();
-    v.v_sink = sink_v_[static_cast<size_t>(layer)].data();
+    v.k_sink = sink_k_[static_cast<size_t>(layer)].empty() ? nullptr : sink_k_[static_cast<size_t>(layer)].data();
+    v.v_sink = sink_v_[static_cast<size_t>(layer)].empty() ? nullptr : sink_v_[static_cast<size_t>(layer)].data();
   }
   v.stage_row_stride = stage_row_halves(layer);
   v.stage_head_dim = head_dim(layer);
@@ -452,7 +454,7 @@ size_t KvSequence::held_bytes() const {
   size_t bytes = 0;
   for (int32_t l = 0; l < n_layer_; ++l)
     bytes += static_cast<size_t>((pages_for(size_) - first_page(l)) * n_head_kv_) * pool(l).page_bytes() +
-             2 * sizeof(uint16_t) * (stage_k_[static_cast<size_t>(l)].size() + sink_k_[static_cast<size_t>(l)].size());
+             2 * sizeof(uint16_t) * stage_k_[static_cast<size_t>(l)].size() + sink_bytes(l);
   return bytes;
 }
 

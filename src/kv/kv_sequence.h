@@ -24,9 +24,10 @@ namespace skim::kv {
 class KvSequence {
  public:
   // At most max_slots slots (the context, -c); layer l's pages come from
-  // layer_pools[l]. A layer whose K or V is quantized also keeps its first
-  // f16_sinks slots' rows in f16 (the attention sinks), which readers use
-  // instead of the page rows (KvView::sink_end).
+  // layer_pools[l]. A layer whose K (V) is quantized also keeps f16 copies of
+  // its first f16_sinks slots' K (V) rows (the attention sinks), which readers
+  // use instead of the page rows (KvView::sink_end); held while the sequence
+  // holds rows.
   KvSequence(std::vector<KvPool*> layer_pools, int32_t n_head_kv, int64_t max_slots, int32_t f16_sinks = 0);
   // Every layer's pages from one pool.
   KvSequence(KvPool& pool, int32_t n_layer, int32_t n_head_kv, int64_t max_slots, int32_t f16_sinks = 0);
@@ -106,9 +107,15 @@ class KvSequence {
   // staged (KvPool::staged) until seal encodes its page. Rows of different
   // (head, slot) may be stored from different threads.
   void store_row(int32_t layer, int32_t head, int64_t slot, const float* k, const float* v);
-  // Refills the f16 sink rows from the page rows (their quantized values):
-  // after the pages were written directly (a cache file read).
-  void refresh_sinks();
+  // The f16 sink copies of a layer's K (V) rows, [slot < sink_slots][head][head_dim],
+  // or null when that side keeps none (kv_file saves and reads them).
+  uint16_t* sink_rows(int32_t layer, bool values);
+  // Bytes of the layer's f16 sink copies (held while the sequence holds rows).
+  size_t sink_bytes(int32_t layer) const {
+    return 2 * (sink_k_[static_cast<size_t>(layer)].size() + sink_v_[static_cast<size_t>(layer)].size());
+  }
+  // Slots of the layer whose rows have f16 copies (0 when neither side is quantized).
+  int64_t sink_slots(int32_t layer) const { return sink_bytes(layer) > 0 ? f16_sinks_ : 0; }
   // Encodes every page of a staged layer whose rows are all stored (KIVI
   // keys are quantized per channel over a page's rows): only the last,
   // unfilled page stays f16. Nothing to do for other layers.
@@ -146,9 +153,11 @@ class KvSequence {
   int64_t first_page(int32_t layer) const { return first_slot(layer) >> kPageShift; }
   void require_all_held(const char* what) const;
   bool staged(int32_t layer) const { return pool(layer).staged(); }
-  // Slots of the layer whose rows have f16 copies (0 for f16 layers).
-  int64_t sink_slots(int32_t layer) const { return sink_k_[static_cast<size_t>(layer)].empty() ? 0 : f16_sinks_; }
+  // Row `slot` of a side's copies (null when the side keeps none).
   uint16_t* sink_row(int32_t layer, bool values, int32_t head, int64_t slot);
+  // Sizes the copies of every quantized side once the sequence holds rows, frees them when it holds none.
+  void resize_sinks();
+  void store_sink_row(int32_t layer, int32_t head, int64_t slot, const float* k, const float* v);
   int64_t stage_row_halves(int32_t layer) const { return static_cast<int64_t>(n_head_kv_) * head_dim(layer); }
   uint16_t* stage_row(int32_t layer, bool values, int32_t head, int64_t slot);
   // A staged layer's stage holds the slots [stage_slot0, size()): sized after append, refilled by truncate.
@@ -169,7 +178,8 @@ class KvSequence {
   std::vector<int64_t> stage_slot0_;         // [layer]: staged layers' first slot not yet sealed (a page start)
   std::vector<std::vector<uint16_t>> stage_k_, stage_v_;  // [layer][slot - stage_slot0][head][head_dim] f16
   std::vector<float> row_scores_;                        // [layer][head][max_slots], or empty: row_scores
-  int32_t f16_sinks_ = 0;
+  int32_t f16_sinks_ = 0;                                // at most max_slots
+  std::vector<uint8_t> quantized_k_, quantized_v_;       // [layer]: the sides that keep sink copies
   std::vector<std::vector<uint16_t>> sink_k_, sink_v_;   // [layer][slot < f16_sinks][head][head_dim] f16, or empty
   bool evicted_ = false;
 };

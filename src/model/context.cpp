@@ -213,6 +213,8 @@ size_t Context::kv_cap_bytes() const {
 size_t Context::kv_held_bytes() const {
   size_t bytes = 0;
   for (const auto& p : pools_) bytes += p->held_bytes();
+  for (const auto& s : seqs_)
+    for (int32_t l = 0; l < s->n_layer(); ++l) bytes += s->sink_bytes(l);
   return bytes;
 }
 bool Context::rows_depend_on_cuts(const std::string& attention, const std::string& kv_type_k) {

@@ -37,15 +37,18 @@ std::map<std::string, std::string> Context::cache_fingerprint(int seq) const {
 std::string Context::kv_layout(const std::string& k, const std::string& v) const {
   std::string f16_layers;
   for (int l : params_.kv_f16_layers) f16_layers += fmt::format("{}{}", f16_layers.empty() ? "" : ",", l);
+  // Sink copies exist only beside quantized rows: elsewhere the flag changes nothing.
+  const auto quantized = [](const std::string& type) { return type != "f16" && type != "bf16" && type != "f32"; };
+  const bool sinks = params_.kv_f16_sinks > 0 && (quantized(k) || quantized(v));
   return fmt::format("k {} v {} f16_layers [{}] rotation {} center_keys {}{}", k, v, f16_layers, params_.kv_rotation,
-                     params_.kv_center_keys, params_.kv_f16_sinks > 0 ? fmt::format(" f16_sinks {}", params_.kv_f16_sinks) : "");
+                     params_.kv_center_keys, sinks ? fmt::format(" f16_sinks {}", params_.kv_f16_sinks) : "");
 }
 
 size_t Context::save_sequence(int seq, std::span<const int32_t> tokens, const std::string& path,
                               const std::map<std::string, std::string>& extra) {
   if (!kv_reusable(seq))
-    throw std::runtime_error(fmt::format("sequence {}: a KV policy evicted rows or accumulates attention (h2o), so its "
-                                         "cache is not a function of its tokens and is not saved", seq));
+    throw std::runtime_error(fmt::format("sequence {}: a KV policy evicted rows or accumulates the attention its rows "
+                                         "receive, so its cache is not a function of its tokens and is not saved", seq));
   std::map<std::string, std::string> meta = extra;
   for (auto& [k, v] : cache_fingerprint(seq)) meta[k] = v;
   meta["skim.model_file"] = std::filesystem::path(model_.file().path()).filename().string();
