@@ -499,7 +499,7 @@ class BadInputs(ModelTest):
             (["bench", "-m", MODEL, "--peer", "bogus"], "--peer"),
             (["bench", "-m", MODEL, "--peer", "llama.cpp,llama.cpp"], "--peer"),
             (["bench", "-m", MODEL, "--gemm", "int4"], "--gemm"),
-            (["run", "-m", MODEL, "-p", "Hi", "--gemm", "bf16"], "--gemm"),
+            (["run", "-m", MODEL, "-p", "Hi", "--gemm", "fp8"], "--gemm"),
             (["run", "-m", MODEL, "-p", "Hi", "--attn-math", "f16"], "--attn-math"),
             (["serve", "-m", MODEL, "--cache-ram", "-5"], "--cache-ram"),
             (["eval", "-m", MODEL], "--out is required"),
