@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <cstring>
 #include <fstream>
+#include <numeric>
 #include <random>
 #include <vector>
 
@@ -172,7 +173,8 @@ TEST(KvPool, EraseMovesLaterSlotsDownWithTheirPositions) {
 // --kv-f16-sinks: a quantized layer keeps f16 copies of its first rows, which
 // its view reads; the pages hold every row as well. A row moved into those
 // slots brings its page values, a fork copies the copies, and an emptied
-// sequence holds none. A full-precision side keeps no copies.
+// sequence holds none. A layer keeping fewer rows keeps its copies with them.
+// A full-precision side keeps no copies.
 TEST(KvPool, F16SinkRowsShadowTheFirstQuantizedRows) {
   KvPool pool(kDim, {kernels::KvDType::Q4_0, kernels::KvDType::Q4_0}, 16);
   KvSequence seq(pool, 1, 2, 1000, 8);
@@ -221,6 +223,37 @@ TEST(KvPool, F16SinkRowsShadowTheFirstQuantizedRows) {
   for (int64_t s = 0; s < 10; ++s) EXPECT_EQ(read(fork.view(0), 0, s, false), read(view, 0, s, false));
   seq.clear();
   EXPECT_EQ(seq.sink_bytes(0), 0u);
+
+  // A per-layer budget: layer 1 keeps fewer rows, which end where layer 0's
+  // do, so its sinks start at a later slot and keep their f16 copies there.
+  KvSequence layered(pool, 2, 2, 1000, 8);
+  layered.append(iota(0, 100));
+  for (int l = 0; l < 2; ++l)
+    for (int h = 0; h < 2; ++h)
+      for (int64_t s = 0; s < 100; ++s) {
+        const float* row = written.data() + (h * 100 + s) * kDim;
+        layered.store_row(l, h, s, row, row);
+      }
+  std::vector<int64_t> more(20);
+  std::iota(more.begin(), more.end(), 0);
+  const std::vector<int64_t> fewer = {1, 2, 3, 50, 60, 99};
+  layered.keep_rows({{more, more}, {fewer, fewer}});
+  const kernels::KvView upper = layered.view(1);
+  EXPECT_EQ(upper.first_key, 14);  // past the first 8 slots, where the copies began
+  EXPECT_EQ(upper.sink_begin, 14);
+  EXPECT_EQ(upper.sink_end, 20);
+  kernels::KvView upper_pages = upper;
+  upper_pages.sink_end = 0;
+  for (int h = 0; h < 2; ++h)
+    for (int64_t j = 0; j < 6; ++j)
+      for (const bool values : {false, true}) {
+        const float* w = written.data() + (h * 100 + fewer[j]) * kDim;
+        if (fewer[j] < 8) EXPECT_EQ(read(upper, h, 14 + j, values), f16(std::vector<float>(w, w + kDim))) << "from slot " << fewer[j];
+        else EXPECT_EQ(read(upper, h, 14 + j, values), f16(read(upper_pages, h, 14 + j, values))) << "from slot " << fewer[j];
+      }
+  // A fork reads the moved copies.
+  const KvSequence layered_fork = layered.fork();
+  EXPECT_EQ(read(layered_fork.view(1), 1, 14, true), read(upper, 1, 14, true));
 
   // f32 keys, q4_0 values: the keys are read as stored, the values from their copies.
   KvPool mixed_pool(kDim, {kernels::KvDType::F32, kernels::KvDType::Q4_0}, 4);

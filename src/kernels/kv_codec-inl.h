@@ -322,7 +322,7 @@ HWY_INLINE void DecodeKvRow(DF df, const void* HWY_RESTRICT src, KvDType type, i
 template <class DF>
 HWY_INLINE void DecodeViewRow(DF df, const KvView& kv, bool values, int32_t head, int64_t slot, int32_t d,
                               float* HWY_RESTRICT dst) {
-  if (slot < kv.sink_end && (values ? kv.v_sink : kv.k_sink) != nullptr) {
+  if (slot < kv.sink_end && slot >= kv.sink_begin && (values ? kv.v_sink : kv.k_sink) != nullptr) {
     DecodeKvRow(df, kv.sink_row(values, head, slot), KvDType::F16, d, dst);
   } else if (kv.staged(slot)) {
     DecodeKvRow(df, kv.stage_row(values, head, slot), KvDType::F16, d, dst);

@@ -100,10 +100,11 @@ struct KvView {
   const uint16_t* v_stage = nullptr;
   int64_t stage_row_stride = 0;  // halves between consecutive slots
   int32_t stage_head_dim = 0;
-  // Slots before sink_end (a layer's first rows, kept f16 by --kv-f16-sinks)
-  // are read from f16 copies where the side has them (a quantized side; null
-  // otherwise): slot s of head h at k_sink + s * stage_row_stride + h * stage_head_dim (v_sink alike).
-  int64_t sink_end = 0;
+  // Slots [sink_begin, sink_end) (a layer's first held rows, kept f16 by
+  // --kv-f16-sinks) are read from f16 copies where the side has them (a
+  // quantized side; null otherwise): slot s of head h at
+  // k_sink + (s - sink_begin) * stage_row_stride + h * stage_head_dim (v_sink alike).
+  int64_t sink_begin = 0, sink_end = 0;
   const uint16_t* k_sink = nullptr;
   const uint16_t* v_sink = nullptr;
 
@@ -125,7 +126,7 @@ struct KvView {
   }
   bool staged(int64_t slot) const { return slot >= stage_slot0; }
   const uint16_t* sink_row(bool values, int32_t head, int64_t slot) const {
-    return (values ? v_sink : k_sink) + slot * stage_row_stride + static_cast<int64_t>(head) * stage_head_dim;
+    return (values ? v_sink : k_sink) + (slot - sink_begin) * stage_row_stride + static_cast<int64_t>(head) * stage_head_dim;
   }
   const uint16_t* stage_row(bool values, int32_t head, int64_t slot) const {
     return (values ? v_stage : k_stage) + (slot - stage_slot0) * stage_row_stride + static_cast<int64_t>(head) * stage_head_dim;

@@ -25,6 +25,7 @@ KvSequence::KvSequence(std::vector<KvPool*> layer_pools, int32_t n_head_kv, int6
   stage_v_.resize(static_cast<size_t>(n_layer_));
   sink_k_.resize(static_cast<size_t>(n_layer_));
   sink_v_.resize(static_cast<size_t>(n_layer_));
+  sink_base_.assign(static_cast<size_t>(n_layer_), 0);
   const auto quantized = [](kernels::KvDType t) {
     return t != kernels::KvDType::F16 && t != kernels::KvDType::BF16 && t != kernels::KvDType::F32;
   };
@@ -50,7 +51,7 @@ KvSequence::KvSequence(KvSequence&& other) noexcept
       stage_k_(std::move(other.stage_k_)), stage_v_(std::move(other.stage_v_)),
       row_scores_(std::move(other.row_scores_)), f16_sinks_(other.f16_sinks_), quantized_k_(std::move(other.quantized_k_)),
       quantized_v_(std::move(other.quantized_v_)), sink_k_(std::move(other.sink_k_)), sink_v_(std::move(other.sink_v_)),
-      evicted_(other.evicted_) {
+      sink_base_(std::move(other.sink_base_)), evicted_(other.evicted_) {
   other.pools_.clear();
   other.size_ = 0;
 }
@@ -67,6 +68,7 @@ KvSequence KvSequence::fork() const {
   copy.row_scores_ = row_scores_;
   copy.sink_k_ = sink_k_;
   copy.sink_v_ = sink_v_;
+  copy.sink_base_ = sink_base_;
   copy.evicted_ = evicted_;
   copy.size_ = size_;
   for (int32_t l = 0; l < n_layer_; ++l)
@@ -155,7 +157,7 @@ uint16_t* KvSequence::sink_rows(int32_t layer, bool values) {
 
 uint16_t* KvSequence::sink_row(int32_t layer, bool values, int32_t head, int64_t slot) {
   uint16_t* rows = sink_rows(layer, values);
-  return rows ? rows + (slot * n_head_kv_ + head) * head_dim(layer) : nullptr;
+  return rows ? rows + ((slot - sink_base(layer)) * n_head_kv_ + head) * head_dim(layer) : nullptr;
 }
 
 void KvSequence::resize_sinks() {
@@ -169,7 +171,7 @@ void KvSequence::resize_sinks() {
 // A slot's row in the f16 copies of the sides that keep them (and in the page
 // as well, for when the row moves past the sinks).
 void KvSequence::store_sink_row(int32_t layer, int32_t head, int64_t slot, const float* k, const float* v) {
-  if (slot >= sink_slots(layer)) return;
+  if (slot < sink_base(layer) || slot >= sink_base(layer) + sink_slots(layer)) return;
   if (uint16_t* row = sink_row(layer, false, head, slot)) kernels::encode_kv_row(k, kernels::KvDType::F16, head_dim(layer), row);
   if (uint16_t* row = sink_row(layer, true, head, slot)) kernels::encode_kv_row(v, kernels::KvDType::F16, head_dim(layer), row);
 }
@@ -254,6 +256,7 @@ void KvSequence::truncate(int64_t n) {
   if (n == 0) {
     std::fill(offset_set_.begin(), offset_set_.end(), 0);
     std::fill(first_slot_.begin(), first_slot_.end(), 0);
+    std::fill(sink_base_.begin(), sink_base_.end(), 0);
     evicted_ = false;
     row_scores_.clear();
   }
@@ -292,23 +295,37 @@ void KvSequence::move_row(int32_t layer, int32_t head, int64_t from, int64_t to)
   std::memcpy(p.v_rows(dst) + rd * vb, p.v_rows(src) + rs * vb, vb);
   p.positions(dst)[rd] = p.positions(src)[rs];
   if (!row_scores_.empty()) row_scores(layer, head)[to] = row_scores(layer, head)[from];
-  if (to < sink_slots(layer)) {
-    // A row moving into the sinks: its f16 copy, or its page row's values.
-    const int32_t d = head_dim(layer);
-    std::vector<float> row(static_cast<size_t>(d));
-    const kernels::KvView pages = view(layer);
-    for (const bool values : {false, true}) {
-      uint16_t* dst_copy = sink_row(layer, values, head, to);
-      if (!dst_copy) continue;
-      if (from < sink_slots(layer)) {
-        std::memcpy(dst_copy, sink_row(layer, values, head, from), d * sizeof(uint16_t));
-        continue;
+}
+
+KvSequence::SinkCopies KvSequence::sink_copies(int32_t layer) const {
+  return {sink_k_[static_cast<size_t>(layer)], sink_v_[static_cast<size_t>(layer)], sink_base(layer)};
+}
+
+void KvSequence::rebuild_sinks(int32_t layer, int64_t base, const SinkCopies& before,
+                               const std::function<int64_t(int32_t head, int64_t j)>& came_from) {
+  sink_base_[static_cast<size_t>(layer)] = base;
+  const int64_t n = std::min(sink_slots(layer), size_ - base);
+  if (n <= 0) return;
+  const int32_t d = head_dim(layer);
+  std::vector<float> row(static_cast<size_t>(d));
+  kernels::KvView pages = view(layer);
+  pages.sink_end = 0;  // the page rows, not the copies being rebuilt
+  for (int32_t h = 0; h < n_head_kv_; ++h)
+    for (int64_t j = 0; j < n; ++j) {
+      const int64_t from = came_from(h, j), old = from - before.base;
+      for (const bool values : {false, true}) {
+        uint16_t* dst = sink_row(layer, values, h, base + j);
+        if (!dst) continue;
+        if (old >= 0 && old < sink_slots(layer)) {
+          const std::vector<uint16_t>& copies = values ? before.v : before.k;
+          std::memcpy(dst, copies.data() + (old * n_head_kv_ + h) * d, d * sizeof(uint16_t));
+        } else {
+          if (values) kernels::read_v_rows(pages, h, base + j, 1, d, row.data());
+          else kernels::read_k_rows(pages, h, base + j, 1, d, row.data());
+          kernels::encode_kv_row(row.data(), kernels::KvDType::F16, d, dst);
+        }
       }
-      if (values) kernels::read_v_rows(pages, head, from, 1, d, row.data());
-      else kernels::read_k_rows(pages, head, from, 1, d, row.data());
-      kernels::encode_kv_row(row.data(), kernels::KvDType::F16, d, dst_copy);
     }
-  }
 }
 
 float* KvSequence::row_scores(int32_t layer, int32_t head) {
@@ -328,9 +345,13 @@ void KvSequence::erase(int64_t begin, int64_t end) {
   require_row_formats("erase");
   const int64_t kept = size_ - (end - begin);
   for (int64_t i = begin / kPageRows; i < pages_for(kept); ++i) own_pages(i);
-  for (int32_t l = 0; l < n_layer_; ++l)
+  for (int32_t l = 0; l < n_layer_; ++l) {
+    const SinkCopies before = sink_copies(l);
     for (int32_t h = 0; h < n_head_kv_; ++h)
       for (int64_t s = end; s < size_; ++s) move_row(l, h, s, s - (end - begin));
+    if (begin < sink_slots(l))
+      rebuild_sinks(l, 0, before, [&](int32_t, int64_t j) { return j < begin ? j : j + (end - begin); });
+  }
   truncate(kept);
 }
 
@@ -379,6 +400,8 @@ void KvSequence::keep_rows(const std::vector<std::vector<std::vector<int64_t>>>&
     if (p->pages_in_use() + needed > p->max_pages())
       throw std::length_error(fmt::format("the KV pool is full: {} more pages of {} tokens needed, {} of {} in use", needed,
                                           kPageRows, p->pages_in_use(), p->max_pages()));
+  std::vector<SinkCopies> before;
+  for (int32_t l = 0; l < n_layer_; ++l) before.push_back(sink_copies(l));
   for (int32_t l = 0; l < n_layer_; ++l) {
     if (count[l] < size_ - first_slot(l)) evicted_ = true;
     const int64_t dst = end - count[l];
@@ -392,7 +415,13 @@ void KvSequence::keep_rows(const std::vector<std::vector<std::vector<int64_t>>>&
       for (int32_t h = 0; h < n_head_kv_; ++h) pool(l).release(page(l, h, i));
   }
   size_ = end;
-  for (int32_t l = 0; l < n_layer_; ++l) release_before(l, end - count[l]);
+  for (int32_t l = 0; l < n_layer_; ++l) {
+    release_before(l, end - count[l]);
+    if (sink_slots(l) > 0)
+      rebuild_sinks(l, end - count[l], before[static_cast<size_t>(l)], [&](int32_t h, int64_t j) {
+        return kept[static_cast<size_t>(l)][static_cast<size_t>(h)][static_cast<size_t>(j)];
+      });
+  }
 }
 
 void KvSequence::write_row(int32_t layer, int32_t head, int64_t slot, const float* k, const float* v) {
@@ -435,7 +464,8 @@ kernels::KvView KvSequence::view(int32_t layer) const {
     v.v_stage = stage_v_[static_cast<size_t>(layer)].data();
   }
   if (sink_slots(layer) > 0) {
-    v.sink_end = std::min(sink_slots(layer), size_);
+    v.sink_begin = sink_base(layer);
+    v.sink_end = std::min(sink_base(layer) + sink_slots(layer), size_);
     v.k_sink = sink_k_[static_cast<size_t>(layer)].empty() ? nullptr : sink_k_[static_cast<size_t>(layer)].data();
     v.v_sink = sink_v_[static_cast<size_t>(layer)].empty() ? nullptr : sink_v_[static_cast<size_t>(layer)].data();
   }

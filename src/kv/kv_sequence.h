@@ -13,6 +13,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <vector>
 
@@ -107,7 +108,7 @@ class KvSequence {
   // staged (KvPool::staged) until seal encodes its page. Rows of different
   // (head, slot) may be stored from different threads.
   void store_row(int32_t layer, int32_t head, int64_t slot, const float* k, const float* v);
-  // The f16 sink copies of a layer's K (V) rows, [slot < sink_slots][head][head_dim],
+  // The f16 sink copies of a layer's K (V) rows, [slot - sink_base < sink_slots][head][head_dim],
   // or null when that side keeps none (kv_file saves and reads them).
   uint16_t* sink_rows(int32_t layer, bool values);
   // Bytes of the layer's f16 sink copies (held while the sequence holds rows).
@@ -116,6 +117,8 @@ class KvSequence {
   }
   // Slots of the layer whose rows have f16 copies (0 when neither side is quantized).
   int64_t sink_slots(int32_t layer) const { return sink_bytes(layer) > 0 ? f16_sinks_ : 0; }
+  // The first of them: 0, or the layer's first row after keep_rows gave it fewer rows than others.
+  int64_t sink_base(int32_t layer) const { return sink_base_[static_cast<size_t>(layer)]; }
   // Encodes every page of a staged layer whose rows are all stored (KIVI
   // keys are quantized per channel over a page's rows): only the last,
   // unfilled page stays f16. Nothing to do for other layers.
@@ -158,6 +161,17 @@ class KvSequence {
   // Sizes the copies of every quantized side once the sequence holds rows, frees them when it holds none.
   void resize_sinks();
   void store_sink_row(int32_t layer, int32_t head, int64_t slot, const float* k, const float* v);
+  // The layer's copies once its rows moved (erase, keep_rows): the sinks now
+  // start at `base`, and the row at slot base + j came from slot
+  // came_from(head, j). Rows that had copies (`before`, the copies and base
+  // before the move) keep them; others bring their page values.
+  struct SinkCopies {
+    std::vector<uint16_t> k, v;
+    int64_t base = 0;
+  };
+  SinkCopies sink_copies(int32_t layer) const;
+  void rebuild_sinks(int32_t layer, int64_t base, const SinkCopies& before,
+                     const std::function<int64_t(int32_t head, int64_t j)>& came_from);
   int64_t stage_row_halves(int32_t layer) const { return static_cast<int64_t>(n_head_kv_) * head_dim(layer); }
   uint16_t* stage_row(int32_t layer, bool values, int32_t head, int64_t slot);
   // A staged layer's stage holds the slots [stage_slot0, size()): sized after append, refilled by truncate.
@@ -180,7 +194,8 @@ class KvSequence {
   std::vector<float> row_scores_;                        // [layer][head][max_slots], or empty: row_scores
   int32_t f16_sinks_ = 0;                                // at most max_slots
   std::vector<uint8_t> quantized_k_, quantized_v_;       // [layer]: the sides that keep sink copies
-  std::vector<std::vector<uint16_t>> sink_k_, sink_v_;   // [layer][slot < f16_sinks][head][head_dim] f16, or empty
+  std::vector<std::vector<uint16_t>> sink_k_, sink_v_;   // [layer][slot - sink_base < f16_sinks][head][head_dim] f16, or empty
+  std::vector<int64_t> sink_base_;                       // [layer]: the slot of the first copy
   bool evicted_ = false;
 };
 
