@@ -61,6 +61,28 @@ void BlockScores(DF df, const float* const* q, const float* HWY_RESTRICT kt, int
   }
 }
 
+// sum_j exp(s[j] - shift) over j < count.
+double SumExp(DF df, const float* HWY_RESTRICT s, int64_t count, float shift) {
+  const int64_t N = static_cast<int64_t>(hn::Lanes(df));
+  const VF vshift = hn::Set(df, shift);
+  VF sum = hn::Zero(df);
+  int64_t j = 0;
+  for (; j + N <= count; j += N) sum = hn::Add(sum, hn::Exp(df, hn::Sub(hn::LoadU(df, s + j), vshift)));
+  double total = hn::GetLane(hn::SumOfLanes(df, sum));
+  for (; j < count; ++j) total += std::exp(s[j] - shift);
+  return total;
+}
+
+// out[j] += exp(s[j] - shift) for j < count: a row's softmax weights added to the keys' mass.
+void AddExp(DF df, const float* HWY_RESTRICT s, int64_t count, float shift, float* HWY_RESTRICT out) {
+  const int64_t N = static_cast<int64_t>(hn::Lanes(df));
+  const VF vshift = hn::Set(df, shift);
+  int64_t j = 0;
+  for (; j + N <= count; j += N)
+    hn::StoreU(hn::Add(hn::LoadU(df, out + j), hn::Exp(df, hn::Sub(hn::LoadU(df, s + j), vshift))), df, out + j);
+  for (; j < count; ++j) out[j] += std::exp(s[j] - shift);
+}
+
 // Up to this many (query row, key) scores, they are computed once and held
 // (a decode step's few rows): no transposed copy, no second q.k pass.
 constexpr int64_t kMaxHeldScores = int64_t{1} << 20;
@@ -109,27 +131,14 @@ void HeldScoresMass(DF df, const float* q, int64_t q_row_stride, int32_t rows, i
       if (end == 0) continue;  // the row sees no key
       const float* s = held + item * span;
       const float m = *std::max_element(s, s + end);
-      const VF shift = hn::Set(df, m);
-      VF sum = hn::Zero(df);
-      int64_t j = 0;
-      for (; j + N <= end; j += N) sum = hn::Add(sum, hn::Exp(df, hn::Sub(hn::LoadU(df, s + j), shift)));
-      double total = hn::GetLane(hn::SumOfLanes(df, sum));
-      for (; j < end; ++j) total += std::exp(s[j] - m);
-      lse[static_cast<size_t>(item)] = m + static_cast<float>(std::log(total));
+      lse[static_cast<size_t>(item)] = m + static_cast<float>(std::log(SumExp(df, s, end, m)));
     }
 #pragma omp for schedule(static)
     for (int64_t b = 0; b < blocks; ++b) {
       const int64_t c0 = b * kBlock, count = std::min(kBlock, span - c0);
       float* out = mass + first + c0;
-      for (int64_t item = 0; item < items; ++item) {
-        const int64_t end = std::min(count, seen(item) - c0);
-        const float* s = held + item * span + c0;
-        const VF shift = hn::Set(df, lse[static_cast<size_t>(item)]);
-        int64_t j = 0;
-        for (; j + N <= end; j += N)
-          hn::StoreU(hn::Add(hn::LoadU(df, out + j), hn::Exp(df, hn::Sub(hn::LoadU(df, s + j), shift))), df, out + j);
-        for (; j < end; ++j) out[j] += std::exp(s[j] - lse[static_cast<size_t>(item)]);
-      }
+      for (int64_t item = 0; item < items; ++item)
+        AddExp(df, held + item * span + c0, std::min(count, seen(item) - c0), lse[static_cast<size_t>(item)], out);
     }
   }
 }
@@ -179,6 +188,16 @@ void AccumulateAttentionMass(const float* q, int64_t q_row_stride, int32_t rows,
     alignas(64) float s[kItems][kBlock];
     const float* qs[kItems];
     int64_t counts[kItems];
+    // use(item, scores, count) for each item of block b that sees a key of it.
+    const auto score_block = [&](int64_t b, const auto& use) {
+      for (int64_t t = 0; t < item_groups; ++t) {
+        const int64_t widest = prepare(b, t, qs, counts);
+        if (widest <= 0) continue;
+        BlockScores(df, qs, kt + b * d * kBlock, d, widest, scale, s);
+        for (int i = 0; i < kItems; ++i)
+          if (counts[i] > 0) use(t * kItems + i, s[i], counts[i]);
+      }
+    };
 #pragma omp for schedule(static)
     for (int64_t b = 0; b < blocks; ++b) {
       const int64_t c0 = first + b * kBlock, count = std::min(kBlock, n - c0);
@@ -194,25 +213,11 @@ void AccumulateAttentionMass(const float* q, int64_t q_row_stride, int32_t rows,
     // Pass 1, blocks split over threads: each item's max and sum of exp in the block.
 #pragma omp for schedule(dynamic, 1)
     for (int64_t b = 0; b < blocks; ++b)
-      for (int64_t t = 0; t < item_groups; ++t) {
-        const int64_t widest = prepare(b, t, qs, counts);
-        if (widest <= 0) continue;
-        BlockScores(df, qs, kt + b * d * kBlock, d, widest, scale, s);
-        for (int i = 0; i < kItems; ++i) {
-          const int64_t count = counts[i];
-          if (count <= 0) continue;
-          float mx = -INFINITY;
-          for (int64_t j = 0; j < count; ++j) mx = std::max(mx, s[i][j]);
-          const VF shift = hn::Set(df, mx);
-          VF sum = hn::Zero(df);
-          int64_t j = 0;
-          for (; j + N <= count; j += N) sum = hn::Add(sum, hn::Exp(df, hn::Sub(hn::Load(df, s[i] + j), shift)));
-          float block_total = hn::GetLane(hn::SumOfLanes(df, sum));
-          for (; j < count; ++j) block_total += std::exp(s[i][j] - mx);
-          bmax[b * items + t * kItems + i] = mx;
-          bsum[b * items + t * kItems + i] = block_total;
-        }
-      }
+      score_block(b, [&](int64_t item, const float* row, int64_t count) {
+        const float mx = *std::max_element(row, row + count);
+        bmax[b * items + item] = mx;
+        bsum[b * items + item] = static_cast<float>(SumExp(df, row, count, mx));
+      });
     // Each item's log-sum-exp from its blocks' (max, sum).
 #pragma omp for schedule(static)
     for (int64_t item = 0; item < items; ++item) {
@@ -226,24 +231,10 @@ void AccumulateAttentionMass(const float* q, int64_t q_row_stride, int32_t rows,
     }
     // Pass 2: blocks split over threads (each writes its own slots of mass).
 #pragma omp for schedule(dynamic, 1)
-    for (int64_t b = 0; b < blocks; ++b) {
-      float* out = mass + first + b * kBlock;
-      for (int64_t t = 0; t < item_groups; ++t) {
-        const int64_t widest = prepare(b, t, qs, counts);
-        if (widest <= 0) continue;
-        BlockScores(df, qs, kt + b * d * kBlock, d, widest, scale, s);
-        for (int i = 0; i < kItems; ++i) {
-          const int64_t count = counts[i];
-          if (count <= 0) continue;
-          const float item_lse = lse[static_cast<size_t>(t * kItems + i)];
-          const VF shift = hn::Set(df, item_lse);
-          int64_t j = 0;
-          for (; j + N <= count; j += N)
-            hn::StoreU(hn::Add(hn::LoadU(df, out + j), hn::Exp(df, hn::Sub(hn::Load(df, s[i] + j), shift))), df, out + j);
-          for (; j < count; ++j) out[j] += std::exp(s[i][j] - item_lse);
-        }
-      }
-    }
+    for (int64_t b = 0; b < blocks; ++b)
+      score_block(b, [&](int64_t item, const float* row, int64_t count) {
+        AddExp(df, row, count, lse[static_cast<size_t>(item)], mass + first + b * kBlock);
+      });
   }
 }
 
