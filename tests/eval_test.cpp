@@ -346,6 +346,27 @@ TEST(EvalFidelity, PoolsReportsPerMethodAndLength) {
   EXPECT_NEAR(h0["recall_mean"].get<double>(), 0.75, 1e-6);
   EXPECT_NEAR(h0["rel_l2"].get<double>(), 0.1, 1e-9);  // sqrt(4 / 400)
   EXPECT_EQ(run["heads"][1]["head"], 1);
+
+  // A resumed eval: runs it did not measure keep the earlier file's figures, a
+  // run it measured replaces the earlier one, and another model's file counts for nothing.
+  nlohmann::json earlier = j;
+  earlier["runs"][0]["recall_mean"] = 0.123;  // "m" at 1024: measured again now
+  nlohmann::json other = j["runs"][1];
+  other["method"] = "earlier";
+  earlier["runs"].push_back(other);
+  std::vector<std::string> replaced;
+  const nlohmann::json merged = log.to_json_with(earlier, replaced);
+  ASSERT_EQ(merged["runs"].size(), 3u);
+  EXPECT_EQ(merged["runs"][0]["method"], "earlier");
+  EXPECT_EQ(merged["runs"][1], j["runs"][0]);
+  EXPECT_EQ(merged["runs"][2], j["runs"][1]);
+  EXPECT_EQ(replaced, (std::vector<std::string>{"m at 1024", "m at 2048"}));
+  earlier["n_head"] = 3;
+  replaced.clear();
+  EXPECT_EQ(log.to_json_with(earlier, replaced), j);
+  EXPECT_TRUE(replaced.empty());
+  EXPECT_EQ(FidelityLog(1, 2).to_json_with(nullptr, replaced), nullptr);
+  EXPECT_EQ(FidelityLog(1, 2).to_json_with(j, replaced), j);  // --report-only keeps the file's runs
 }
 
 // ------------------------------------------------------ real model (CI smoke)

@@ -369,7 +369,10 @@ class EvalRun {
     fs::create_directories(dir);
     const Summary summary = summarize(*store_);
     write_file(dir / "summary.json", to_json(summary).dump(1) + "\n");
-    const nlohmann::json fidelity = fidelity_->empty() ? nlohmann::json() : fidelity_->to_json();
+    std::vector<std::string> replaced;
+    const nlohmann::json fidelity = fidelity_->to_json_with(read_json_if_any(dir / "fidelity.json"), replaced);
+    for (const std::string& run : replaced)
+      fmt::print(stderr, "skim eval: warning: the fidelity of {} now counts only this invocation's prefills\n", run);
     if (!fidelity.is_null()) write_file(dir / "fidelity.json", fidelity.dump(1) + "\n");
     if (o_.plots) plot(dir);
     std::vector<std::string> pngs;
@@ -380,6 +383,17 @@ class EvalRun {
     write_file(dir / "report.md", md);
     std::fputs(md.c_str(), stdout);
     fmt::print(stderr, "skim eval: wrote {}\n", (dir / "report.md").string());
+  }
+
+  // A file an earlier invocation wrote, or null when there is none.
+  static nlohmann::json read_json_if_any(const fs::path& path) {
+    if (!fs::exists(path)) return nullptr;
+    std::ifstream in(path);
+    try {
+      return nlohmann::json::parse(in);
+    } catch (const nlohmann::json::exception& e) {
+      throw std::runtime_error(fmt::format("cannot read {}: {}", path.string(), e.what()));
+    }
   }
 
   static void write_file(const fs::path& path, const std::string& text) {

@@ -58,4 +58,21 @@ nlohmann::json FidelityLog::to_json() const {
   return {{"n_layer", n_layer_}, {"n_head", n_head_}, {"runs", std::move(runs)}};
 }
 
+nlohmann::json FidelityLog::to_json_with(const nlohmann::json& earlier, std::vector<std::string>& replaced) const {
+  nlohmann::json out = to_json();
+  if (earlier.is_object() && earlier.value("n_layer", -1) == n_layer_ && earlier.value("n_head", -1) == n_head_) {
+    for (const nlohmann::json& run : earlier.at("runs")) {
+      const std::pair<std::string, int> key{run.at("method").get<std::string>(), run.at("length").get<int>()};
+      if (heads_.contains(key)) replaced.push_back(fmt::format("{} at {}", key.first, key.second));
+      else out["runs"].push_back(run);
+    }
+  }
+  if (out["runs"].empty()) return nullptr;
+  std::sort(out["runs"].begin(), out["runs"].end(), [](const nlohmann::json& a, const nlohmann::json& b) {
+    return std::pair(a.at("method").get<std::string>(), a.at("length").get<int>()) <
+           std::pair(b.at("method").get<std::string>(), b.at("length").get<int>());
+  });
+  return out;
+}
+
 }  // namespace skim::eval

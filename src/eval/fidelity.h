@@ -26,6 +26,14 @@ class FidelityLog {
   //   "recall_p1", "recall_min", "rel_l2"}]}]}; run-level numbers pool all heads' rows.
   nlohmann::json to_json() const;
 
+  // to_json() with the runs of an earlier invocation's fidelity.json
+  // (`earlier`, null when there is none) that this log did not measure: a
+  // resumed eval runs only the prefills left, so the others keep their
+  // figures. Returns null when neither has a run. A (method, length) this log
+  // measured replaces the earlier run, whose rows cannot be merged (its
+  // per-row samples are not stored); `replaced` gets each such "method at length".
+  nlohmann::json to_json_with(const nlohmann::json& earlier, std::vector<std::string>& replaced) const;
+
  private:
   int n_layer_, n_head_;
   std::map<std::pair<std::string, int>, std::vector<HeadFidelity>> heads_;
