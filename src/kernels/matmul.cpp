@@ -150,11 +150,13 @@ void gemv_integer(const TensorInfo& w, const float* x, int64_t m, float* y, int6
     quantize_activations(x + g * kMaxIntegerDotRows * k, std::min<int64_t>(kMaxIntegerDotRows, m - g * kMaxIntegerDotRows),
                          k, format, isa, acts[static_cast<size_t>(g)]);
   const RowDotFn dot = select_row_dot(w.type, isa);
-  const bool parallel = static_cast<size_t>(n_end - n_begin) * w.row_size() * groups >= kMinParallelGemvBytes;
+  // The row stride once: TensorInfo::row looks the type up per call, 2% of a decode step.
+  const size_t stride = w.row_size();
+  const bool parallel = static_cast<size_t>(n_end - n_begin) * stride * groups >= kMinParallelGemvBytes;
   const QuantizedActivations* a = acts.data();
 #pragma omp parallel for schedule(dynamic, kGemvChunkRows) if (parallel) num_threads(max_threads())
   for (int64_t n = n_begin; n < n_end; ++n)
-    for (int64_t g = 0; g < groups; ++g) dot(w.row(n), a[g], y + g * kMaxIntegerDotRows * ldy + (n - n_begin), ldy);
+    for (int64_t g = 0; g < groups; ++g) dot(w.data + n * stride, a[g], y + g * kMaxIntegerDotRows * ldy + (n - n_begin), ldy);
 }
 
 
@@ -163,7 +165,8 @@ void gemv_integer(const TensorInfo& w, const float* x, int64_t m, float* y, int6
 void gemv_float(const TensorInfo& w, const float* x, int64_t m, float* y, int64_t ldy, int64_t n_begin,
                 int64_t n_end, KernelIsa isa) {
   const int64_t k = w.row_length();
-  const bool parallel = static_cast<size_t>(n_end - n_begin) * w.row_size() >= kMinParallelGemvBytes;
+  const size_t stride = w.row_size();  // once, as in gemv_integer
+  const bool parallel = static_cast<size_t>(n_end - n_begin) * stride >= kMinParallelGemvBytes;
   const auto dot = isa == KernelIsa::kAvx2 ? dot_f32_avx2 : dot_f32_scalar;
 #pragma omp parallel if (parallel) num_threads(max_threads())
   {
@@ -172,7 +175,7 @@ void gemv_float(const TensorInfo& w, const float* x, int64_t m, float* y, int64_
 #pragma omp for schedule(dynamic, kGemvChunkRows)
     for (int64_t n = n_begin; n < n_end; ++n) {
       if (isa == KernelIsa::kAvx2 && (w.type == GgmlType::F16 || w.type == GgmlType::BF16)) {
-        const auto* wr = reinterpret_cast<const uint16_t*>(w.row(n));
+        const auto* wr = reinterpret_cast<const uint16_t*>(w.data + n * stride);
         for (int64_t r = 0; r < m; ++r)
           y[r * ldy + (n - n_begin)] = w.type == GgmlType::F16 ? dot_half_avx2<false>(wr, x + r * k, k)
                                                                : dot_half_avx2<true>(wr, x + r * k, k);
@@ -180,9 +183,9 @@ void gemv_float(const TensorInfo& w, const float* x, int64_t m, float* y, int64_
       }
       const float* wr;
       if (w.type == GgmlType::F32) {
-        wr = reinterpret_cast<const float*>(w.row(n));
+        wr = reinterpret_cast<const float*>(w.data + n * stride);
       } else {
-        dequantize_row(w.type, w.row(n), row.data(), k);
+        dequantize_row(w.type, w.data + n * stride, row.data(), k);
         wr = row.data();
       }
       for (int64_t r = 0; r < m; ++r) y[r * ldy + (n - n_begin)] = dot(wr, x + r * k, k);
