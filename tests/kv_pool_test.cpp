@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "kernels/f16.h"
+#include "kv/kv_file.h"
 #include "kernels/kv_codec.h"
 #include "kv/kv_pool.h"
 #include "kv/kv_sequence.h"
@@ -251,9 +252,32 @@ TEST(KvPool, F16SinkRowsShadowTheFirstQuantizedRows) {
         if (fewer[j] < 8) EXPECT_EQ(read(upper, h, 14 + j, values), f16(std::vector<float>(w, w + kDim))) << "from slot " << fewer[j];
         else EXPECT_EQ(read(upper, h, 14 + j, values), f16(read(upper_pages, h, 14 + j, values))) << "from slot " << fewer[j];
       }
-  // A fork reads the moved copies.
+  // A fork reads the moved copies; a cache file, which has no place for a sink base, refuses them.
   const KvSequence layered_fork = layered.fork();
   EXPECT_EQ(read(layered_fork.view(1), 1, 14, true), read(upper, 1, 14, true));
+  const std::vector<int32_t> tokens(20, 1);
+  EXPECT_THROW(save_kv_file(::testing::TempDir() + "sinks.kv", layered, tokens, {}), std::invalid_argument);
+
+  // erase moves later rows down: rows that had copies keep them, the others bring their page values.
+  KvSequence erased(pool, 1, 2, 1000, 8);
+  erased.append(iota(0, 100));
+  for (int h = 0; h < 2; ++h)
+    for (int64_t s = 0; s < 100; ++s) {
+      const float* row = written.data() + (h * 100 + s) * kDim;
+      erased.store_row(0, h, s, row, row);
+    }
+  const kernels::KvView before_erase = erased.view(0);
+  kernels::KvView before_pages = before_erase;
+  before_pages.sink_end = 0;
+  std::vector<std::vector<float>> page_rows;
+  for (int64_t s = 8; s < 11; ++s) page_rows.push_back(read(before_pages, 1, s, false));
+  erased.erase(2, 5);
+  const kernels::KvView after_erase = erased.view(0);
+  for (int64_t s = 2; s < 5; ++s) {
+    const float* w = written.data() + (100 + s + 3) * kDim;
+    EXPECT_EQ(read(after_erase, 1, s, false), f16(std::vector<float>(w, w + kDim))) << "slot " << s << " kept its copy";
+  }
+  for (int64_t s = 5; s < 8; ++s) EXPECT_EQ(read(after_erase, 1, s, false), f16(page_rows[s - 5])) << "slot " << s;
 
   // f32 keys, q4_0 values: the keys are read as stored, the values from their copies.
   KvPool mixed_pool(kDim, {kernels::KvDType::F32, kernels::KvDType::Q4_0}, 4);

@@ -132,6 +132,11 @@ void write_tensors(Sink& w, KvSequence& seq, std::span<const int32_t> tokens) {
 
 size_t save_kv_file(const std::string& path, KvSequence& seq, std::span<const int32_t> tokens, const KvFileMeta& meta) {
   seq.require_row_formats("save");
+  for (int32_t l = 0; l < seq.n_layer(); ++l)
+    if (seq.sink_base(l) != 0)
+      throw std::invalid_argument(fmt::format(
+          "KV cache: cannot save layer {}: its f16 sink copies start at slot {} after a per-layer budget moved its rows", l,
+          seq.sink_base(l)));
   const std::vector<Tensor> tensors = tensors_of(seq, tokens.size());
   // The checksum goes in the header, before the bytes it covers: a first pass computes it.
   XXH3_state_t state;

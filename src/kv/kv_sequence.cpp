@@ -345,14 +345,16 @@ void KvSequence::erase(int64_t begin, int64_t end) {
   require_row_formats("erase");
   const int64_t kept = size_ - (end - begin);
   for (int64_t i = begin / kPageRows; i < pages_for(kept); ++i) own_pages(i);
+  std::vector<SinkCopies> before;
   for (int32_t l = 0; l < n_layer_; ++l) {
-    const SinkCopies before = sink_copies(l);
+    before.push_back(sink_copies(l));
     for (int32_t h = 0; h < n_head_kv_; ++h)
       for (int64_t s = end; s < size_; ++s) move_row(l, h, s, s - (end - begin));
-    if (begin < sink_slots(l))
-      rebuild_sinks(l, 0, before, [&](int32_t, int64_t j) { return j < begin ? j : j + (end - begin); });
   }
   truncate(kept);
+  for (int32_t l = 0; l < n_layer_; ++l)
+    if (begin < sink_slots(l))
+      rebuild_sinks(l, 0, before[static_cast<size_t>(l)], [&](int32_t, int64_t j) { return j < begin ? j : j + (end - begin); });
 }
 
 void KvSequence::move_rows(int32_t layer, int32_t head, std::span<const int64_t> slots, int64_t first) {
@@ -417,9 +419,16 @@ void KvSequence::keep_rows(const std::vector<std::vector<std::vector<int64_t>>>&
   size_ = end;
   for (int32_t l = 0; l < n_layer_; ++l) {
     release_before(l, end - count[l]);
-    if (sink_slots(l) > 0)
+    const auto& heads = kept[static_cast<size_t>(l)];
+    const int64_t old_base = before[static_cast<size_t>(l)].base;
+    // Copies move only with rows that had them: rows new to the sink slots
+    // would bring their page values, which the pages already give.
+    const bool carries_copies = std::any_of(heads.begin(), heads.end(), [&](const std::vector<int64_t>& h) {
+      return !h.empty() && h.front() < old_base + sink_slots(l);
+    });
+    if (sink_slots(l) > 0 && carries_copies)
       rebuild_sinks(l, end - count[l], before[static_cast<size_t>(l)], [&](int32_t h, int64_t j) {
-        return kept[static_cast<size_t>(l)][static_cast<size_t>(h)][static_cast<size_t>(j)];
+        return heads[static_cast<size_t>(h)][static_cast<size_t>(j)];
       });
   }
 }

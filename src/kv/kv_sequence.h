@@ -26,9 +26,9 @@ class KvSequence {
  public:
   // At most max_slots slots (the context, -c); layer l's pages come from
   // layer_pools[l]. A layer whose K (V) is quantized also keeps f16 copies of
-  // its first f16_sinks slots' K (V) rows (the attention sinks), which readers
-  // use instead of the page rows (KvView::sink_end); held while the sequence
-  // holds rows.
+  // the K (V) rows of its first f16_sinks held slots (the attention sinks;
+  // sink_base), which readers use instead of the page rows (KvView::sink_begin,
+  // sink_end); held while the sequence holds rows.
   KvSequence(std::vector<KvPool*> layer_pools, int32_t n_head_kv, int64_t max_slots, int32_t f16_sinks = 0);
   // Every layer's pages from one pool.
   KvSequence(KvPool& pool, int32_t n_layer, int32_t n_head_kv, int64_t max_slots, int32_t f16_sinks = 0);
@@ -117,7 +117,7 @@ class KvSequence {
   }
   // Slots of the layer whose rows have f16 copies (0 when neither side is quantized).
   int64_t sink_slots(int32_t layer) const { return sink_bytes(layer) > 0 ? f16_sinks_ : 0; }
-  // The first of them: 0, or the layer's first row after keep_rows gave it fewer rows than others.
+  // The first of them: 0, or the layer's first row after keep_rows moved rows that had copies up to later slots.
   int64_t sink_base(int32_t layer) const { return sink_base_[static_cast<size_t>(layer)]; }
   // Encodes every page of a staged layer whose rows are all stored (KIVI
   // keys are quantized per channel over a page's rows): only the last,
