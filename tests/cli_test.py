@@ -368,6 +368,15 @@ class BadInputs(ModelTest):
             with self.subTest(args=" ".join(map(str, args))):
                 self.assert_one_error_line(args, names)
 
+    def test_eval_refuses_a_broken_fidelity_file_before_running(self):
+        out = os.path.join(self.tmp, "eval-broken")
+        os.makedirs(out)
+        with open(os.path.join(out, "fidelity.json"), "w") as f:
+            f.write('{"n_layer": 30, "n_he')  # cut short, as a killed writer leaves it
+        self.assert_one_error_line(["eval", "-m", MODEL, "--tasks", "passkey", "--lengths", 512, "--samples", 1,
+                                    "--no-plots", "--out", out], "cannot resume from")
+        self.assertFalse(os.path.exists(os.path.join(out, "results.json")))
+
     def test_missing_peer_names_its_setup_script(self):
         env = dict(os.environ, SKIM_OPENVINO=os.path.join(self.tmp, "absent"),
                    SKIM_IK_LLAMA_CPP=os.path.join(self.tmp, "absent"))

@@ -367,6 +367,18 @@ TEST(EvalFidelity, PoolsReportsPerMethodAndLength) {
   EXPECT_TRUE(replaced.empty());
   EXPECT_EQ(FidelityLog(1, 2).to_json_with(nullptr, replaced), nullptr);
   EXPECT_EQ(FidelityLog(1, 2).to_json_with(j, replaced), j);  // --report-only keeps the file's runs
+
+  // What an earlier invocation left is checked before it is used.
+  EXPECT_NO_THROW(check_fidelity_json(j));
+  nlohmann::json nan_run = j;
+  nan_run["runs"][0]["recall_p1"] = nullptr;  // NaN, as JSON writes it
+  EXPECT_NO_THROW(check_fidelity_json(nan_run));
+  for (const char* broken : {R"([])", R"({"n_layer": 1, "n_head": 2})", R"({"n_layer": "1", "n_head": 2, "runs": []})",
+                             R"({"n_layer": 1, "n_head": 2, "runs": [{"method": 3, "length": 1, "heads": []}]})"})
+    EXPECT_THROW(check_fidelity_json(nlohmann::json::parse(broken)), std::runtime_error) << broken;
+  nlohmann::json no_recall = j;
+  no_recall["runs"][1].erase("recall_mean");
+  EXPECT_THROW(check_fidelity_json(no_recall), std::runtime_error);
 }
 
 // ------------------------------------------------------ real model (CI smoke)

@@ -216,6 +216,8 @@ class EvalRun {
     store_.emplace(o.out, RunConfig{fs::path(path).filename().string(), o.seed, chat, depths_, corpus_.cached ? "cache" : "builtin",
                                     positions_label(model_->config(), o.dca_chunk, o.dca_local)});
     fidelity_.emplace(model_->config().n_layer, model_->config().n_head);
+    // Read now, not after hours of running: a bad file fails here, and the runs it holds carry over at the end.
+    earlier_fidelity_ = read_earlier_fidelity(fs::path(o.out) / "fidelity.json");
     // Every (task, length) can be generated: fail now rather than hours into the run.
     for (const std::string& task : tasks_)
       for (int length : lengths_)
@@ -370,7 +372,7 @@ class EvalRun {
     const Summary summary = summarize(*store_);
     write_file(dir / "summary.json", to_json(summary).dump(1) + "\n");
     std::vector<std::string> replaced;
-    const nlohmann::json fidelity = fidelity_->to_json_with(read_json_if_any(dir / "fidelity.json"), replaced);
+    const nlohmann::json fidelity = fidelity_->to_json_with(earlier_fidelity_, replaced);
     for (const std::string& run : replaced)
       fmt::print(stderr, "skim eval: warning: the fidelity of {} now counts only this invocation's prefills\n", run);
     if (!fidelity.is_null()) write_file(dir / "fidelity.json", fidelity.dump(1) + "\n");
@@ -385,14 +387,17 @@ class EvalRun {
     fmt::print(stderr, "skim eval: wrote {}\n", (dir / "report.md").string());
   }
 
-  // A file an earlier invocation wrote, or null when there is none.
-  static nlohmann::json read_json_if_any(const fs::path& path) {
+  // The fidelity.json an earlier invocation wrote, or null when there is none.
+  static nlohmann::json read_earlier_fidelity(const fs::path& path) {
     if (!fs::exists(path)) return nullptr;
     std::ifstream in(path);
     try {
-      return nlohmann::json::parse(in);
-    } catch (const nlohmann::json::exception& e) {
-      throw std::runtime_error(fmt::format("cannot read {}: {}", path.string(), e.what()));
+      nlohmann::json j = nlohmann::json::parse(in);
+      check_fidelity_json(j);
+      return j;
+    } catch (const std::exception& e) {
+      throw std::runtime_error(fmt::format("cannot resume from {}: {} (move it away to start its fidelity afresh)",
+                                           path.string(), e.what()));
     }
   }
 
@@ -420,6 +425,7 @@ class EvalRun {
   std::optional<PromptFormat> format_;
   std::optional<ResultStore> store_;
   std::optional<FidelityLog> fidelity_;
+  nlohmann::json earlier_fidelity_;
   std::map<std::string, std::unique_ptr<Context>> contexts_;
   std::vector<int32_t> austen_tokens_;
 };

@@ -58,6 +58,22 @@ nlohmann::json FidelityLog::to_json() const {
   return {{"n_layer", n_layer_}, {"n_head", n_head_}, {"runs", std::move(runs)}};
 }
 
+void check_fidelity_json(const nlohmann::json& j) {
+  const auto bad = [](const std::string& what) { throw std::runtime_error("fidelity file: " + what); };
+  if (!j.is_object() || !j.contains("n_layer") || !j["n_layer"].is_number_integer() || !j.contains("n_head") ||
+      !j["n_head"].is_number_integer())
+    bad("no integer n_layer and n_head");
+  if (!j.contains("runs") || !j["runs"].is_array()) bad("no runs array");
+  for (const nlohmann::json& run : j["runs"]) {
+    if (!run.is_object() || !run.contains("method") || !run["method"].is_string() || !run.contains("length") ||
+        !run["length"].is_number_integer() || !run.contains("heads") || !run["heads"].is_array())
+      bad("a run without a method, a length or heads");
+    if (!run.contains("rows") || !run["rows"].is_number_integer()) bad("a run without a row count");
+    for (const char* key : {"recall_mean", "recall_p1", "recall_min", "rel_l2"})
+      if (!run.contains(key) || !(run[key].is_number() || run[key].is_null())) bad(fmt::format("a run without {}", key));
+  }
+}
+
 nlohmann::json FidelityLog::to_json_with(const nlohmann::json& earlier, std::vector<std::string>& replaced) const {
   nlohmann::json out = to_json();
   if (earlier.is_object() && earlier.value("n_layer", -1) == n_layer_ && earlier.value("n_head", -1) == n_head_) {

@@ -39,4 +39,9 @@ class FidelityLog {
   std::map<std::pair<std::string, int>, std::vector<HeadFidelity>> heads_;
 };
 
+// Throws std::runtime_error unless j has to_json()'s shape: integer n_layer
+// and n_head, and runs each with a string method, an integer length and row
+// count, heads, and numbers (or null, what JSON makes of NaN) for its figures.
+void check_fidelity_json(const nlohmann::json& j);
+
 }  // namespace skim::eval

@@ -265,18 +265,24 @@ std::string render_markdown(const Summary& s, const RunConfig& config, const std
   if (fidelity.is_object() && !fidelity.at("runs").empty()) {
     md +=
         "## Attention fidelity (T1)\n\n"
-        "Per (layer, head), on sampled query rows of every prefill this invocation ran with --fidelity: recall = "
-        "exp(LSE_method - LSE_dense) and relative L2 error of the attention output. Pooled over heads here; per "
-        "head in fidelity.json. The methods' prefill times above include this measurement.\n\n"
+        "Per (layer, head), on sampled query rows of every prefill run with --fidelity (a resumed eval keeps the "
+        "runs of earlier invocations it did not repeat): recall = exp(LSE_method - LSE_dense) and relative L2 error "
+        "of the attention output. Pooled over heads here; per head in fidelity.json. The methods' prefill times above "
+        "include this measurement.\n\n"
         "| method | length | rows | mean recall | p1 recall | min recall | rel-L2 | worst head (layer.head: mean recall) |\n"
         "|---|---|---:|---:|---:|---:|---:|---|\n";
     for (const nlohmann::json& run : fidelity.at("runs")) {
       const nlohmann::json* worst = nullptr;
       for (const nlohmann::json& h : run.at("heads"))
         if (h.at("rows").get<int64_t>() > 0 && (!worst || h.at("recall_mean").get<double>() < worst->at("recall_mean").get<double>())) worst = &h;
-      md += fmt::format("| `{}` | {} | {} | {:.4f} | {:.4f} | {:.4f} | {:.4f} | {} |\n", run.at("method").get<std::string>(),
-                        length_label(run.at("length").get<int>()), run.at("rows").get<int64_t>(), run.at("recall_mean").get<double>(),
-                        run.at("recall_p1").get<double>(), run.at("recall_min").get<double>(), run.at("rel_l2").get<double>(),
+      // A figure of no rows is NaN, which JSON stores as null.
+      const auto figure = [&run](const char* key) {
+        const nlohmann::json& v = run.at(key);
+        return v.is_number() ? fmt::format("{:.4f}", v.get<double>()) : std::string("-");
+      };
+      md += fmt::format("| `{}` | {} | {} | {} | {} | {} | {} | {} |\n", run.at("method").get<std::string>(),
+                        length_label(run.at("length").get<int>()), run.at("rows").get<int64_t>(), figure("recall_mean"),
+                        figure("recall_p1"), figure("recall_min"), figure("rel_l2"),
                         worst ? fmt::format("{}.{}: {:.4f}", worst->at("layer").get<int>(), worst->at("head").get<int>(),
                                             worst->at("recall_mean").get<double>())
                               : "-");
