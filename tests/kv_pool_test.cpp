@@ -184,12 +184,17 @@ TEST(KvPool, F16SinkRowsShadowTheFirstQuantizedRows) {
   std::mt19937 rng(5);
   std::normal_distribution<float> gauss(0.0f, 3.0f);
   std::vector<float> written(static_cast<size_t>(2 * 100 * kDim));
-  for (int h = 0; h < 2; ++h)
-    for (int64_t s = 0; s < 100; ++s) {
-      float* row = written.data() + (h * 100 + s) * kDim;
-      for (int c = 0; c < kDim; ++c) row[c] = gauss(rng);
-      seq.store_row(0, h, s, row, row);
-    }
+  for (float& x : written) x = gauss(rng);
+  // Row s of head h, as K and V, into slots 0..99 of every layer.
+  const auto store_written = [&written](KvSequence& into, int layers) {
+    for (int l = 0; l < layers; ++l)
+      for (int h = 0; h < 2; ++h)
+        for (int64_t s = 0; s < 100; ++s) {
+          const float* row = written.data() + (h * 100 + s) * kDim;
+          into.store_row(l, h, s, row, row);
+        }
+  };
+  store_written(seq, 1);
   const auto read = [](const kernels::KvView& view, int h, int64_t s, bool values) {
     std::vector<float> row(kDim);
     if (values) kernels::read_v_rows(view, h, s, 1, kDim, row.data());
@@ -229,12 +234,7 @@ TEST(KvPool, F16SinkRowsShadowTheFirstQuantizedRows) {
   // do, so its sinks start at a later slot and keep their f16 copies there.
   KvSequence layered(pool, 2, 2, 1000, 8);
   layered.append(iota(0, 100));
-  for (int l = 0; l < 2; ++l)
-    for (int h = 0; h < 2; ++h)
-      for (int64_t s = 0; s < 100; ++s) {
-        const float* row = written.data() + (h * 100 + s) * kDim;
-        layered.store_row(l, h, s, row, row);
-      }
+  store_written(layered, 2);
   std::vector<int64_t> more(20);
   std::iota(more.begin(), more.end(), 0);
   const std::vector<int64_t> fewer = {1, 2, 3, 50, 60, 99};
@@ -261,11 +261,7 @@ TEST(KvPool, F16SinkRowsShadowTheFirstQuantizedRows) {
   // erase moves later rows down: rows that had copies keep them, the others bring their page values.
   KvSequence erased(pool, 1, 2, 1000, 8);
   erased.append(iota(0, 100));
-  for (int h = 0; h < 2; ++h)
-    for (int64_t s = 0; s < 100; ++s) {
-      const float* row = written.data() + (h * 100 + s) * kDim;
-      erased.store_row(0, h, s, row, row);
-    }
+  store_written(erased, 1);
   const kernels::KvView before_erase = erased.view(0);
   kernels::KvView before_pages = before_erase;
   before_pages.sink_end = 0;
