@@ -258,6 +258,18 @@ TEST(KvPool, F16SinkRowsShadowTheFirstQuantizedRows) {
   const std::vector<int32_t> tokens(20, 1);
   EXPECT_THROW(save_kv_file(::testing::TempDir() + "sinks.kv", layered, tokens, {}), std::invalid_argument);
 
+  // Kept rows none of which had copies, moved down into the copied slots: their page values.
+  KvSequence no_sinks(pool, 1, 2, 1000, 8);
+  no_sinks.append(iota(0, 100));
+  store_written(no_sinks, 1);
+  kernels::KvView no_sinks_pages = no_sinks.view(0);
+  no_sinks_pages.sink_end = 0;
+  const std::vector<int64_t> late = {10, 20, 30, 40};
+  std::vector<std::vector<float>> late_rows;
+  for (const int64_t s : late) late_rows.push_back(read(no_sinks_pages, 0, s, true));
+  no_sinks.keep_rows({{late, late}});
+  for (int64_t s = 0; s < 4; ++s) EXPECT_EQ(read(no_sinks.view(0), 0, s, true), f16(late_rows[s])) << "slot " << s;
+
   // erase moves later rows down: rows that had copies keep them, the others bring their page values.
   KvSequence erased(pool, 1, 2, 1000, 8);
   erased.append(iota(0, 100));

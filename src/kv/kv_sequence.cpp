@@ -420,14 +420,15 @@ void KvSequence::keep_rows(const std::vector<std::vector<std::vector<int64_t>>>&
   for (int32_t l = 0; l < n_layer_; ++l) {
     release_before(l, end - count[l]);
     const auto& heads = kept[static_cast<size_t>(l)];
-    const int64_t old_base = before[static_cast<size_t>(l)].base;
-    // Copies move only with rows that had them: rows new to the sink slots
-    // would bring their page values, which the pages already give.
+    const int64_t old_base = before[static_cast<size_t>(l)].base, first = end - count[l];
+    // The copies follow the rows that had them. A layer that kept none of
+    // those rows and no longer holds the copied slots (a sliding window's)
+    // keeps its base: new copies would only repeat page values.
     const bool carries_copies = std::any_of(heads.begin(), heads.end(), [&](const std::vector<int64_t>& h) {
       return !h.empty() && h.front() < old_base + sink_slots(l);
     });
-    if (sink_slots(l) > 0 && carries_copies)
-      rebuild_sinks(l, end - count[l], before[static_cast<size_t>(l)], [&](int32_t h, int64_t j) {
+    if (sink_slots(l) > 0 && (carries_copies || first < old_base + sink_slots(l)))
+      rebuild_sinks(l, first, before[static_cast<size_t>(l)], [&](int32_t h, int64_t j) {
         return heads[static_cast<size_t>(h)][static_cast<size_t>(j)];
       });
   }

@@ -117,7 +117,7 @@ class KvSequence {
   }
   // Slots of the layer whose rows have f16 copies (0 when neither side is quantized).
   int64_t sink_slots(int32_t layer) const { return sink_bytes(layer) > 0 ? f16_sinks_ : 0; }
-  // The first of them: 0, or the layer's first row after keep_rows moved rows that had copies up to later slots.
+  // The first of them: 0, or the first row keep_rows left a layer that keeps fewer (while its copies matter).
   int64_t sink_base(int32_t layer) const { return sink_base_[static_cast<size_t>(layer)]; }
   // Encodes every page of a staged layer whose rows are all stored (KIVI
   // keys are quantized per channel over a page's rows): only the last,
