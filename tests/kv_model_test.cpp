@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdio>
 #include <numeric>
 #include <string>
 #include <vector>
@@ -53,6 +54,12 @@ TEST_F(KvModel, KeepingEverythingChangesNothing) {
   const std::vector<float> full = run({}, prompt, next);
   for (const std::string& policy : {"snapkv", "streaming:keep=1", "tova:budget=4096", "pyramid"})
     EXPECT_EQ(run({.kv_policy = policy}, prompt, next), full) << policy;
+  // ARKV judges every prompt (its window's rows reach the last layer), so only the prompt's own row may differ.
+  const int n_vocab = model_->config().n_vocab;
+  Context* ctx = nullptr;
+  const std::vector<float> arkv = run({.kv_policy = "arkv"}, prompt, next, &ctx);
+  EXPECT_EQ(std::vector<float>(arkv.begin() + n_vocab, arkv.end()), std::vector<float>(full.begin() + n_vocab, full.end()));
+  EXPECT_TRUE(ctx->kv_reusable());  // an f16 cache has no precision to split
   // Quantized types on no layer (every layer kept f16) are the f16 cache.
   std::vector<int> every(static_cast<size_t>(model_->config().n_layer));
   std::iota(every.begin(), every.end(), 0);
@@ -130,6 +137,37 @@ TEST_F(KvModel, PerLayerBudgetsHoldTheirShareOfBytes) {
   EXPECT_FALSE(all->kv_evicted());
   EXPECT_EQ(std::vector<float>(kept.begin() + n_vocab, kept.end()), std::vector<float>(full.begin() + n_vocab, full.end()));
 
+}
+
+// ARKV over q4_0 pages: each layer keeps half of the prompt's rows; of them
+// the sinks, the window and the layer's share of the rows chosen by score
+// keep f16 originals (the layer that prefers them most: every one), the
+// others only their q4_0 rows; decode rows stay original.
+TEST_F(KvModel, ArkvKeepsEachLayersShareOfItsRowsOriginal) {
+  const std::vector<int32_t> ids = text_tokens(604);
+  const std::vector<int32_t> prompt(ids.begin(), ids.begin() + 600), next(ids.begin() + 600, ids.end());
+  const int n_vocab = model_->config().n_vocab;
+  const int64_t heads = model_->config().n_head_kv;
+  const std::vector<float> evicted = run({.kv_policy = "arkv:keep=0.5"}, prompt, next);
+  Context* ctx = nullptr;
+  const std::vector<float> mixed = run({.kv_type_k = "q4_0", .kv_type_v = "q4_0", .kv_policy = "arkv:keep=0.5"}, prompt, next, &ctx);
+  const std::vector<int64_t> copied = ctx->kv_f16_copied_rows(0);
+  int64_t all_original = 0, fewer = 0;
+  for (const int64_t rows : copied) {
+    EXPECT_GE(rows, (4 + 32 + 4) * heads);  // sinks, window, decode rows
+    EXPECT_LE(rows, (300 + 4) * heads);
+    all_original += rows == (300 + 4) * heads;
+    fewer += rows < (300 + 4) * heads;
+  }
+  EXPECT_GE(all_original, 1);
+  EXPECT_GE(fewer, 1);
+  std::printf("ARKV f16 rows per layer (of %lld kept per head):", static_cast<long long>(304));
+  for (const int64_t rows : copied) std::printf(" %lld", static_cast<long long>(rows / heads));
+  std::printf("\n");
+  EXPECT_NE(mixed, evicted);
+  EXPECT_FALSE(ctx->kv_reusable());  // a prefix would hold rows whose precision the whole prompt chose
+  for (size_t r = 0; r < mixed.size() / n_vocab; ++r)
+    EXPECT_LT(test::kl_divergence(evicted.data() + r * n_vocab, mixed.data() + r * n_vocab, n_vocab), 0.05) << "row " << r;
 }
 
 // Perplexity under a policy scores the window's second half on the cache the

@@ -77,7 +77,8 @@ struct Problem {
 };
 
 // Per-layer budgets (pyramid, zipvl) keep their own count: the shared rules are checked on them below.
-const std::vector<std::string> kPolicies = {"streaming", "snapkv", "tova", "h2o", "h2o:mean=1", "keydiff", "dapq", "expected"};
+const std::vector<std::string> kPolicies = {"streaming", "snapkv", "tova", "h2o", "h2o:mean=1", "keydiff", "dapq", "expected",
+                                            "arkv"};
 
 TEST(KvPolicy, EachKeepsItsBudgetTheSinksAndTheWindow) {
   Problem p(1000);
@@ -112,7 +113,7 @@ TEST(KvPolicy, EverythingKeptWhenTheBudgetIsEverything) {
 TEST(KvPolicy, AttentionScorersKeepTheKeysTheWindowAttendsTo) {
   Problem p(1000);
   for (const std::string& name :
-       {"snapkv:kernel=1", "snapkv", "tova", "h2o", "h2o:mean=1", "dapq", "expected", "expected:cov=0,vnorm=0"}) {
+       {"snapkv:kernel=1", "snapkv", "tova", "h2o", "h2o:mean=1", "dapq", "expected", "expected:cov=0,vnorm=0", "arkv"}) {
     SCOPED_TRACE(name);
     const auto kept = KvPolicy(name).select(p.request(), 60);  // 2 sink slots + 32 window + 26 chosen
     for (const auto& k : kept)
@@ -275,6 +276,83 @@ TEST(KvPolicy, MergedRowsAreTheMeansOfWhatTheyAbsorb) {
     }
     EXPECT_TRUE(policy.merge(r, policy.select(r, 200)).empty());
   }
+}
+
+// ARKV ranks the rows it chooses best first, and a layer's preference for
+// original rows is disp^(1/t1) var^(1/t2) kurt^(1/t3) of the window's
+// attention on the keys before the window, here against a float64 reference.
+TEST(KvPolicy, ArkvRanksItsRowsAndPrefersLayersByTheirAttentionShape) {
+  Problem p(400);
+  const ScoreRequest r = p.request();
+  const KvPolicy policy("arkv:sink=8,window=16,kernel=1,gamma=0");  // score: the mean attention alone
+  std::vector<std::vector<int64_t>> ranked;
+  const auto kept = policy.select(r, 100, &ranked);
+  ASSERT_EQ(ranked.size(), static_cast<size_t>(kHkv));
+  std::vector<float> mass;
+  window_attention_mass(r, mass);
+  for (int32_t g = 0; g < kHkv; ++g) {
+    const auto& k = kept[static_cast<size_t>(g)];
+    const auto& chosen = ranked[static_cast<size_t>(g)];
+    ASSERT_EQ(chosen.size(), 100u - 4 - 16);  // sinks: slots 0..3 (positions 0..7)
+    for (size_t i = 0; i < chosen.size(); ++i) {
+      EXPECT_TRUE(std::binary_search(k.begin(), k.end(), chosen[i]));
+      EXPECT_GE(chosen[i], 4);
+      EXPECT_LT(chosen[i], 400 - 16);
+      if (i > 0) EXPECT_GE(mass[g * 400 + chosen[i - 1]], mass[g * 400 + chosen[i]]) << "rank " << i;
+    }
+    for (int64_t hot : p.hot) EXPECT_TRUE(std::find(chosen.begin(), chosen.begin() + 3, hot) != chosen.begin() + 3);
+  }
+  // Everything kept: every row between sinks and window is still ranked.
+  EXPECT_EQ(policy.select(r, 400, &ranked)[0].size(), 400u);
+  EXPECT_EQ(ranked[0].size(), 400u - 4 - 16);
+
+  // The preference, from keys and queries in float64, with queries turned
+  // down so that attention spreads and varies across them (the fixture's
+  // peaks hold all the mass, the same for every query: rounding alone).
+  std::vector<float> soft(p.q);
+  for (float& x : soft) x *= 0.05f;
+  ScoreRequest spread = r;
+  spread.q = soft.data();
+  const int64_t n = 400, before = n - kWindow;
+  double disp = 0, var = 0, kurt = 0;
+  std::vector<float> key(kDim);
+  for (int32_t h = 0; h < kHq; ++h) {
+    std::vector<std::vector<double>> probs(kWindow, std::vector<double>(n, 0.0));
+    for (int32_t i = 0; i < kWindow; ++i) {
+      const int64_t visible = before + i / 2 + 1;  // keys at positions 2s, window row i at 2 before + i
+      std::vector<double> logit(static_cast<size_t>(visible));
+      double top = -INFINITY, sum = 0;
+      for (int64_t s = 0; s < visible; ++s) {
+        kernels::read_k_rows(r.kv, h / (kHq / kHkv), s, 1, kDim, key.data());
+        double dot = 0;
+        for (int e = 0; e < kDim; ++e) dot += static_cast<double>(soft[(i * kHq + h) * kDim + e]) * key[e];
+        logit[s] = 0.125 * dot;
+        top = std::max(top, logit[s]);
+      }
+      for (int64_t s = 0; s < visible; ++s) sum += std::exp(logit[s] - top);
+      for (int64_t s = 0; s < visible; ++s) probs[i][s] = std::exp(logit[s] - top) / sum;
+    }
+    for (int64_t s = 0; s < before; ++s) {
+      double mean = 0, m2 = 0, m4 = 0;
+      for (int32_t i = 0; i < kWindow; ++i) {
+        disp -= probs[i][s] * std::log(probs[i][s] + 1e-10);
+        mean += probs[i][s] / kWindow;
+      }
+      for (int32_t i = 0; i < kWindow; ++i) {
+        m2 += std::pow(probs[i][s] - mean, 2);
+        m4 += std::pow(probs[i][s] - mean, 4);
+      }
+      var += m2 / (kWindow - 1);
+      kurt += (m4 / kWindow) / std::pow(std::max(m2 / kWindow, 1e-8), 2);
+    }
+  }
+  const double want = std::pow(disp, 1 / 7.7744) * std::pow(var, 1 / 5.4070) * std::pow(kurt, 1 / 5.5277);
+  EXPECT_NEAR(KvPolicy("arkv").layer_preference(spread), want, 1e-4 * want);
+  EXPECT_TRUE(KvPolicy("arkv").mixed_precision());
+  EXPECT_FALSE(KvPolicy("snapkv").mixed_precision());
+
+  // Shares: each layer's preference over the largest; unjudged layers keep every row original.
+  EXPECT_EQ(KvPolicy::original_share({2.0, 4.0, NAN, 1.0}), (std::vector<double>{0.5, 1.0, 1.0, 0.25}));
 }
 
 TEST(KvPolicy, BadSpecsAreRefused) {

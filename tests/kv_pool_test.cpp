@@ -176,8 +176,8 @@ TEST(KvPool, EraseMovesLaterSlotsDownWithTheirPositions) {
 // slots brings its page values, a fork copies the copies, and an emptied
 // sequence holds none. A layer keeping fewer rows keeps its copies with them.
 // A full-precision side keeps no copies.
-TEST(KvPool, F16SinkRowsShadowTheFirstQuantizedRows) {
-  KvPool pool(kDim, {kernels::KvDType::Q4_0, kernels::KvDType::Q4_0}, 16);
+TEST(KvPool, F16RowCopiesShadowQuantizedRowsAndMoveWithThem) {
+  KvPool pool(kDim, {kernels::KvDType::Q4_0, kernels::KvDType::Q4_0}, 32);
   KvSequence seq(pool, 1, 2, 1000, 8);
   EXPECT_EQ(seq.held_bytes(), 0u);
   seq.append(iota(0, 100));
@@ -205,87 +205,127 @@ TEST(KvPool, F16SinkRowsShadowTheFirstQuantizedRows) {
     for (float& x : row) x = kernels::f16_to_f32(kernels::f32_to_f16(x));
     return row;
   };
+  // The page rows alone: a view without its copies.
+  const auto pages_of = [](kernels::KvView v) {
+    v.copy_index = nullptr;
+    v.copy_slots = 0;
+    return v;
+  };
+  const auto written_f16 = [&](int h, int64_t s) {
+    const float* w = written.data() + (h * 100 + s) * kDim;
+    return f16(std::vector<float>(w, w + kDim));
+  };
   kernels::KvView view = seq.view(0);
-  ASSERT_EQ(view.sink_end, 8);
-  kernels::KvView pages = view;
-  pages.sink_end = 0;
+  ASSERT_EQ(view.copy_slots, 8);
+  EXPECT_EQ(seq.copied_rows(0), 2 * 8);
+  const kernels::KvView pages = pages_of(view);
   for (int h = 0; h < 2; ++h)
     for (int64_t s = 0; s < 100; ++s)
       for (const bool values : {false, true}) {
-        const float* w = written.data() + (h * 100 + s) * kDim;
-        if (s < 8) EXPECT_EQ(read(view, h, s, values), f16(std::vector<float>(w, w + kDim))) << "sink slot " << s;
+        if (s < 8) EXPECT_EQ(read(view, h, s, values), written_f16(h, s)) << "sink slot " << s;
         else EXPECT_EQ(read(view, h, s, values), read(pages, h, s, values)) << "slot " << s;
-        EXPECT_NE(read(pages, h, s, values), f16(std::vector<float>(w, w + kDim))) << "the page holds q4_0 rows";
+        EXPECT_NE(read(pages, h, s, values), written_f16(h, s)) << "the page holds q4_0 rows";
       }
+  // Copies move with their rows: slot 50 moved into slot 4 brings its q4_0 values.
   std::vector<std::vector<float>> page_50 = {read(pages, 0, 50, false), read(pages, 1, 50, true)};
   const std::vector<int64_t> kept = {0, 1, 2, 3, 50, 51, 52, 53, 60, 99};
   seq.keep_rows({{kept, kept}});
   view = seq.view(0);
-  EXPECT_EQ(read(view, 0, 4, false), f16(page_50[0]));  // slot 50 moved into the sinks: its q4_0 values
-  EXPECT_EQ(read(view, 1, 4, true), f16(page_50[1]));
-  const float* w0 = written.data();
-  EXPECT_EQ(read(view, 0, 0, false), f16(std::vector<float>(w0, w0 + kDim)));  // slot 0 kept its f16 copy
+  EXPECT_EQ(read(view, 0, 4, false), page_50[0]);
+  EXPECT_EQ(read(view, 1, 4, true), page_50[1]);
+  EXPECT_EQ(read(view, 0, 0, false), written_f16(0, 0));  // slot 0 kept its f16 copy
+  EXPECT_EQ(seq.copied_rows(0), 2 * 4);
   const KvSequence fork = seq.fork();
   for (int64_t s = 0; s < 10; ++s) EXPECT_EQ(read(fork.view(0), 0, s, false), read(view, 0, s, false));
+  seq.truncate(2);
+  EXPECT_EQ(seq.copied_rows(0), 2 * 2);
   seq.clear();
-  EXPECT_EQ(seq.sink_bytes(0), 0u);
+  EXPECT_EQ(seq.copy_bytes(0), 0u);
 
   // A per-layer budget: layer 1 keeps fewer rows, which end where layer 0's
-  // do, so its sinks start at a later slot and keep their f16 copies there.
+  // do, so its sinks move to later slots with their copies.
   KvSequence layered(pool, 2, 2, 1000, 8);
   layered.append(iota(0, 100));
   store_written(layered, 2);
   std::vector<int64_t> more(20);
   std::iota(more.begin(), more.end(), 0);
   const std::vector<int64_t> fewer = {1, 2, 3, 50, 60, 99};
+  const kernels::KvView upper_before = pages_of(layered.view(1));
+  std::vector<std::vector<float>> fewer_pages;
+  for (const int64_t s : fewer) fewer_pages.push_back(read(upper_before, 1, s, true));
   layered.keep_rows({{more, more}, {fewer, fewer}});
   const kernels::KvView upper = layered.view(1);
-  EXPECT_EQ(upper.first_key, 14);  // past the first 8 slots, where the copies began
-  EXPECT_EQ(upper.sink_begin, 14);
-  EXPECT_EQ(upper.sink_end, 20);
-  kernels::KvView upper_pages = upper;
-  upper_pages.sink_end = 0;
-  for (int h = 0; h < 2; ++h)
-    for (int64_t j = 0; j < 6; ++j)
-      for (const bool values : {false, true}) {
-        const float* w = written.data() + (h * 100 + fewer[j]) * kDim;
-        if (fewer[j] < 8) EXPECT_EQ(read(upper, h, 14 + j, values), f16(std::vector<float>(w, w + kDim))) << "from slot " << fewer[j];
-        else EXPECT_EQ(read(upper, h, 14 + j, values), f16(read(upper_pages, h, 14 + j, values))) << "from slot " << fewer[j];
-      }
-  // A fork reads the moved copies; a cache file, which has no place for a sink base, refuses them.
+  EXPECT_EQ(upper.first_key, 14);
+  for (int64_t j = 0; j < 6; ++j) {
+    if (fewer[j] < 8) EXPECT_EQ(read(upper, 1, 14 + j, true), written_f16(1, fewer[j])) << "from slot " << fewer[j];
+    else EXPECT_EQ(read(upper, 1, 14 + j, true), fewer_pages[j]) << "from slot " << fewer[j];
+  }
+  // A fork and a cache file keep the moved copies.
   const KvSequence layered_fork = layered.fork();
   EXPECT_EQ(read(layered_fork.view(1), 1, 14, true), read(upper, 1, 14, true));
   const std::vector<int32_t> tokens(20, 1);
-  EXPECT_THROW(save_kv_file(::testing::TempDir() + "sinks.kv", layered, tokens, {}), std::invalid_argument);
+  const std::string path = ::testing::TempDir() + "copies.kv";
+  save_kv_file(path, layered, tokens, {});
+  KvSequence loaded(pool, 2, 2, 1000, 8);
+  load_kv_file(read_kv_file(path), loaded);
+  for (int l = 0; l < 2; ++l)
+    for (int64_t s = layered.view(l).first_key; s < 20; ++s)
+      EXPECT_EQ(read(loaded.view(l), 1, s, false), read(layered.view(l), 1, s, false)) << "layer " << l << " slot " << s;
+  EXPECT_EQ(loaded.copied_rows(1), layered.copied_rows(1));
 
-  // Kept rows none of which had copies, moved down into the copied slots: their page values.
-  KvSequence no_sinks(pool, 1, 2, 1000, 8);
-  no_sinks.append(iota(0, 100));
-  store_written(no_sinks, 1);
-  kernels::KvView no_sinks_pages = no_sinks.view(0);
-  no_sinks_pages.sink_end = 0;
-  const std::vector<int64_t> late = {10, 20, 30, 40};
-  std::vector<std::vector<float>> late_rows;
-  for (const int64_t s : late) late_rows.push_back(read(no_sinks_pages, 0, s, true));
-  no_sinks.keep_rows({{late, late}});
-  for (int64_t s = 0; s < 4; ++s) EXPECT_EQ(read(no_sinks.view(0), 0, s, true), f16(late_rows[s])) << "slot " << s;
-
-  // erase moves later rows down: rows that had copies keep them, the others bring their page values.
+  // erase moves later rows down with their copies.
   KvSequence erased(pool, 1, 2, 1000, 8);
   erased.append(iota(0, 100));
   store_written(erased, 1);
-  const kernels::KvView before_erase = erased.view(0);
-  kernels::KvView before_pages = before_erase;
-  before_pages.sink_end = 0;
+  const kernels::KvView before_pages = pages_of(erased.view(0));
   std::vector<std::vector<float>> page_rows;
   for (int64_t s = 8; s < 11; ++s) page_rows.push_back(read(before_pages, 1, s, false));
   erased.erase(2, 5);
   const kernels::KvView after_erase = erased.view(0);
-  for (int64_t s = 2; s < 5; ++s) {
-    const float* w = written.data() + (100 + s + 3) * kDim;
-    EXPECT_EQ(read(after_erase, 1, s, false), f16(std::vector<float>(w, w + kDim))) << "slot " << s << " kept its copy";
+  for (int64_t s = 2; s < 5; ++s) EXPECT_EQ(read(after_erase, 1, s, false), written_f16(1, s + 3)) << "slot " << s;
+  for (int64_t s = 5; s < 8; ++s) EXPECT_EQ(read(after_erase, 1, s, false), page_rows[s - 5]) << "slot " << s;
+
+  // keep_originals: every row stored keeps a copy until drop_copies demotes it to its page values.
+  KvSequence originals(pool, 1, 2, 1000, 0);
+  originals.keep_originals(true);
+  originals.append(iota(0, 100));
+  store_written(originals, 1);
+  EXPECT_EQ(originals.copied_rows(0), 2 * 100);
+  const size_t all_copies = originals.copy_bytes(0);
+  const std::vector<int64_t> demoted = {3, 40, 41, 99};
+  originals.drop_copies(0, {{}, demoted});
+  EXPECT_EQ(originals.copied_rows(0), 2 * 100 - 4);
+  EXPECT_LT(originals.copy_bytes(0), all_copies);
+  const kernels::KvView ov = originals.view(0);
+  const kernels::KvView op = pages_of(ov);
+  for (int64_t s = 0; s < 100; ++s) {
+    const bool is_demoted = std::find(demoted.begin(), demoted.end(), s) != demoted.end();
+    EXPECT_EQ(read(ov, 1, s, true), is_demoted ? read(op, 1, s, true) : written_f16(1, s)) << "slot " << s;
+    EXPECT_EQ(read(ov, 0, s, true), written_f16(0, s)) << "head 0 keeps every copy, slot " << s;
   }
-  for (int64_t s = 5; s < 8; ++s) EXPECT_EQ(read(after_erase, 1, s, false), f16(page_rows[s - 5])) << "slot " << s;
+  EXPECT_TRUE(originals.demoted());
+  // Erasing rows without copies before rows with them, then a file: it holds what the sequence reads.
+  originals.drop_copies(0, {{10, 11, 12}, {10, 11, 12}});
+  originals.erase(10, 13);
+  const std::vector<int32_t> kept_tokens(97, 1);
+  save_kv_file(path, originals, kept_tokens, {});
+  KvSequence reloaded(pool, 1, 2, 1000, 0);
+  load_kv_file(read_kv_file(path), reloaded);
+  for (int64_t s = 0; s < 97; ++s) EXPECT_EQ(read(reloaded.view(0), 1, s, true), read(originals.view(0), 1, s, true)) << "slot " << s;
+  // A file without copies, loaded where sink slots get copies: the page rows, not blank copies.
+  KvSequence plain(pool, 1, 2, 1000, 0);
+  plain.append(iota(0, 100));
+  store_written(plain, 1);
+  save_kv_file(path, plain, std::vector<int32_t>(100, 1), {});
+  KvSequence with_sinks(pool, 1, 2, 1000, 8);
+  load_kv_file(read_kv_file(path), with_sinks);
+  EXPECT_EQ(with_sinks.copied_rows(0), 0);
+  for (int64_t s = 0; s < 10; ++s) EXPECT_EQ(read(with_sinks.view(0), 0, s, false), read(plain.view(0), 0, s, false)) << "slot " << s;
+  // Emptied, a sequence stops keeping originals.
+  originals.clear();
+  originals.append(iota(0, 10));
+  EXPECT_EQ(originals.copied_rows(0), 0);
+  EXPECT_FALSE(originals.demoted());
 
   // f32 keys, q4_0 values: the keys are read as stored, the values from their copies.
   KvPool mixed_pool(kDim, {kernels::KvDType::F32, kernels::KvDType::Q4_0}, 4);
@@ -294,8 +334,8 @@ TEST(KvPool, F16SinkRowsShadowTheFirstQuantizedRows) {
   const float* w = written.data();
   mixed.store_row(0, 0, 0, w, w);
   const kernels::KvView mv = mixed.view(0);
-  EXPECT_EQ(mv.k_sink, nullptr);
-  ASSERT_NE(mv.v_sink, nullptr);
+  EXPECT_EQ(mv.k_copies, nullptr);
+  ASSERT_NE(mv.v_copies, nullptr);
   EXPECT_EQ(read(mv, 0, 0, false), std::vector<float>(w, w + kDim));
   EXPECT_EQ(read(mv, 0, 0, true), f16(std::vector<float>(w, w + kDim)));
 }

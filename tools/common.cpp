@@ -135,9 +135,10 @@ void apply_kv_options(const SharedOptions& o, ContextParams& cp) {
 
 std::string kv_held_summary(const Context& ctx, const SharedOptions& o) {
   const double held = ctx.kv_held_bytes() / 1048576.0, full = ctx.kv_full_f16_bytes() / 1048576.0;
-  int64_t past = 0, cached = 0, fewest = 0, most = 0;
+  int64_t past = 0, cached = 0, fewest = 0, most = 0, copied = 0;
   for (int seq = 0; seq < ctx.n_seq_max(); ++seq) {
     past += ctx.n_past(seq);
+    for (int64_t r : ctx.kv_f16_copied_rows(seq)) copied += r;
     const std::vector<int64_t> rows = ctx.kv_layer_rows(seq);
     int64_t sum = 0;
     for (int64_t r : rows) sum += r;
@@ -147,9 +148,12 @@ std::string kv_held_summary(const Context& ctx, const SharedOptions& o) {
   }
   // Per-layer budgets and sliding windows hold different rows per layer: the mean, and the range.
   const std::string spread = fewest == most ? "" : fmt::format(" (per layer {}..{})", fewest, most);
-  return fmt::format("KV cache {:.1f} MiB held for {}{} of {} tokens (K {}, V {}{}{}): {:.2f}x less than the full f16 cache "
+  // Rows read from f16 copies beside their quantized pages (sinks, ARKV's originals), per layer on average.
+  const int64_t per_layer = ctx.model().config().n_layer * ctx.model().config().n_head_kv;
+  const std::string copies = copied > 0 ? fmt::format(", {} of them f16 copies", copied / per_layer) : "";
+  return fmt::format("KV cache {:.1f} MiB held for {}{}{} of {} tokens (K {}, V {}{}{}): {:.2f}x less than the full f16 cache "
                      "({:.1f} MiB), cap {:.1f} MiB",
-                     held, cached, spread, past, o.kv_type_k, o.kv_type_v,
+                     held, cached, spread, copies, past, o.kv_type_k, o.kv_type_v,
                      (o.kv_f16_layers.empty() ? "" : ", f16 layers " + o.kv_f16_layers) +
                          (o.kv_f16_sinks > 0 ? fmt::format(", {} f16 sink rows", o.kv_f16_sinks) : ""),
                      o.kv_policy.empty() ? "" : ", policy " + o.kv_policy, held > 0 ? full / held : 1.0, full,

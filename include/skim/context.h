@@ -24,6 +24,7 @@ struct KvFormat;
 }  // namespace kv
 struct Activations;        // src/model/blocks.h
 struct AttentionObserver;  // src/model/attention_observer.h
+struct KvSelection;        // src/model/blocks.h
 namespace attention {
 class AttentionMethod;
 }
@@ -128,7 +129,8 @@ class Context {
   // stand for its tokens (a layer may hold fewer than n_cached).
   bool kv_evicted(int seq = 0) const;
   // Whether the sequence's cache is a function of its tokens alone, so a
-  // prefix of it may be reused or saved: not once a policy evicted rows, nor
+  // prefix of it may be reused or saved: not once a policy evicted rows or
+  // chose their precision (ARKV), nor
   // while its rows carry attention accumulated from its queries (H2O), which
   // truncating cannot take back.
   bool kv_reusable(int seq = 0) const;
@@ -177,6 +179,10 @@ class Context {
   size_t kv_cap_bytes() const;   // the KV pools' cap: n_ctx tokens in whole pages (nothing held up front)
   size_t kv_held_bytes() const;  // the pages in use: the tokens held, rounded up to 64-token pages
   int64_t kv_pages_held() const;  // pages in use, each 64 rows of one layer and KV head
+  // Per layer, the (KV head, row) pairs of a sequence read from f16 copies
+  // beside quantized pages: sinks (kv_f16_sinks) and a mixed-precision
+  // policy's original rows (ARKV).
+  std::vector<int64_t> kv_f16_copied_rows(int seq) const;
   // Pages each (layer, KV head) can still take: what `n` more rows in one
   // sequence need is n / 64 + 2 (a partial page, and a shared one copied on write).
   int64_t kv_free_pages_per_head() const;
@@ -241,6 +247,8 @@ class Context {
   const kvpolicy::KvPolicy* policy_for(const std::string& spec);  // null for ""
   std::map<std::string, std::unique_ptr<kvpolicy::KvPolicy>> policies_;  // by spec
   std::vector<const kvpolicy::KvPolicy*> seq_policies_;                   // per sequence; null: none
+  // After a mixed-precision policy's cut: the chosen rows past each layer's share keep only their quantized rows.
+  static void split_precision(const KvSelection& sel);
   std::vector<std::unique_ptr<kv::KvSequence>> seqs_;
   std::unique_ptr<AttentionObserver> observer_;  // never null; the default observes nothing
   std::unique_ptr<Activations> s_;

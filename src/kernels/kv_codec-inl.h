@@ -316,14 +316,14 @@ HWY_INLINE void DecodeKvRow(DF df, const void* HWY_RESTRICT src, KvDType type, i
   }
 }
 
-// Row `slot` of KV head `head` of a view, K or V, widened to f32: from the
-// f16 copies of the sink rows, or from the f16 stage while the slot's page is
+// Row `slot` of KV head `head` of a view, K or V, widened to f32: from its f16
+// copy where it has one, or from the f16 stage while the slot's page is
 // unfilled, else in the view's format.
 template <class DF>
 HWY_INLINE void DecodeViewRow(DF df, const KvView& kv, bool values, int32_t head, int64_t slot, int32_t d,
                               float* HWY_RESTRICT dst) {
-  if (slot < kv.sink_end && slot >= kv.sink_begin && (values ? kv.v_sink : kv.k_sink) != nullptr) {
-    DecodeKvRow(df, kv.sink_row(values, head, slot), KvDType::F16, d, dst);
+  if (const uint16_t* copy = kv.copy_row(values, head, slot)) {
+    DecodeKvRow(df, copy, KvDType::F16, d, dst);
   } else if (kv.staged(slot)) {
     DecodeKvRow(df, kv.stage_row(values, head, slot), KvDType::F16, d, dst);
   } else if (values) {

@@ -100,13 +100,16 @@ struct KvView {
   const uint16_t* v_stage = nullptr;
   int64_t stage_row_stride = 0;  // halves between consecutive slots
   int32_t stage_head_dim = 0;
-  // Slots [sink_begin, sink_end) (a layer's first held rows, kept f16 by
-  // --kv-f16-sinks) are read from f16 copies where the side has them (a
-  // quantized side; null otherwise): slot s of head h at
-  // k_sink + (s - sink_begin) * stage_row_stride + h * stage_head_dim (v_sink alike).
-  int64_t sink_begin = 0, sink_end = 0;
-  const uint16_t* k_sink = nullptr;
-  const uint16_t* v_sink = nullptr;
+  // Rows with f16 copies (a quantized side's attention sinks, a mixed-precision
+  // KV policy's original rows) are read from them where the side keeps them:
+  // slot s < copy_slots of head h has copy c = copy_index[s * copy_heads + h]
+  // (-1: none), its K at k_copies + c * stage_head_dim (v_copies alike; null
+  // for a side that keeps none).
+  const int32_t* copy_index = nullptr;
+  int64_t copy_slots = 0;
+  int32_t copy_heads = 0;
+  const uint16_t* k_copies = nullptr;
+  const uint16_t* v_copies = nullptr;
 
   // [head][rows][row_stride] arrays of `type`, K and V alike (head_stride, row_stride
   // in elements), at most 1024 heads. positions: one per slot, shared by all heads (null: position == slot).
@@ -125,8 +128,12 @@ struct KvView {
     return v + page_of(head, slot) * page_bytes + row_in_page(slot) * v_row_bytes;
   }
   bool staged(int64_t slot) const { return slot >= stage_slot0; }
-  const uint16_t* sink_row(bool values, int32_t head, int64_t slot) const {
-    return (values ? v_sink : k_sink) + (slot - sink_begin) * stage_row_stride + static_cast<int64_t>(head) * stage_head_dim;
+  // The f16 copy of a row, or null when it has none on that side.
+  const uint16_t* copy_row(bool values, int32_t head, int64_t slot) const {
+    const uint16_t* copies = values ? v_copies : k_copies;
+    if (slot >= copy_slots || copies == nullptr) return nullptr;
+    const int32_t c = copy_index[slot * copy_heads + head];
+    return c < 0 ? nullptr : copies + static_cast<int64_t>(c) * stage_head_dim;
   }
   const uint16_t* stage_row(bool values, int32_t head, int64_t slot) const {
     return (values ? v_stage : k_stage) + (slot - stage_slot0) * stage_row_stride + static_cast<int64_t>(head) * stage_head_dim;

@@ -33,9 +33,19 @@ struct Tensor {
   size_t bytes;
 };
 
-// Bytes of one side's f16 sink copies (--kv-f16-sinks), all of its slots.
-size_t sink_copy_bytes(const KvSequence& seq, int32_t l) {
-  return static_cast<size_t>(seq.sink_slots(l) * seq.n_head_kv() * seq.head_dim(l)) * sizeof(uint16_t);
+// A layer's f16 row copies (kv_sequence.h): their index, then each side's rows.
+template <class Fn>
+void for_each_copy_tensor(const KvSequence& seq, int32_t l, Fn&& fn) {
+  const KvSequence::RowCopies& c = seq.row_copies(l);
+  if (c.index.empty()) return;
+  const int64_t h = seq.n_head_kv(), d = seq.head_dim(l);
+  fn(fmt::format("l{}.copy_index", l), "I32", std::vector<int64_t>{static_cast<int64_t>(c.index.size()) / h, h},
+     static_cast<const void*>(c.index.data()), c.index.size() * sizeof(int32_t));
+  for (const auto* side : {&c.k, &c.v})
+    if (!side->empty())
+      fn(fmt::format("l{}.{}_copies", l, side == &c.k ? "k" : "v"), "F16",
+         std::vector<int64_t>{static_cast<int64_t>(side->size()) / d, d}, static_cast<const void*>(side->data()),
+         side->size() * sizeof(uint16_t));
 }
 
 std::vector<Tensor> tensors_of(KvSequence& seq, size_t n_tokens) {
@@ -48,10 +58,9 @@ std::vector<Tensor> tensors_of(KvSequence& seq, size_t n_tokens) {
     t.push_back({fmt::format("l{}.v", l), "U8", {h, rows, seq.v_row_bytes(l)}, static_cast<size_t>(h * rows * seq.v_row_bytes(l))});
     if (seq.has_key_offset(l))
       t.push_back({fmt::format("l{}.key_offset", l), "F32", {h, seq.head_dim(l)}, static_cast<size_t>(h * seq.head_dim(l)) * 4});
-    for (const bool values : {false, true})
-      if (seq.sink_rows(l, values))
-        t.push_back({fmt::format("l{}.{}_sink", l, values ? "v" : "k"), "F16", {seq.sink_slots(l), h, seq.head_dim(l)},
-                     sink_copy_bytes(seq, l)});
+    for_each_copy_tensor(seq, l, [&](std::string name, const char* dtype, std::vector<int64_t> shape, const void*, size_t bytes) {
+      t.push_back({std::move(name), dtype, std::move(shape), bytes});
+    });
   }
   return t;
 }
@@ -110,21 +119,23 @@ void write_tensors(Sink& w, KvSequence& seq, std::span<const int32_t> tokens) {
   for (int32_t l = 0; l < seq.n_layer(); ++l) {
     for (const bool keys : {true, false}) {
       const int64_t row_bytes = keys ? seq.k_row_bytes(l) : seq.v_row_bytes(l);
-      // Rows of a page are contiguous: one write per page. Pages a window
-      // layer gave back are written as zeros (no reader reaches them).
-      const int64_t first_key = seq.view(l).first_key;
-      const std::vector<uint8_t> zeros(first_key > 0 ? static_cast<size_t>(kPageRows * row_bytes) : 0);
+      // Rows of a page are contiguous: one write per page. Pages a layer
+      // gave back (release_before) are written as zeros (no reader reaches them).
+      const int64_t first_page = seq.view(l).first_key >> kPageShift;
+      const std::vector<uint8_t> zeros(first_page > 0 ? static_cast<size_t>(kPageRows * row_bytes) : 0);
       for (int32_t h = 0; h < seq.n_head_kv(); ++h)
         for (int64_t s = 0; s < rows; s += kPageRows) {
           const int64_t n = std::min<int64_t>(kPageRows, rows - s);
-          w(s < first_key ? zeros.data() : keys ? seq.k_row(l, h, s) : seq.v_row(l, h, s), static_cast<size_t>(n * row_bytes));
+          w((s >> kPageShift) < first_page ? zeros.data() : keys ? seq.k_row(l, h, s) : seq.v_row(l, h, s),
+            static_cast<size_t>(n * row_bytes));
         }
     }
     if (seq.has_key_offset(l))
       for (int32_t h = 0; h < seq.n_head_kv(); ++h)
         w(seq.key_offset(l, h), static_cast<size_t>(seq.head_dim(l)) * sizeof(float));
-    for (const bool values : {false, true})
-      if (const uint16_t* copies = seq.sink_rows(l, values)) w(copies, sink_copy_bytes(seq, l));
+    for_each_copy_tensor(seq, l, [&](const std::string&, const char*, const std::vector<int64_t>&, const void* p, size_t bytes) {
+      w(p, bytes);
+    });
   }
 }
 
@@ -132,11 +143,6 @@ void write_tensors(Sink& w, KvSequence& seq, std::span<const int32_t> tokens) {
 
 size_t save_kv_file(const std::string& path, KvSequence& seq, std::span<const int32_t> tokens, const KvFileMeta& meta) {
   seq.require_row_formats("save");
-  for (int32_t l = 0; l < seq.n_layer(); ++l)
-    if (seq.sink_base(l) != 0)
-      throw std::invalid_argument(fmt::format(
-          "KV cache: cannot save layer {}: its f16 sink copies start at slot {} after a per-layer budget moved its rows", l,
-          seq.sink_base(l)));
   const std::vector<Tensor> tensors = tensors_of(seq, tokens.size());
   // The checksum goes in the header, before the bytes it covers: a first pass computes it.
   XXH3_state_t state;
@@ -286,10 +292,28 @@ void load_kv_file(const KvFile& file, KvSequence& seq) {
       for (int32_t h = 0; h < seq.n_head_kv(); ++h) std::memcpy(seq.key_offset(l, h), src + h * n, n * sizeof(float));
       seq.mark_key_offset_set(l);
     }
-    for (const bool values : {false, true})
-      if (uint16_t* copies = seq.sink_rows(l, values))
-        std::memcpy(copies, tensor(fmt::format("l{}.{}_sink", l, values ? "v" : "k"), sink_copy_bytes(seq, l)),
-                    sink_copy_bytes(seq, l));
+    // The copies are the file's, none when it has none: append made blank ones for the sink slots.
+    if (header.contains(fmt::format("l{}.k_sink", l)) || header.contains(fmt::format("l{}.v_sink", l)))
+      throw std::runtime_error("KV cache file: written by an older skim (its sink copies are l{L}.k_sink); save it again");
+    KvSequence::RowCopies copies;
+    const std::string index_name = fmt::format("l{}.copy_index", l);
+    if (header.contains(index_name)) {
+      const auto read = [&](const std::string& name, auto& into) {
+        if (!header.contains(name)) return;
+        const json& t = header[name];
+        const size_t bytes = t["data_offsets"][1].get<size_t>() - t["data_offsets"][0].get<size_t>();
+        into.resize(bytes / sizeof(into[0]));
+        std::memcpy(into.data(), tensor(name, into.size() * sizeof(into[0])), bytes);
+      };
+      read(index_name, copies.index);
+      read(fmt::format("l{}.k_copies", l), copies.k);
+      read(fmt::format("l{}.v_copies", l), copies.v);
+    }
+    try {
+      seq.restore_row_copies(l, std::move(copies));
+    } catch (const std::invalid_argument& e) {
+      throw std::runtime_error(std::string("KV cache file: ") + e.what());
+    }
   }
 }
 

@@ -4,6 +4,8 @@
 //   tokens           I32 [n]                          what the caller says the rows hold
 //   l{L}.k, l{L}.v   U8  [n_head_kv, rows, row bytes] layer L's rows, in its format
 //   l{L}.key_offset  F32 [n_head_kv, head_dim]        the keys' stored offset, when set
+//   l{L}.copy_index  I32 [slots, n_head_kv]           the f16 copy of each row, -1: none (KvSequence::RowCopies)
+//   l{L}.k_copies, l{L}.v_copies  F16 [copies, head_dim]  those copies, per quantized side
 // and string metadata: the caller's (model and settings fingerprint), each
 // layer's formats, and an XXH3-64 checksum of the tensor bytes.
 #pragma once

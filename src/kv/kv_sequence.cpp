@@ -23,15 +23,10 @@ KvSequence::KvSequence(std::vector<KvPool*> layer_pools, int32_t n_head_kv, int6
   stage_slot0_.assign(static_cast<size_t>(n_layer_), 0);
   stage_k_.resize(static_cast<size_t>(n_layer_));
   stage_v_.resize(static_cast<size_t>(n_layer_));
-  sink_k_.resize(static_cast<size_t>(n_layer_));
-  sink_v_.resize(static_cast<size_t>(n_layer_));
-  sink_base_.assign(static_cast<size_t>(n_layer_), 0);
-  const auto quantized = [](kernels::KvDType t) {
-    return t != kernels::KvDType::F16 && t != kernels::KvDType::BF16 && t != kernels::KvDType::F32;
-  };
+  copies_.resize(static_cast<size_t>(n_layer_));
   for (int32_t l = 0; l < n_layer_; ++l) {
-    quantized_k_.push_back(f16_sinks_ > 0 && quantized(format(l).k));
-    quantized_v_.push_back(f16_sinks_ > 0 && quantized(format(l).v));
+    quantized_k_.push_back(kernels::kv_quantized(format(l).k));
+    quantized_v_.push_back(kernels::kv_quantized(format(l).v));
   }
 }
 
@@ -50,8 +45,8 @@ KvSequence::KvSequence(KvSequence&& other) noexcept
       first_slot_(std::move(other.first_slot_)), stage_slot0_(std::move(other.stage_slot0_)),
       stage_k_(std::move(other.stage_k_)), stage_v_(std::move(other.stage_v_)),
       row_scores_(std::move(other.row_scores_)), f16_sinks_(other.f16_sinks_), quantized_k_(std::move(other.quantized_k_)),
-      quantized_v_(std::move(other.quantized_v_)), sink_k_(std::move(other.sink_k_)), sink_v_(std::move(other.sink_v_)),
-      sink_base_(std::move(other.sink_base_)), evicted_(other.evicted_) {
+      quantized_v_(std::move(other.quantized_v_)), copies_(std::move(other.copies_)), keep_originals_(other.keep_originals_),
+      original_shares_(std::move(other.original_shares_)), demoted_(other.demoted_), evicted_(other.evicted_) {
   other.pools_.clear();
   other.size_ = 0;
 }
@@ -66,9 +61,10 @@ KvSequence KvSequence::fork() const {
   copy.stage_k_ = stage_k_;
   copy.stage_v_ = stage_v_;
   copy.row_scores_ = row_scores_;
-  copy.sink_k_ = sink_k_;
-  copy.sink_v_ = sink_v_;
-  copy.sink_base_ = sink_base_;
+  copy.copies_ = copies_;
+  copy.keep_originals_ = keep_originals_;
+  copy.original_shares_ = original_shares_;
+  copy.demoted_ = demoted_;
   copy.evicted_ = evicted_;
   copy.size_ = size_;
   for (int32_t l = 0; l < n_layer_; ++l)
@@ -131,7 +127,10 @@ int64_t KvSequence::append(std::span<const int32_t> positions) {
       for (int32_t h = 0; h < n_head_kv_; ++h) std::fill_n(row_scores(l, h) + first, n, 0.0f);
   size_ += n;
   resize_stages();
-  resize_sinks();
+  // Copies are allocated here, so rows can be stored from several threads.
+  const int64_t copied_end = keep_originals_ ? size_ : std::min<int64_t>(size_, f16_sinks_);
+  for (int32_t l = 0; l < n_layer_; ++l)
+    if (keeps_copies(l) && first < copied_end) allocate_copies(l, first, copied_end);
   return first;
 }
 
@@ -150,35 +149,114 @@ uint16_t* KvSequence::stage_row(int32_t layer, bool values, int32_t head, int64_
          static_cast<int64_t>(head) * head_dim(layer);
 }
 
-uint16_t* KvSequence::sink_rows(int32_t layer, bool values) {
-  auto& rows = values ? sink_v_[static_cast<size_t>(layer)] : sink_k_[static_cast<size_t>(layer)];
-  return rows.empty() ? nullptr : rows.data();
+int32_t KvSequence::copy_of(int32_t layer, int32_t head, int64_t slot) const {
+  const std::vector<int32_t>& index = copies_[static_cast<size_t>(layer)].index;
+  const size_t at = static_cast<size_t>(slot * n_head_kv_ + head);
+  return at < index.size() ? index[at] : -1;
 }
 
-uint16_t* KvSequence::sink_row(int32_t layer, bool values, int32_t head, int64_t slot) {
-  uint16_t* rows = sink_rows(layer, values);
-  return rows ? rows + ((slot - sink_base(layer)) * n_head_kv_ + head) * head_dim(layer) : nullptr;
+void KvSequence::allocate_copies(int32_t layer, int64_t begin, int64_t end) {
+  RowCopies& c = copies_[static_cast<size_t>(layer)];
+  const size_t d = static_cast<size_t>(head_dim(layer));
+  if (c.index.size() < static_cast<size_t>(end * n_head_kv_)) c.index.resize(static_cast<size_t>(end * n_head_kv_), -1);
+  for (int64_t s = begin; s < end; ++s)
+    for (int32_t h = 0; h < n_head_kv_; ++h) {
+      int32_t number;
+      if (!c.free.empty()) {
+        number = c.free.back();
+        c.free.pop_back();
+      } else {
+        number = static_cast<int32_t>(std::max(c.k.size(), c.v.size()) / d);
+        if (quantized_k_[static_cast<size_t>(layer)]) c.k.resize(c.k.size() + d);
+        if (quantized_v_[static_cast<size_t>(layer)]) c.v.resize(c.v.size() + d);
+      }
+      c.index[static_cast<size_t>(s * n_head_kv_ + h)] = number;
+    }
 }
 
-void KvSequence::resize_sinks() {
-  for (int32_t l = 0; l < n_layer_; ++l) {
-    const size_t halves = size_ > 0 ? static_cast<size_t>(f16_sinks_) * n_head_kv_ * head_dim(l) : 0;
-    if (quantized_k_[static_cast<size_t>(l)]) sink_k_[static_cast<size_t>(l)].resize(halves);
-    if (quantized_v_[static_cast<size_t>(l)]) sink_v_[static_cast<size_t>(l)].resize(halves);
+void KvSequence::write_copy(int32_t layer, int32_t head, int64_t slot, const float* k, const float* v) {
+  const int32_t number = copy_of(layer, head, slot);
+  if (number < 0) return;
+  RowCopies& c = copies_[static_cast<size_t>(layer)];
+  const int32_t d = head_dim(layer);
+  const size_t row = static_cast<size_t>(number) * static_cast<size_t>(d);
+  if (!c.k.empty()) kernels::encode_kv_row(k, kernels::KvDType::F16, d, c.k.data() + row);
+  if (!c.v.empty()) kernels::encode_kv_row(v, kernels::KvDType::F16, d, c.v.data() + row);
+}
+
+bool KvSequence::drop_copy(int32_t layer, int32_t head, int64_t slot) {
+  const int32_t number = copy_of(layer, head, slot);
+  if (number < 0) return false;
+  RowCopies& c = copies_[static_cast<size_t>(layer)];
+  c.index[static_cast<size_t>(slot * n_head_kv_ + head)] = -1;
+  c.free.push_back(number);
+  return true;
+}
+
+void KvSequence::drop_copies_of_slots(int32_t layer, int64_t begin, int64_t end) {
+  const int64_t copied = static_cast<int64_t>(copies_[static_cast<size_t>(layer)].index.size()) / n_head_kv_;
+  for (int64_t s = begin; s < std::min(end, copied); ++s)
+    for (int32_t h = 0; h < n_head_kv_; ++h) drop_copy(layer, h, s);
+}
+
+void KvSequence::drop_copies(int32_t layer, const std::vector<std::vector<int64_t>>& slots) {
+  for (size_t h = 0; h < slots.size(); ++h)
+    for (const int64_t s : slots[h])
+      if (drop_copy(layer, static_cast<int32_t>(h), s)) demoted_ = true;
+  compact_copies(layer);
+}
+
+void KvSequence::compact_copies(int32_t layer) {
+  RowCopies& c = copies_[static_cast<size_t>(layer)];
+  if (c.free.empty()) {
+    while (!c.index.empty() && std::all_of(c.index.end() - n_head_kv_, c.index.end(), [](int32_t i) { return i < 0; }))
+      c.index.resize(c.index.size() - static_cast<size_t>(n_head_kv_));
+    return;
   }
+  const size_t d = static_cast<size_t>(head_dim(layer));
+  RowCopies dense;
+  size_t used = 0;  // the index up to the last slot with a copy
+  for (size_t at = 0; at < c.index.size(); ++at) {
+    const int32_t old = c.index[at];
+    if (old < 0) continue;
+    used = at + 1;
+    const auto next = static_cast<int32_t>(std::max(dense.k.size(), dense.v.size()) / d);
+    if (!c.k.empty()) dense.k.insert(dense.k.end(), c.k.begin() + old * d, c.k.begin() + (old + 1) * d);
+    if (!c.v.empty()) dense.v.insert(dense.v.end(), c.v.begin() + old * d, c.v.begin() + (old + 1) * d);
+    c.index[at] = next;
+  }
+  dense.index.assign(c.index.begin(), c.index.begin() + static_cast<std::ptrdiff_t>((used + n_head_kv_ - 1) / n_head_kv_ * n_head_kv_));
+  c = std::move(dense);
 }
 
-// A slot's row in the f16 copies of the sides that keep them (and in the page
-// as well, for when the row moves past the sinks).
-void KvSequence::store_sink_row(int32_t layer, int32_t head, int64_t slot, const float* k, const float* v) {
-  if (slot < sink_base(layer) || slot >= sink_base(layer) + sink_slots(layer)) return;
-  if (uint16_t* row = sink_row(layer, false, head, slot)) kernels::encode_kv_row(k, kernels::KvDType::F16, head_dim(layer), row);
-  if (uint16_t* row = sink_row(layer, true, head, slot)) kernels::encode_kv_row(v, kernels::KvDType::F16, head_dim(layer), row);
+size_t KvSequence::copy_bytes(int32_t layer) const {
+  const RowCopies& c = copies_[static_cast<size_t>(layer)];
+  return sizeof(uint16_t) * (c.k.size() + c.v.size()) + sizeof(int32_t) * c.index.size();
+}
+
+int64_t KvSequence::copied_rows(int32_t layer) const {
+  const RowCopies& c = copies_[static_cast<size_t>(layer)];
+  return static_cast<int64_t>(std::max(c.k.size(), c.v.size()) / static_cast<size_t>(head_dim(layer)) - c.free.size());
+}
+
+void KvSequence::restore_row_copies(int32_t layer, RowCopies copies) {
+  const size_t d = static_cast<size_t>(head_dim(layer));
+  const size_t n = std::max(copies.k.size(), copies.v.size()) / d;
+  std::vector<uint8_t> used(n, 0);  // each copy belongs to one row
+  const bool fits = copies.free.empty() && copies.index.size() % static_cast<size_t>(n_head_kv_) == 0 &&
+                    static_cast<int64_t>(copies.index.size()) <= size_ * n_head_kv_ &&
+                    copies.k.size() == (quantized_k_[static_cast<size_t>(layer)] ? n * d : 0) &&
+                    copies.v.size() == (quantized_v_[static_cast<size_t>(layer)] ? n * d : 0) &&
+                    std::all_of(copies.index.begin(), copies.index.end(), [&](int32_t c) {
+                      return c == -1 || (c >= 0 && c < static_cast<int32_t>(n) && used[static_cast<size_t>(c)]++ == 0);
+                    });
+  if (!fits) throw std::invalid_argument(fmt::format("layer {}'s f16 row copies do not fit its rows", layer));
+  copies_[static_cast<size_t>(layer)] = std::move(copies);
 }
 
 void KvSequence::store_row(int32_t layer, int32_t head, int64_t slot, const float* k, const float* v) {
   const KvFormat f = format(layer);
-  store_sink_row(layer, head, slot, k, v);
+  write_copy(layer, head, slot, k, v);
   if (staged(layer) && slot >= stage_slot0_[static_cast<size_t>(layer)]) {
     kernels::encode_kv_row(k, kernels::KvDType::F16, head_dim(layer), stage_row(layer, false, head, slot));
     kernels::encode_kv_row(v, kernels::KvDType::F16, head_dim(layer), stage_row(layer, true, head, slot));
@@ -252,12 +330,17 @@ void KvSequence::truncate(int64_t n) {
       for (int32_t h = 0; h < n_head_kv_; ++h) pool(l).release(page(l, h, i));
   size_ = n;
   resize_stages();
-  resize_sinks();
+  for (int32_t l = 0; l < n_layer_; ++l) {
+    drop_copies_of_slots(l, n, INT64_MAX);
+    compact_copies(l);
+  }
   if (n == 0) {
     std::fill(offset_set_.begin(), offset_set_.end(), 0);
     std::fill(first_slot_.begin(), first_slot_.end(), 0);
-    std::fill(sink_base_.begin(), sink_base_.end(), 0);
     evicted_ = false;
+    demoted_ = false;
+    keep_originals_ = false;
+    original_shares_.clear();
     row_scores_.clear();
   }
 }
@@ -269,6 +352,8 @@ void KvSequence::release_before(int32_t layer, int64_t slot) {
   if (to <= first) return;
   for (int64_t i = first >> kPageShift; i < to >> kPageShift; ++i)
     for (int32_t h = 0; h < n_head_kv_; ++h) pool(layer).release(page(layer, h, i));
+  drop_copies_of_slots(layer, first, to);
+  compact_copies(layer);
   first = to;
 }
 
@@ -295,37 +380,14 @@ void KvSequence::move_row(int32_t layer, int32_t head, int64_t from, int64_t to)
   std::memcpy(p.v_rows(dst) + rd * vb, p.v_rows(src) + rs * vb, vb);
   p.positions(dst)[rd] = p.positions(src)[rs];
   if (!row_scores_.empty()) row_scores(layer, head)[to] = row_scores(layer, head)[from];
-}
-
-KvSequence::SinkCopies KvSequence::sink_copies(int32_t layer) const {
-  return {sink_k_[static_cast<size_t>(layer)], sink_v_[static_cast<size_t>(layer)], sink_base(layer)};
-}
-
-void KvSequence::rebuild_sinks(int32_t layer, int64_t base, const SinkCopies& before,
-                               const std::function<int64_t(int32_t head, int64_t j)>& came_from) {
-  sink_base_[static_cast<size_t>(layer)] = base;
-  const int64_t n = std::min(sink_slots(layer), size_ - base);
-  if (n <= 0) return;
-  const int32_t d = head_dim(layer);
-  std::vector<float> row(static_cast<size_t>(d));
-  kernels::KvView pages = view(layer);
-  pages.sink_end = 0;  // the page rows, not the copies being rebuilt
-  for (int32_t h = 0; h < n_head_kv_; ++h)
-    for (int64_t j = 0; j < n; ++j) {
-      const int64_t from = came_from(h, j), old = from - before.base;
-      for (const bool values : {false, true}) {
-        uint16_t* dst = sink_row(layer, values, h, base + j);
-        if (!dst) continue;
-        if (old >= 0 && old < sink_slots(layer)) {
-          const std::vector<uint16_t>& copies = values ? before.v : before.k;
-          std::memcpy(dst, copies.data() + (old * n_head_kv_ + h) * d, d * sizeof(uint16_t));
-        } else {
-          if (values) kernels::read_v_rows(pages, h, base + j, 1, d, row.data());
-          else kernels::read_k_rows(pages, h, base + j, 1, d, row.data());
-          kernels::encode_kv_row(row.data(), kernels::KvDType::F16, d, dst);
-        }
-      }
-    }
+  // The copy moves too (the row that was at `to` has moved or gone already, with its copy).
+  const int32_t copy = copy_of(layer, head, from);
+  if (copy < 0) return;
+  std::vector<int32_t>& index = copies_[static_cast<size_t>(layer)].index;
+  const auto at = [&](int64_t slot) { return static_cast<size_t>(slot * n_head_kv_ + head); };
+  if (index.size() <= at(to)) index.resize(static_cast<size_t>((to + 1) * n_head_kv_), -1);
+  index[at(from)] = -1;
+  index[at(to)] = copy;
 }
 
 float* KvSequence::row_scores(int32_t layer, int32_t head) {
@@ -345,16 +407,12 @@ void KvSequence::erase(int64_t begin, int64_t end) {
   require_row_formats("erase");
   const int64_t kept = size_ - (end - begin);
   for (int64_t i = begin / kPageRows; i < pages_for(kept); ++i) own_pages(i);
-  std::vector<SinkCopies> before;
   for (int32_t l = 0; l < n_layer_; ++l) {
-    before.push_back(sink_copies(l));
+    drop_copies_of_slots(l, begin, end);
     for (int32_t h = 0; h < n_head_kv_; ++h)
       for (int64_t s = end; s < size_; ++s) move_row(l, h, s, s - (end - begin));
   }
   truncate(kept);
-  for (int32_t l = 0; l < n_layer_; ++l)
-    if (begin < sink_slots(l))
-      rebuild_sinks(l, 0, before[static_cast<size_t>(l)], [&](int32_t, int64_t j) { return j < begin ? j : j + (end - begin); });
 }
 
 void KvSequence::move_rows(int32_t layer, int32_t head, std::span<const int64_t> slots, int64_t first) {
@@ -402,10 +460,14 @@ void KvSequence::keep_rows(const std::vector<std::vector<std::vector<int64_t>>>&
     if (p->pages_in_use() + needed > p->max_pages())
       throw std::length_error(fmt::format("the KV pool is full: {} more pages of {} tokens needed, {} of {} in use", needed,
                                           kPageRows, p->pages_in_use(), p->max_pages()));
-  std::vector<SinkCopies> before;
-  for (int32_t l = 0; l < n_layer_; ++l) before.push_back(sink_copies(l));
   for (int32_t l = 0; l < n_layer_; ++l) {
     if (count[l] < size_ - first_slot(l)) evicted_ = true;
+    for (int32_t h = 0; h < n_head_kv_ && !copies_[static_cast<size_t>(l)].index.empty(); ++h) {
+      // The copies of evicted rows go first: kept rows move over their slots.
+      const std::vector<int64_t>& k = kept[static_cast<size_t>(l)][static_cast<size_t>(h)];
+      for (int64_t s = first_slot(l); s < size_; ++s)
+        if (!std::binary_search(k.begin(), k.end(), s)) drop_copy(l, h, s);
+    }
     const int64_t dst = end - count[l];
     if (dst < first_slot(l)) {
       for (int64_t i = dst >> kPageShift; i < first_page(l); ++i)
@@ -419,18 +481,7 @@ void KvSequence::keep_rows(const std::vector<std::vector<std::vector<int64_t>>>&
   size_ = end;
   for (int32_t l = 0; l < n_layer_; ++l) {
     release_before(l, end - count[l]);
-    const auto& heads = kept[static_cast<size_t>(l)];
-    const int64_t old_base = before[static_cast<size_t>(l)].base, first = end - count[l];
-    // The copies follow the rows that had them. A layer that kept none of
-    // those rows and no longer holds the copied slots (a sliding window's)
-    // keeps its base: new copies would only repeat page values.
-    const bool carries_copies = std::any_of(heads.begin(), heads.end(), [&](const std::vector<int64_t>& h) {
-      return !h.empty() && h.front() < old_base + sink_slots(l);
-    });
-    if (sink_slots(l) > 0 && (carries_copies || first < old_base + sink_slots(l)))
-      rebuild_sinks(l, first, before[static_cast<size_t>(l)], [&](int32_t h, int64_t j) {
-        return heads[static_cast<size_t>(h)][static_cast<size_t>(j)];
-      });
+    compact_copies(l);
   }
 }
 
@@ -442,7 +493,7 @@ void KvSequence::write_row(int32_t layer, int32_t head, int64_t slot, const floa
   const KvFormat f = format(layer);
   kernels::encode_kv_row(k, f.k, head_dim(layer), k_row(layer, head, slot));
   kernels::encode_kv_row(v, f.v, head_dim(layer), v_row(layer, head, slot));
-  store_sink_row(layer, head, slot, k, v);
+  write_copy(layer, head, slot, k, v);
 }
 
 int32_t KvSequence::position(int64_t slot) const {
@@ -473,11 +524,13 @@ kernels::KvView KvSequence::view(int32_t layer) const {
     v.k_stage = stage_k_[static_cast<size_t>(layer)].data();
     v.v_stage = stage_v_[static_cast<size_t>(layer)].data();
   }
-  if (sink_slots(layer) > 0) {
-    v.sink_begin = sink_base(layer);
-    v.sink_end = std::min(sink_base(layer) + sink_slots(layer), size_);
-    v.k_sink = sink_k_[static_cast<size_t>(layer)].empty() ? nullptr : sink_k_[static_cast<size_t>(layer)].data();
-    v.v_sink = sink_v_[static_cast<size_t>(layer)].empty() ? nullptr : sink_v_[static_cast<size_t>(layer)].data();
+  const RowCopies& c = copies_[static_cast<size_t>(layer)];
+  if (!c.index.empty()) {
+    v.copy_index = c.index.data();
+    v.copy_slots = static_cast<int64_t>(c.index.size()) / n_head_kv_;
+    v.copy_heads = n_head_kv_;
+    v.k_copies = c.k.empty() ? nullptr : c.k.data();
+    v.v_copies = c.v.empty() ? nullptr : c.v.data();
   }
   v.stage_row_stride = stage_row_halves(layer);
   v.stage_head_dim = head_dim(layer);
@@ -494,7 +547,7 @@ size_t KvSequence::held_bytes() const {
   size_t bytes = 0;
   for (int32_t l = 0; l < n_layer_; ++l)
     bytes += static_cast<size_t>((pages_for(size_) - first_page(l)) * n_head_kv_) * pool(l).page_bytes() +
-             2 * sizeof(uint16_t) * stage_k_[static_cast<size_t>(l)].size() + sink_bytes(l);
+             2 * sizeof(uint16_t) * stage_k_[static_cast<size_t>(l)].size() + copy_bytes(l);
   return bytes;
 }
 

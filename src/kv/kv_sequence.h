@@ -13,7 +13,6 @@
 #pragma once
 
 #include <cstdint>
-#include <functional>
 #include <span>
 #include <vector>
 
@@ -26,9 +25,9 @@ class KvSequence {
  public:
   // At most max_slots slots (the context, -c); layer l's pages come from
   // layer_pools[l]. A layer whose K (V) is quantized also keeps f16 copies of
-  // the K (V) rows of its first f16_sinks held slots (the attention sinks;
-  // sink_base), which readers use instead of the page rows (KvView::sink_begin,
-  // sink_end); held while the sequence holds rows.
+  // the K (V) rows stored in its first f16_sinks slots (the attention sinks),
+  // which readers use instead of the page rows (KvView::copy_row; row copies
+  // below).
   KvSequence(std::vector<KvPool*> layer_pools, int32_t n_head_kv, int64_t max_slots, int32_t f16_sinks = 0);
   // Every layer's pages from one pool.
   KvSequence(KvPool& pool, int32_t n_layer, int32_t n_head_kv, int64_t max_slots, int32_t f16_sinks = 0);
@@ -75,6 +74,9 @@ class KvSequence {
   // Whether keep_rows dropped rows since the sequence was last empty: its
   // slots then no longer stand for the tokens it saw.
   bool evicted() const { return evicted_; }
+  // Whether drop_copies demoted rows since the sequence was last empty: a
+  // prefix of it then holds rows at a precision chosen over the whole.
+  bool demoted() const { return demoted_; }
   // Throws std::invalid_argument naming `what` (erase, evict, save, ...) when a
   // layer is staged (KIVI): its sealed pages are quantized per channel over
   // their rows, so no row can move, change or be stored alone.
@@ -108,17 +110,38 @@ class KvSequence {
   // staged (KvPool::staged) until seal encodes its page. Rows of different
   // (head, slot) may be stored from different threads.
   void store_row(int32_t layer, int32_t head, int64_t slot, const float* k, const float* v);
-  // The f16 sink copies of a layer's K (V) rows, [slot - sink_base < sink_slots][head][head_dim],
-  // or null when that side keeps none (kv_file saves and reads them).
-  uint16_t* sink_rows(int32_t layer, bool values);
-  // Bytes of the layer's f16 sink copies (held while the sequence holds rows).
-  size_t sink_bytes(int32_t layer) const {
-    return 2 * (sink_k_[static_cast<size_t>(layer)].size() + sink_v_[static_cast<size_t>(layer)].size());
+
+  // Row copies: f16 copies of some rows of a layer's quantized sides (K, V
+  // or both), which readers use instead of the page rows; the page still
+  // holds the quantized row. A row stored in one of the first f16_sinks slots
+  // gets one, and so does every row stored while keep_originals is on (a
+  // mixed-precision policy's candidates for original precision, ARKV). A copy
+  // moves with its row (erase, keep_rows), is rewritten with it (write_row),
+  // and goes when the row goes or drop_copies demotes the row to its
+  // quantized page values (which were quantized once, from the row itself).
+  struct RowCopies {
+    std::vector<int32_t> index;  // [slot][head]: copy number, -1 for none; slots past its end have none
+    std::vector<uint16_t> k, v;  // [copy][head_dim], empty for a side that keeps none
+    std::vector<int32_t> free;   // copy numbers to reuse
+  };
+  const RowCopies& row_copies(int32_t layer) const { return copies_[static_cast<size_t>(layer)]; }
+  // Replaces a layer's copies (kv_file): throws std::invalid_argument when they do not fit its rows and sides.
+  void restore_row_copies(int32_t layer, RowCopies copies);
+  // Off again once the sequence is emptied.
+  void keep_originals(bool on) { keep_originals_ = on; }
+  // The rows at slots[head] of a layer keep only their quantized page values.
+  void drop_copies(int32_t layer, const std::vector<std::vector<int64_t>>& slots);
+  // A mixed-precision policy's share of original rows per layer, from the last
+  // prompt it judged (a cut while decoding, with one query, reuses it); empty
+  // until then, and again once the sequence is emptied.
+  std::vector<double>& original_shares() { return original_shares_; }
+  // Bytes of the layer's copies and their index.
+  size_t copy_bytes(int32_t layer) const;
+  int64_t copied_rows(int32_t layer) const;
+  // Whether the layer has a quantized side, whose rows may have copies.
+  bool keeps_copies(int32_t layer) const {
+    return quantized_k_[static_cast<size_t>(layer)] != 0 || quantized_v_[static_cast<size_t>(layer)] != 0;
   }
-  // Slots of the layer whose rows have f16 copies (0 when neither side is quantized).
-  int64_t sink_slots(int32_t layer) const { return sink_bytes(layer) > 0 ? f16_sinks_ : 0; }
-  // The first of them: 0, or the first row keep_rows left a layer that keeps fewer (while its copies matter).
-  int64_t sink_base(int32_t layer) const { return sink_base_[static_cast<size_t>(layer)]; }
   // Encodes every page of a staged layer whose rows are all stored (KIVI
   // keys are quantized per channel over a page's rows): only the last,
   // unfilled page stays f16. Nothing to do for other layers.
@@ -156,22 +179,18 @@ class KvSequence {
   int64_t first_page(int32_t layer) const { return first_slot(layer) >> kPageShift; }
   void require_all_held(const char* what) const;
   bool staged(int32_t layer) const { return pool(layer).staged(); }
-  // Row `slot` of a side's copies (null when the side keeps none).
-  uint16_t* sink_row(int32_t layer, bool values, int32_t head, int64_t slot);
-  // Sizes the copies of every quantized side once the sequence holds rows, frees them when it holds none.
-  void resize_sinks();
-  void store_sink_row(int32_t layer, int32_t head, int64_t slot, const float* k, const float* v);
-  // The layer's copies once its rows moved (erase, keep_rows): the sinks now
-  // start at `base`, and the row at slot base + j came from slot
-  // came_from(head, j). Rows that had copies (`before`, the copies and base
-  // before the move) keep them; others bring their page values.
-  struct SinkCopies {
-    std::vector<uint16_t> k, v;
-    int64_t base = 0;
-  };
-  SinkCopies sink_copies(int32_t layer) const;
-  void rebuild_sinks(int32_t layer, int64_t base, const SinkCopies& before,
-                     const std::function<int64_t(int32_t head, int64_t j)>& came_from);
+  // The copy number of a row, -1 for none.
+  int32_t copy_of(int32_t layer, int32_t head, int64_t slot) const;
+  // Copies (unwritten) for slots [begin, end) of every head, none of which has one.
+  void allocate_copies(int32_t layer, int64_t begin, int64_t end);
+  // Writes a row's copy on the layer's quantized sides, if it has one.
+  void write_copy(int32_t layer, int32_t head, int64_t slot, const float* k, const float* v);
+  bool drop_copy(int32_t layer, int32_t head, int64_t slot);  // whether the row had one
+  // Drops the copies of slots [begin, end) of every head.
+  void drop_copies_of_slots(int32_t layer, int64_t begin, int64_t end);
+  // Renumbers a layer's copies densely, giving back what dropped ones held,
+  // and ends the index at the last slot with a copy.
+  void compact_copies(int32_t layer);
   int64_t stage_row_halves(int32_t layer) const { return static_cast<int64_t>(n_head_kv_) * head_dim(layer); }
   uint16_t* stage_row(int32_t layer, bool values, int32_t head, int64_t slot);
   // A staged layer's stage holds the slots [stage_slot0, size()): sized after append, refilled by truncate.
@@ -193,9 +212,11 @@ class KvSequence {
   std::vector<std::vector<uint16_t>> stage_k_, stage_v_;  // [layer][slot - stage_slot0][head][head_dim] f16
   std::vector<float> row_scores_;                        // [layer][head][max_slots], or empty: row_scores
   int32_t f16_sinks_ = 0;                                // at most max_slots
-  std::vector<uint8_t> quantized_k_, quantized_v_;       // [layer]: the sides that keep sink copies
-  std::vector<std::vector<uint16_t>> sink_k_, sink_v_;   // [layer][slot - sink_base < f16_sinks][head][head_dim] f16, or empty
-  std::vector<int64_t> sink_base_;                       // [layer]: the slot of the first copy
+  std::vector<uint8_t> quantized_k_, quantized_v_;       // [layer]: the sides that keep row copies
+  std::vector<RowCopies> copies_;                        // [layer]
+  bool keep_originals_ = false;
+  std::vector<double> original_shares_;
+  bool demoted_ = false;
   bool evicted_ = false;
 };
 

@@ -18,7 +18,7 @@ namespace {
 const std::vector<PolicyDef>& registry() {
   static const std::vector<PolicyDef> defs = {streaming_policy(), snapkv_policy(), tova_policy(), h2o_policy(), keydiff_policy(),
                                               dapq_policy(),      expected_attention_policy(),
-                                              pyramid_policy(),   zipvl_policy()};
+                                              pyramid_policy(),   zipvl_policy(),    arkv_policy()};
   return defs;
 }
 
@@ -85,7 +85,17 @@ int64_t KvPolicy::target_after_prompt(int64_t n) const {
   return std::max(target, std::min<int64_t>(n, sink_ + window_));
 }
 
-std::vector<std::vector<int64_t>> KvPolicy::select(const ScoreRequest& r, int64_t target) const {
+std::vector<double> KvPolicy::original_share(const std::vector<double>& preference) {
+  double top = 0.0;
+  for (const double p : preference)
+    if (std::isfinite(p)) top = std::max(top, p);
+  std::vector<double> share;
+  for (const double p : preference) share.push_back(!std::isfinite(p) ? 1.0 : top > 0.0 ? std::clamp(p / top, 0.0, 1.0) : 1.0);
+  return share;
+}
+
+std::vector<std::vector<int64_t>> KvPolicy::select(const ScoreRequest& r, int64_t target,
+                                                   std::vector<std::vector<int64_t>>* ranked) const {
   const int64_t n = r.kv.n_keys, first = r.kv.first_key, held = n - first;
   std::vector<std::vector<int64_t>> kept(static_cast<size_t>(r.n_kv_heads));
   const auto keep_all = [&] {
@@ -96,12 +106,13 @@ std::vector<std::vector<int64_t>> KvPolicy::select(const ScoreRequest& r, int64_
     return kept;
   };
   target = std::min(target, held);
-  if (target >= held && !scorer_->adaptive()) return keep_all();
+  if (ranked) ranked->assign(static_cast<size_t>(r.n_kv_heads), {});
+  if (target >= held && !scorer_->adaptive() && !ranked) return keep_all();
   std::vector<float> scores;
   scorer_->score(r, scores);
   const int64_t reserved = std::min<int64_t>(held, sink_ + window_);
   target = std::clamp(scorer_->layer_target(r, scores, target, sink_, window_), reserved, held);
-  if (target >= held) return keep_all();
+  if (target >= held && !ranked) return keep_all();
   const int64_t recent = std::min<int64_t>(window_, target);
   for (int32_t g = 0; g < r.n_kv_heads; ++g) {
     std::vector<int64_t>& k = kept[static_cast<size_t>(g)];
@@ -117,6 +128,7 @@ std::vector<std::vector<int64_t>> KvPolicy::select(const ScoreRequest& r, int64_
       return sg[a] > sg[b] || (sg[a] == sg[b] && a > b);  // ties: the more recent
     });
     k.insert(k.end(), middle.begin(), middle.begin() + take);
+    if (ranked) (*ranked)[static_cast<size_t>(g)].assign(middle.begin(), middle.begin() + take);
     for (int64_t s = first_recent; s < n; ++s) k.push_back(s);
     std::sort(k.begin(), k.end());
   }

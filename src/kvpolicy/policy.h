@@ -63,6 +63,15 @@ class Scorer {
   // Whether it scores from the attention rows have received from every query
   // (ScoreRequest::received), which the context then accumulates.
   virtual bool accumulates() const { return false; }
+  // Whether the policy also chooses the precision of the rows it keeps
+  // (ARKV): the best-scored keep their original f16 values, the others only
+  // their quantized page rows. A layer's claim on original rows is its
+  // preference, compared across the layers of a cut (KvPolicy::original_share).
+  virtual bool mixed_precision() const { return false; }
+  virtual double layer_preference(const ScoreRequest& r) const {
+    (void)r;
+    return 1.0;
+  }
 };
 
 // A kept row's new K and V once evicted rows were merged into it (merge=).
@@ -88,13 +97,23 @@ class KvPolicy {
   bool adaptive() const { return scorer_->adaptive(); }
   // Whether the context must accumulate the attention each row receives (Scorer::accumulates).
   bool accumulates() const { return scorer_->accumulates(); }
+  bool mixed_precision() const { return scorer_->mixed_precision(); }
+  double layer_preference(const ScoreRequest& r) const { return scorer_->layer_preference(r); }
+  // Per layer, the share of its ranked rows (select) a mixed-precision policy
+  // keeps original: its preference over the largest of the cut's layers
+  // (ARKV's origin budget); layers without a preference (NaN: not scored) keep all.
+  static std::vector<double> original_share(const std::vector<double>& preference);
   // Whether evicted rows are merged into their closest kept row (merge=average|pivot).
   bool merges() const { return merge_ != "none"; }
   // The kept rows that absorb evicted ones (not in `kept`), with their merged values (merge.cpp).
   std::vector<MergedRow> merge(const ScoreRequest& r, const std::vector<std::vector<int64_t>>& kept) const;
   // Per KV head, the slots to keep, ascending: `target` of them (at most the
   // layer's held rows), or the layer's own count under a per-layer budget.
-  std::vector<std::vector<int64_t>> select(const ScoreRequest& r, int64_t target) const;
+  // `ranked`, when given, receives per KV head the kept slots chosen by score
+  // (neither sinks nor window), best first; a mixed-precision policy is then
+  // scored even when it keeps every row.
+  std::vector<std::vector<int64_t>> select(const ScoreRequest& r, int64_t target,
+                                           std::vector<std::vector<int64_t>>* ranked = nullptr) const;
 
  private:
   std::string name_;
@@ -130,6 +149,7 @@ PolicyDef dapq_policy();
 PolicyDef expected_attention_policy();
 PolicyDef pyramid_policy();
 PolicyDef zipvl_policy();
+PolicyDef arkv_policy();
 // LOOK-M's merge of every held row not in `kept` into the kept row of the
 // same head whose key is closest in cosine (merge.cpp); `pivot`: each absorbed
 // row first averaged with that row.

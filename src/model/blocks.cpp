@@ -269,7 +269,13 @@ void select_rows(Forward& f, int l) {
                              .received = {}};
     if (sr.kv_policy->accumulates())
       for (int g = 0; g < c.n_head_kv; ++g) r.received.push_back(sr.kv->row_scores(l, g));
-    sel.layers[static_cast<size_t>(l)] = sr.kv_policy->select(r, sel.target);
+    if (sr.kv_policy->mixed_precision()) {
+      // A layer with no quantized side has no precision to split: it does not judge.
+      if (sr.kv->keeps_copies(l)) sel.preference[static_cast<size_t>(l)] = sr.kv_policy->layer_preference(r);
+      sel.layers[static_cast<size_t>(l)] = sr.kv_policy->select(r, sel.target, &sel.ranked[static_cast<size_t>(l)]);
+    } else {
+      sel.layers[static_cast<size_t>(l)] = sr.kv_policy->select(r, sel.target);
+    }
     for (const kvpolicy::MergedRow& m : sr.kv_policy->merge(r, sel.layers[static_cast<size_t>(l)]))
       sr.kv->write_row(l, m.head, m.slot, m.k.data(), m.v.data());
   }

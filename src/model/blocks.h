@@ -53,6 +53,11 @@ struct KvSelection {
   kv::KvSequence* kv;
   int64_t target;
   std::vector<std::vector<std::vector<int64_t>>> layers;
+  // For a mixed-precision policy (ARKV), else empty: per layer its preference
+  // for original rows (NaN: not judged) and, per KV head, the rows it chose by
+  // score, best first (KvPolicy::select).
+  std::vector<double> preference;
+  std::vector<std::vector<std::vector<int64_t>>> ranked;
 };
 
 // One micro-batch on its way through the layers, with the context state the

@@ -141,7 +141,9 @@ int Context::n_past(int seq) const {
 }
 int Context::n_cached(int seq) const { return static_cast<int>(sequence(seq).size()); }
 bool Context::kv_evicted(int seq) const { return sequence(seq).evicted(); }
-bool Context::kv_reusable(int seq) const { return !sequence(seq).evicted() && !sequence(seq).has_row_scores(); }
+bool Context::kv_reusable(int seq) const {
+  return !sequence(seq).evicted() && !sequence(seq).demoted() && !sequence(seq).has_row_scores();
+}
 std::vector<int64_t> Context::kv_layer_rows(int seq) const {
   const kv::KvSequence& kv = sequence(seq);
   std::vector<int64_t> rows(static_cast<size_t>(kv.n_layer()));
@@ -210,11 +212,16 @@ size_t Context::kv_cap_bytes() const {
   for (const auto& p : pools_) bytes += static_cast<size_t>(p->max_pages()) * p->page_bytes();
   return bytes;
 }
+std::vector<int64_t> Context::kv_f16_copied_rows(int seq) const {
+  std::vector<int64_t> rows;
+  for (int32_t l = 0; l < sequence(seq).n_layer(); ++l) rows.push_back(sequence(seq).copied_rows(l));
+  return rows;
+}
 size_t Context::kv_held_bytes() const {
   size_t bytes = 0;
   for (const auto& p : pools_) bytes += p->held_bytes();
   for (const auto& s : seqs_)
-    for (int32_t l = 0; l < s->n_layer(); ++l) bytes += s->sink_bytes(l);
+    for (int32_t l = 0; l < s->n_layer(); ++l) bytes += s->copy_bytes(l);
   return bytes;
 }
 bool Context::rows_depend_on_cuts(const std::string& attention, const std::string& kv_type_k) {
@@ -385,6 +392,8 @@ void Context::run(const Batch& b, const LogitsFn& on_logits, const ProgressFn& p
       throw std::length_error(fmt::format("{} tokens after {} cached exceed the context of {} tokens (raise -c)", rows,
                                           sequence(seq).size(), params_.n_ctx));
     const kvpolicy::KvPolicy* policy = seq_policies_[static_cast<size_t>(seq)];
+    // A mixed-precision policy chooses the precision of rows after they are stored: keep their originals till then.
+    if (rows > 0) sequence(seq).keep_originals(policy && policy->mixed_precision());
     if (!policy || rows == 0) continue;
     // A chunk that does not end its prompt (its last row wants no logits: the
     // server's chunked prefill) waits: the policy judges the whole prompt.
@@ -427,8 +436,12 @@ void Context::run(const Batch& b, const LogitsFn& on_logits, const ProgressFn& p
       sr.final_chunk = i == last_row[static_cast<size_t>(sr.seq_id)];
       if (sr.final_chunk && cut_to[static_cast<size_t>(sr.seq_id)] >= 0) {
         sr.selection = static_cast<int>(ub.selections.size());
+        const auto n_layer = static_cast<size_t>(model_.config().n_layer);
+        const bool mixed = sr.kv_policy->mixed_precision();
         ub.selections.push_back({sr.kv, cut_to[static_cast<size_t>(sr.seq_id)],
-                                 std::vector<std::vector<std::vector<int64_t>>>(static_cast<size_t>(model_.config().n_layer))});
+                                 std::vector<std::vector<std::vector<int64_t>>>(n_layer),
+                                 std::vector<double>(mixed ? n_layer : 0, NAN),
+                                 std::vector<std::vector<std::vector<int64_t>>>(mixed ? n_layer : 0)});
       }
     }
     const size_t need = ub.logit_rows.size() * static_cast<size_t>(n_vocab);
@@ -438,6 +451,26 @@ void Context::run(const Batch& b, const LogitsFn& on_logits, const ProgressFn& p
     logits_done += static_cast<int64_t>(ub.logit_rows.size());
     begin = end;
     if (progress) progress(begin, n);
+  }
+}
+
+void Context::split_precision(const KvSelection& sel) {
+  std::vector<double>& shares = sel.kv->original_shares();
+  if (std::any_of(sel.preference.begin(), sel.preference.end(), [](double p) { return std::isfinite(p); }))
+    shares = kvpolicy::KvPolicy::original_share(sel.preference);
+  const int64_t end = sel.kv->size();
+  for (size_t l = 0; l < sel.ranked.size(); ++l) {
+    const double share = l < shares.size() ? shares[l] : 1.0;
+    std::vector<std::vector<int64_t>> demoted(sel.ranked[l].size());
+    for (size_t h = 0; h < sel.ranked[l].size(); ++h) {
+      // keep_rows moved head h's kept rows (ascending) to the slots ending at `end`.
+      const std::vector<int64_t>& kept = sel.layers[l][h];
+      const std::vector<int64_t>& chosen = sel.ranked[l][h];
+      const int64_t first = end - static_cast<int64_t>(kept.size());
+      for (size_t i = static_cast<size_t>(std::llround(share * static_cast<double>(chosen.size()))); i < chosen.size(); ++i)
+        demoted[h].push_back(first + (std::lower_bound(kept.begin(), kept.end(), chosen[i]) - kept.begin()));
+    }
+    sel.kv->drop_copies(static_cast<int32_t>(l), demoted);
   }
 }
 
@@ -486,7 +519,8 @@ void Context::forward_ubatch(Ubatch& ub, float* logits_out) {
   // The policy's choice, layer by layer: each (layer, head) keeps the rows it chose.
   for (KvSelection& sel : ub.selections) {
     const ScopedTimer timer(op_times_.kv_store_ms);
-    sel.kv->keep_rows(sel.layers);
+    sel.kv->keep_rows(sel.layers);  // changes nothing when it throws: demote after it
+    if (!sel.ranked.empty()) split_precision(sel);
   }
   for (const SequenceRows& sr : seqs) release_window_pages(*sr.kv);
 

@@ -47,7 +47,7 @@ std::string Context::kv_layout(const std::string& k, const std::string& v) const
 size_t Context::save_sequence(int seq, std::span<const int32_t> tokens, const std::string& path,
                               const std::map<std::string, std::string>& extra) {
   if (!kv_reusable(seq))
-    throw std::runtime_error(fmt::format("sequence {}: a KV policy evicted rows or accumulates the attention its rows "
+    throw std::runtime_error(fmt::format("sequence {}: a KV policy evicted rows, chose their precision or accumulates the attention its rows "
                                          "receive, so its cache is not a function of its tokens and is not saved", seq));
   std::map<std::string, std::string> meta = extra;
   for (auto& [k, v] : cache_fingerprint(seq)) meta[k] = v;
