@@ -38,10 +38,10 @@ class Arkv final : public Scorer {
     window_attention(r, probs);
     const int64_t n = r.kv.n_keys;
     const int32_t rows = r.q_rows;
-    std::vector<double> heavy(static_cast<size_t>(n));
+    std::vector<float> heavy(static_cast<size_t>(n));
     scores.assign(static_cast<size_t>(r.n_kv_heads) * n, 0.0f);
     for (int32_t g = 0; g < r.n_kv_heads; ++g) {
-      std::fill(heavy.begin(), heavy.end(), 0.0);
+      std::fill(heavy.begin(), heavy.end(), 0.0f);
       for (int32_t h = g * r.group(); h < (g + 1) * r.group(); ++h)
         for (int64_t s = r.kv.first_key; s < n; ++s) {
           double sum = 0.0, sq = 0.0;
@@ -52,16 +52,9 @@ class Arkv final : public Scorer {
           }
           const double mean = sum / rows;
           const double var = rows > 1 ? std::max(0.0, (sq - rows * mean * mean) / (rows - 1)) : 0.0;
-          heavy[static_cast<size_t>(s)] += (mean + gamma_ * var) / r.group();
+          heavy[static_cast<size_t>(s)] += static_cast<float>((mean + gamma_ * var) / r.group());
         }
-      // Average pool with zero padding (avg_pool1d, count_include_pad), as SnapKV.
-      float* out = scores.data() + static_cast<size_t>(g) * n;
-      const int32_t half = kernel_ / 2;
-      for (int64_t s = r.kv.first_key; s < n; ++s) {
-        double sum = 0.0;
-        for (int64_t t = std::max<int64_t>(0, s - half); t <= std::min<int64_t>(n - 1, s + half); ++t) sum += heavy[static_cast<size_t>(t)];
-        out[s] = static_cast<float>(sum / kernel_);
-      }
+      average_pool(heavy.data(), n, kernel_, scores.data() + static_cast<size_t>(g) * n);
     }
   }
 

@@ -157,5 +157,8 @@ std::vector<MergedRow> merge_evicted(const ScoreRequest& r, const std::vector<st
 // SnapKV's scores from any window of queries (snapkv.cpp; DapQ reuses it).
 std::unique_ptr<Scorer> make_snapkv_scorer(int32_t kernel);
 int32_t pool_kernel(const attention::MethodParams& p);  // its "kernel" parameter, checked
+// SnapKV's smoothing: out[s] the mean of in[s - kernel/2 .. s + kernel/2],
+// zero outside [0, n) (PyTorch's avg_pool1d with count_include_pad).
+void average_pool(const float* in, int64_t n, int32_t kernel, float* out);
 
 }  // namespace skim::kvpolicy

@@ -20,14 +20,7 @@ class SnapKv final : public Scorer {
     scores.assign(static_cast<size_t>(r.n_kv_heads) * n, 0.0f);
     for (int32_t g = 0; g < r.n_kv_heads; ++g) {
       const float* summed = mass.data() + static_cast<size_t>(g) * n;
-      // Average pool with zero padding (PyTorch's avg_pool1d, count_include_pad).
-      float* out = scores.data() + static_cast<size_t>(g) * n;
-      const int32_t half = kernel_ / 2;
-      for (int64_t s = 0; s < n; ++s) {
-        float sum = 0.0f;
-        for (int64_t t = std::max<int64_t>(0, s - half); t <= std::min<int64_t>(n - 1, s + half); ++t) sum += summed[t];
-        out[s] = sum / static_cast<float>(kernel_);
-      }
+      average_pool(summed, n, kernel_, scores.data() + static_cast<size_t>(g) * n);
     }
   }
 
@@ -38,6 +31,15 @@ class SnapKv final : public Scorer {
 }  // namespace
 
 std::unique_ptr<Scorer> make_snapkv_scorer(int32_t kernel) { return std::make_unique<SnapKv>(kernel); }
+
+void average_pool(const float* in, int64_t n, int32_t kernel, float* out) {
+  const int32_t half = kernel / 2;
+  for (int64_t s = 0; s < n; ++s) {
+    float sum = 0.0f;
+    for (int64_t t = std::max<int64_t>(0, s - half); t <= std::min<int64_t>(n - 1, s + half); ++t) sum += in[t];
+    out[s] = sum / static_cast<float>(kernel);
+  }
+}
 
 int32_t pool_kernel(const attention::MethodParams& p) {
   const int64_t kernel = p.integer("kernel", 1, 63);
