@@ -210,6 +210,21 @@ TEST_F(KvModel, ADecodeBudgetCapsTheCache) {
     EXPECT_GE(ctx->n_cached(), 128);
     EXPECT_EQ(ctx->n_past(), 300);
   }
+  // ARKV over q4_0: each cut while decoding also demotes the rows past each
+  // layer's share, the shares its prompt gave (one query gives no preference).
+  // After the last cut to 128 rows a layer holds f16 copies of at most its 4
+  // sinks, 32 window rows and its share of the 92 chosen, plus the rows
+  // decoded since; without the demotion it would hold nearly every row's.
+  run({.kv_type_k = "q4_0", .kv_type_v = "q4_0", .kv_policy = "arkv:budget=128"}, prompt, next, &ctx);
+  EXPECT_LE(ctx->n_cached(), 128 + 64);
+  EXPECT_GE(ctx->n_cached(), 128);
+  const std::vector<double>& shares = ContextInternals::sequence(*ctx, 0).original_shares();
+  ASSERT_EQ(shares.size(), static_cast<size_t>(model_->config().n_layer));
+  EXPECT_LT(*std::min_element(shares.begin(), shares.end()), 1.0);
+  const std::vector<int64_t> copied = ctx->kv_f16_copied_rows(0);
+  for (size_t l = 0; l < copied.size(); ++l)
+    EXPECT_LE(copied[l], model_->config().n_head_kv * (4 + 32 + std::llround(shares[l] * 92) + (ctx->n_cached() - 128)))
+        << "layer " << l << " share " << shares[l];
   EXPECT_THROW(Context(*model_, {.kv_policy = "nosuch"}), std::invalid_argument);
 }
 

@@ -135,6 +135,7 @@ class KvSequence {
   // prompt it judged (a cut while decoding, with one query, reuses it); empty
   // until then, and again once the sequence is emptied.
   std::vector<double>& original_shares() { return original_shares_; }
+  const std::vector<double>& original_shares() const { return original_shares_; }
   // Bytes of the layer's copies and their index.
   size_t copy_bytes(int32_t layer) const;
   int64_t copied_rows(int32_t layer) const;
