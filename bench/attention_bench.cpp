@@ -3,7 +3,7 @@
 // bench is built against the peer ggml (SKIM_HAVE_GGML).
 //
 //   attention_bench [--threads N] [--min-seconds S] [--sizes 2048,8192]
-//                   [--clock wall|cpu] [--no-ggml] [--no-bf16] [--no-sparse] [--no-decode]
+//                   [--clock wall|cpu] [--no-ggml] [--no-prefill] [--no-bf16] [--no-sparse] [--no-decode]
 //                   [--decode-kv f16,q8_0,q4_0]
 //
 // Shapes: d = 64 with 9 query / 3 KV heads (SmolLM2-135M) and d = 128 with
@@ -61,7 +61,7 @@ struct Options {
   int threads = 0;
   double min_seconds = 1.0;
   std::vector<int64_t> sizes = {2048, 8192};
-  bool ggml = true, sparse = true, decode = true, bf16 = true;
+  bool ggml = true, prefill = true, sparse = true, decode = true, bf16 = true;
   bool cpu_clock = false;
   std::vector<KvDType> decode_kv;  // formats of the per-format decode table
 };
@@ -462,6 +462,8 @@ Options parse(int argc, char** argv) {
       opt.sparse = false;
     } else if (a == "--no-bf16") {
       opt.bf16 = false;
+    } else if (a == "--no-prefill") {
+      opt.prefill = false;
     } else if (a == "--no-decode") {
       opt.decode = false;
     } else if (a == "--decode-kv") {
@@ -476,7 +478,7 @@ Options parse(int argc, char** argv) {
       }
     } else if (a == "-h" || a == "--help") {
       std::printf("attention_bench [--threads N] [--min-seconds S] [--sizes 2048,8192] [--clock wall|cpu] "
-                  "[--no-ggml] [--no-bf16] [--no-sparse] [--no-decode] [--decode-kv f16,q8_0,q4_0]\n");
+                  "[--no-ggml] [--no-prefill] [--no-bf16] [--no-sparse] [--no-decode] [--decode-kv f16,q8_0,q4_0]\n");
       std::exit(0);
     } else {
       throw std::invalid_argument("unknown argument: " + a);
@@ -501,8 +503,8 @@ int main(int argc, char** argv) {
     std::printf("attention_bench: built without ggml (no peer llama.cpp found), %d threads, %s clock\n", opt.threads,
                 opt.cpu_clock ? "cpu" : "wall");
 #endif
-    bench_dense(opt);
-    if (opt.bf16) bench_bf16(opt);
+    if (opt.prefill) bench_dense(opt);
+    if (opt.prefill && opt.bf16) bench_bf16(opt);
     if (opt.sparse) bench_sparse(opt);
     if (opt.decode) bench_decode(opt);
   } catch (const std::exception& e) {
