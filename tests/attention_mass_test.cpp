@@ -1,6 +1,7 @@
 // The attention each key receives (kernels/attention_mass.h, H2O's scores)
-// against a float64 softmax, on every SIMD target, in both its forms (scores
-// held, and two passes over transposed keys): paged f16 and quantized
+// and the softmax rows themselves (the policies' window) against a float64
+// softmax, on every SIMD target, the mass in both its forms (scores held, and
+// two passes over transposed keys): paged f16 and quantized
 // keys with gaps in their positions, grouped query heads, rows that see a
 // prefix of the keys, and keys before the layer's first held slot untouched.
 #include <gtest/gtest.h>
@@ -54,6 +55,7 @@ TEST(AttentionMass, MatchesAFloat64SoftmaxOnEveryTarget) {
         int seeing = 0;  // (row, query head) pairs that see at least one key
         read_k_rows(kv, g, kv.first_key, n - kv.first_key, d, keys.data() + kv.first_key * d);
         std::vector<double> want(static_cast<size_t>(n), 0.0);
+        std::vector<double> want_probs(static_cast<size_t>(kHq / kHkv) * rows * n, 0.0);
         for (int32_t member = 0; member < kHq / kHkv; ++member)
           for (int32_t i = 0; i < rows; ++i) {
             const float* qr = q.data() + (static_cast<int64_t>(i) * kHq + g * (kHq / kHkv) + member) * d;
@@ -68,7 +70,11 @@ TEST(AttentionMass, MatchesAFloat64SoftmaxOnEveryTarget) {
               mx = std::max(mx, s[static_cast<size_t>(j)]);
             }
             for (int64_t j = kv.first_key; j < visible; ++j) sum += std::exp(s[static_cast<size_t>(j)] - mx);
-            for (int64_t j = kv.first_key; j < visible; ++j) want[static_cast<size_t>(j)] += std::exp(s[static_cast<size_t>(j)] - mx) / sum;
+            for (int64_t j = kv.first_key; j < visible; ++j) {
+              const double p = std::exp(s[static_cast<size_t>(j)] - mx) / sum;
+              want[static_cast<size_t>(j)] += p;
+              want_probs[(static_cast<size_t>(member) * rows + i) * n + j] = p;
+            }
           }
         test::for_each_simd_target([&] {
           std::vector<float> got(static_cast<size_t>(n), -1.0f);
@@ -86,6 +92,12 @@ TEST(AttentionMass, MatchesAFloat64SoftmaxOnEveryTarget) {
             total += got[static_cast<size_t>(j)];
           }
           EXPECT_NEAR(total, seeing, 1e-3);  // every softmax sums to 1
+          // The rows themselves (a policy's window): zeros where a row sees no held key.
+          std::vector<float> probs(want_probs.size(), -1.0f);
+          attention_probabilities(q.data(), static_cast<int64_t>(kHq) * d, rows, q_pos0, kHq, kHkv, d, kv, g, scale,
+                                  probs.data());
+          for (size_t k = 0; k < probs.size(); ++k)
+            ASSERT_NEAR(probs[k], want_probs[k], 1e-6 + 1e-5 * want_probs[k]) << "row " << k / n << ", slot " << k % n;
         });
       }
       }
@@ -100,6 +112,8 @@ TEST(AttentionMass, RejectsBadShapes) {
   EXPECT_THROW(accumulate_attention_mass(q.data(), kHq * 64, 1, 0, kHq, 4, 64, seq.view(0), 0, 1.0f, mass.data()),
                std::invalid_argument);
   EXPECT_THROW(accumulate_attention_mass(q.data(), kHq * 64, 1, 0, kHq, kHkv, 64, seq.view(0), kHkv, 1.0f, mass.data()),
+               std::invalid_argument);
+  EXPECT_THROW(attention_probabilities(q.data(), kHq * 64, 1, 0, kHq, 4, 64, seq.view(0), 0, 1.0f, mass.data()),
                std::invalid_argument);
 }
 

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <stdexcept>
+#include <string>
 #include <vector>
 
 #undef HWY_TARGET_INCLUDE
@@ -87,58 +88,120 @@ void AddExp(DF df, const float* HWY_RESTRICT s, int64_t count, float shift, floa
 // (a decode step's few rows): no transposed copy, no second q.k pass.
 constexpr int64_t kMaxHeldScores = int64_t{1} << 20;
 
-// The mass with every score held: keys read row by row, each score a dot
-// product, then each row's log-sum-exp, then exp(score - lse) summed per key.
+// held[item * ld + j] = scale * q_item . k_(first + j) for the keys item
+// (member, row) sees, j < seen(item): keys read row by row, each score one
+// dot product. Threads: the calling parallel region's, split over key blocks.
+template <class Seen>
+void HeldScores(DF df, const float* q, int64_t q_row_stride, int32_t rows, int32_t group, int32_t d, const KvView& kv,
+                int32_t head, float scale, const Seen& seen, float* held, int64_t ld) {
+  const int64_t N = static_cast<int64_t>(hn::Lanes(df));
+  const int64_t first = kv.first_key, span = kv.n_keys - first;
+  const int64_t blocks = (span + kBlock - 1) / kBlock;
+  const int64_t items = static_cast<int64_t>(group) * rows;
+  std::vector<float> keys(static_cast<size_t>(kBlock * d));
+#pragma omp for schedule(dynamic, 1)
+  for (int64_t b = 0; b < blocks; ++b) {
+    const int64_t c0 = b * kBlock, count = std::min(kBlock, span - c0);
+    read_k_rows(kv, head, first + c0, count, d, keys.data());
+    for (int64_t item = 0; item < items; ++item) {
+      const float* qi = q + (item % rows) * q_row_stride + (static_cast<int64_t>(head) * group + item / rows) * d;
+      const int64_t end = std::min(count, seen(item) - c0);
+      float* out = held + item * ld + c0;
+      for (int64_t j = 0; j < end; ++j) {
+        const float* k = keys.data() + j * d;
+        VF acc0 = hn::Zero(df), acc1 = hn::Zero(df);
+        int32_t e = 0;
+        for (; e + 2 * N <= d; e += 2 * static_cast<int32_t>(N)) {
+          acc0 = hn::MulAdd(hn::LoadU(df, qi + e), hn::LoadU(df, k + e), acc0);
+          acc1 = hn::MulAdd(hn::LoadU(df, qi + e + N), hn::LoadU(df, k + e + N), acc1);
+        }
+        for (; e < d; e += static_cast<int32_t>(N)) acc0 = hn::MulAdd(hn::LoadU(df, qi + e), hn::LoadU(df, k + e), acc0);
+        out[j] = scale * hn::GetLane(hn::SumOfLanes(df, hn::Add(acc0, acc1)));
+      }
+    }
+  }
+}
+
+// The held scores' log-sum-exp per item (-inf for an item that sees no key).
+template <class Seen>
+void HeldLse(DF df, const float* held, int64_t ld, int64_t items, const Seen& seen, float* lse) {
+#pragma omp for schedule(static)
+  for (int64_t item = 0; item < items; ++item) {
+    const int64_t end = seen(item);
+    lse[item] = -INFINITY;
+    if (end == 0) continue;  // the row sees no key
+    const float* s = held + item * ld;
+    const float m = *std::max_element(s, s + end);
+    lse[item] = m + static_cast<float>(std::log(SumExp(df, s, end, m)));
+  }
+}
+
+// Keys of item (member, row) of a group: a prefix of the held slots.
+struct SeenKeys {
+  const std::vector<int64_t>& visible;  // per row, the slots it sees
+  int32_t rows;
+  int64_t first;
+  int64_t operator()(int64_t item) const {
+    return std::max<int64_t>(0, visible[static_cast<size_t>(item % rows)] - first);
+  }
+};
+
+// The mass with every score held (a decode step's few rows): no transposed
+// copy, no second q.k pass.
 void HeldScoresMass(DF df, const float* q, int64_t q_row_stride, int32_t rows, int32_t group, int32_t d,
                     const KvView& kv, int32_t head, float scale, const std::vector<int64_t>& visible, float* mass) {
-  const int64_t N = static_cast<int64_t>(hn::Lanes(df));
   const int64_t first = kv.first_key, span = kv.n_keys - first;
   const int64_t blocks = (span + kBlock - 1) / kBlock;
   const int64_t items = static_cast<int64_t>(group) * rows;
   thread_local std::vector<float> held_storage;
   held_storage.resize(static_cast<size_t>(items * span));
   float* held = held_storage.data();
-  std::vector<float> lse(static_cast<size_t>(items), -INFINITY);
-  // Keys of item (member, row) it sees: a prefix of the held slots.
-  const auto seen = [&](int64_t item) { return std::max<int64_t>(0, visible[static_cast<size_t>(item % rows)] - first); };
+  std::vector<float> lse(static_cast<size_t>(items));
+  const SeenKeys seen{visible, rows, first};
 #pragma omp parallel
   {
-    std::vector<float> keys(static_cast<size_t>(kBlock * d));
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t b = 0; b < blocks; ++b) {
-      const int64_t c0 = b * kBlock, count = std::min(kBlock, span - c0);
-      read_k_rows(kv, head, first + c0, count, d, keys.data());
-      for (int64_t item = 0; item < items; ++item) {
-        const float* qi = q + (item % rows) * q_row_stride + (static_cast<int64_t>(head) * group + item / rows) * d;
-        const int64_t end = std::min(count, seen(item) - c0);
-        float* out = held + item * span + c0;
-        for (int64_t j = 0; j < end; ++j) {
-          const float* k = keys.data() + j * d;
-          VF acc0 = hn::Zero(df), acc1 = hn::Zero(df);
-          int32_t e = 0;
-          for (; e + 2 * N <= d; e += 2 * static_cast<int32_t>(N)) {
-            acc0 = hn::MulAdd(hn::LoadU(df, qi + e), hn::LoadU(df, k + e), acc0);
-            acc1 = hn::MulAdd(hn::LoadU(df, qi + e + N), hn::LoadU(df, k + e + N), acc1);
-          }
-          for (; e < d; e += static_cast<int32_t>(N)) acc0 = hn::MulAdd(hn::LoadU(df, qi + e), hn::LoadU(df, k + e), acc0);
-          out[j] = scale * hn::GetLane(hn::SumOfLanes(df, hn::Add(acc0, acc1)));
-        }
-      }
-    }
-#pragma omp for schedule(static)
-    for (int64_t item = 0; item < items; ++item) {
-      const int64_t end = seen(item);
-      if (end == 0) continue;  // the row sees no key
-      const float* s = held + item * span;
-      const float m = *std::max_element(s, s + end);
-      lse[static_cast<size_t>(item)] = m + static_cast<float>(std::log(SumExp(df, s, end, m)));
-    }
+    HeldScores(df, q, q_row_stride, rows, group, d, kv, head, scale, seen, held, span);
+    HeldLse(df, held, span, items, seen, lse.data());
 #pragma omp for schedule(static)
     for (int64_t b = 0; b < blocks; ++b) {
       const int64_t c0 = b * kBlock, count = std::min(kBlock, span - c0);
       float* out = mass + first + c0;
       for (int64_t item = 0; item < items; ++item)
         AddExp(df, held + item * span + c0, std::min(count, seen(item) - c0), lse[static_cast<size_t>(item)], out);
+    }
+  }
+}
+
+// Each item's softmax, in place over its held scores (zeros past the keys it sees).
+void AttentionProbabilities(const float* q, int64_t q_row_stride, int32_t rows, int32_t q_pos0, int32_t n_q_heads,
+                            int32_t n_kv_heads, int32_t d, const KvView* kv_ptr, int32_t head, float scale,
+                            float* probs) {
+  const KvView& kv = *kv_ptr;
+  const DF df;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(df));
+  const int32_t group = n_q_heads / n_kv_heads;
+  const int64_t first = kv.first_key, n = kv.n_keys;
+  const int64_t items = static_cast<int64_t>(group) * rows;
+  std::vector<int64_t> visible(static_cast<size_t>(rows));
+  for (int32_t i = 0; i < rows; ++i) visible[static_cast<size_t>(i)] = kv.slots_through(head, q_pos0 + i);
+  const SeenKeys seen{visible, rows, first};
+  std::vector<float> lse(static_cast<size_t>(items));
+  float* held = probs + first;  // item i's scores at probs + i * n + first
+#pragma omp parallel
+  {
+    HeldScores(df, q, q_row_stride, rows, group, d, kv, head, scale, seen, held, n);
+    HeldLse(df, held, n, items, seen, lse.data());
+#pragma omp for schedule(static)
+    for (int64_t item = 0; item < items; ++item) {
+      float* p = probs + item * n;
+      const int64_t begin = first, end = first + seen(item);
+      std::fill(p, p + begin, 0.0f);
+      std::fill(p + end, p + n, 0.0f);
+      if (end == begin) continue;
+      const VF shift = hn::Set(df, lse[static_cast<size_t>(item)]);
+      int64_t j = begin;
+      for (; j + N <= end; j += N) hn::StoreU(hn::Exp(df, hn::Sub(hn::LoadU(df, p + j), shift)), df, p + j);
+      for (; j < end; ++j) p[j] = std::exp(p[j] - lse[static_cast<size_t>(item)]);
     }
   }
 }
@@ -245,16 +308,36 @@ HWY_AFTER_NAMESPACE();
 namespace skim::kernels {
 
 HWY_EXPORT(AccumulateAttentionMass);
+HWY_EXPORT(AttentionProbabilities);
+
+namespace {
+void check_shape(const char* who, int32_t rows, int32_t n_q_heads, int32_t n_kv_heads, int32_t head_dim, int32_t head) {
+  if (n_kv_heads <= 0 || n_q_heads % n_kv_heads != 0 || head < 0 || head >= n_kv_heads || head_dim % 16 != 0 ||
+      head_dim > kMaxKvRow || rows < 0)
+    throw std::invalid_argument(std::string(who) + ": bad head shape");
+}
+}  // namespace
 
 void accumulate_attention_mass(const float* q, int64_t q_row_stride, int32_t rows, int32_t q_pos0, int32_t n_q_heads,
                                int32_t n_kv_heads, int32_t head_dim, const KvView& kv, int32_t head, float scale,
                                float* mass) {
-  if (n_kv_heads <= 0 || n_q_heads % n_kv_heads != 0 || head < 0 || head >= n_kv_heads || head_dim % 16 != 0 ||
-      head_dim > kMaxKvRow || rows < 0)
-    throw std::invalid_argument("accumulate_attention_mass: bad head shape");
+  check_shape("accumulate_attention_mass", rows, n_q_heads, n_kv_heads, head_dim, head);
   if (rows == 0 || kv.n_keys <= kv.first_key) return;
   HWY_DYNAMIC_DISPATCH(AccumulateAttentionMass)(q, q_row_stride, rows, q_pos0, n_q_heads, n_kv_heads, head_dim, &kv,
                                                 head, scale, mass);
+}
+
+void attention_probabilities(const float* q, int64_t q_row_stride, int32_t rows, int32_t q_pos0, int32_t n_q_heads,
+                             int32_t n_kv_heads, int32_t head_dim, const KvView& kv, int32_t head, float scale,
+                             float* probs) {
+  check_shape("attention_probabilities", rows, n_q_heads, n_kv_heads, head_dim, head);
+  const int64_t items = static_cast<int64_t>(n_q_heads / n_kv_heads) * rows;
+  if (kv.n_keys <= kv.first_key) {
+    std::fill(probs, probs + items * kv.n_keys, 0.0f);
+    return;
+  }
+  HWY_DYNAMIC_DISPATCH(AttentionProbabilities)(q, q_row_stride, rows, q_pos0, n_q_heads, n_kv_heads, head_dim, &kv,
+                                               head, scale, probs);
 }
 
 }  // namespace skim::kernels

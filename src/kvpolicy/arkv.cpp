@@ -36,6 +36,23 @@ class Arkv final : public Scorer {
   void score(const ScoreRequest& r, std::vector<float>& scores) const override {
     std::vector<float> probs;
     window_attention(r, probs);
+    heavy_hitters(r, probs, scores);
+  }
+
+  double score_and_prefer(const ScoreRequest& r, std::vector<float>& scores) const override {
+    std::vector<float> probs;
+    window_attention(r, probs);
+    heavy_hitters(r, probs, scores);
+    return preference(r, probs);
+  }
+
+  bool mixed_precision() const override { return true; }
+  // The preference needs the whole prompt's window: a policy that cuts only
+  // while decoding would judge layers from one query, whose variance is 0.
+  bool adaptive() const override { return true; }
+
+ private:
+  void heavy_hitters(const ScoreRequest& r, const std::vector<float>& probs, std::vector<float>& scores) const {
     const int64_t n = r.kv.n_keys;
     const int32_t rows = r.q_rows;
     std::vector<float> heavy(static_cast<size_t>(n));
@@ -58,17 +75,10 @@ class Arkv final : public Scorer {
     }
   }
 
-  bool mixed_precision() const override { return true; }
-  // The preference needs the whole prompt's window: a policy that cuts only
-  // while decoding would judge layers from one query, whose variance is 0.
-  bool adaptive() const override { return true; }
-
-  double layer_preference(const ScoreRequest& r) const override {
+  double preference(const ScoreRequest& r, const std::vector<float>& probs) const {
     const int32_t rows = r.q_rows;
     const int64_t end = r.kv.n_keys - rows;  // the keys before the window
     if (rows < 2 || end <= r.kv.first_key) return NAN;
-    std::vector<float> probs;
-    window_attention(r, probs);
     double disp = 0.0, var = 0.0, kurt = 0.0;
     for (int32_t h = 0; h < r.n_q_heads; ++h)
       for (int64_t s = r.kv.first_key; s < end; ++s) {
@@ -95,7 +105,6 @@ class Arkv final : public Scorer {
     return std::pow(disp, 1.0 / tau1_) * std::pow(var, 1.0 / tau2_) * std::pow(kurt, 1.0 / tau3_);
   }
 
- private:
   int32_t kernel_;
   double gamma_, tau1_, tau2_, tau3_;
 };

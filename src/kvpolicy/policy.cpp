@@ -1,7 +1,5 @@
 #include "kvpolicy/policy.h"
 
-#include <omp.h>
-
 #include <algorithm>
 #include <cmath>
 #include <numeric>
@@ -9,7 +7,7 @@
 
 #include <fmt/format.h>
 
-#include "kernels/kv_codec.h"
+#include "kernels/attention_mass.h"
 #include "skim/kv.h"
 
 namespace skim::kvpolicy {
@@ -95,7 +93,7 @@ std::vector<double> KvPolicy::original_share(const std::vector<double>& preferen
 }
 
 std::vector<std::vector<int64_t>> KvPolicy::select(const ScoreRequest& r, int64_t target,
-                                                   std::vector<std::vector<int64_t>>* ranked) const {
+                                                   std::vector<std::vector<int64_t>>* ranked, double* preference) const {
   const int64_t n = r.kv.n_keys, first = r.kv.first_key, held = n - first;
   std::vector<std::vector<int64_t>> kept(static_cast<size_t>(r.n_kv_heads));
   const auto keep_all = [&] {
@@ -107,9 +105,10 @@ std::vector<std::vector<int64_t>> KvPolicy::select(const ScoreRequest& r, int64_
   };
   target = std::min(target, held);
   if (ranked) ranked->assign(static_cast<size_t>(r.n_kv_heads), {});
-  if (target >= held && !scorer_->adaptive() && !ranked) return keep_all();
+  if (target >= held && !scorer_->adaptive() && !ranked && !preference) return keep_all();
   std::vector<float> scores;
-  scorer_->score(r, scores);
+  if (preference) *preference = scorer_->score_and_prefer(r, scores);
+  else scorer_->score(r, scores);
   const int64_t reserved = std::min<int64_t>(held, sink_ + window_);
   target = std::clamp(scorer_->layer_target(r, scores, target, sink_, window_), reserved, held);
   if (target >= held && !ranked) return keep_all();
@@ -140,39 +139,11 @@ std::vector<MergedRow> KvPolicy::merge(const ScoreRequest& r, const std::vector<
 }
 
 void window_attention(const ScoreRequest& r, std::vector<float>& probs) {
-  const int64_t n = r.kv.n_keys, first = r.kv.first_key;
-  const int32_t d = r.head_dim, rows = r.q_rows;
-  probs.assign(static_cast<size_t>(r.n_q_heads) * rows * n, 0.0f);
-#pragma omp parallel
-  {
-    std::vector<float> keys(static_cast<size_t>(n) * d);
-    int32_t loaded = -1;
-#pragma omp for schedule(static)
-    for (int32_t h = 0; h < r.n_q_heads; ++h) {
-      const int32_t g = h / r.group();
-      if (g != loaded) {
-        kernels::read_k_rows(r.kv, g, first, n - first, d, keys.data() + first * d);
-        loaded = g;
-      }
-      for (int32_t i = 0; i < rows; ++i) {
-        const float* q = r.q + i * r.q_row_stride + static_cast<int64_t>(h) * d;
-        float* p = probs.data() + (static_cast<size_t>(h) * rows + i) * n;
-        const int64_t visible = r.kv.slots_through(g, r.q_pos0 + i);
-        float mx = -INFINITY;
-        for (int64_t s = first; s < visible; ++s) {
-          const float* k = keys.data() + s * d;
-          float dot = 0.0f;
-          for (int32_t e = 0; e < d; ++e) dot += q[e] * k[e];
-          p[s] = dot * r.scale;
-          mx = std::max(mx, p[s]);
-        }
-        double sum = 0.0;
-        for (int64_t s = first; s < visible; ++s) sum += p[s] = std::exp(p[s] - mx);
-        const float inv = static_cast<float>(1.0 / sum);
-        for (int64_t s = first; s < visible; ++s) p[s] *= inv;
-      }
-    }
-  }
+  const int64_t per_head = static_cast<int64_t>(r.group()) * r.q_rows * r.kv.n_keys;
+  probs.resize(static_cast<size_t>(r.n_kv_heads * per_head));
+  for (int32_t g = 0; g < r.n_kv_heads; ++g)
+    kernels::attention_probabilities(r.q, r.q_row_stride, r.q_rows, r.q_pos0, r.n_q_heads, r.n_kv_heads, r.head_dim,
+                                     r.kv, g, r.scale, probs.data() + g * per_head);
 }
 
 void window_attention_mass(const ScoreRequest& r, std::vector<float>& mass) {

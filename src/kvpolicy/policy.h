@@ -68,8 +68,9 @@ class Scorer {
   // their quantized page rows. A layer's claim on original rows is its
   // preference, compared across the layers of a cut (KvPolicy::original_share).
   virtual bool mixed_precision() const { return false; }
-  virtual double layer_preference(const ScoreRequest& r) const {
-    (void)r;
+  // score(), and the layer's preference from the same window attention.
+  virtual double score_and_prefer(const ScoreRequest& r, std::vector<float>& scores) const {
+    score(r, scores);
     return 1.0;
   }
 };
@@ -98,7 +99,6 @@ class KvPolicy {
   // Whether the context must accumulate the attention each row receives (Scorer::accumulates).
   bool accumulates() const { return scorer_->accumulates(); }
   bool mixed_precision() const { return scorer_->mixed_precision(); }
-  double layer_preference(const ScoreRequest& r) const { return scorer_->layer_preference(r); }
   // Per layer, the share of its ranked rows (select) a mixed-precision policy
   // keeps original: its preference over the largest of the cut's layers
   // (ARKV's origin budget); layers without a preference (NaN: not scored) keep all.
@@ -111,9 +111,11 @@ class KvPolicy {
   // layer's held rows), or the layer's own count under a per-layer budget.
   // `ranked`, when given, receives per KV head the kept slots chosen by score
   // (neither sinks nor window), best first; a mixed-precision policy is then
-  // scored even when it keeps every row.
+  // scored even when it keeps every row, and `preference`, when given,
+  // receives the layer's preference (Scorer::score_and_prefer).
   std::vector<std::vector<int64_t>> select(const ScoreRequest& r, int64_t target,
-                                           std::vector<std::vector<int64_t>>* ranked = nullptr) const;
+                                           std::vector<std::vector<int64_t>>* ranked = nullptr,
+                                           double* preference = nullptr) const;
 
  private:
   std::string name_;

@@ -271,8 +271,9 @@ void select_rows(Forward& f, int l) {
       for (int g = 0; g < c.n_head_kv; ++g) r.received.push_back(sr.kv->row_scores(l, g));
     if (sr.kv_policy->mixed_precision()) {
       // A layer with no quantized side has no precision to split: it does not judge.
-      if (sr.kv->keeps_copies(l)) sel.preference[static_cast<size_t>(l)] = sr.kv_policy->layer_preference(r);
-      sel.layers[static_cast<size_t>(l)] = sr.kv_policy->select(r, sel.target, &sel.ranked[static_cast<size_t>(l)]);
+      double* preference = sr.kv->keeps_copies(l) ? &sel.preference[static_cast<size_t>(l)] : nullptr;
+      sel.layers[static_cast<size_t>(l)] =
+          sr.kv_policy->select(r, sel.target, &sel.ranked[static_cast<size_t>(l)], preference);
     } else {
       sel.layers[static_cast<size_t>(l)] = sr.kv_policy->select(r, sel.target);
     }
