@@ -43,9 +43,11 @@ constexpr int64_t kMaxPanelBytes = 1 << 20;
 // Below this many weight bytes a GEMV runs on one thread: the fork/join would
 // cost more than the work.
 constexpr size_t kMinParallelGemvBytes = 24 * 1024;
-// GEMV rows are handed out in chunks of this many, so a thread that was
-// descheduled or is slower does not hold up the others for long.
-constexpr int kGemvChunkRows = 32;
+// GEMV rows are split statically, one contiguous range per thread: each
+// thread then streams its weights in order, which the hardware prefetcher
+// follows, and takes no lock per chunk. Handing out 32-row chunks
+// dynamically cost SmolLM2's decode 20-30% on the Zen 1 VM
+// (docs/results/decode-gemv.md).
 
 std::vector<float>& thread_scratch() {
   thread_local std::vector<float> scratch;
@@ -154,7 +156,7 @@ void gemv_integer(const TensorInfo& w, const float* x, int64_t m, float* y, int6
   const size_t stride = w.row_size();
   const bool parallel = static_cast<size_t>(n_end - n_begin) * stride * groups >= kMinParallelGemvBytes;
   const QuantizedActivations* a = acts.data();
-#pragma omp parallel for schedule(dynamic, kGemvChunkRows) if (parallel) num_threads(max_threads())
+#pragma omp parallel for schedule(static) if (parallel) num_threads(max_threads())
   for (int64_t n = n_begin; n < n_end; ++n)
     for (int64_t g = 0; g < groups; ++g) dot(w.data + n * stride, a[g], y + g * kMaxIntegerDotRows * ldy + (n - n_begin), ldy);
 }
@@ -172,7 +174,7 @@ void gemv_float(const TensorInfo& w, const float* x, int64_t m, float* y, int64_
   {
     std::vector<float>& row = thread_scratch();
     if (w.type != GgmlType::F32 && row.size() < static_cast<size_t>(k)) row.resize(k);
-#pragma omp for schedule(dynamic, kGemvChunkRows)
+#pragma omp for schedule(static)
     for (int64_t n = n_begin; n < n_end; ++n) {
       if (isa == KernelIsa::kAvx2 && (w.type == GgmlType::F16 || w.type == GgmlType::BF16)) {
         const auto* wr = reinterpret_cast<const uint16_t*>(w.data + n * stride);
