@@ -3,7 +3,8 @@
 // softmax, on every SIMD target, the mass in both its forms (scores held, and
 // two passes over transposed keys): paged f16 and quantized
 // keys with gaps in their positions, grouped query heads, rows that see a
-// prefix of the keys, and keys before the layer's first held slot untouched.
+// prefix of the keys, and keys before the layer's first held slot untouched by
+// the mass and zero in the rows.
 #include <gtest/gtest.h>
 
 #include <cmath>

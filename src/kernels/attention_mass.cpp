@@ -332,6 +332,7 @@ void attention_probabilities(const float* q, int64_t q_row_stride, int32_t rows,
                              float* probs) {
   check_shape("attention_probabilities", rows, n_q_heads, n_kv_heads, head_dim, head);
   const int64_t items = static_cast<int64_t>(n_q_heads / n_kv_heads) * rows;
+  if (items == 0) return;
   if (kv.n_keys <= kv.first_key) {
     std::fill(probs, probs + items * kv.n_keys, 0.0f);
     return;

@@ -4,7 +4,8 @@
 // kernel, which never forms normalised probabilities. For many rows the mass
 // recomputes q.k in two passes over the keys, the first for each row's
 // log-sum-exp, the second for exp(score - lse), so no rows x keys matrix is
-// held; for few rows (a decode step, a window) the scores are held.
+// held; for few rows (a decode step) it holds the scores. The rows' softmax
+// is held by its caller.
 #pragma once
 
 #include <cstdint>

@@ -45,7 +45,7 @@ constexpr int64_t kMaxPanelBytes = 1 << 20;
 constexpr size_t kMinParallelGemvBytes = 24 * 1024;
 // GEMV rows are split statically, one contiguous range per thread: each
 // thread then streams its weights in order, which the hardware prefetcher
-// follows, and takes no lock per chunk. Handing out 32-row chunks
+// follows, and shares no chunk counter. Handing out 32-row chunks
 // dynamically cost SmolLM2's decode 20-30% on a 2-core AVX2 EPYC
 // (docs/results/decode-gemv.md).
 
