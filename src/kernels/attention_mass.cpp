@@ -84,9 +84,25 @@ void AddExp(DF df, const float* HWY_RESTRICT s, int64_t count, float shift, floa
   for (; j < count; ++j) out[j] += std::exp(s[j] - shift);
 }
 
+// s[j] = exp(s[j] - shift) for j < count: held scores turned into softmax weights.
+void ExpInPlace(DF df, float* HWY_RESTRICT s, int64_t count, float shift) {
+  const int64_t N = static_cast<int64_t>(hn::Lanes(df));
+  const VF vshift = hn::Set(df, shift);
+  int64_t j = 0;
+  for (; j + N <= count; j += N) hn::StoreU(hn::Exp(df, hn::Sub(hn::LoadU(df, s + j), vshift)), df, s + j);
+  for (; j < count; ++j) s[j] = std::exp(s[j] - shift);
+}
+
 // Up to this many (query row, key) scores, they are computed once and held
 // (a decode step's few rows): no transposed copy, no second q.k pass.
 constexpr int64_t kMaxHeldScores = int64_t{1} << 20;
+
+// Per query row i at position q_pos0 + i, the slots it sees (a prefix).
+std::vector<int64_t> VisibleSlots(const KvView& kv, int32_t head, int32_t rows, int32_t q_pos0) {
+  std::vector<int64_t> visible(static_cast<size_t>(rows));
+  for (int32_t i = 0; i < rows; ++i) visible[static_cast<size_t>(i)] = kv.slots_through(head, q_pos0 + i);
+  return visible;
+}
 
 // held[item * ld + j] = scale * q_item . k_(first + j) for the keys item
 // (member, row) sees, j < seen(item): keys read row by row, each score one
@@ -176,32 +192,25 @@ void HeldScoresMass(DF df, const float* q, int64_t q_row_stride, int32_t rows, i
 void AttentionProbabilities(const float* q, int64_t q_row_stride, int32_t rows, int32_t q_pos0, int32_t n_q_heads,
                             int32_t n_kv_heads, int32_t d, const KvView* kv_ptr, int32_t head, float scale,
                             float* probs) {
+  const int64_t items = static_cast<int64_t>(n_q_heads / n_kv_heads) * rows;
   const KvView& kv = *kv_ptr;
-  const DF df;
-  const int64_t N = static_cast<int64_t>(hn::Lanes(df));
-  const int32_t group = n_q_heads / n_kv_heads;
   const int64_t first = kv.first_key, n = kv.n_keys;
-  const int64_t items = static_cast<int64_t>(group) * rows;
-  std::vector<int64_t> visible(static_cast<size_t>(rows));
-  for (int32_t i = 0; i < rows; ++i) visible[static_cast<size_t>(i)] = kv.slots_through(head, q_pos0 + i);
+  const std::vector<int64_t> visible = VisibleSlots(kv, head, rows, q_pos0);
   const SeenKeys seen{visible, rows, first};
   std::vector<float> lse(static_cast<size_t>(items));
   float* held = probs + first;  // item i's scores at probs + i * n + first
+  const DF df;
 #pragma omp parallel
   {
-    HeldScores(df, q, q_row_stride, rows, group, d, kv, head, scale, seen, held, n);
+    HeldScores(df, q, q_row_stride, rows, n_q_heads / n_kv_heads, d, kv, head, scale, seen, held, n);
     HeldLse(df, held, n, items, seen, lse.data());
 #pragma omp for schedule(static)
     for (int64_t item = 0; item < items; ++item) {
       float* p = probs + item * n;
-      const int64_t begin = first, end = first + seen(item);
-      std::fill(p, p + begin, 0.0f);
+      const int64_t end = first + seen(item);
+      std::fill(p, p + first, 0.0f);
       std::fill(p + end, p + n, 0.0f);
-      if (end == begin) continue;
-      const VF shift = hn::Set(df, lse[static_cast<size_t>(item)]);
-      int64_t j = begin;
-      for (; j + N <= end; j += N) hn::StoreU(hn::Exp(df, hn::Sub(hn::LoadU(df, p + j), shift)), df, p + j);
-      for (; j < end; ++j) p[j] = std::exp(p[j] - lse[static_cast<size_t>(item)]);
+      ExpInPlace(df, p + first, end - first, lse[static_cast<size_t>(item)]);
     }
   }
 }
@@ -217,8 +226,7 @@ void AccumulateAttentionMass(const float* q, int64_t q_row_stride, int32_t rows,
   const int64_t blocks = (n - first + kBlock - 1) / kBlock;
   const int64_t items = static_cast<int64_t>(group) * rows;  // (member, row), row-major by member
   const int64_t item_groups = (items + kItems - 1) / kItems;
-  std::vector<int64_t> visible(static_cast<size_t>(rows));
-  for (int32_t i = 0; i < rows; ++i) visible[static_cast<size_t>(i)] = kv.slots_through(head, q_pos0 + i);
+  const std::vector<int64_t> visible = VisibleSlots(kv, head, rows, q_pos0);
   if (items * (n - first) <= kMaxHeldScores) {
     HeldScoresMass(df, q, q_row_stride, rows, group, d, kv, head, scale, visible, mass);
     return;
