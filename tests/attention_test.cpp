@@ -17,6 +17,7 @@
 #include "kernels/attention.h"
 #include "kernels/f16.h"
 #include "simd_targets.h"
+#include "test_support.h"
 
 namespace skim {
 namespace {
@@ -843,9 +844,7 @@ TEST(Attention, EveryCompiledTargetMatchesReference) {
 // has them, emulated elsewhere). Bounds: a few roundoffs of the output's
 // norm, and of the LSE (scores here reach |8| in base e).
 TEST(Attention, Bf16ArithmeticMatchesReferenceOnEveryTarget) {
-  struct RestoreMath {
-    ~RestoreMath() { kernels::set_attention_math(AttnMath::kF32); }
-  } restore;
+  const test::ScopedAttnMath restore(AttnMath::kF32);
   test::for_each_simd_target([] {
     uint64_t seed = 900;
     for (int32_t d : {64, 128}) {

@@ -146,6 +146,17 @@ TEST(LogitsVsLlamaCpp, SmolLM2Bf16Gemm) {
   check_model("smollm2-135m", {100, 1024, 2048});
 }
 
+// The bf16 attention arithmetic (--attn-math bf16, what "auto" picks where
+// the CPU's bf16 dot product is fast) against the same bars, on both families.
+TEST(LogitsVsLlamaCpp, SmolLM2Bf16Attention) {
+  const test::ScopedAttnMath bf16(kernels::AttnMath::kBf16);
+  check_model("smollm2-135m", {100, 1024, 2048});
+}
+TEST(LogitsVsLlamaCpp, Qwen25Coder05BBf16Attention) {
+  const test::ScopedAttnMath bf16(kernels::AttnMath::kBf16);
+  check_model("qwen2.5-coder-0.5b", {2048});
+}
+
 TEST(LogitsVsLlamaCpp, Qwen25Coder05B) { check_model("qwen2.5-coder-0.5b", {2048}); }
 
 // Five of its six layers see a 512-token window: the longer prompts run past

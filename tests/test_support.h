@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <sys/wait.h>
 
+#include "kernels/attention.h"
 #include "kernels/matmul.h"
 #include "skim/model.h"
 #include "skim/paths.h"
@@ -157,6 +158,18 @@ class ScopedGemmPath {
 
  private:
   kernels::GemmPath saved_;
+};
+
+// Pins the attention kernel's prefill arithmetic for a test's lifetime.
+class ScopedAttnMath {
+ public:
+  explicit ScopedAttnMath(kernels::AttnMath math) : saved_(kernels::attention_math()) { kernels::set_attention_math(math); }
+  ~ScopedAttnMath() { kernels::set_attention_math(saved_); }
+  ScopedAttnMath(const ScopedAttnMath&) = delete;
+  ScopedAttnMath& operator=(const ScopedAttnMath&) = delete;
+
+ private:
+  kernels::AttnMath saved_;
 };
 
 }  // namespace skim::test

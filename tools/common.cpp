@@ -43,7 +43,7 @@ const SharedOption kSharedOptions[] = {
     {Opt::Attn, "--attn", "attention method NAME[:key=value,...] (skim info --attn lists them)", &SharedOptions::attn},
     {Opt::Gemm, "--gemm", "arithmetic of the prefill weight GEMMs: int8 (activations rounded per 32), f32, or bf16 (operands rounded to bf16)",
      &SharedOptions::gemm},
-    {Opt::AttnMath, "--attn-math", "arithmetic of the prefill attention kernel: f32, or bf16 (Q, K, P, V rounded to bf16, f32 sums)",
+    {Opt::AttnMath, "--attn-math", "arithmetic of the prefill attention kernel: auto (bf16 where this CPU's bf16 dot product is fast), f32, or bf16 (Q, K, P, V rounded to bf16, f32 sums)",
      &SharedOptions::attn_math},
     {Opt::KvTypeK, "--cache-type-k", "format of the K cache (-ctk; skim info --kv lists them)", &SharedOptions::kv_type_k},
     {Opt::KvTypeV, "--cache-type-v", "format of the V cache (-ctv)", &SharedOptions::kv_type_v},

@@ -60,7 +60,7 @@ struct SharedOptions {
   int kv_center_keys = 1;
   std::string kv_policy;
   std::string gemm = "int8";  // applied process-wide as it is parsed
-  std::string attn_math = "f32";  // likewise
+  std::string attn_math = "auto";  // likewise; main() applies "auto" before parsing
   ModelOptions model_options;  // --rope-scaling, --rope-scale, --yarn-*
   int dca_chunk = 0;           // --dca
   int dca_local = -1;          // --dca-local

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "common.h"
+#include "skim/gemm.h"
 
 namespace {
 // llama.cpp spells some options as multi-letter single-dash flags, which
@@ -44,6 +45,8 @@ int main(int argc, char** argv) {
   skim::cli::register_batched_bench(app);
   skim::cli::register_serve(app);
   try {
+    // The tools' default arithmetic for attention (the library's is f32); --attn-math overrides it.
+    skim::set_attention_math("auto");
     app.parse(static_cast<int>(args.size()), args.data());
     if (app.get_subcommands().empty()) {
       std::string names;

@@ -20,11 +20,16 @@ void set_gemm(const std::string& name);
 std::string gemm();
 
 // Arithmetic of the attention kernel's prefill (process-wide): what
-// --attn-math accepts. "f32" (the default), or "bf16": Q, K, P and V rounded
-// to bf16 with f32 sums, on AVX512-BF16 dot products where the CPU has them.
+// --attn-math accepts. "f32" (the library's default), "bf16": Q, K, P and V
+// rounded to bf16 with f32 sums, on AVX512-BF16 dot products where the CPU
+// has them, or "auto" (the tools' default): bf16 where those dot products
+// measure at least kBf16AttentionMinSpeedup times the f32 FMA's multiply-add
+// rate, f32 elsewhere (emulated or slow bf16 is slower than f32).
+constexpr double kBf16AttentionMinSpeedup = 1.5;
 const std::vector<std::string>& attention_math_names();
 // Throws std::invalid_argument for a name not in attention_math_names().
 void set_attention_math(const std::string& name);
+// "f32" or "bf16", and after "auto" why, e.g. "bf16 (auto: bf16 dot 2.0x the FMA)".
 std::string attention_math();
 
 // The SIMD target run-time dispatch runs here (Highway's name, e.g. AVX3_DL:

@@ -602,19 +602,39 @@ void merge_partial(int64_t n_rows, int32_t head_dim, float* o, int64_t o_row_str
 namespace skim {
 
 const std::vector<std::string>& attention_math_names() {
-  static const std::vector<std::string> names = {"f32", "bf16"};
+  static const std::vector<std::string> names = {"auto", "f32", "bf16"};
   return names;
 }
 
+namespace {
+// The rate that decided "auto", or a negative number when a path was named.
+double& auto_bf16_speedup() {
+  static double speedup = -1;
+  return speedup;
+}
+}  // namespace
+
 void set_attention_math(const std::string& name) {
-  if (name == "f32")
+  auto_bf16_speedup() = -1;
+  if (name == "f32") {
     kernels::set_attention_math(kernels::AttnMath::kF32);
-  else if (name == "bf16")
+  } else if (name == "bf16") {
     kernels::set_attention_math(kernels::AttnMath::kBf16);
-  else
-    throw std::invalid_argument(fmt::format("unknown attention arithmetic '{}' (f32, bf16)", name));
+  } else if (name == "auto") {
+    auto_bf16_speedup() = kernels::bf16_dot_speedup();
+    kernels::set_attention_math(auto_bf16_speedup() >= kBf16AttentionMinSpeedup ? kernels::AttnMath::kBf16
+                                                                                 : kernels::AttnMath::kF32);
+  } else {
+    throw std::invalid_argument(fmt::format("unknown attention arithmetic '{}' (auto, f32, bf16)", name));
+  }
 }
 
-std::string attention_math() { return kernels::attention_math() == kernels::AttnMath::kBf16 ? "bf16" : "f32"; }
+std::string attention_math() {
+  const std::string name = kernels::attention_math() == kernels::AttnMath::kBf16 ? "bf16" : "f32";
+  const double speedup = auto_bf16_speedup();
+  if (speedup < 0) return name;
+  if (speedup == 0) return name + " (auto: no native bf16 dot product)";
+  return fmt::format("{} (auto: bf16 dot {:.1f}x the FMA)", name, speedup);
+}
 
 }  // namespace skim
