@@ -287,6 +287,7 @@ void bench(const BenchOptions& o) {
         j["peak_rss_mib"] = r.peak_rss_mib;
         j["gemm"] = gemm();
         j["simd"] = simd_target();
+        j["attention_math"] = attention_math();
         const OpTimes& t = r.times;
         j["profile_ms"] = {{"total", t.total_ms},       {"weight_gemm", t.weight_gemm_ms},
                            {"attention", t.attention_ms}, {"attention_planning", r.attention.plan_ms},
