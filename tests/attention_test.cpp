@@ -17,6 +17,7 @@
 #include "kernels/attention.h"
 #include "kernels/f16.h"
 #include "simd_targets.h"
+#include "skim/gemm.h"
 #include "test_support.h"
 
 namespace skim {
@@ -864,6 +865,26 @@ TEST(Attention, Bf16ArithmeticMatchesReferenceOnEveryTarget) {
       expect_matches(dec, out, nullptr, true, kTol, "bf16 setting, decode");
     }
   });
+}
+
+// "auto" takes bf16 exactly where the measured bf16 dot product is fast
+// enough, and says why; the probe's answer is 0 without a native one and a
+// plausible throughput ratio with it.
+TEST(Attention, AutoArithmeticFollowsTheMeasuredBf16Rate) {
+  const test::ScopedAttnMath restore(AttnMath::kF32);
+  const double speedup = kernels::bf16_dot_speedup();
+  if (kernels::cpu_has_bf16_dot()) {
+    EXPECT_GT(speedup, 0.1);
+    EXPECT_LT(speedup, 8.0);
+  } else {
+    EXPECT_EQ(speedup, 0.0);
+  }
+  skim::set_attention_math("auto");
+  EXPECT_EQ(kernels::attention_math(), speedup >= skim::kBf16AttentionMinSpeedup ? AttnMath::kBf16 : AttnMath::kF32);
+  EXPECT_NE(skim::attention_math().find("(auto: "), std::string::npos) << skim::attention_math();
+  skim::set_attention_math("f32");
+  EXPECT_EQ(skim::attention_math(), "f32");
+  EXPECT_THROW(skim::set_attention_math("f16"), std::invalid_argument);
 }
 
 // ---------------------------------------------------------------------------

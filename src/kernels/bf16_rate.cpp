@@ -21,15 +21,26 @@ namespace skim::kernels::HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 
 // Enough independent accumulators to cover either instruction's latency at
-// two issues per cycle.
-constexpr int kChains = 12;
+// two issues per cycle, and few enough to stay in registers.
+constexpr int kChains = 16;
 constexpr int kSteps = 4096;
+
+// The compiler must neither fold a vector into a constant nor move the timed
+// loop across the clock reads: an empty asm that "changes" it forbids both.
+template <class V>
+HWY_INLINE void Opaque(V& v) {
+#if HWY_ARCH_X86
+  asm volatile("" : "+v"(v.raw)::"memory");
+#endif
+}
 
 template <class Step>
 double SecondsOf(Step step, hn::Vec<Bf16DF>* acc) {
+  for (int c = 0; c < kChains; ++c) Opaque(acc[c]);
   const auto start = std::chrono::steady_clock::now();
   for (int s = 0; s < kSteps; ++s)
     for (int c = 0; c < kChains; ++c) acc[c] = step(acc[c]);
+  for (int c = 0; c < kChains; ++c) Opaque(acc[c]);
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
@@ -39,9 +50,14 @@ double Bf16DotSpeedup() {
 #if HWY_TARGET == HWY_AVX3_DL
   const Bf16DF df;
   const Bf16DU du;
-  const auto a = PackPair(du, hn::Set(df, 1.0f), hn::Set(df, 0.5f));
-  const auto b = PackPair(du, hn::Set(df, 1e-9f), hn::Set(df, -1e-9f));
-  const auto x = hn::Set(df, 1.0f), y = hn::Set(df, 1e-9f);
+  auto a = PackPair(du, hn::Set(df, 1.0f), hn::Set(df, 0.5f));
+  auto b = PackPair(du, hn::Set(df, 1e-9f), hn::Set(df, -1e-9f));
+  auto x = hn::Set(df, 1.0f), y = hn::Set(df, 1e-9f);
+  // Unknown operands: with x known to be 1 a compiler may turn the FMA into an add.
+  Opaque(a);
+  Opaque(b);
+  Opaque(x);
+  Opaque(y);
   hn::Vec<Bf16DF> acc[kChains];
   std::fill(acc, acc + kChains, hn::Zero(df));
   double fma_s = 1e9, dot_s = 1e9;

@@ -20,7 +20,7 @@ void f32_to_f16_row(const float* src, uint16_t* dst, int64_t n);
 bool cpu_has_bf16_dot();
 
 // Multiply-adds per second of that bf16 dot product over the f32 FMA's,
-// measured once (about a millisecond); 0 without cpu_has_bf16_dot().
+// measured once (a fraction of a millisecond); 0 without cpu_has_bf16_dot().
 double bf16_dot_speedup();
 
 }  // namespace skim::kernels
