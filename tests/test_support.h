@@ -145,31 +145,25 @@ inline double kl_divergence(const float* p_logits, const float* q_logits, int n)
 
 inline int argmax(const float* x, int n) { return static_cast<int>(std::max_element(x, x + n) - x); }
 
-// Pins the prefill GEMM path for a test's lifetime. Tests that isolate another
-// component (attention, a KV format) compare two runs that differ only there,
-// on the f32 path: the int8 path's activation rounding flips with any input
-// difference and would add its own noise to both sides of the comparison.
-class ScopedGemmPath {
+// Pins a process-wide kernel setting for a test's lifetime.
+template <class T, T (*kGet)(), void (*kSet)(T)>
+class ScopedSetting {
  public:
-  explicit ScopedGemmPath(kernels::GemmPath path) : saved_(kernels::gemm_path()) { kernels::set_gemm_path(path); }
-  ~ScopedGemmPath() { kernels::set_gemm_path(saved_); }
-  ScopedGemmPath(const ScopedGemmPath&) = delete;
-  ScopedGemmPath& operator=(const ScopedGemmPath&) = delete;
+  explicit ScopedSetting(T value) : saved_(kGet()) { kSet(value); }
+  ~ScopedSetting() { kSet(saved_); }
+  ScopedSetting(const ScopedSetting&) = delete;
+  ScopedSetting& operator=(const ScopedSetting&) = delete;
 
  private:
-  kernels::GemmPath saved_;
+  T saved_;
 };
+// The prefill GEMM path. Tests that isolate another component (attention, a
+// KV format) compare two runs that differ only there, on the f32 path: the
+// int8 path's activation rounding flips with any input difference and would
+// add its own noise to both sides of the comparison.
+using ScopedGemmPath = ScopedSetting<kernels::GemmPath, kernels::gemm_path, kernels::set_gemm_path>;
 
 // Pins the attention kernel's prefill arithmetic for a test's lifetime.
-class ScopedAttnMath {
- public:
-  explicit ScopedAttnMath(kernels::AttnMath math) : saved_(kernels::attention_math()) { kernels::set_attention_math(math); }
-  ~ScopedAttnMath() { kernels::set_attention_math(saved_); }
-  ScopedAttnMath(const ScopedAttnMath&) = delete;
-  ScopedAttnMath& operator=(const ScopedAttnMath&) = delete;
-
- private:
-  kernels::AttnMath saved_;
-};
+using ScopedAttnMath = ScopedSetting<kernels::AttnMath, kernels::attention_math, kernels::set_attention_math>;
 
 }  // namespace skim::test
