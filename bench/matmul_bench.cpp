@@ -1,6 +1,7 @@
 // Throughput of kernels::matmul on SmolLM2-135M's weight shapes.
 //
 //   matmul_bench [--model smollm2|qwen0.5b] [--types T1,T2,...] [--min-seconds S] [--prefill-rows M]
+//                [--isa scalar|avx2|avx512]   (the decode kernels' instruction set; default: the best here)
 //
 // For each shape: prefill (m = 512, or M rows) in GFLOP/s on the f32, the
 // int8 and the bf16 GEMM path, next to plain OpenBLAS sgemm on an f32 copy of the same
@@ -28,6 +29,7 @@
 #include "kernels/dequant.h"
 #include "kernels/f16.h"
 #include "kernels/matmul.h"
+#include "kernels/quant_dot.h"
 #include "skim/gguf.h"
 
 namespace {
@@ -172,10 +174,25 @@ int main(int argc, char** argv) {
       shapes = model_shapes;
     } else if (arg == "--min-seconds" && i + 1 < argc) {
       min_seconds = std::atof(argv[++i]);
+    } else if (arg == "--isa" && i + 1 < argc) {
+      const std::string name = argv[++i];
+      const auto isa = name == "scalar" ? skim::kernels::KernelIsa::kScalar
+                       : name == "avx2" ? skim::kernels::KernelIsa::kAvx2
+                                        : skim::kernels::KernelIsa::kAvx512Vnni;
+      if (name != "scalar" && name != "avx2" && name != "avx512") {
+        std::fprintf(stderr, "matmul_bench: unknown --isa '%s' (scalar, avx2, avx512)\n", name.c_str());
+        return 2;
+      }
+      try {
+        skim::kernels::set_kernel_isa(isa);
+      } catch (const std::exception& e) {
+        std::fprintf(stderr, "matmul_bench: %s\n", e.what());
+        return 2;
+      }
     } else if (arg == "--prefill-rows" && i + 1 < argc && std::atoll(argv[i + 1]) > 4) {
       m_prefill = std::atoll(argv[++i]);
     } else {
-      std::fprintf(stderr, "usage: %s [--model smollm2|qwen0.5b] [--types T1,T2,...] [--min-seconds S] [--prefill-rows M (> 4)]\n", argv[0]);
+      std::fprintf(stderr, "usage: %s [--model smollm2|qwen0.5b] [--types T1,T2,...] [--min-seconds S] [--prefill-rows M (> 4)] [--isa scalar|avx2|avx512]\n", argv[0]);
       return 2;
     }
   }

@@ -160,12 +160,14 @@ struct Shape {
 
 // Row lengths to test for a type: the model's sizes, rounded to the block size
 // where they are not multiples of it (K types need multiples of 256). 608 is
-// 19 blocks of 32: groups of 8, a pair and an unpaired last block. Types with
+// 19 blocks of 32: groups of 8, a pair and an unpaired last block (AVX2), or
+// three blocks after the last group (AVX-512); 672 is 21 blocks, so AVX-512
+// takes a lone group of four and one block after it. Types with
 // blocks of one value also take an odd length (the bf16 GEMM's last pair).
 std::vector<int64_t> row_lengths(GgmlType type) {
   if (traits(type).block_size == 256) return {256, 768, 1536, 4864};
   if (traits(type).block_size == 1) return {101, 576, 608, 896, 1536, 4864};
-  return {576, 608, 896, 1536, 4864};
+  return {576, 608, 672, 896, 1536, 4864};
 }
 
 std::vector<Shape> shapes_for(GgmlType type) {
@@ -243,12 +245,11 @@ TEST_P(MatmulVsReference, AllShapes) {
         bound = activation_rounding_bound(wf, a, s.n);
       }
 
-      std::vector<KernelIsa> isas = {KernelIsa::kScalar};
-      if (kernels::detected_isa() == KernelIsa::kAvx2) isas.push_back(KernelIsa::kAvx2);
+      std::vector<KernelIsa> isas = kernels::runnable_isas();
       if (int8_gemm || bf16_gemm) isas.resize(1);  // these GEMMs run every SIMD target instead
       for (KernelIsa isa : isas)
         for (int threads : {1, 2}) {
-          SCOPED_TRACE(::testing::Message() << (isa == KernelIsa::kAvx2 ? "avx2" : "scalar") << " threads=" << threads);
+          SCOPED_TRACE(::testing::Message() << kernels::isa_name(isa) << " threads=" << threads);
           kernels::set_kernel_isa(isa);
           omp_set_num_threads(threads);
           int failures = 0;
@@ -375,7 +376,11 @@ TEST(MatmulSharedInput, EqualsSeparateProducts) {
     int64_t k;
     std::vector<std::pair<GgmlType, int64_t>> weights;  // type, rows
   };
-  const Case cases[] = {{576, {{GgmlType::Q4_1, 576}, {GgmlType::Q8_0, 192}, {GgmlType::Q4_K, 37}}},
+  // The first two cases share one integer GEMV (one activation format: Qwen's
+  // q/k/v, a K-quant pair); the third mixes formats.
+  const Case cases[] = {{896, {{GgmlType::Q5_0, 896}, {GgmlType::Q5_0, 128}, {GgmlType::Q8_0, 129}}},
+                        {512, {{GgmlType::Q4_K, 64}, {GgmlType::Q6_K, 41}}},
+                        {576, {{GgmlType::Q4_1, 576}, {GgmlType::Q8_0, 192}, {GgmlType::Q4_K, 37}}},
                         {100, {{GgmlType::F16, 64}, {GgmlType::F32, 5}, {GgmlType::BF16, 19}}},
                         {101, {{GgmlType::BF16, 40}, {GgmlType::F32, 3}}}};
   for (const GemmPath path : {GemmPath::kInt8, GemmPath::kBf16, GemmPath::kF32})

@@ -18,10 +18,12 @@ TEST(SimdTargets, ListCompiledTargetsAndWhichRunHere) {
   const int64_t supported = hwy::SupportedTargets();
   for (int64_t target : test::compiled_simd_targets())
     std::printf("[ targets  ] Highway %-8s %s\n", hwy::TargetName(target), run_status(supported & target));
-  // matmul and quant_dot pick between these two themselves (tests/matmul_test.cpp runs both).
-  std::printf("[ targets  ] matmul  %-8s %s\n", "scalar", run_status(true));
-  std::printf("[ targets  ] matmul  %-8s %s\n", "AVX2",
-              run_status(kernels::detected_isa() == kernels::KernelIsa::kAvx2));
+  // matmul and quant_dot pick among these themselves (tests/matmul_test.cpp runs each).
+  for (int i = 0; i <= static_cast<int>(kernels::KernelIsa::kAvx512Vnni); ++i) {
+    const auto isa = static_cast<kernels::KernelIsa>(i);
+    std::printf("[ targets  ] matmul  %-12s %s\n", kernels::isa_name(isa),
+                run_status(static_cast<int>(isa) <= static_cast<int>(kernels::detected_isa())));
+  }
   EXPECT_FALSE(hwy::SupportedAndGeneratedTargets().empty()) << "no compiled Highway target runs on this CPU";
 }
 

@@ -5,6 +5,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <array>
 #include <fstream>
 #include <mutex>
 #include <span>
@@ -43,6 +44,8 @@ constexpr int64_t kMaxPanelBytes = 1 << 20;
 // Below this many weight bytes a GEMV runs on one thread: the fork/join would
 // cost more than the work.
 constexpr size_t kMinParallelGemvBytes = 24 * 1024;
+// Weights sharing one input that one integer GEMV serves together (q, k, v).
+constexpr size_t kMaxSharedInputJobs = 4;
 // GEMV rows are split statically, one contiguous range per thread: each
 // thread then streams its weights in order, which the hardware prefetcher
 // follows, and shares no chunk counter. Handing out 32-row chunks
@@ -140,28 +143,54 @@ void validate(const TensorInfo& w, const float* x, int64_t m, const float* y, in
     throw std::invalid_argument("matmul: null activation or output pointer");
 }
 
-// Decode with an integer kernel: quantize x to 8 bits (groups of up to
-// kMaxIntegerDotRows rows), then stream W once, each weight row dotted with
-// every group.
-void gemv_integer(const TensorInfo& w, const float* x, int64_t m, float* y, int64_t ldy, int64_t n_begin,
-                  int64_t n_end, ActivationFormat format, KernelIsa isa) {
-  const int64_t k = w.row_length(), groups = (m + kMaxIntegerDotRows - 1) / kMaxIntegerDotRows;
+// Decode with integer kernels: quantize x to 8 bits once (groups of up to
+// kMaxIntegerDotRows rows), then stream the weights of every job once, each
+// weight row dotted with every group. The jobs (q/k/v, or gate/up, which share
+// their input) split their rows between the threads in one parallel region:
+// one fork/join and one wait for the slowest thread instead of one per weight.
+void gemv_integer(std::span<const GemmJob> jobs, const float* x, int64_t m, ActivationFormat format, KernelIsa isa) {
+  const int64_t k = jobs.front().w->row_length(), groups = (m + kMaxIntegerDotRows - 1) / kMaxIntegerDotRows;
   thread_local std::vector<QuantizedActivations> acts;
   if (static_cast<int64_t>(acts.size()) < groups) acts.resize(static_cast<size_t>(groups));
   for (int64_t g = 0; g < groups; ++g)
     quantize_activations(x + g * kMaxIntegerDotRows * k, std::min<int64_t>(kMaxIntegerDotRows, m - g * kMaxIntegerDotRows),
                          k, format, isa, acts[static_cast<size_t>(g)]);
-  const RowDotFn dot = select_row_dot(w.type, isa);
-  // The row stride once: TensorInfo::row looks the type up per call, 2% of a decode step.
-  const size_t stride = w.row_size();
-  const bool parallel = static_cast<size_t>(n_end - n_begin) * stride * groups >= kMinParallelGemvBytes;
+  struct Part {
+    const uint8_t* w;
+    size_t stride;  // once per part: TensorInfo::row looks the type up per call, 2% of a decode step
+    RowDotFn dot;
+    const GemmJob* job;
+    int64_t first;  // index of the part's first row among all jobs' rows
+  };
+  std::array<Part, kMaxSharedInputJobs> parts;
+  if (jobs.size() > parts.size()) throw std::invalid_argument("gemv_integer: too many weights sharing one input");
+  int64_t total = 0;
+  size_t bytes = 0;
+  for (size_t j = 0; j < jobs.size(); ++j) {
+    const GemmJob& job = jobs[j];
+    parts[j] = {job.w->data, job.w->row_size(), select_row_dot(job.w->type, isa), &job, total};
+    total += job.n_end - job.n_begin;
+    bytes += static_cast<size_t>(job.n_end - job.n_begin) * parts[j].stride;
+  }
+  const bool parallel = bytes * groups >= kMinParallelGemvBytes;
   const QuantizedActivations* a = acts.data();
-#pragma omp parallel for schedule(static) if (parallel) num_threads(max_threads())
-  for (int64_t n = n_begin; n < n_end; ++n)
-    for (int64_t g = 0; g < groups; ++g) dot(w.data + n * stride, a[g], y + g * kMaxIntegerDotRows * ldy + (n - n_begin), ldy);
+#pragma omp parallel if (parallel) num_threads(max_threads())
+  {
+    // Static split, as in the single-weight case: contiguous rows per thread.
+    const int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
+    const int64_t begin = total * t / nt, end = total * (t + 1) / nt;
+    for (size_t j = 0; j < jobs.size(); ++j) {
+      const Part& p = parts[j];
+      const int64_t lo = std::max(begin, p.first), hi = std::min(end, p.first + p.job->n_end - p.job->n_begin);
+      for (int64_t i = lo; i < hi; ++i) {
+        const int64_t col = i - p.first;
+        const uint8_t* w_row = p.w + (p.job->n_begin + col) * p.stride;
+        for (int64_t g = 0; g < groups; ++g)
+          p.dot(w_row, a[g], p.job->y + g * kMaxIntegerDotRows * p.job->ldy + col, p.job->ldy);
+      }
+    }
+  }
 }
-
-
 
 // Decode for types without an integer kernel: dequantize each row, f32 dots.
 void gemv_float(const TensorInfo& w, const float* x, int64_t m, float* y, int64_t ldy, int64_t n_begin,
@@ -169,14 +198,14 @@ void gemv_float(const TensorInfo& w, const float* x, int64_t m, float* y, int64_
   const int64_t k = w.row_length();
   const size_t stride = w.row_size();  // once, as in gemv_integer
   const bool parallel = static_cast<size_t>(n_end - n_begin) * stride >= kMinParallelGemvBytes;
-  const auto dot = isa == KernelIsa::kAvx2 ? dot_f32_avx2 : dot_f32_scalar;
+  const auto dot = isa != KernelIsa::kScalar ? dot_f32_avx2 : dot_f32_scalar;
 #pragma omp parallel if (parallel) num_threads(max_threads())
   {
     std::vector<float>& row = thread_scratch();
     if (w.type != GgmlType::F32 && row.size() < static_cast<size_t>(k)) row.resize(k);
 #pragma omp for schedule(static)
     for (int64_t n = n_begin; n < n_end; ++n) {
-      if (isa == KernelIsa::kAvx2 && (w.type == GgmlType::F16 || w.type == GgmlType::BF16)) {
+      if (isa != KernelIsa::kScalar && (w.type == GgmlType::F16 || w.type == GgmlType::BF16)) {
         const auto* wr = reinterpret_cast<const uint16_t*>(w.data + n * stride);
         for (int64_t r = 0; r < m; ++r)
           y[r * ldy + (n - n_begin)] = w.type == GgmlType::F16 ? dot_half_avx2<false>(wr, x + r * k, k)
@@ -439,7 +468,7 @@ void gemm(std::span<GemmJob> jobs, const float* x, int64_t m) {
     jobs = std::span(f32_begin, jobs.end());
     if (jobs.empty()) return;
   }
-  if (kernel_isa() == KernelIsa::kAvx2) {
+  if (kernel_isa() != KernelIsa::kScalar) {
     gemm_packed_avx2(jobs, x, m);
   } else {
     for (const GemmJob& j : jobs) gemm_panels(*j.w, x, m, j.y, j.ldy, j.n_begin, j.n_end);
@@ -460,9 +489,10 @@ void matmul_rows(const TensorInfo& w, const float* x, int64_t m, float* y, int64
   const KernelIsa isa = kernel_isa();
   if (uses_gemv(w.type, m, gemv_rows)) {
     const ActivationFormat format = integer_activation_format(w.type);
-    if (format != ActivationFormat::kNone)
-      gemv_integer(w, x, m, y, ldy, n_begin, n_end, format, isa);
-    else
+    if (format != ActivationFormat::kNone) {
+      const GemmJob job{&w, y, ldy, n_begin, n_end};
+      gemv_integer(std::span(&job, 1), x, m, format, isa);
+    } else
       gemv_float(w, x, m, y, ldy, n_begin, n_end, isa);
     return;
   }
@@ -489,6 +519,16 @@ void matmul_shared_input(std::span<const MatmulTarget> targets, const float* x, 
     if (n > 0) jobs.push_back({t.w, t.y, n, 0, n});
   }
   const bool any_gemv = std::any_of(targets.begin(), targets.end(), [m, gemv_rows](const MatmulTarget& t) { return uses_gemv(t.w->type, m, gemv_rows); });
+  const ActivationFormat format = jobs.empty() ? ActivationFormat::kNone : integer_activation_format(jobs.front().w->type);
+  const bool one_integer_gemv =
+      format != ActivationFormat::kNone && jobs.size() <= kMaxSharedInputJobs &&
+      std::all_of(jobs.begin(), jobs.end(), [&](const GemmJob& j) {
+        return uses_gemv(j.w->type, m, gemv_rows) && integer_activation_format(j.w->type) == format;
+      });
+  if (one_integer_gemv) {
+    gemv_integer(jobs, x, m, format, kernel_isa());
+    return;
+  }
   if (any_gemv || jobs.empty()) {
     for (const GemmJob& j : jobs) matmul_rows(*j.w, x, m, j.y, j.ldy, j.n_begin, j.n_end, gemv_rows);
     return;

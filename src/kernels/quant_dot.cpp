@@ -28,10 +28,27 @@ bool cpu_has_f16c() {
 KernelIsa detected_isa() {
   static const KernelIsa isa = [] {
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && cpu_has_f16c() ? KernelIsa::kAvx2
-                                                                                              : KernelIsa::kScalar;
+    if (!(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && cpu_has_f16c())) return KernelIsa::kScalar;
+    const bool avx512_vnni = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                             __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
+    return avx512_vnni ? KernelIsa::kAvx512Vnni : KernelIsa::kAvx2;
   }();
   return isa;
+}
+
+std::vector<KernelIsa> runnable_isas() {
+  std::vector<KernelIsa> isas;
+  for (int i = 0; i <= static_cast<int>(detected_isa()); ++i) isas.push_back(static_cast<KernelIsa>(i));
+  return isas;
+}
+
+const char* isa_name(KernelIsa isa) {
+  switch (isa) {
+    case KernelIsa::kScalar: return "scalar";
+    case KernelIsa::kAvx2: return "AVX2";
+    case KernelIsa::kAvx512Vnni: return "AVX-512 VNNI";
+  }
+  return "?";
 }
 
 namespace {
@@ -42,8 +59,8 @@ bool g_isa_overridden = false;
 KernelIsa kernel_isa() { return g_isa_overridden ? g_isa_override : detected_isa(); }
 
 void set_kernel_isa(KernelIsa isa) {
-  if (isa == KernelIsa::kAvx2 && detected_isa() != KernelIsa::kAvx2)
-    throw std::invalid_argument("set_kernel_isa: this CPU lacks AVX2/FMA/F16C");
+  if (static_cast<int>(isa) > static_cast<int>(detected_isa()))
+    throw std::invalid_argument(fmt::format("set_kernel_isa: this CPU lacks {}", isa_name(isa)));
   g_isa_override = isa;
   g_isa_overridden = true;
 }
@@ -74,6 +91,8 @@ namespace {
 
 // ---------------------------------------------------------------------------
 // Activation quantization
+
+constexpr int64_t kMaxGroupBlocks = 4;  // the group_blocks of the AVX-512 layout
 
 // q = x * id rounded to nearest even (as the AVX2 conversion does).
 void quantize_span_scalar(const float* x, int n, float id, int8_t* q) {
@@ -125,14 +144,14 @@ void quantize_row(const float* x, int64_t k, ActivationFormat format, KernelIsa 
   for (int64_t b = 0; b < k / block; ++b) {
     const float* xb = x + b * block;
     int8_t* qb = q + b * block;
-    const float amax = isa == KernelIsa::kAvx2 ? amax_avx2(xb, block) : amax_scalar(xb, block);
+    const float amax = isa != KernelIsa::kScalar ? amax_avx2(xb, block) : amax_scalar(xb, block);
     const float scale = amax / 127.0f;
     const float id = scale != 0.0f ? 1.0f / scale : 0.0f;
     d[b] = scale;
     int block_sum = 0;
     for (int c = 0; c < block; c += 32) {
       int lo, hi;
-      if (isa == KernelIsa::kAvx2) {
+      if (isa != KernelIsa::kScalar) {
         quantize32_avx2(xb + c, id, qb + c, &lo, &hi);
       } else {
         quantize_span_scalar(xb + c, 32, id, qb + c);
@@ -153,10 +172,10 @@ void quantize_row(const float* x, int64_t k, ActivationFormat format, KernelIsa 
 
 int64_t activation_position(const QuantizedActivations& a, int64_t i) {
   if (a.format != ActivationFormat::kQ8Block32) return i;
-  const int64_t b = i / kQK, nb = a.k / kQK;
-  const int64_t j = i % kQK;
-  if ((b | 1) >= nb) return i;  // the unpaired last block keeps natural order
-  return (b & ~int64_t{1}) * kQK + (j / 16) * 32 + (b & 1) * 16 + j % 16;
+  const int64_t g = a.group_blocks, b = i / kQK, nb = a.k / kQK;
+  const int64_t first = b - b % g, j = i % kQK;
+  if (first + g > nb) return i;  // blocks after the last whole group keep natural order
+  return first * kQK + (j / 16) * 16 * g + (b - first) * 16 + j % 16;
 }
 
 void quantize_activations(const float* x, int64_t rows, int64_t k, ActivationFormat format, KernelIsa isa,
@@ -166,6 +185,7 @@ void quantize_activations(const float* x, int64_t rows, int64_t k, ActivationFor
   if (k <= 0 || k % block != 0)
     throw std::invalid_argument(fmt::format("quantize_activations: row length {} is not a positive multiple of {}", k, block));
   out.format = format;
+  out.group_blocks = isa == KernelIsa::kAvx512Vnni ? 4 : 2;
   out.rows = rows;
   out.k = k;
   const int64_t nb = k / block;
@@ -184,12 +204,16 @@ void quantize_activations(const float* x, int64_t rows, int64_t k, ActivationFor
                  format == ActivationFormat::kQ8Block32 ? out.dsum.data() + r * nb : nullptr,
                  format == ActivationFormat::kQ8Block256 ? out.bsum16.data() + r * k / 16 : nullptr);
     if (format == ActivationFormat::kQ8Block32) {
-      // Pair layout (see activation_position): swap the middle 16-byte quarters.
-      for (int64_t b = 0; b + 1 < nb; b += 2) {
-        int8_t tmp[16];
-        std::memcpy(tmp, q + b * kQK + 16, 16);
-        std::memcpy(q + b * kQK + 16, q + b * kQK + 32, 16);
-        std::memcpy(q + b * kQK + 32, tmp, 16);
+      // Group layout (see activation_position): halves of each block of a group
+      // gathered, first halves before second halves.
+      const int64_t g = out.group_blocks;
+      for (int64_t b = 0; b + g <= nb && g > 1; b += g) {
+        int8_t grouped[kMaxGroupBlocks * kQK];
+        for (int64_t j = 0; j < g; ++j) {
+          std::memcpy(grouped + j * 16, q + (b + j) * kQK, 16);
+          std::memcpy(grouped + (g + j) * 16, q + (b + j) * kQK + 16, 16);
+        }
+        std::memcpy(q + b * kQK, grouped, static_cast<size_t>(g * kQK));
       }
     }
   }
@@ -378,6 +402,23 @@ __attribute__((target("avx2,fma"))) inline void load_scales8(const typename K::B
   }
 }
 
+// One block in natural element order (those after the last whole group): its
+// dot with each activation row added to acc, its offset term to tail_offsets.
+template <class K, int M>
+__attribute__((target("avx2,fma"))) inline void natural_block_avx2(const typename K::Block& block, int64_t b,
+                                                                    const int8_t* const* p, const float* const* da,
+                                                                    const float* const* dsum, __m256* acc,
+                                                                    float* tail_offsets) {
+  const __m256i q = block_quants<K>(block);
+  const float d = block_scale<K>(block);
+  for (int r = 0; r < M; ++r) {
+    const __m256i pv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p[r] + b * kQK));
+    const __m256 s = _mm256_cvtepi32_ps(_mm256_madd_epi16(mul_pairs<K::kSigned>(q, pv), _mm256_set1_epi16(1)));
+    acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(d * da[r][b]), s, acc[r]);
+    tail_offsets[r] += block_offset<K>(block) * dsum[r][b];
+  }
+}
+
 // Groups of eight blocks share the float work: the scales are loaded and
 // converted eight at a time, and the four pair sums are folded with hadd into
 // one vector with a lane per block (order 0,2,4,6,1,3,5,7), so each group
@@ -435,18 +476,120 @@ __attribute__((target("avx2,fma"))) void legacy_dot_avx2(const uint8_t* w_row, c
       tail_offsets[r] += block_offset<K>(w[b]) * dsum[r][b] + block_offset<K>(w[b + 1]) * dsum[r][b + 1];
     }
   }
-  if (b < nb) {
-    const __m256i q = block_quants<K>(w[b]);
-    const float d0 = block_scale<K>(w[b]);
-    for (int r = 0; r < M; ++r) {
-      const __m256i pv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p[r] + b * kQK));
-      const __m256 s = _mm256_cvtepi32_ps(_mm256_madd_epi16(mul_pairs<K::kSigned>(q, pv), _mm256_set1_epi16(1)));
-      acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(d0 * da[r][b]), s, acc[r]);
-      tail_offsets[r] += block_offset<K>(w[b]) * dsum[r][b];
-    }
-  }
+  if (b < nb) natural_block_avx2<K, M>(w[b], b, p, da, dsum, acc, tail_offsets);
   for (int r = 0; r < M; ++r) out[r * out_stride] = hsum_f32(acc[r]) + hsum_f32(offsets[r]) + tail_offsets[r];
 }
+
+// ---------------------------------------------------------------------------
+// Legacy types on AVX-512 VNNI: groups of four blocks fill a 512-bit vector
+// (quad layout), and vpdpbusd sums four u8 x s8 products per 32-bit lane, so
+// lanes 4i..4i+3 hold block i's dot after the two halves; one int->float
+// conversion and FMA per four blocks and activation row. vpdpbusd needs
+// unsigned weights: Q8_0's quants are offset by 128, which adds the zero point
+// -128 * d to its block offset.
+
+// GCC 12's AVX-512 headers fill unused operands with self-initialized
+// "undefined" vectors, which -Wmaybe-uninitialized flags (Highway silences the
+// same warning for its AVX-512 code).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+#define SKIM_AVX512_VNNI __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")))
+
+template <class K>
+constexpr float kUnsignedZeroPoint = K::kSigned ? 128.0f : K::kZeroPoint;
+
+// The four f16 scales (and mins) at the start of four consecutive blocks.
+template <class K>
+__attribute__((target("avx2,fma,f16c"))) inline void load_scales4(const typename K::Block* x, __m128& d, __m128& m) {
+  const __m128i head = _mm_setr_epi32(load_u32(&x[0]), load_u32(&x[1]), load_u32(&x[2]), load_u32(&x[3]));
+  d = _mm_cvtph_ps(_mm_shuffle_epi8(head, _mm_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, -1, -1, -1, -1, -1, -1, -1, -1)));
+  if constexpr (K::kHasMin)
+    m = _mm_cvtph_ps(_mm_shuffle_epi8(head, _mm_setr_epi8(2, 3, 6, 7, 10, 11, 14, 15, -1, -1, -1, -1, -1, -1, -1, -1)));
+  else
+    m = _mm_mul_ps(d, _mm_set1_ps(-kUnsignedZeroPoint<K>));
+}
+
+// The quants of blocks x[0..3] as unsigned bytes in quad layout: `lo` holds
+// elements 0..15 of each block in block order, `hi` elements 16..31.
+template <class K>
+SKIM_AVX512_VNNI inline void quad_quants(const typename K::Block* x, __m512i& lo, __m512i& hi) {
+  if constexpr (K::kSigned) {
+    const auto load = [](const int8_t* q) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q)); };
+    const __m512i ab = _mm512_inserti64x4(_mm512_zextsi256_si512(load(x[0].qs)), load(x[1].qs), 1);
+    const __m512i cd = _mm512_inserti64x4(_mm512_zextsi256_si512(load(x[2].qs)), load(x[3].qs), 1);
+    const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
+    lo = _mm512_xor_si512(_mm512_permutex2var_epi64(ab, _mm512_setr_epi64(0, 1, 4, 5, 8, 9, 12, 13), cd), flip);
+    hi = _mm512_xor_si512(_mm512_permutex2var_epi64(ab, _mm512_setr_epi64(2, 3, 6, 7, 10, 11, 14, 15), cd), flip);
+  } else {
+    const __m512i packed =
+        _mm512_inserti64x4(_mm512_zextsi256_si512(load_2x128(x[0].qs, x[1].qs)), load_2x128(x[2].qs, x[3].qs), 1);
+    const __m512i nibble = _mm512_set1_epi8(0x0F);
+    lo = _mm512_and_si512(packed, nibble);
+    hi = _mm512_and_si512(_mm512_srli_epi16(packed, 4), nibble);
+    if constexpr (std::is_same_v<K, Q5_0Kernel> || std::is_same_v<K, Q5_1Kernel>) {
+      uint32_t h[4];
+      for (int i = 0; i < 4; ++i) h[i] = load_u32(x[i].qh);
+      // Bit j of a block's qh is the fifth bit of its element j: the low 16 bits
+      // go to `lo`, the high 16 to `hi`, 16 mask bits per block.
+      const uint64_t lo_bits = ((h[0] & 0xFFFFu) | (h[1] << 16)) | uint64_t{(h[2] & 0xFFFFu) | (h[3] << 16)} << 32;
+      const uint64_t hi_bits = ((h[0] >> 16) | (h[1] & 0xFFFF0000u)) | uint64_t{(h[2] >> 16) | (h[3] & 0xFFFF0000u)} << 32;
+      const __m512i sixteen = _mm512_set1_epi8(0x10);
+      lo = _mm512_mask_add_epi8(lo, _cvtu64_mask64(lo_bits), lo, sixteen);
+      hi = _mm512_mask_add_epi8(hi, _cvtu64_mask64(hi_bits), hi, sixteen);
+    }
+  }
+}
+
+// The 16 int32 partial sums of one quad (lanes 4i..4i+3: block i) against the
+// activations p (the quad's 128 bytes).
+SKIM_AVX512_VNNI inline __m512i quad_dot(__m512i lo, __m512i hi, const int8_t* p) {
+  const __m512i s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, _mm512_loadu_si512(p));
+  return _mm512_dpbusd_epi32(s, hi, _mm512_loadu_si512(p + 64));
+}
+
+template <class K, int M>
+SKIM_AVX512_VNNI void legacy_dot_avx512(const uint8_t* w_row, const QuantizedActivations& a, float* out,
+                                        int64_t out_stride) {
+  const auto* w = reinterpret_cast<const typename K::Block*>(w_row);
+  const int64_t nb = a.blocks_per_row();
+  const int8_t* p[M];
+  const float* da[M];
+  const float* dsum[M];
+  __m512 acc[M];
+  __m256 tail_acc[M];
+  __m128 offsets[M];
+  float tail_offsets[M] = {};
+  for (int r = 0; r < M; ++r) {
+    p[r] = a.q.data() + r * a.k;
+    da[r] = a.d.data() + r * nb;
+    dsum[r] = a.dsum.data() + r * nb;
+    acc[r] = _mm512_setzero_ps();
+    offsets[r] = _mm_setzero_ps();
+    tail_acc[r] = _mm256_setzero_ps();
+  }
+  // Block i's scale to lanes 4i..4i+3, where quad_dot leaves its sums.
+  const __m512i spread = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+  int64_t b = 0;
+  for (; b + 4 <= nb; b += 4) {
+    __m128 d, m;
+    load_scales4<K>(w + b, d, m);
+    __m512i lo, hi;
+    quad_quants<K>(w + b, lo, hi);
+    for (int r = 0; r < M; ++r) {
+      const __m512 scale = _mm512_permutexvar_ps(spread, _mm512_zextps128_ps512(_mm_mul_ps(d, _mm_loadu_ps(da[r] + b))));
+      acc[r] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(quad_dot(lo, hi, p[r] + b * kQK)), acc[r]);
+      offsets[r] = _mm_fmadd_ps(m, _mm_loadu_ps(dsum[r] + b), offsets[r]);
+    }
+  }
+  for (; b < nb; ++b) natural_block_avx2<K, M>(w[b], b, p, da, dsum, tail_acc, tail_offsets);
+  for (int r = 0; r < M; ++r) {
+    const __m256 narrow = _mm256_add_ps(tail_acc[r], _mm256_zextps128_ps256(offsets[r]));
+    out[r * out_stride] = _mm512_reduce_add_ps(_mm512_add_ps(acc[r], _mm512_zextps256_ps512(narrow))) + tail_offsets[r];
+  }
+}
+
+#pragma GCC diagnostic pop
 
 // ---------------------------------------------------------------------------
 // K types (256-element super-blocks), against q8 activations with one scale per
@@ -653,6 +796,15 @@ struct LegacyAvx2 {
     }
   };
 };
+template <class K>
+struct LegacyAvx512 {
+  template <int M>
+  struct Fn {
+    static void run(const uint8_t* w, const QuantizedActivations& a, float* o, int64_t s) {
+      legacy_dot_avx512<K, M>(w, a, o, s);
+    }
+  };
+};
 template <int M>
 struct Q4KAvx2 {
   static void run(const uint8_t* w, const QuantizedActivations& a, float* o, int64_t s) { q4_k_dot_avx2<M>(w, a, o, s); }
@@ -665,13 +817,21 @@ struct Q6KAvx2 {
 }  // namespace
 
 RowDotFn select_row_dot(GgmlType type, KernelIsa isa) {
-  const bool avx2 = isa == KernelIsa::kAvx2;
+  const auto legacy = [isa]<class K>(K) -> RowDotFn {
+    switch (isa) {
+      case KernelIsa::kAvx512Vnni: return by_rows<LegacyAvx512<K>::template Fn>;
+      case KernelIsa::kAvx2: return by_rows<LegacyAvx2<K>::template Fn>;
+      case KernelIsa::kScalar: break;
+    }
+    return legacy_dot_scalar<K>;
+  };
+  const bool avx2 = isa != KernelIsa::kScalar;  // the K types' AVX2 kernels also serve AVX-512
   switch (type) {
-    case GgmlType::Q4_0: return avx2 ? by_rows<LegacyAvx2<Q4_0Kernel>::Fn> : legacy_dot_scalar<Q4_0Kernel>;
-    case GgmlType::Q4_1: return avx2 ? by_rows<LegacyAvx2<Q4_1Kernel>::Fn> : legacy_dot_scalar<Q4_1Kernel>;
-    case GgmlType::Q5_0: return avx2 ? by_rows<LegacyAvx2<Q5_0Kernel>::Fn> : legacy_dot_scalar<Q5_0Kernel>;
-    case GgmlType::Q5_1: return avx2 ? by_rows<LegacyAvx2<Q5_1Kernel>::Fn> : legacy_dot_scalar<Q5_1Kernel>;
-    case GgmlType::Q8_0: return avx2 ? by_rows<LegacyAvx2<Q8_0Kernel>::Fn> : legacy_dot_scalar<Q8_0Kernel>;
+    case GgmlType::Q4_0: return legacy(Q4_0Kernel{});
+    case GgmlType::Q4_1: return legacy(Q4_1Kernel{});
+    case GgmlType::Q5_0: return legacy(Q5_0Kernel{});
+    case GgmlType::Q5_1: return legacy(Q5_1Kernel{});
+    case GgmlType::Q8_0: return legacy(Q8_0Kernel{});
     case GgmlType::Q4_K: return avx2 ? by_rows<Q4KAvx2> : q4_k_dot_scalar;
     case GgmlType::Q6_K: return avx2 ? by_rows<Q6KAvx2> : q6_k_dot_scalar;
     default: return nullptr;

@@ -13,10 +13,16 @@
 
 namespace skim::kernels {
 
-enum class KernelIsa { kScalar, kAvx2 };
+// Ordered: each instruction set includes the ones before it. kAvx512Vnni adds
+// 512-bit kernels for the legacy block types (AVX-512 F/BW/VL and VNNI's u8 x
+// s8 dot product); the other kernels keep their AVX2 form there.
+enum class KernelIsa { kScalar, kAvx2, kAvx512Vnni };
 
 // The best instruction set this CPU runs (checked at run time).
 KernelIsa detected_isa();
+// Every instruction set this CPU runs, scalar first (tests run each).
+std::vector<KernelIsa> runnable_isas();
+const char* isa_name(KernelIsa isa);
 // The instruction set the matmul kernels use now: detected_isa() unless overridden.
 KernelIsa kernel_isa();
 // Overrides kernel_isa() (tests run every path); throws std::invalid_argument for
@@ -43,18 +49,21 @@ struct QuantizedActivations {
   std::vector<float> d;          // rows * (k / block)
   std::vector<float> dsum;       // kQ8Block32: d * sum(q) per block
   std::vector<int16_t> bsum16;   // kQ8Block256: sum(q) per 16 elements
+  int group_blocks = 1;          // kQ8Block32: blocks interleaved per group (see activation_position)
 
   int64_t blocks_per_row() const { return k / activation_block_size(format); }
 };
 
 // Where element i of a row sits in QuantizedActivations::q (relative to the
-// row). kQ8Block32 stores blocks in pairs as [A0..15, B0..15, A16..31, B16..31],
-// the order in which one 256-bit load of two blocks' packed nibbles unpacks; an
-// unpaired last block stays in natural order. kQ8Block256 is natural.
+// row). kQ8Block32 stores blocks in groups of group_blocks, first elements 0..15
+// of each block of the group, then elements 16..31 of each: the order in which
+// one vector of the group's packed nibbles unpacks (pairs for 256-bit AVX2,
+// quads for 512-bit AVX-512). Blocks after the last whole group stay in natural
+// order. kQ8Block256 is natural.
 int64_t activation_position(const QuantizedActivations& a, int64_t i);
 
-// Quantizes `rows` rows of `k` floats (row stride k); k must be a multiple of the
-// format's block size.
+// Quantizes `rows` rows of `k` floats (row stride k), in the layout the kernels
+// of `isa` read; k must be a multiple of the format's block size.
 void quantize_activations(const float* x, int64_t rows, int64_t k, ActivationFormat format, KernelIsa isa,
                           QuantizedActivations& out);
 
