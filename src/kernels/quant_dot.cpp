@@ -4,6 +4,7 @@
 #include <immintrin.h>
 
 #include <cmath>
+#include <cstddef>
 #include <cstring>
 #include <stdexcept>
 #include <type_traits>
@@ -30,7 +31,8 @@ KernelIsa detected_isa() {
     __builtin_cpu_init();
     if (!(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && cpu_has_f16c())) return KernelIsa::kScalar;
     const bool avx512_vnni = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                             __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
+                             __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni") &&
+                             __builtin_cpu_supports("avx512bitalg");
     return avx512_vnni ? KernelIsa::kAvx512Vnni : KernelIsa::kAvx2;
   }();
   return isa;
@@ -46,7 +48,7 @@ const char* isa_name(KernelIsa isa) {
   switch (isa) {
     case KernelIsa::kScalar: return "scalar";
     case KernelIsa::kAvx2: return "AVX2";
-    case KernelIsa::kAvx512Vnni: return "AVX-512 VNNI";
+    case KernelIsa::kAvx512Vnni: return "AVX-512 VNNI+BITALG";
   }
   return "?";
 }
@@ -494,26 +496,36 @@ __attribute__((target("avx2,fma"))) void legacy_dot_avx2(const uint8_t* w_row, c
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
-#define SKIM_AVX512_VNNI __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")))
+#define SKIM_AVX512_VNNI \
+  __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni,avx512bitalg")))
 
 template <class K>
 constexpr float kUnsignedZeroPoint = K::kSigned ? 128.0f : K::kZeroPoint;
 
-// The four f16 scales (and mins) at the start of four consecutive blocks.
+// The first eight bytes of four consecutive blocks, one per 64-bit lane:
+// the f16 scale, then the f16 min or the fifth bits, wherever the type has them.
 template <class K>
-__attribute__((target("avx2,fma,f16c"))) inline void load_scales4(const typename K::Block* x, __m128& d, __m128& m) {
-  const __m128i head = _mm_setr_epi32(load_u32(&x[0]), load_u32(&x[1]), load_u32(&x[2]), load_u32(&x[3]));
-  d = _mm_cvtph_ps(_mm_shuffle_epi8(head, _mm_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, -1, -1, -1, -1, -1, -1, -1, -1)));
-  if constexpr (K::kHasMin)
-    m = _mm_cvtph_ps(_mm_shuffle_epi8(head, _mm_setr_epi8(2, 3, 6, 7, 10, 11, 14, 15, -1, -1, -1, -1, -1, -1, -1, -1)));
-  else
-    m = _mm_mul_ps(d, _mm_set1_ps(-kUnsignedZeroPoint<K>));
+SKIM_AVX512_VNNI inline __m256i load_heads4(const typename K::Block* x) {
+  const auto head = [](const void* p) {
+    int64_t v;
+    std::memcpy(&v, p, 8);
+    return v;
+  };
+  return _mm256_setr_epi64x(head(&x[0]), head(&x[1]), head(&x[2]), head(&x[3]));
 }
 
-// The quants of blocks x[0..3] as unsigned bytes in quad layout: `lo` holds
-// elements 0..15 of each block in block order, `hi` elements 16..31.
+// Blocks x[0..3], unpacked for quad_dot: the scales d, the offsets m (the mins,
+// or -d times the zero point), and the quants as unsigned bytes in quad layout,
+// `lo` holding elements 0..15 of each block in block order, `hi` elements 16..31.
 template <class K>
-SKIM_AVX512_VNNI inline void quad_quants(const typename K::Block* x, __m512i& lo, __m512i& hi) {
+SKIM_AVX512_VNNI inline void quad_weights(const typename K::Block* x, __m128& d, __m128& m, __m512i& lo,
+                                          __m512i& hi) {
+  const __m256i heads = load_heads4<K>(x);
+  d = _mm_cvtph_ps(_mm256_cvtepi64_epi16(heads));  // the low 16 bits of each head: the scale
+  if constexpr (K::kHasMin)
+    m = _mm_cvtph_ps(_mm256_cvtepi64_epi16(_mm256_srli_epi64(heads, 16)));
+  else
+    m = _mm_mul_ps(d, _mm_set1_ps(-kUnsignedZeroPoint<K>));
   if constexpr (K::kSigned) {
     const auto load = [](const int8_t* q) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q)); };
     const __m512i ab = _mm512_inserti64x4(_mm512_zextsi256_si512(load(x[0].qs)), load(x[1].qs), 1);
@@ -528,15 +540,20 @@ SKIM_AVX512_VNNI inline void quad_quants(const typename K::Block* x, __m512i& lo
     lo = _mm512_and_si512(packed, nibble);
     hi = _mm512_and_si512(_mm512_srli_epi16(packed, 4), nibble);
     if constexpr (std::is_same_v<K, Q5_0Kernel> || std::is_same_v<K, Q5_1Kernel>) {
-      uint32_t h[4];
-      for (int i = 0; i < 4; ++i) h[i] = load_u32(x[i].qh);
-      // Bit j of a block's qh is the fifth bit of its element j: the low 16 bits
-      // go to `lo`, the high 16 to `hi`, 16 mask bits per block.
-      const uint64_t lo_bits = ((h[0] & 0xFFFFu) | (h[1] << 16)) | uint64_t{(h[2] & 0xFFFFu) | (h[3] << 16)} << 32;
-      const uint64_t hi_bits = ((h[0] >> 16) | (h[1] & 0xFFFF0000u)) | uint64_t{(h[2] >> 16) | (h[3] & 0xFFFF0000u)} << 32;
+      // Bit j of a block's qh is the fifth bit of its element j. Each block's
+      // qh goes to both 64-bit lanes of its 128-bit lane; vpshufbitqmb then
+      // picks bit j for byte j (lo) and bit 16 + j (hi) of the lane into a
+      // byte mask. Bits 32..63 of each copy are never indexed.
+      constexpr int kQhBits = 8 * static_cast<int>(offsetof(typename K::Block, qh));
+      const __m512i qh = _mm512_permutexvar_epi64(_mm512_setr_epi64(0, 0, 1, 1, 2, 2, 3, 3),
+                                                  _mm512_zextsi256_si512(_mm256_srli_epi64(heads, kQhBits)));
+      const __m512i bit_lo = _mm512_set_epi64(0x0F0E0D0C0B0A0908, 0x0706050403020100, 0x0F0E0D0C0B0A0908,
+                                              0x0706050403020100, 0x0F0E0D0C0B0A0908, 0x0706050403020100,
+                                              0x0F0E0D0C0B0A0908, 0x0706050403020100);
+      const __m512i bit_hi = _mm512_add_epi8(bit_lo, _mm512_set1_epi8(16));
       const __m512i sixteen = _mm512_set1_epi8(0x10);
-      lo = _mm512_mask_add_epi8(lo, _cvtu64_mask64(lo_bits), lo, sixteen);
-      hi = _mm512_mask_add_epi8(hi, _cvtu64_mask64(hi_bits), hi, sixteen);
+      lo = _mm512_mask_add_epi8(lo, _mm512_bitshuffle_epi64_mask(qh, bit_lo), lo, sixteen);
+      hi = _mm512_mask_add_epi8(hi, _mm512_bitshuffle_epi64_mask(qh, bit_hi), hi, sixteen);
     }
   }
 }
@@ -573,9 +590,8 @@ SKIM_AVX512_VNNI void legacy_dot_avx512(const uint8_t* w_row, const QuantizedAct
   int64_t b = 0;
   for (; b + 4 <= nb; b += 4) {
     __m128 d, m;
-    load_scales4<K>(w + b, d, m);
     __m512i lo, hi;
-    quad_quants<K>(w + b, lo, hi);
+    quad_weights<K>(w + b, d, m, lo, hi);
     for (int r = 0; r < M; ++r) {
       const __m512 scale = _mm512_permutexvar_ps(spread, _mm512_zextps128_ps512(_mm_mul_ps(d, _mm_loadu_ps(da[r] + b))));
       acc[r] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(quad_dot(lo, hi, p[r] + b * kQK)), acc[r]);

@@ -14,8 +14,9 @@
 namespace skim::kernels {
 
 // Ordered: each instruction set includes the ones before it. kAvx512Vnni adds
-// 512-bit kernels for the legacy block types (AVX-512 F/BW/VL and VNNI's u8 x
-// s8 dot product); the other kernels keep their AVX2 form there.
+// 512-bit kernels for the legacy block types: AVX-512 F/BW/VL, VNNI's u8 x s8
+// dot product and BITALG's bit gather (Ice Lake, Zen 4 and later); the other
+// kernels keep their AVX2 form there.
 enum class KernelIsa { kScalar, kAvx2, kAvx512Vnni };
 
 // The best instruction set this CPU runs (checked at run time).
