@@ -46,6 +46,9 @@ constexpr int64_t kMaxPanelBytes = 1 << 20;
 constexpr size_t kMinParallelGemvBytes = 24 * 1024;
 // Weights sharing one input that one integer GEMV serves together (q, k, v).
 constexpr size_t kMaxSharedInputJobs = 4;
+// Batched decode (several activation groups) walks the weights in blocks of
+// this many rows, each dotted with every group while it is in L1.
+constexpr int64_t kGemvRowBlock = 8;
 // GEMV rows are split statically, one contiguous range per thread: each
 // thread then streams its weights in order, which the hardware prefetcher
 // follows, and shares no chunk counter. Handing out 32-row chunks
@@ -158,7 +161,7 @@ void gemv_integer(std::span<const GemmJob> jobs, const float* x, int64_t m, Acti
   struct Part {
     const uint8_t* w;
     size_t stride;  // once per part: TensorInfo::row looks the type up per call, 2% of a decode step
-    RowDotFn dot;
+    RowsDotFn dot;
     const GemmJob* job;
     int64_t first;  // index of the part's first row among all jobs' rows
   };
@@ -168,7 +171,7 @@ void gemv_integer(std::span<const GemmJob> jobs, const float* x, int64_t m, Acti
   size_t bytes = 0;
   for (size_t j = 0; j < jobs.size(); ++j) {
     const GemmJob& job = jobs[j];
-    parts[j] = {job.w->data, job.w->row_size(), select_row_dot(job.w->type, isa), &job, total};
+    parts[j] = {job.w->data, job.w->row_size(), select_rows_dot(job.w->type, isa), &job, total};
     total += job.n_end - job.n_begin;
     bytes += static_cast<size_t>(job.n_end - job.n_begin) * parts[j].stride;
   }
@@ -182,11 +185,13 @@ void gemv_integer(std::span<const GemmJob> jobs, const float* x, int64_t m, Acti
     for (size_t j = 0; j < jobs.size(); ++j) {
       const Part& p = parts[j];
       const int64_t lo = std::max(begin, p.first), hi = std::min(end, p.first + p.job->n_end - p.job->n_begin);
-      for (int64_t i = lo; i < hi; ++i) {
-        const int64_t col = i - p.first;
-        const uint8_t* w_row = p.w + (p.job->n_begin + col) * p.stride;
+      // Row blocks small enough to stay in L1 while every group reads them.
+      const int64_t block = groups > 1 ? kGemvRowBlock : hi - lo;
+      for (int64_t i = lo; i < hi; i += block) {
+        const int64_t col = i - p.first, rows = std::min(block, hi - i);
+        const uint8_t* w_rows = p.w + (p.job->n_begin + col) * p.stride;
         for (int64_t g = 0; g < groups; ++g)
-          p.dot(w_row, a[g], p.job->y + g * kMaxIntegerDotRows * p.job->ldy + col, p.job->ldy);
+          p.dot(w_rows, p.stride, rows, a[g], p.job->y + g * kMaxIntegerDotRows * p.job->ldy + col, p.job->ldy);
       }
     }
   }

@@ -565,43 +565,51 @@ SKIM_AVX512_VNNI inline __m512i quad_dot(__m512i lo, __m512i hi, const int8_t* p
   return _mm512_dpbusd_epi32(s, hi, _mm512_loadu_si512(p + 64));
 }
 
+// n weight rows, the loop inside the kernel: its per-call set-up is a
+// noticeable part of a row of 896 elements, and the output matrix has 152K.
 template <class K, int M>
-SKIM_AVX512_VNNI void legacy_dot_avx512(const uint8_t* w_row, const QuantizedActivations& a, float* out,
-                                        int64_t out_stride) {
-  const auto* w = reinterpret_cast<const typename K::Block*>(w_row);
+SKIM_AVX512_VNNI void legacy_dot_avx512(const uint8_t* w_rows, size_t stride, int64_t n, const QuantizedActivations& a,
+                                        float* out, int64_t out_stride) {
   const int64_t nb = a.blocks_per_row();
   const int8_t* p[M];
   const float* da[M];
   const float* dsum[M];
-  __m512 acc[M];
-  __m256 tail_acc[M];
-  __m128 offsets[M];
-  float tail_offsets[M] = {};
   for (int r = 0; r < M; ++r) {
     p[r] = a.q.data() + r * a.k;
     da[r] = a.d.data() + r * nb;
     dsum[r] = a.dsum.data() + r * nb;
-    acc[r] = _mm512_setzero_ps();
-    offsets[r] = _mm_setzero_ps();
-    tail_acc[r] = _mm256_setzero_ps();
   }
   // Block i's scale to lanes 4i..4i+3, where quad_dot leaves its sums.
   const __m512i spread = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
-  int64_t b = 0;
-  for (; b + 4 <= nb; b += 4) {
-    __m128 d, m;
-    __m512i lo, hi;
-    quad_weights<K>(w + b, d, m, lo, hi);
+  for (int64_t row = 0; row < n; ++row) {
+    const auto* w = reinterpret_cast<const typename K::Block*>(w_rows + row * stride);
+    __m512 acc[M];
+    __m256 tail_acc[M];
+    __m128 offsets[M];
+    float tail_offsets[M] = {};
     for (int r = 0; r < M; ++r) {
-      const __m512 scale = _mm512_permutexvar_ps(spread, _mm512_zextps128_ps512(_mm_mul_ps(d, _mm_loadu_ps(da[r] + b))));
-      acc[r] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(quad_dot(lo, hi, p[r] + b * kQK)), acc[r]);
-      offsets[r] = _mm_fmadd_ps(m, _mm_loadu_ps(dsum[r] + b), offsets[r]);
+      acc[r] = _mm512_setzero_ps();
+      offsets[r] = _mm_setzero_ps();
+      tail_acc[r] = _mm256_setzero_ps();
     }
-  }
-  for (; b < nb; ++b) natural_block_avx2<K, M>(w[b], b, p, da, dsum, tail_acc, tail_offsets);
-  for (int r = 0; r < M; ++r) {
-    const __m256 narrow = _mm256_add_ps(tail_acc[r], _mm256_zextps128_ps256(offsets[r]));
-    out[r * out_stride] = _mm512_reduce_add_ps(_mm512_add_ps(acc[r], _mm512_zextps256_ps512(narrow))) + tail_offsets[r];
+    int64_t b = 0;
+    for (; b + 4 <= nb; b += 4) {
+      __m128 d, m;
+      __m512i lo, hi;
+      quad_weights<K>(w + b, d, m, lo, hi);
+      for (int r = 0; r < M; ++r) {
+        const __m128 scale4 = _mm_mul_ps(d, _mm_loadu_ps(da[r] + b));
+        const __m512 scale = _mm512_permutexvar_ps(spread, _mm512_zextps128_ps512(scale4));
+        acc[r] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(quad_dot(lo, hi, p[r] + b * kQK)), acc[r]);
+        offsets[r] = _mm_fmadd_ps(m, _mm_loadu_ps(dsum[r] + b), offsets[r]);
+      }
+    }
+    for (; b < nb; ++b) natural_block_avx2<K, M>(w[b], b, p, da, dsum, tail_acc, tail_offsets);
+    for (int r = 0; r < M; ++r) {
+      const __m256 narrow = _mm256_add_ps(tail_acc[r], _mm256_zextps128_ps256(offsets[r]));
+      out[r * out_stride + row] =
+          _mm512_reduce_add_ps(_mm512_add_ps(acc[r], _mm512_zextps256_ps512(narrow))) + tail_offsets[r];
+    }
   }
 }
 
@@ -793,53 +801,57 @@ __attribute__((target("avx2,fma"))) void q6_k_dot_avx2(const uint8_t* w_row, con
 // Dispatch on the number of activation rows, so the AVX2 loops keep their
 // per-row state in registers.
 template <template <int> class Fn>
-void by_rows(const uint8_t* w_row, const QuantizedActivations& a, float* out, int64_t out_stride) {
+void by_rows(const uint8_t* w, size_t stride, int64_t n, const QuantizedActivations& a, float* out,
+             int64_t out_stride) {
   switch (a.rows) {
-    case 1: Fn<1>::run(w_row, a, out, out_stride); return;
-    case 2: Fn<2>::run(w_row, a, out, out_stride); return;
-    case 3: Fn<3>::run(w_row, a, out, out_stride); return;
-    case 4: Fn<4>::run(w_row, a, out, out_stride); return;
+    case 1: Fn<1>::run(w, stride, n, a, out, out_stride); return;
+    case 2: Fn<2>::run(w, stride, n, a, out, out_stride); return;
+    case 3: Fn<3>::run(w, stride, n, a, out, out_stride); return;
+    case 4: Fn<4>::run(w, stride, n, a, out, out_stride); return;
     default: throw std::invalid_argument(fmt::format("integer dot: {} activation rows (at most 4)", a.rows));
   }
+}
+
+// A kernel of one weight row, applied to each of n rows.
+template <auto kRowDot>
+void each_row(const uint8_t* w, size_t stride, int64_t n, const QuantizedActivations& a, float* out,
+              int64_t out_stride) {
+  for (int64_t i = 0; i < n; ++i) kRowDot(w + i * stride, a, out + i, out_stride);
 }
 
 template <class K>
 struct LegacyAvx2 {
   template <int M>
   struct Fn {
-    static void run(const uint8_t* w, const QuantizedActivations& a, float* o, int64_t s) {
-      legacy_dot_avx2<K, M>(w, a, o, s);
-    }
+    static constexpr auto run = each_row<legacy_dot_avx2<K, M>>;
   };
 };
 template <class K>
 struct LegacyAvx512 {
   template <int M>
   struct Fn {
-    static void run(const uint8_t* w, const QuantizedActivations& a, float* o, int64_t s) {
-      legacy_dot_avx512<K, M>(w, a, o, s);
-    }
+    static constexpr auto run = legacy_dot_avx512<K, M>;
   };
 };
 template <int M>
 struct Q4KAvx2 {
-  static void run(const uint8_t* w, const QuantizedActivations& a, float* o, int64_t s) { q4_k_dot_avx2<M>(w, a, o, s); }
+  static constexpr auto run = each_row<q4_k_dot_avx2<M>>;
 };
 template <int M>
 struct Q6KAvx2 {
-  static void run(const uint8_t* w, const QuantizedActivations& a, float* o, int64_t s) { q6_k_dot_avx2<M>(w, a, o, s); }
+  static constexpr auto run = each_row<q6_k_dot_avx2<M>>;
 };
 
 }  // namespace
 
-RowDotFn select_row_dot(GgmlType type, KernelIsa isa) {
-  const auto legacy = [isa]<class K>(K) -> RowDotFn {
+RowsDotFn select_rows_dot(GgmlType type, KernelIsa isa) {
+  const auto legacy = [isa]<class K>(K) -> RowsDotFn {
     switch (isa) {
       case KernelIsa::kAvx512Vnni: return by_rows<LegacyAvx512<K>::template Fn>;
       case KernelIsa::kAvx2: return by_rows<LegacyAvx2<K>::template Fn>;
       case KernelIsa::kScalar: break;
     }
-    return legacy_dot_scalar<K>;
+    return each_row<legacy_dot_scalar<K>>;
   };
   const bool avx2 = isa != KernelIsa::kScalar;  // the K types' AVX2 kernels also serve AVX-512
   switch (type) {
@@ -848,8 +860,8 @@ RowDotFn select_row_dot(GgmlType type, KernelIsa isa) {
     case GgmlType::Q5_0: return legacy(Q5_0Kernel{});
     case GgmlType::Q5_1: return legacy(Q5_1Kernel{});
     case GgmlType::Q8_0: return legacy(Q8_0Kernel{});
-    case GgmlType::Q4_K: return avx2 ? by_rows<Q4KAvx2> : q4_k_dot_scalar;
-    case GgmlType::Q6_K: return avx2 ? by_rows<Q6KAvx2> : q6_k_dot_scalar;
+    case GgmlType::Q4_K: return avx2 ? by_rows<Q4KAvx2> : each_row<q4_k_dot_scalar>;
+    case GgmlType::Q6_K: return avx2 ? by_rows<Q6KAvx2> : each_row<q6_k_dot_scalar>;
     default: return nullptr;
   }
 }

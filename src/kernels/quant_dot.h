@@ -68,13 +68,15 @@ int64_t activation_position(const QuantizedActivations& a, int64_t i);
 void quantize_activations(const float* x, int64_t rows, int64_t k, ActivationFormat format, KernelIsa isa,
                           QuantizedActivations& out);
 
-// Dot products of one weight row (`k / block` blocks of `type`) with every row of
-// `a`: out[r * out_stride] = sum_k W[k] * x_r[k] for r < a.rows (a.rows <= 4).
-using RowDotFn = void (*)(const uint8_t* w_row, const QuantizedActivations& a, float* out, int64_t out_stride);
+// Dot products of n weight rows W_i (`stride` bytes apart, `k / block` blocks of
+// `type` each) with every row x_r of `a`:
+// out[r * out_stride + i] = sum_k W_i[k] * x_r[k] for i < n, r < a.rows (a.rows <= 4).
+using RowsDotFn = void (*)(const uint8_t* w, size_t stride, int64_t n, const QuantizedActivations& a, float* out,
+                           int64_t out_stride);
 
 constexpr int kMaxIntegerDotRows = 4;
 
 // The kernel for `type` on `isa` (nullptr when the type has no integer kernel).
-RowDotFn select_row_dot(GgmlType type, KernelIsa isa);
+RowsDotFn select_rows_dot(GgmlType type, KernelIsa isa);
 
 }  // namespace skim::kernels
