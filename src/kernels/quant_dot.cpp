@@ -3,6 +3,7 @@
 #include <cpuid.h>
 #include <immintrin.h>
 
+#include <array>
 #include <cmath>
 #include <cstddef>
 #include <cstring>
@@ -32,7 +33,7 @@ KernelIsa detected_isa() {
     if (!(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && cpu_has_f16c())) return KernelIsa::kScalar;
     const bool avx512_vnni = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                              __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni") &&
-                             __builtin_cpu_supports("avx512bitalg");
+                             __builtin_cpu_supports("avx512vbmi") && __builtin_cpu_supports("avx512bitalg");
     return avx512_vnni ? KernelIsa::kAvx512Vnni : KernelIsa::kAvx2;
   }();
   return isa;
@@ -497,21 +498,68 @@ __attribute__((target("avx2,fma"))) void legacy_dot_avx2(const uint8_t* w_row, c
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
 #define SKIM_AVX512_VNNI \
-  __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni,avx512bitalg")))
+  __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx512bitalg")))
 
 template <class K>
 constexpr float kUnsignedZeroPoint = K::kSigned ? 128.0f : K::kZeroPoint;
 
-// The first eight bytes of four consecutive blocks, one per 64-bit lane:
-// the f16 scale, then the f16 min or the fifth bits, wherever the type has them.
+// A quad of blocks (four consecutive blocks, 72 to 136 bytes) is read as two
+// overlapping 64-byte windows, and vpermt2b / vpermt2w gather the quants,
+// scales and fifth bits straight into place: fewer instructions per weight
+// byte let the core keep more weight loads in flight. The nibble types fit
+// two windows [0, 64) and [quad - 64, quad); Q8_0's 136 bytes take two pairs,
+// [0, 64) + [64, 128) for elements 0..15 and the scales, [8, 72) + [72, 136)
+// for elements 16..31. Every window lies inside the quad.
 template <class K>
-SKIM_AVX512_VNNI inline __m256i load_heads4(const typename K::Block* x) {
-  const auto head = [](const void* p) {
-    int64_t v;
-    std::memcpy(&v, p, 8);
-    return v;
-  };
-  return _mm256_setr_epi64x(head(&x[0]), head(&x[1]), head(&x[2]), head(&x[3]));
+struct QuadTables {
+  static constexpr int kBlockBytes = sizeof(typename K::Block);
+  static constexpr int kQuadBytes = 4 * kBlockBytes;
+  static constexpr int kSecond = K::kSigned ? 64 : kQuadBytes - 64;  // start of the second window
+  static constexpr int kSecondHi = 72;                                // Q8_0: second window of elements 16..31
+
+  // vpermt2b index of quad byte o, for windows starting at w0 and w1.
+  static constexpr uint8_t byte_index(int o, int w0, int w1) {
+    return static_cast<uint8_t>(o >= w0 && o < w0 + 64 ? o - w0 : 64 + o - w1);
+  }
+  // 64 bytes, 16 from each block: bytes first..first+15 of its quants.
+  static constexpr std::array<uint8_t, 64> quant_bytes(int first, int w0, int w1) {
+    std::array<uint8_t, 64> index{};
+    for (int i = 0; i < 64; ++i)
+      index[i] = byte_index((i / 16) * kBlockBytes + static_cast<int>(offsetof(typename K::Block, qs)) + first + i % 16,
+                            w0, w1);
+    return index;
+  }
+  // 32 words: word j < 4 the f16 at byte `field` of block j (scale or min).
+  static constexpr std::array<uint16_t, 32> field_words(int field) {
+    std::array<uint16_t, 32> index{};
+    for (int j = 0; j < 4; ++j) index[j] = byte_index(j * kBlockBytes + field, 0, kSecond) / 2;
+    return index;
+  }
+  // 32 words: block j's four fifth-bit bytes at the bottom of 64-bit lanes 2j and 2j + 1.
+  static constexpr std::array<uint16_t, 32> fifth_bit_words() {
+    std::array<uint16_t, 32> index{};
+    if constexpr (requires(typename K::Block b) { b.qh; })
+      for (int w = 0; w < 32; ++w)
+        index[w] = byte_index((w / 8) * kBlockBytes + static_cast<int>(offsetof(typename K::Block, qh)) + 2 * (w % 2),
+                              0, kSecond) / 2;
+    return index;
+  }
+
+  alignas(64) static constexpr std::array<uint8_t, 64> kQuants = quant_bytes(0, 0, kSecond);  // nibbles, or Q8_0's 0..15
+  alignas(64) static constexpr std::array<uint8_t, 64> kQuantsHi = quant_bytes(16, 8, kSecondHi);  // Q8_0's 16..31
+  alignas(64) static constexpr std::array<uint16_t, 32> kScales = field_words(0);
+  alignas(64) static constexpr std::array<uint16_t, 32> kMins = field_words(2);
+  alignas(64) static constexpr std::array<uint16_t, 32> kFifthBits = fifth_bit_words();
+};
+
+template <size_t N, class T>
+SKIM_AVX512_VNNI inline __m512i load_index(const std::array<T, N>& index) {
+  return _mm512_load_si512(index.data());
+}
+
+// The words of the (first, second) window pair that `index` names.
+SKIM_AVX512_VNNI inline __m512i gather_words(__m512i first, const std::array<uint16_t, 32>& index, __m512i second) {
+  return _mm512_permutex2var_epi16(first, load_index(index), second);
 }
 
 // Blocks x[0..3], unpacked for quad_dot: the scales d, the offsets m (the mins,
@@ -520,33 +568,30 @@ SKIM_AVX512_VNNI inline __m256i load_heads4(const typename K::Block* x) {
 template <class K>
 SKIM_AVX512_VNNI inline void quad_weights(const typename K::Block* x, __m128& d, __m128& m, __m512i& lo,
                                           __m512i& hi) {
-  const __m256i heads = load_heads4<K>(x);
-  d = _mm_cvtph_ps(_mm256_cvtepi64_epi16(heads));  // the low 16 bits of each head: the scale
+  using T = QuadTables<K>;
+  const auto* bytes = reinterpret_cast<const uint8_t*>(x);
+  const __m512i first = _mm512_loadu_si512(bytes), second = _mm512_loadu_si512(bytes + T::kSecond);
+  d = _mm_cvtph_ps(_mm512_castsi512_si128(gather_words(first, T::kScales, second)));
   if constexpr (K::kHasMin)
-    m = _mm_cvtph_ps(_mm256_cvtepi64_epi16(_mm256_srli_epi64(heads, 16)));
+    m = _mm_cvtph_ps(_mm512_castsi512_si128(gather_words(first, T::kMins, second)));
   else
     m = _mm_mul_ps(d, _mm_set1_ps(-kUnsignedZeroPoint<K>));
   if constexpr (K::kSigned) {
-    const auto load = [](const int8_t* q) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q)); };
-    const __m512i ab = _mm512_inserti64x4(_mm512_zextsi256_si512(load(x[0].qs)), load(x[1].qs), 1);
-    const __m512i cd = _mm512_inserti64x4(_mm512_zextsi256_si512(load(x[2].qs)), load(x[3].qs), 1);
     const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
-    lo = _mm512_xor_si512(_mm512_permutex2var_epi64(ab, _mm512_setr_epi64(0, 1, 4, 5, 8, 9, 12, 13), cd), flip);
-    hi = _mm512_xor_si512(_mm512_permutex2var_epi64(ab, _mm512_setr_epi64(2, 3, 6, 7, 10, 11, 14, 15), cd), flip);
+    lo = _mm512_xor_si512(_mm512_permutex2var_epi8(first, load_index(T::kQuants), second), flip);
+    const __m512i first_hi = _mm512_loadu_si512(bytes + 8), second_hi = _mm512_loadu_si512(bytes + T::kSecondHi);
+    hi = _mm512_xor_si512(_mm512_permutex2var_epi8(first_hi, load_index(T::kQuantsHi), second_hi), flip);
   } else {
-    const __m512i packed =
-        _mm512_inserti64x4(_mm512_zextsi256_si512(load_2x128(x[0].qs, x[1].qs)), load_2x128(x[2].qs, x[3].qs), 1);
+    const __m512i packed = _mm512_permutex2var_epi8(first, load_index(T::kQuants), second);
     const __m512i nibble = _mm512_set1_epi8(0x0F);
     lo = _mm512_and_si512(packed, nibble);
     hi = _mm512_and_si512(_mm512_srli_epi16(packed, 4), nibble);
     if constexpr (std::is_same_v<K, Q5_0Kernel> || std::is_same_v<K, Q5_1Kernel>) {
       // Bit j of a block's qh is the fifth bit of its element j. Each block's
-      // qh goes to both 64-bit lanes of its 128-bit lane; vpshufbitqmb then
-      // picks bit j for byte j (lo) and bit 16 + j (hi) of the lane into a
-      // byte mask. Bits 32..63 of each copy are never indexed.
-      constexpr int kQhBits = 8 * static_cast<int>(offsetof(typename K::Block, qh));
-      const __m512i qh = _mm512_permutexvar_epi64(_mm512_setr_epi64(0, 0, 1, 1, 2, 2, 3, 3),
-                                                  _mm512_zextsi256_si512(_mm256_srli_epi64(heads, kQhBits)));
+      // qh sits at the bottom of both 64-bit lanes of its 128-bit lane;
+      // vpshufbitqmb picks bit j for byte j (lo) and bit 16 + j (hi) of the
+      // lane into a byte mask.
+      const __m512i qh = gather_words(first, T::kFifthBits, second);
       const __m512i bit_lo = _mm512_set_epi64(0x0F0E0D0C0B0A0908, 0x0706050403020100, 0x0F0E0D0C0B0A0908,
                                               0x0706050403020100, 0x0F0E0D0C0B0A0908, 0x0706050403020100,
                                               0x0F0E0D0C0B0A0908, 0x0706050403020100);
