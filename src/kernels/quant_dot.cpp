@@ -843,6 +843,138 @@ __attribute__((target("avx2,fma"))) void q6_k_dot_avx2(const uint8_t* w_row, con
   for (int r = 0; r < M; ++r) out[r * out_stride] = hsum_f32(acc[r]);
 }
 
+// ---------------------------------------------------------------------------
+// K types on AVX-512 VNNI: one 512-bit vector holds 64 consecutive elements,
+// so the activations keep their natural order; maddubs forms the pairs of u8 x
+// s8 products and vpdpwssd multiplies them by their group's scale as it
+// accumulates (one instruction where AVX2 takes madd and add).
+
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+// vpermw index: int16 lane i of a vector of 64 elements (elements 2i, 2i+1)
+// takes scale first + i / lanes_per_scale.
+constexpr std::array<uint16_t, 32> scale_lanes(int first, int lanes_per_scale) {
+  std::array<uint16_t, 32> index{};
+  for (int i = 0; i < 32; ++i) index[i] = static_cast<uint16_t>(first + i / lanes_per_scale);
+  return index;
+}
+
+// Q4_K: chunk c (32 bytes) holds sub-block 2c in its low nibbles and 2c + 1 in
+// its high ones, 32 elements each, one scale each.
+alignas(64) constexpr std::array<std::array<uint16_t, 32>, 4> kQ4KScaleLanes = {
+    scale_lanes(0, 16), scale_lanes(2, 16), scale_lanes(4, 16), scale_lanes(6, 16)};
+// Q6_K: one scale per 16 elements; vector v of half h holds elements 128h + 64v ...
+alignas(64) constexpr std::array<std::array<uint16_t, 32>, 4> kQ6KScaleLanes = {
+    scale_lanes(0, 8), scale_lanes(4, 8), scale_lanes(8, 8), scale_lanes(12, 8)};
+
+// Shift counts per int16 lane: `low` in the lower 256 bits, `high` in the upper.
+SKIM_AVX512_VNNI inline __m512i half_shifts(int low, int high) {
+  return _mm512_inserti64x4(_mm512_set1_epi16(static_cast<int16_t>(low)), _mm256_set1_epi16(static_cast<int16_t>(high)), 1);
+}
+
+template <int M>
+SKIM_AVX512_VNNI void q4_k_dot_avx512(const uint8_t* w_rows, size_t stride, int64_t n, const QuantizedActivations& a,
+                                      float* out, int64_t out_stride) {
+  const int64_t nb = a.blocks_per_row();
+  const __m512i nibble = _mm512_set1_epi8(0x0F);
+  const __m512i nibble_shift = half_shifts(0, 4);  // a chunk twice: low nibbles, then high
+  for (int64_t row = 0; row < n; ++row) {
+    const auto* w = reinterpret_cast<const BlockQ4_K*>(w_rows + row * stride);
+    __m512 acc[M];
+    __m256 mins_acc[M];
+    for (int r = 0; r < M; ++r) {
+      acc[r] = _mm512_setzero_ps();
+      mins_acc[r] = _mm256_setzero_ps();
+    }
+    for (int64_t b = 0; b < nb; ++b) {
+      const __m128i scales_mins = k4_scales_mins_vec(w[b].scales);
+      const __m512i scales_and_mins = _mm512_zextsi256_si512(_mm256_cvtepu8_epi16(scales_mins));
+      // Each min doubled, for the two 16-element activation sums of its 32 elements.
+      const __m256i mins16 = _mm256_cvtepu8_epi16(_mm_shuffle_epi8(
+          scales_mins, _mm_setr_epi8(8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15)));
+      __m512i sumi[M];
+      for (int r = 0; r < M; ++r) sumi[r] = _mm512_setzero_si512();
+      for (int c = 0; c < 4; ++c) {
+        const __m512i both = _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[b].qs + 32 * c)));
+        const __m512i q = _mm512_and_si512(_mm512_srlv_epi16(both, nibble_shift), nibble);
+        const __m512i sc = _mm512_permutexvar_epi16(load_index(kQ4KScaleLanes[c]), scales_and_mins);
+        for (int r = 0; r < M; ++r) {
+          const __m512i pv = _mm512_loadu_si512(a.q.data() + r * a.k + b * kQKK + 64 * c);
+          sumi[r] = _mm512_dpwssd_epi32(sumi[r], _mm512_maddubs_epi16(q, pv), sc);
+        }
+      }
+      const float dw = f16_to_f32(w[b].d), dmin = f16_to_f32(w[b].dmin);
+      for (int r = 0; r < M; ++r) {
+        const float da = a.d[r * nb + b];
+        acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(dw * da), _mm512_cvtepi32_ps(sumi[r]), acc[r]);
+        const __m256i bs =
+            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.bsum16.data() + (r * a.k + b * kQKK) / 16));
+        mins_acc[r] =
+            _mm256_fmadd_ps(_mm256_set1_ps(dmin * da), _mm256_cvtepi32_ps(_mm256_madd_epi16(bs, mins16)), mins_acc[r]);
+      }
+    }
+    for (int r = 0; r < M; ++r) out[r * out_stride + row] = _mm512_reduce_add_ps(acc[r]) - hsum_f32(mins_acc[r]);
+  }
+}
+
+template <int M>
+SKIM_AVX512_VNNI void q6_k_dot_avx512(const uint8_t* w_rows, size_t stride, int64_t n, const QuantizedActivations& a,
+                                      float* out, int64_t out_stride) {
+  const int64_t nb = a.blocks_per_row();
+  const __m512i low_nibble = _mm512_set1_epi8(0x0F), bits45 = _mm512_set1_epi8(0x30);
+  // Quarters 0 and 1 of a half take qh bits 0-1 and 2-3 (shifted up to bits
+  // 4-5), quarters 2 and 3 bits 4-5 and 6-7.
+  const __m512i up = half_shifts(4, 2), down = half_shifts(0, 2);
+  for (int64_t row = 0; row < n; ++row) {
+    const auto* w = reinterpret_cast<const BlockQ6_K*>(w_rows + row * stride);
+    __m512 acc[M];
+    __m256 zero_point_acc[M];
+    for (int r = 0; r < M; ++r) {
+      acc[r] = _mm512_setzero_ps();
+      zero_point_acc[r] = _mm256_setzero_ps();
+    }
+    for (int64_t b = 0; b < nb; ++b) {
+      const __m256i scales16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w[b].scales)));
+      const __m512i scales = _mm512_zextsi256_si512(scales16);
+      __m512i sumi[M];
+      for (int r = 0; r < M; ++r) sumi[r] = _mm512_setzero_si512();
+      for (int half = 0; half < 2; ++half) {
+        const __m512i ql = _mm512_loadu_si512(w[b].ql + 64 * half);
+        const __m512i qh =
+            _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[b].qh + 32 * half)));
+        // Elements 0..63 of the half (quarters 0, 1), then 64..127 (quarters 2, 3).
+        const __m512i q6[2] = {
+            _mm512_or_si512(_mm512_and_si512(ql, low_nibble), _mm512_and_si512(_mm512_sllv_epi16(qh, up), bits45)),
+            _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(ql, 4), low_nibble),
+                            _mm512_and_si512(_mm512_srlv_epi16(qh, down), bits45)),
+        };
+        for (int v = 0; v < 2; ++v) {
+          const __m512i sc = _mm512_permutexvar_epi16(load_index(kQ6KScaleLanes[2 * half + v]), scales);
+          for (int r = 0; r < M; ++r) {
+            const __m512i pv = _mm512_loadu_si512(a.q.data() + r * a.k + b * kQKK + 128 * half + 64 * v);
+            sumi[r] = _mm512_dpwssd_epi32(sumi[r], _mm512_maddubs_epi16(q6[v], pv), sc);
+          }
+        }
+      }
+      const float dw = f16_to_f32(w[b].d);
+      for (int r = 0; r < M; ++r) {
+        const float scale = dw * a.d[r * nb + b];
+        acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(scale), _mm512_cvtepi32_ps(sumi[r]), acc[r]);
+        // Zero point: 32 * sum over groups of scale * (sum of the group's activations).
+        const __m256i bs =
+            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.bsum16.data() + (r * a.k + b * kQKK) / 16));
+        const __m256i zero_point = _mm256_slli_epi32(_mm256_madd_epi16(bs, scales16), 5);
+        zero_point_acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(scale), _mm256_cvtepi32_ps(zero_point), zero_point_acc[r]);
+      }
+    }
+    for (int r = 0; r < M; ++r)
+      out[r * out_stride + row] = _mm512_reduce_add_ps(acc[r]) - hsum_f32(zero_point_acc[r]);
+  }
+}
+
+#pragma GCC diagnostic pop
+
 // Dispatch on the number of activation rows, so the AVX2 loops keep their
 // per-row state in registers.
 template <template <int> class Fn>
@@ -886,6 +1018,14 @@ template <int M>
 struct Q6KAvx2 {
   static constexpr auto run = each_row<q6_k_dot_avx2<M>>;
 };
+template <int M>
+struct Q4KAvx512 {
+  static constexpr auto run = q4_k_dot_avx512<M>;
+};
+template <int M>
+struct Q6KAvx512 {
+  static constexpr auto run = q6_k_dot_avx512<M>;
+};
 
 }  // namespace
 
@@ -898,15 +1038,17 @@ RowsDotFn select_rows_dot(GgmlType type, KernelIsa isa) {
     }
     return each_row<legacy_dot_scalar<K>>;
   };
-  const bool avx2 = isa != KernelIsa::kScalar;  // the K types' AVX2 kernels also serve AVX-512
+  const bool avx2 = isa == KernelIsa::kAvx2, avx512 = isa == KernelIsa::kAvx512Vnni;
   switch (type) {
     case GgmlType::Q4_0: return legacy(Q4_0Kernel{});
     case GgmlType::Q4_1: return legacy(Q4_1Kernel{});
     case GgmlType::Q5_0: return legacy(Q5_0Kernel{});
     case GgmlType::Q5_1: return legacy(Q5_1Kernel{});
     case GgmlType::Q8_0: return legacy(Q8_0Kernel{});
-    case GgmlType::Q4_K: return avx2 ? by_rows<Q4KAvx2> : each_row<q4_k_dot_scalar>;
-    case GgmlType::Q6_K: return avx2 ? by_rows<Q6KAvx2> : each_row<q6_k_dot_scalar>;
+    case GgmlType::Q4_K:
+      return avx512 ? by_rows<Q4KAvx512> : avx2 ? by_rows<Q4KAvx2> : each_row<q4_k_dot_scalar>;
+    case GgmlType::Q6_K:
+      return avx512 ? by_rows<Q6KAvx512> : avx2 ? by_rows<Q6KAvx2> : each_row<q6_k_dot_scalar>;
     default: return nullptr;
   }
 }
