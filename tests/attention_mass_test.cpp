@@ -4,7 +4,7 @@
 // two passes over transposed keys): paged f16 and quantized
 // keys with gaps in their positions, grouped query heads, rows that see a
 // prefix of the keys, and keys before the layer's first held slot untouched by
-// the mass and zero in the rows.
+// the mass and zero in the rows. And E4's mass per key block of sampled rows.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -116,6 +116,64 @@ TEST(AttentionMass, RejectsBadShapes) {
                std::invalid_argument);
   EXPECT_THROW(attention_probabilities(q.data(), kHq * 64, 1, 0, kHq, 4, 64, seq.view(0), 0, 1.0f, mass.data()),
                std::invalid_argument);
+}
+
+
+// key_block_mass (E4's kernel): each sampled row's softmax mass per key block,
+// rows that see different prefixes (past a 256-key block of the transposed
+// layout, and ending inside a key block), against a float64 softmax.
+TEST(KeyBlockMass, MatchesAFloat64SoftmaxOnEveryTarget) {
+  for (const int32_t d : {32, 64, 128}) {
+    const int64_t n = 700;
+    std::mt19937 rng(5 + d);
+    std::normal_distribution<float> gauss(0.0f, 1.0f);
+    std::vector<float> keys(static_cast<size_t>(n * d));
+    for (float& x : keys) x = 2.0f * gauss(rng);
+    std::vector<float> kt(transposed_key_floats(n, d));
+    transpose_key_blocks(keys.data(), n, d, kt.data());
+    const std::vector<int64_t> visible = {1, 17, 255, 256, 257, 300, 511, 512, 600, 699, 700};
+    const auto rows = static_cast<int32_t>(visible.size());
+    std::vector<float> q(static_cast<size_t>(rows * d));
+    for (float& x : q) x = 0.3f * gauss(rng);
+    for (const int64_t kblock : {1, 16, 64}) {
+      SCOPED_TRACE(::testing::Message() << "d " << d << ", key block " << kblock);
+      const int64_t ld = (n + kblock - 1) / kblock;
+      test::for_each_simd_target([&] {
+        std::vector<float> mass(static_cast<size_t>(rows * ld), -1.0f);
+        key_block_mass(q.data(), rows, visible.data(), kt.data(), d, kblock, mass.data(), ld);
+        for (int32_t a = 0; a < rows; ++a) {
+          const int64_t own = visible[static_cast<size_t>(a)];
+          std::vector<double> logits(static_cast<size_t>(own));
+          double top = -INFINITY;
+          for (int64_t j = 0; j < own; ++j) {
+            double dot = 0;
+            for (int32_t e = 0; e < d; ++e)
+              dot += double(q[static_cast<size_t>(a * d + e)]) * keys[static_cast<size_t>(j * d + e)];
+            logits[static_cast<size_t>(j)] = dot;
+            top = std::max(top, dot);
+          }
+          double total = 0;
+          for (double& x : logits) total += (x = std::exp(x - top));
+          for (int64_t c = 0; c * kblock < own; ++c) {
+            double want = 0;
+            for (int64_t j = c * kblock; j < std::min(own, (c + 1) * kblock); ++j) want += logits[static_cast<size_t>(j)];
+            ASSERT_NEAR(mass[static_cast<size_t>(a * ld + c)], want / total, 1e-6 + 1e-5 * want / total)
+                << "row " << a << ", block " << c;
+          }
+          for (int64_t c = (own + kblock - 1) / kblock; c < ld; ++c)  // blocks it does not see: untouched
+            ASSERT_EQ(mass[static_cast<size_t>(a * ld + c)], -1.0f) << "row " << a << ", block " << c;
+        }
+      });
+    }
+  }
+}
+
+TEST(KeyBlockMass, RejectsRowsWithoutKeysAndShortOutputs) {
+  std::vector<float> q(64), kt(transposed_key_floats(100, 64)), mass(8);
+  const int64_t none = 0, many = 100;
+  EXPECT_THROW(key_block_mass(q.data(), 1, &none, kt.data(), 64, 16, mass.data(), 8), std::invalid_argument);
+  EXPECT_THROW(key_block_mass(q.data(), 1, &many, kt.data(), 64, 16, mass.data(), 6), std::invalid_argument);
+  EXPECT_THROW(key_block_mass(q.data(), 1, &many, kt.data(), 40, 16, mass.data(), 8), std::invalid_argument);
 }
 
 }  // namespace

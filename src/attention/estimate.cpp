@@ -11,6 +11,7 @@
 #include <mutex>
 #include <stdexcept>
 
+#include "kernels/attention_mass.h"
 #include "kernels/kv_codec.h"
 
 namespace skim::attention {
@@ -360,7 +361,6 @@ void estimate_sampled(const PlanRequest& r, const KeysF32& keys, int64_t stride,
   if (kblock < 1 || kTileRows % kblock != 0) throw std::invalid_argument("estimate_sampled: kblock must divide 64");
   if (keys.n_keys() != r.n_keys() || keys.n_heads() != r.n_kv_heads || keys.head_dim() != r.head_dim)
     throw std::logic_error("estimate_sampled: keys not loaded for this request");
-  single_threaded_blas();
   constexpr int64_t B = kTileRows;
   const int64_t n = r.n_keys(), d = r.head_dim, g = r.group();
   shape_scores(r, B, (n + kblock - 1) / kblock, out);
@@ -369,36 +369,42 @@ void estimate_sampled(const PlanRequest& r, const KeysF32& keys, int64_t stride,
   if (peak) {
     *peak = out;  // shape and zeros
   }
-  const int64_t n_qb = out.n_qb;
-#pragma omp parallel for collapse(2) schedule(dynamic, 1) if (worth_threads(double(r.n_q_heads) * r.n_rows * n * d / stride))
+  // Each KV head's keys transposed once for all its query heads and blocks.
+  thread_local std::vector<float> transposed;
+  const size_t per_head = kernels::transposed_key_floats(n, static_cast<int32_t>(d));
+  transposed.resize(per_head * static_cast<size_t>(r.n_kv_heads));
+  float* const kt = transposed.data();  // the calling thread's: thread_local names another vector in each worker
+  const bool threads = worth_threads(double(r.n_q_heads) * r.n_rows * n * d / stride);
+#pragma omp parallel for schedule(static) if (threads)
+  for (int32_t kv = 0; kv < r.n_kv_heads; ++kv)
+    kernels::transpose_key_blocks(keys.head(kv), n, static_cast<int32_t>(d), kt + kv * per_head);
+  const int64_t n_qb = out.n_qb, n_kb = out.n_kb;
+#pragma omp parallel for collapse(2) schedule(dynamic, 1) if (threads)
   for (int32_t h = 0; h < r.n_q_heads; ++h) {
     for (int64_t qb = 0; qb < n_qb; ++qb) {
       const int64_t i0 = qb * B, i1 = std::min(r.n_rows, i0 + B);
       int32_t rows[B + 1];
-      int64_t m = 0;
+      int64_t visible[B + 1];
+      int32_t m = 0;
       for (int64_t i = i0 + stride - 1; i < i1; i += stride) rows[m++] = static_cast<int32_t>(i);
       if (m == 0 || rows[m - 1] != i1 - 1) rows[m++] = static_cast<int32_t>(i1 - 1);
-      const int64_t vis = out.last_slot(qb) + 1;  // keys the block's last row sees
       float* qs = scratch(0, static_cast<size_t>(m * d));
-      float* s = scratch(1, static_cast<size_t>(m * vis));
-      for (int64_t a = 0; a < m; ++a) std::memcpy(qs + a * d, r.q_row(h, rows[a]), sizeof(float) * d);
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(m), static_cast<int>(vis),
-                  static_cast<int>(d), r.scale, qs, static_cast<int>(d), keys.head(static_cast<int32_t>(h / g)),
-                  static_cast<int>(d), 0.0f, s, static_cast<int>(vis));
+      float* mass = scratch(1, static_cast<size_t>(m * n_kb));
+      for (int32_t a = 0; a < m; ++a) {
+        const float* q = r.q_row(h, rows[a]);
+        for (int64_t e = 0; e < d; ++e) qs[a * d + e] = r.scale * q[e];
+        visible[a] = r.q_slot0() + rows[a] + 1;  // slots [0, the row's own]
+      }
+      kernels::key_block_mass(qs, m, visible, kt + (h / g) * per_head, static_cast<int32_t>(d), kblock,
+                              mass, n_kb);
       float* e = out.row(h, qb);
       float* top = peak ? peak->row(h, qb) : nullptr;
       const float share = 1.0f / static_cast<float>(m);
-      for (int64_t a = 0; a < m; ++a) {
-        float* row = s + a * vis;
-        const int64_t own = r.q_slot0() + rows[a] + 1;  // slots [0, the row's own]
-        const float mx = row_max(row, own);
-        const float inv = 1.0f / exp_shifted(row, own, mx);
-        for (int64_t c = 0; c * kblock < own; ++c) {
-          const int64_t j1 = std::min(own, (c + 1) * kblock);
-          float sum = 0.0f;
-          for (int64_t j = c * kblock; j < j1; ++j) sum += row[j];
-          e[c] += sum * inv * share;
-          if (top) top[c] = std::max(top[c], sum * inv);
+      for (int32_t a = 0; a < m; ++a) {
+        const float* row = mass + a * n_kb;
+        for (int64_t c = 0; c * kblock < visible[a]; ++c) {
+          e[c] += row[c] * share;
+          if (top) top[c] = std::max(top[c], row[c]);
         }
       }
     }

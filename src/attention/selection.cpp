@@ -1,5 +1,6 @@
 #include "attention/selection.h"
 
+#include <algorithm>
 #include <numeric>
 #include <stdexcept>
 
@@ -120,9 +121,14 @@ void select_to_target(const BlockScores& mass, double target, KeySelection& sel,
           if (c < sink || c >= diag) kept += m[c];
         order.resize(static_cast<size_t>(std::max<int64_t>(diag - sink, 0)));
         std::iota(order.begin(), order.end(), static_cast<int32_t>(sink));  // candidates: blocks sink .. diag-1
-        std::sort(order.begin(), order.end(), [by](int32_t a, int32_t b) { return by[a] > by[b] || (by[a] == by[b] && a < b); });
-        for (int32_t c : order) {
+        // Best first, taken from a heap: the target is usually reached long
+        // before every candidate is ordered.
+        const auto worse = [by](int32_t a, int32_t b) { return by[a] < by[b] || (by[a] == by[b] && a > b); };
+        std::make_heap(order.begin(), order.end(), worse);
+        for (auto end = order.end(); end != order.begin(); --end) {
           if (target < 1.0 && kept >= target) break;
+          std::pop_heap(order.begin(), end, worse);
+          const int32_t c = *(end - 1);
           kept += m[c];
           if (sel.ordered()) {
             sel.add_scored_range(h, qb, c * kb, (c + 1) * kb, by[c]);

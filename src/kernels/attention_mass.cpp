@@ -11,6 +11,7 @@
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "kernels/attention_mass.cpp"
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
+#include "hwy/aligned_allocator.h"
 #include "hwy/highway.h"
 #include "hwy/contrib/math/math-inl.h"
 
@@ -25,18 +26,20 @@ using VF = hn::Vec<DF>;
 
 // Keys per block: a block of transposed keys (head_dim x kBlock floats, 64 KiB
 // at d 64) stays in L2 while every query row passes over it.
-constexpr int64_t kBlock = 256;
+constexpr int64_t kBlock = kMassKeyBlock;
 
 // Query rows scored together: each block of transposed keys loaded from L1
-// feeds this many rows' multiply-adds.
-constexpr int kItems = 4;
+// feeds this many rows' multiply-adds (2 accumulators each: 8 rows fill 16 of
+// AVX-512's 32 registers; AVX2 has 16).
+constexpr int kItems = HWY_MAX_BYTES >= 64 ? 8 : 4;
 
 // The two-pass form, for many rows (a prefill micro-batch):
 // s[i][j] = scale * q_i . k_j for kItems query rows (null: none) and j < count,
 // rounded up to 2 vectors (kBlock is a multiple of that; the block's padding
-// keys are zero); keys transposed: kt[e * kBlock + j].
-void BlockScores(DF df, const float* const* q, const float* HWY_RESTRICT kt, int32_t d, int64_t count, float scale,
-                 float (*HWY_RESTRICT s)[kBlock]) {
+// keys are zero); keys transposed: kt[e * kBlock + j]. Not inlined: its
+// accumulators need the registers that callers keep their constants in.
+HWY_NOINLINE void BlockScores(DF df, const float* const* q, const float* HWY_RESTRICT kt, int32_t d, int64_t count, float scale,
+                 float* const* s) {
   static_assert(kBlock % (2 * HWY_MAX_BYTES / sizeof(float)) == 0);
   const int64_t N = static_cast<int64_t>(hn::Lanes(df));
   static const float kZero[kMaxKvRow] = {};
@@ -45,16 +48,20 @@ void BlockScores(DF df, const float* const* q, const float* HWY_RESTRICT kt, int
   const VF sc = hn::Set(df, scale);
   for (int64_t j = 0; j < count; j += 2 * N) {
     VF a[kItems][2];
+    // Unrolled, so that the accumulators stay in registers.
+    HWY_UNROLL(kItems)
     for (int i = 0; i < kItems; ++i) a[i][0] = a[i][1] = hn::Zero(df);
     for (int32_t e = 0; e < d; ++e) {
       const float* k = kt + e * kBlock + j;
       const VF k0 = hn::LoadU(df, k), k1 = hn::LoadU(df, k + N);
+      HWY_UNROLL(kItems)
       for (int i = 0; i < kItems; ++i) {
         const VF qe = hn::Set(df, rows[i][e]);
         a[i][0] = hn::MulAdd(qe, k0, a[i][0]);
         a[i][1] = hn::MulAdd(qe, k1, a[i][1]);
       }
     }
+    HWY_UNROLL(kItems)
     for (int i = 0; i < kItems; ++i) {
       hn::Store(hn::Mul(a[i][0], sc), df, s[i] + j);
       hn::Store(hn::Mul(a[i][1], sc), df, s[i] + j + N);
@@ -257,6 +264,8 @@ void AccumulateAttentionMass(const float* q, int64_t q_row_stride, int32_t rows,
   {
     std::vector<float> keys(static_cast<size_t>(kBlock * d));
     alignas(64) float s[kItems][kBlock];
+    float* s_rows[kItems];
+    for (int i = 0; i < kItems; ++i) s_rows[i] = s[i];
     const float* qs[kItems];
     int64_t counts[kItems];
     // use(item, scores, count) for each item of block b that sees a key of it.
@@ -264,7 +273,7 @@ void AccumulateAttentionMass(const float* q, int64_t q_row_stride, int32_t rows,
       for (int64_t t = 0; t < item_groups; ++t) {
         const int64_t widest = prepare(b, t, qs, counts);
         if (widest <= 0) continue;
-        BlockScores(df, qs, kt + b * d * kBlock, d, widest, scale, s);
+        BlockScores(df, qs, kt + b * d * kBlock, d, widest, scale, s_rows);
         for (int i = 0; i < kItems; ++i)
           if (counts[i] > 0) use(t * kItems + i, s[i], counts[i]);
       }
@@ -309,6 +318,72 @@ void AccumulateAttentionMass(const float* q, int64_t q_row_stride, int32_t rows,
   }
 }
 
+
+// The largest of x[0..n), n >= 1.
+float RowMax(DF df, const float* HWY_RESTRICT x, int64_t n) {
+  const int64_t N = static_cast<int64_t>(hn::Lanes(df));
+  VF m = hn::Set(df, -INFINITY);
+  int64_t j = 0;
+  for (; j + N <= n; j += N) m = hn::Max(m, hn::LoadU(df, x + j));
+  float top = hn::GetLane(hn::MaxOfLanes(df, m));
+  for (; j < n; ++j) top = std::max(top, x[j]);
+  return top;
+}
+
+void KeyBlockMass(const float* q, int32_t m, const int64_t* visible, const float* kt, int32_t d, int64_t kblock,
+                  float* mass, int64_t ld) {
+  const DF df;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(df));
+  const int64_t widest = *std::max_element(visible, visible + m);
+  const int64_t blocks = (widest + kBlock - 1) / kBlock, stride = blocks * kBlock;
+  // Every row's scores over the keys it sees, key block by key block: a block
+  // of transposed keys stays in L1/L2 while the rows pass over it. BlockScores
+  // stores whole aligned vectors.
+  thread_local hwy::AlignedFreeUniquePtr<float[]> scores;
+  thread_local size_t capacity = 0;
+  const size_t need = static_cast<size_t>((m + 1) * stride);  // the last row: scores of rows seeing no key here
+  if (capacity < need) {
+    scores = hwy::AllocateAligned<float>(need);
+    capacity = need;
+  }
+  float* discard = scores.get() + m * stride;
+  for (int64_t b = 0; b < blocks; ++b) {
+    for (int32_t t = 0; t < m; t += kItems) {
+      const float* qs[kItems];
+      float* out[kItems];
+      int64_t count = 0;
+      for (int i = 0; i < kItems; ++i) {
+        const int32_t a = t + i;
+        const int64_t seen = a < m ? std::min(kBlock, visible[a] - b * kBlock) : 0;
+        qs[i] = seen > 0 ? q + static_cast<int64_t>(a) * d : nullptr;
+        out[i] = seen > 0 ? scores.get() + a * stride + b * kBlock : discard;
+        count = std::max(count, seen);
+      }
+      if (count > 0) BlockScores(df, qs, kt + b * d * kBlock, d, count, 1.0f, out);
+    }
+  }
+  // Per row, each key block's sum of exp(score - max), normalised by their total.
+  for (int32_t a = 0; a < m; ++a) {
+    const float* s = scores.get() + a * stride;
+    const int64_t own = visible[a];
+    const VF shift = hn::Set(df, RowMax(df, s, own));
+    float* row = mass + a * ld;
+    double total = 0.0;
+    for (int64_t c = 0; c * kblock < own; ++c) {
+      const int64_t j1 = std::min(own, (c + 1) * kblock);
+      VF sum = hn::Zero(df);
+      for (int64_t j = c * kblock; j < j1; j += N) {
+        const VF e = hn::Exp(df, hn::Sub(hn::LoadU(df, s + j), shift));
+        sum = hn::Add(sum, j + N <= j1 ? e : hn::IfThenElseZero(hn::FirstN(df, static_cast<size_t>(j1 - j)), e));
+      }
+      row[c] = hn::GetLane(hn::SumOfLanes(df, sum));
+      total += row[c];
+    }
+    const float inv = static_cast<float>(1.0 / total);
+    for (int64_t c = 0; c * kblock < own; ++c) row[c] *= inv;
+  }
+}
+
 }  // namespace skim::kernels::HWY_NAMESPACE
 HWY_AFTER_NAMESPACE();
 
@@ -317,6 +392,7 @@ namespace skim::kernels {
 
 HWY_EXPORT(AccumulateAttentionMass);
 HWY_EXPORT(AttentionProbabilities);
+HWY_EXPORT(KeyBlockMass);
 
 namespace {
 void check_shape(const char* who, int32_t rows, int32_t n_q_heads, int32_t n_kv_heads, int32_t head_dim, int32_t head) {
@@ -347,6 +423,37 @@ void attention_probabilities(const float* q, int64_t q_row_stride, int32_t rows,
   }
   HWY_DYNAMIC_DISPATCH(AttentionProbabilities)(q, q_row_stride, rows, q_pos0, n_q_heads, n_kv_heads, head_dim, &kv,
                                                head, scale, probs);
+}
+
+
+size_t transposed_key_floats(int64_t n, int32_t head_dim) {
+  return static_cast<size_t>((n + kMassKeyBlock - 1) / kMassKeyBlock * kMassKeyBlock) * static_cast<size_t>(head_dim);
+}
+
+void transpose_key_blocks(const float* keys, int64_t n, int32_t head_dim, float* out) {
+  const int64_t blocks = (n + kMassKeyBlock - 1) / kMassKeyBlock;
+  for (int64_t b = 0; b < blocks; ++b) {
+    float* block = out + b * head_dim * kMassKeyBlock;
+    const int64_t j0 = b * kMassKeyBlock, count = std::min(kMassKeyBlock, n - j0);
+    // 16 x 16 tiles: the tile's 16 source and 16 destination lines stay in L1.
+    for (int64_t jt = 0; jt < count; jt += 16)
+      for (int32_t et = 0; et < head_dim; et += 16)
+        for (int64_t j = jt; j < std::min(count, jt + 16); ++j)
+          for (int32_t e = et; e < et + 16; ++e) block[e * kMassKeyBlock + j] = keys[(j0 + j) * head_dim + e];
+    for (int32_t e = 0; e < head_dim; ++e)
+      std::fill(block + e * kMassKeyBlock + count, block + (e + 1) * kMassKeyBlock, 0.0f);
+  }
+}
+
+void key_block_mass(const float* q, int32_t rows, const int64_t* visible, const float* kt, int32_t head_dim,
+                    int64_t kblock, float* mass, int64_t ld) {
+  if (rows <= 0) return;
+  if (head_dim % 16 != 0 || head_dim > kMaxKvRow || kblock < 1)
+    throw std::invalid_argument("key_block_mass: bad head size or key block");
+  for (int32_t a = 0; a < rows; ++a)
+    if (visible[a] < 1 || (visible[a] + kblock - 1) / kblock > ld)
+      throw std::invalid_argument("key_block_mass: a row sees no key or more blocks than its output holds");
+  HWY_DYNAMIC_DISPATCH(KeyBlockMass)(q, rows, visible, kt, head_dim, kblock, mass, ld);
 }
 
 }  // namespace skim::kernels
