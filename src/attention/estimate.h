@@ -1,6 +1,7 @@
 // Estimation primitives shared by the dynamic planners (which uses which:
 // docs/methods.md#estimation-primitives), implemented once: products through
-// OpenBLAS sgemm, softmax with a vector exp, OpenMP over heads. Keys are cache
+// OpenBLAS sgemm (E4: kernels::key_block_mass), softmax with a vector exp,
+// OpenMP over heads. Keys are cache
 // slots [0, n_keys); the chunk's query rows own the last n_rows of them (row i
 // is slot q_slot0 + i): every estimate scores the chunk's own queries against
 // all keys up to them. Only the slash diagonals count stored positions.
