@@ -38,8 +38,8 @@ constexpr int kItems = HWY_MAX_BYTES >= 64 ? 8 : 4;
 // rounded up to 2 vectors (kBlock is a multiple of that; the block's padding
 // keys are zero); keys transposed: kt[e * kBlock + j]. Not inlined: its
 // accumulators need the registers that callers keep their constants in.
-HWY_NOINLINE void BlockScores(DF df, const float* const* q, const float* HWY_RESTRICT kt, int32_t d, int64_t count, float scale,
-                 float* const* s) {
+HWY_NOINLINE void BlockScores(DF df, const float* const* q, const float* HWY_RESTRICT kt, int32_t d, int64_t count,
+                              float scale, float* const* s) {
   static_assert(kBlock % (2 * HWY_MAX_BYTES / sizeof(float)) == 0);
   const int64_t N = static_cast<int64_t>(hn::Lanes(df));
   static const float kZero[kMaxKvRow] = {};
@@ -317,7 +317,6 @@ void AccumulateAttentionMass(const float* q, int64_t q_row_stride, int32_t rows,
       });
   }
 }
-
 
 // The largest of x[0..n), n >= 1.
 float RowMax(DF df, const float* HWY_RESTRICT x, int64_t n) {
